@@ -1,0 +1,115 @@
+"""
+Exceptions of the Channels 1.x programming model, under their 1.x names.
+
+Consumers raise these to steer the worker (:class:`ConsumeLater`,
+:class:`DenyConnection`, :class:`ChannelSocketException`); the handler raises
+the request ones.  Channel layers expose :class:`ChannelFull` and
+:class:`MessageTooLarge` as attributes too (``layer.ChannelFull``), as ASGI 1.0
+requires.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chanserv.message import Message
+
+
+class ChannelFull(Exception):
+    """
+    The channel is at capacity; the message was not sent.
+
+    Raised by ``send`` (never by ``send_group``, which drops silently for full
+    members, as ASGI 1.0 requires).
+    """
+
+
+class MessageTooLarge(Exception):
+    """
+    The message serialises to more than the layer's ``max_message_size``.
+    """
+
+
+class InvalidChannelLayerError(ValueError):
+    """
+    ``CHANNEL_LAYERS`` is misconfigured; the text names the setting and value.
+    """
+
+
+class ConsumeLater(Exception):
+    """
+    Put the message back on its channel to be consumed again later.
+
+    The worker requeues it with ``__retries__`` incremented and drops it,
+    logging an error, once the retry limit (10 by default) is reached.
+    """
+
+
+class ResponseLater(Exception):
+    """
+    Raised from a view: the response will be sent later by another consumer.
+    """
+
+
+class RequestTimeout(Exception):
+    """
+    The request body did not arrive in time (answered with 408).
+    """
+
+
+class RequestAborted(Exception):
+    """
+    The client went away while its request body was being read.
+    """
+
+
+class DenyConnection(Exception):
+    """
+    Raised by a ``websocket.connect`` consumer to refuse the handshake.
+
+    The worker answers ``{"close": True}`` on the reply channel, which the
+    interface server turns into a 403.  Raised on any other channel it is an
+    error and is logged as one.
+    """
+
+
+class ChannelSocketException(Exception):
+    """
+    Base for exceptions that carry their own handling: the worker calls
+    ``run(message)`` when a consumer raises one.
+    """
+
+    def run(self, message: Message) -> None:
+        raise NotImplementedError()
+
+
+class WebsocketCloseException(ChannelSocketException):
+    """
+    Close the WebSocket of the message being consumed with ``code``.
+
+    ``code`` is ``None`` (a plain close, 1000) or an int in 1000 or 3000–4999,
+    the ranges an application may send (RFC 6455 §7.4).  Unlike channels 1.1.8
+    this works with any reply channel and validates the code correctly.
+    """
+
+    def __init__(self, code: int | None = None) -> None:
+        if code is not None:
+            if isinstance(code, bool) or not isinstance(code, int):
+                raise ValueError("invalid close code %r: must be an int" % (code,))
+            if code != 1000 and not 3000 <= code <= 4999:
+                raise ValueError("invalid close code %r: must be 1000 or in 3000-4999" % (code,))
+        super().__init__(code)
+        self._code = code
+
+    def run(self, message: Message) -> None:
+        if message.reply_channel is None:
+            raise ValueError("WebsocketCloseException raised for a message with no reply channel")
+        close: Any = True if self._code is None else self._code
+        message.reply_channel.send({"close": close}, immediately=True)
+
+
+class SendNotAvailableOnDemultiplexer(Exception):
+    """
+    ``send`` and ``group_send`` make no sense on a demultiplexer itself.
+    """

@@ -1,0 +1,390 @@
+"""
+What every chanserv channel layer shares: name rules, capacity lookup,
+message preparation (validation, copy, size limit) and the two faces of the
+ASGI 1.0 channel-layer contract.
+
+The synchronous face (``send``, ``receive``, ``group_*``, ``flush``, ...) is
+the ASGI 1.0 API used by consumers and users' code; it is thread-safe.  The
+reactor face (``*_twisted``, ``add_local_receiver``) is used by the interface
+server and the worker dispatcher and may be called **only on the reactor
+thread**.
+
+Messages cross a layer in prepared form: :meth:`BaseChannelLayer.prepare`
+validates a message and serialises it with msgpack, which is both the copy
+the contract requires (mutating a dict after ``send`` changes nothing) and
+the check that it only holds types every layer can carry: ``dict`` with
+``str`` keys, ``list``/``tuple``, ``str``, ``bytes`` (kept distinct from
+``str``), ``int`` (64-bit), ``float``, ``bool`` and ``None``.  Anything else
+raises :class:`TypeError` in the sender's thread, before any state changes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import secrets
+import string
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from re import Pattern
+from typing import Any
+
+import msgpack
+from twisted.internet.defer import Deferred
+
+from chanserv.exceptions import ChannelFull, MessageTooLarge
+
+__all__ = ["BaseChannelLayer", "LocalReceiver", "Prepared"]
+
+#: The serialised form of a message, as returned by ``prepare``.
+Prepared = bytes
+
+#: ``callback(batch)``: ``batch`` is a list of ``(channel, message)`` pairs,
+#: delivered on the reactor thread.
+LocalReceiver = Callable[[list[tuple[str, dict[str, Any]]]], None]
+
+CapacityPattern = str | Pattern[str]
+
+_CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+((\?|\!)[\d\w\-_.]*)?$", re.ASCII)
+_GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$", re.ASCII)
+_RANDOM_ALPHABET = string.ascii_letters
+
+#: Keys the layers and the worker reserve inside messages.
+RESERVED_KEY = "__asgi_channel__"
+
+MAX_NAME_LENGTH = 100
+
+
+def random_string(length: int = 12) -> str:
+    """``length`` letters from a CSPRNG: unguessable channel-name parts."""
+    return "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(length))
+
+
+class BaseChannelLayer:
+    """
+    The shared half of a channel layer.
+
+    :param expiry: seconds an unread message lives (ASGI recommends 60).
+    :param group_expiry: seconds a group membership lives after its last
+        ``group_add`` (86400).
+    :param capacity: default maximum of queued messages per channel (100).
+        For a process-local ``prefix!local`` channel the quota belongs to the
+        prefix and is shared by every local name under it.
+    :param channel_capacity: per-channel overrides, a mapping (use an ordered
+        one for precedence) or a sequence of pairs from a pattern -- an
+        ``fnmatch`` glob if a ``str``, a regex (``re.match``) if compiled --
+        to a capacity.  The first match wins; patterns are matched against the
+        non-local name (``prefix!`` for process-local channels).
+    :param max_message_size: largest serialised message, in bytes, that
+        ``send`` accepts; larger ones raise :class:`MessageTooLarge`.
+        Default 1 MiB.
+    """
+
+    extensions: list[str] = []
+
+    #: True for layers that cannot carry messages between processes; such a
+    #: layer is refused by ``--mode=interface`` and ``--mode=worker``.
+    local_only = False
+
+    ChannelFull = ChannelFull
+    MessageTooLarge = MessageTooLarge
+
+    def __init__(
+        self,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[CapacityPattern, int]
+        | Sequence[tuple[CapacityPattern, int]]
+        | None = None,
+        max_message_size: int = 1024 * 1024,
+    ) -> None:
+        if expiry <= 0:
+            raise ValueError("expiry must be positive, not %r" % (expiry,))
+        if group_expiry <= 0:
+            raise ValueError("group_expiry must be positive, not %r" % (group_expiry,))
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ValueError("capacity must be a positive int, not %r" % (capacity,))
+        if not isinstance(max_message_size, int) or max_message_size < 1:
+            raise ValueError(
+                "max_message_size must be a positive int, not %r" % (max_message_size,)
+            )
+        self.expiry = expiry
+        self.group_expiry = group_expiry
+        self.capacity = capacity
+        self.max_message_size = max_message_size
+        self.channel_capacity = self._compile_capacities(channel_capacity or {})
+        self._capacity_cache: dict[str, int] = {}
+
+    # -- capacity -----------------------------------------------------------
+
+    @staticmethod
+    def _compile_capacities(
+        channel_capacity: Mapping[CapacityPattern, int] | Sequence[tuple[CapacityPattern, int]],
+    ) -> list[tuple[Pattern[str], int]]:
+        items = (
+            list(channel_capacity.items())
+            if isinstance(channel_capacity, Mapping)
+            else list(channel_capacity)
+        )
+        compiled = []
+        for pattern, value in items:
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    "channel_capacity[%r] must be a positive int, not %r" % (pattern, value)
+                )
+            if isinstance(pattern, str):
+                compiled.append((re.compile(fnmatch.translate(pattern)), value))
+            elif hasattr(pattern, "match"):
+                compiled.append((pattern, value))
+            else:
+                raise ValueError(
+                    "channel_capacity pattern %r is neither a glob string nor a "
+                    "compiled regex" % (pattern,)
+                )
+        return compiled
+
+    def get_capacity(self, channel: str) -> int:
+        """
+        The capacity of ``channel``: that of the first ``channel_capacity``
+        pattern matching its non-local name, else ``capacity``.
+        """
+        name = self.non_local_name(channel)
+        cached = self._capacity_cache.get(name)
+        if cached is not None:
+            return cached
+        result = self.capacity
+        for pattern, value in self.channel_capacity:
+            if pattern.match(name):
+                result = value
+                break
+        if len(self._capacity_cache) < 10000:
+            self._capacity_cache[name] = result
+        return result
+
+    # -- names --------------------------------------------------------------
+
+    @staticmethod
+    def valid_channel_name(name: Any, receive: bool = False) -> bool:
+        """
+        Check a channel name; return True or raise :class:`TypeError`.
+
+        A name is a ``str`` shorter than 100 characters of ASCII letters,
+        digits, ``-``, ``_`` and ``.``, with at most one ``?`` (single-reader)
+        or ``!`` (process-local) type character.  A ``?`` name needs a part
+        after the ``?``.  With ``receive=True`` a ``!`` name must end at the
+        ``!``: readers receive on the prefix.
+        """
+        if not isinstance(name, str):
+            raise TypeError("Channel name must be a str, not %r" % (type(name).__name__,))
+        if len(name) >= MAX_NAME_LENGTH:
+            raise TypeError(
+                "Channel name %r is %d characters long; the limit is %d"
+                % (name[:20] + "...", len(name), MAX_NAME_LENGTH - 1)
+            )
+        if not _CHANNEL_NAME.match(name):
+            raise TypeError(
+                "Channel name %r is invalid: use ASCII letters, digits, '-', '_' "
+                "and '.', with at most one '?' or '!'" % (name,)
+            )
+        if "?" in name and name.endswith("?"):
+            raise TypeError("Single-reader channel name %r must not end with '?'" % (name,))
+        if receive and "!" in name and not name.endswith("!"):
+            raise TypeError(
+                "Process-local channel %r: receive on its prefix, up to and "
+                "including the '!'" % (name,)
+            )
+        return True
+
+    @classmethod
+    def valid_channel_names(cls, names: Any, receive: bool = False) -> bool:
+        """Check a list of channel names (a lone ``str`` is refused)."""
+        if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+            raise TypeError("channels must be a list of names, not %r" % (names,))
+        for name in names:
+            cls.valid_channel_name(name, receive=receive)
+        return True
+
+    @staticmethod
+    def valid_group_name(name: Any) -> bool:
+        """Check a group name; return True or raise :class:`TypeError`."""
+        if not isinstance(name, str):
+            raise TypeError("Group name must be a str, not %r" % (type(name).__name__,))
+        if len(name) >= MAX_NAME_LENGTH:
+            raise TypeError(
+                "Group name %r is %d characters long; the limit is %d"
+                % (name[:20] + "...", len(name), MAX_NAME_LENGTH - 1)
+            )
+        if not _GROUP_NAME.match(name):
+            raise TypeError(
+                "Group name %r is invalid: use ASCII letters, digits, '-', '_' and '.'" % (name,)
+            )
+        return True
+
+    @staticmethod
+    def non_local_name(name: str) -> str:
+        """``prefix!`` for a process-local ``prefix!local`` name, else ``name``."""
+        if "!" in name:
+            return name[: name.find("!") + 1]
+        return name
+
+    def _check_new_channel_pattern(self, pattern: Any) -> None:
+        if not isinstance(pattern, str) or not pattern.endswith("?"):
+            raise TypeError(
+                "new_channel() takes a pattern ending in '?', not %r; "
+                "process-local '!' names are made by the interface server" % (pattern,)
+            )
+        self.valid_channel_name(pattern + "x")
+
+    # -- messages -----------------------------------------------------------
+
+    def prepare(self, message: Any) -> Prepared:
+        """
+        Validate and serialise ``message`` for sending.  Any thread.
+
+        :raises TypeError: not a dict, a non-``str`` key, the reserved key
+            ``__asgi_channel__``, or a value of a type no layer can carry.
+        :raises MessageTooLarge: larger than ``max_message_size`` serialised.
+        """
+        if not isinstance(message, dict):
+            raise TypeError("A message must be a dict, not %r" % (type(message).__name__,))
+        if RESERVED_KEY in message:
+            raise TypeError("The message key %r is reserved for the layer" % (RESERVED_KEY,))
+        try:
+            data = msgpack.packb(message, use_bin_type=True, strict_types=False)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise TypeError("Message cannot be sent: %s" % (e,)) from None
+        self._check_keys(message)
+        if len(data) > self.max_message_size:
+            raise MessageTooLarge(
+                "Message is %d bytes serialised; the limit is %d"
+                % (len(data), self.max_message_size)
+            )
+        return data
+
+    @staticmethod
+    def _check_keys(value: Any) -> None:
+        # msgpack accepts int and bytes keys; ASGI messages have str keys only.
+        stack = [value]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    if not isinstance(k, str):
+                        raise TypeError("Message keys must be str, not %r" % (k,))
+                    if isinstance(item, (dict, list, tuple)):
+                        stack.append(item)
+            elif isinstance(v, (list, tuple)):
+                stack.extend(item for item in v if isinstance(item, (dict, list, tuple)))
+
+    @staticmethod
+    def unpack(data: Prepared) -> dict[str, Any]:
+        """A fresh dict from a prepared message."""
+        result: dict[str, Any] = msgpack.unpackb(data, raw=False, use_list=True)
+        return result
+
+    # -- synchronous face (any thread) -----------------------------------------
+
+    def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``channel``; may raise ChannelFull, MessageTooLarge."""
+        self.valid_channel_name(channel)
+        self.send_prepared(channel, self.prepare(message))
+
+    def send_prepared(self, channel: str, data: Prepared) -> None:
+        """``send`` with a message already through :meth:`prepare`."""
+        raise NotImplementedError()
+
+    def receive(
+        self, channels: Sequence[str], block: bool = False
+    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+        """
+        Take one message from any of ``channels``: ``(channel, message)`` or
+        ``(None, None)``.  ``block=True`` waits a bounded time for one.
+        """
+        raise NotImplementedError()
+
+    def receive_many(
+        self, channels: Sequence[str], block: bool = False
+    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+        """Deprecated alias of :meth:`receive`, kept for 1.x code."""
+        import warnings
+
+        warnings.warn("receive_many is deprecated; use receive", DeprecationWarning, stacklevel=2)
+        return self.receive(channels, block=block)
+
+    def new_channel(self, pattern: str) -> str:
+        """A fresh single-reader channel name: ``pattern`` ends with ``?``."""
+        raise NotImplementedError()
+
+    def group_add(self, group: str, channel: str) -> None:
+        raise NotImplementedError()
+
+    def group_discard(self, group: str, channel: str) -> None:
+        raise NotImplementedError()
+
+    def group_channels(self, group: str) -> list[str]:
+        raise NotImplementedError()
+
+    def send_group(self, group: str, message: dict[str, Any]) -> None:
+        """Send to every member; full members are skipped, never an error."""
+        self.valid_group_name(group)
+        self.send_group_prepared(group, self.prepare(message))
+
+    def send_group_prepared(self, group: str, data: Prepared) -> None:
+        raise NotImplementedError()
+
+    def flush(self) -> None:
+        raise NotImplementedError()
+
+    def global_statistics(self) -> dict[str, float]:
+        raise NotImplementedError()
+
+    def channel_statistics(self, channel: str) -> dict[str, float]:
+        raise NotImplementedError()
+
+    # -- reactor face (reactor thread only) ------------------------------------
+
+    def attach_reactor(self, reactor: Any) -> None:
+        """Bind the layer to the reactor that will call its reactor face."""
+        raise NotImplementedError()
+
+    def detach_reactor(self) -> Deferred[None]:
+        """Release reactor resources (timers, connections)."""
+        raise NotImplementedError()
+
+    def receive_twisted(self, channels: Sequence[str]) -> Deferred[tuple[str, dict[str, Any]]]:
+        """A Deferred firing with the next ``(channel, message)``."""
+        d = self.receive_many_twisted(channels, 1)
+        return d.addCallback(lambda batch: batch[0])
+
+    def receive_many_twisted(
+        self, channels: Sequence[str], limit: int
+    ) -> Deferred[list[tuple[str, dict[str, Any]]]]:
+        """
+        A Deferred firing with 1 to ``limit`` messages from ``channels``, as
+        soon as at least one is there.  Cancelling it takes nothing.
+        """
+        raise NotImplementedError()
+
+    def send_twisted(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
+        """``send`` as a Deferred (fails with ChannelFull and the like)."""
+        raise NotImplementedError()
+
+    def send_group_twisted(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+        raise NotImplementedError()
+
+    def add_local_receiver(self, prefix: str, callback: LocalReceiver) -> None:
+        """
+        Deliver every message for ``prefix``-``local`` names to ``callback``.
+
+        ``prefix`` ends with ``!``.  Messages go to the callback in batches on
+        the reactor thread instead of a queue; this is how an interface
+        server's replies reach their connections without polling.
+        """
+        raise NotImplementedError()
+
+    def remove_local_receiver(self, prefix: str) -> None:
+        raise NotImplementedError()
+
+    def when_capacity_twisted(self, channel: str) -> Deferred[None]:
+        """A Deferred firing once ``channel`` has room for another message."""
+        raise NotImplementedError()
