@@ -112,28 +112,43 @@ class PendingMessageStore:
         return True
 
     def send_and_flush(self, **kwargs: Any) -> None:
+        """
+        Send this thread's held messages, in order, and stop holding.  A send
+        that fails (the channel stayed full, the layer is unreachable) is
+        logged and the rest are still sent; nothing is raised.
+        """
         pending = getattr(self._local, "pending", [])
         self._local.active = False
         self._local.pending = []
         for layer, kind, name, data in pending:
-            if kind == "group":
-                layer.send_group_prepared(name, data)
-                continue
             try:
-                layer.send_prepared(name, data)
+                if kind == "group":
+                    layer.send_group_prepared(name, data)
+                else:
+                    self._send(layer, name, data)
+            except Exception:
+                log.failure(
+                    "A message the consumer sent to {kind} {name} could not be sent",
+                    kind=kind,
+                    name=name,
+                )
+
+    def _send(self, layer: BaseChannelLayer, name: str, data: Prepared) -> None:
+        try:
+            layer.send_prepared(name, data)
+        except ChannelFull:
+            wait = getattr(layer, "send_prepared_wait", None)
+            try:
+                if wait is None:
+                    raise
+                wait(name, data, self.full_timeout)
             except ChannelFull:
-                wait = getattr(layer, "send_prepared_wait", None)
-                try:
-                    if wait is None:
-                        raise
-                    wait(name, data, self.full_timeout)
-                except ChannelFull:
-                    log.error(
-                        "Channel {channel} stayed full for {timeout}s; a message "
-                        "sent by the consumer was dropped",
-                        channel=name,
-                        timeout=self.full_timeout,
-                    )
+                log.error(
+                    "Channel {channel} stayed full for {timeout}s; a message "
+                    "sent by the consumer was dropped",
+                    channel=name,
+                    timeout=self.full_timeout,
+                )
 
 
 pending_message_store = PendingMessageStore()

@@ -44,8 +44,9 @@ LocalReceiver = Callable[[list[tuple[str, dict[str, Any]]]], None]
 
 CapacityPattern = str | Pattern[str]
 
-_CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+((\?|\!)[\d\w\-_.]*)?$", re.ASCII)
-_GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$", re.ASCII)
+# \Z, not $: "$" would also match before a trailing newline ("name\n").
+_CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+((\?|\!)[\d\w\-_.]*)?\Z", re.ASCII)
+_GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+\Z", re.ASCII)
 _RANDOM_ALPHABET = string.ascii_letters
 
 #: Keys the layers and the worker reserve inside messages.
@@ -233,7 +234,8 @@ class BaseChannelLayer:
                 "new_channel() takes a pattern ending in '?', not %r; "
                 "process-local '!' names are made by the interface server" % (pattern,)
             )
-        self.valid_channel_name(pattern + "x")
+        # The name new_channel returns: pattern plus 12 random letters.
+        self.valid_channel_name(pattern + "x" * 12)
 
     # -- messages -----------------------------------------------------------
 

@@ -1,0 +1,32 @@
+# The two commands of the README's quick start:
+#   make chat   install chanserv into .venv and run the tutorial's chat example
+#   make test   install, then lint, type-check and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+
+.PHONY: chat test lint venv
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+chat: venv
+	$(BIN)/python -m pip install -q --no-deps --force-reinstall .
+	cd examples/chat && ../../$(BIN)/python manage.py migrate -v 0 && \
+	  ../../$(BIN)/twistd -n chanserv --settings=chat.settings -p $(PORT)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	scripts/ensure-system-deps
+	$(BIN)/python -m pip install -q --no-deps --force-reinstall .
+	$(BIN)/python -m pytest -q

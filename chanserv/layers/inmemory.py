@@ -1,0 +1,825 @@
+"""
+The in-reactor channel layer: channels, groups and waiters in this process's
+memory, guarded by one lock, so the synchronous face works from any thread --
+a worker thread, a user's unit test with no reactor at all -- and the reactor
+face hands every wake-up to the reactor through the shared
+:class:`~chanserv.threads.ReactorBatcher`.
+
+Costs, per DESIGN §7: a send or a receive is O(1) under the lock (plus a
+heap push when a channel becomes non-empty); messages are kept as the msgpack
+bytes ``prepare`` made (that is the copy the contract requires) and unpacked
+by the receiver; nothing is scheduled per message.  Unread messages expire
+lazily -- every operation first drops what is due, using a heap with one entry
+per non-empty channel -- and a single ``LoopingCall`` does the same while a
+reactor is attached, so expiry also happens when nobody calls the layer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+
+from chanserv.exceptions import ChannelFull
+from chanserv.layers.base import (
+    BaseChannelLayer,
+    CapacityPattern,
+    LocalReceiver,
+    Prepared,
+    random_string,
+)
+from chanserv.threads import ReactorBatcher, batcher_for
+
+__all__ = ["InMemoryChannelLayer"]
+
+log = Logger()
+
+#: Seconds between two housekeeping passes: expired group memberships of
+#: groups nobody touched, and the records of idle channels.
+HOUSEKEEPING_INTERVAL = 60.0
+
+#: An empty channel unused for this long is forgotten, statistics included.
+IDLE_RETENTION = 60.0
+
+Entry = tuple[float, str, Prepared]  # (expires at, full channel name, data)
+Batch = list[tuple[str, dict[str, Any]]]
+
+
+class _Rate:
+    """A counter that also knows how many counts fell in the last whole second."""
+
+    __slots__ = ("_current", "_previous", "_second", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._second = 0
+        self._current = 0
+        self._previous = 0
+
+    def add(self, now: float) -> None:
+        second = int(now)
+        if second != self._second:
+            self._previous = self._current if second == self._second + 1 else 0
+            self._second = second
+            self._current = 0
+        self._current += 1
+        self.total += 1
+
+    def per_second(self, now: float) -> int:
+        second = int(now)
+        if second == self._second:
+            return self._previous
+        if second == self._second + 1:
+            return self._current
+        return 0
+
+
+class _Waiter:
+    """A pending ``receive_many_twisted``."""
+
+    __slots__ = ("deferred", "done", "keys", "limit", "woken")
+
+    def __init__(self, keys: list[str], limit: int) -> None:
+        self.keys = keys
+        self.limit = limit
+        self.deferred: Deferred[Batch] | None = None
+        self.woken = False  # a service call is queued on the batcher
+        self.done = False  # fired or cancelled
+
+
+class _Receiver:
+    """A local receiver: its callback and the batch waiting for the reactor."""
+
+    __slots__ = ("active", "callback", "pending", "scheduled")
+
+    def __init__(self, callback: LocalReceiver) -> None:
+        self.callback = callback
+        self.pending: Batch = []
+        self.scheduled = False
+        self.active = True
+
+
+class _Channel:
+    """The state of one queue key: a channel name, or a ``prefix!``."""
+
+    __slots__ = (
+        "capacity",
+        "expiry_scheduled",
+        "full",
+        "last_used",
+        "queue",
+        "sent",
+        "space_waiters",
+        "sync_space_waiting",
+        "sync_waiting",
+        "waiters",
+    )
+
+    def __init__(self, capacity: int, now: float) -> None:
+        self.capacity = capacity
+        self.queue: deque[Entry] = deque()
+        self.sent = _Rate()
+        self.full = _Rate()
+        self.waiters: list[_Waiter] = []
+        self.space_waiters: list[Deferred[None]] = []
+        self.sync_waiting = 0
+        self.sync_space_waiting = 0
+        self.expiry_scheduled = False  # has an entry in the expiry heap
+        self.last_used = now
+
+    def idle(self) -> bool:
+        return not (
+            self.queue
+            or self.waiters
+            or self.space_waiters
+            or self.sync_waiting
+            or self.sync_space_waiting
+            or self.expiry_scheduled
+        )
+
+
+def _key(name: str) -> str:
+    bang = name.find("!")
+    return name if bang < 0 else name[: bang + 1]
+
+
+class InMemoryChannelLayer(BaseChannelLayer):
+    """
+    The in-reactor channel layer (``local_only``: one process only).
+
+    Takes the :class:`BaseChannelLayer` arguments plus ``clock``, an object
+    with ``seconds()`` (a ``task.Clock`` in tests; ``time.monotonic`` by
+    default) that times expiry and statistics.  The synchronous face may be
+    called from any thread, with or without a reactor; the reactor face needs
+    :meth:`attach_reactor` first and runs on the reactor thread only.
+    """
+
+    extensions = ["groups", "flush", "statistics", "twisted"]
+    local_only = True
+
+    #: Longest wait, in real seconds, of ``receive(channels, block=True)``
+    #: before it returns ``(None, None)``; a send ends the wait at once.
+    receive_block_timeout = 5.0
+
+    #: Seconds between expiry sweeps while a reactor is attached.
+    sweep_interval = 1.0
+
+    def __init__(
+        self,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[CapacityPattern, int]
+        | Sequence[tuple[CapacityPattern, int]]
+        | None = None,
+        max_message_size: int = 1024 * 1024,
+        clock: Any = None,
+    ) -> None:
+        super().__init__(expiry, group_expiry, capacity, channel_capacity, max_message_size)
+        self._seconds: Callable[[], float] = clock.seconds if clock is not None else time.monotonic
+        self._lock = threading.Lock()
+        self._receive_cond = threading.Condition(self._lock)
+        self._space_cond = threading.Condition(self._lock)
+        self._channels: dict[str, _Channel] = {}
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._groups: dict[str, dict[str, float]] = {}  # group -> {channel: added at}
+        self._channel_groups: dict[str, set[str]] = {}  # channel -> groups
+        self._receivers: dict[str, _Receiver] = {}
+        self._sent = _Rate()
+        self._full = _Rate()
+        self._rotation = 0
+        self._next_housekeeping = self._seconds() + HOUSEKEEPING_INTERVAL
+        # Calls for the reactor gathered under the lock, made after it.
+        self._post: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._batcher: ReactorBatcher | None = None
+        self._sweeper: task.LoopingCall | None = None
+
+    # -- internals (the _locked ones need self._lock held) --------------------
+
+    def _begin_locked(self) -> float:
+        """The time now, after dropping whatever expiry and housekeeping are due."""
+        now = self._seconds()
+        heap = self._expiry_heap
+        if heap and heap[0][0] <= now:
+            self._expire_messages_locked(now)
+        if now >= self._next_housekeeping:
+            self._housekeep_locked(now)
+        return now
+
+    def _take_post_locked(self) -> list[tuple[Callable[..., None], tuple[Any, ...]]]:
+        post = self._post
+        if post:
+            self._post = []
+        return post
+
+    def _run_post(self, post: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
+        # Outside the lock.  Only the reactor face registers anything that
+        # posts calls, and it needs a batcher.
+        if post and self._batcher is not None:
+            for f, args in post:
+                self._batcher.call(f, *args)
+
+    def _channel_locked(self, key: str, now: float) -> _Channel:
+        ch = self._channels.get(key)
+        if ch is None:
+            ch = self._channels[key] = _Channel(self.get_capacity(key), now)
+        return ch
+
+    def _enqueue_locked(
+        self, ch: _Channel, key: str, name: str, data: Prepared, now: float
+    ) -> bool:
+        queue = ch.queue
+        if len(queue) >= ch.capacity:
+            ch.full.add(now)
+            self._full.add(now)
+            return False
+        expires = now + self.expiry
+        queue.append((expires, name, data))
+        if not ch.expiry_scheduled:
+            ch.expiry_scheduled = True
+            heapq.heappush(self._expiry_heap, (expires, key))
+        ch.sent.add(now)
+        self._sent.add(now)
+        ch.last_used = now
+        if ch.waiters:
+            self._wake_one_locked(ch)
+        if ch.sync_waiting:
+            self._receive_cond.notify_all()
+        return True
+
+    def _deliver_locked(
+        self, receiver: _Receiver, ch: _Channel, name: str, message: dict[str, Any], now: float
+    ) -> None:
+        receiver.pending.append((name, message))
+        ch.sent.add(now)
+        self._sent.add(now)
+        ch.last_used = now
+        if not receiver.scheduled:
+            receiver.scheduled = True
+            self._post.append((self._deliver, (receiver,)))
+
+    def _wake_one_locked(self, ch: _Channel) -> None:
+        for waiter in ch.waiters:
+            if not waiter.woken:
+                waiter.woken = True
+                self._post.append((self._service, (waiter,)))
+                return
+
+    def _removed_locked(self, ch: _Channel) -> None:
+        """Messages left ``ch``: tell whoever waits for room."""
+        if (ch.space_waiters or ch.sync_space_waiting) and len(ch.queue) < ch.capacity:
+            if ch.space_waiters:
+                self._post.append((self._fire_space, (ch.space_waiters,)))
+                ch.space_waiters = []
+            if ch.sync_space_waiting:
+                self._space_cond.notify_all()
+
+    def _take_locked(self, keys: list[str], limit: int) -> list[tuple[str, Prepared]]:
+        # Round robin over the keys, starting one further on every call, so a
+        # busy channel cannot starve a quiet one.
+        n = len(keys)
+        start = self._rotation % n
+        self._rotation += 1
+        channels = self._channels
+        ready = []
+        for i in range(n):
+            ch = channels.get(keys[(start + i) % n])
+            if ch is not None and ch.queue:
+                ready.append(ch)
+        if not ready:
+            return []
+        taken: list[tuple[str, Prepared]] = []
+        remaining = ready
+        while remaining and len(taken) < limit:
+            still = []
+            for ch in remaining:
+                _, name, data = ch.queue.popleft()
+                taken.append((name, data))
+                if len(taken) >= limit:
+                    break
+                if ch.queue:
+                    still.append(ch)
+            remaining = still
+        for ch in ready:
+            self._removed_locked(ch)
+        return taken
+
+    def _expire_messages_locked(self, now: float) -> None:
+        heap = self._expiry_heap
+        channels = self._channels
+        while heap and heap[0][0] <= now:
+            key = heapq.heappop(heap)[1]
+            ch = channels.get(key)
+            if ch is None:
+                continue
+            ch.expiry_scheduled = False
+            queue = ch.queue
+            if queue and queue[0][0] <= now:
+                expired = set()
+                while queue and queue[0][0] <= now:
+                    expired.add(queue.popleft()[1])
+                for name in expired:
+                    self._evict_locked(name)
+                self._removed_locked(ch)
+            if queue:
+                ch.expiry_scheduled = True
+                heapq.heappush(heap, (queue[0][0], key))
+
+    def _evict_locked(self, name: str) -> None:
+        """Drop channel ``name`` from all its groups (a message of it expired)."""
+        for group in self._channel_groups.pop(name, ()):
+            members = self._groups.get(group)
+            if members is not None:
+                members.pop(name, None)
+                if not members:
+                    del self._groups[group]
+
+    def _drop_member_locked(self, group: str, members: dict[str, float], name: str) -> None:
+        members.pop(name, None)
+        groups = self._channel_groups.get(name)
+        if groups is not None:
+            groups.discard(group)
+            if not groups:
+                del self._channel_groups[name]
+        if not members:
+            self._groups.pop(group, None)
+
+    def _expire_members_locked(self, group: str, members: dict[str, float], now: float) -> None:
+        cutoff = now - self.group_expiry
+        for name in [name for name, added in members.items() if added <= cutoff]:
+            self._drop_member_locked(group, members, name)
+
+    def _housekeep_locked(self, now: float) -> None:
+        self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        for group, members in list(self._groups.items()):
+            self._expire_members_locked(group, members, now)
+        idle_before = now - IDLE_RETENTION
+        channels = self._channels
+        for key in [k for k, ch in channels.items() if ch.last_used <= idle_before and ch.idle()]:
+            del channels[key]
+
+    def _receive_keys(self, channels: Any) -> list[str]:
+        if isinstance(channels, (str, bytes)):
+            self.valid_channel_names(channels)  # raises: a lone name is not a list
+        names = list(channels)
+        self.valid_channel_names(names, receive=True)
+        return list(dict.fromkeys(names))
+
+    # -- synchronous face (any thread) ----------------------------------------
+
+    def send_prepared(self, channel: str, data: Prepared) -> None:
+        """
+        Queue prepared ``data`` on ``channel`` (or hand it to the local
+        receiver of its ``prefix!``).  Any thread; never blocks.
+
+        :raises ChannelFull: the channel (for ``prefix!local``, the prefix)
+            holds ``get_capacity(channel)`` messages already.
+        """
+        key = _key(channel)
+        message = None
+        if key in self._receivers:
+            message = self.unpack(data)  # in the sender's thread, not under the lock
+        with self._lock:
+            now = self._begin_locked()
+            ch = self._channel_locked(key, now)
+            receiver = self._receivers.get(key)
+            if receiver is not None:
+                if message is None:
+                    message = self.unpack(data)
+                self._deliver_locked(receiver, ch, channel, message, now)
+                sent = True
+            else:
+                sent = self._enqueue_locked(ch, key, channel, data, now)
+            post = self._take_post_locked()
+        self._run_post(post)
+        if not sent:
+            raise ChannelFull("Channel %r is full (capacity %d)" % (channel, ch.capacity))
+
+    def send_prepared_wait(self, channel: str, data: Prepared, timeout: float) -> None:
+        """
+        :meth:`send_prepared`, waiting up to ``timeout`` real seconds for room
+        if the channel is full.  A worker thread only: it blocks.
+
+        :raises ChannelFull: the channel stayed full for ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        key = _key(channel)
+        while True:
+            try:
+                self.send_prepared(channel, data)
+                return
+            except ChannelFull:
+                pass
+            with self._lock:
+                now = self._begin_locked()
+                ch = self._channel_locked(key, now)
+                full = len(ch.queue) >= ch.capacity
+                remaining = deadline - time.monotonic()
+                if full and remaining > 0:
+                    ch.sync_space_waiting += 1
+                    try:
+                        self._space_cond.wait(remaining)
+                    finally:
+                        ch.sync_space_waiting -= 1
+                post = self._take_post_locked()
+            self._run_post(post)
+            if full and remaining <= 0:
+                raise ChannelFull(
+                    "Channel %r stayed full for %ss (capacity %d)" % (channel, timeout, ch.capacity)
+                )
+
+    def receive(
+        self, channels: Sequence[str], block: bool = False
+    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+        """
+        Take the oldest message of one of ``channels``: ``(channel, message)``
+        or ``(None, None)``.  Any thread.  For process-local channels pass the
+        ``prefix!``; the full name comes back.  ``block=True`` waits (pushed by
+        sends, never polling) up to :attr:`receive_block_timeout` seconds.
+
+        :raises TypeError: an invalid name, a ``prefix!local`` name, or a lone
+            ``str`` instead of a list.
+        """
+        keys = self._receive_keys(channels)
+        if not keys:
+            return None, None
+        deadline = None
+        with self._lock:
+            while True:
+                now = self._begin_locked()
+                taken = self._take_locked(keys, 1)
+                if taken or not block:
+                    break
+                if deadline is None:
+                    deadline = time.monotonic() + self.receive_block_timeout
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                waiting = [self._channel_locked(key, now) for key in keys]
+                for ch in waiting:
+                    ch.sync_waiting += 1
+                try:
+                    self._receive_cond.wait(remaining)
+                finally:
+                    for ch in waiting:
+                        ch.sync_waiting -= 1
+            post = self._take_post_locked()
+        self._run_post(post)
+        if not taken:
+            return None, None
+        name, data = taken[0]
+        return name, self.unpack(data)
+
+    def new_channel(self, pattern: str) -> str:
+        """
+        ``pattern`` (ending with ``?``) plus 12 CSPRNG letters, a name not in
+        use.  :raises TypeError: a pattern not ending with ``?``, or invalid.
+        """
+        self._check_new_channel_pattern(pattern)
+        while True:
+            name = pattern + random_string(12)
+            if name not in self._channels:
+                return name
+
+    def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` (again: refreshes its group expiry)."""
+        self.valid_group_name(group)
+        self.valid_channel_name(channel)
+        with self._lock:
+            now = self._begin_locked()
+            members = self._groups.get(group)
+            if members is None:
+                members = self._groups[group] = {}
+            members[channel] = now
+            groups = self._channel_groups.get(channel)
+            if groups is None:
+                groups = self._channel_groups[channel] = set()
+            groups.add(group)
+            post = self._take_post_locked()
+        self._run_post(post)
+
+    def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; nothing happens if it is absent."""
+        self.valid_group_name(group)
+        self.valid_channel_name(channel)
+        with self._lock:
+            self._begin_locked()
+            members = self._groups.get(group)
+            if members is not None and channel in members:
+                self._drop_member_locked(group, members, channel)
+            post = self._take_post_locked()
+        self._run_post(post)
+
+    def group_channels(self, group: str) -> list[str]:
+        """The current members of ``group``, in the order they were added."""
+        self.valid_group_name(group)
+        with self._lock:
+            now = self._begin_locked()
+            members = self._groups.get(group)
+            result = []
+            if members is not None:
+                self._expire_members_locked(group, members, now)
+                result = list(members)
+            post = self._take_post_locked()
+        self._run_post(post)
+        return result
+
+    def send_group_prepared(self, group: str, data: Prepared) -> None:
+        """
+        Send prepared ``data`` to every member of ``group`` under one lock;
+        full members are skipped (counted as ``channel_full``), never raised.
+        Members with a local receiver all get the same unpacked dict.
+        """
+        message = self.unpack(data) if self._receivers else None
+        with self._lock:
+            now = self._begin_locked()
+            members = self._groups.get(group)
+            if members:
+                self._expire_members_locked(group, members, now)
+                receivers = self._receivers
+                for name in members:
+                    key = _key(name)
+                    ch = self._channel_locked(key, now)
+                    receiver = receivers.get(key) if receivers else None
+                    if receiver is None:
+                        self._enqueue_locked(ch, key, name, data, now)
+                        continue
+                    if message is None:
+                        message = self.unpack(data)
+                    self._deliver_locked(receiver, ch, name, message, now)
+            post = self._take_post_locked()
+        self._run_post(post)
+
+    def flush(self) -> None:
+        """
+        Drop every message, group and statistic.  Waiting receivers are not
+        cancelled: they go on waiting.  Done when it returns.
+        """
+        with self._lock:
+            for ch in self._channels.values():
+                ch.queue.clear()
+                ch.expiry_scheduled = False
+                ch.sent = _Rate()
+                ch.full = _Rate()
+                self._removed_locked(ch)
+            self._channels = {k: ch for k, ch in self._channels.items() if not ch.idle()}
+            self._expiry_heap = []
+            self._groups.clear()
+            self._channel_groups.clear()
+            for receiver in self._receivers.values():
+                receiver.pending = []
+            self._sent = _Rate()
+            self._full = _Rate()
+            post = self._take_post_locked()
+        self._run_post(post)
+
+    def _stats(
+        self, now: float, sent: _Rate, full: _Rate, heads: list[_Channel]
+    ) -> dict[str, float]:
+        oldest = min((ch.queue[0][0] for ch in heads if ch.queue), default=None)
+        return {
+            "messages_count": sent.total,
+            "messages_count_per_second": sent.per_second(now),
+            "messages_pending": sum(len(ch.queue) for ch in heads),
+            "messages_max_age": 0 if oldest is None else max(0, now - (oldest - self.expiry)),
+            "channel_full_count": full.total,
+            "channel_full_count_per_second": full.per_second(now),
+        }
+
+    def global_statistics(self) -> dict[str, float]:
+        """Counts since start (or the last flush) across every channel."""
+        with self._lock:
+            now = self._begin_locked()
+            stats = self._stats(now, self._sent, self._full, list(self._channels.values()))
+            post = self._take_post_locked()
+        self._run_post(post)
+        return stats
+
+    def channel_statistics(self, channel: str) -> dict[str, float]:
+        """Counts for ``channel``: for ``prefix!local``, those of its prefix."""
+        self.valid_channel_name(channel)
+        with self._lock:
+            now = self._begin_locked()
+            ch = self._channels.get(_key(channel))
+            if ch is None:
+                ch = _Channel(0, now)
+            stats = self._stats(now, ch.sent, ch.full, [ch])
+            post = self._take_post_locked()
+        self._run_post(post)
+        return stats
+
+    # -- reactor face (reactor thread only) -------------------------------------
+
+    def attach_reactor(self, reactor: Any) -> None:
+        """
+        Bind the layer to ``reactor``: wake-ups go through its batcher, and an
+        expiry sweep runs every :attr:`sweep_interval` seconds.
+        """
+        if self._sweeper is not None:
+            raise RuntimeError("This layer is already attached to a reactor")
+        self._batcher = batcher_for(reactor)
+        sweeper = task.LoopingCall(self._sweep)
+        sweeper.clock = reactor
+        sweeper.start(self.sweep_interval, now=False).addErrback(
+            lambda f: log.failure("The in-memory layer's expiry sweep stopped", f)
+        )
+        self._sweeper = sweeper
+
+    def detach_reactor(self) -> Deferred[None]:
+        """
+        Stop the expiry sweep.  Waiters and local receivers are left alone:
+        their owners cancel and remove them first.
+        """
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and sweeper.running:
+            sweeper.stop()
+        return succeed(None)
+
+    def _sweep(self) -> None:
+        with self._lock:
+            self._begin_locked()
+            post = self._take_post_locked()
+        self._run_post(post)
+
+    def _require_reactor(self) -> None:
+        if self._batcher is None:
+            raise RuntimeError("The reactor face needs attach_reactor() first")
+
+    def receive_many_twisted(
+        self, channels: Sequence[str], limit: int
+    ) -> Deferred[list[tuple[str, dict[str, Any]]]]:
+        """
+        1 to ``limit`` ``(channel, message)`` pairs from ``channels``: at once
+        if any are queued, else when a send (from any thread) brings some.
+        Cancelling the Deferred takes nothing.  Invalid arguments fail it.
+        """
+        try:
+            self._require_reactor()
+            keys = self._receive_keys(channels)
+            if not keys:
+                raise ValueError("receive_many_twisted needs at least one channel")
+            if not isinstance(limit, int) or limit < 1:
+                raise ValueError("limit must be a positive int, not %r" % (limit,))
+        except Exception:
+            return fail()
+        d: Deferred[Batch] | None = None
+        with self._lock:
+            now = self._begin_locked()
+            taken = self._take_locked(keys, limit)
+            if not taken:
+                waiter = _Waiter(keys, limit)
+                d = waiter.deferred = Deferred(lambda _: self._cancel_waiter(waiter))
+                for key in keys:
+                    self._channel_locked(key, now).waiters.append(waiter)
+            post = self._take_post_locked()
+        self._run_post(post)
+        if d is not None:
+            return d
+        return succeed([(name, self.unpack(data)) for name, data in taken])
+
+    def _unregister_locked(self, waiter: _Waiter) -> None:
+        waiter.done = True
+        for key in waiter.keys:
+            ch = self._channels.get(key)
+            if ch is not None and waiter in ch.waiters:
+                ch.waiters.remove(waiter)
+        # Another waiter takes over what this one was woken for.
+        for key in waiter.keys:
+            ch = self._channels.get(key)
+            if ch is not None and ch.queue and ch.waiters:
+                self._wake_one_locked(ch)
+
+    def _service(self, waiter: _Waiter) -> None:
+        # Reactor thread, via the batcher: a send woke this waiter.
+        taken: list[tuple[str, Prepared]] = []
+        with self._lock:
+            if not waiter.done:
+                self._begin_locked()
+                taken = self._take_locked(waiter.keys, waiter.limit)
+                if taken:
+                    self._unregister_locked(waiter)
+                else:
+                    waiter.woken = False  # someone else took it; wait on
+            post = self._take_post_locked()
+        self._run_post(post)
+        if taken and waiter.deferred is not None:
+            waiter.deferred.callback([(name, self.unpack(data)) for name, data in taken])
+
+    def _cancel_waiter(self, waiter: _Waiter) -> None:
+        with self._lock:
+            if not waiter.done:
+                self._unregister_locked(waiter)
+            post = self._take_post_locked()
+        self._run_post(post)
+
+    def send_twisted(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
+        """:meth:`send`, as an already-fired Deferred."""
+        try:
+            self.send(channel, message)
+        except Exception:
+            return fail()
+        return succeed(None)
+
+    def send_group_twisted(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+        """:meth:`send_group`, as an already-fired Deferred."""
+        try:
+            self.send_group(group, message)
+        except Exception:
+            return fail()
+        return succeed(None)
+
+    def add_local_receiver(self, prefix: str, callback: LocalReceiver) -> None:
+        """
+        From now on, messages for ``prefix`` + local names skip the queue (and
+        capacity): they go to ``callback(batch)`` on the reactor thread, every
+        message sent before the batcher's next drain in one ``batch`` list.
+        Messages already queued for ``prefix`` are handed over too.
+        Messages are shared between members of a group send: read-only.
+
+        :raises TypeError: ``prefix`` is not a valid name ending with ``!``.
+        :raises ValueError: ``prefix`` has a receiver already.
+        """
+        self._require_reactor()
+        self.valid_channel_name(prefix, receive=True)
+        if not prefix.endswith("!"):
+            raise TypeError("A local receiver's prefix ends with '!', not %r" % (prefix,))
+        with self._lock:
+            if prefix in self._receivers:
+                raise ValueError("%r has a local receiver already" % (prefix,))
+            now = self._begin_locked()
+            receiver = self._receivers[prefix] = _Receiver(callback)
+            ch = self._channels.get(prefix)
+            if ch is not None and ch.queue:
+                for _, name, data in ch.queue:
+                    self._deliver_locked(receiver, ch, name, self.unpack(data), now)
+                ch.queue.clear()
+                self._removed_locked(ch)
+            post = self._take_post_locked()
+        self._run_post(post)
+
+    def remove_local_receiver(self, prefix: str) -> None:
+        """
+        Stop delivering to ``prefix``'s receiver (no-op without one); a batch
+        not yet delivered is dropped, later messages are queued again.
+        """
+        with self._lock:
+            receiver = self._receivers.pop(prefix, None)
+            if receiver is not None:
+                receiver.active = False
+                receiver.pending = []
+
+    def _deliver(self, receiver: _Receiver) -> None:
+        # Reactor thread, via the batcher.
+        with self._lock:
+            batch = receiver.pending
+            receiver.pending = []
+            receiver.scheduled = False
+            active = receiver.active
+        if active and batch:
+            try:
+                receiver.callback(batch)
+            except Exception:
+                log.failure("A local receiver failed on {count} messages", count=len(batch))
+
+    def when_capacity_twisted(self, channel: str) -> Deferred[None]:
+        """
+        A Deferred firing (on the reactor thread) once ``channel`` holds fewer
+        messages than its capacity: already fired if it does now.  Room comes
+        from receives, expiry and flush.
+        """
+        try:
+            self._require_reactor()
+            self.valid_channel_name(channel)
+        except Exception:
+            return fail()
+        key = _key(channel)
+        d: Deferred[None] | None = None
+        with self._lock:
+            self._begin_locked()
+            ch = self._channels.get(key)
+            if key not in self._receivers and ch is not None and len(ch.queue) >= ch.capacity:
+                d = Deferred(lambda cancelled: self._cancel_space(key, cancelled))
+                ch.space_waiters.append(d)
+            post = self._take_post_locked()
+        self._run_post(post)
+        return d if d is not None else succeed(None)
+
+    def _cancel_space(self, key: str, d: Deferred[None]) -> None:
+        with self._lock:
+            ch = self._channels.get(key)
+            if ch is not None and d in ch.space_waiters:
+                ch.space_waiters.remove(d)
+
+    @staticmethod
+    def _fire_space(deferreds: list[Deferred[None]]) -> None:
+        # Reactor thread, via the batcher.
+        for d in deferreds:
+            if not d.called:
+                d.callback(None)

@@ -1,0 +1,703 @@
+"""
+The WebSocket half of the interface server: autobahn behind the HTTP port.
+
+:mod:`chanserv.server.http` parses and validates an ``Upgrade: websocket``
+request, then calls :meth:`WebSocketFactory.upgrade`, which takes the
+connection over: a fresh :class:`WebSocketProtocol` gets the transport and a
+handshake rebuilt from the *validated* request -- the request line and only
+the headers autobahn acts on, one line each, never a body -- so no byte the
+HTTP parser let through can be re-read differently by autobahn (the
+CVE-2026-44546 class).  The connection then speaks ASGI 1.0 ``websocket.*``
+(reference §2.2) with these additions and fixes:
+
+- ``websocket.connect`` also carries ``scheme``, ``root_path`` and the offered
+  ``subprotocols``; ``{"accept": True, "subprotocol": name}`` picks one of
+  them (echoed in the 101).  Without a choice, the first offered one listed in
+  ``ws_protocols`` is used, as daphne did.
+- Empty text and binary messages are received and sent like any other.
+- ``websocket.receive`` full: the socket is no longer read (TCP back-pressure
+  reaches the client) and the message is kept; it is sent again once the
+  channel has room, in order.  Only if the channel stays full for
+  ``ws_receive_full_timeout`` is the socket closed with 1013; the messages
+  still held are then dropped and ``websocket.disconnect`` (code 1013) is
+  still sent, with ``order`` one past the last message delivered.
+- ``websocket.disconnect`` is sent for every connection whose
+  ``websocket.connect`` reached the layer (also after a reject), after all of
+  its ``websocket.receive`` messages.  ``code`` is the close code this server
+  sent if it started the close, else the client's (1005 when its close frame
+  had none, 1006 when the TCP connection just went away).
+- A malformed reply (unknown key, both ``text`` and ``bytes``, wrong types, a
+  ``subprotocol`` the client did not offer) is logged as an error and ignored
+  as a whole.  An invalid ``close`` code is logged and replaced by 1000.
+- Permessage-deflate is never negotiated (no deflate bombs), frames and
+  messages are capped (``max_ws_frame_size`` / ``max_ws_message_size``: close
+  1009), UTF-8 and masking are checked (1007 / 1002), and protocol errors
+  close with a close frame rather than a silent drop.
+
+Timeouts: ``websocket_handshake_timeout`` is autobahn's
+``openHandshakeTimeout`` and covers the protocol part of the handshake, until
+``websocket.connect`` is on the layer; the application's decision is then
+bounded by ``websocket_connect_timeout`` (403).  That, ``websocket_timeout``
+(close 1000), the idle ping and ``ws_receive_full_timeout`` are checked by
+:meth:`WebSocketFactory.check_timeouts`, called by the server's one periodic
+sweep; autobahn's own timers (ping and close-handshake timeouts) run on the
+injected reactor.
+
+Everything here runs on the reactor thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from txaio._common import _BatchedTimer
+
+from chanserv.exceptions import ChannelFull, MessageTooLarge
+
+__all__ = ["WebSocketFactory", "WebSocketProtocol"]
+
+log = Logger()
+
+#: The request headers autobahn needs to check a handshake; no other header
+#: is ever shown to it (the application gets them all in websocket.connect).
+HANDSHAKE_HEADERS = (
+    b"host",
+    b"upgrade",
+    b"connection",
+    b"sec-websocket-key",
+    b"sec-websocket-version",
+    b"sec-websocket-protocol",
+)
+
+#: Bytes that autobahn's ``str.splitlines()`` (on latin-1) would treat as a
+#: line break, plus the other control characters: never in a fed header.
+_UNSAFE = frozenset(b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0a\x0b\x0c\x0d\x0e\x0f") | frozenset(
+    b"\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x7f\x85"
+)
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+#: More offered subprotocols than this: 400 (bounded work per handshake).
+MAX_SUBPROTOCOLS = 64
+
+#: Bytes a client may send after its handshake and before the 101 (it
+#: should send none): beyond this the connection is dropped.
+MAX_EARLY_DATA = 64 * 1024
+
+_REPLY_KEYS = frozenset(("accept", "text", "bytes", "close", "subprotocol"))
+
+_PROXY_SCHEMES = {b"http": "ws", b"https": "wss", b"ws": "ws", b"wss": "wss"}
+
+
+class BadHandshake(ValueError):
+    """The upgrade request cannot be handed to autobahn (answered with 400)."""
+
+
+def _header_values(request: Any, name: bytes) -> list[bytes]:
+    return list(request.requestHeaders.getRawHeaders(name) or ())
+
+
+def build_connect(request: Any, config: Any) -> tuple[dict[str, Any], list[str]]:
+    """
+    The ``websocket.connect`` message for ``request`` (without
+    ``reply_channel``) and the list of offered subprotocols.
+
+    :raises BadHandshake: undecodable path, unsafe bytes in a header autobahn
+        will see, or a malformed or oversized ``Sec-WebSocket-Protocol``.
+    """
+    try:
+        path = unquote_to_bytes(request.path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadHandshake("path is not UTF-8") from None
+    headers = []
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        name = name.lower()
+        if b"_" in name:  # CVE-2015-0219, as daphne
+            continue
+        for value in values:
+            if name in HANDSHAKE_HEADERS and (_UNSAFE & set(value)):
+                raise BadHandshake("control character in a handshake header")
+            headers.append([name, value])
+    offered: list[str] = []
+    for value in _header_values(request, b"sec-websocket-protocol"):
+        for token in value.split(b","):
+            token = token.strip(b" \t")
+            if not token or not _TCHAR.issuperset(token):
+                raise BadHandshake("malformed Sec-WebSocket-Protocol")
+            offered.append(token.decode("ascii"))
+            if len(offered) > MAX_SUBPROTOCOLS:
+                raise BadHandshake("too many subprotocols offered")
+    transport = request.channel.transport
+    client = _address(transport.getPeer())
+    server = _address(transport.getHost())
+    scheme = "wss" if request.isSecure() else "ws"
+    if config.proxy_headers:
+        forwarded_for = _header_values(request, b"x-forwarded-for")
+        if forwarded_for:
+            host = forwarded_for[0].split(b",")[0].strip().decode("latin-1")
+            port = 0
+            forwarded_port = _header_values(request, b"x-forwarded-port")
+            if forwarded_port and forwarded_port[0].strip().isdigit():
+                port = int(forwarded_port[0].strip())
+            client = [host, port]
+        forwarded_proto = _header_values(request, b"x-forwarded-proto")
+        if forwarded_proto:
+            scheme = _PROXY_SCHEMES.get(forwarded_proto[0].strip().lower(), scheme)
+    message = {
+        "path": path,
+        "headers": headers,
+        "query_string": request.uri.partition(b"?")[2],
+        "client": client,
+        "server": server,
+        "order": 0,
+        "scheme": scheme,
+        "root_path": config.root_path,
+        "subprotocols": offered,
+    }
+    return message, offered
+
+
+def _address(address: Any) -> list[Any] | None:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        return [host, port]
+    return None
+
+
+def handshake_bytes(request: Any) -> bytes:
+    """The handshake autobahn is fed: request line and HANDSHAKE_HEADERS."""
+    # The URI is not needed (the application gets path and query string in
+    # websocket.connect); "/" spares autobahn parsing a hostile query string.
+    lines = [b"GET / HTTP/1.1"]
+    for name in HANDSHAKE_HEADERS:
+        for value in _header_values(request, name):
+            lines.append(name + b": " + value)
+    lines.append(b"")
+    lines.append(b"")
+    return b"\r\n".join(lines)
+
+
+def _take_transport(request: Any, protocol: WebSocketProtocol) -> Any:
+    """
+    Detach ``request``'s connection from its HTTP channel and connect it to
+    ``protocol``; return ``(transport, bytes the channel had buffered)``.
+    """
+    channel = request.channel
+    transport = channel.transport
+    channel.transport = None
+    # Bytes the channel reads after this (the rest of the current read, when
+    # called from inside its dataReceived) go to the WebSocket instead.
+    channel.rawDataReceived = protocol.dataReceived
+    channel.dataReceived = protocol.dataReceived
+    buffered = b"".join(getattr(channel, "_dataBuffer", ()))
+    channel._dataBuffer = []
+    if not getattr(channel, "_busyReceiving", False):
+        buffered += getattr(channel, "_buffer", b"")
+        channel._buffer = b""
+    if isinstance(transport, ProtocolWrapper):  # TLS
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    # The channel registered itself as the transport's producer.
+    try:
+        transport.unregisterProducer()
+    except RuntimeError:
+        pass
+    return transport, buffered
+
+
+class WebSocketProtocol(WebSocketServerProtocol):
+    """
+    One WebSocket connection, from the handed-over upgrade request to
+    ``websocket.disconnect``.  Reactor thread only.
+
+    Per-connection state is kept to a few attributes (class-level defaults
+    until they change) so an idle socket costs little on top of autobahn.
+    """
+
+    reply_channel = ""
+    path = ""
+    client = ""  # "host:port" for the access log, "" if unknown
+    opened_at = 0.0  # reactor seconds at upgrade
+    last_active = 0.0  # last inbound message or ping sent
+    order = 0  # websocket.receive messages created so far
+    delivered = 0  # ... and handed to the layer
+    connect_sent = False
+    opened = False  # 101 sent
+    lost = False  # connection gone
+    close_code: int | None = None  # code of a close this server started
+    _connect: dict[str, Any] | None = None  # websocket.connect until sent
+    _handshake: Deferred[Any] | None = None  # onConnect's result, until decided
+    _parsed = False  # autobahn has seen the handshake
+    _connect_pending = False  # websocket.connect send in flight
+    _pumping = False
+    _busy = False  # a websocket.receive send is in flight or waiting for room
+    _backlog: deque[dict[str, Any]] | None = None  # messages waiting behind it
+    _full_since: float | None = None
+    _room: Deferred[None] | None = None  # when_capacity wait
+    _disconnect_due: int | None = None  # disconnect code, once lost
+
+    # -- handshake -------------------------------------------------------------
+
+    def processHandshake(self) -> None:
+        # autobahn calls this for every read while CONNECTING; after the first
+        # (the fed handshake) anything the client sends before our 101 is
+        # kept, bounded, for after the accept -- never parsed as a handshake.
+        if not self._parsed:
+            super().processHandshake()
+        elif len(self.data) > MAX_EARLY_DATA:
+            self.dropConnection(abort=True)
+
+    def onConnect(self, request: Any) -> Deferred[Any]:
+        self._parsed = True
+        factory = self.factory
+        message, self._connect = self._connect, None
+        assert message is not None
+        message["reply_channel"] = self.reply_channel
+        factory.registry.register(self.reply_channel, self)
+        self._handshake = d = Deferred()
+        self._connect_pending = True
+        sent = factory.layer.send_twisted("websocket.connect", message)
+        sent.addCallbacks(self._connect_sent, self._connect_failed)
+        sent.addErrback(lambda f: log.failure("websocket.connect handling failed", f))
+        return d
+
+    def _connect_sent(self, _: None) -> None:
+        self._connect_pending = False
+        self.connect_sent = True
+        # From here the application decides, within websocket_connect_timeout.
+        if self.openHandshakeTimeoutCall is not None:
+            self.openHandshakeTimeoutCall.cancel()
+            self.openHandshakeTimeoutCall = None
+        if self.lost:
+            self._maybe_disconnect()
+        else:
+            self.factory.log_action("connecting", self)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connect_pending = False
+        if failure.check(ChannelFull):
+            log.warn("websocket.connect is full: {path} answered 503", path=self.path)
+            self.reject(503, "Connection queue at capacity")
+        else:
+            log.failure("Sending websocket.connect failed", failure)
+            self.reject(500, "Internal Server Error")
+        if self.lost:
+            self.factory.finished(self)
+
+    def accept(self, subprotocol: str | None) -> None:
+        """Complete the handshake (101), speaking ``subprotocol`` if not None."""
+        d, self._handshake = self._handshake, None
+        if d is not None:
+            d.callback(subprotocol)  # autobahn's succeedHandshake: 101, onOpen
+
+    def reject(self, code: int, reason: str) -> None:
+        """Refuse a pending handshake with HTTP ``code`` and close."""
+        if self._handshake is None:
+            return
+        self._handshake = None
+        self.factory.log_action("rejected", self)
+        self.failHandshake(reason, code)
+
+    def onOpen(self) -> None:
+        self.opened = True
+        self.last_active = self.factory.reactor.seconds()
+        # What autobahn kept of the handshake is not needed any more.
+        self.http_request_data = self.http_response_data = self.http_headers = None
+        self.factory.log_action("connected", self)
+
+    # -- replies -----------------------------------------------------------------
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        """Handle a reply from the application (``ReplyConnection``)."""
+        text = message.get("text")
+        data = message.get("bytes")
+        subprotocol = message.get("subprotocol")
+        problem = None
+        if not _REPLY_KEYS.issuperset(message):
+            problem = "unknown keys %s" % sorted(set(message) - _REPLY_KEYS)
+        elif text is not None and data is not None:
+            problem = "both text and bytes"
+        elif text is not None and not isinstance(text, str):
+            problem = "text is not a str"
+        elif data is not None and not isinstance(data, bytes):
+            problem = "bytes is not bytes"
+        elif subprotocol is not None and subprotocol not in (self.websocket_protocols or ()):
+            problem = "subprotocol %r was not offered" % (subprotocol,)
+        if problem is not None:
+            log.error(
+                "Invalid WebSocket reply on {channel} ignored: {problem}",
+                channel=self.reply_channel,
+                problem=problem,
+            )
+            return
+        close = message.get("close")
+        if self._handshake is not None:
+            if "accept" in message and not message["accept"]:
+                self.reject(403, "Access denied")
+                return
+            if message.get("accept") or text is not None or data is not None:
+                self.accept(subprotocol or self._default_subprotocol())
+            elif close:
+                self.reject(403, "Access denied")
+                return
+        if self.state != self.STATE_OPEN:
+            return  # not accepted yet, or gone: nothing to send on
+        if text is not None:
+            self.sendMessage(text.encode("utf-8"), False)
+        elif data is not None:
+            self.sendMessage(data, True)
+        if close:
+            self.close(_close_code(close, self.reply_channel))
+
+    def _default_subprotocol(self) -> str | None:
+        for name in self.websocket_protocols or ():
+            if name in self.factory.config.ws_protocols:
+                return str(name)
+        return None
+
+    def close(self, code: int) -> None:
+        """Start a closing handshake with ``code`` (any valid code)."""
+        if self.state == self.STATE_OPEN:
+            self.close_code = code
+            self.sendCloseFrame(code=code, isReply=False)
+
+    # -- incoming messages -------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # data after a close frame is ignored
+        self.order += 1
+        message: dict[str, Any] = {
+            "reply_channel": self.reply_channel,
+            "path": self.path,
+            "order": self.order,
+        }
+        if isBinary:
+            message["bytes"] = payload
+        else:
+            message["text"] = payload.decode("utf-8")
+        self.last_active = self.factory.reactor.seconds()
+        if self._busy:
+            if self._backlog is None:
+                self._backlog = deque()
+            self._backlog.append(message)
+        else:
+            self._send_receive(message)
+
+    def onPong(self, payload: bytes) -> None:
+        self.last_active = self.factory.reactor.seconds()
+
+    def _send_receive(self, message: dict[str, Any]) -> None:
+        self._busy = True
+        d = self.factory.layer.send_twisted("websocket.receive", message)
+        d.addCallbacks(self._receive_sent, self._receive_failed, errbackArgs=(message,))
+        d.addErrback(lambda f: log.failure("websocket.receive handling failed", f))
+
+    def _receive_sent(self, _: None) -> None:
+        self.delivered += 1
+        self._busy = False
+        self._full_since = None
+        backlog = self._backlog
+        if backlog:
+            # Loop rather than recurse: with a layer whose sends fire at once,
+            # _send_receive comes back here before returning.
+            if self._pumping:
+                return
+            self._pumping = True
+            try:
+                while backlog and not self._busy:
+                    self._send_receive(backlog.popleft())
+            finally:
+                self._pumping = False
+            if backlog or self._busy:
+                return
+        self._backlog = None
+        self._resume()
+        if self.lost:
+            self._maybe_disconnect()
+
+    def _receive_failed(self, failure: Failure, message: dict[str, Any]) -> None:
+        if failure.check(ChannelFull):
+            # Keep the message, stop reading, retry when there is room.
+            if self._backlog is None:
+                self._backlog = deque()
+            self._backlog.appendleft(message)
+            if self._full_since is None:
+                self._full_since = self.factory.reactor.seconds()
+            if not self.lost and self.transport is not None:
+                self.transport.pauseProducing()
+            self._room = self.factory.layer.when_capacity_twisted("websocket.receive")
+            self._room.addCallbacks(self._retry, self._room_failed)
+            return
+        if failure.check(MessageTooLarge):
+            log.warn(
+                "WebSocket message on {channel} too large for the layer: closing with 1009",
+                channel=self.reply_channel,
+            )
+            code = 1009
+        else:
+            log.failure("Sending websocket.receive failed", failure)
+            code = 1011
+        self._give_up(code)
+
+    def _retry(self, _: None) -> None:
+        self._room = None
+        backlog = self._backlog
+        assert backlog
+        self._busy = False
+        self._send_receive(backlog.popleft())
+
+    def _room_failed(self, failure: Failure) -> None:
+        self._room = None
+        if not failure.check(CancelledError):
+            log.failure("Waiting for room on websocket.receive failed", failure)
+
+    def _give_up(self, code: int) -> None:
+        """Drop held messages and close with ``code``; disconnect follows."""
+        room, self._room = self._room, None
+        self._backlog = None
+        self._busy = False
+        self._full_since = None
+        if room is not None:
+            room.cancel()
+        if self.lost:
+            self._maybe_disconnect()
+        else:
+            self.close(code)
+            self._resume()
+
+    def _resume(self) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.resumeProducing()
+
+    # -- end ---------------------------------------------------------------------
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        # Called once, when the TCP connection is gone.
+        self.lost = True
+        self._handshake = None
+        factory = self.factory
+        if self.reply_channel:
+            factory.registry.unregister(self.reply_channel)
+        if self.opened:
+            factory.log_action("disconnected", self)
+        if self.close_code is None and self.localCloseCode is not None and self.closedByMe:
+            self.close_code = self.localCloseCode
+        if self.close_code is not None:
+            self._disconnect_due = self.close_code
+        elif wasClean:
+            self._disconnect_due = 1005 if code is None else code
+        else:
+            self._disconnect_due = 1006
+        if self.connect_sent:
+            self._maybe_disconnect()
+        elif not self._connect_pending:
+            factory.finished(self)
+
+    def _maybe_disconnect(self) -> None:
+        if self._busy or self._disconnect_due is None:
+            return  # after the held websocket.receive messages
+        code, self._disconnect_due = self._disconnect_due, None
+        message = {
+            "reply_channel": self.reply_channel,
+            "code": code,
+            "path": self.path,
+            "order": self.delivered + 1,
+        }
+        d = self.factory.layer.send_twisted("websocket.disconnect", message)
+        d.addErrback(self._disconnect_failed)
+        d.addBoth(lambda _: self.factory.finished(self))
+
+    def _disconnect_failed(self, failure: Failure) -> None:
+        if failure.check(ChannelFull):
+            log.warn(
+                "websocket.disconnect is full: dropped for {channel}", channel=self.reply_channel
+            )
+        else:
+            log.failure("Sending websocket.disconnect failed", failure)
+
+    def check(self, now: float) -> None:
+        """The periodic timeout check for this connection (``check_timeouts``)."""
+        config = self.factory.config
+        age = now - self.opened_at
+        if self._handshake is not None:
+            if self.connect_sent and age >= config.websocket_connect_timeout:
+                log.info("WebSocket {path} not accepted in time: 403", path=self.path)
+                self.reject(403, "Access denied")
+            return
+        if (
+            self._full_since is not None
+            and now - self._full_since >= config.ws_receive_full_timeout
+        ):
+            log.warn(
+                "websocket.receive stayed full for {channel}: closing with 1013",
+                channel=self.reply_channel,
+            )
+            self._give_up(1013)
+            return
+        if self.state != self.STATE_OPEN:
+            return
+        timeout = config.websocket_timeout
+        if timeout is not None and age >= timeout:
+            self.close(1000)
+        elif (
+            config.ping_interval
+            and now - self.last_active >= config.ping_interval
+            and not self.autoPingPending
+        ):
+            self.last_active = now
+            self._sendAutoPing()
+
+
+def _close_code(close: Any, channel: str) -> int:
+    if close is True:
+        return 1000
+    if isinstance(close, int) and not isinstance(close, bool):
+        if close == 1000 or 3000 <= close <= 4999:
+            return close
+    log.error(
+        "Invalid close code {close!r} on {channel}: closing with 1000",
+        close=close,
+        channel=channel,
+    )
+    return 1000
+
+
+class WebSocketFactory(WebSocketServerFactory):
+    """
+    Builds and tracks the WebSocket connections of one interface server.
+
+    :param reactor: the reactor (timers and time; autobahn's timers too).
+    :param layer: the channel layer (reactor face: ``send_twisted``,
+        ``when_capacity_twisted``).
+    :param registry: the :class:`~chanserv.server.replies.ReplyRegistry`.
+    :param config: the :class:`~chanserv.server.config.ServerConfig`.
+    :param access_log: an object with ``websocket(action, details)``, or None.
+
+    Reactor thread only.
+    """
+
+    protocol = WebSocketProtocol
+
+    def __init__(
+        self, reactor: Any, layer: Any, registry: Any, config: Any, access_log: Any
+    ) -> None:
+        super().__init__(server="chanserv", reactor=reactor)
+        # autobahn's timers would go to the global reactor: use ours.
+        self._batched_timer = _BatchedTimer(
+            200.0, 1000, seconds_provider=reactor.seconds, delayed_call_creator=reactor.callLater
+        )
+        self.layer = layer
+        self.registry = registry
+        self.config = config
+        self.access_log = access_log
+        self.connections: set[WebSocketProtocol] = set()
+        self._closing = False
+        self._drain_waiters: list[Deferred[None]] = []
+        self.setProtocolOptions(
+            versions=[13],
+            webStatus=False,
+            utf8validateIncoming=True,
+            requireMaskedClientFrames=True,
+            maskServerFrames=False,
+            applyMask=True,
+            maxFramePayloadSize=config.max_ws_frame_size,
+            maxMessagePayloadSize=config.max_ws_message_size,
+            failByDrop=False,  # close frames with 1002/1007/1009, not a silent drop
+            openHandshakeTimeout=config.websocket_handshake_timeout,
+            perMessageCompressionAccept=lambda offers: None,
+            autoPingInterval=0,  # pings come from check_timeouts
+            autoPingTimeout=config.ping_timeout,
+            # Origin policy belongs to the application (origin validators).
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+            maxConnections=0,
+            trustXForwardedFor=0,
+        )
+
+    def upgrade(self, request: Any) -> None:
+        """
+        Take over ``request``'s connection as a WebSocket.
+
+        ``request`` is a validated upgrade request (``twisted.web.http.Request``
+        with no body); after this call the HTTP side must not touch it or its
+        channel again.  Never raises: bad handshakes get an HTTP error.
+        """
+        protocol = WebSocketProtocol()
+        protocol.factory = self
+        transport, buffered = _take_transport(request, protocol)
+        protocol.opened_at = protocol.last_active = self.reactor.seconds()
+        protocol.makeConnection(transport)
+        resume: Any = IPushProducer(transport, None)
+        if resume is not None:
+            resume.resumeProducing()  # the channel may have paused it
+        self.connections.add(protocol)
+        try:
+            message, _ = build_connect(request, self.config)
+        except BadHandshake as e:
+            protocol.failHandshake(str(e), 400)
+            return
+        protocol.path = message["path"]
+        client = message["client"]
+        protocol.client = "%s:%s" % tuple(client) if client else ""
+        if self._closing:
+            protocol.failHandshake("Server shutting down", 503)
+            return
+        protocol.reply_channel = self.registry.new_reply_channel()
+        protocol._connect = message
+        protocol.dataReceived(handshake_bytes(request))
+        if buffered:
+            protocol.dataReceived(buffered)
+
+    def log_action(self, action: str, protocol: WebSocketProtocol) -> None:
+        """Access-log ``action`` (connecting, connected, rejected, disconnected)."""
+        if self.access_log is not None:
+            self.access_log.websocket(
+                action, {"path": protocol.path, "client": protocol.client or None}
+            )
+
+    def finished(self, protocol: WebSocketProtocol) -> None:
+        """``protocol`` is gone and its messages are sent: forget it."""
+        self.connections.discard(protocol)
+        if self._drain_waiters and not self.connections:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def check_timeouts(self, now: float) -> None:
+        """Apply every connection's timeouts at reactor time ``now``."""
+        for protocol in list(self.connections):
+            try:
+                protocol.check(now)
+            except Exception:
+                log.failure("WebSocket timeout check failed")
+
+    def close_all(self, code: int = 1001) -> Deferred[None]:
+        """
+        Refuse new upgrades (503), reject pending handshakes (503) and close
+        open sockets with ``code``.  The Deferred fires once every connection
+        is gone and its ``websocket.disconnect`` sent.
+        """
+        self._closing = True
+        for protocol in list(self.connections):
+            if protocol._handshake is not None:
+                protocol.reject(503, "Server shutting down")
+            else:
+                protocol.close(code)
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drain_waiters.append(d)
+        return d

@@ -1,0 +1,69 @@
+"""
+The service tree of one chanserv process.
+
+:class:`ChanservService` starts its children in the order they were added
+-- layer, pool, worker, interface server (reply dispatch, then listeners) --
+and, unlike ``MultiService``, stops them one after the other in reverse
+order, each waiting for the previous one: listeners close first, consumers in
+flight finish while the pool and the layer still run, and the layer goes
+last.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.logger import Logger
+
+log = Logger()
+
+__all__ = ["ChanservService", "LayerService"]
+
+
+class LayerService(Service):
+    """
+    Binds a channel layer to the reactor for the life of the process: its
+    reactor face, timers and connections start and stop here.
+    """
+
+    name = "layer"
+
+    def __init__(self, reactor: Any, channel_layer: Any) -> None:
+        self._reactor = reactor
+        self.channel_layer = channel_layer
+
+    def startService(self) -> None:
+        super().startService()
+        self.channel_layer.attach_reactor(self._reactor)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return maybeDeferred(self.channel_layer.detach_reactor)
+
+
+class ChanservService(MultiService):
+    """
+    The root service.  ``stopService`` stops children sequentially in
+    reverse start order; ``ready_message`` is logged once all have started.
+    """
+
+    def __init__(self, ready_message: str = "chanserv ready") -> None:
+        super().__init__()
+        self.ready_message = ready_message
+
+    def startService(self) -> None:
+        super().startService()
+        log.info("{message}", message=self.ready_message)
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            assert IService.providedBy(child)
+            try:
+                yield maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("Error stopping {service}", service=child)
+        log.info("chanserv stopped")

@@ -1,0 +1,27 @@
+import os
+import time
+from pathlib import Path
+
+from django.http import HttpResponse
+
+from chanserv.handler import AsgiHandler
+
+
+def write_marker(message):
+    """Write message["text"] to the file message["path"] after message["delay"]."""
+    time.sleep(float(message.get("delay", 0)))
+    Path(message["path"]).write_text(message["text"])
+
+
+def slow_http(message):
+    """Answer after ?delay seconds; marks start and end in $E2E_MARKER_DIR."""
+    query = message["query_string"].decode()
+    delay = float(query.partition("delay=")[2] or 0)
+    marker_dir = os.environ.get("E2E_MARKER_DIR")
+    if marker_dir:
+        Path(marker_dir, "started").write_text("1")
+    time.sleep(delay)
+    if marker_dir:
+        Path(marker_dir, "finished").write_text("1")
+    for chunk in AsgiHandler.encode_response(HttpResponse("slept %s" % delay)):
+        message.reply_channel.send(chunk)

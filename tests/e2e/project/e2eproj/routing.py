@@ -1,0 +1,7 @@
+from chanserv.routing import route
+from e2eproj import consumers
+
+channel_routing = [
+    route("e2e.marker", consumers.write_marker),
+    route("http.request", consumers.slow_http, path=r"^/slow/$"),
+]

@@ -1,0 +1,41 @@
+"""Settings of the project the end-to-end tests run under twistd."""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET_KEY = "chanserv-e2e-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "chanserv",
+]
+MIDDLEWARE = ["django.contrib.sessions.middleware.SessionMiddleware"]
+ROOT_URLCONF = "e2eproj.urls"
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("E2E_DB", str(BASE_DIR / "e2e.sqlite3")),
+    }
+}
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+_layer = os.environ.get("E2E_LAYER", "memory")
+if _layer == "none":
+    pass  # no CHANNEL_LAYERS at all: chanserv's defaults
+elif _layer == "memory":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "asgiref.inmemory.ChannelLayer",
+            "ROUTING": "e2eproj.routing.channel_routing",
+            "CONFIG": {"capacity": int(os.environ.get("E2E_CAPACITY", "100"))},
+        }
+    }
+elif _layer == "broken":
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "no.such.Layer", "ROUTING": "e2eproj.routing.channel_routing"}
+    }
