@@ -78,7 +78,10 @@ class AsgiRequest(http.HttpRequest):
     past ``FILE_UPLOAD_MAX_MEMORY_SIZE`` it goes to a temporary file.  Except
     for ``multipart/form-data`` (whose file parts Django limits separately),
     a body -- declared or actual -- larger than
-    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` stops the reading at once.
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` stops the reading at once.  A request
+    with a body and no ``Content-Length`` (a chunked upload) gets
+    ``CONTENT_LENGTH`` set to the size read, which Django's multipart parser
+    needs.
 
     Construction blocks while the body arrives; call it in a worker thread.
 
@@ -111,7 +114,7 @@ class AsgiRequest(http.HttpRequest):
             raise BadRequest("an http.request message needs str 'path' and 'method'")
         self.path = path
         self.script_name = settings.FORCE_SCRIPT_NAME or content.get("root_path") or ""
-        self.path_info = (path.removeprefix(self.script_name) if self.script_name else path) or "/"
+        self.path_info = self._strip_script_name(path, self.script_name)
         self.method = method.upper()
         query_string = content.get("query_string") or b""
         if isinstance(query_string, bytes):
@@ -139,6 +142,14 @@ class AsgiRequest(http.HttpRequest):
         self.META.update(self._headers_meta(content.get("headers") or []))
         self._set_content_type_params(self.META)
         self._stream: IO[bytes] = self._read_body(content)
+
+    @staticmethod
+    def _strip_script_name(path: str, script_name: str) -> str:
+        """``path`` without ``script_name``, cut on a segment boundary only."""
+        prefix = script_name.rstrip("/")
+        if prefix and (path == prefix or path.startswith(prefix + "/")):
+            path = path[len(prefix) :]
+        return path or "/"
 
     # -- headers -------------------------------------------------------------
 
@@ -192,6 +203,8 @@ class AsgiRequest(http.HttpRequest):
             raise RequestDataTooBig("Request body exceeded DATA_UPLOAD_MAX_MEMORY_SIZE.")
         body_channel = content.get("body_channel")
         if not body_channel:
+            if body and not declared:
+                self.META["CONTENT_LENGTH"] = str(len(body))
             return io.BytesIO(body)
         stream = tempfile.SpooledTemporaryFile(
             max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b"
@@ -205,6 +218,8 @@ class AsgiRequest(http.HttpRequest):
                     raise RequestDataTooBig("Request body exceeded DATA_UPLOAD_MAX_MEMORY_SIZE.")
                 stream.write(chunk)
             stream.seek(0)
+            if size and not declared:
+                self.META["CONTENT_LENGTH"] = str(size)
         except BaseException:
             stream.close()
             raise
@@ -314,17 +329,21 @@ class AsgiHandler(base.BaseHandler):
         content = message.content if hasattr(message, "content") else message
         set_script_prefix(settings.FORCE_SCRIPT_NAME or content.get("root_path") or "")
         signals.request_started.send(sender=self.__class__, message=message)
-        response = self._respond(message)
+        response, send = self._respond(message)
         if response is None:
             signals.request_finished.send(sender=self.__class__)
             return
         try:
-            yield from self.encode_response(response)
+            if send:
+                yield from self.encode_response(response)
         finally:
             response.close()
 
-    def _respond(self, message: Any) -> http.HttpResponseBase | None:
-        """The response for ``message``, or None when none must be sent."""
+    def _respond(self, message: Any) -> tuple[http.HttpResponseBase | None, bool]:
+        """
+        ``(response, send)``: the response for ``message`` and whether to
+        send it; ``(None, False)`` when there is no response at all.
+        """
         try:
             request = self.request_class(message)
         except (UnicodeDecodeError, BadRequest):
@@ -340,7 +359,7 @@ class AsgiHandler(base.BaseHandler):
         except RequestDataTooBig:
             response = http.HttpResponse("413 Payload too large", status=413)
         except RequestAborted:
-            return None
+            return None, False
         else:
             try:
                 response = self.get_response(request)
@@ -348,10 +367,10 @@ class AsgiHandler(base.BaseHandler):
                 request.close()
                 response = self._plain_server_error()
             if getattr(request, _RESPONSE_LATER_FLAG, False):
-                response.close()
-                return None
+                response._handler_class = self.__class__
+                return response, False
         response._handler_class = self.__class__
-        return response
+        return response, True
 
     def _get_response(self, request: http.HttpRequest) -> http.HttpResponseBase:
         # Innermost: ResponseLater from the view (or template rendering)

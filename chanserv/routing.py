@@ -384,8 +384,9 @@ class Router:
         ``http.request`` no user route takes goes to the Django views, and
         WebSockets are accepted and their frames consumed.
 
-        - ``http.request`` -> ``http_consumer``, by default
-          ``chanserv.handler.ViewConsumer()``;
+        - ``http.request`` -> ``http_consumer``, by default the Django views
+          (``chanserv.handler.ViewConsumer``), behind static files when
+          ``DEBUG`` is on and staticfiles is installed, as ``runserver``;
         - ``websocket.connect`` -> :func:`connect_consumer` (accept);
         - ``websocket.receive``, ``websocket.disconnect`` -> :func:`null_consumer`.
 
@@ -395,9 +396,9 @@ class Router:
         if self._defaults_added:
             return
         if http_consumer is None:
-            from chanserv.handler import ViewConsumer
+            from chanserv.staticfiles import default_http_consumer
 
-            http_consumer = ViewConsumer()
+            http_consumer = default_http_consumer()
         self.add_route(Route("http.request", http_consumer))
         self.add_route(Route("websocket.connect", connect_consumer))
         self.add_route(Route("websocket.receive", null_consumer))

@@ -37,18 +37,42 @@ from chanserv.handler import AsgiHandler, ViewConsumer
 __all__ = [
     "StaticFilesConsumer",
     "StaticFilesHandler",
+    "configure_static_serving",
     "default_http_consumer",
     "static_files_enabled",
 ]
 
 
+class _Serving:
+    """The process-wide choice of ``runserver --nostatic`` / ``--insecure``."""
+
+    enabled = True
+    insecure = False
+
+
+def configure_static_serving(enabled: bool = True, insecure: bool = False) -> None:
+    """
+    Set, for this process, whether static files may be served at all
+    (``runserver --nostatic`` gives ``enabled=False``) and whether they are
+    served with ``DEBUG`` off (``--insecure``).  Call it at start-up, before
+    the routes are built.
+    """
+    _Serving.enabled = enabled
+    _Serving.insecure = insecure
+
+
 def static_files_enabled(insecure: bool = False) -> bool:
     """
     Whether static files should be served: ``django.contrib.staticfiles``
-    is installed and ``DEBUG`` is on (or ``insecure``, as ``runserver
-    --insecure``).
+    is installed and ``DEBUG`` is on -- or ``insecure`` is given, or was
+    configured by :func:`configure_static_serving` -- unless serving was
+    turned off there.
     """
-    return apps.is_installed("django.contrib.staticfiles") and bool(settings.DEBUG or insecure)
+    if not _Serving.enabled:
+        return False
+    return apps.is_installed("django.contrib.staticfiles") and bool(
+        settings.DEBUG or insecure or _Serving.insecure
+    )
 
 
 def default_http_consumer(insecure: bool = False) -> ViewConsumer:

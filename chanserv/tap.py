@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import IService
@@ -20,7 +21,7 @@ from twisted.python import usage
 
 from chanserv.server.options import ServerOptionsMixin, server_config_from_options
 
-__all__ = ["DEFAULT_THREADS", "Options", "makeService"]
+__all__ = ["DEFAULT_THREADS", "Options", "build_service", "makeService"]
 
 #: Default size of the worker pool.  Consumers and views are plain blocking
 #: Django code: a thread waiting on the database or another service holds no
@@ -153,32 +154,63 @@ def makeService(options: Options) -> IService:
     """Build the service tree for ``options`` (already checked)."""
     from twisted.internet import reactor
 
+    return build_service(
+        reactor,
+        mode=options["mode"],
+        channel_layer=options["channel_layer"],
+        threads=options["threads"],
+        server_config=options["server_config"],
+        only_channels=options["only_channels"],
+        exclude_channels=options["exclude_channels"],
+        graceful_timeout=options["graceful-timeout"],
+        verbosity=options["verbosity"],
+    )
+
+
+def build_service(
+    reactor: Any,
+    *,
+    mode: str,
+    channel_layer: Any,
+    threads: int = DEFAULT_THREADS,
+    server_config: Any = None,
+    only_channels: Sequence[str] = (),
+    exclude_channels: Sequence[str] = (),
+    graceful_timeout: float = 30.0,
+    verbosity: int = 1,
+) -> IService:
+    """
+    The service tree of one process: the layer, then (``all``/``worker``)
+    the pool and the worker, then (``all``/``interface``) the interface
+    server.  Used by ``twistd chanserv`` and the ``runserver`` /
+    ``runworker`` management commands.
+    """
     from chanserv.server.site import InterfaceServer
     from chanserv.service import ChanservService, LayerService
     from chanserv.threads import WorkerPool
     from chanserv.worker import Worker
 
-    mode = options["mode"]
-    wrapper = options["channel_layer"]
-    layer_name = type(wrapper.channel_layer).__name__
+    if mode not in MODES:
+        raise ValueError("mode must be one of %s, not %r" % (", ".join(MODES), mode))
+    layer_name = type(channel_layer.channel_layer).__name__
     root = ChanservService(
         ready_message="chanserv ready: mode=%s, layer=%r (%s), threads=%s"
-        % (mode, wrapper.alias, layer_name, options["threads"] if mode != "interface" else 0)
+        % (mode, channel_layer.alias, layer_name, threads if mode != "interface" else 0)
     )
-    LayerService(reactor, wrapper).setServiceParent(root)
+    LayerService(reactor, channel_layer).setServiceParent(root)
     if mode in ("all", "worker"):
-        wrapper.router.check_default()
-        pool = WorkerPool(reactor, options["threads"])
+        channel_layer.router.check_default()
+        pool = WorkerPool(reactor, threads)
         pool.setServiceParent(root)
         Worker(
             reactor,
-            wrapper,
+            channel_layer,
             pool,
-            only_channels=options["only_channels"],
-            exclude_channels=options["exclude_channels"],
-            graceful_timeout=options["graceful-timeout"],
-            verbosity=options["verbosity"],
+            only_channels=only_channels,
+            exclude_channels=exclude_channels,
+            graceful_timeout=graceful_timeout,
+            verbosity=verbosity,
         ).setServiceParent(root)
     if mode in ("all", "interface"):
-        InterfaceServer(reactor, wrapper, options["server_config"]).setServiceParent(root)
+        InterfaceServer(reactor, channel_layer, server_config).setServiceParent(root)
     return root

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import types
 from typing import Any
 
 import pytest
+from django.test import override_settings
 
 from chanserv.layers.base import BaseChannelLayer
 from chanserv.message import Message
@@ -506,19 +506,25 @@ def test_check_default_keeps_user_websocket_routes_first() -> None:
     assert router.match(msg("websocket.connect")) == (consumer_a, {})
 
 
-def test_check_default_uses_the_view_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
-    class ViewConsumer:
-        def __call__(self, message: Any) -> None:
-            pass
+def test_check_default_uses_the_view_consumer() -> None:
+    from chanserv.handler import ViewConsumer
 
-    fake = types.ModuleType("chanserv.handler")
-    fake.ViewConsumer = ViewConsumer  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "chanserv.handler", fake)
     router = Router([])
     router.check_default()
     result = router.match(msg("http.request", path="/"))
     assert result is not None
-    assert isinstance(result[0], ViewConsumer)
+    assert type(result[0]) is ViewConsumer
+
+
+@override_settings(DEBUG=True)
+def test_check_default_serves_static_files_under_debug() -> None:
+    from chanserv.staticfiles import StaticFilesConsumer
+
+    router = Router([])
+    router.check_default()
+    result = router.match(msg("http.request", path="/static/x.css"))
+    assert result is not None
+    assert isinstance(result[0], StaticFilesConsumer)
 
 
 def test_default_connect_consumer_accepts() -> None:

@@ -13,7 +13,7 @@ import pytest
 from django.db import connections
 from twisted.python import threadable
 
-from chanserv.asgi import ChannelLayerWrapper
+from chanserv.asgi import ChannelLayerWrapper, channel_layers
 from chanserv.channel import Channel
 from chanserv.exceptions import ConsumeLater, DenyConnection, WebsocketCloseException
 from chanserv.layers import InMemoryChannelLayer
@@ -51,10 +51,13 @@ def runtime() -> Iterator[Any]:
     """Builds and tears down layer + pool + worker for a routing list."""
     reactor = reactor_thread()
     started: list[ChanservService] = []
+    previous: list[Any] = []
 
     def start(routing: list[Any], threads: int = 2, **worker_kw: Any) -> ChannelLayerWrapper:
         layer = InMemoryChannelLayer()
         wrapper = ChannelLayerWrapper(layer, "default", routing)
+        # Channel("...") and Group("...") resolve the "default" alias.
+        previous.append(channel_layers.set("default", wrapper))
         root = ChanservService()
         LayerService(reactor, wrapper).setServiceParent(root)
         pool = WorkerPool(reactor, threads)
@@ -67,6 +70,8 @@ def runtime() -> Iterator[Any]:
     yield start
     for root in started:
         in_reactor(root.stopService)
+    if previous:
+        channel_layers.set("default", previous[0])
 
 
 def test_consumer_runs_in_a_pool_thread(runtime: Any) -> None:

@@ -10,7 +10,7 @@ heap push when a channel becomes non-empty); messages are kept as the msgpack
 bytes ``prepare`` made (that is the copy the contract requires) and unpacked
 by the receiver; nothing is scheduled per message.  Unread messages expire
 lazily -- every operation first drops what is due, using a heap with one entry
-per non-empty channel -- and a single ``LoopingCall`` does the same while a
+per non-empty channel -- and a single periodic timer does the same while a
 reactor is attached, so expiry also happens when nobody calls the layer.
 """
 
@@ -19,15 +19,24 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from chanserv.exceptions import ChannelFull
+from chanserv.layers._memory import (
+    HOUSEKEEPING_INTERVAL,
+    IDLE_RETENTION,
+    Batch,
+    ChannelState,
+    GroupIndex,
+    Rate,
+    Receiver,
+    Waiter,
+    queue_key,
+)
 from chanserv.layers.base import (
     BaseChannelLayer,
     CapacityPattern,
@@ -41,121 +50,13 @@ __all__ = ["InMemoryChannelLayer"]
 
 log = Logger()
 
-#: Seconds between two housekeeping passes: expired group memberships of
-#: groups nobody touched, and the records of idle channels.
-HOUSEKEEPING_INTERVAL = 60.0
-
-#: An empty channel unused for this long is forgotten, statistics included.
-IDLE_RETENTION = 60.0
-
-Entry = tuple[float, str, Prepared]  # (expires at, full channel name, data)
-Batch = list[tuple[str, dict[str, Any]]]
-
-
-class _Rate:
-    """A counter that also knows how many counts fell in the last whole second."""
-
-    __slots__ = ("_current", "_previous", "_second", "total")
-
-    def __init__(self) -> None:
-        self.total = 0
-        self._second = 0
-        self._current = 0
-        self._previous = 0
-
-    def add(self, now: float) -> None:
-        second = int(now)
-        if second != self._second:
-            self._previous = self._current if second == self._second + 1 else 0
-            self._second = second
-            self._current = 0
-        self._current += 1
-        self.total += 1
-
-    def per_second(self, now: float) -> int:
-        second = int(now)
-        if second == self._second:
-            return self._previous
-        if second == self._second + 1:
-            return self._current
-        return 0
-
-
-class _Waiter:
-    """A pending ``receive_many_twisted``."""
-
-    __slots__ = ("deferred", "done", "keys", "limit", "woken")
-
-    def __init__(self, keys: list[str], limit: int) -> None:
-        self.keys = keys
-        self.limit = limit
-        self.deferred: Deferred[Batch] | None = None
-        self.woken = False  # a service call is queued on the batcher
-        self.done = False  # fired or cancelled
-
-
-class _Receiver:
-    """A local receiver: its callback and the batch waiting for the reactor."""
-
-    __slots__ = ("active", "callback", "pending", "scheduled")
-
-    def __init__(self, callback: LocalReceiver) -> None:
-        self.callback = callback
-        self.pending: Batch = []
-        self.scheduled = False
-        self.active = True
-
-
-class _Channel:
-    """The state of one queue key: a channel name, or a ``prefix!``."""
-
-    __slots__ = (
-        "capacity",
-        "expiry_scheduled",
-        "full",
-        "last_used",
-        "queue",
-        "sent",
-        "space_waiters",
-        "sync_space_waiting",
-        "sync_waiting",
-        "waiters",
-    )
-
-    def __init__(self, capacity: int, now: float) -> None:
-        self.capacity = capacity
-        self.queue: deque[Entry] = deque()
-        self.sent = _Rate()
-        self.full = _Rate()
-        self.waiters: list[_Waiter] = []
-        self.space_waiters: list[Deferred[None]] = []
-        self.sync_waiting = 0
-        self.sync_space_waiting = 0
-        self.expiry_scheduled = False  # has an entry in the expiry heap
-        self.last_used = now
-
-    def idle(self) -> bool:
-        return not (
-            self.queue
-            or self.waiters
-            or self.space_waiters
-            or self.sync_waiting
-            or self.sync_space_waiting
-            or self.expiry_scheduled
-        )
-
-
-def _key(name: str) -> str:
-    bang = name.find("!")
-    return name if bang < 0 else name[: bang + 1]
-
 
 class InMemoryChannelLayer(BaseChannelLayer):
     """
     The in-reactor channel layer (``local_only``: one process only).
 
     Takes the :class:`BaseChannelLayer` arguments plus ``clock``, an object
-    with ``seconds()`` (a ``task.Clock`` in tests; ``time.monotonic`` by
+    with ``seconds()`` (``task.Clock`` in tests; ``time.monotonic`` by
     default) that times expiry and statistics.  The synchronous face may be
     called from any thread, with or without a reactor; the reactor face needs
     :meth:`attach_reactor` first and runs on the reactor thread only.
@@ -187,19 +88,19 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._lock = threading.Lock()
         self._receive_cond = threading.Condition(self._lock)
         self._space_cond = threading.Condition(self._lock)
-        self._channels: dict[str, _Channel] = {}
+        self._channels: dict[str, ChannelState] = {}
         self._expiry_heap: list[tuple[float, str]] = []
-        self._groups: dict[str, dict[str, float]] = {}  # group -> {channel: added at}
-        self._channel_groups: dict[str, set[str]] = {}  # channel -> groups
-        self._receivers: dict[str, _Receiver] = {}
-        self._sent = _Rate()
-        self._full = _Rate()
+        self._groups = GroupIndex(group_expiry)
+        self._receivers: dict[str, Receiver] = {}
+        self._sent = Rate()
+        self._full = Rate()
         self._rotation = 0
         self._next_housekeeping = self._seconds() + HOUSEKEEPING_INTERVAL
         # Calls for the reactor gathered under the lock, made after it.
         self._post: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self._batcher: ReactorBatcher | None = None
-        self._sweeper: task.LoopingCall | None = None
+        self._reactor: Any = None
+        self._sweep_call: Any = None  # an IDelayedCall
 
     # -- internals (the _locked ones need self._lock held) --------------------
 
@@ -226,14 +127,14 @@ class InMemoryChannelLayer(BaseChannelLayer):
             for f, args in post:
                 self._batcher.call(f, *args)
 
-    def _channel_locked(self, key: str, now: float) -> _Channel:
+    def _channel_locked(self, key: str, now: float) -> ChannelState:
         ch = self._channels.get(key)
         if ch is None:
-            ch = self._channels[key] = _Channel(self.get_capacity(key), now)
+            ch = self._channels[key] = ChannelState(self.get_capacity(key), now)
         return ch
 
     def _enqueue_locked(
-        self, ch: _Channel, key: str, name: str, data: Prepared, now: float
+        self, ch: ChannelState, key: str, name: str, data: Prepared, now: float
     ) -> bool:
         queue = ch.queue
         if len(queue) >= ch.capacity:
@@ -255,7 +156,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return True
 
     def _deliver_locked(
-        self, receiver: _Receiver, ch: _Channel, name: str, message: dict[str, Any], now: float
+        self, receiver: Receiver, ch: ChannelState, name: str, message: dict[str, Any], now: float
     ) -> None:
         receiver.pending.append((name, message))
         ch.sent.add(now)
@@ -265,14 +166,14 @@ class InMemoryChannelLayer(BaseChannelLayer):
             receiver.scheduled = True
             self._post.append((self._deliver, (receiver,)))
 
-    def _wake_one_locked(self, ch: _Channel) -> None:
+    def _wake_one_locked(self, ch: ChannelState) -> None:
         for waiter in ch.waiters:
             if not waiter.woken:
                 waiter.woken = True
                 self._post.append((self._service, (waiter,)))
                 return
 
-    def _removed_locked(self, ch: _Channel) -> None:
+    def _removed_locked(self, ch: ChannelState) -> None:
         """Messages left ``ch``: tell whoever waits for room."""
         if (ch.space_waiters or ch.sync_space_waiting) and len(ch.queue) < ch.capacity:
             if ch.space_waiters:
@@ -285,7 +186,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         # Round robin over the keys, starting one further on every call, so a
         # busy channel cannot starve a quiet one.
         n = len(keys)
-        start = self._rotation % n
+        start = 0
         self._rotation += 1
         channels = self._channels
         ready = []
@@ -326,40 +227,15 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 while queue and queue[0][0] <= now:
                     expired.add(queue.popleft()[1])
                 for name in expired:
-                    self._evict_locked(name)
+                    self._groups.evict(name)
                 self._removed_locked(ch)
             if queue:
                 ch.expiry_scheduled = True
                 heapq.heappush(heap, (queue[0][0], key))
 
-    def _evict_locked(self, name: str) -> None:
-        """Drop channel ``name`` from all its groups (a message of it expired)."""
-        for group in self._channel_groups.pop(name, ()):
-            members = self._groups.get(group)
-            if members is not None:
-                members.pop(name, None)
-                if not members:
-                    del self._groups[group]
-
-    def _drop_member_locked(self, group: str, members: dict[str, float], name: str) -> None:
-        members.pop(name, None)
-        groups = self._channel_groups.get(name)
-        if groups is not None:
-            groups.discard(group)
-            if not groups:
-                del self._channel_groups[name]
-        if not members:
-            self._groups.pop(group, None)
-
-    def _expire_members_locked(self, group: str, members: dict[str, float], now: float) -> None:
-        cutoff = now - self.group_expiry
-        for name in [name for name, added in members.items() if added <= cutoff]:
-            self._drop_member_locked(group, members, name)
-
     def _housekeep_locked(self, now: float) -> None:
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
-        for group, members in list(self._groups.items()):
-            self._expire_members_locked(group, members, now)
+        self._groups.expire_all(now)
         idle_before = now - IDLE_RETENTION
         channels = self._channels
         for key in [k for k, ch in channels.items() if ch.last_used <= idle_before and ch.idle()]:
@@ -382,7 +258,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         :raises ChannelFull: the channel (for ``prefix!local``, the prefix)
             holds ``get_capacity(channel)`` messages already.
         """
-        key = _key(channel)
+        key = queue_key(channel)
         message = None
         if key in self._receivers:
             message = self.unpack(data)  # in the sender's thread, not under the lock
@@ -410,7 +286,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         :raises ChannelFull: the channel stayed full for ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
-        key = _key(channel)
+        key = queue_key(channel)
         while True:
             try:
                 self.send_prepared(channel, data)
@@ -442,7 +318,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         Take the oldest message of one of ``channels``: ``(channel, message)``
         or ``(None, None)``.  Any thread.  For process-local channels pass the
         ``prefix!``; the full name comes back.  ``block=True`` waits (pushed by
-        sends, never polling) up to :attr:`receive_block_timeout` seconds.
+        sends, never polling) up to :attr:`receive_block_timeout` seconds, so
+        never use it on the reactor thread.
 
         :raises TypeError: an invalid name, a ``prefix!local`` name, or a lone
             ``str`` instead of a list.
@@ -494,14 +371,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.valid_channel_name(channel)
         with self._lock:
             now = self._begin_locked()
-            members = self._groups.get(group)
-            if members is None:
-                members = self._groups[group] = {}
-            members[channel] = now
-            groups = self._channel_groups.get(channel)
-            if groups is None:
-                groups = self._channel_groups[channel] = set()
-            groups.add(group)
+            self._groups.add(group, channel, now)
             post = self._take_post_locked()
         self._run_post(post)
 
@@ -511,9 +381,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.valid_channel_name(channel)
         with self._lock:
             self._begin_locked()
-            members = self._groups.get(group)
-            if members is not None and channel in members:
-                self._drop_member_locked(group, members, channel)
+            self._groups.discard(group, channel)
             post = self._take_post_locked()
         self._run_post(post)
 
@@ -522,11 +390,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.valid_group_name(group)
         with self._lock:
             now = self._begin_locked()
-            members = self._groups.get(group)
-            result = []
-            if members is not None:
-                self._expire_members_locked(group, members, now)
-                result = list(members)
+            result = list(self._groups.members(group, now))
             post = self._take_post_locked()
         self._run_post(post)
         return result
@@ -540,12 +404,11 @@ class InMemoryChannelLayer(BaseChannelLayer):
         message = self.unpack(data) if self._receivers else None
         with self._lock:
             now = self._begin_locked()
-            members = self._groups.get(group)
+            members = self._groups.members(group, now)
             if members:
-                self._expire_members_locked(group, members, now)
                 receivers = self._receivers
                 for name in members:
-                    key = _key(name)
+                    key = queue_key(name)
                     ch = self._channel_locked(key, now)
                     receiver = receivers.get(key) if receivers else None
                     if receiver is None:
@@ -566,22 +429,21 @@ class InMemoryChannelLayer(BaseChannelLayer):
             for ch in self._channels.values():
                 ch.queue.clear()
                 ch.expiry_scheduled = False
-                ch.sent = _Rate()
-                ch.full = _Rate()
+                ch.sent = Rate()
+                ch.full = Rate()
                 self._removed_locked(ch)
             self._channels = {k: ch for k, ch in self._channels.items() if not ch.idle()}
             self._expiry_heap = []
             self._groups.clear()
-            self._channel_groups.clear()
             for receiver in self._receivers.values():
                 receiver.pending = []
-            self._sent = _Rate()
-            self._full = _Rate()
+            self._sent = Rate()
+            self._full = Rate()
             post = self._take_post_locked()
         self._run_post(post)
 
     def _stats(
-        self, now: float, sent: _Rate, full: _Rate, heads: list[_Channel]
+        self, now: float, sent: Rate, full: Rate, heads: list[ChannelState]
     ) -> dict[str, float]:
         oldest = min((ch.queue[0][0] for ch in heads if ch.queue), default=None)
         return {
@@ -607,9 +469,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.valid_channel_name(channel)
         with self._lock:
             now = self._begin_locked()
-            ch = self._channels.get(_key(channel))
+            ch = self._channels.get(queue_key(channel))
             if ch is None:
-                ch = _Channel(0, now)
+                ch = ChannelState(0, now)
             stats = self._stats(now, ch.sent, ch.full, [ch])
             post = self._take_post_locked()
         self._run_post(post)
@@ -620,36 +482,41 @@ class InMemoryChannelLayer(BaseChannelLayer):
     def attach_reactor(self, reactor: Any) -> None:
         """
         Bind the layer to ``reactor``: wake-ups go through its batcher, and an
-        expiry sweep runs every :attr:`sweep_interval` seconds.
+        expiry sweep runs every :attr:`sweep_interval` seconds (one timer for
+        the whole layer).
         """
-        if self._sweeper is not None:
+        if self._reactor is not None:
             raise RuntimeError("This layer is already attached to a reactor")
+        self._reactor = reactor
         self._batcher = batcher_for(reactor)
-        sweeper = task.LoopingCall(self._sweep)
-        sweeper.clock = reactor
-        sweeper.start(self.sweep_interval, now=False).addErrback(
-            lambda f: log.failure("The in-memory layer's expiry sweep stopped", f)
-        )
-        self._sweeper = sweeper
+        self._sweep_call = reactor.callLater(self.sweep_interval, self._sweep)
 
     def detach_reactor(self) -> Deferred[None]:
         """
         Stop the expiry sweep.  Waiters and local receivers are left alone:
         their owners cancel and remove them first.
         """
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None and sweeper.running:
-            sweeper.stop()
+        call, self._sweep_call = self._sweep_call, None
+        if call is not None and call.active():
+            call.cancel()
+        self._reactor = None
         return succeed(None)
 
     def _sweep(self) -> None:
-        with self._lock:
-            self._begin_locked()
-            post = self._take_post_locked()
-        self._run_post(post)
+        # Reactor thread: a rescheduling timer rather than a LoopingCall,
+        # whose constructor would install the global reactor.
+        try:
+            with self._lock:
+                self._begin_locked()
+                post = self._take_post_locked()
+            self._run_post(post)
+        except Exception:
+            log.failure("The in-memory layer's expiry sweep failed")
+        if self._reactor is not None:
+            self._sweep_call = self._reactor.callLater(self.sweep_interval, self._sweep)
 
     def _require_reactor(self) -> None:
-        if self._batcher is None:
+        if self._reactor is None:
             raise RuntimeError("The reactor face needs attach_reactor() first")
 
     def receive_many_twisted(
@@ -674,7 +541,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             now = self._begin_locked()
             taken = self._take_locked(keys, limit)
             if not taken:
-                waiter = _Waiter(keys, limit)
+                waiter = Waiter(keys, limit)
                 d = waiter.deferred = Deferred(lambda _: self._cancel_waiter(waiter))
                 for key in keys:
                     self._channel_locked(key, now).waiters.append(waiter)
@@ -684,7 +551,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             return d
         return succeed([(name, self.unpack(data)) for name, data in taken])
 
-    def _unregister_locked(self, waiter: _Waiter) -> None:
+    def _unregister_locked(self, waiter: Waiter) -> None:
         waiter.done = True
         for key in waiter.keys:
             ch = self._channels.get(key)
@@ -696,7 +563,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if ch is not None and ch.queue and ch.waiters:
                 self._wake_one_locked(ch)
 
-    def _service(self, waiter: _Waiter) -> None:
+    def _service(self, waiter: Waiter) -> None:
         # Reactor thread, via the batcher: a send woke this waiter.
         taken: list[tuple[str, Prepared]] = []
         with self._lock:
@@ -712,7 +579,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         if taken and waiter.deferred is not None:
             waiter.deferred.callback([(name, self.unpack(data)) for name, data in taken])
 
-    def _cancel_waiter(self, waiter: _Waiter) -> None:
+    def _cancel_waiter(self, waiter: Waiter) -> None:
         with self._lock:
             if not waiter.done:
                 self._unregister_locked(waiter)
@@ -754,7 +621,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if prefix in self._receivers:
                 raise ValueError("%r has a local receiver already" % (prefix,))
             now = self._begin_locked()
-            receiver = self._receivers[prefix] = _Receiver(callback)
+            receiver = self._receivers[prefix] = Receiver(callback)
             ch = self._channels.get(prefix)
             if ch is not None and ch.queue:
                 for _, name, data in ch.queue:
@@ -775,7 +642,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 receiver.active = False
                 receiver.pending = []
 
-    def _deliver(self, receiver: _Receiver) -> None:
+    def _deliver(self, receiver: Receiver) -> None:
         # Reactor thread, via the batcher.
         with self._lock:
             batch = receiver.pending
@@ -799,7 +666,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             self.valid_channel_name(channel)
         except Exception:
             return fail()
-        key = _key(channel)
+        key = queue_key(channel)
         d: Deferred[None] | None = None
         with self._lock:
             self._begin_locked()

@@ -166,9 +166,7 @@ class ServerConfig:
             _positive_int("max_body_size", self.max_body_size)
         if not isinstance(self.root_path, str):
             raise ValueError("root_path must be a str, not %r" % (self.root_path,))
-        if self.root_path and (
-            not self.root_path.startswith("/") or self.root_path.endswith("/")
-        ):
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ValueError(
                 "root_path must start with '/' and not end with '/' (like %r), not %r"
                 % ("/app", self.root_path)

@@ -5,9 +5,10 @@ The WebSocket half of the interface server: autobahn behind the HTTP port.
 request, then calls :meth:`WebSocketFactory.upgrade`, which takes the
 connection over: a fresh :class:`WebSocketProtocol` gets the transport and a
 handshake rebuilt from the *validated* request -- the request line and only
-the headers autobahn acts on, one line each, never a body -- so no byte the
-HTTP parser let through can be re-read differently by autobahn (the
-CVE-2026-44546 class).  The connection then speaks ASGI 1.0 ``websocket.*``
+the headers autobahn acts on, one line each, never a body
+(:mod:`chanserv.server.wshandshake`) -- so no byte the HTTP parser let
+through can be re-read differently by autobahn (the CVE-2026-44546 class).
+The connection then speaks ASGI 1.0 ``websocket.*``
 (reference §2.2) with these additions and fixes:
 
 - ``websocket.connect`` also carries ``scheme``, ``root_path`` and the offered
@@ -50,171 +51,52 @@ from __future__ import annotations
 
 from collections import deque
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from txaio._common import _BatchedTimer
 
 from chanserv.exceptions import ChannelFull, MessageTooLarge
+from chanserv.server.wshandshake import BadHandshake, build_connect, handshake_bytes, take_transport
 
 __all__ = ["WebSocketFactory", "WebSocketProtocol"]
 
 log = Logger()
 
-#: The request headers autobahn needs to check a handshake; no other header
-#: is ever shown to it (the application gets them all in websocket.connect).
-HANDSHAKE_HEADERS = (
-    b"host",
-    b"upgrade",
-    b"connection",
-    b"sec-websocket-key",
-    b"sec-websocket-version",
-    b"sec-websocket-protocol",
-)
-
-#: Bytes that autobahn's ``str.splitlines()`` (on latin-1) would treat as a
-#: line break, plus the other control characters: never in a fed header.
-_UNSAFE = frozenset(b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0a\x0b\x0c\x0d\x0e\x0f") | frozenset(
-    b"\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x7f\x85"
-)
-
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-#: More offered subprotocols than this: 400 (bounded work per handshake).
-MAX_SUBPROTOCOLS = 64
-
 #: Bytes a client may send after its handshake and before the 101 (it
 #: should send none): beyond this the connection is dropped.
 MAX_EARLY_DATA = 64 * 1024
 
+#: Messages held behind a websocket.receive send still in flight (a layer
+#: with real round trips) before the socket stops being read.
+MAX_BACKLOG = 64
+
 _REPLY_KEYS = frozenset(("accept", "text", "bytes", "close", "subprotocol"))
 
-_PROXY_SCHEMES = {b"http": "ws", b"https": "wss", b"ws": "ws", b"wss": "wss"}
 
-
-class BadHandshake(ValueError):
-    """The upgrade request cannot be handed to autobahn (answered with 400)."""
-
-
-def _header_values(request: Any, name: bytes) -> list[bytes]:
-    return list(request.requestHeaders.getRawHeaders(name) or ())
-
-
-def build_connect(request: Any, config: Any) -> tuple[dict[str, Any], list[str]]:
-    """
-    The ``websocket.connect`` message for ``request`` (without
-    ``reply_channel``) and the list of offered subprotocols.
-
-    :raises BadHandshake: undecodable path, unsafe bytes in a header autobahn
-        will see, or a malformed or oversized ``Sec-WebSocket-Protocol``.
-    """
-    try:
-        path = unquote_to_bytes(request.path).decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadHandshake("path is not UTF-8") from None
-    headers = []
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        name = name.lower()
-        if b"_" in name:  # CVE-2015-0219, as daphne
-            continue
-        for value in values:
-            if name in HANDSHAKE_HEADERS and (_UNSAFE & set(value)):
-                raise BadHandshake("control character in a handshake header")
-            headers.append([name, value])
-    offered: list[str] = []
-    for value in _header_values(request, b"sec-websocket-protocol"):
-        for token in value.split(b","):
-            token = token.strip(b" \t")
-            if not token or not _TCHAR.issuperset(token):
-                raise BadHandshake("malformed Sec-WebSocket-Protocol")
-            offered.append(token.decode("ascii"))
-            if len(offered) > MAX_SUBPROTOCOLS:
-                raise BadHandshake("too many subprotocols offered")
-    transport = request.channel.transport
-    client = _address(transport.getPeer())
-    server = _address(transport.getHost())
-    scheme = "wss" if request.isSecure() else "ws"
-    if config.proxy_headers:
-        forwarded_for = _header_values(request, b"x-forwarded-for")
-        if forwarded_for:
-            host = forwarded_for[0].split(b",")[0].strip().decode("latin-1")
-            port = 0
-            forwarded_port = _header_values(request, b"x-forwarded-port")
-            if forwarded_port and forwarded_port[0].strip().isdigit():
-                port = int(forwarded_port[0].strip())
-            client = [host, port]
-        forwarded_proto = _header_values(request, b"x-forwarded-proto")
-        if forwarded_proto:
-            scheme = _PROXY_SCHEMES.get(forwarded_proto[0].strip().lower(), scheme)
-    message = {
-        "path": path,
-        "headers": headers,
-        "query_string": request.uri.partition(b"?")[2],
-        "client": client,
-        "server": server,
-        "order": 0,
-        "scheme": scheme,
-        "root_path": config.root_path,
-        "subprotocols": offered,
-    }
-    return message, offered
-
-
-def _address(address: Any) -> list[Any] | None:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if isinstance(host, str) and isinstance(port, int):
-        return [host, port]
-    return None
-
-
-def handshake_bytes(request: Any) -> bytes:
-    """The handshake autobahn is fed: request line and HANDSHAKE_HEADERS."""
-    # The URI is not needed (the application gets path and query string in
-    # websocket.connect); "/" spares autobahn parsing a hostile query string.
-    lines = [b"GET / HTTP/1.1"]
-    for name in HANDSHAKE_HEADERS:
-        for value in _header_values(request, name):
-            lines.append(name + b": " + value)
-    lines.append(b"")
-    lines.append(b"")
-    return b"\r\n".join(lines)
-
-
-def _take_transport(request: Any, protocol: WebSocketProtocol) -> Any:
-    """
-    Detach ``request``'s connection from its HTTP channel and connect it to
-    ``protocol``; return ``(transport, bytes the channel had buffered)``.
-    """
-    channel = request.channel
-    transport = channel.transport
-    channel.transport = None
-    # Bytes the channel reads after this (the rest of the current read, when
-    # called from inside its dataReceived) go to the WebSocket instead.
-    channel.rawDataReceived = protocol.dataReceived
-    channel.dataReceived = protocol.dataReceived
-    buffered = b"".join(getattr(channel, "_dataBuffer", ()))
-    channel._dataBuffer = []
-    if not getattr(channel, "_busyReceiving", False):
-        buffered += getattr(channel, "_buffer", b"")
-        channel._buffer = b""
-    if isinstance(transport, ProtocolWrapper):  # TLS
-        transport.wrappedProtocol = protocol
-    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-        transport.protocol.wrappedProtocol = protocol
-    else:
-        transport.protocol = protocol
-    # The channel registered itself as the transport's producer.
-    try:
-        transport.unregisterProducer()
-    except RuntimeError:
-        pass
-    return transport, buffered
+#: Attributes autobahn and this module only use before the 101 (those read
+#: later too have class-level defaults).
+_HANDSHAKE_ONLY = (
+    "http_request_data",
+    "http_response_data",
+    "http_headers",
+    "http_status_line",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_params",
+    "http_request_host",
+    "websocket_origin",
+    "websocket_extensions",
+    "websocket_protocols",
+    "_wskey",
+    "_connect",
+    "_handshake",
+    "_connect_pending",
+    "openHandshakeTimeoutCall",
+)
 
 
 class WebSocketProtocol(WebSocketServerProtocol):
@@ -247,6 +129,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
     _full_since: float | None = None
     _room: Deferred[None] | None = None  # when_capacity wait
     _disconnect_due: int | None = None  # disconnect code, once lost
+    send_queue: Any = ()
+    websocket_protocols: list[str] = []  # never mutated: autobahn assigns a new list
+    openHandshakeTimeoutCall = None
 
     # -- handshake -------------------------------------------------------------
 
@@ -259,14 +144,15 @@ class WebSocketProtocol(WebSocketServerProtocol):
         elif len(self.data) > MAX_EARLY_DATA:
             self.dropConnection(abort=True)
 
-    def onConnect(self, request: Any) -> Deferred[Any]:
+    def onConnect(self, request: Any) -> Deferred[Any]:  # type: ignore[override]
         self._parsed = True
         factory = self.factory
         message, self._connect = self._connect, None
         assert message is not None
         message["reply_channel"] = self.reply_channel
         factory.registry.register(self.reply_channel, self)
-        self._handshake = d = Deferred()
+        d: Deferred[Any] = Deferred()
+        self._handshake = d
         self._connect_pending = True
         sent = factory.layer.send_twisted("websocket.connect", message)
         sent.addCallbacks(self._connect_sent, self._connect_failed)
@@ -304,17 +190,30 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def reject(self, code: int, reason: str) -> None:
         """Refuse a pending handshake with HTTP ``code`` and close."""
-        if self._handshake is None:
-            return
+        if self._handshake is not None:
+            self.failHandshake(reason, code)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        # Every refusal, ours or autobahn's (bad key, version...), ends here.
         self._handshake = None
         self.factory.log_action("rejected", self)
-        self.failHandshake(reason, code)
+        super().failHandshake(reason, code, responseHeaders)
+
+    def _connectionMade(self) -> None:
+        super()._connectionMade()
+        # Only used by chopped or "sync" writes, which chanserv never makes:
+        # the class-level empty tuple spares an idle socket a deque.
+        del self.send_queue
 
     def onOpen(self) -> None:
         self.opened = True
         self.last_active = self.factory.reactor.seconds()
-        # What autobahn kept of the handshake is not needed any more.
-        self.http_request_data = self.http_response_data = self.http_headers = None
+        # Drop what only the handshake needed and re-pack the instance dict:
+        # a dict never shrinks by itself, and an idle socket lives long.
+        state = self.__dict__
+        for name in _HANDSHAKE_ONLY:
+            state.pop(name, None)
+        self.__dict__ = dict(state)
         self.factory.log_action("connected", self)
 
     # -- replies -----------------------------------------------------------------
@@ -333,7 +232,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
             problem = "text is not a str"
         elif data is not None and not isinstance(data, bytes):
             problem = "bytes is not bytes"
-        elif subprotocol is not None and subprotocol not in (self.websocket_protocols or ()):
+        elif (
+            self._handshake is not None
+            and subprotocol is not None
+            and subprotocol not in self.websocket_protocols
+        ):
             problem = "subprotocol %r was not offered" % (subprotocol,)
         if problem is not None:
             log.error(
@@ -362,9 +265,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.close(_close_code(close, self.reply_channel))
 
     def _default_subprotocol(self) -> str | None:
-        for name in self.websocket_protocols or ():
+        for name in self.websocket_protocols:
             if name in self.factory.config.ws_protocols:
-                return str(name)
+                return name
         return None
 
     def close(self, code: int) -> None:
@@ -390,9 +293,13 @@ class WebSocketProtocol(WebSocketServerProtocol):
             message["text"] = payload.decode("utf-8")
         self.last_active = self.factory.reactor.seconds()
         if self._busy:
-            if self._backlog is None:
-                self._backlog = deque()
-            self._backlog.append(message)
+            backlog = self._backlog
+            if backlog is None:
+                backlog = self._backlog = deque()
+            backlog.append(message)
+            if len(backlog) == MAX_BACKLOG and self.transport is not None:
+                # A layer slower than the client: stop reading until it drains.
+                self.transport.pauseProducing()
         else:
             self._send_receive(message)
 
@@ -464,19 +371,30 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if not failure.check(CancelledError):
             log.failure("Waiting for room on websocket.receive failed", failure)
 
-    def _give_up(self, code: int) -> None:
-        """Drop held messages and close with ``code``; disconnect follows."""
+    def _drop_held(self) -> None:
         room, self._room = self._room, None
         self._backlog = None
         self._busy = False
         self._full_since = None
         if room is not None:
             room.cancel()
+
+    def _give_up(self, code: int) -> None:
+        """Drop held messages and close with ``code``; disconnect follows."""
+        self._drop_held()
         if self.lost:
             self._maybe_disconnect()
         else:
             self.close(code)
             self._resume()
+
+    def abort(self) -> None:
+        """Cut the connection now, dropping held messages; disconnect follows."""
+        self._drop_held()
+        if self.lost:
+            self._maybe_disconnect()
+        elif self.transport is not None:
+            self.transport.abortConnection()
 
     def _resume(self) -> None:
         if not self.lost and self.transport is not None:
@@ -626,6 +544,14 @@ class WebSocketFactory(WebSocketServerFactory):
             maxConnections=0,
             trustXForwardedFor=0,
         )
+        # autobahn copies every option onto each new protocol instance unless
+        # the class has it: a subclass holding them spares each socket ~30
+        # instance attributes.
+        self.protocol = type(  # type: ignore[assignment]
+            "WebSocketProtocol",
+            (WebSocketProtocol,),
+            {name: getattr(self, name) for name in WebSocketProtocol.CONFIG_ATTRS},
+        )
 
     def upgrade(self, request: Any) -> None:
         """
@@ -635,19 +561,22 @@ class WebSocketFactory(WebSocketServerFactory):
         with no body); after this call the HTTP side must not touch it or its
         channel again.  Never raises: bad handshakes get an HTTP error.
         """
-        protocol = WebSocketProtocol()
+        protocol = self.protocol()
         protocol.factory = self
-        transport, buffered = _take_transport(request, protocol)
+        try:
+            message: dict[str, Any] | None = build_connect(request, self.config)
+            problem = ""
+        except BadHandshake as e:
+            message, problem = None, str(e)
+        transport, buffered = take_transport(request, protocol)
         protocol.opened_at = protocol.last_active = self.reactor.seconds()
         protocol.makeConnection(transport)
         resume: Any = IPushProducer(transport, None)
         if resume is not None:
             resume.resumeProducing()  # the channel may have paused it
         self.connections.add(protocol)
-        try:
-            message, _ = build_connect(request, self.config)
-        except BadHandshake as e:
-            protocol.failHandshake(str(e), 400)
+        if message is None:
+            protocol.failHandshake(problem, 400)
             return
         protocol.path = message["path"]
         client = message["client"]
@@ -683,6 +612,11 @@ class WebSocketFactory(WebSocketServerFactory):
                 protocol.check(now)
             except Exception:
                 log.failure("WebSocket timeout check failed")
+
+    def abort_all(self) -> None:
+        """Cut every connection now (a graceful :meth:`close_all` ran out of time)."""
+        for protocol in list(self.connections):
+            protocol.abort()
 
     def close_all(self, code: int = 1001) -> Deferred[None]:
         """

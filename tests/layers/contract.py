@@ -125,7 +125,7 @@ class LayerContractTests:
     # -- helpers ------------------------------------------------------------------
 
     def setUp(self) -> None:
-        super().setUp()  # type: ignore[misc]
+        super().setUp()
         self.layer = self.make_layer(**CONFORMANCE)
 
     def receive(self, channels: list[str], layer: Any = None) -> Any:
@@ -145,15 +145,13 @@ class LayerContractTests:
             out.append((channel, message))
 
     def assert_nothing(self, channels: list[str], layer: Any = None) -> None:
-        self.assertEqual(self.receive(channels, layer), (None, None))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(channels, layer), (None, None))
 
     def local_receiver(self, layer: Any, prefix: str) -> list[Any]:
         """Register a local receiver on ``prefix``; return the list of its batches."""
         calls: list[Any] = []
         self.run_reactor_face(layer.add_local_receiver, prefix, calls.append)
-        self.addCleanup(  # type: ignore[attr-defined]
-            self.run_reactor_face, layer.remove_local_receiver, prefix
-        )
+        self.addCleanup(self.run_reactor_face, layer.remove_local_receiver, prefix)
         return calls
 
     # -- asgiref 1.1.2 conformance (reference §5) -----------------------------
@@ -174,7 +172,7 @@ class LayerContractTests:
         self.assertEqual(self.receive(["spr_test!"]), ("spr_test!a", {"value": "x"}))
 
     def test_conformance_03_single_process_receive_error(self) -> None:
-        with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+        with self.assertRaises(TypeError):
             self.layer.receive(["spr_test!c"])
 
     def test_conformance_04_message_expiry(self) -> None:
@@ -186,16 +184,16 @@ class LayerContractTests:
         name1 = self.layer.new_channel("test.foo?")
         name2 = self.layer.new_channel("test.foo?")
         for name in (name1, name2):
-            self.assertIsInstance(name, str)  # type: ignore[attr-defined]
-            self.assertEqual(name.count("?"), 1)  # type: ignore[attr-defined]
-            self.assertFalse(name.endswith("?"))  # type: ignore[attr-defined]
-        self.assertNotEqual(name1, name2)  # type: ignore[attr-defined]
+            self.assertIsInstance(name, str)
+            self.assertEqual(name.count("?"), 1)
+            self.assertFalse(name.endswith("?"))
+        self.assertNotEqual(name1, name2)
         self.layer.send(name1, {"value": "blue"})
-        self.assertEqual(self.receive([name1, name2]), (name1, {"value": "blue"}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive([name1, name2]), (name1, {"value": "blue"}))
 
     def test_conformance_06_new_channel_failures(self) -> None:
         for pattern in ("test!", "test.foo"):
-            with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+            with self.assertRaises(TypeError):
                 self.layer.new_channel(pattern)
 
     def test_conformance_07_strings(self) -> None:
@@ -206,12 +204,13 @@ class LayerContractTests:
         }
         self.layer.send("str_test", message)
         channel, received = self.receive(["str_test"])
-        self.assertEqual(received, message)  # type: ignore[attr-defined]
-        self.assertIsInstance(received["a"], str)  # type: ignore[attr-defined]
-        self.assertIsInstance(received["b"], bytes)  # type: ignore[attr-defined]
-        self.assertIsInstance(received["nested"]["c"], str)  # type: ignore[attr-defined]
-        self.assertIsInstance(received["nested"]["d"], bytes)  # type: ignore[attr-defined]
-        self.assertEqual([type(v) for v in received["nested"]["e"]], [str, bytes])  # type: ignore[attr-defined]
+        self.assertEqual(channel, "str_test")
+        self.assertEqual(received, message)
+        self.assertIsInstance(received["a"], str)
+        self.assertIsInstance(received["b"], bytes)
+        self.assertIsInstance(received["nested"]["c"], str)
+        self.assertIsInstance(received["nested"]["d"], bytes)
+        self.assertEqual([type(v) for v in received["nested"]["e"]], [str, bytes])
 
     def test_conformance_08_groups(self) -> None:
         layer = self.layer
@@ -219,8 +218,8 @@ class LayerContractTests:
             layer.group_add("tgroup", name)
         layer.group_discard("tgroup", "tg_test2")
         layer.send_group("tgroup", {"value": "orange"})
-        self.assertEqual(self.receive(["tg_test"]), ("tg_test", {"value": "orange"}))  # type: ignore[attr-defined]
-        self.assertEqual(self.receive(["tg_test3"]), ("tg_test3", {"value": "orange"}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["tg_test"]), ("tg_test", {"value": "orange"}))
+        self.assertEqual(self.receive(["tg_test3"]), ("tg_test3", {"value": "orange"}))
         self.assert_nothing(["tg_test2"])
 
     def test_conformance_09_groups_process(self) -> None:
@@ -230,7 +229,7 @@ class LayerContractTests:
         layer.group_discard("tgroup", "tgp!test2")
         layer.send_group("tgroup", {"value": "orange"})
         got = self.drain(["tgp!"])
-        self.assertEqual(  # type: ignore[attr-defined]
+        self.assertEqual(
             sorted(got), [("tgp!test", {"value": "orange"}), ("tgp!test3", {"value": "orange"})]
         )
 
@@ -238,12 +237,12 @@ class LayerContractTests:
         layer = self.layer
         layer.group_add("tgroup", "tg_test")
         layer.group_add("tgroup", "tg_test2")
-        self.assertEqual(set(layer.group_channels("tgroup")), {"tg_test", "tg_test2"})  # type: ignore[attr-defined]
+        self.assertEqual(set(layer.group_channels("tgroup")), {"tg_test", "tg_test2"})
         layer.group_discard("tgroup", "tg_test")
-        self.assertEqual(set(layer.group_channels("tgroup")), {"tg_test2"})  # type: ignore[attr-defined]
+        self.assertEqual(set(layer.group_channels("tgroup")), {"tg_test2"})
 
     def test_conformance_11_flush(self) -> None:
-        self.assertIn("flush", self.layer.extensions)  # type: ignore[attr-defined]
+        self.assertIn("flush", self.layer.extensions)
         self.layer.send("fl_test", {})
         self.layer.flush()
         self.assert_nothing(["fl_test"])
@@ -251,13 +250,13 @@ class LayerContractTests:
     def test_conformance_12_flush_groups(self) -> None:
         self.layer.group_add("fl_group", "fl_test")
         self.layer.flush()
-        self.assertEqual(list(self.layer.group_channels("fl_group")), [])  # type: ignore[attr-defined]
+        self.assertEqual(list(self.layer.group_channels("fl_group")), [])
         self.layer.send_group("fl_group", {})
         self.assert_nothing(["fl_test"])
 
     def test_conformance_13_group_expiry(self) -> None:
         layer = self.layer
-        self.assertEqual(layer.group_expiry, 2)  # type: ignore[attr-defined]
+        self.assertEqual(layer.group_expiry, 2)
         layer.group_add("gr_group", "gr_test")
         self.advance(layer.group_expiry + 1)
         layer.send_group("gr_group", {"value": "orange"})
@@ -266,25 +265,25 @@ class LayerContractTests:
     def test_conformance_14_capacity(self) -> None:
         for _ in range(5):
             self.layer.send("cap_test", {"hey": True})
-        with self.assertRaises(self.layer.ChannelFull):  # type: ignore[attr-defined]
+        with self.assertRaises(self.layer.ChannelFull):
             self.layer.send("cap_test", {"hey": True})
 
     def test_conformance_15_capacity_process(self) -> None:
         for i in range(5):
             self.layer.send("capp!%s" % i, {"hey": True})
-        with self.assertRaises(self.layer.ChannelFull):  # type: ignore[attr-defined]
+        with self.assertRaises(self.layer.ChannelFull):
             self.layer.send("capp!final", {"hey": True})
 
     def test_conformance_16_capacity_group(self) -> None:
         self.layer.group_add("tgroup", "tg_test")
         for _ in range(6):
             self.layer.send_group("tgroup", {"hey": True})
-        self.assertEqual(len(self.drain(["tg_test"])), 5)  # type: ignore[attr-defined]
+        self.assertEqual(len(self.drain(["tg_test"])), 5)
 
     def test_conformance_17_exceptions(self) -> None:
-        self.assertIs(self.layer.ChannelFull, ChannelFull)  # type: ignore[attr-defined]
-        self.assertIs(self.layer.MessageTooLarge, MessageTooLarge)  # type: ignore[attr-defined]
-        self.assertTrue(issubclass(self.layer.ChannelFull, Exception))  # type: ignore[attr-defined]
+        self.assertIs(self.layer.ChannelFull, ChannelFull)
+        self.assertIs(self.layer.MessageTooLarge, MessageTooLarge)
+        self.assertTrue(issubclass(self.layer.ChannelFull, Exception))
 
     def test_conformance_18_message_alteration_after_send(self) -> None:
         message = {"value": [1, 2, 3], "nested": {"k": "v"}}
@@ -292,7 +291,7 @@ class LayerContractTests:
         message["value"][0] = 123
         message["nested"]["k"] = "changed"
         message["extra"] = True
-        self.assertEqual(  # type: ignore[attr-defined]
+        self.assertEqual(
             self.receive(["alter_test"]),
             ("alter_test", {"value": [1, 2, 3], "nested": {"k": "v"}}),
         )
@@ -302,85 +301,86 @@ class LayerContractTests:
     def test_extensions_and_attributes(self) -> None:
         layer = self.make_layer(expiry=7, group_expiry=9, capacity=3, channel_capacity={"a": 2})
         for ext in ("groups", "flush", "statistics", "twisted"):
-            self.assertIn(ext, layer.extensions)  # type: ignore[attr-defined]
-        self.assertEqual((layer.expiry, layer.group_expiry, layer.capacity), (7, 9, 3))  # type: ignore[attr-defined]
-        self.assertEqual(layer.get_capacity("a"), 2)  # type: ignore[attr-defined]
+            self.assertIn(ext, layer.extensions)
+        self.assertEqual((layer.expiry, layer.group_expiry, layer.capacity), (7, 9, 3))
+        self.assertEqual(layer.get_capacity("a"), 2)
 
     def test_valid_channel_names_are_accepted(self) -> None:
         for name in VALID_CHANNELS:
             self.layer.send(name, {"n": name})
-        self.assertEqual(self.receive(["a!"]), ("a!", {"n": "a!"}))  # type: ignore[attr-defined]
-        self.assertEqual(self.receive(["a!"])[0], "a!b")  # type: ignore[attr-defined]
-        self.assertEqual(self.receive(["x" * 99]), ("x" * 99, {"n": "x" * 99}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["a!"]), ("a!", {"n": "a!"}))
+        self.assertEqual(self.receive(["a!"])[0], "a!b")
+        self.assertEqual(self.receive(["x" * 99]), ("x" * 99, {"n": "x" * 99}))
 
     def test_invalid_channel_names_are_refused(self) -> None:
         for name in INVALID_CHANNELS:
-            with self.subTest(name=name):  # type: ignore[attr-defined]
-                with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+            with self.subTest(name=name):
+                with self.assertRaises(TypeError):
                     self.layer.send(name, {})
-                with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+                with self.assertRaises(TypeError):
                     self.layer.receive([name])
-                with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+                with self.assertRaises(TypeError):
                     self.layer.group_add("g", name)
-        self.assertEqual(self.layer.global_statistics()["messages_count"], 0)  # type: ignore[attr-defined]
+        self.assertEqual(self.layer.global_statistics()["messages_count"], 0)
 
     def test_receive_needs_a_list_and_a_prefix(self) -> None:
         self.layer.send("abc", {})
-        with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+        with self.assertRaises(TypeError):
             self.layer.receive("abc")
         for name in ("a!b", "daphne.response.x!y"):
-            with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+            with self.assertRaises(TypeError):
                 self.layer.receive(["abc", name])
-        self.assertEqual(self.receive(["abc"]), ("abc", {}))  # type: ignore[attr-defined]
-        self.assertEqual(self.layer.receive([]), (None, None))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["abc"]), ("abc", {}))
+        self.assertEqual(self.layer.receive([]), (None, None))
 
     def test_receive_accepts_any_sequence_and_duplicates(self) -> None:
         self.layer.send("t1", {"n": 1})
-        self.assertEqual(self.layer.receive(("t1", "t1")), ("t1", {"n": 1}))  # type: ignore[attr-defined]
+        self.assertEqual(self.layer.receive(("t1", "t1")), ("t1", {"n": 1}))
         self.layer.send("t1", {"n": 2})
-        self.assertEqual(self.layer.receive(iter(["t2", "t1"])), ("t1", {"n": 2}))  # type: ignore[attr-defined]
+        self.assertEqual(self.layer.receive(iter(["t2", "t1"])), ("t1", {"n": 2}))
 
     def test_local_and_plain_channels_are_distinct(self) -> None:
         self.layer.send("same", {"to": "plain"})
         self.layer.send("same!x", {"to": "local"})
-        self.assertEqual(self.receive(["same!"]), ("same!x", {"to": "local"}))  # type: ignore[attr-defined]
-        self.assertEqual(self.receive(["same"]), ("same", {"to": "plain"}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["same!"]), ("same!x", {"to": "local"}))
+        self.assertEqual(self.receive(["same"]), ("same", {"to": "plain"}))
 
     def test_invalid_group_names_are_refused(self) -> None:
+        layer = self.layer
         for name in INVALID_GROUPS:
-            with self.subTest(name=name):  # type: ignore[attr-defined]
-                for call in (
-                    lambda: self.layer.group_add(name, "c"),
-                    lambda: self.layer.group_discard(name, "c"),
-                    lambda: self.layer.group_channels(name),
-                    lambda: self.layer.send_group(name, {}),
+            with self.subTest(name=name):
+                for method, args in (
+                    (layer.group_add, (name, "c")),
+                    (layer.group_discard, (name, "c")),
+                    (layer.group_channels, (name,)),
+                    (layer.send_group, (name, {})),
                 ):
-                    with self.assertRaises(TypeError):  # type: ignore[attr-defined]
-                        call()
+                    with self.assertRaises(TypeError):
+                        method(*args)
         self.layer.group_add("x" * 99, "c")
-        self.assertEqual(list(self.layer.group_channels("x" * 99)), ["c"])  # type: ignore[attr-defined]
+        self.assertEqual(list(self.layer.group_channels("x" * 99)), ["c"])
 
     def test_new_channel(self) -> None:
         names = {self.layer.new_channel("http.request.body?") for _ in range(50)}
-        self.assertEqual(len(names), 50)  # type: ignore[attr-defined]
+        self.assertEqual(len(names), 50)
         for name in names:
             prefix, _, rest = name.partition("?")
-            self.assertEqual(prefix, "http.request.body")  # type: ignore[attr-defined]
-            self.assertGreaterEqual(len(rest), 12)  # type: ignore[attr-defined]
-            self.assertTrue(rest.isascii() and rest.isalpha())  # type: ignore[attr-defined]
+            self.assertEqual(prefix, "http.request.body")
+            self.assertGreaterEqual(len(rest), 12)
+            self.assertTrue(rest.isascii() and rest.isalpha())
         for pattern in ("x!", "x", "x?y?", "ü?", "?", "x" * 90 + "?", b"x?", None):
-            with self.subTest(pattern=pattern):  # type: ignore[attr-defined]
-                with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+            with self.subTest(pattern=pattern):
+                with self.assertRaises(TypeError):
                     self.layer.new_channel(pattern)
 
     def test_single_reader_and_process_local_order(self) -> None:
         name = self.layer.new_channel("order?")
         for i in range(5):
             self.layer.send(name, {"i": i})
-        self.assertEqual([m["i"] for _, m in self.drain([name])], list(range(5)))  # type: ignore[attr-defined]
+        self.assertEqual([m["i"] for _, m in self.drain([name])], list(range(5)))
         for i, local in enumerate(["a", "b", "a", "c", "b"]):
             self.layer.send("ord!" + local, {"i": i})
-        self.assertEqual(  # type: ignore[attr-defined]
+        self.assertEqual(
             [(c, m["i"]) for c, m in self.drain(["ord!"])],
             [("ord!a", 0), ("ord!b", 1), ("ord!a", 2), ("ord!c", 3), ("ord!b", 4)],
         )
@@ -410,22 +410,22 @@ class LayerContractTests:
             "other": 3,
         }
         for name, capacity in expected.items():
-            with self.subTest(channel=name):  # type: ignore[attr-defined]
+            with self.subTest(channel=name):
                 for _ in range(capacity):
                     layer.send(name, {})
-                with self.assertRaises(ChannelFull):  # type: ignore[attr-defined]
+                with self.assertRaises(ChannelFull):
                     layer.send(name, {})
         # The prefix quota is shared by every local name under it.
         for i in range(5):
             layer.send("daphne.response.P!%d" % i, {})
-        with self.assertRaises(ChannelFull):  # type: ignore[attr-defined]
+        with self.assertRaises(ChannelFull):
             layer.send("daphne.response.P!other", {})
         layer.send("daphne.response.Q!0", {})  # another prefix, another quota
 
     def test_capacity_from_pairs(self) -> None:
         layer = self.make_layer(capacity=10, channel_capacity=[("a.*", 1), ("a.b", 7)])
         layer.send("a.b", {})
-        with self.assertRaises(ChannelFull):  # type: ignore[attr-defined]
+        with self.assertRaises(ChannelFull):
             layer.send("a.b", {})
 
     def test_receive_frees_capacity(self) -> None:
@@ -433,14 +433,14 @@ class LayerContractTests:
             self.layer.send("cap", {})
         self.receive(["cap"])
         self.layer.send("cap", {})
-        with self.assertRaises(ChannelFull):  # type: ignore[attr-defined]
+        with self.assertRaises(ChannelFull):
             self.layer.send("cap", {})
 
     def test_full_channel_leaves_others_alone(self) -> None:
         for _ in range(5):
             self.layer.send("full", {})
         self.layer.send("empty", {"ok": 1})
-        self.assertEqual(self.receive(["empty"]), ("empty", {"ok": 1}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["empty"]), ("empty", {"ok": 1}))
 
     # -- expiry ------------------------------------------------------------------
 
@@ -448,9 +448,9 @@ class LayerContractTests:
         self.layer.send("live", {"n": 1})
         self.advance(0.5)
         self.layer.send("live", {"n": 2})
-        self.assertEqual(self.receive(["live"]), ("live", {"n": 1}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["live"]), ("live", {"n": 1}))
         self.advance(0.6)  # the second message is 0.6 s old: still there
-        self.assertEqual(self.receive(["live"]), ("live", {"n": 2}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["live"]), ("live", {"n": 2}))
 
     def test_expiry_frees_capacity(self) -> None:
         for _ in range(5):
@@ -458,7 +458,7 @@ class LayerContractTests:
         self.advance(EXPIRY_DELAY)
         for _ in range(5):
             self.layer.send("capx", {"new": True})
-        self.assertEqual(len(self.drain(["capx"])), 5)  # type: ignore[attr-defined]
+        self.assertEqual(len(self.drain(["capx"])), 5)
 
     def test_group_message_eviction(self) -> None:
         """A channel whose message expires leaves all its groups."""
@@ -468,11 +468,11 @@ class LayerContractTests:
         layer.group_add("ev1", "ev_alive")
         layer.group_add("ev1", "ev_local!dead")
         layer.send_group("ev1", {"n": 1})
-        self.assertEqual(self.receive(["ev_alive"]), ("ev_alive", {"n": 1}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["ev_alive"]), ("ev_alive", {"n": 1}))
         self.advance(EXPIRY_DELAY)
         self.assert_nothing(["ev_dead"])
-        self.assertEqual(list(layer.group_channels("ev1")), ["ev_alive"])  # type: ignore[attr-defined]
-        self.assertEqual(list(layer.group_channels("ev2")), [])  # type: ignore[attr-defined]
+        self.assertEqual(list(layer.group_channels("ev1")), ["ev_alive"])
+        self.assertEqual(list(layer.group_channels("ev2")), [])
 
     # -- groups ------------------------------------------------------------------
 
@@ -482,10 +482,10 @@ class LayerContractTests:
         layer.group_add("g", "c1")
         layer.group_discard("g", "absent")
         layer.group_discard("no_such_group", "c1")
-        self.assertEqual(list(layer.group_channels("g")), ["c1"])  # type: ignore[attr-defined]
-        self.assertEqual(list(layer.group_channels("no_such_group")), [])  # type: ignore[attr-defined]
+        self.assertEqual(list(layer.group_channels("g")), ["c1"])
+        self.assertEqual(list(layer.group_channels("no_such_group")), [])
         layer.send_group("g", {"once": True})
-        self.assertEqual(self.drain(["c1"]), [("c1", {"once": True})])  # type: ignore[attr-defined]
+        self.assertEqual(self.drain(["c1"]), [("c1", {"once": True})])
         layer.send_group("no_such_group", {})  # nobody: fine
 
     def test_group_expiry_counts_from_last_add(self) -> None:
@@ -495,10 +495,10 @@ class LayerContractTests:
         self.advance(1.5)
         layer.group_add("ge", "kept")
         self.advance(1.5)
-        self.assertEqual(list(layer.group_channels("ge")), ["kept"])  # type: ignore[attr-defined]
+        self.assertEqual(list(layer.group_channels("ge")), ["kept"])
         layer.send_group("ge", {})
         self.assert_nothing(["dropped"])
-        self.assertEqual(self.receive(["kept"]), ("kept", {}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["kept"]), ("kept", {}))
 
     def test_send_group_skips_full_members(self) -> None:
         layer = self.layer
@@ -507,9 +507,9 @@ class LayerContractTests:
         for i in range(5):
             layer.send("sg_full", {"i": i})
         layer.send_group("sg", {"group": True})
-        self.assertEqual(self.receive(["sg_free"]), ("sg_free", {"group": True}))  # type: ignore[attr-defined]
-        self.assertEqual([m for _, m in self.drain(["sg_full"])], [{"i": i} for i in range(5)])  # type: ignore[attr-defined]
-        self.assertEqual(layer.channel_statistics("sg_full")["channel_full_count"], 1)  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["sg_free"]), ("sg_free", {"group": True}))
+        self.assertEqual([m for _, m in self.drain(["sg_full"])], [{"i": i} for i in range(5)])
+        self.assertEqual(layer.channel_statistics("sg_full")["channel_full_count"], 1)
 
     def test_send_group_copies_per_member(self) -> None:
         layer = self.layer
@@ -520,7 +520,7 @@ class LayerContractTests:
         message["list"].append(2)
         _, first = self.receive(["cp1"])
         first["list"].append(3)
-        self.assertEqual(self.receive(["cp2"]), ("cp2", {"list": [1]}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["cp2"]), ("cp2", {"list": [1]}))
 
     # -- messages ----------------------------------------------------------------
 
@@ -542,40 +542,38 @@ class LayerContractTests:
         self.layer.send("types", message)
         _, received = self.receive(["types"])
         expected = dict(message, tuple=[1, 2])
-        self.assertEqual(received, expected)  # type: ignore[attr-defined]
-        self.assertIs(received["bools"][0], True)  # type: ignore[attr-defined]
-        self.assertIsInstance(received["float"], float)  # type: ignore[attr-defined]
+        self.assertEqual(received, expected)
+        self.assertIs(received["bools"][0], True)
+        self.assertIsInstance(received["float"], float)
 
     def test_unserialisable_messages_raise_type_error(self) -> None:
         layer = self.layer
         layer.group_add("bad", "bad_member")
         for message in UNSERIALISABLE:
-            with self.subTest(message=message):  # type: ignore[attr-defined]
-                with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+            with self.subTest(message=message):
+                with self.assertRaises(TypeError):
                     layer.send("bad_target", message)
-                with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+                with self.assertRaises(TypeError):
                     layer.send_group("bad", message)
         self.assert_nothing(["bad_target", "bad_member"])
-        self.assertEqual(layer.global_statistics()["messages_count"], 0)  # type: ignore[attr-defined]
+        self.assertEqual(layer.global_statistics()["messages_count"], 0)
 
     def test_message_too_large(self) -> None:
         layer = self.make_layer(max_message_size=1000)
         layer.group_add("big", "big_member")
         layer.send("big", {"b": b"x" * 900})
-        for call in (
-            lambda: layer.send("big", {"b": b"x" * 1001}),
-            lambda: layer.send_group("big", {"b": b"x" * 1001}),
-        ):
-            with self.assertRaises(MessageTooLarge):  # type: ignore[attr-defined]
-                call()
-        self.assertEqual(len(self.drain(["big"], layer)), 1)  # type: ignore[attr-defined]
+        with self.assertRaises(MessageTooLarge):
+            layer.send("big", {"b": b"x" * 1001})
+        with self.assertRaises(MessageTooLarge):
+            layer.send_group("big", {"b": b"x" * 1001})
+        self.assertEqual(len(self.drain(["big"], layer)), 1)
         self.assert_nothing(["big_member"], layer)
 
     def test_one_megabyte_messages_are_supported(self) -> None:
         layer = self.make_layer()
         layer.send("mb", {"body": b"\x00" * 1_000_000, "text": "é" * 10})
         _, message = self.receive(["mb"], layer)
-        self.assertEqual(len(message["body"]), 1_000_000)  # type: ignore[attr-defined]
+        self.assertEqual(len(message["body"]), 1_000_000)
 
     # -- statistics, flush, fairness ---------------------------------------------
 
@@ -589,28 +587,28 @@ class LayerContractTests:
             "channel_full_count",
             "channel_full_count_per_second",
         }
-        self.assertEqual(set(layer.global_statistics()), keys)  # type: ignore[attr-defined]
-        self.assertEqual(set(layer.channel_statistics("st")), keys)  # type: ignore[attr-defined]
+        self.assertEqual(set(layer.global_statistics()), keys)
+        self.assertEqual(set(layer.channel_statistics("st")), keys)
         for _ in range(5):
             layer.send("st", {})
         layer.send("st2", {})
-        with self.assertRaises(ChannelFull):  # type: ignore[attr-defined]
+        with self.assertRaises(ChannelFull):
             layer.send("st", {})
         self.receive(["st"])
         self.advance(0.5)
         stats = layer.channel_statistics("st")
-        self.assertEqual(stats["messages_count"], 5)  # type: ignore[attr-defined]
-        self.assertEqual(stats["messages_pending"], 4)  # type: ignore[attr-defined]
-        self.assertEqual(stats["channel_full_count"], 1)  # type: ignore[attr-defined]
-        self.assertGreaterEqual(stats["messages_max_age"], 0.5)  # type: ignore[attr-defined]
-        self.assertLess(stats["messages_max_age"], 1)  # type: ignore[attr-defined]
+        self.assertEqual(stats["messages_count"], 5)
+        self.assertEqual(stats["messages_pending"], 4)
+        self.assertEqual(stats["channel_full_count"], 1)
+        self.assertGreaterEqual(stats["messages_max_age"], 0.5)
+        self.assertLess(stats["messages_max_age"], 1)
         total = layer.global_statistics()
-        self.assertEqual(total["messages_count"], 6)  # type: ignore[attr-defined]
-        self.assertEqual(total["messages_pending"], 5)  # type: ignore[attr-defined]
-        self.assertEqual(total["channel_full_count"], 1)  # type: ignore[attr-defined]
+        self.assertEqual(total["messages_count"], 6)
+        self.assertEqual(total["messages_pending"], 5)
+        self.assertEqual(total["channel_full_count"], 1)
         layer.send("stp!a", {})
         layer.send("stp!b", {})
-        self.assertEqual(layer.channel_statistics("stp!a")["messages_pending"], 2)  # type: ignore[attr-defined]
+        self.assertEqual(layer.channel_statistics("stp!a")["messages_pending"], 2)
 
     def test_flush_empties_everything(self) -> None:
         layer = self.layer
@@ -619,8 +617,8 @@ class LayerContractTests:
         layer.group_add("fg", "f1")
         layer.flush()
         self.assert_nothing(["f1", "f2!"])
-        self.assertEqual(list(layer.group_channels("fg")), [])  # type: ignore[attr-defined]
-        self.assertEqual(layer.global_statistics()["messages_pending"], 0)  # type: ignore[attr-defined]
+        self.assertEqual(list(layer.group_channels("fg")), [])
+        self.assertEqual(layer.global_statistics()["messages_pending"], 0)
         for _ in range(5):  # full capacity is available again
             layer.send("f1", {})
 
@@ -631,7 +629,7 @@ class LayerContractTests:
         for i in range(20):
             layer.send("quiet", {"i": i})
         got = [layer.receive(["busy", "quiet"])[0] for _ in range(40)]
-        self.assertGreaterEqual(got.count("quiet"), 10)  # type: ignore[attr-defined]
+        self.assertGreaterEqual(got.count("quiet"), 10)
 
     # -- threads -------------------------------------------------------------------
 
@@ -639,9 +637,13 @@ class LayerContractTests:
         """Nothing lost, nothing duplicated, with threads on both sides."""
         layer = self.make_layer(capacity=100_000)
         senders, receivers, per_sender = 4, 4, 1500
+        expected = senders * per_sender
         channels = ["ts.plain", "ts.local!"]
         received: list[list[tuple[str, int, int]]] = [[] for _ in range(receivers)]
         errors: list[BaseException] = []
+        count_lock = threading.Lock()
+        counted = [0]
+        all_received = threading.Event()
 
         def send(sender: int) -> None:
             try:
@@ -650,6 +652,7 @@ class LayerContractTests:
                     layer.send(target, {"s": sender, "i": i})
             except BaseException as e:  # pragma: no cover - reported below
                 errors.append(e)
+                all_received.set()
 
         def receive(n: int) -> None:
             try:
@@ -660,35 +663,33 @@ class LayerContractTests:
                     if message.get("stop"):
                         return
                     received[n].append((channel, message["s"], message["i"]))
+                    with count_lock:
+                        counted[0] += 1
+                        if counted[0] == expected:
+                            all_received.set()
             except BaseException as e:  # pragma: no cover - reported below
                 errors.append(e)
+                all_received.set()
 
         threads = [threading.Thread(target=receive, args=(n,)) for n in range(receivers)]
         threads += [threading.Thread(target=send, args=(n,)) for n in range(senders)]
         for t in threads:
             t.start()
-        for t in threads[receivers:]:
-            t.join(60)
-        # Every sender is done: wait until the queues are drained, then stop.
-        expected = senders * per_sender
-        while sum(map(len, received)) < expected and not errors:
-            if not any(t.is_alive() for t in threads[:receivers]):
-                break
-            layer_done = threading.Event()
-            layer_done.wait(0.01)
+        all_received.wait(60)
         for _ in range(receivers):
             layer.send("ts.plain", {"stop": True})
-        for t in threads[:receivers]:
+        for t in threads:
             t.join(60)
-        self.assertEqual(errors, [])  # type: ignore[attr-defined]
+        self.assertEqual(errors, [])
         everything = [item for part in received for item in part]
-        self.assertEqual(len(everything), expected)  # type: ignore[attr-defined]
-        self.assertEqual(  # type: ignore[attr-defined]
+        self.assertEqual(len(everything), expected)
+        self.assertEqual(
             {(s, i) for _, s, i in everything},
             {(s, i) for s in range(senders) for i in range(per_sender)},
         )
         for channel, s, i in everything:
-            self.assertEqual(channel, "ts.plain" if i % 2 else "ts.local!%d" % s)  # type: ignore[attr-defined]
+            self.assertEqual(channel, "ts.plain" if i % 2 else "ts.local!%d" % s)
+        self.assert_nothing(channels, layer)
 
     # -- reactor face ----------------------------------------------------------------
 
@@ -697,37 +698,37 @@ class LayerContractTests:
         for i in range(3):
             layer.send("rm", {"i": i})
         first = self.run_reactor_face(layer.receive_many_twisted, ["rm"], 2)
-        self.assertEqual(first, [("rm", {"i": 0}), ("rm", {"i": 1})])  # type: ignore[attr-defined]
+        self.assertEqual(first, [("rm", {"i": 0}), ("rm", {"i": 1})])
         second = self.run_reactor_face(layer.receive_many_twisted, ["other", "rm"], 5)
-        self.assertEqual(second, [("rm", {"i": 2})])  # type: ignore[attr-defined]
+        self.assertEqual(second, [("rm", {"i": 2})])
 
     def test_receive_many_twisted_limit_and_prefixes(self) -> None:
         layer = self.make_layer(capacity=50)
         for i in range(10):
             layer.send("lim!%d" % (i % 3), {"i": i})
         batch = self.run_reactor_face(layer.receive_many_twisted, ["lim!"], 4)
-        self.assertEqual(batch, [("lim!%d" % (i % 3), {"i": i}) for i in range(4)])  # type: ignore[attr-defined]
+        self.assertEqual(batch, [("lim!%d" % (i % 3), {"i": i}) for i in range(4)])
         rest = self.run_reactor_face(layer.receive_many_twisted, ["lim!"], 100)
-        self.assertEqual([m["i"] for _, m in rest], list(range(4, 10)))  # type: ignore[attr-defined]
+        self.assertEqual([m["i"] for _, m in rest], list(range(4, 10)))
 
     def test_receive_many_twisted_waits_for_a_send(self) -> None:
         layer = self.layer
         d = self.start_reactor_face(layer.receive_many_twisted, ["wait", "wait!"], 10)
         self.settle()
-        self.assertFalse(d.called)  # type: ignore[attr-defined]
+        self.assertFalse(d.called)
         layer.send("wait!abc", {"n": 1})
-        self.assertEqual(self.result_of(d), [("wait!abc", {"n": 1})])  # type: ignore[attr-defined]
+        self.assertEqual(self.result_of(d), [("wait!abc", {"n": 1})])
         self.assert_nothing(["wait", "wait!"])
 
     def test_receive_twisted(self) -> None:
         layer = self.layer
         d = self.start_reactor_face(layer.receive_twisted, ["rt"])
         self.settle()
-        self.assertFalse(d.called)  # type: ignore[attr-defined]
+        self.assertFalse(d.called)
         layer.send("rt", {"n": 1})
         layer.send("rt", {"n": 2})
-        self.assertEqual(self.result_of(d), ("rt", {"n": 1}))  # type: ignore[attr-defined]
-        self.assertEqual(self.receive(["rt"]), ("rt", {"n": 2}))  # type: ignore[attr-defined]
+        self.assertEqual(self.result_of(d), ("rt", {"n": 1}))
+        self.assertEqual(self.receive(["rt"]), ("rt", {"n": 2}))
 
     def test_cancelled_receive_takes_nothing(self) -> None:
         layer = self.layer
@@ -735,28 +736,28 @@ class LayerContractTests:
         failures: list[Failure] = []
         d.addErrback(failures.append)
         self.run_reactor_face(d.cancel)
-        self.assertEqual(len(failures), 1)  # type: ignore[attr-defined]
+        self.assertEqual(len(failures), 1)
         failures[0].trap(CancelledError)
         layer.send("cx", {"n": 1})
         self.settle()
-        self.assertEqual(self.receive(["cx"]), ("cx", {"n": 1}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["cx"]), ("cx", {"n": 1}))
 
     def test_receive_many_twisted_refuses_bad_arguments(self) -> None:
         layer = self.layer
         for channels, limit in ((["a!b"], 1), ("abc", 1), (["abc"], 0), ([], 1)):
-            with self.subTest(channels=channels, limit=limit):  # type: ignore[attr-defined]
-                with self.assertRaises((TypeError, ValueError)):  # type: ignore[attr-defined]
+            with self.subTest(channels=channels, limit=limit):
+                with self.assertRaises((TypeError, ValueError)):
                     self.run_reactor_face(layer.receive_many_twisted, channels, limit)
 
     def test_send_twisted(self) -> None:
         layer = self.layer
         self.run_reactor_face(layer.send_twisted, "stw", {"n": 1})
-        self.assertEqual(self.receive(["stw"]), ("stw", {"n": 1}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["stw"]), ("stw", {"n": 1}))
         for _ in range(5):
             layer.send("stw", {})
-        with self.assertRaises(ChannelFull):  # type: ignore[attr-defined]
+        with self.assertRaises(ChannelFull):
             self.run_reactor_face(layer.send_twisted, "stw", {})
-        with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+        with self.assertRaises(TypeError):
             self.run_reactor_face(layer.send_twisted, "stw2", {"bad": {1, 2}})
 
     def test_send_group_twisted_never_fails_when_full(self) -> None:
@@ -764,8 +765,8 @@ class LayerContractTests:
         layer.group_add("sgt", "sgt1")
         for _ in range(6):
             self.run_reactor_face(layer.send_group_twisted, "sgt", {"n": 1})
-        self.assertEqual(len(self.drain(["sgt1"])), 5)  # type: ignore[attr-defined]
-        with self.assertRaises(MessageTooLarge):  # type: ignore[attr-defined]
+        self.assertEqual(len(self.drain(["sgt1"])), 5)
+        with self.assertRaises(MessageTooLarge):
             self.run_reactor_face(layer.send_group_twisted, "sgt", {"b": b"x" * (2 * 1024**2)})
 
     def test_local_receiver_batches(self) -> None:
@@ -776,9 +777,7 @@ class LayerContractTests:
         layer.send("lr!b", {"n": 2})
         layer.send("lr!a", {"n": 3})
         self.settle()
-        self.assertEqual(  # type: ignore[attr-defined]
-            calls, [[("lr!a", {"n": 1}), ("lr!b", {"n": 2}), ("lr!a", {"n": 3})]]
-        )
+        self.assertEqual(calls, [[("lr!a", {"n": 1}), ("lr!b", {"n": 2}), ("lr!a", {"n": 3})]])
         self.assert_nothing(["lr!"])
 
     def test_local_receiver_ignores_capacity(self) -> None:
@@ -787,7 +786,7 @@ class LayerContractTests:
         for i in range(20):
             layer.send("lrc!x", {"i": i})
         self.settle()
-        self.assertEqual([m["i"] for batch in calls for _, m in batch], list(range(20)))  # type: ignore[attr-defined]
+        self.assertEqual([m["i"] for batch in calls for _, m in batch], list(range(20)))
 
     def test_local_receiver_gets_group_sends(self) -> None:
         layer = self.layer
@@ -796,27 +795,27 @@ class LayerContractTests:
             layer.group_add("lrg", member)
         layer.send_group("lrg", {"hello": "all"})
         self.settle()
-        self.assertEqual(  # type: ignore[attr-defined]
+        self.assertEqual(
             [pair for batch in calls for pair in batch],
             [("lrg!a", {"hello": "all"}), ("lrg!b", {"hello": "all"})],
         )
-        self.assertEqual(self.receive(["lrg_plain"]), ("lrg_plain", {"hello": "all"}))  # type: ignore[attr-defined]
+        self.assertEqual(self.receive(["lrg_plain"]), ("lrg_plain", {"hello": "all"}))
 
     def test_local_receiver_takes_over_queued_and_gives_back(self) -> None:
         layer = self.layer
         layer.send("lrq!early", {"n": 0})
         calls = self.local_receiver(layer, "lrq!")
         self.settle()
-        self.assertEqual(calls, [[("lrq!early", {"n": 0})]])  # type: ignore[attr-defined]
+        self.assertEqual(calls, [[("lrq!early", {"n": 0})]])
         self.run_reactor_face(layer.remove_local_receiver, "lrq!")
         layer.send("lrq!late", {"n": 1})
         self.settle()
-        self.assertEqual(len(calls), 1)  # type: ignore[attr-defined]
-        self.assertEqual(self.receive(["lrq!"]), ("lrq!late", {"n": 1}))  # type: ignore[attr-defined]
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(self.receive(["lrq!"]), ("lrq!late", {"n": 1}))
 
     def test_when_capacity_twisted(self) -> None:
         layer = self.layer
-        self.assertIsNone(self.run_reactor_face(layer.when_capacity_twisted, "wc"))  # type: ignore[attr-defined]
+        self.assertIsNone(self.run_reactor_face(layer.when_capacity_twisted, "wc"))
         for _ in range(5):
             layer.send("wc!x", {})
         d = self.start_reactor_face(layer.when_capacity_twisted, "wc!y")
@@ -824,7 +823,7 @@ class LayerContractTests:
         cancelled.addErrback(lambda f: f.trap(CancelledError))
         self.run_reactor_face(cancelled.cancel)
         self.settle()
-        self.assertFalse(d.called)  # type: ignore[attr-defined]
+        self.assertFalse(d.called)
         self.receive(["wc!"])
-        self.assertIsNone(self.result_of(d))  # type: ignore[attr-defined]
+        self.assertIsNone(self.result_of(d))
         layer.send("wc!x", {})  # the room that was announced is really there

@@ -1,0 +1,670 @@
+"""
+The Redis channel layer: ``asgi_redis.RedisChannelLayer``'s configuration
+and key layout, on txredisapi, for sites that run interface servers and
+workers as separate processes (and on several machines).
+
+What differs from asgi_redis 1.4.3, and why:
+
+- One long-lived set of connections per shard, owned by a service that
+  starts and stops with :meth:`~RedisChannelLayer.attach_reactor` /
+  :meth:`~RedisChannelLayer.detach_reactor` (asgi_redis opened a pool per
+  Twisted receive); blocking pops on their own connections, timed out even
+  when the server is frozen; fail-fast with :class:`RedisUnavailable` while
+  Redis is down and reconnection with a capped back-off
+  (:mod:`~chanserv.layers.redis_connection`).
+- A receive takes the body off Redis in the same script that pops the
+  reference (the Twisted path of asgi_redis never deleted bodies), and can
+  take a batch (:mod:`~chanserv.layers.redis_receive`).
+- ``send_group`` is one script per shard, whatever the group's size: it
+  drops expired members, then pushes one shared (read-counted) body to every
+  member with room, skipping full ones -- not a loop of sends in Python.
+  Group memberships live on the shard of the *member's* list (its hashed
+  shard), so each shard's script only touches its own keys; ``group_*``
+  operations run on every shard.  With one host this is asgi_redis's layout.
+- A process-local channel's full name travels in the list reference, not
+  in the body, so one body serves a whole group.
+- The synchronous face works in any process: without an attached reactor
+  it starts the global one in a daemon thread (:mod:`.redis_sync`).
+
+Sharding is asgi_redis's: ``crc32`` of the name over 4096 slots, split
+evenly between the hosts.  ``!`` and ``?`` channels live on their hashed
+shard; sends to normal channels go round-robin over the shards that are up
+(to the next one if a shard's list is full), and receives of normal
+channels look at every shard.  Changing ``hosts`` loses queued data.
+
+Requires Redis >= 5 (>= 6 for a fractional ``blpop_timeout``).
+"""
+
+from __future__ import annotations
+
+import binascii
+import itertools
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chanserv.exceptions import ChannelFull
+from chanserv.layers.base import BaseChannelLayer, CapacityPattern, LocalReceiver, Prepared
+from chanserv.layers.redis_codec import MessageCodec
+from chanserv.layers.redis_connection import (
+    RedisAddress,
+    RedisShard,
+    RedisTimeout,
+    RedisUnavailable,
+)
+from chanserv.layers.redis_ops import RedisOperations
+from chanserv.layers.redis_receive import (
+    CapacityWatch,
+    LocalReceiverLoop,
+    RawMessage,
+    ReceiveOperation,
+)
+from chanserv.layers.redis_scripts import glob_to_lua
+from chanserv.layers.redis_sync import call_in_reactor, check_not_reactor_thread, running_reactor
+
+__all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts"]
+
+log = Logger()
+
+#: connection_kwargs understood here.
+_CONNECTION_KWARGS = {
+    "socket_timeout",  # seconds to wait for any reply (5)
+    "socket_connect_timeout",  # seconds to connect (5)
+    "password",
+    "username",
+    "db",
+    "ssl",
+    "reconnect_max_delay",  # cap of the reconnection back-off (5)
+    "max_blocking_connections",  # per shard (64)
+}
+#: redis-py connection_kwargs that make no sense here; accepted and ignored.
+_IGNORED_KWARGS = {
+    "socket_keepalive",
+    "socket_keepalive_options",
+    "retry_on_timeout",
+    "health_check_interval",
+    "max_connections",
+    "encoding",
+    "encoding_errors",
+    "decode_responses",
+    "client_name",
+}
+
+
+def _parse_url(url: str, defaults: Mapping[str, Any]) -> RedisAddress:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("Redis host %r: only redis:// and rediss:// URLs are supported" % (url,))
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("Redis host %r has an invalid port" % (url,)) from None
+    db: Any = defaults.get("db")
+    path = parts.path.strip("/")
+    query = parse_qs(parts.query)
+    if path:
+        db = path
+    elif "db" in query:
+        db = query["db"][0]
+    try:
+        db = int(db) if db is not None else None
+    except ValueError:
+        raise ValueError("Redis host %r: the database must be a number" % (url,)) from None
+    password = unquote(parts.password) if parts.password else defaults.get("password")
+    username = unquote(parts.username) if parts.username else defaults.get("username")
+    return RedisAddress(
+        host=parts.hostname or "localhost",
+        port=port,
+        db=db or None,
+        password=password,
+        username=username,
+        tls=parts.scheme == "rediss" or bool(defaults.get("ssl")),
+    )
+
+
+def parse_hosts(hosts: Any, defaults: Mapping[str, Any] | None = None) -> list[RedisAddress]:
+    """
+    ``hosts`` as addresses: a list of ``redis://[[user]:password@]host[:port][/db]``
+    (or ``rediss://``) URLs and ``(host, port)`` pairs; None means
+    ``[("localhost", 6379)]``.  ``defaults`` (connection_kwargs) supply
+    ``password``, ``username``, ``db`` and ``ssl`` where a URL does not.
+
+    :raises ValueError: a bare string instead of a list, or a bad entry.
+    """
+    defaults = defaults or {}
+    if hosts is None or (isinstance(hosts, (list, tuple)) and not hosts):
+        hosts = [("localhost", 6379)]
+    if isinstance(hosts, (str, bytes)):
+        raise ValueError("Redis hosts must be a list, not a single string: use [%r]" % (hosts,))
+    if not isinstance(hosts, Iterable):
+        raise ValueError("Redis hosts must be a list of URLs or (host, port) pairs")
+    addresses = []
+    for entry in hosts:
+        if isinstance(entry, str):
+            addresses.append(_parse_url(entry, defaults))
+        elif (
+            isinstance(entry, (tuple, list))
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], int)
+        ):
+            addresses.append(
+                RedisAddress(
+                    host=entry[0],
+                    port=entry[1],
+                    db=int(defaults["db"]) if defaults.get("db") else None,
+                    password=defaults.get("password"),
+                    username=defaults.get("username"),
+                    tls=bool(defaults.get("ssl")),
+                )
+            )
+        else:
+            raise ValueError(
+                "Redis host %r is neither a redis:// URL nor a (host, port) pair" % (entry,)
+            )
+    return addresses
+
+
+class RedisChannelLayer(RedisOperations, BaseChannelLayer):
+    """
+    A channel layer in one or more Redis servers.
+
+    :param hosts: ``redis://`` URLs (with password and database) or
+        ``(host, port)`` pairs; one shard each.  A bare string raises
+        ValueError.
+    :param prefix: prefix of every key (``"asgi:"``); no whitespace.
+    :param expiry, group_expiry, capacity, channel_capacity, max_message_size:
+        see :class:`~chanserv.layers.base.BaseChannelLayer`.
+    :param symmetric_encryption_keys: a list of keys: messages are stored
+        encrypted (Fernet, first key encrypts, all decrypt).  Needs
+        ``cryptography``.
+    :param stats_prefix: prefix of the statistics counters.
+    :param connection_kwargs: ``socket_timeout`` (seconds for any reply,
+        default 5), ``socket_connect_timeout`` (5), ``password``,
+        ``username``, ``db``, ``ssl`` (for pairs in ``hosts``),
+        ``reconnect_max_delay`` (5), ``max_blocking_connections`` (64 per
+        shard).  redis-py options with no meaning here are ignored.
+    :param blpop_timeout: seconds a blocking pop waits on the server before
+        it is issued again (5).
+
+    Faces: the synchronous one from any thread but the reactor's (it raises
+    RuntimeError there); the reactor face on the reactor thread, after
+    :meth:`attach_reactor`.  Operations fail with :class:`RedisUnavailable`
+    (a :class:`ConnectionError`) while Redis is unreachable and with
+    :class:`RedisTimeout` when it does not answer in time.
+    """
+
+    extensions = ["groups", "flush", "statistics", "twisted"]
+    local_only = False
+
+    RedisUnavailable = RedisUnavailable
+    RedisTimeout = RedisTimeout
+
+    def __init__(
+        self,
+        hosts: Any = None,
+        prefix: str = "asgi:",
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[CapacityPattern, int]
+        | Sequence[tuple[CapacityPattern, int]]
+        | None = None,
+        symmetric_encryption_keys: Sequence[str | bytes] | None = None,
+        stats_prefix: str = "asgi-meta:",
+        connection_kwargs: Mapping[str, Any] | None = None,
+        max_message_size: int = 1024 * 1024,
+        blpop_timeout: float = 5,
+    ) -> None:
+        super().__init__(
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
+            max_message_size=max_message_size,
+        )
+        for name, value in (("prefix", prefix), ("stats_prefix", stats_prefix)):
+            if not isinstance(value, str) or not value or re.search(r"\s", value):
+                raise ValueError(
+                    "%s must be a non-empty str without spaces, not %r" % (name, value)
+                )
+        if prefix.startswith(stats_prefix) or stats_prefix.startswith(prefix):
+            raise ValueError("prefix and stats_prefix must not be prefixes of each other")
+        if not isinstance(blpop_timeout, (int, float)) or blpop_timeout <= 0:
+            raise ValueError("blpop_timeout must be a positive number, not %r" % (blpop_timeout,))
+        options = dict(connection_kwargs or {})
+        unknown = set(options) - _CONNECTION_KWARGS - _IGNORED_KWARGS
+        if unknown:
+            raise ValueError(
+                "Unknown connection_kwargs %s; supported: %s"
+                % (", ".join(sorted(unknown)), ", ".join(sorted(_CONNECTION_KWARGS)))
+            )
+        self.prefix = prefix
+        self.stats_prefix = stats_prefix
+        self.blpop_timeout = blpop_timeout
+        self.hosts = parse_hosts(hosts, options)
+        self.ring_size = len(self.hosts)
+        self.reply_timeout = self._positive(options, "socket_timeout", 5.0)
+        self.connect_timeout = self._positive(options, "socket_connect_timeout", 5.0)
+        self.reconnect_max_delay = self._positive(options, "reconnect_max_delay", 5.0)
+        self.max_blocking_connections = int(self._positive(options, "max_blocking_connections", 64))
+        self.sync_timeout = (
+            self.connect_timeout + blpop_timeout + (3 + self.ring_size) * self.reply_timeout + 5
+        )
+        self._codec = MessageCodec(symmetric_encryption_keys, expiry)
+        self._lua_capacities = self._capacities_for_lua()
+        self.reactor: Any = None
+        self.shards: list[RedisShard] = []
+        self._service: MultiService | None = None
+        self._auto_attached = False
+        self._detaching = False
+        self._ops: set[ReceiveOperation] = set()
+        self._local: dict[str, LocalReceiverLoop] = {}
+        self._watches: dict[str, CapacityWatch] = {}
+        self._send_counter = itertools.count()
+        self._receive_counter = itertools.count()
+        self._attach_lock = threading.Lock()
+
+    @staticmethod
+    def _positive(options: Mapping[str, Any], key: str, default: float) -> float:
+        value = options.get(key, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(
+                "connection_kwargs[%r] must be a positive number, not %r" % (key, value)
+            )
+        return float(value)
+
+    def _capacities_for_lua(self) -> list[str | int] | None:
+        # (Lua pattern, capacity) pairs, or None if a pattern cannot be one.
+        pairs: list[str | int] = []
+        for pattern, value in self.channel_capacity:
+            # _compile_capacities turned globs into regexes; keep the source glob.
+            glob = getattr(pattern, "_chanserv_glob", None)
+            lua = glob_to_lua(glob) if glob is not None else None
+            if lua is None:
+                return None
+            pairs += [lua, value]
+        return pairs
+
+    @staticmethod
+    def _compile_capacities(channel_capacity: Any) -> list[Any]:
+        compiled = BaseChannelLayer._compile_capacities(channel_capacity)
+        items = (
+            list(channel_capacity.items())
+            if isinstance(channel_capacity, Mapping)
+            else list(channel_capacity)
+        )
+        result = []
+        for (source, _), (regex, value) in zip(items, compiled, strict=True):
+            result.append(
+                (_GlobPattern(regex, source) if isinstance(source, str) else regex, value)
+            )
+        return result
+
+    def __repr__(self) -> str:
+        return "<%s hosts=%s prefix=%r>" % (
+            type(self).__name__,
+            [str(a) for a in self.hosts],
+            self.prefix,
+        )
+
+    # -- sharding -------------------------------------------------------------
+
+    def consistent_hash(self, value: str) -> int:
+        """The shard of a ``!``/``?`` channel or group member (asgi_redis's)."""
+        bigval = binascii.crc32(value.encode("utf-8")) & 0xFFF
+        return int(bigval / (4096 / self.ring_size))
+
+    def next_receive_index(self) -> int:
+        return next(self._receive_counter)
+
+    def _plan(self, names: Sequence[str]) -> dict[int, list[str]]:
+        # shard index -> list keys to read for a receive on ``names``.
+        plan: dict[int, list[str]] = {}
+        for name in names:
+            key = self.prefix + name
+            if "!" in name or "?" in name:
+                plan.setdefault(self.consistent_hash(name), []).append(key)
+            else:
+                for index in range(self.ring_size):
+                    plan.setdefault(index, []).append(key)
+        return plan
+
+    # -- synchronous face (any thread but the reactor's) -------------------------------
+
+    def _sync(self, f: Any, *args: Any, timeout: float | None = None, **kw: Any) -> Any:
+        reactor = self._sync_reactor()
+        return call_in_reactor(reactor, f, *args, timeout=timeout or self.sync_timeout, **kw)
+
+    def _sync_reactor(self) -> Any:
+        check_not_reactor_thread()
+        if self.reactor is not None:
+            return self.reactor
+        with self._attach_lock:
+            if self.reactor is None:
+                reactor = running_reactor()
+                call_in_reactor(reactor, self._attach_for_sync, reactor, timeout=10)
+        return self.reactor
+
+    def _attach_for_sync(self, reactor: Any) -> None:
+        if self.reactor is None:
+            self.attach_reactor(reactor)
+            self._auto_attached = True
+
+    def send_prepared(self, channel: str, data: Prepared) -> None:
+        """
+        Send prepared ``data`` to ``channel``; returns once Redis has it.
+        Encryption happens in the calling thread.
+
+        :raises ChannelFull: the channel is at capacity (on every shard
+            that is up, for a normal channel).
+        :raises RedisUnavailable: Redis is unreachable; RedisTimeout: it did
+            not answer in time (the message may then have been sent).
+        """
+        self.valid_channel_name(channel)
+        self._sync(self.send_payload, channel, self._codec.encode(data))
+
+    def send_prepared_wait(self, channel: str, data: Prepared, timeout: float) -> None:
+        """:meth:`send_prepared`, waiting up to ``timeout`` s for room if full."""
+        self.valid_channel_name(channel)
+        payload = self._codec.encode(data)
+        self._sync(self._send_wait, channel, payload, timeout, timeout=timeout + self.sync_timeout)
+
+    def receive(
+        self, channels: Sequence[str], block: bool = False
+    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+        """
+        One message from ``channels``, or ``(None, None)``; ``block=True``
+        waits up to ``blpop_timeout`` seconds.  Decryption and unpacking
+        happen in the calling thread.
+
+        :raises TypeError: invalid names; RedisUnavailable, RedisTimeout.
+        """
+        names = self._receive_names(channels)
+        if not names:
+            return None, None
+        raw = self._sync(self._receive_raw, names, block, on_abandoned=self._hand_back)
+        if not raw:
+            return None, None
+        decoded = self.decode_items(raw)
+        return decoded[0] if decoded else (None, None)
+
+    def new_channel(self, pattern: str) -> str:
+        """``pattern`` (ending in ``?``) plus 12 random letters, unused in Redis."""
+        self._check_new_channel_pattern(pattern)
+        result: str = self._sync(self.new_channel_twisted, pattern)
+        return result
+
+    def group_add(self, group: str, channel: str) -> None:
+        self.valid_group_name(group)
+        self.valid_channel_name(channel)
+        self._sync(self.group_add_twisted, group, channel)
+
+    def group_discard(self, group: str, channel: str) -> None:
+        self.valid_group_name(group)
+        self.valid_channel_name(channel)
+        self._sync(self.group_discard_twisted, group, channel)
+
+    def group_channels(self, group: str) -> list[str]:
+        """The members, expired ones dropped first."""
+        self.valid_group_name(group)
+        result: list[str] = self._sync(self.group_channels_twisted, group)
+        return result
+
+    def send_group_prepared(self, group: str, data: Prepared) -> None:
+        """Send to every member with room; one script per shard."""
+        self.valid_group_name(group)
+        self._sync(self.send_group_payload, group, self._codec.encode(data))
+
+    def flush(self) -> None:
+        """Delete every key under ``prefix`` and ``stats_prefix`` on every shard."""
+        self._sync(self.flush_twisted, timeout=max(60.0, self.sync_timeout))
+
+    def global_statistics(self) -> dict[str, float]:
+        result: dict[str, float] = self._sync(self.global_statistics_twisted)
+        return result
+
+    def channel_statistics(self, channel: str) -> dict[str, float]:
+        self.valid_channel_name(channel)
+        result: dict[str, float] = self._sync(self.channel_statistics_twisted, channel)
+        return result
+
+    # -- reactor face: attachment ------------------------------------------------
+
+    def attach_reactor(self, reactor: Any) -> None:
+        """
+        Start the connection service of every shard on ``reactor``.  Redis
+        being down is no error: operations fail fast until it is up.
+        Reactor thread (or before the reactor runs).
+
+        :raises RuntimeError: already attached (to this reactor by the
+            synchronous face's fallback is fine: the caller takes it over).
+        """
+        if self.reactor is not None:
+            if self.reactor is reactor and self._auto_attached:
+                self._auto_attached = False
+                return
+            raise RuntimeError("This RedisChannelLayer is already attached to a reactor")
+        service = MultiService()
+        shards = []
+        for address in self.hosts:
+            shard = RedisShard(
+                reactor,
+                address,
+                reply_timeout=self.reply_timeout,
+                connect_timeout=self.connect_timeout,
+                reconnect_max=self.reconnect_max_delay,
+                max_blocking=self.max_blocking_connections,
+            )
+            shard.setServiceParent(service)
+            shards.append(shard)
+        self.reactor = reactor
+        self.shards = shards
+        self._service = service
+        service.startService()
+
+    def detach_reactor(self) -> Deferred[None]:
+        """
+        Stop local receivers, cancel receives in flight (what they had
+        popped is pushed back) and capacity waits, then close every
+        connection.  Fires once they are closed.  Reactor thread.
+        """
+        service = self._service
+        if service is None or self._detaching:
+            return succeed(None)
+        self._detaching = True
+        for loop in list(self._local.values()):
+            loop.stop()
+        self._local.clear()
+        for op in list(self._ops):
+            op.deferred.cancel()
+        for watch in list(self._watches.values()):
+            watch.stop()
+
+        def detached(result: Any) -> Any:
+            self.reactor = None
+            self.shards = []
+            self._service = None
+            self._detaching = False
+            self._auto_attached = False
+            return result
+
+        d: Deferred[Any] = service.stopService()
+        return d.addBoth(detached).addCallback(lambda _: None)
+
+    def _require_attached(self) -> None:
+        if self.reactor is None or self._detaching:
+            raise RuntimeError(
+                "RedisChannelLayer's reactor face needs attach_reactor() first "
+                "(the layer service does it in a server)"
+            )
+
+    # -- reactor face: receiving -------------------------------------------------
+
+    def _receive_names(self, channels: Any) -> list[str]:
+        if isinstance(channels, (str, bytes)):
+            self.valid_channel_names(channels)  # raises: a lone name is not a list
+        names = list(channels)
+        self.valid_channel_names(names, receive=True)
+        return list(dict.fromkeys(names))
+
+    def _start_receive(
+        self, names: list[str], limit: int, block: bool, loop: bool, decode: Any
+    ) -> Deferred[list[Any]]:
+        op = ReceiveOperation(self, self._plan(names), limit, block, loop, decode)
+        self._ops.add(op)
+
+        def done(result: Any) -> Any:
+            self._ops.discard(op)
+            return result
+
+        op.deferred.addBoth(done)
+        return op.start()
+
+    def receive_many_twisted(
+        self, channels: Sequence[str], limit: int
+    ) -> Deferred[list[tuple[str, dict[str, Any]]]]:
+        """
+        1 to ``limit`` ``(channel, message)`` pairs from ``channels``, as
+        soon as there are some (blocking pops, no polling).  Cancelling
+        takes nothing.  Fails with :class:`RedisUnavailable` when no shard
+        holding the channels is reachable or a connection is lost or times
+        out meanwhile: the caller retries (with a back-off).  Reactor thread.
+        """
+        try:
+            self._require_attached()
+            names = self._receive_names(channels)
+            if not names:
+                raise ValueError("receive_many_twisted needs at least one channel")
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ValueError("limit must be a positive int, not %r" % (limit,))
+        except Exception:
+            return fail()
+        return self._start_receive(names, limit, True, True, self.decode_items)
+
+    def _receive_raw(self, names: list[str], block: bool) -> Deferred[list[Any]]:
+        # Reactor thread, for the synchronous receive: raw, decoded by the caller.
+        self._require_attached()
+        return self._start_receive(names, 1, block, False, list)
+
+    def _hand_back(self, items: list[RawMessage]) -> None:
+        # Reactor thread: a synchronous receive gave up; put its message back.
+        for item in items:
+            self.requeue(item.shard, [item])
+
+    def decode_items(self, items: list[RawMessage]) -> list[tuple[str, dict[str, Any]]]:
+        """``(channel, message)`` pairs; undecodable messages are logged, dropped."""
+        result = []
+        for item in items:
+            list_key = item.list_key.decode("utf-8")
+            channel = list_key[len(self.prefix) :]
+            if channel.endswith("!"):
+                _, _, full = item.ref.decode("utf-8").partition(" ")
+                channel = full or channel
+            try:
+                message = self.unpack(self._codec.decode(item.body))
+            except Exception as e:
+                log.error(
+                    "Dropped a message on {channel} that could not be decoded: {error}",
+                    channel=channel,
+                    error=e,
+                )
+                continue
+            result.append((channel, message))
+        return result
+
+    def add_local_receiver(self, prefix: str, callback: LocalReceiver) -> None:
+        """
+        Read ``prefix``'s Redis list (one per process) forever and hand
+        every batch of messages to ``callback(batch)`` on the reactor thread;
+        messages already queued come first.  Survives Redis outages.
+
+        :raises TypeError: ``prefix`` is not a valid name ending with ``!``.
+        :raises ValueError: ``prefix`` has a receiver already.
+        """
+        self._require_attached()
+        self.valid_channel_name(prefix, receive=True)
+        if not prefix.endswith("!"):
+            raise TypeError("A local receiver's prefix ends with '!', not %r" % (prefix,))
+        if prefix in self._local:
+            raise ValueError("%r has a local receiver already" % (prefix,))
+        loop = self._local[prefix] = LocalReceiverLoop(self, prefix, callback)
+        loop.start()
+
+    def remove_local_receiver(self, prefix: str) -> None:
+        """Stop reading ``prefix``'s list (no-op without a receiver)."""
+        loop = self._local.pop(prefix, None)
+        if loop is not None:
+            loop.stop()
+
+    # -- reactor face: capacity --------------------------------------------------
+
+    def when_capacity_twisted(self, channel: str) -> Deferred[None]:
+        """
+        Fires once ``channel`` (its shard, or any shard for a normal
+        channel) holds fewer messages than its capacity; see
+        :class:`~chanserv.layers.redis_receive.CapacityWatch` for how.
+        """
+        try:
+            self._require_attached()
+            self.valid_channel_name(channel)
+        except Exception:
+            return fail()
+        name = self.non_local_name(channel)
+        watch = self._watches.get(name)
+        if watch is None:
+            watch = self._watches[name] = CapacityWatch(self, name)
+        return watch.add()
+
+    def forget_watch(self, watch: CapacityWatch) -> None:
+        if self._watches.get(watch.channel) is watch:
+            del self._watches[watch.channel]
+
+    def note_received(self, list_keys: Iterable[bytes]) -> None:
+        # A receive made room: re-check the watches of those channels now.
+        if not self._watches:
+            return
+        start = len(self.prefix)
+        for key in list_keys:
+            watch = self._watches.get(key.decode("utf-8")[start:])
+            if watch is not None:
+                watch.check()
+
+    def _send_wait(self, channel: str, payload: bytes, timeout: float) -> Deferred[None]:
+        deadline = self.reactor.seconds() + timeout
+
+        def attempt() -> Deferred[None]:
+            return self.send_payload(channel, payload).addErrback(full)
+
+        def full(failure: Failure) -> Any:
+            failure.trap(ChannelFull)
+            remaining = deadline - self.reactor.seconds()
+            if remaining <= 0:
+                return failure
+            waiting = self.when_capacity_twisted(channel)
+            waiting.addTimeout(remaining, self.reactor)
+            return waiting.addCallbacks(lambda _: attempt(), lambda _: failure)
+
+        return attempt()
+
+
+class _GlobPattern:
+    """A compiled ``fnmatch`` glob that remembers its source, for Lua."""
+
+    __slots__ = ("_chanserv_glob", "_regex")
+
+    def __init__(self, regex: Any, glob: str) -> None:
+        self._regex = regex
+        self._chanserv_glob = glob
+
+    def match(self, name: str) -> Any:
+        return self._regex.match(name)

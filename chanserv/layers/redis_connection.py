@@ -1,0 +1,633 @@
+"""
+Connections to one Redis server (a *shard*) for the Redis channel layer.
+
+:class:`RedisShard` is an ``IService`` owning, for the life of the layer's
+attachment to a reactor:
+
+- one *command connection*, kept up by a ``ClientService`` (reconnecting
+  with an exponential back-off capped at ``reconnect_max`` seconds); every
+  non-blocking command of the process is pipelined on it;
+- a bounded pool of *blocking connections*, each carrying one ``BLPOP`` at a
+  time so that blocking pops never hold up other commands.  Each knows its
+  ``CLIENT ID``, so a pop that is no longer wanted is ended at once with
+  ``CLIENT UNBLOCK`` from the command connection.
+
+The Redis protocol itself is txredisapi's; this module adds what txredisapi
+1.6 lacks for a server (see reference/security.md §1f):
+
+- **Timeouts for everything, blocking pops included.**  txredisapi skips its
+  ``replyTimeout`` for BLPOP, so a frozen server would hold those forever;
+  instead each connection records a deadline per command, and one sweep per
+  shard aborts a connection whose oldest command is overdue.  Its pending
+  commands fail with :class:`RedisTimeout`.
+- **Fail fast while down.**  Commands issued while the command connection is
+  not up fail at once with :class:`RedisUnavailable` (txredisapi would queue
+  them forever); only during the very first connection attempt do they wait
+  for its outcome.  A connection counts as up once it answered ``PING``.
+- **Bounded memory.**  At most ``max_pending`` commands (and about
+  ``max_pending_bytes`` of arguments) wait for replies on the command
+  connection; more fail with :class:`RedisUnavailable`.
+- **Scripts survive restarts.**  :meth:`RedisShard.eval` uses EVALSHA and
+  falls back to EVAL (which loads the script again) on ``NOSCRIPT``.
+
+Everything here runs on the reactor thread.  txredisapi's module imports the
+global reactor; the connections, timers and back-off here all use the
+injected one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import txredisapi
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet import protocol, task
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chanserv.layers.redis_scripts import Script
+
+__all__ = [
+    "BlockingPop",
+    "RedisAddress",
+    "RedisShard",
+    "RedisTimeout",
+    "RedisUnavailable",
+]
+
+log = Logger()
+
+
+class RedisUnavailable(ConnectionError):
+    """
+    Redis cannot be used right now: it is unreachable, the connection was
+    lost while the command was in flight, or too much is waiting for it.
+    The operation may or may not have taken effect.
+    """
+
+
+class RedisTimeout(RedisUnavailable):
+    """Redis did not answer in time; the connection was dropped."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where a shard is and how to log in."""
+
+    host: str
+    port: int = 6379
+    db: int | None = None
+    password: str | None = None
+    username: str | None = None
+    tls: bool = False
+
+    def __str__(self) -> str:
+        return "%s://%s:%d/%d" % (
+            "rediss" if self.tls else "redis",
+            self.host,
+            self.port,
+            self.db or 0,
+        )
+
+
+class RedisConnectionProtocol(txredisapi.RedisProtocol):
+    """
+    txredisapi's protocol with raw ``bytes`` replies, a deadline per
+    command, and its owner told when the connection goes.
+    """
+
+    def __init__(self, shard: RedisShard) -> None:
+        address = shard.address
+        super().__init__(
+            charset=None,
+            replyTimeout=None,
+            password=address.password,
+            dbid=address.db,
+            convertNumbers=False,
+            username=address.username,
+        )
+        # txredisapi schedules with the global reactor's callLater.
+        self.callLater = shard.reactor.callLater
+        self.shard = shard
+        #: (deadline, argument bytes) of each command awaiting its reply.
+        self.pending: deque[tuple[float, int]] = deque()
+        self.pending_bytes = 0
+        self.timed_out = False
+        self.client_id: int | None = None
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Send a command; ``timeout`` (seconds) overrides the reply timeout."""
+        timeout = kwargs.pop("timeout", None)
+        d = super().execute_command(*args, **kwargs)
+        size = sum(len(a) for a in args if isinstance(a, (bytes, str)))
+        if timeout is None:
+            timeout = self.shard.reply_timeout
+        self.pending.append((self.shard.reactor.seconds() + timeout, size))
+        self.pending_bytes += size
+        return d
+
+    def replyReceived(self, reply: Any) -> None:
+        if self.pending:
+            self.pending_bytes -= self.pending.popleft()[1]
+        super().replyReceived(reply)
+
+    def connectionLost(self, why: Any) -> None:
+        if self.timed_out:
+            error = RedisTimeout(
+                "Redis at %s did not answer within the timeout" % (self.shard.address,)
+            )
+            while self.replyQueue.waiting:
+                self.replyReceived(error)
+        # txredisapi never fires whenConnected() if AUTH or SELECT failed.
+        me: Any = self
+        waiting: list[Deferred[Any]] = me._waiting_for_connect
+        me._waiting_for_connect = []
+        for d in waiting:
+            d.errback(
+                RedisUnavailable(
+                    "The connection to Redis at %s closed before it was ready"
+                    % (self.shard.address,)
+                )
+            )
+        super().connectionLost(why)
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.shard._connection_lost(self)
+
+
+class _Factory(protocol.Factory):
+    """Builds the shard's protocols and takes txredisapi's callbacks."""
+
+    noisy = False
+    isLazy = True  # txredisapi: log AUTH/SELECT failures rather than raise
+
+    def __init__(self, shard: RedisShard) -> None:
+        self.shard = shard
+        self.latest: RedisConnectionProtocol | None = None
+
+    def buildProtocol(self, addr: Any) -> RedisConnectionProtocol:
+        p = RedisConnectionProtocol(self.shard)
+        p.factory = self
+        self.latest = p
+        return p
+
+    def stopTrying(self) -> None:
+        # Called by txredisapi when AUTH or SELECT fail: keep retrying with
+        # back-off, so that fixing the server needs no restart here.
+        pass
+
+    def connectionError(self, why: str) -> None:
+        log.error("{why} ({address})", why=why, address=self.shard.address)
+
+
+def _translate(failure: Failure, address: RedisAddress) -> Failure:
+    # txredisapi's ConnectionError is not the builtin one.
+    if failure.check(txredisapi.ConnectionError) and not failure.check(RedisUnavailable):
+        return Failure(RedisUnavailable("Redis at %s: %s" % (address, failure.getErrorMessage())))
+    return failure
+
+
+class BlockingPop:
+    """
+    One ``BLPOP keys timeout`` on a blocking connection of ``shard``.
+
+    :attr:`deferred` fires with ``(list key, reference)`` as ``bytes``, with
+    None when the pop timed out on the server or was ended by
+    :meth:`unblock`, or fails (:class:`RedisUnavailable`, ...).  A reference
+    popped is out of Redis: whoever gets it either consumes it or pushes it
+    back.
+    """
+
+    def __init__(self, shard: RedisShard, keys: Sequence[str], timeout: float) -> None:
+        self.shard = shard
+        self.deferred: Deferred[tuple[bytes, bytes] | None] = Deferred()
+        self._keys = keys
+        self._timeout = timeout
+        self._proto: RedisConnectionProtocol | None = None
+        self._unblocked = False
+        self._acquiring: Deferred[RedisConnectionProtocol] | None = shard._acquire_blocking()
+        self._acquiring.addCallbacks(self._got_connection, self._failed)
+
+    def _got_connection(self, proto: RedisConnectionProtocol) -> None:
+        self._acquiring = None
+        if self._unblocked:
+            self.shard._release_blocking(proto)
+            self.deferred.callback(None)
+            return
+        self._proto = proto
+        t = self._timeout
+        wire_timeout: float = int(t) if t == int(t) else t
+        d = self.shard._run(
+            proto,
+            ("BLPOP", *self._keys, wire_timeout),
+            timeout=t + self.shard.reply_timeout,
+        )
+        d.addCallbacks(self._popped, self._failed)
+
+    def _popped(self, result: Any) -> None:
+        proto, self._proto = self._proto, None
+        # Fire first: a reference nobody wants is pushed back on the command
+        # connection before this connection is released (and maybe closed).
+        self.deferred.callback((result[0], result[1]) if result else None)
+        if proto is not None:
+            self.shard._release_blocking(proto)
+
+    def _failed(self, failure: Failure) -> None:
+        self._acquiring = None
+        proto, self._proto = self._proto, None
+        if proto is not None and failure.check(txredisapi.ResponseError):
+            self.shard._release_blocking(proto)  # an error reply: the connection is fine
+        if self._unblocked and failure.check(RedisUnavailable) is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(failure)
+
+    def unblock(self) -> None:
+        """End the pop early; it then fires None (or what it had popped)."""
+        if self._unblocked or self.deferred.called:
+            return
+        self._unblocked = True
+        if self._acquiring is not None:
+            self._acquiring.cancel()
+        elif self._proto is not None:
+            self.shard._unblock(self._proto)
+
+
+class RedisShard(Service):
+    """
+    The connections to one Redis server.  Reactor thread only.
+
+    :ivar state: ``"connecting"`` (first attempt in progress: commands wait
+        for it), ``"up"``, ``"down"`` (commands fail fast) or ``"stopped"``.
+    """
+
+    #: Most blocking connections kept open while unused.
+    max_idle_blocking = 4
+
+    def __init__(
+        self,
+        reactor: Any,
+        address: RedisAddress,
+        reply_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        reconnect_max: float = 5.0,
+        max_blocking: int = 64,
+        max_pending: int = 10000,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.reactor = reactor
+        self.address = address
+        self.name = str(address)
+        self.reply_timeout = reply_timeout
+        self.connect_timeout = connect_timeout
+        self.reconnect_max = reconnect_max
+        self.max_blocking = max_blocking
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.state = "stopped"
+        self._factory: Any = _Factory(self)
+        self._client: ClientService | None = None
+        self._command: RedisConnectionProtocol | None = None
+        self._state_waiters: list[Deferred[None]] = []
+        self._blocking_all: set[RedisConnectionProtocol] = set()
+        self._blocking_idle: list[RedisConnectionProtocol] = []
+        self._blocking_waiters: deque[Deferred[RedisConnectionProtocol]] = deque()
+        self._blocking_connecting: set[Deferred[Any]] = set()
+        self._drained: Deferred[None] | None = None
+        self._sweeper: task.LoopingCall | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def _endpoint(self) -> Any:
+        endpoint: Any = HostnameEndpoint(
+            self.reactor, self.address.host, self.address.port, timeout=self.connect_timeout
+        )
+        if self.address.tls:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = wrapClientTLS(optionsForClientTLS(self.address.host), endpoint)
+        return endpoint
+
+    def startService(self) -> None:
+        super().startService()
+        self.state = "connecting"
+        self._client = ClientService(
+            self._endpoint(),
+            self._factory,
+            retryPolicy=backoffPolicy(
+                initialDelay=0.1,
+                maxDelay=self.reconnect_max,
+                factor=2.0,
+                jitter=lambda: random.random() * 0.1,
+            ),
+            clock=self.reactor,
+            prepareConnection=self._prepare,
+        )
+        self._client.whenConnected(failAfterFailures=1).addCallbacks(
+            lambda _: None, self._first_attempt_failed
+        )
+        self._client.startService()
+        sweeper = self._sweeper = task.LoopingCall(self._sweep)
+        sweeper.clock = self.reactor
+        interval = min(1.0, max(0.05, self.reply_timeout / 4))
+        sweeper.start(interval, now=False).addErrback(
+            lambda f: log.failure("The Redis timeout sweep stopped", f)
+        )
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Let blocking pops that were ended (``unblock``) come back, for up to
+        the reply timeout, then close every connection.  Fires when closed.
+        """
+        super().stopService()
+        self.state = "stopped"
+        self._fire_state_waiters()
+        while self._blocking_waiters:
+            self._blocking_waiters.popleft().errback(
+                RedisUnavailable("The Redis layer was detached")
+            )
+        for attempt in list(self._blocking_connecting):
+            attempt.cancel()
+        busy = len(self._blocking_all) - len(self._blocking_idle)
+        drained: Deferred[None] = Deferred()
+        if busy <= 0:
+            drained.callback(None)
+        else:
+            self._drained = drained
+            drained.addTimeout(self.reply_timeout, self.reactor, onTimeoutCancel=lambda *a: None)
+        return drained.addCallback(self._close)
+
+    def _close(self, _: Any) -> Deferred[None]:
+        self._drained = None
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+        closing: list[Deferred[Any]] = []
+        if self._client is not None:
+            closing.append(self._client.stopService())
+        for proto in list(self._blocking_all):
+            closing.append(proto.whenDisconnected())
+            proto.transport.loseConnection()
+        self._blocking_idle = []
+        return gatherResults(closing, consumeErrors=True).addBoth(lambda _: None)
+
+    # -- command connection state ----------------------------------------------
+
+    def _prepare(self, proxy: Any) -> Deferred[None]:
+        # ClientService's prepareConnection: up only once PING is answered
+        # (after txredisapi's AUTH and SELECT), so a frozen server that still
+        # accepts TCP connections does not count as up.
+        proto = self._factory.latest
+        assert proto is not None
+        d = proto.whenConnected()
+        d.addCallback(lambda _: self._run(proto, ("PING",), None))
+
+        def ready(_: Any) -> None:
+            self._command = proto
+            previous, self.state = self.state, "up"
+            if previous == "connecting":
+                log.info("Connected to Redis at {address}", address=self.address)
+            else:
+                log.info("Reconnected to Redis at {address}", address=self.address)
+            self._fire_state_waiters()
+
+        def failed(failure: Failure) -> Failure:
+            if proto.transport is not None and proto.connected:
+                proto.transport.abortConnection()
+            return failure
+
+        return d.addCallbacks(ready, failed)
+
+    def _first_attempt_failed(self, failure: Failure) -> None:
+        if self.state == "connecting":
+            self.state = "down"
+            log.error(
+                "Redis at {address} is unreachable ({reason}); operations fail until "
+                "it answers, retrying with back-off (at most {max}s apart)",
+                address=self.address,
+                reason=failure.getErrorMessage(),
+                max=self.reconnect_max,
+            )
+            self._fire_state_waiters()
+
+    def _connection_lost(self, proto: RedisConnectionProtocol) -> None:
+        if proto is self._command:
+            self._command = None
+            if self.state == "up":
+                self.state = "down"
+                log.warn(
+                    "Lost the connection to Redis at {address}; reconnecting "
+                    "(back-off at most {max}s)",
+                    address=self.address,
+                    max=self.reconnect_max,
+                )
+        if proto in self._blocking_all:
+            self._blocking_all.discard(proto)
+            if proto in self._blocking_idle:
+                self._blocking_idle.remove(proto)
+            self._check_drained()
+            self._serve_blocking_waiters()
+
+    def _fire_state_waiters(self) -> None:
+        waiters, self._state_waiters = self._state_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _next_state(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred(
+            lambda d: self._state_waiters.remove(d) if d in self._state_waiters else None
+        )
+        self._state_waiters.append(d)
+        return d
+
+    @property
+    def available(self) -> bool:
+        """True when commands would be tried (up, or first attempt running)."""
+        return self.state in ("up", "connecting")
+
+    def when_up(self) -> Deferred[None]:
+        """A Deferred firing once the shard is up (now, if it is)."""
+        if self.state == "up":
+            return succeed(None)
+        return self._next_state().addCallback(lambda _: self.when_up())
+
+    def unavailable_error(self) -> RedisUnavailable:
+        if self.state == "stopped":
+            return RedisUnavailable("The Redis layer is not attached to a reactor")
+        return RedisUnavailable("Redis at %s is unreachable; reconnecting" % (self.address,))
+
+    # -- commands ---------------------------------------------------------------
+
+    def execute(self, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+        """
+        Run one command on the command connection.
+
+        :raises RedisUnavailable: (in the Deferred) down, lost, overloaded.
+        :raises RedisTimeout: no reply within the timeout.
+        :raises txredisapi.ResponseError: an error reply.
+        """
+        if self.state == "up" and self._command is not None:
+            return self._run(self._command, args, timeout)
+        if self.state == "connecting":
+            return self._next_state().addCallback(lambda _: self.execute(*args, timeout=timeout))
+        return fail(self.unavailable_error())
+
+    def _run(
+        self, proto: RedisConnectionProtocol, args: Sequence[Any], timeout: float | None
+    ) -> Deferred[Any]:
+        if len(proto.pending) >= self.max_pending or proto.pending_bytes >= self.max_pending_bytes:
+            return fail(
+                RedisUnavailable(
+                    "Too many commands are waiting for Redis at %s (%d, %d bytes)"
+                    % (self.address, len(proto.pending), proto.pending_bytes)
+                )
+            )
+        d = maybeDeferred(proto.execute_command, *args, timeout=timeout)
+        return d.addErrback(_translate, self.address)
+
+    def eval(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Deferred[Any]:
+        """Run ``script`` with EVALSHA, loading it with EVAL on NOSCRIPT."""
+        d = self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+        def noscript(failure: Failure) -> Any:
+            failure.trap(txredisapi.ResponseError)
+            if not str(failure.value).startswith("NOSCRIPT"):
+                return failure
+            return self.execute("EVAL", script.source, len(keys), *keys, *args)
+
+        return d.addErrback(noscript)
+
+    # -- blocking connections ------------------------------------------------------
+
+    def blpop(self, keys: Sequence[str], timeout: float) -> BlockingPop:
+        """A :class:`BlockingPop` on a blocking connection of this shard."""
+        return BlockingPop(self, keys, timeout)
+
+    def _acquire_blocking(self) -> Deferred[RedisConnectionProtocol]:
+        if self.state == "connecting":
+            return self._next_state().addCallback(lambda _: self._acquire_blocking())
+        if self.state != "up":
+            return fail(self.unavailable_error())
+        d: Deferred[RedisConnectionProtocol] = Deferred(self._cancel_blocking_waiter)
+        self._blocking_waiters.append(d)
+        self._serve_blocking_waiters()
+        return d
+
+    def _cancel_blocking_waiter(self, d: Deferred[RedisConnectionProtocol]) -> None:
+        if d in self._blocking_waiters:
+            self._blocking_waiters.remove(d)
+
+    def _serve_blocking_waiters(self) -> None:
+        while self._blocking_waiters and self._blocking_idle:
+            self._blocking_waiters.popleft().callback(self._blocking_idle.pop())
+        if self.state != "up":
+            return
+        room = self.max_blocking - len(self._blocking_all) - len(self._blocking_connecting)
+        wanted = len(self._blocking_waiters) - len(self._blocking_connecting)
+        for _ in range(max(0, min(room, wanted))):
+            self._new_blocking()
+
+    def _new_blocking(self) -> None:
+        factory = _Factory(self)
+        attempt = self._endpoint().connect(factory)
+        self._blocking_connecting.add(attempt)
+
+        def connected(proto: RedisConnectionProtocol) -> Deferred[RedisConnectionProtocol]:
+            self._blocking_connecting.discard(attempt)
+            self._blocking_all.add(proto)
+            d = proto.whenConnected()
+            d.addCallback(lambda _: self._run(proto, ("CLIENT", "ID"), None))
+
+            def got_id(client_id: Any) -> RedisConnectionProtocol:
+                proto.client_id = int(client_id)
+                return proto
+
+            def no_id(failure: Failure) -> RedisConnectionProtocol:
+                failure.trap(txredisapi.ResponseError)  # Redis < 5: no CLIENT ID/UNBLOCK
+                return proto
+
+            d.addCallbacks(got_id, no_id)
+            d.addErrback(self._abort_then_fail, proto)
+            return d
+
+        def failed(failure: Failure) -> None:
+            self._blocking_connecting.discard(attempt)
+            if self._blocking_waiters:
+                self._blocking_waiters.popleft().errback(
+                    RedisUnavailable(
+                        "Cannot open a connection to Redis at %s: %s"
+                        % (self.address, failure.getErrorMessage())
+                    )
+                )
+
+        attempt.addCallbacks(connected)
+        attempt.addCallbacks(self._release_blocking, failed)
+        attempt.addErrback(lambda f: log.failure("Opening a blocking Redis connection", f))
+
+    @staticmethod
+    def _abort_then_fail(failure: Failure, proto: RedisConnectionProtocol) -> Failure:
+        if proto.connected:
+            proto.transport.abortConnection()
+        return failure
+
+    def _release_blocking(self, proto: RedisConnectionProtocol) -> None:
+        if not proto.connected or proto.timed_out or self.state == "stopped":
+            if proto.connected:
+                proto.transport.loseConnection()
+        elif self._blocking_waiters:
+            self._blocking_waiters.popleft().callback(proto)
+        elif len(self._blocking_idle) < self.max_idle_blocking:
+            self._blocking_idle.append(proto)
+        else:
+            proto.transport.loseConnection()
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and len(self._blocking_all) <= len(self._blocking_idle):
+            d, self._drained = self._drained, None
+            d.callback(None)
+
+    def _unblock(self, proto: RedisConnectionProtocol) -> None:
+        # Without CLIENT UNBLOCK (Redis < 5) the pop just runs to its timeout.
+        if proto.client_id is None or self._command is None:
+            return
+        self.execute("CLIENT", "UNBLOCK", proto.client_id).addErrback(
+            lambda f: log.debug("CLIENT UNBLOCK failed: {f}", f=f.getErrorMessage())
+        )
+
+    # -- timeouts -----------------------------------------------------------------
+
+    def _protocols(self) -> list[RedisConnectionProtocol]:
+        protos = list(self._blocking_all)
+        latest = self._factory.latest
+        if latest is not None and latest.connected:
+            protos.append(latest)
+        return protos
+
+    def _sweep(self) -> None:
+        now = self.reactor.seconds()
+        overdue = [
+            p
+            for p in self._protocols()
+            if p.pending and p.pending[0][0] <= now and not p.timed_out and p.transport
+        ]
+        for proto in overdue:
+            proto.timed_out = True
+            proto.transport.abortConnection()
+        if overdue:
+            log.warn(
+                "Redis at {address} did not answer in time; dropped {n} connection(s)",
+                address=self.address,
+                n=len(overdue),
+            )
+            if self._command is not None and self._command not in overdue:
+                # Probe: if the server is frozen, this times out too and the
+                # shard goes down until it answers again.
+                self.execute("PING").addErrback(lambda f: None)

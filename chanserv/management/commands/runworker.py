@@ -1,0 +1,86 @@
+"""
+``manage.py runworker``: a worker node, as in Channels 1.x.
+
+Consumes the routed channels of a cross-process (Redis) channel layer with a
+pool of threads; the same service tree as ``twistd chanserv --mode=worker``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from chanserv.tap import DEFAULT_THREADS
+
+
+class Command(BaseCommand):
+    help = "Run a chanserv worker node: consume channels from a cross-process channel layer."
+    leave_locale_alone = True
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--layer", default="default", help="Channel layer alias (default: 'default')."
+        )
+        parser.add_argument(
+            "--only-channels",
+            action="append",
+            dest="only_channels",
+            default=[],
+            help="Only consume channels matching this glob (repeatable).",
+        )
+        parser.add_argument(
+            "--exclude-channels",
+            action="append",
+            dest="exclude_channels",
+            default=[],
+            help="Never consume channels matching this glob (repeatable).",
+        )
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=DEFAULT_THREADS,
+            help="Worker threads (default %d)." % DEFAULT_THREADS,
+        )
+        parser.add_argument(
+            "--graceful-timeout",
+            type=float,
+            default=30.0,
+            help="Seconds consumers in flight get to finish on shutdown.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from twisted.internet import reactor
+
+        from chanserv.asgi import channel_layers
+        from chanserv.exceptions import InvalidChannelLayerError
+        from chanserv.management.runner import run_in_foreground, start_console_logging
+        from chanserv.tap import build_service
+
+        try:
+            wrapper = channel_layers[options["layer"]]
+        except InvalidChannelLayerError as e:
+            raise CommandError(str(e))
+        if wrapper.local_only():
+            raise CommandError(
+                "runworker needs a channel layer that crosses processes; %r is %s, which "
+                "lives inside one process. Use the Redis layer, or runserver / twistd "
+                "chanserv (which run workers in-process)."
+                % (options["layer"], type(wrapper.channel_layer).__name__)
+            )
+        if options["threads"] < 1:
+            raise CommandError("--threads must be at least 1")
+        verbosity = int(options.get("verbosity", 1))
+        start_console_logging(verbosity, self.stdout._out)
+        root = build_service(
+            reactor,
+            mode="worker",
+            channel_layer=wrapper,
+            threads=options["threads"],
+            only_channels=options["only_channels"],
+            exclude_channels=options["exclude_channels"],
+            graceful_timeout=options["graceful_timeout"],
+            verbosity=verbosity,
+        )
+        run_in_foreground(root, reactor)

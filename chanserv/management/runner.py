@@ -1,0 +1,43 @@
+"""
+Running a chanserv service tree in the foreground of a management command.
+
+``twistd`` owns logging and signals for ``twistd chanserv``; the
+``runserver`` and ``runworker`` commands are their own entry points, so this
+module does what twistd would: start Twisted logging to the console at the
+requested verbosity, start the services once the reactor runs, and stop them
+in order (letting consumers in flight finish) before the reactor stops.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+_LEVELS = {0: LogLevel.warn, 1: LogLevel.info, 2: LogLevel.debug}
+
+
+def start_console_logging(verbosity: int, stream: Any = None) -> None:
+    """Send Twisted's log to ``stream`` (stdout) at ``verbosity`` 0, 1 or 2."""
+    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS.get(verbosity, LogLevel.info))
+    observer = FilteringLogObserver(textFileLogObserver(stream or sys.stdout), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def run_in_foreground(root: IService, reactor: Any, install_signal_handlers: bool = True) -> None:
+    """
+    Start ``root`` when ``reactor`` runs, stop it before the reactor shuts
+    down (SIGINT/SIGTERM with ``install_signal_handlers``), and run the
+    reactor until then.  Blocks.
+    """
+    reactor.callWhenRunning(root.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
+    reactor.run(installSignalHandlers=install_signal_handlers)

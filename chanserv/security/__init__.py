@@ -1,0 +1,4 @@
+"""
+Security helpers for consumers: :mod:`chanserv.security.websockets` checks
+the ``Origin`` of WebSocket handshakes.
+"""

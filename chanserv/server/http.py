@@ -1,0 +1,452 @@
+"""
+HTTP/1.1 on twisted.web, hardened, speaking ASGI 1.0 through
+:class:`~chanserv.server.request.WebRequest`.
+
+Twisted's ``HTTPChannel`` parses (request line, headers, ``Content-Length``
+and chunked bodies, keep-alive); :class:`HTTPProtocol` hooks its steps to
+refuse what it lets through (security.md §1b, §3a-§3c), always with a status
+line, ``Connection: close`` and a closed connection, and never with a message
+to a consumer:
+
+==========================================================  ============
+input                                                       answer
+==========================================================  ============
+malformed request line, ``G\\x01T``, ``GET  /``, HTTP/9.9    400
+lowercase method (``get`` is never ``GET``)                 400
+non-ASCII or control bytes in the target, ``%00``,          400
+bad UTF-8 after percent-decoding, a fragment
+header name not a token (``Foo Bar:``, ``X :``, NUL)        400
+header value with a control byte or ``\\x85``               400
+(CVE-2026-44546: ``\\x0b \\x0c \\x1c \\x1d \\x1e`` too)
+obs-fold continuation line (refused, not joined)            400
+bare LF or bare CR in the head (answered at once)           400
+no Host, or two, on HTTP/1.1; two on HTTP/1.0               400
+CL+TE, two CL, ``+5``, ``0x5``, bad chunk framing           400
+``Transfer-Encoding`` other than ``chunked``, or on 1.0     400
+request line over 16 KiB                                    414
+a header line over 16 KiB, a head over 16 KiB,              431
+more than 500 headers
+body over ``max_body_size`` (CL up front; chunked as        413
+counted)
+head not complete within ``header_timeout`` of its first    408
+byte (not reset per byte: slowloris)
+==========================================================  ============
+
+Pipelined requests are handled one at a time in arrival order (Twisted
+buffers the next ones, pausing the transport past 16 KiB), so responses go
+out in request order (CVE-2023-46137, CVE-2024-41671).
+
+A valid ``Upgrade: websocket`` request is handed to
+``factory.websocket_factory.upgrade(request)`` and the channel lets go of the
+connection; anything else that asks for a WebSocket upgrade gets 400, and no
+plain request ever reaches autobahn.
+
+Timeouts are checked by one periodic sweep (:meth:`HTTPFactory.check_timeouts`),
+never a timer per connection; Twisted's per-connection idle timer is off.
+Everything runs on the reactor thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols import basic
+from twisted.python.failure import Failure
+from twisted.web import http
+
+from chanserv.server.proxy import address_pair
+from chanserv.server.request import WebRequest
+from chanserv.server.validate import (
+    TargetError,
+    has_forbidden_value_byte,
+    is_token,
+    request_line_problem,
+)
+
+__all__ = ["HTTPFactory", "HTTPProtocol"]
+
+log = Logger()
+
+#: Seconds a connection being closed may take to flush before it is aborted.
+ABORT_TIMEOUT = 15.0
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+class _ReadControl:
+    """Pause/resume reading a channel's transport, unless it is closing."""
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: HTTPProtocol) -> None:
+        self._channel = channel
+
+    def pauseProducing(self) -> None:
+        transport = self._channel.transport
+        if transport is not None and not transport.disconnecting:
+            transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        transport = self._channel.transport
+        if transport is not None and not transport.disconnecting:
+            transport.resumeProducing()
+
+
+class HTTPProtocol(http.HTTPChannel):
+    """
+    One HTTP connection.  See the module docstring for what it refuses.
+
+    Attributes the request and the WebSocket side use: ``factory``,
+    ``persistent``, ``discarding`` (True once the connection reads nothing
+    more), ``read_control`` (an ``IPushProducer`` pausing the transport).
+    """
+
+    requestFactory = WebRequest  # type: ignore[assignment]
+    factory: HTTPFactory
+
+    discarding = False
+    upgraded = False
+    _in_head = False  # between the request line and the blank line
+    _head_started: float | None = None  # first byte of the current head
+    _idle_since: float | None = None
+    _closing_since: float | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_control = _ReadControl(self)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._idle_since = self.factory.clock.seconds()
+        self.factory.track(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.factory.untrack(self)
+
+    # -- parsing hooks ---------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        if self._head_started is None and self.line_mode and not self._handlingRequest:
+            self._head_started = self.factory.clock.seconds()
+            self._idle_since = None
+        # LineReceiver's, not HTTPChannel's: no per-read timer reset.
+        basic.LineReceiver.dataReceived(self, data)
+        if self.discarding or self.upgraded or not self.line_mode or self._handlingRequest:
+            return
+        pending = self._buffer
+        # What LineReceiver keeps is the incomplete line: any LF in it has no
+        # CR before it.  Twisted would wait for a CRLF that never comes.
+        if b"\n" in pending or b"\r" in pending[:-1]:
+            self.reject(400, "Bare LF or CR in the request head")
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.discarding:
+            return
+        if b"\n" in line or b"\r" in line:
+            self.reject(400, "Bare LF or CR in the request head")
+            return
+        if not self._in_head:
+            if not line:
+                # A stray CRLF between requests (tolerated once, as Twisted).
+                super().lineReceived(line)
+                self._head_started = None
+                if not self.requests:
+                    self._idle_since = self.factory.clock.seconds()
+                return
+            problem = request_line_problem(line)
+            if problem is not None:
+                self.reject(400, problem)
+                return
+            super().lineReceived(line)
+            if self.discarding or not self.requests or not hasattr(self, "_command"):
+                return
+            self._in_head = True
+            try:
+                self.requests[-1].request_line_received(self._command, self._path, self._version)
+            except TargetError as e:
+                self.reject(400, str(e))
+            return
+        if not line:
+            self._in_head = False
+            super().lineReceived(line)
+            return
+        if line[:1] in (b" ", b"\t"):
+            self.reject(400, "Obsolete line folding")
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self.reject(431, "Request header section too large")
+            return
+        super().lineReceived(line)
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self.discarding:
+            return False
+        name, colon, value = line.partition(b":")
+        if not colon or not is_token(name):
+            self.reject(400, "Malformed header name")
+            return False
+        value = value.strip(b" \t")
+        if has_forbidden_value_byte(value):
+            self.reject(400, "Control byte in a header value")
+            return False
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self.reject(431, "Too many headers")
+            return False
+        name = name.lower()
+        if name == b"transfer-encoding":
+            if self._version != b"HTTP/1.1" or value.lower() != b"chunked":
+                self.reject(400, "Unsupported Transfer-Encoding")
+                return False
+        elif name == b"content-length" and len(value) > 18:
+            self.reject(413, "Request body too large")
+            return False
+        if not super().headerReceived(line):
+            return False
+        self.requests[-1].header_pairs.append((name, value))
+        return True
+
+    def allHeadersReceived(self) -> None:
+        if self.discarding:
+            return
+        self._head_started = None
+        request = self.requests[-1]
+        problem = request.head_problem(self.length)
+        if problem is not None:
+            self.reject(*problem)
+            return
+        # Before Twisted answers "Expect: 100-continue", so a refused body is
+        # never invited.
+        super().allHeadersReceived()
+        if self.factory.stopping:
+            self.persistent = False
+        request.head_complete()
+
+    def allContentReceived(self) -> None:
+        if self.discarding:
+            return
+        super().allContentReceived()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._in_head:
+            self.reject(431, "Request header line too long")
+        else:
+            self.reject(414, "Request line too long")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own refusals (bad request line, CL/TE conflicts, chunk
+        # framing) come here.
+        self.reject(400, "Bad request")
+
+    # -- refusing ----------------------------------------------------------------
+
+    def reject(self, code: int, reason: str) -> None:
+        """
+        Refuse the request being read with ``code`` and close the connection;
+        read nothing more.  A request already dispatched (its body streaming)
+        is told through ``body_failed`` instead.
+        """
+        if self.discarding:
+            return
+        self.discarding = True
+        self._head_started = None
+        request = self.requests[-1] if self.requests else None
+        if request is not None and request.dispatched:
+            request.body_failed(code, reason)
+            return
+        transport: Any = self.transport
+        log.debug(
+            "HTTP {code} to {peer}: {reason}", code=code, peer=transport.getPeer(), reason=reason
+        )
+        body = (reason + "\n").encode("utf-8")
+        transport.write(
+            b"HTTP/1.1 %d %s\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\n\r\n%s" % (code, _REASONS.get(code, b"Error"), len(body), body)
+        )
+        self.factory.log_refusal(self, request, code)
+        self.loseConnection()
+
+    def stop_reading(self) -> None:
+        """Ignore everything the client sends from now on."""
+        self.discarding = True
+        self._head_started = None
+
+    def loseConnection(self) -> None:
+        if self._closing_since is None:
+            self._closing_since = self.factory.clock.seconds()
+        super().loseConnection()
+
+    def hand_over(self) -> None:
+        """The connection becomes a WebSocket: stop tracking and touching it."""
+        self.upgraded = True
+        self._head_started = None
+        self.factory.untrack(self)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def requestDone(self, request: Any) -> None:
+        self._idle_since = self.factory.clock.seconds()
+        if self.factory.stopping:
+            self.persistent = False
+        super().requestDone(request)
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        # As Twisted's, with names written lowercased.
+        sequence = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            name = name.lower()
+            for value in values:
+                sequence.extend((name, b": ", value, b"\r\n"))
+        sequence.append(b"\r\n")
+        transport: Any = self.transport
+        transport.writeSequence(sequence)
+
+    def check_timeouts(self, now: float) -> None:
+        """Apply this connection's timeouts at reactor time ``now``."""
+        config = self.factory.config
+        if self._closing_since is not None:
+            transport: Any = self.transport
+            if now - self._closing_since >= ABORT_TIMEOUT and transport is not None:
+                transport.abortConnection()
+            return
+        if self._head_started is not None:
+            if now - self._head_started >= config.header_timeout:
+                self.reject(408, "Request header timeout")
+            return
+        if self.requests:
+            self.requests[0].check_timeouts(now)
+        elif self._idle_since is not None and now - self._idle_since >= config.idle_timeout:
+            self.loseConnection()
+
+    def is_idle(self) -> bool:
+        """No request is being read or answered."""
+        return not self.requests and self._head_started is None
+
+
+class HTTPFactory(http.HTTPFactory):
+    """
+    Builds :class:`HTTPProtocol` connections and tracks them.
+
+    :param reactor: the reactor (time, and the channels' ``callLater``).
+    :param layer: the channel layer (reactor face).
+    :param replies: the :class:`~chanserv.server.replies.ReplyRegistry`.
+    :param config: the :class:`~chanserv.server.config.ServerConfig`.
+    :param access_log: an :class:`~chanserv.server.accesslog.AccessLogWriter`
+        or None (may be set later).
+    :param websocket_factory: what takes upgrade requests over
+        (``upgrade(request)``), or None to refuse them (400).
+
+    Reactor thread only.
+    """
+
+    protocol = HTTPProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        reactor: Any,
+        layer: Any,
+        replies: Any,
+        config: Any,
+        access_log: Any = None,
+        websocket_factory: Any = None,
+    ) -> None:
+        super().__init__(timeout=None, reactor=reactor)  # type: ignore[arg-type]
+        #: The reactor, for its clock (``seconds()``).
+        self.clock: Any = reactor
+        self.layer = layer
+        self.replies = replies
+        self.config = config
+        self.access_log = access_log
+        self.websocket_factory = websocket_factory
+        self.connections: set[HTTPProtocol] = set()
+        self.stopping = False
+        self._drain_waiters: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: Any) -> HTTPProtocol:  # type: ignore[override]
+        protocol = self.protocol()
+        protocol.factory = self
+        protocol.timeOut = None  # no per-connection idle timer: check_timeouts sweeps
+        return protocol
+
+    def startFactory(self) -> None:
+        # No log file and no per-second date timer: the access log is ours.
+        pass
+
+    def stopFactory(self) -> None:
+        pass
+
+    def track(self, protocol: HTTPProtocol) -> None:
+        self.connections.add(protocol)
+
+    def untrack(self, protocol: HTTPProtocol) -> None:
+        self.connections.discard(protocol)
+        if self._drain_waiters and not self.connections:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def log(self, request: Any) -> None:
+        """Access-log a finished response (called by ``Request.finish``)."""
+        if self.access_log is not None:
+            client, _ = request.client_and_scheme()
+            self.access_log.http(
+                client,
+                request.method,
+                request.uri,
+                request.clientproto,
+                request.code,
+                request.sentLength,
+            )
+
+    def log_refusal(self, protocol: HTTPProtocol, request: Any, code: int) -> None:
+        """Access-log a request refused before it reached the application."""
+        if self.access_log is None:
+            return
+        method = uri = version = b"-"
+        if request is not None and request.clientproto != http.Request.clientproto:
+            method, uri, version = request.method, request.uri, request.clientproto
+        transport: Any = protocol.transport
+        client = address_pair(transport.getPeer())
+        self.access_log.http(client, method, uri, version, code, None)
+
+    def check_timeouts(self, now: float) -> None:
+        """Apply every connection's timeouts at reactor time ``now``."""
+        for protocol in list(self.connections):
+            try:
+                protocol.check_timeouts(now)
+            except Exception:
+                log.failure("HTTP timeout check failed")
+
+    def drain(self) -> Deferred[None]:
+        """
+        Start a graceful stop: idle connections close now, busy ones after
+        their current response.  The Deferred fires once all are gone.
+        """
+        self.stopping = True
+        for protocol in list(self.connections):
+            protocol.persistent = False
+            if protocol.is_idle():
+                protocol.loseConnection()
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drain_waiters.append(d)
+        return d
+
+    def abort_all(self) -> None:
+        """Cut every remaining connection (the graceful stop ran out of time)."""
+        for protocol in list(self.connections):
+            transport: Any = protocol.transport
+            if transport is not None:
+                transport.abortConnection()

@@ -1,0 +1,310 @@
+"""
+Command-line options of the interface server, named like daphne 1.4.2's.
+
+:class:`ServerOptionsMixin` goes before ``usage.Options`` in an Options
+class; add :attr:`~ServerOptionsMixin.server_parameters` to its
+``optParameters`` and :attr:`~ServerOptionsMixin.server_flags` to its
+``optFlags``, and call :func:`server_config_from_options` from
+``postOptions``.  Listening:
+
+- ``-e/--endpoint`` (repeatable): any Twisted server endpoint string
+  (``tcp:8000``, ``ssl:443:privateKey=key.pem:certKey=cert.pem``,
+  ``unix:/run/app.sock``), or ``fd:fileno=N``;
+- ``-b/--bind`` and ``-p/--port``: ``tcp:port=P:interface=H``; with neither
+  and no other listening flag, 127.0.0.1:8000; one alone takes the other's
+  default.  IPv6 is accepted with or without brackets (``[::1]``, ``::``);
+- ``-u/--unix-socket PATH``, ``--fd N``.
+
+``--graceful-timeout`` is read if the Options class defines it (chanserv's
+does, for the whole process).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.endpoints import quoteStringArgument
+from twisted.python import usage
+
+from chanserv.server.config import DEFAULT_ENDPOINT, ServerConfig
+
+__all__ = ["ServerOptionsMixin", "server_config_from_options", "tcp_endpoint"]
+
+_DEFAULTS = ServerConfig()
+_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _size(value: str) -> int:
+    """A byte count: digits with an optional K/M/G suffix, or -1."""
+    text = value.strip().lower().removesuffix("b").removesuffix("i")
+    factor = 1
+    if text[-1:] in _SIZE_UNITS:
+        factor = _SIZE_UNITS[text[-1]]
+        text = text[:-1]
+    if text == "-1" and factor == 1:
+        return -1
+    if not text.isdigit():
+        raise ValueError("%r is not a size (like 1048576, 512K or 10M)" % (value,))
+    return int(text) * factor
+
+
+_size.coerceDoc = "A size in bytes; K, M and G suffixes allowed."  # type: ignore[attr-defined]
+
+
+class ServerOptionsMixin:
+    """The interface server's options; see the module docstring."""
+
+    server_parameters: list[list[Any]] = [
+        ["bind", "b", None, "Address to listen on (default 127.0.0.1; IPv6 accepted)."],
+        ["port", "p", None, "TCP port to listen on (default 8000).", int],
+        ["unix-socket", "u", None, "Listen on this UNIX socket path."],
+        ["fd", None, None, "Listen on this inherited socket file descriptor.", int],
+        [
+            "http-timeout",
+            "t",
+            _DEFAULTS.http_timeout,
+            "Seconds a request waits for the application before a 503.",
+            float,
+        ],
+        [
+            "websocket-timeout",
+            None,
+            _DEFAULTS.websocket_timeout,
+            "Maximum lifetime of a WebSocket in seconds; -1 for none.",
+            float,
+        ],
+        [
+            "websocket-connect-timeout",
+            None,
+            _DEFAULTS.websocket_connect_timeout,
+            "Seconds the application has to accept a WebSocket (else 403).",
+            float,
+        ],
+        [
+            "websocket-handshake-timeout",
+            None,
+            _DEFAULTS.websocket_handshake_timeout,
+            "Seconds a client has to complete the WebSocket handshake.",
+            float,
+        ],
+        [
+            "ping-interval",
+            None,
+            _DEFAULTS.ping_interval,
+            "Ping a WebSocket idle for this many seconds; 0 for never.",
+            float,
+        ],
+        [
+            "ping-timeout",
+            None,
+            _DEFAULTS.ping_timeout,
+            "Close a WebSocket whose pong is this many seconds late.",
+            float,
+        ],
+        ["root-path", None, "", "ASGI root_path (the URL prefix the site is mounted at)."],
+        ["access-log", None, None, "Write an access log to this file ('-' for stdout)."],
+        [
+            "max-body-size",
+            None,
+            _DEFAULTS.max_body_size,
+            "Largest request body accepted (413 beyond); -1 for no limit.",
+            _size,
+        ],
+        [
+            "max-ws-message-size",
+            None,
+            _DEFAULTS.max_ws_message_size,
+            "Largest WebSocket message accepted (close 1009 beyond).",
+            _size,
+        ],
+        [
+            "max-ws-frame-size",
+            None,
+            _DEFAULTS.max_ws_frame_size,
+            "Largest WebSocket frame accepted (close 1009 beyond).",
+            _size,
+        ],
+        [
+            "ws-receive-full-timeout",
+            None,
+            _DEFAULTS.ws_receive_full_timeout,
+            "Close a WebSocket with 1013 once websocket.receive stays full this long.",
+            float,
+        ],
+        [
+            "header-timeout",
+            None,
+            _DEFAULTS.header_timeout,
+            "Seconds a client has to send a request's headers (else 408).",
+            float,
+        ],
+        [
+            "body-timeout",
+            None,
+            _DEFAULTS.body_timeout,
+            "Seconds a request body may stall (else 408).",
+            float,
+        ],
+        [
+            "idle-timeout",
+            None,
+            _DEFAULTS.idle_timeout,
+            "Seconds an idle keep-alive connection stays open.",
+            float,
+        ],
+    ]
+
+    server_flags: list[list[Any]] = [
+        [
+            "proxy-headers",
+            None,
+            "Trust X-Forwarded-For/-Port/-Proto from the proxy in front.",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        options: Any = self  # a usage.Options, i.e. a dict
+        options["endpoint"] = []
+        options["ws-protocol"] = []
+
+    def opt_endpoint(self, value: str) -> None:
+        """A Twisted endpoint to listen on, e.g. tcp:8000 or ssl:443:... (repeatable)."""
+        options: Any = self
+        options.setdefault("endpoint", []).append(value)
+
+    opt_e = opt_endpoint
+
+    def opt_ws_protocol(self, value: str) -> None:
+        """A WebSocket subprotocol the server may accept (repeatable; comma-separated ok)."""
+        options: Any = self
+        protocols = options.setdefault("ws-protocol", [])
+        protocols.extend(p for p in value.replace(",", " ").split() if p)
+
+
+def tcp_endpoint(host: str, port: int) -> str:
+    """
+    ``tcp:port=P:interface=H`` for ``host`` (brackets of ``[::1]`` removed,
+    colons escaped).
+
+    :raises ValueError: a bad host or port.
+    """
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError("empty address")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("%r is neither an IPv6 address nor a host name" % (host,)) from None
+    if not 0 <= port <= 65535:
+        raise ValueError("port %d is not in 0-65535" % (port,))
+    return "tcp:port=%d:interface=%s" % (port, quoteStringArgument(host))
+
+
+def _endpoints(opts: Mapping[str, Any]) -> tuple[str, ...]:
+    result = list(opts.get("endpoint") or ())
+    bind, port = opts.get("bind"), opts.get("port")
+    unix, fd = opts.get("unix-socket"), opts.get("fd")
+    if bind is not None or port is not None:
+        try:
+            result.append(tcp_endpoint(bind or "127.0.0.1", 8000 if port is None else port))
+        except ValueError as e:
+            raise usage.UsageError("--bind/--port: %s" % (e,)) from None
+    if unix:
+        result.append("unix:" + quoteStringArgument(unix))
+    if fd is not None:
+        if fd < 0:
+            raise usage.UsageError("--fd must be a file descriptor number, not %d" % (fd,))
+        result.append("fd:fileno=%d" % (fd,))
+    if not result:
+        result.append(DEFAULT_ENDPOINT)
+    return tuple(result)
+
+
+def _check_endpoints(descriptions: tuple[str, ...]) -> None:
+    from chanserv.server.site import endpoint_from_string
+
+    for description in descriptions:
+        try:
+            # No reactor needed to build (not listen on) an endpoint; this
+            # catches typos, unknown types and unreadable TLS files early.
+            endpoint_from_string(None, description)
+        except Exception as e:
+            raise usage.UsageError("--endpoint %r: %s" % (description, e)) from None
+
+
+_FLAGS = {
+    "http_timeout": "--http-timeout",
+    "header_timeout": "--header-timeout",
+    "body_timeout": "--body-timeout",
+    "idle_timeout": "--idle-timeout",
+    "websocket_timeout": "--websocket-timeout",
+    "websocket_connect_timeout": "--websocket-connect-timeout",
+    "websocket_handshake_timeout": "--websocket-handshake-timeout",
+    "ping_interval": "--ping-interval",
+    "ping_timeout": "--ping-timeout",
+    "root_path": "--root-path",
+    "max_body_size": "--max-body-size",
+    "max_ws_message_size": "--max-ws-message-size",
+    "max_ws_frame_size": "--max-ws-frame-size",
+    "ws_receive_full_timeout": "--ws-receive-full-timeout",
+    "ws_protocols": "--ws-protocol",
+    "graceful_timeout": "--graceful-timeout",
+    "access_log": "--access-log",
+}
+
+
+def server_config_from_options(opts: Mapping[str, Any]) -> ServerConfig:
+    """
+    The :class:`ServerConfig` described by parsed options.
+
+    :raises usage.UsageError: a bad value, with the flag named.
+    """
+    endpoints = _endpoints(opts)
+    _check_endpoints(endpoints)
+    websocket_timeout = opts.get("websocket-timeout", _DEFAULTS.websocket_timeout)
+    if websocket_timeout is not None and websocket_timeout == -1:
+        websocket_timeout = None
+    max_body_size = opts.get("max-body-size", _DEFAULTS.max_body_size)
+    if max_body_size is not None and max_body_size == -1:
+        max_body_size = None
+    kwargs: dict[str, Any] = {
+        "endpoints": endpoints,
+        "http_timeout": opts.get("http-timeout", _DEFAULTS.http_timeout),
+        "header_timeout": opts.get("header-timeout", _DEFAULTS.header_timeout),
+        "body_timeout": opts.get("body-timeout", _DEFAULTS.body_timeout),
+        "idle_timeout": opts.get("idle-timeout", _DEFAULTS.idle_timeout),
+        "websocket_timeout": websocket_timeout,
+        "websocket_connect_timeout": opts.get(
+            "websocket-connect-timeout", _DEFAULTS.websocket_connect_timeout
+        ),
+        "websocket_handshake_timeout": opts.get(
+            "websocket-handshake-timeout", _DEFAULTS.websocket_handshake_timeout
+        ),
+        "ping_interval": opts.get("ping-interval", _DEFAULTS.ping_interval),
+        "ping_timeout": opts.get("ping-timeout", _DEFAULTS.ping_timeout),
+        "ws_protocols": tuple(opts.get("ws-protocol") or ()),
+        "root_path": opts.get("root-path") or "",
+        "proxy_headers": bool(opts.get("proxy-headers")),
+        "access_log": opts.get("access-log") or None,
+        "max_body_size": max_body_size,
+        "max_ws_message_size": opts.get("max-ws-message-size", _DEFAULTS.max_ws_message_size),
+        "max_ws_frame_size": opts.get("max-ws-frame-size", _DEFAULTS.max_ws_frame_size),
+        "ws_receive_full_timeout": opts.get(
+            "ws-receive-full-timeout", _DEFAULTS.ws_receive_full_timeout
+        ),
+    }
+    if opts.get("graceful-timeout") is not None:
+        kwargs["graceful_timeout"] = opts["graceful-timeout"]
+    try:
+        return ServerConfig(**kwargs)
+    except ValueError as e:
+        message = str(e)
+        field = message.split(" ", 1)[0].rstrip(":")
+        if field in _FLAGS:
+            message = _FLAGS[field] + message[len(field) :]
+        raise usage.UsageError(message) from None

@@ -1,0 +1,555 @@
+"""
+One HTTP request's life as ASGI 1.0 messages (reference §2.1).
+
+:class:`WebRequest` is the ``twisted.web.http.Request`` that
+:class:`~chanserv.server.http.HTTPProtocol` creates per request.  Once the
+head is parsed and checked it sends ``http.request`` on the layer (``503
+Request queue full.`` on ``ChannelFull``), takes the application's Response
+and Response Chunk messages from its reply channel, writes them, and sends
+``http.disconnect`` when the response is complete or the client goes away.
+
+Replies are checked before anything reaches the wire: the first needs an int
+``status`` in 200-599, ``headers`` a list of ``[name, value]`` bytes pairs
+(token names, no control bytes in values), ``content`` bytes.  A bad first
+message gives a plain 500 and the connection closes; nothing the application
+sent is written.  Header names are lowercased, and written lowercased.  A
+``status`` in a later message, or a bad chunk, is logged and the connection
+is cut (the response cannot be completed honestly).  Framing is the server's:
+an application ``Transfer-Encoding`` header is dropped, and a response
+shorter than its ``Content-Length`` closes the connection after it.
+
+Everything here runs on the reactor thread.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import INonQueuedRequestFactory
+from zope.interface import provider
+
+from chanserv.exceptions import ChannelFull, MessageTooLarge
+from chanserv.layers.base import random_string
+from chanserv.server.body import BodyStreamer
+from chanserv.server.proxy import address_pair, forwarded
+from chanserv.server.validate import is_token, parse_target
+
+__all__ = ["BODY_CHANNEL_PATTERN", "WebRequest"]
+
+log = Logger()
+
+#: ``new_channel`` pattern of body channels (a CSPRNG suffix is added here,
+#: as the layers' ``new_channel`` does, without a call to the layer's
+#: synchronous face from the reactor thread).
+BODY_CHANNEL_PATTERN = "http.request.body?"
+
+#: Request headers never forwarded to the application: daphne let clients set
+#: ``root_path`` through this one (security.md §1a).
+_UNTRUSTED_HEADERS = frozenset((b"daphne-root-path",))
+
+#: Headers that may appear only once in a WebSocket upgrade (security.md §1a).
+_UNIQUE_UPGRADE_HEADERS = (b"origin", b"sec-websocket-key", b"sec-websocket-version")
+
+#: Control bytes refused in response header values (HTAB allowed).
+_RESPONSE_FORBIDDEN = bytes(range(0x00, 0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+
+
+class BadReply(ValueError):
+    """A reply message that cannot be written."""
+
+
+def _tokens(values: list[bytes]) -> set[bytes]:
+    return {t.strip(b" \t").lower() for v in values for t in v.split(b",")}
+
+
+def _checked_start(message: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """``(status, headers)`` of a first reply, checked.  :raises BadReply:"""
+    status = message.get("status")
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise BadReply("status must be an int from 200 to 599, not %r" % (status,))
+    raw = message.get("headers", ())
+    if not isinstance(raw, (list, tuple)):
+        raise BadReply("headers must be a list of [name, value] pairs")
+    headers = []
+    for pair in raw:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise BadReply("header %r is not a [name, value] pair" % (pair,))
+        name, value = pair
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise BadReply("header %r: name and value must be bytes" % (pair,))
+        if not is_token(name):
+            raise BadReply("header name %r is not a token" % (name,))
+        if len(value.translate(None, _RESPONSE_FORBIDDEN)) != len(value):
+            raise BadReply("header %r: control byte in the value" % (name,))
+        headers.append((name.lower(), value))
+    return status, headers
+
+
+def _checked_content(message: dict[str, Any]) -> bytes:
+    content = message.get("content", b"")
+    if not isinstance(content, bytes):
+        raise BadReply("content must be bytes, not %s" % (type(content).__name__,))
+    return content
+
+
+@provider(INonQueuedRequestFactory)
+class WebRequest(http.Request):
+    """
+    An HTTP request handed to the application over the channel layer.
+
+    Besides ``twisted.web.http.Request``'s attributes (``method``, ``uri``,
+    ``path`` -- the raw path --, ``clientproto``, ``requestHeaders``), the
+    WebSocket side may read:
+
+    - ``header_pairs``: every request header as ``(lowercased name, value)``
+      bytes, in order, duplicates kept, already validated;
+    - ``asgi_path`` (decoded str), ``query_string`` (bytes);
+    - ``wants_websocket``: True for a valid ``Upgrade: websocket`` request.
+    """
+
+    channel: Any  # an HTTPProtocol; None once the connection is lost
+    reply_channel: str | None = None
+    wants_websocket = False
+    dispatched = False  # http.request built and sent (or being sent)
+    delivered = False  # ... and accepted by the layer
+    head_done = False
+    body_complete = False
+    response_started = False
+    asgi_path = ""
+    query_string = b""
+    _streamer: BodyStreamer | None = None
+    _declared_length: int | None = None
+    _disconnect_sent = False
+    _app_active_at = 0.0
+    _body_active_at = 0.0
+
+    def __init__(self, channel: Any) -> None:
+        super().__init__(channel, parsePOSTFormSubmission=False)
+        # Kept: Twisted drops self.channel when the connection is lost.
+        self._factory = channel.factory
+        self.header_pairs: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self.body_received = 0
+
+    # -- head ------------------------------------------------------------------
+
+    def request_line_received(self, method: bytes, target: bytes, version: bytes) -> None:
+        """
+        Record the request line (already checked by the channel).
+
+        :raises chanserv.server.validate.TargetError: a target that cannot be
+            served.
+        """
+        self.method, self.uri, self.clientproto = method, target, version
+        self.args = {}
+        self.path, self.query_string, self.asgi_path = parse_target(method, target)
+
+    def head_problem(self, length: int | None) -> tuple[int, str] | None:
+        """
+        ``(status, reason)`` if the complete head must be refused, else None.
+
+        :param length: the body length: ``Content-Length``, None for chunked.
+        """
+        version = self.clientproto
+        counts: dict[bytes, int] = {}
+        for name, _ in self.header_pairs:
+            counts[name] = counts.get(name, 0) + 1
+        hosts = counts.get(b"host", 0)
+        if hosts > 1 or (version == b"HTTP/1.1" and hosts == 0):
+            return 400, "Exactly one Host header is required"
+        upgrade = [v for n, v in self.header_pairs if n == b"upgrade"]
+        if upgrade and b"websocket" in _tokens(upgrade):
+            connection = [v for n, v in self.header_pairs if n == b"connection"]
+            if self.method != b"GET" or version != b"HTTP/1.1":
+                return 400, "A WebSocket upgrade must be a GET over HTTP/1.1"
+            if b"upgrade" not in _tokens(connection):
+                return 400, "A WebSocket upgrade needs Connection: Upgrade"
+            if length is None or length > 0:
+                return 400, "A WebSocket upgrade cannot have a body"
+            for name in _UNIQUE_UPGRADE_HEADERS:
+                if counts.get(name, 0) > 1:
+                    return 400, "Duplicate %s header" % (name.decode("ascii"),)
+            self.wants_websocket = True
+        max_body = self._factory.config.max_body_size
+        if max_body is not None and length is not None and length > max_body:
+            return 413, "Request body too large"
+        return None
+
+    def head_complete(self) -> None:
+        """The head passed every check; the body (if any) follows."""
+        self.head_done = True
+        self._body_active_at = self._factory.clock.seconds()
+
+    def asgi_headers(self) -> list[list[bytes]]:
+        """The headers for ``http.request``: names with ``_`` dropped (CVE-2015-0219)."""
+        return [
+            [name, value]
+            for name, value in self.header_pairs
+            if b"_" not in name and name not in _UNTRUSTED_HEADERS
+        ]
+
+    def client_and_scheme(self) -> tuple[list[Any] | None, str]:
+        """``client`` and ``scheme`` for the message, proxy headers applied if enabled."""
+        client = address_pair(self.client)
+        secure = self.isSecure()
+        if self._factory.config.proxy_headers:
+            client, secure = forwarded(self.header_pairs, client, secure)
+        return client, "https" if secure else "http"
+
+    # -- body ------------------------------------------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        # The body is kept in self._body (or streamed), never in a temp file.
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        channel = self.channel
+        if self.finished or channel is None or channel.discarding:
+            return
+        factory = channel.factory
+        config = factory.config
+        now = factory.clock.seconds()
+        self.body_received += len(data)
+        self._body_active_at = now
+        if config.max_body_size is not None and self.body_received > config.max_body_size:
+            channel.reject(413, "Request body too large")
+            return
+        if self._streamer is not None:
+            self._app_active_at = now  # an upload in progress is progress
+            self._streamer.feed(data)
+            return
+        self._body.append(data)
+        self._body_size += len(data)
+        if self._body_size > config.body_inline_size:
+            self._dispatch(streaming=True)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # Called by the channel once the whole body has arrived.  The request
+        # line was recorded earlier (request_line_received).
+        self.body_complete = True
+        if self._streamer is not None:
+            self._streamer.finish()
+        elif not self.dispatched:
+            self.process()
+
+    def process(self) -> None:
+        if self.wants_websocket:
+            self._upgrade()
+        else:
+            self._dispatch(streaming=False)
+
+    def body_failed(self, code: int, reason: str) -> None:
+        """The body of a dispatched request went wrong (too large, malformed, too slow)."""
+        log.info(
+            "Request body on {channel} refused: {reason}", channel=self.reply_channel, reason=reason
+        )
+        if self._streamer is not None:
+            self._streamer.abort()
+        if self.response_started:
+            self._abort_connection()
+        else:
+            self._respond_error(code, reason)
+
+    def _body_send_failed(self, failure: Failure) -> None:
+        log.failure("Sending a request body chunk failed", failure)
+        self.body_failed(500, "Internal Server Error")
+
+    # -- dispatch ----------------------------------------------------------------
+
+    def _dispatch(self, streaming: bool) -> None:
+        channel = self.channel
+        factory = self._factory
+        config = factory.config
+        self.dispatched = True
+        self._app_active_at = factory.clock.seconds()
+        body = b"".join(self._body)
+        rest = b""
+        self._body = []
+        self._body_size = 0
+        body_channel = None
+        if streaming:
+            body, rest = body[: config.body_inline_size], body[config.body_inline_size :]
+            body_channel = BODY_CHANNEL_PATTERN + random_string(16)
+            self._streamer = BodyStreamer(
+                factory.layer,
+                body_channel,
+                config.body_chunk_size,
+                channel.read_control,
+                on_error=self._body_send_failed,
+                started=False,
+            )
+            self._streamer.feed(rest)
+        self.reply_channel = factory.replies.new_reply_channel()
+        factory.replies.register(self.reply_channel, self)
+        client, scheme = self.client_and_scheme()
+        message = {
+            "reply_channel": self.reply_channel,
+            "http_version": self.clientproto.decode("ascii")[5:],
+            "method": self.method.decode("ascii"),
+            "scheme": scheme,
+            "path": self.asgi_path,
+            "query_string": self.query_string,
+            "root_path": config.root_path,
+            "headers": self.asgi_headers(),
+            "body": body,
+            "body_channel": body_channel,
+            "client": client,
+            "server": address_pair(self.host),
+        }
+        d: Deferred[None] = factory.layer.send_twisted("http.request", message)
+        d.addCallbacks(self._request_sent, self._request_failed)
+        d.addErrback(lambda f: log.failure("Handling the http.request send failed", f))
+
+    def _request_sent(self, _: None) -> None:
+        self.delivered = True
+        if self._disconnected or self.finished:
+            # Gone (or answered by a timeout) while the send was in flight.
+            if self._streamer is not None:
+                self._streamer.stop()
+            self._send_disconnect()
+        elif self._streamer is not None:
+            self._streamer.start()
+
+    def _request_failed(self, failure: Failure) -> None:
+        self._unregister()
+        if self._streamer is not None:
+            self._streamer.stop()
+        if failure.check(ChannelFull):
+            log.warn("http.request is full: {path} answered 503", path=self.asgi_path)
+            code, text = 503, "Request queue full."
+        elif failure.check(MessageTooLarge):
+            log.error(
+                "http.request for {path} too large for the layer: {f}",
+                path=self.asgi_path,
+                f=failure.value,
+            )
+            code, text = 500, "Internal Server Error"
+        else:
+            log.failure("Sending http.request failed", failure)
+            code, text = 500, "Internal Server Error"
+        self._respond_error(code, text)
+
+    def _upgrade(self) -> None:
+        channel = self.channel
+        websocket_factory = self._factory.websocket_factory
+        if websocket_factory is None:
+            self._respond_error(400, "WebSocket connections are not served here")
+            return
+        channel.hand_over()
+        try:
+            websocket_factory.upgrade(self)
+        except Exception:
+            log.failure("WebSocket upgrade failed")
+            transport = getattr(channel, "transport", None) or self.transport
+            if transport is not None:
+                transport.abortConnection()
+
+    # -- replies -------------------------------------------------------------------
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        """Write one Response or Response Chunk message (``ReplyConnection``)."""
+        if self.finished or self._disconnected:
+            return
+        self._app_active_at = self._factory.clock.seconds()
+        if not self.response_started:
+            try:
+                status, headers = _checked_start(message)
+                content = _checked_content(message)
+            except BadReply as e:
+                log.error(
+                    "Invalid response on {channel} for {path}: {problem}; answering 500",
+                    channel=self.reply_channel,
+                    path=self.asgi_path,
+                    problem=str(e),
+                )
+                self._respond_error(500, "Internal Server Error")
+                return
+            self._start_response(status, headers)
+        else:
+            if "status" in message:
+                log.error(
+                    "Second response (a status in a chunk) on {channel}: connection closed",
+                    channel=self.reply_channel,
+                )
+                self._abort_connection()
+                return
+            try:
+                content = _checked_content(message)
+            except BadReply as e:
+                log.error(
+                    "Invalid response chunk on {channel}: {problem}",
+                    channel=self.reply_channel,
+                    problem=str(e),
+                )
+                self._abort_connection()
+                return
+        if content and not self._write_checked(content):
+            return
+        if not message.get("more_content", False):
+            self._finish_response()
+
+    def _start_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.response_started = True
+        self.setResponseCode(status)
+        lengths = set()
+        for name, value in headers:
+            if name == b"transfer-encoding":
+                log.debug(
+                    "Application Transfer-Encoding header dropped on {channel}",
+                    channel=self.reply_channel,
+                )
+                continue
+            if name == b"content-length":
+                lengths.add(value)
+            elif name == b"connection" and b"close" in _tokens([value]):
+                self.channel.persistent = False
+            self.responseHeaders.addRawHeader(name, value)
+        if lengths:
+            value = lengths.pop()
+            if lengths or not value.strip().isdigit():
+                log.error(
+                    "Conflicting or malformed Content-Length on {channel}",
+                    channel=self.reply_channel,
+                )
+                self.responseHeaders = Headers()
+                self._respond_error(500, "Internal Server Error")
+                return
+            self._declared_length = int(value)
+        if not self.body_complete or not self.channel.persistent:
+            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+
+    def _write_checked(self, content: bytes) -> bool:
+        declared = self._declared_length
+        if declared is not None and self.sentLength + len(content) > declared:
+            log.error(
+                "Response on {channel} longer than its Content-Length: connection closed",
+                channel=self.reply_channel,
+            )
+            self.write(content[: declared - self.sentLength])
+            self._abort_connection()
+            return False
+        self.write(content)
+        return True
+
+    def _respond_error(self, code: int, text: str) -> None:
+        """Answer ``code`` with a plain-text body, or cut the connection if too late."""
+        if self.finished or self._disconnected:
+            return
+        if self.startedWriting:
+            self._abort_connection()
+            return
+        self.response_started = True
+        self.responseHeaders = Headers()
+        self.setResponseCode(code)
+        body = (text + "\n").encode("utf-8")
+        self.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        if (code >= 500 and code != 503) or not self.body_complete:
+            self.channel.persistent = False
+        if not self.channel.persistent:
+            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        self._declared_length = None
+        self.write(body)
+        self._finish_response()
+
+    def _finish_response(self) -> None:
+        channel = self.channel
+        if not self.body_complete:
+            # The rest of the body will never be read: the connection cannot
+            # carry another request.
+            channel.persistent = False
+            channel.stop_reading()
+            if self._streamer is not None:
+                self._streamer.abort()
+        declared = self._declared_length
+        if (
+            declared is not None
+            and self.sentLength < declared
+            and self.method != b"HEAD"
+            and self.code not in http.NO_BODY_CODES
+        ):
+            log.error(
+                "Response on {channel} shorter than its Content-Length: connection closed",
+                channel=self.reply_channel,
+            )
+            channel.persistent = False
+        self.finish()
+
+    def finish(self) -> None:
+        self._unregister()
+        self._send_disconnect()
+        super().finish()
+
+    def _abort_connection(self) -> None:
+        channel = self.channel
+        if channel is None:
+            return
+        channel.persistent = False
+        if self._streamer is not None and not self.body_complete:
+            self._streamer.abort()
+        channel.stop_reading()
+        channel.loseConnection()
+
+    # -- the end -----------------------------------------------------------------
+
+    def _unregister(self) -> None:
+        if self.reply_channel is not None:
+            self._factory.replies.unregister(self.reply_channel)
+
+    def _send_disconnect(self) -> None:
+        if self._disconnect_sent or not self.delivered:
+            return
+        self._disconnect_sent = True
+        d = self._factory.layer.send_twisted(
+            "http.disconnect", {"reply_channel": self.reply_channel, "path": self.asgi_path}
+        )
+        d.addErrback(self._disconnect_failed)
+
+    def _disconnect_failed(self, failure: Failure) -> None:
+        if failure.check(ChannelFull):
+            log.debug("http.disconnect is full: dropped for {channel}", channel=self.reply_channel)
+        else:
+            log.failure("Sending http.disconnect failed", failure)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.dispatched and not self.finished:
+            self._unregister()
+            if self._streamer is not None:
+                if self.body_complete:
+                    self._streamer.stop()
+                else:
+                    self._streamer.abort()
+            self._send_disconnect()
+        super().connectionLost(reason)
+
+    def check_timeouts(self, now: float) -> None:
+        """Apply the body and application timeouts at reactor time ``now``."""
+        if self.finished or self._disconnected:
+            return
+        config = self._factory.config
+        if not self.dispatched:
+            if self.head_done and now - self._body_active_at >= config.body_timeout:
+                self.channel.reject(408, "Request body timeout")
+            return
+        streamer = self._streamer
+        if streamer is not None and not self.body_complete:
+            if streamer.blocked:
+                # The server stopped reading, not the client.
+                self._body_active_at = now
+            elif now - self._body_active_at >= config.body_timeout:
+                self.body_failed(408, "Request body timeout")
+                return
+        if now - self._app_active_at >= config.http_timeout:
+            if not self.response_started:
+                log.info("No response for {path} in time: 503", path=self.asgi_path)
+                self._respond_error(503, "Worker server failed to respond within time limit.")
+            else:
+                log.info("Response for {path} stalled: connection closed", path=self.asgi_path)
+                self._abort_connection()

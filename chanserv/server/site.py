@@ -1,0 +1,176 @@
+"""
+The interface server as one service: reply dispatch, HTTP and WebSocket
+factories, listeners, the timeout sweep and the access log.
+
+:class:`InterfaceServer` starts, in order, the reply registry (the layer's
+local receiver for this process's reply channels), the single timeout sweep,
+and one listener per endpoint.  ``stopService`` stops listening, lets
+requests in flight finish (up to ``graceful_timeout``; the rest are cut),
+closes WebSockets with 1001, then stops the sweep and the reply dispatch.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.logger import Logger
+
+from chanserv.server.accesslog import AccessLogWriter
+from chanserv.server.config import ServerConfig
+from chanserv.server.http import HTTPFactory
+from chanserv.server.replies import ReplyRegistry
+from chanserv.server.websocket import WebSocketFactory
+
+__all__ = ["InterfaceServer", "endpoint_from_string"]
+
+log = Logger()
+
+
+def endpoint_from_string(reactor: Any, description: str) -> Any:
+    """
+    A server endpoint for ``description``: any ``serverFromString`` string,
+    or ``fd:fileno=N`` (also ``fd:N``) for an inherited listening socket,
+    whose address family is read from the socket itself.
+
+    :raises ValueError: a malformed description or an unusable descriptor.
+    """
+    if description.startswith("fd:"):
+        argument = description[3:]
+        if argument.startswith("fileno="):
+            argument = argument[len("fileno=") :]
+        if not argument.isdigit():
+            raise ValueError("fd endpoint needs fileno=N, not %r" % (description,))
+        fileno = int(argument)
+        try:
+            probe = socket.socket(fileno=fileno)
+        except OSError as e:
+            raise ValueError("file descriptor %d is not a socket: %s" % (fileno, e)) from None
+        family = probe.family
+        probe.detach()
+        return endpoints.AdoptedStreamServerEndpoint(reactor, fileno, family)
+    return endpoints.serverFromString(reactor, description)
+
+
+def _bounded(reactor: Any, d: Deferred[Any], timeout: float) -> Deferred[bool]:
+    """Fires True when ``d`` fires, or False after ``timeout`` seconds."""
+    result: Deferred[bool] = Deferred()
+
+    def expire() -> None:
+        if not result.called:
+            result.callback(False)
+
+    call = reactor.callLater(timeout, expire)
+
+    def done(outcome: Any) -> None:
+        if call.active():
+            call.cancel()
+        if not result.called:
+            result.callback(True)
+
+    d.addErrback(lambda f: log.failure("Error while draining connections", f))
+    d.addBoth(done)
+    return result
+
+
+class InterfaceServer(MultiService):
+    """
+    HTTP and WebSocket on every endpoint of ``config``.
+
+    :param reactor: the reactor (listening, time, timers).
+    :param layer: the channel layer (or its wrapper); its reactor face must be
+        attached before this service starts.
+    :param config: a :class:`~chanserv.server.config.ServerConfig`.
+
+    Attributes: ``replies``, ``http_factory``, ``websocket_factory``,
+    ``listeners`` (the endpoint services; after start, each one's listening
+    port is in its ``_waitingForPort`` result -- use :meth:`listening_ports`).
+    """
+
+    name = "interface"
+
+    def __init__(self, reactor: Any, layer: Any, config: ServerConfig) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.layer = layer
+        self.config = config
+        self.access_log: AccessLogWriter | None = None
+        self.replies = ReplyRegistry(layer)
+        self.replies.setServiceParent(self)
+        self.websocket_factory = WebSocketFactory(reactor, layer, self.replies, config, None)
+        self.http_factory = HTTPFactory(
+            reactor, layer, self.replies, config, websocket_factory=self.websocket_factory
+        )
+        self.sweeper = TimerService(config.sweep_interval, self._sweep)
+        self.sweeper.clock = reactor
+        self.sweeper.setServiceParent(self)
+        self.listeners: list[StreamServerEndpointService] = []
+        for description in config.endpoints:
+            listener = StreamServerEndpointService(
+                endpoint_from_string(reactor, description), self.http_factory
+            )
+            # Fail start-up (twistd exits) when a port cannot be bound.
+            listener._raiseSynchronously = True
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+
+    def _sweep(self) -> None:
+        now = self.reactor.seconds()
+        self.http_factory.check_timeouts(now)
+        self.websocket_factory.check_timeouts(now)
+
+    def startService(self) -> None:
+        if self.config.access_log is not None and self.access_log is None:
+            self.access_log = AccessLogWriter.open(self.config.access_log, self.reactor)
+        self.http_factory.access_log = self.access_log
+        self.websocket_factory.access_log = self.access_log
+        super().startService()
+
+    def listening_ports(self) -> Deferred[list[Any]]:
+        """The ``IListeningPort`` of every listener, once they listen."""
+        waiting = [
+            listener._waitingForPort
+            for listener in self.listeners
+            if listener._waitingForPort is not None
+        ]
+        d = DeferredList(waiting, fireOnOneErrback=True, consumeErrors=True)
+        return d.addCallback(lambda results: [port for _, port in results])
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        """
+        Stop listening, drain HTTP (bounded by ``graceful_timeout``), close
+        WebSockets with 1001, then stop the sweep and the reply dispatch.
+        """
+        Service.stopService(self)
+        yield DeferredList(
+            [maybeDeferred(listener.stopService) for listener in self.listeners],
+            consumeErrors=True,
+        )
+        grace = self.config.graceful_timeout
+        http_done = _bounded(self.reactor, self.http_factory.drain(), grace)
+        ws_done = _bounded(self.reactor, self.websocket_factory.close_all(1001), grace)
+        http_ok = yield http_done
+        if not http_ok:
+            log.warn(
+                "{count} HTTP connections still busy after {grace}s: cut",
+                count=len(self.http_factory.connections),
+                grace=grace,
+            )
+            self.http_factory.abort_all()
+        ws_ok = yield ws_done
+        if not ws_ok:
+            log.warn("WebSockets still open after {grace}s: cut", grace=grace)
+            for protocol in list(self.websocket_factory.connections):
+                transport = getattr(protocol, "transport", None)
+                if transport is not None:
+                    transport.abortConnection()
+        yield maybeDeferred(self.sweeper.stopService)
+        yield maybeDeferred(self.replies.stopService)
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None

@@ -1,0 +1,115 @@
+"""
+Byte-level checks the HTTP side applies on top of Twisted's parser.
+
+Twisted 26.10 parses requests; these checks refuse what it lets through and
+what must never reach an application or autobahn (security.md §1b, §3a):
+
+- a header value holding a control byte other than HTAB, or ``\\x85``:
+  ``\\x0b \\x0c \\x1c \\x1d \\x1e \\x85`` are line breaks to Python's
+  ``str.splitlines()`` (CVE-2026-44546), NUL/CR/LF end lines elsewhere;
+- a header name that is not an RFC 9110 token (``Foo Bar``, ``Foo\\x00``, a
+  space before the colon);
+- a method with lowercase letters (``get`` must never be served as ``GET``);
+- a request target with a byte outside printable ASCII, a fragment, or a form
+  other than origin-form, absolute-form (its authority is discarded, never
+  used as the Host) or ``OPTIONS *``;
+- a path that percent-decodes to invalid UTF-8 or to a NUL.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
+
+__all__ = [
+    "TargetError",
+    "has_forbidden_value_byte",
+    "is_token",
+    "parse_target",
+    "request_line_problem",
+]
+
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+#: Bytes refused in header values: every control byte but HTAB, DEL, and
+#: NEL (0x85), which Python's splitlines() treats as a line break.
+FORBIDDEN_VALUE_BYTES = bytes(range(0x00, 0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f\x85"
+
+#: Bytes allowed in a request target: visible ASCII.
+_TARGET_BYTES = bytes(range(0x21, 0x7F))
+
+_LOWERCASE = b"abcdefghijklmnopqrstuvwxyz"
+
+
+class TargetError(ValueError):
+    """A request target that cannot be served (answered with 400)."""
+
+
+def is_token(value: bytes) -> bool:
+    """Is ``value`` a non-empty RFC 9110 token (a valid method or header name)?"""
+    return bool(value) and not value.translate(None, _TCHAR)
+
+
+def has_forbidden_value_byte(value: bytes) -> bool:
+    """Does ``value`` hold a byte from :data:`FORBIDDEN_VALUE_BYTES`?"""
+    return len(value.translate(None, FORBIDDEN_VALUE_BYTES)) != len(value)
+
+
+def request_line_problem(line: bytes) -> str | None:
+    """
+    What is wrong with a request line that Twisted's parser would accept,
+    or None.  (Twisted itself refuses a wrong number of spaces and versions
+    other than HTTP/1.0 and HTTP/1.1.)
+    """
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return "Malformed request line"
+    method, target, _ = parts
+    if not is_token(method):
+        return "Malformed method"
+    if len(method.translate(None, _LOWERCASE)) != len(method):
+        return "Methods are case-sensitive: lowercase letters refused"
+    if not target or target.translate(None, _TARGET_BYTES):
+        return "Request target with bytes outside printable ASCII"
+    return None
+
+
+def parse_target(method: bytes, target: bytes) -> tuple[bytes, bytes, str]:
+    """
+    Split a request target into ``(raw path, query string, decoded path)``.
+
+    Origin-form (``/p?q``) is the normal case.  Absolute-form
+    (``http://host/p?q``) is accepted as RFC 9112 §3.2.2 requires, but only
+    its path and query are kept: the Host header stays what the client sent.
+    ``OPTIONS *`` gives path ``"*"``.
+
+    :raises TargetError: another form, a ``#`` fragment, a path that does not
+        percent-decode to UTF-8, or one that decodes to a NUL.
+    """
+    if b"#" in target:
+        raise TargetError("Fragment in request target")
+    if target.startswith(b"/"):
+        raw_path, _, query = target.partition(b"?")
+    elif target == b"*" and method == b"OPTIONS":
+        return b"*", b"", "*"
+    else:
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            raise TargetError("Unsupported request target form")
+        cut = len(rest)
+        for delimiter in (b"/", b"?"):
+            index = rest.find(delimiter)
+            if index != -1:
+                cut = min(cut, index)
+        if cut == 0:
+            raise TargetError("Absolute-form target without authority")
+        path_and_query = rest[cut:]
+        if not path_and_query.startswith(b"/"):
+            path_and_query = b"/" + path_and_query
+        raw_path, _, query = path_and_query.partition(b"?")
+    try:
+        path = unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise TargetError("Path does not decode to UTF-8") from None
+    if "\x00" in path:
+        raise TargetError("NUL in path")
+    return raw_path, query, path

@@ -1,0 +1,146 @@
+"""
+The hand-over of an HTTP upgrade request to autobahn
+(:mod:`chanserv.server.websocket`'s helpers).
+
+The request arrives parsed and validated by the HTTP side
+(:class:`~chanserv.server.request.WebRequest`: ``header_pairs``,
+``asgi_path``, ``query_string``, ``asgi_headers()``, ``client_and_scheme()``).
+From it come:
+
+- :func:`build_connect`: the ``websocket.connect`` message, built from the
+  HTTP side's parse, so HTTP and WebSocket messages agree on path, headers,
+  ``client`` and proxy handling;
+- :func:`handshake_bytes`: what autobahn is fed.  Daphne re-serialised every
+  header (and the body) into the byte stream; a byte Twisted accepts but
+  autobahn's ``str.splitlines()`` splits on then smuggled headers past a
+  front proxy (CVE-2026-44546).  Here autobahn only ever sees the request
+  line and the few headers it acts on, one line each, each re-checked for
+  such bytes, and never a body;
+- :func:`take_transport`: the connection moved from the HTTP channel to the
+  WebSocket protocol, with any bytes the channel had already read.
+
+Reactor thread only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.protocols.policies import ProtocolWrapper
+
+from chanserv.server.proxy import address_pair
+
+__all__ = [
+    "HANDSHAKE_HEADERS",
+    "MAX_SUBPROTOCOLS",
+    "BadHandshake",
+    "build_connect",
+    "handshake_bytes",
+    "take_transport",
+]
+
+#: The request headers autobahn needs to check a handshake.  Origin is not
+#: among them: origin policy is the application's (origin validators), and
+#: autobahn would refuse origins such as ``file://`` that apps may allow.
+HANDSHAKE_HEADERS = (
+    b"host",
+    b"upgrade",
+    b"connection",
+    b"sec-websocket-key",
+    b"sec-websocket-version",
+    b"sec-websocket-protocol",
+)
+
+#: Control bytes (HTAB excepted) and NEL: line breaks to ``splitlines()`` on
+#: latin-1 text, or worse.  The HTTP side refuses them too.
+_UNSAFE = bytes(range(0x00, 0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f\x85"
+
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+#: More offered subprotocols than this: 400 (bounded work per handshake).
+MAX_SUBPROTOCOLS = 64
+
+
+class BadHandshake(ValueError):
+    """The upgrade request cannot be handed to autobahn (answered with 400)."""
+
+
+def build_connect(request: Any, config: Any) -> dict[str, Any]:
+    """
+    The ``websocket.connect`` message for ``request``, without
+    ``reply_channel``: reference §2.2 plus ``scheme``, ``root_path`` and the
+    offered ``subprotocols`` (in the client's order).
+
+    :raises BadHandshake: an unsafe byte in a header autobahn will see, or a
+        ``Sec-WebSocket-Protocol`` that is not a list of at most
+        :data:`MAX_SUBPROTOCOLS` tokens.
+    """
+    offered: list[str] = []
+    for name, value in request.header_pairs:
+        if name not in HANDSHAKE_HEADERS:
+            continue
+        if len(value.translate(None, _UNSAFE)) != len(value):
+            raise BadHandshake("Control character in a handshake header")
+        if name == b"sec-websocket-protocol":
+            for token in value.split(b","):
+                token = token.strip(b" \t")
+                if not token or token.translate(None, _TCHAR):
+                    raise BadHandshake("Malformed Sec-WebSocket-Protocol")
+                offered.append(token.decode("ascii"))
+                if len(offered) > MAX_SUBPROTOCOLS:
+                    raise BadHandshake("Too many subprotocols offered")
+    client, scheme = request.client_and_scheme()
+    return {
+        "path": request.asgi_path,
+        "headers": request.asgi_headers(),
+        "query_string": request.query_string,
+        "client": client,
+        "server": address_pair(request.getHost()),
+        "order": 0,
+        "scheme": "wss" if scheme == "https" else "ws",
+        "root_path": config.root_path,
+        "subprotocols": offered,
+    }
+
+
+def handshake_bytes(request: Any) -> bytes:
+    """The handshake autobahn is fed: a request line and HANDSHAKE_HEADERS."""
+    # The target is not needed (the application gets path and query string
+    # in websocket.connect); "/" spares autobahn parsing a hostile query.
+    lines = [b"GET / HTTP/1.1"]
+    lines += [
+        name + b": " + value for name, value in request.header_pairs if name in HANDSHAKE_HEADERS
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def take_transport(request: Any, protocol: Any) -> tuple[Any, bytes]:
+    """
+    Detach ``request``'s connection from its HTTP channel and make
+    ``protocol`` its reader (it is not connected yet: call
+    ``makeConnection``).  Returns ``(transport, bytes the channel had read
+    past the request)``; those belong to the WebSocket, in that order.
+
+    Works when called from inside the channel's ``dataReceived`` (the usual
+    case: the rest of that read is forwarded as the channel parses on) and
+    from outside it.
+    """
+    channel = request.channel
+    transport: Any = channel.transport
+    channel.transport = None
+    channel.rawDataReceived = protocol.dataReceived
+    channel.dataReceived = protocol.dataReceived
+    buffered = b"".join(getattr(channel, "_dataBuffer", ()))
+    channel._dataBuffer = []
+    if not getattr(channel, "_busyReceiving", False):
+        buffered += getattr(channel, "_buffer", b"")
+        channel._buffer = b""
+    if isinstance(transport, ProtocolWrapper):  # TLS
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    # The channel registered itself as the transport's producer.
+    transport.unregisterProducer()
+    return transport, buffered

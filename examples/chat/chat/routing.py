@@ -1,0 +1,14 @@
+"""
+The tutorial's chat routing.  There is no ``http.request`` route, so HTTP
+requests go to the Django views (urls.py), which serve the chat page.
+"""
+
+from chatapp.consumers import ws_add, ws_disconnect, ws_message
+
+from chanserv.routing import route
+
+channel_routing = [
+    route("websocket.connect", ws_add),
+    route("websocket.receive", ws_message),
+    route("websocket.disconnect", ws_disconnect),
+]

@@ -1,0 +1,628 @@
+"""
+Protocol tests of chanserv.server.websocket: the handed-over upgrade, every
+key of websocket.connect / receive / disconnect, every reply case of
+reference §2.2 (with chanserv's additions), timeouts, receive back-pressure
+and shutdown -- over StringTransports, the in-memory layer and a Clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
+
+from chanserv.server.websocket import WebSocketProtocol
+from tests.server.wshelpers import (
+    ACCEPT,
+    BINARY,
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    Harness,
+    close_code,
+    frame,
+    handshake_request,
+)
+
+
+@pytest.fixture
+def errors() -> Iterator[list[dict[str, Any]]]:
+    """Error-level log events of the WebSocket module."""
+    events: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "chanserv.server.websocket" and event["log_level"] in (
+            LogLevel.error,
+            LogLevel.critical,
+        ):
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)
+
+
+# -- websocket.connect ---------------------------------------------------------------
+
+
+def test_connect_message_has_every_key_and_the_handshake_waits() -> None:
+    h = Harness(root_path="/app")
+    request = handshake_request(
+        path=b"/chat/r%C3%A9sum%C3%A9/?room=1&b=%20",
+        extra=[
+            (b"X-Custom", b"one"),
+            (b"X_Auth_User", b"admin"),
+            (b"Cookie", b"a=1"),
+            (b"X-Custom", b"two"),
+            (b"Sec-WebSocket-Protocol", b"chat, superchat"),
+        ],
+    )
+    client = h.connect(request)
+    assert client.transport.value() == b""  # held until the application answers
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    assert set(connect) == {
+        "reply_channel",
+        "path",
+        "headers",
+        "query_string",
+        "client",
+        "server",
+        "order",
+        "scheme",
+        "root_path",
+        "subprotocols",
+    }
+    assert connect["reply_channel"].startswith(h.registry.prefix)
+    assert len(connect["reply_channel"]) - len(h.registry.prefix) >= 12
+    assert connect["path"] == "/chat/résumé/"
+    assert connect["query_string"] == b"room=1&b=%20"
+    assert connect["client"] == ["10.1.2.3", 52000]
+    assert connect["server"] == ["127.0.0.1", 8000]
+    assert connect["order"] == 0
+    assert connect["scheme"] == "ws"
+    assert connect["root_path"] == "/app"
+    assert connect["subprotocols"] == ["chat", "superchat"]
+    headers = connect["headers"]
+    assert all(isinstance(n, bytes) and isinstance(v, bytes) for n, v in headers)
+    assert all(n == n.lower() for n, _ in headers)
+    names = [n for n, _ in headers]
+    assert b"x_auth_user" not in names
+    assert [v for n, v in headers if n == b"x-custom"] == [b"one", b"two"]
+    assert names.index(b"host") < names.index(b"upgrade") < names.index(b"x-custom")
+    assert h.access_log.actions == ["connecting"]
+    assert h.access_log.entries[0][1] == {"path": "/chat/résumé/", "client": "10.1.2.3:52000"}
+
+
+def test_scheme_is_wss_over_tls() -> None:
+    h = Harness()
+    h.connect(secure=True)
+    connect = h.receive("websocket.connect")
+    assert connect is not None and connect["scheme"] == "wss"
+
+
+@pytest.mark.parametrize("proxy_headers", [True, False])
+def test_proxy_headers_only_when_enabled(proxy_headers: bool) -> None:
+    h = Harness(proxy_headers=proxy_headers)
+    h.connect(
+        handshake_request(
+            extra=[
+                (b"X-Forwarded-For", b"203.0.113.9, 10.0.0.1"),
+                (b"X-Forwarded-Port", b"4431"),
+                (b"X-Forwarded-Proto", b"https"),
+            ]
+        )
+    )
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    if proxy_headers:
+        assert (connect["client"], connect["scheme"]) == (["203.0.113.9", 4431], "wss")
+    else:
+        assert (connect["client"], connect["scheme"]) == (["10.1.2.3", 52000], "ws")
+
+
+def test_connect_full_is_503_with_no_disconnect() -> None:
+    h = Harness(channel_capacity={"websocket.connect": 1})
+    h.connect()
+    client = h.connect()
+    assert client.status() == 503
+    assert client.transport.disconnecting
+    client.lose()
+    assert len(h.receive_all("websocket.connect")) == 1
+    assert h.receive_all("websocket.disconnect") == []
+    assert len(h.registry) == 1  # only the first connection's reply channel
+    assert client.protocol not in h.factory.connections
+
+
+# -- the handshake reply -------------------------------------------------------------
+
+
+def test_accept_sends_101_without_extensions_or_version() -> None:
+    h = Harness()
+    client, _ = h.open(
+        handshake_request(
+            extra=[(b"Sec-WebSocket-Extensions", b"permessage-deflate; client_max_window_bits")]
+        )
+    )
+    headers = client.response_headers()
+    assert headers[b"sec-websocket-accept"] == ACCEPT.encode()
+    assert headers[b"server"] == b"chanserv"
+    assert b"sec-websocket-extensions" not in headers
+    assert b"sec-websocket-protocol" not in headers
+    assert h.access_log.actions == ["connecting", "connected"]
+
+
+def test_accept_may_choose_an_offered_subprotocol() -> None:
+    h = Harness()
+    client = h.connect(handshake_request(extra=[(b"Sec-WebSocket-Protocol", b"v1, v2")]))
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], {"accept": True, "subprotocol": "v2"})
+    assert client.status() == 101
+    assert client.response_headers()[b"sec-websocket-protocol"] == b"v2"
+
+
+def test_subprotocol_not_offered_is_an_ignored_reply(errors: list[dict[str, Any]]) -> None:
+    h = Harness()
+    client = h.connect(handshake_request(extra=[(b"Sec-WebSocket-Protocol", b"v1")]))
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], {"accept": True, "subprotocol": "v3"})
+    assert client.transport.value() == b""
+    assert len(errors) == 1
+    h.reply(connect["reply_channel"], {"accept": True})
+    assert client.status() == 101
+
+
+def test_server_whitelist_picks_the_first_offered_protocol() -> None:
+    h = Harness(ws_protocols=("b", "a"))
+    client = h.connect(handshake_request(extra=[(b"Sec-WebSocket-Protocol", b"x, a, b")]))
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], {"accept": True})
+    assert client.response_headers()[b"sec-websocket-protocol"] == b"a"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [{"accept": False}, {"close": True}, {"close": 4001}, {"accept": False, "text": "no"}],
+)
+def test_reject_while_connecting_is_403(reply: dict[str, Any]) -> None:
+    h = Harness()
+    client = h.connect()
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], reply)
+    assert client.status() == 403
+    assert b"\r\n\r\n" in client.transport.value()
+    assert client.transport.value().endswith(b"\r\n\r\n")  # no frame follows
+    assert client.transport.disconnecting
+    client.lose()
+    assert h.access_log.actions == ["connecting", "rejected"]
+    # The application learns the socket is gone (it may have added it to groups).
+    disconnect = h.receive("websocket.disconnect")
+    assert disconnect == {
+        "reply_channel": connect["reply_channel"],
+        "code": 1006,
+        "path": "/chat/room",
+        "order": 1,
+    }
+    assert h.factory.connections == set()
+    assert connect["reply_channel"] not in h.registry
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ({"text": "hi"}, (TEXT, b"hi")),
+        ({"bytes": b"\x00\x01"}, (BINARY, b"\x00\x01")),
+        ({"text": ""}, (TEXT, b"")),
+        ({"bytes": b""}, (BINARY, b"")),
+    ],
+)
+def test_text_or_bytes_while_connecting_accepts_then_sends(
+    reply: dict[str, Any], expected: tuple[int, bytes]
+) -> None:
+    h = Harness()
+    client = h.connect()
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], reply)
+    assert client.status() == 101
+    assert client.frames() == [expected]
+
+
+def test_text_and_close_while_connecting_accepts_sends_and_closes() -> None:
+    h = Harness()
+    client = h.connect()
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], {"text": "bye", "close": True})
+    frames = client.frames()
+    assert frames[0] == (TEXT, b"bye")
+    assert frames[1][0] == CLOSE and close_code(frames[1][1]) == 1000
+
+
+def test_empty_reply_while_connecting_changes_nothing() -> None:
+    h = Harness()
+    client = h.connect()
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], {"close": False})
+    assert client.transport.value() == b""
+    assert client.protocol.state == WebSocketProtocol.STATE_CONNECTING
+
+
+def test_connect_timeout_is_403() -> None:
+    h = Harness(websocket_connect_timeout=5)
+    client = h.connect()
+    h.tick(4.5)
+    assert client.transport.value() == b""
+    h.tick(1)
+    assert client.status() == 403
+    assert h.access_log.actions == ["connecting", "rejected"]
+    # A late accept finds nothing to accept.
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], {"accept": True})
+    assert client.status() == 403
+
+
+def test_client_gone_while_connecting() -> None:
+    h = Harness()
+    client = h.connect()
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    client.lose()
+    assert h.receive("websocket.disconnect") == {
+        "reply_channel": connect["reply_channel"],
+        "code": 1006,
+        "path": "/chat/room",
+        "order": 1,
+    }
+    written = client.transport.value()
+    h.reply(connect["reply_channel"], {"accept": True, "text": "late"})
+    assert client.transport.value() == written == b""
+    assert h.factory.connections == set()
+
+
+# -- open ------------------------------------------------------------------------------
+
+
+def test_receive_messages_are_numbered_and_empty_ones_kept() -> None:
+    h = Harness()
+    client, connect = h.open()
+    client.text("hello")
+    client.binary(b"\x00\xff")
+    client.text("")
+    client.binary(b"")
+    client.send(frame(TEXT, "é".encode(), fin=False) + frame(0, "ü".encode()))
+    received = h.receive_all("websocket.receive")
+    base = {"reply_channel": connect["reply_channel"], "path": "/chat/room"}
+    assert received == [
+        dict(base, order=1, text="hello"),
+        dict(base, order=2, bytes=b"\x00\xff"),
+        dict(base, order=3, text=""),
+        dict(base, order=4, bytes=b""),
+        dict(base, order=5, text="éü"),
+    ]
+    assert all(type(m["order"]) is int for m in received)
+
+
+def test_replies_while_open() -> None:
+    h = Harness()
+    client, connect = h.open()
+    reply = connect["reply_channel"]
+    h.reply(reply, {"text": "a"})
+    h.reply(reply, {"bytes": b"b"})
+    h.reply(reply, {"text": ""})
+    h.reply(reply, {"bytes": b""})
+    h.reply(reply, {"accept": True})  # ignored when open
+    h.reply(reply, {"accept": False})  # ignored too
+    assert client.frames() == [(TEXT, b"a"), (BINARY, b"b"), (TEXT, b""), (BINARY, b"")]
+    assert client.protocol.state == WebSocketProtocol.STATE_OPEN
+
+
+@pytest.mark.parametrize(
+    ("close", "code", "logged"),
+    [(True, 1000, False), (1000, 1000, False), (4000, 4000, False), (3000, 3000, False),
+     (1001, 1000, True), (999, 1000, True), (5000, 1000, True), ("x", 1000, True)],
+)  # fmt: skip
+def test_close_codes(close: Any, code: int, logged: bool, errors: list[dict[str, Any]]) -> None:
+    h = Harness()
+    client, connect = h.open()
+    client.text("one")
+    h.reply(connect["reply_channel"], {"text": "last", "close": close})
+    frames = client.frames()
+    assert frames[0] == (TEXT, b"last")
+    assert frames[1][0] == CLOSE and close_code(frames[1][1]) == code
+    assert bool(errors) == logged
+    client.close(code)  # the client answers; the server drops TCP
+    assert client.transport.disconnecting
+    client.lose()
+    h.receive_all("websocket.receive")
+    assert h.receive("websocket.disconnect") == {
+        "reply_channel": connect["reply_channel"],
+        "code": code,
+        "path": "/chat/room",
+        "order": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"text": "a", "bytes": b"b"},
+        {"text": "a", "extra": 1},
+        {"text": b"not str"},
+        {"bytes": "not bytes"},
+        {"content": b"http style"},
+    ],
+)
+def test_malformed_replies_are_logged_and_ignored(
+    reply: dict[str, Any], errors: list[dict[str, Any]]
+) -> None:
+    h = Harness()
+    client, connect = h.open()
+    h.reply(connect["reply_channel"], reply)
+    h.reply(connect["reply_channel"], {"text": "still fine"})
+    assert client.frames() == [(TEXT, b"still fine")]
+    assert len(errors) == 1
+
+
+@pytest.mark.parametrize(("client_close", "code"), [(1000, 1000), (4321, 4321), (None, 1005)])
+def test_disconnect_after_client_close(client_close: int | None, code: int) -> None:
+    h = Harness()
+    client, connect = h.open()
+    client.text("a")
+    client.text("b")
+    client.close(client_close)
+    assert client.frames()[-1][0] == CLOSE
+    client.lose()
+    assert h.receive("websocket.disconnect") == {
+        "reply_channel": connect["reply_channel"],
+        "code": code,
+        "path": "/chat/room",
+        "order": 3,
+    }
+    assert h.access_log.actions == ["connecting", "connected", "disconnected"]
+    assert h.factory.connections == set()
+    assert connect["reply_channel"] not in h.registry
+
+
+def test_disconnect_after_tcp_drop_is_1006_and_late_replies_are_dropped() -> None:
+    h = Harness()
+    client, connect = h.open()
+    client.lose()
+    assert h.receive("websocket.disconnect") == {
+        "reply_channel": connect["reply_channel"],
+        "code": 1006,
+        "path": "/chat/room",
+        "order": 1,
+    }
+    before = client.transport.value()
+    h.reply(connect["reply_channel"], {"text": "late", "close": True})
+    assert client.transport.value() == before
+
+
+def test_data_after_a_close_frame_is_ignored() -> None:
+    h = Harness()
+    client, connect = h.open()
+    h.reply(connect["reply_channel"], {"close": True})
+    client.text("after close")
+    assert h.receive_all("websocket.receive") == []
+
+
+# -- timeouts ---------------------------------------------------------------------------
+
+
+def test_websocket_timeout_closes_with_1000() -> None:
+    h = Harness(websocket_timeout=60, ping_interval=0)
+    client, _ = h.open()
+    h.tick(59)
+    assert client.frames() == []
+    h.tick(2)
+    assert [(op, close_code(p)) for op, p in client.frames()] == [(CLOSE, 1000)]
+
+
+def test_no_websocket_timeout() -> None:
+    h = Harness(websocket_timeout=None, ping_interval=0)
+    client, _ = h.open()
+    h.tick(10**6)
+    assert client.frames() == []
+
+
+def test_idle_socket_is_pinged_and_dropped_without_pong() -> None:
+    h = Harness(ping_interval=20, ping_timeout=30)
+    client, _ = h.open()
+    h.tick(10)
+    client.text("activity")
+    h.tick(15)
+    assert client.frames() == []  # active 15 s ago
+    h.tick(6)
+    frames = client.frames()
+    assert [op for op, _ in frames] == [PING]
+    client.send(frame(PONG, frames[0][1]))
+    h.tick(21)  # answered: the next ping comes an interval later
+    pings = [p for op, p in client.frames() if op == PING]
+    assert len(pings) == 2
+    h.tick(29)
+    assert not client.transport.disconnecting
+    h.tick(2)
+    assert client.transport.disconnecting  # no pong within ping_timeout
+    client.lose()
+    disconnect = h.receive("websocket.disconnect")
+    assert disconnect is not None and disconnect["code"] == 1006
+
+
+# -- back-pressure ------------------------------------------------------------------------
+
+
+def _burst(client: Any, count: int) -> None:
+    client.send(b"".join(frame(TEXT, str(i).encode()) for i in range(count)))
+
+
+def test_receive_full_pauses_reading_and_loses_nothing() -> None:
+    h = Harness(channel_capacity={"websocket.receive": 3})
+    client, _ = h.open()
+    _burst(client, 10)
+    assert client.transport.producerState == "paused"
+    got = [m["text"] for m in h.receive_all("websocket.receive")]
+    h.reactor.run_pending()  # room: the held messages go on
+    while client.transport.producerState == "paused":
+        got += [m["text"] for m in h.receive_all("websocket.receive")]
+        h.reactor.run_pending()
+    got += [m["text"] for m in h.receive_all("websocket.receive")]
+    assert got == [str(i) for i in range(10)]
+    assert client.transport.producerState == "producing"
+    client.text("more")
+    assert [m["order"] for m in h.receive_all("websocket.receive")] == [11]
+
+
+def test_receive_full_too_long_closes_with_1013() -> None:
+    h = Harness(channel_capacity={"websocket.receive": 2}, ws_receive_full_timeout=10)
+    client, connect = h.open()
+    _burst(client, 5)
+    assert client.transport.producerState == "paused"
+    h.tick(9)
+    assert client.frames() == []
+    h.tick(2)
+    frames = client.frames()
+    assert [(op, close_code(p)) for op, p in frames] == [(CLOSE, 1013)]
+    assert client.transport.producerState == "producing"  # to read the close reply
+    client.close(1013)
+    client.lose()
+    assert len(h.receive_all("websocket.receive")) == 2
+    assert h.receive("websocket.disconnect") == {
+        "reply_channel": connect["reply_channel"],
+        "code": 1013,
+        "path": "/chat/room",
+        "order": 3,
+    }
+
+
+def test_held_messages_are_delivered_before_disconnect() -> None:
+    h = Harness(channel_capacity={"websocket.receive": 2})
+    client, _ = h.open()
+    _burst(client, 4)
+    client.close()
+    client.lose()
+    assert h.receive_all("websocket.disconnect") == []  # waits for the held ones
+    got = h.receive_all("websocket.receive")
+    h.reactor.run_pending()
+    got += h.receive_all("websocket.receive")
+    h.reactor.run_pending()
+    assert [m["order"] for m in got] == [1, 2, 3, 4]
+    disconnect = h.receive("websocket.disconnect")
+    assert disconnect is not None and disconnect["order"] == 5
+    assert h.factory.connections == set()
+
+
+def test_message_too_large_for_the_layer_closes_with_1009() -> None:
+    h = Harness()
+    h.layer.max_message_size = 1000
+    client, _ = h.open()
+    client.text("x" * 2000)
+    frames = client.frames()
+    assert [(op, close_code(p)) for op, p in frames] == [(CLOSE, 1009)]
+    assert h.receive_all("websocket.receive") == []
+
+
+# -- hand-over ------------------------------------------------------------------------------
+
+
+def test_takeover_detaches_the_http_channel() -> None:
+    h = Harness()
+    client = h.connect()
+    protocol = client.protocol
+    assert isinstance(client.transport, StringTransport)
+    assert client.transport.producer is None  # the HTTP channel unregistered
+    assert protocol.transport is client.transport
+    assert protocol in h.factory.connections
+
+
+def test_bytes_in_the_same_read_as_the_upgrade_wait_for_the_accept() -> None:
+    h = Harness()
+    client = h.connect(handshake_request() + frame(TEXT, b"early"))
+    assert h.receive_all("websocket.receive") == []
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], {"accept": True})
+    assert [m["text"] for m in h.receive_all("websocket.receive")] == ["early"]
+    assert client.status() == 101
+
+
+def test_early_bytes_are_never_parsed_as_a_second_handshake() -> None:
+    h = Harness()
+    client = h.connect()
+    client.send(handshake_request(path=b"/other"))
+    assert len(h.receive_all("websocket.connect")) == 1
+    assert client.transport.value() == b""
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+
+def test_close_all() -> None:
+    h = Harness()
+    open_client, open_connect = h.open()
+    pending = h.connect()
+    d = h.factory.close_all()
+    assert [(op, close_code(p)) for op, p in open_client.frames()] == [(CLOSE, 1001)]
+    assert pending.status() == 503
+    late = h.connect()
+    assert late.status() == 503
+    assert not d.called
+    late.lose()
+    pending.lose()
+    assert not d.called
+    open_client.close(1001)
+    open_client.lose()
+    assert d.called
+    disconnects = {m["reply_channel"]: m["code"] for m in h.receive_all("websocket.disconnect")}
+    assert disconnects[open_connect["reply_channel"]] == 1001
+
+
+def test_close_all_with_nothing_open_fires_at_once() -> None:
+    h = Harness()
+    assert h.factory.close_all().called
+
+
+def test_factory_options() -> None:
+    h = Harness(max_ws_frame_size=1234, max_ws_message_size=5678, ping_timeout=7)
+    f = h.factory
+    assert f.webStatus is False
+    assert f.maxFramePayloadSize == 1234 and f.maxMessagePayloadSize == 5678
+    assert f.utf8validateIncoming and f.requireMaskedClientFrames
+    assert f.perMessageCompressionAccept([object()]) is None
+    assert f.trustXForwardedFor == 0
+    assert f.autoPingTimeout == 7 and f.autoPingInterval == 0
+    assert f.server == "chanserv"
+    assert f.versions == [13]
+
+
+def test_idle_connection_memory() -> None:
+    import gc
+    import tracemalloc
+
+    h = Harness()
+    for _ in range(20):  # warm caches
+        h.open()
+    h.receive_all("websocket.connect")
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    clients = [h.open()[0] for _ in range(200)]
+    h.receive_all("websocket.connect")
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    per_connection = grown / len(clients)
+    # Python-level bytes per idle open socket, StringTransport included; the
+    # DESIGN budget is 10 KB of RSS in total.
+    assert per_connection < 6000, per_connection
