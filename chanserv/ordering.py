@@ -9,7 +9,7 @@ The next expected order is kept in the channel session under
 is writes it, so a stale copy can never overwrite a newer one.
 
 **Within one process** the threads handling one socket coordinate through
-:data:`socket_locks`:
+:data:`chanserv.locks.socket_locks`:
 
 - a message whose predecessor is being handled by another thread of this
   process waits for it, with no time limit, since that thread will finish;
@@ -34,17 +34,18 @@ new order, sending each message back to its ``original_channel``.
 **A socket never stalls forever** (Channels 1.x's did, channels #195/#606):
 it is closed with code 1011, and the reason logged at error level, when
 
-- the wait channel is full;
+- the wait channel is full, or a waiting message cannot be put back;
 - a gap persists for ``CHANNEL_ORDERING_GAP_TIMEOUT`` seconds (setting,
-  default :data:`DEFAULT_GAP_TIMEOUT`).  With a local-only layer one thread
-  per socket (at most :data:`MAX_GAP_WATCHERS` per process) waits that long
-  for the missing message and closes the socket when it does not come.  With
-  a cross-process layer the first early message records when the gap was
-  first seen, in a record beside the channel session (key ``"chw"`` + the
-  same hash; a separate record, so that writing it can never overwrite the
-  order counter), and an early message that finds the gap older than the
-  timeout closes the socket.  This must exceed the run time of the slowest
-  ordered consumer.
+  default :data:`DEFAULT_GAP_TIMEOUT`; it must exceed the run time of the
+  slowest ordered consumer).  With a local-only layer one thread per socket
+  (at most :data:`chanserv.locks.MAX_GAP_WATCHERS` per process) waits that
+  long for the missing message, woken at once if it comes, and closes the
+  socket when it does not.  With a cross-process layer the first early
+  message records when the gap was first seen -- in a record beside the
+  channel session (key ``"chw"`` + the same hash), never in the session
+  itself, where a stale write could undo the order counter -- and an early
+  message that finds the gap older than the timeout closes the socket: a
+  socket whose client then sends nothing more is closed on its next message.
 
 Further fixes over 1.x: a message whose order was already consumed (older
 than the next expected one) is dropped with a warning instead of bouncing
@@ -62,11 +63,9 @@ wait channel.
 from __future__ import annotations
 
 import functools
-import threading
+import hashlib
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -74,6 +73,8 @@ from django.contrib.sessions.backends.base import CreateError
 from twisted.logger import Logger
 
 from chanserv.exceptions import ChannelFull, ConsumeLater
+from chanserv.layers.base import MAX_NAME_LENGTH
+from chanserv.locks import SocketState, Turn, socket_locks
 
 if TYPE_CHECKING:
     from django.contrib.sessions.backends.base import SessionBase
@@ -85,10 +86,8 @@ __all__ = [
     "LOCAL_WAIT",
     "ORDER_KEY",
     "REMOTE_WAIT",
-    "SocketLocks",
     "enforce_ordering",
     "requeue_messages",
-    "socket_locks",
     "wait_channel_name",
 ]
 
@@ -106,8 +105,6 @@ DEFAULT_GAP_TIMEOUT = 10.0
 LOCAL_WAIT = 1.0
 #: ... and with a layer shared between processes.
 REMOTE_WAIT = 0.05
-#: Threads per process that may each wait out a whole gap timeout.
-MAX_GAP_WATCHERS = 2
 #: The close code of a socket whose ordering broke down (internal error).
 CLOSE_CODE = 1011
 
@@ -116,180 +113,15 @@ wall_clock: Callable[[], float] = time.time
 
 
 def wait_channel_name(reply_channel: str) -> str:
-    """The wait channel of a reply channel (a single-reader ``?`` name)."""
-    return "__wait__." + reply_channel.replace("!", "?")
-
-
-# -- per-socket coordination between the threads of this process ----------------
-
-
-class SocketState:
-    """What this process knows about one reply channel (guarded by the lock)."""
-
-    __slots__ = ("closed", "cond", "depth", "next_order", "owner", "present", "users", "watched")
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self.cond = threading.Condition(lock)
-        self.owner: int | None = None  # thread ident holding the socket
-        self.depth = 0
-        self.users = 0  # threads using this record; it is dropped at 0
-        self.present: Counter[int] = Counter()  # orders of ordered threads here
-        self.next_order: int | None = None  # last known next order
-        self.watched = False  # a thread waits out the gap timeout
-        self.closed = False  # this process closed the socket
-
-
-class Turn:
-    """How :meth:`SocketLocks.hold_in_order` ended for one thread."""
-
-    __slots__ = ("nested", "state", "waited_out", "watcher")
-
-    def __init__(self, state: SocketState) -> None:
-        self.state = state
-        self.nested = False  # the thread held the socket already
-        self.waited_out = False  # the predecessor did not come in time
-        self.watcher = False  # ... and the wait was the gap timeout
-
-
-class SocketLocks:
     """
-    Per-reply-channel mutual exclusion between the threads of this process,
-    re-entrant per thread, with ordered waiting for :func:`enforce_ordering`.
-    Records exist only while a thread uses them.  Worker threads only.
+    The wait channel of a reply channel: ``"__wait__." + reply_channel`` with
+    ``!`` made ``?`` (single-reader), or, when that would be too long a
+    name, ``"__wait__.h?"`` + the SHA-1 of the reply channel.
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._states: dict[str, SocketState] = {}
-        self._watchers = 0
-
-    def _enter_locked(self, name: str) -> SocketState:
-        state = self._states.get(name)
-        if state is None:
-            state = self._states[name] = SocketState(self._lock)
-        state.users += 1
-        return state
-
-    def _leave_locked(self, name: str, state: SocketState) -> None:
-        state.depth -= 1
-        if state.depth == 0:
-            state.owner = None
-            state.cond.notify_all()
-        state.users -= 1
-        if state.users == 0:
-            del self._states[name]
-
-    @contextmanager
-    def hold(self, name: str) -> Iterator[SocketState]:
-        """Hold ``name``: wait until no other thread of this process does."""
-        me = threading.get_ident()
-        with self._lock:
-            state = self._enter_locked(name)
-            if state.owner != me:
-                while state.owner is not None:
-                    state.cond.wait()
-                state.owner = me
-            state.depth += 1
-        try:
-            yield state
-        finally:
-            with self._lock:
-                self._leave_locked(name, state)
-
-    @contextmanager
-    def hold_in_order(
-        self,
-        name: str,
-        order: int,
-        known_next: int | None,
-        local_wait: float,
-        gap_timeout: float | None,
-    ) -> Iterator[Turn]:
-        """
-        Hold ``name`` once ``order`` may be its turn: when nothing is known
-        about the socket's next order, when that is ``order`` or later, or
-        when the predecessor did not come in time (``waited_out``).  A
-        predecessor handled by a thread here is waited for without limit;
-        one that is not, ``local_wait`` seconds -- or, for a single watcher
-        per socket when ``gap_timeout`` is given, ``gap_timeout`` seconds.
-        """
-        me = threading.get_ident()
-        with self._lock:
-            state = self._enter_locked(name)
-            state.present[order] += 1
-            if known_next is not None and (state.next_order or -1) < known_next:
-                state.next_order = known_next
-            turn = Turn(state)
-            if state.owner == me:
-                turn.nested = True
-            else:
-                self._wait_turn_locked(state, turn, order, local_wait, gap_timeout)
-                state.owner = me
-            state.depth += 1
-        try:
-            yield turn
-        finally:
-            with self._lock:
-                state.present[order] -= 1
-                if state.present[order] <= 0:
-                    del state.present[order]
-                if turn.watcher:
-                    state.watched = False
-                    self._watchers -= 1
-                self._leave_locked(name, state)
-
-    def _wait_turn_locked(
-        self,
-        state: SocketState,
-        turn: Turn,
-        order: int,
-        local_wait: float,
-        gap_timeout: float | None,
-    ) -> None:
-        missing: int | None = None
-        since = 0.0
-        while True:
-            if state.owner is not None:
-                state.cond.wait()
-                continue
-            expected = state.next_order
-            if expected is None or expected >= order or state.closed:
-                return
-            if state.present[expected] > 0:
-                missing = None  # it is here and will run
-                state.cond.wait()
-                continue
-            now = time.monotonic()
-            if missing != expected:
-                missing, since = expected, now
-            if (
-                gap_timeout is not None
-                and not turn.watcher
-                and not state.watched
-                and self._watchers < MAX_GAP_WATCHERS
-            ):
-                state.watched = turn.watcher = True
-                self._watchers += 1
-            limit = gap_timeout if turn.watcher and gap_timeout is not None else local_wait
-            remaining = since + limit - now
-            if remaining <= 0:
-                turn.waited_out = True
-                return
-            state.cond.wait(remaining)
-
-    def learn(self, state: SocketState, next_order: int) -> None:
-        """Record the socket's next order, as just read or written."""
-        with self._lock:
-            state.next_order = next_order
-
-    def close(self, state: SocketState) -> None:
-        with self._lock:
-            state.closed = True
-            state.cond.notify_all()
-
-
-#: The process's per-reply-channel locks, shared by the session decorators.
-socket_locks = SocketLocks()
+    name = "__wait__." + reply_channel.replace("!", "?")
+    if len(name) < MAX_NAME_LENGTH:
+        return name
+    return "__wait__.h?" + hashlib.sha1(reply_channel.encode("utf-8")).hexdigest()
 
 
 # -- enforce_ordering -------------------------------------------------------------
@@ -478,11 +310,11 @@ def _park(turn: Turn, message: Message, order: int, expected: int, gap_timeout: 
     record = _gap_record(name)
     gap = record.get(GAP_KEY)
     now = wall_clock()
+    if isinstance(gap, dict) and gap.get("closed"):
+        socket_locks.close(turn.state)
+        log.debug("Message {order} for closed socket {name} dropped", order=order, name=name)
+        return
     if isinstance(gap, dict) and gap.get("next") == expected:
-        if gap.get("closed"):
-            socket_locks.close(turn.state)
-            log.debug("Message {order} for closed socket {name} dropped", order=order, name=name)
-            return
         since = gap.get("since")
         if isinstance(since, (int, float)) and now - since >= gap_timeout:
             _close(

@@ -43,8 +43,9 @@ from twisted.logger import Logger
 
 from chanserv.channel import Channel
 from chanserv.exceptions import ConsumeLater
+from chanserv.locks import socket_locks
 from chanserv.message import Message
-from chanserv.ordering import enforce_ordering, requeue_messages, socket_locks
+from chanserv.ordering import enforce_ordering, requeue_messages
 
 __all__ = [
     "channel_and_http_session",
@@ -259,6 +260,12 @@ def _request_for(message: Message) -> Any:
     # channel, which would be drained) is left out.
     content = {k: v for k, v in message.content.items() if k not in ("body", "body_channel")}
     content.setdefault("method", "FAKE")
+    query = content.get("query_string")
+    if isinstance(query, bytes):
+        try:
+            query.decode("utf-8")
+        except UnicodeDecodeError:
+            content["query_string"] = b""  # unreadable: no session key from it
     try:
         return AsgiRequest(Message(content, message.channel.name, message.channel_layer))
     except Exception as e:
@@ -363,7 +370,7 @@ def channel_and_http_session(func: F) -> F:
             name = settings.SESSION_COOKIE_NAME
             if http is not None and name not in channel:
                 channel[name] = http.session_key
-            elif http is None and name in channel:
+            elif http is None and isinstance(channel.get(name), str):
                 message.http_session = http_session_for_key(channel[name])  # type: ignore[attr-defined]
             return func(*args, **kwargs)
 

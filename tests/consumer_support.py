@@ -5,9 +5,9 @@ worker runs them -- between ``consumer_started`` and ``consumer_finished``,
 with ``DenyConnection``, ``ChannelSocketException`` and ``ConsumeLater``
 handled as the worker does.
 
-Import the fixtures into a test module to use them::
+Import the fixtures ``db`` and ``layer`` into a test module to use them::
 
-    from tests.consumer_support import db, layer  # noqa: F401
+    from tests.consumer_support import db_fixture, layer_fixture  # noqa: F401
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def _setup_databases() -> None:
             _databases.append(setup_databases(verbosity=0, interactive=False))
 
 
-@pytest.fixture
-def db() -> Iterator[None]:
+@pytest.fixture(name="db")
+def db_fixture() -> Iterator[None]:
     """The test database (sqlite in memory, migrated once), emptied after each test."""
     from django.contrib.auth.models import User
     from django.contrib.sessions.models import Session
@@ -52,8 +52,8 @@ def db() -> Iterator[None]:
     User.objects.all().delete()
 
 
-@pytest.fixture
-def layer() -> Iterator[ChannelLayerWrapper]:
+@pytest.fixture(name="layer")
+def layer_fixture() -> Iterator[ChannelLayerWrapper]:
     """A fresh in-memory layer, also installed as the "default" alias."""
     wrapper = ChannelLayerWrapper(InMemoryChannelLayer(), "default", [])
     previous = channel_layers.set("default", wrapper)

@@ -46,10 +46,16 @@ class RedisServer:
 
     :param port: the port to use; a free one if None.  The port is kept
         across :meth:`restart`, so clients can reconnect to the same address.
+    :param args: more ``redis-server`` options, e.g. ``["--requirepass", "x"]``.
+    :param password: what ``cli`` and the readiness check log in with.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, args: list[str] | None = None, password: str | None = None
+    ) -> None:
         self.port = port if port is not None else free_port()
+        self.args = list(args or [])
+        self.password = password
         self.dir = tempfile.mkdtemp(prefix="chanserv-redis-")
         self.process: subprocess.Popen[bytes] | None = None
         self.frozen = False
@@ -83,6 +89,7 @@ class RedisServer:
                     self.dir,
                     "--daemonize",
                     "no",
+                    *self.args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -106,6 +113,10 @@ class RedisServer:
     def _pings(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                if self.password is not None:
+                    s.sendall(b"AUTH %s\r\n" % self.password.encode())
+                    if not s.recv(64).startswith(b"+OK"):
+                        return False
                 s.sendall(b"PING\r\n")
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
@@ -146,19 +157,20 @@ class RedisServer:
         process.send_signal(signal.SIGCONT)
         self.frozen = False
 
-    def cli(self, *args: str) -> str:
+    def cli(self, *args: str, db: int = 0) -> str:
         """Run one command with ``redis-cli``; its output, stripped."""
+        login = ["--no-auth-warning", "-a", self.password] if self.password is not None else []
         result = subprocess.run(
-            [REDIS_CLI, "-p", str(self.port), "--raw", *args],
+            [REDIS_CLI, "-p", str(self.port), "-n", str(db), *login, "--raw", *args],
             capture_output=True,
             timeout=10,
             check=True,
         )
         return result.stdout.decode("utf-8", "replace").strip()
 
-    def keys(self, pattern: str = "*") -> list[str]:
+    def keys(self, pattern: str = "*", db: int = 0) -> list[str]:
         """The keys matching ``pattern`` (SCAN, so it's fine on any size)."""
-        output = self.cli("--scan", "--pattern", pattern)
+        output = self.cli("--scan", "--pattern", pattern, db=db)
         return sorted(line for line in output.splitlines() if line)
 
     def command_calls(self) -> dict[str, int]:

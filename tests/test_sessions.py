@@ -27,8 +27,8 @@ from chanserv.sessions import (
 )
 from tests import consumer_support
 from tests.consumer_support import (  # noqa: F401
-    db,
-    layer,
+    db_fixture,
+    layer_fixture,
     receive_all,
     replies,
     reply_channel_name,
@@ -87,7 +87,7 @@ def test_channel_session_engine_setting_wins() -> None:
 
 @override_settings(CHANNEL_SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies")
 def test_signed_cookies_refused_naming_channel_session_engine() -> None:
-    with pytest.raises(ValueError, match="CHANNEL_SESSION_ENGINE = 'django.contrib.sessions"):
+    with pytest.raises(ValueError, match=r"CHANNEL_SESSION_ENGINE = 'django\.contrib\.sessions"):
         session_for_reply_channel("x!y")
 
 
@@ -534,3 +534,16 @@ def test_tutorial_persisting_data(layer: Any) -> None:
         room_name="lobby",
     )
     assert replies(layer, nobody) == [{"accept": True}, {"close": True}]
+
+
+def test_unreadable_query_string_only_loses_the_query_key(layer: Any) -> None:
+    key = http_session_with(species="horse")
+    seen = []
+
+    @http_session
+    def consumer(message: Message) -> None:
+        seen.append(message.http_session["species"])
+
+    content = connect_message("x!y", headers=cookie_header(key), query_string=b"a=\xff\xfe")
+    run_consumer(consumer, "websocket.connect", content, layer)
+    assert seen == ["horse"]

@@ -186,7 +186,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         # Round robin over the keys, starting one further on every call, so a
         # busy channel cannot starve a quiet one.
         n = len(keys)
-        start = 0
+        start = self._rotation % n
         self._rotation += 1
         channels = self._channels
         ready = []

@@ -18,19 +18,23 @@ What differs from asgi_redis 1.4.3, and why:
 - ``send_group`` is one script per shard, whatever the group's size: it
   drops expired members, then pushes one shared (read-counted) body to every
   member with room, skipping full ones -- not a loop of sends in Python.
-  Group memberships live on the shard of the *member's* list (its hashed
-  shard), so each shard's script only touches its own keys; ``group_*``
-  operations run on every shard.  With one host this is asgi_redis's layout.
+  Group memberships live on the shard of the *member's* list, so each
+  shard's script only touches its own keys; ``send_group`` and
+  ``group_channels`` run on every shard (in parallel).
 - A process-local channel's full name travels in the list reference, not
   in the body, so one body serves a whole group.
 - The synchronous face works in any process: without an attached reactor
   it starts the global one in a daemon thread (:mod:`.redis_sync`).
 
-Sharding is asgi_redis's: ``crc32`` of the name over 4096 slots, split
-evenly between the hosts.  ``!`` and ``?`` channels live on their hashed
-shard; sends to normal channels go round-robin over the shards that are up
-(to the next one if a shard's list is full), and receives of normal
-channels look at every shard.  Changing ``hosts`` loses queued data.
+- Every channel lives on its hashed shard, normal channels too (asgi_redis
+  sent those round-robin): capacity is then exact, a channel's messages
+  stay in order, and a receive blocks only on the shards of its channels.
+  The price: one channel's traffic is served by one Redis server.
+- A channel whose message expired unread leaves all its groups, as the
+  ASGI spec recommends (see :mod:`.redis_scripts`).
+
+Sharding is asgi_redis's hash: ``crc32`` of the (non-local) name over 4096
+slots, split evenly between the hosts.  Changing ``hosts`` loses data.
 
 Requires Redis >= 5 (>= 6 for a fractional ``blpop_timeout``).
 """
@@ -43,133 +47,35 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
 from chanserv.layers.base import BaseChannelLayer, CapacityPattern, LocalReceiver, Prepared
 from chanserv.layers.redis_codec import MessageCodec
-from chanserv.layers.redis_connection import (
-    RedisAddress,
-    RedisShard,
-    RedisTimeout,
-    RedisUnavailable,
+from chanserv.layers.redis_config import (
+    compile_capacities,
+    connection_options,
+    lua_capacities,
+    parse_hosts,
 )
+from chanserv.layers.redis_connection import RedisShard
 from chanserv.layers.redis_ops import RedisOperations
+from chanserv.layers.redis_protocol import RedisTimeout, RedisUnavailable
 from chanserv.layers.redis_receive import (
     CapacityWatch,
     LocalReceiverLoop,
     RawMessage,
     ReceiveOperation,
 )
-from chanserv.layers.redis_scripts import glob_to_lua
 from chanserv.layers.redis_sync import call_in_reactor, check_not_reactor_thread, running_reactor
 
 __all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts"]
 
 log = Logger()
-
-#: connection_kwargs understood here.
-_CONNECTION_KWARGS = {
-    "socket_timeout",  # seconds to wait for any reply (5)
-    "socket_connect_timeout",  # seconds to connect (5)
-    "password",
-    "username",
-    "db",
-    "ssl",
-    "reconnect_max_delay",  # cap of the reconnection back-off (5)
-    "max_blocking_connections",  # per shard (64)
-}
-#: redis-py connection_kwargs that make no sense here; accepted and ignored.
-_IGNORED_KWARGS = {
-    "socket_keepalive",
-    "socket_keepalive_options",
-    "retry_on_timeout",
-    "health_check_interval",
-    "max_connections",
-    "encoding",
-    "encoding_errors",
-    "decode_responses",
-    "client_name",
-}
-
-
-def _parse_url(url: str, defaults: Mapping[str, Any]) -> RedisAddress:
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("Redis host %r: only redis:// and rediss:// URLs are supported" % (url,))
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError("Redis host %r has an invalid port" % (url,)) from None
-    db: Any = defaults.get("db")
-    path = parts.path.strip("/")
-    query = parse_qs(parts.query)
-    if path:
-        db = path
-    elif "db" in query:
-        db = query["db"][0]
-    try:
-        db = int(db) if db is not None else None
-    except ValueError:
-        raise ValueError("Redis host %r: the database must be a number" % (url,)) from None
-    password = unquote(parts.password) if parts.password else defaults.get("password")
-    username = unquote(parts.username) if parts.username else defaults.get("username")
-    return RedisAddress(
-        host=parts.hostname or "localhost",
-        port=port,
-        db=db or None,
-        password=password,
-        username=username,
-        tls=parts.scheme == "rediss" or bool(defaults.get("ssl")),
-    )
-
-
-def parse_hosts(hosts: Any, defaults: Mapping[str, Any] | None = None) -> list[RedisAddress]:
-    """
-    ``hosts`` as addresses: a list of ``redis://[[user]:password@]host[:port][/db]``
-    (or ``rediss://``) URLs and ``(host, port)`` pairs; None means
-    ``[("localhost", 6379)]``.  ``defaults`` (connection_kwargs) supply
-    ``password``, ``username``, ``db`` and ``ssl`` where a URL does not.
-
-    :raises ValueError: a bare string instead of a list, or a bad entry.
-    """
-    defaults = defaults or {}
-    if hosts is None or (isinstance(hosts, (list, tuple)) and not hosts):
-        hosts = [("localhost", 6379)]
-    if isinstance(hosts, (str, bytes)):
-        raise ValueError("Redis hosts must be a list, not a single string: use [%r]" % (hosts,))
-    if not isinstance(hosts, Iterable):
-        raise ValueError("Redis hosts must be a list of URLs or (host, port) pairs")
-    addresses = []
-    for entry in hosts:
-        if isinstance(entry, str):
-            addresses.append(_parse_url(entry, defaults))
-        elif (
-            isinstance(entry, (tuple, list))
-            and len(entry) == 2
-            and isinstance(entry[0], str)
-            and isinstance(entry[1], int)
-        ):
-            addresses.append(
-                RedisAddress(
-                    host=entry[0],
-                    port=entry[1],
-                    db=int(defaults["db"]) if defaults.get("db") else None,
-                    password=defaults.get("password"),
-                    username=defaults.get("username"),
-                    tls=bool(defaults.get("ssl")),
-                )
-            )
-        else:
-            raise ValueError(
-                "Redis host %r is neither a redis:// URL nor a (host, port) pair" % (entry,)
-            )
-    return addresses
 
 
 class RedisChannelLayer(RedisOperations, BaseChannelLayer):
@@ -239,27 +145,21 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
             raise ValueError("prefix and stats_prefix must not be prefixes of each other")
         if not isinstance(blpop_timeout, (int, float)) or blpop_timeout <= 0:
             raise ValueError("blpop_timeout must be a positive number, not %r" % (blpop_timeout,))
-        options = dict(connection_kwargs or {})
-        unknown = set(options) - _CONNECTION_KWARGS - _IGNORED_KWARGS
-        if unknown:
-            raise ValueError(
-                "Unknown connection_kwargs %s; supported: %s"
-                % (", ".join(sorted(unknown)), ", ".join(sorted(_CONNECTION_KWARGS)))
-            )
+        options = connection_options(connection_kwargs)
         self.prefix = prefix
         self.stats_prefix = stats_prefix
         self.blpop_timeout = blpop_timeout
         self.hosts = parse_hosts(hosts, options)
         self.ring_size = len(self.hosts)
-        self.reply_timeout = self._positive(options, "socket_timeout", 5.0)
-        self.connect_timeout = self._positive(options, "socket_connect_timeout", 5.0)
-        self.reconnect_max_delay = self._positive(options, "reconnect_max_delay", 5.0)
-        self.max_blocking_connections = int(self._positive(options, "max_blocking_connections", 64))
+        self.reply_timeout = float(options["socket_timeout"])
+        self.connect_timeout = float(options["socket_connect_timeout"])
+        self.reconnect_max_delay = float(options["reconnect_max_delay"])
+        self.max_blocking_connections = options["max_blocking_connections"]
         self.sync_timeout = (
             self.connect_timeout + blpop_timeout + (3 + self.ring_size) * self.reply_timeout + 5
         )
         self._codec = MessageCodec(symmetric_encryption_keys, expiry)
-        self._lua_capacities = self._capacities_for_lua()
+        self._lua_capacities = lua_capacities(self.channel_capacity)
         self.reactor: Any = None
         self.shards: list[RedisShard] = []
         self._service: MultiService | None = None
@@ -268,47 +168,13 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         self._ops: set[ReceiveOperation] = set()
         self._local: dict[str, LocalReceiverLoop] = {}
         self._watches: dict[str, CapacityWatch] = {}
-        self._send_counter = itertools.count()
         self._receive_counter = itertools.count()
+        self._handbacks = 0
         self._attach_lock = threading.Lock()
 
     @staticmethod
-    def _positive(options: Mapping[str, Any], key: str, default: float) -> float:
-        value = options.get(key, default)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(
-                "connection_kwargs[%r] must be a positive number, not %r" % (key, value)
-            )
-        return float(value)
-
-    def _capacities_for_lua(self) -> list[str | int] | None:
-        # (Lua pattern, capacity) pairs, or None if a pattern cannot be one.
-        pairs: list[str | int] = []
-        for pattern, value in self.channel_capacity:
-            # _compile_capacities turned globs into regexes; keep the source glob.
-            glob = getattr(pattern, "_chanserv_glob", None)
-            lua = glob_to_lua(glob) if glob is not None else None
-            if lua is None:
-                return None
-            pairs += [lua, value]
-        return pairs
-
-    @staticmethod
     def _compile_capacities(channel_capacity: Any) -> list[Any]:
-        compiled = BaseChannelLayer._compile_capacities(channel_capacity)
-        items = (
-            list(channel_capacity.items())
-            if isinstance(channel_capacity, Mapping)
-            else list(channel_capacity)
-        )
-        result = []
-        for (source, _), (regex, value) in zip(items, compiled, strict=True):
-            result.append(
-                (_GlobPattern(regex, source) if isinstance(source, str) else regex, value)
-            )
-        return result
+        return compile_capacities(channel_capacity)
 
     def __repr__(self) -> str:
         return "<%s hosts=%s prefix=%r>" % (
@@ -331,12 +197,7 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         # shard index -> list keys to read for a receive on ``names``.
         plan: dict[int, list[str]] = {}
         for name in names:
-            key = self.prefix + name
-            if "!" in name or "?" in name:
-                plan.setdefault(self.consistent_hash(name), []).append(key)
-            else:
-                for index in range(self.ring_size):
-                    plan.setdefault(index, []).append(key)
+            plan.setdefault(self.consistent_hash(name), []).append(self.prefix + name)
         return plan
 
     # -- synchronous face (any thread but the reactor's) -------------------------------
@@ -501,6 +362,40 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         d: Deferred[Any] = service.stopService()
         return d.addBoth(detached).addCallback(lambda _: None)
 
+    def quiescent_twisted(self) -> Deferred[bool]:
+        """
+        True when nothing is moving: no receive between steps, no message
+        being handed back, and every receive in flight is blocked in BLPOP
+        on the server (checked with ``CLIENT LIST``, so no reply is on its
+        way).  For tests and diagnostics.  Reactor thread.
+        """
+        if self._handbacks:
+            return succeed(False)
+        blocked: dict[int, list[int]] = {}
+        for op in self._ops:
+            clients = op.blocked_clients()
+            if clients is None:
+                return succeed(False)
+            for shard, client_id in clients:
+                blocked.setdefault(shard, []).append(client_id)
+        for index, redis_shard in enumerate(self.shards):
+            if redis_shard.blocking_in_use != len(blocked.get(index, ())):
+                return succeed(False)  # an abandoned pop is still coming back
+        checks = [
+            self.shards[index].execute("CLIENT", "LIST", "ID", *ids)
+            for index, ids in blocked.items()
+        ]
+
+        def all_blocked(listings: list[bytes]) -> bool:
+            lines = [line for listing in listings for line in listing.splitlines() if line]
+            wanted = sum(len(ids) for ids in blocked.values())
+            return len(lines) == wanted and all(
+                "b" in dict(f.split(b"=", 1) for f in line.split() if b"=" in f)[b"flags"].decode()
+                for line in lines
+            )
+
+        return gatherResults(checks).addCallback(all_blocked)
+
     def _require_attached(self) -> None:
         if self.reactor is None or self._detaching:
             raise RuntimeError(
@@ -655,16 +550,3 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
             return waiting.addCallbacks(lambda _: attempt(), lambda _: failure)
 
         return attempt()
-
-
-class _GlobPattern:
-    """A compiled ``fnmatch`` glob that remembers its source, for Lua."""
-
-    __slots__ = ("_chanserv_glob", "_regex")
-
-    def __init__(self, regex: Any, glob: str) -> None:
-        self._regex = regex
-        self._chanserv_glob = glob
-
-    def match(self, name: str) -> Any:
-        return self._regex.match(name)

@@ -40,224 +40,31 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet import protocol, task
+from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chanserv.layers.redis_protocol import (
+    BlockingPop,
+    ConnectionFactory,
+    RedisAddress,
+    RedisConnectionProtocol,
+    RedisTimeout,
+    RedisUnavailable,
+    translate_failure,
+)
 from chanserv.layers.redis_scripts import Script
 
-__all__ = [
-    "BlockingPop",
-    "RedisAddress",
-    "RedisShard",
-    "RedisTimeout",
-    "RedisUnavailable",
-]
+__all__ = ["RedisShard", "RedisTimeout", "RedisUnavailable"]
 
 log = Logger()
-
-
-class RedisUnavailable(ConnectionError):
-    """
-    Redis cannot be used right now: it is unreachable, the connection was
-    lost while the command was in flight, or too much is waiting for it.
-    The operation may or may not have taken effect.
-    """
-
-
-class RedisTimeout(RedisUnavailable):
-    """Redis did not answer in time; the connection was dropped."""
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where a shard is and how to log in."""
-
-    host: str
-    port: int = 6379
-    db: int | None = None
-    password: str | None = None
-    username: str | None = None
-    tls: bool = False
-
-    def __str__(self) -> str:
-        return "%s://%s:%d/%d" % (
-            "rediss" if self.tls else "redis",
-            self.host,
-            self.port,
-            self.db or 0,
-        )
-
-
-class RedisConnectionProtocol(txredisapi.RedisProtocol):
-    """
-    txredisapi's protocol with raw ``bytes`` replies, a deadline per
-    command, and its owner told when the connection goes.
-    """
-
-    def __init__(self, shard: RedisShard) -> None:
-        address = shard.address
-        super().__init__(
-            charset=None,
-            replyTimeout=None,
-            password=address.password,
-            dbid=address.db,
-            convertNumbers=False,
-            username=address.username,
-        )
-        # txredisapi schedules with the global reactor's callLater.
-        self.callLater = shard.reactor.callLater
-        self.shard = shard
-        #: (deadline, argument bytes) of each command awaiting its reply.
-        self.pending: deque[tuple[float, int]] = deque()
-        self.pending_bytes = 0
-        self.timed_out = False
-        self.client_id: int | None = None
-
-    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        """Send a command; ``timeout`` (seconds) overrides the reply timeout."""
-        timeout = kwargs.pop("timeout", None)
-        d = super().execute_command(*args, **kwargs)
-        size = sum(len(a) for a in args if isinstance(a, (bytes, str)))
-        if timeout is None:
-            timeout = self.shard.reply_timeout
-        self.pending.append((self.shard.reactor.seconds() + timeout, size))
-        self.pending_bytes += size
-        return d
-
-    def replyReceived(self, reply: Any) -> None:
-        if self.pending:
-            self.pending_bytes -= self.pending.popleft()[1]
-        super().replyReceived(reply)
-
-    def connectionLost(self, why: Any) -> None:
-        if self.timed_out:
-            error = RedisTimeout(
-                "Redis at %s did not answer within the timeout" % (self.shard.address,)
-            )
-            while self.replyQueue.waiting:
-                self.replyReceived(error)
-        # txredisapi never fires whenConnected() if AUTH or SELECT failed.
-        me: Any = self
-        waiting: list[Deferred[Any]] = me._waiting_for_connect
-        me._waiting_for_connect = []
-        for d in waiting:
-            d.errback(
-                RedisUnavailable(
-                    "The connection to Redis at %s closed before it was ready"
-                    % (self.shard.address,)
-                )
-            )
-        super().connectionLost(why)
-        self.pending.clear()
-        self.pending_bytes = 0
-        self.shard._connection_lost(self)
-
-
-class _Factory(protocol.Factory):
-    """Builds the shard's protocols and takes txredisapi's callbacks."""
-
-    noisy = False
-    isLazy = True  # txredisapi: log AUTH/SELECT failures rather than raise
-
-    def __init__(self, shard: RedisShard) -> None:
-        self.shard = shard
-        self.latest: RedisConnectionProtocol | None = None
-
-    def buildProtocol(self, addr: Any) -> RedisConnectionProtocol:
-        p = RedisConnectionProtocol(self.shard)
-        p.factory = self
-        self.latest = p
-        return p
-
-    def stopTrying(self) -> None:
-        # Called by txredisapi when AUTH or SELECT fail: keep retrying with
-        # back-off, so that fixing the server needs no restart here.
-        pass
-
-    def connectionError(self, why: str) -> None:
-        log.error("{why} ({address})", why=why, address=self.shard.address)
-
-
-def _translate(failure: Failure, address: RedisAddress) -> Failure:
-    # txredisapi's ConnectionError is not the builtin one.
-    if failure.check(txredisapi.ConnectionError) and not failure.check(RedisUnavailable):
-        return Failure(RedisUnavailable("Redis at %s: %s" % (address, failure.getErrorMessage())))
-    return failure
-
-
-class BlockingPop:
-    """
-    One ``BLPOP keys timeout`` on a blocking connection of ``shard``.
-
-    :attr:`deferred` fires with ``(list key, reference)`` as ``bytes``, with
-    None when the pop timed out on the server or was ended by
-    :meth:`unblock`, or fails (:class:`RedisUnavailable`, ...).  A reference
-    popped is out of Redis: whoever gets it either consumes it or pushes it
-    back.
-    """
-
-    def __init__(self, shard: RedisShard, keys: Sequence[str], timeout: float) -> None:
-        self.shard = shard
-        self.deferred: Deferred[tuple[bytes, bytes] | None] = Deferred()
-        self._keys = keys
-        self._timeout = timeout
-        self._proto: RedisConnectionProtocol | None = None
-        self._unblocked = False
-        self._acquiring: Deferred[RedisConnectionProtocol] | None = shard._acquire_blocking()
-        self._acquiring.addCallbacks(self._got_connection, self._failed)
-
-    def _got_connection(self, proto: RedisConnectionProtocol) -> None:
-        self._acquiring = None
-        if self._unblocked:
-            self.shard._release_blocking(proto)
-            self.deferred.callback(None)
-            return
-        self._proto = proto
-        t = self._timeout
-        wire_timeout: float = int(t) if t == int(t) else t
-        d = self.shard._run(
-            proto,
-            ("BLPOP", *self._keys, wire_timeout),
-            timeout=t + self.shard.reply_timeout,
-        )
-        d.addCallbacks(self._popped, self._failed)
-
-    def _popped(self, result: Any) -> None:
-        proto, self._proto = self._proto, None
-        # Fire first: a reference nobody wants is pushed back on the command
-        # connection before this connection is released (and maybe closed).
-        self.deferred.callback((result[0], result[1]) if result else None)
-        if proto is not None:
-            self.shard._release_blocking(proto)
-
-    def _failed(self, failure: Failure) -> None:
-        self._acquiring = None
-        proto, self._proto = self._proto, None
-        if proto is not None and failure.check(txredisapi.ResponseError):
-            self.shard._release_blocking(proto)  # an error reply: the connection is fine
-        if self._unblocked and failure.check(RedisUnavailable) is None:
-            self.deferred.callback(None)
-        else:
-            self.deferred.errback(failure)
-
-    def unblock(self) -> None:
-        """End the pop early; it then fires None (or what it had popped)."""
-        if self._unblocked or self.deferred.called:
-            return
-        self._unblocked = True
-        if self._acquiring is not None:
-            self._acquiring.cancel()
-        elif self._proto is not None:
-            self.shard._unblock(self._proto)
 
 
 class RedisShard(Service):
@@ -292,7 +99,7 @@ class RedisShard(Service):
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.state = "stopped"
-        self._factory: Any = _Factory(self)
+        self._factory: Any = ConnectionFactory(self)
         self._client: ClientService | None = None
         self._command: RedisConnectionProtocol | None = None
         self._state_waiters: list[Deferred[None]] = []
@@ -490,7 +297,7 @@ class RedisShard(Service):
                 )
             )
         d = maybeDeferred(proto.execute_command, *args, timeout=timeout)
-        return d.addErrback(_translate, self.address)
+        return d.addErrback(translate_failure, self.address)
 
     def eval(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Deferred[Any]:
         """Run ``script`` with EVALSHA, loading it with EVAL on NOSCRIPT."""
@@ -535,7 +342,7 @@ class RedisShard(Service):
             self._new_blocking()
 
     def _new_blocking(self) -> None:
-        factory = _Factory(self)
+        factory = ConnectionFactory(self)
         attempt = self._endpoint().connect(factory)
         self._blocking_connecting.add(attempt)
 
@@ -594,13 +401,10 @@ class RedisShard(Service):
             d, self._drained = self._drained, None
             d.callback(None)
 
-    def _unblock(self, proto: RedisConnectionProtocol) -> None:
-        # Without CLIENT UNBLOCK (Redis < 5) the pop just runs to its timeout.
-        if proto.client_id is None or self._command is None:
-            return
-        self.execute("CLIENT", "UNBLOCK", proto.client_id).addErrback(
-            lambda f: log.debug("CLIENT UNBLOCK failed: {f}", f=f.getErrorMessage())
-        )
+    @property
+    def blocking_in_use(self) -> int:
+        """Blocking connections carrying (or opening for) a pop."""
+        return len(self._blocking_all) - len(self._blocking_idle) + len(self._blocking_connecting)
 
     # -- timeouts -----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ Reactor thread only.  Every method returns a Deferred; none raises.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import txredisapi
@@ -25,10 +25,13 @@ from chanserv.layers.redis_receive import RawMessage
 from chanserv.layers.redis_scripts import (
     CHANNEL_STATS,
     GROUP_ADD,
+    GROUP_DISCARD,
     GROUP_MEMBERS,
     GROUP_SEND,
+    LISTS_STATS,
     POP_MANY,
     REQUEUE,
+    ROOM,
     SEND,
 )
 
@@ -43,6 +46,7 @@ STAT_MESSAGES_COUNT = "messages_count"
 STAT_MESSAGES_PENDING = "messages_pending"
 STAT_MESSAGES_MAX_AGE = "messages_max_age"
 STAT_CHANNEL_FULL = "channel_full_count"
+PER_SECOND = "_per_second"
 GLOBAL_STATS_KEY = "#global#"  # not a valid channel name
 CHANNEL_STATS_TTL = 3600
 GLOBAL_STATS_TTL = 86400
@@ -79,9 +83,9 @@ class RedisOperations:
     ring_size: int
     shards: list[RedisShard]
     reactor: Any
+    _handbacks: int
     _lua_capacities: list[str | int] | None
     _codec: MessageCodec
-    _send_counter: Iterator[int]
 
     if TYPE_CHECKING:
 
@@ -103,10 +107,20 @@ class RedisOperations:
     def _stat(self, name: str, stat: str) -> str:
         return "%s%s:%s" % (self.stats_prefix, name, stat)
 
+    @property
+    def _list_ttl_ms(self) -> int:
+        # A list outlives its newest message by expiry + 1 s: an expired
+        # reference left in it still shows that its channel missed a message.
+        return 2 * self._expiry_ms + 1000
+
     def _group_key(self, group: str) -> str:
         return "%s:group:%s" % (self.prefix, group)
 
-    def _member_shard(self, channel: str) -> RedisShard:
+    def _groups_index_key(self, channel: str) -> str:
+        return "%s:groups:%s" % (self.prefix, channel)
+
+    def _shard_of(self, channel: str) -> RedisShard:
+        """The shard of a channel's list (and of its group memberships)."""
         return self.shards[self.consistent_hash(self.non_local_name(channel))]
 
     # -- sends --------------------------------------------------------------------
@@ -124,14 +138,6 @@ class RedisOperations:
         except Exception:
             return fail()
         return self.send_payload(channel, payload)
-
-    def _send_shards(self, channel: str, name: str) -> list[int]:
-        if "!" in channel or "?" in channel:
-            return [self.consistent_hash(name)]
-        up = [i for i in range(self.ring_size) if self.shards[i].available]
-        up = up or list(range(self.ring_size))
-        start = next(self._send_counter) % len(up)
-        return up[start:] + up[:start]
 
     def send_payload(self, channel: str, payload: bytes) -> Deferred[None]:
         """Send already encoded ``payload`` (a checked name) to ``channel``."""
@@ -151,22 +157,25 @@ class RedisOperations:
             self._stat(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
         ]
         ref = body_key + " " + channel if "!" in channel else body_key
-        args = [payload, self._expiry_ms, capacity, ref, CHANNEL_STATS_TTL, GLOBAL_STATS_TTL]
-        candidates = self._send_shards(channel, name)
+        args = [
+            payload,
+            self._expiry_ms,
+            capacity,
+            ref,
+            CHANNEL_STATS_TTL,
+            GLOBAL_STATS_TTL,
+            self.prefix,
+            self._list_ttl_ms,
+        ]
 
-        def attempt(i: int) -> Deferred[None]:
-            def failed(failure: Failure) -> Any:
-                failure.trap(txredisapi.ResponseError)
-                if not _is_full(failure.value):
-                    return failure
-                if i + 1 < len(candidates):
-                    return attempt(i + 1)  # a normal channel: try the next shard
+        def failed(failure: Failure) -> Any:
+            failure.trap(txredisapi.ResponseError)
+            if _is_full(failure.value):
                 raise ChannelFull("Channel %r is full (capacity %d)" % (channel, capacity))
+            return failure
 
-            d = self.shards[candidates[i]].eval(SEND, keys, args)
-            return d.addCallbacks(lambda _: None, failed)
-
-        return attempt(0)
+        d = self._shard_of(channel).eval(SEND, keys, args)
+        return d.addCallbacks(lambda _: None, failed)
 
     def send_group_twisted(self, group: str, message: dict[str, Any]) -> Deferred[None]:
         """
@@ -207,6 +216,7 @@ class RedisOperations:
             self.capacity,
             CHANNEL_STATS_TTL,
             GLOBAL_STATS_TTL,
+            self._list_ttl_ms,
         ]
         if self._lua_capacities is not None:
             return shard.eval(GROUP_SEND, keys, [*head, "auto", *self._lua_capacities])
@@ -222,7 +232,7 @@ class RedisOperations:
                 pairs += [name, self.get_capacity(name)]
             return shard.eval(GROUP_SEND, keys, [*head, "given", *pairs])
 
-        d = shard.eval(GROUP_MEMBERS, [group_key], [float(self.group_expiry)])
+        d = shard.eval(GROUP_MEMBERS, [group_key], [float(self.group_expiry), self.prefix])
         return d.addCallback(given)
 
     # -- groups and names ---------------------------------------------------------------
@@ -251,9 +261,9 @@ class RedisOperations:
             self.valid_channel_name(channel)
         except Exception:
             return fail()
-        shard = self._member_shard(channel)
         expiry_ms = max(1, int(self.group_expiry * 1000))
-        d = shard.eval(GROUP_ADD, [self._group_key(group)], [channel, expiry_ms])
+        keys = [self._group_key(group), self._groups_index_key(channel)]
+        d = self._shard_of(channel).eval(GROUP_ADD, keys, [channel, expiry_ms, group])
         return d.addCallback(lambda _: None)
 
     def group_discard_twisted(self, group: str, channel: str) -> Deferred[None]:
@@ -264,7 +274,8 @@ class RedisOperations:
             self.valid_channel_name(channel)
         except Exception:
             return fail()
-        d = self._member_shard(channel).execute("ZREM", self._group_key(group), channel)
+        keys = [self._group_key(group), self._groups_index_key(channel)]
+        d = self._shard_of(channel).eval(GROUP_DISCARD, keys, [channel, group])
         return d.addCallback(lambda _: None)
 
     def group_channels_twisted(self, group: str) -> Deferred[list[str]]:
@@ -275,9 +286,8 @@ class RedisOperations:
         except Exception:
             return fail()
         key = self._group_key(group)
-        reads = [
-            shard.eval(GROUP_MEMBERS, [key], [float(self.group_expiry)]) for shard in self.shards
-        ]
+        args = [float(self.group_expiry), self.prefix]
+        reads = [shard.eval(GROUP_MEMBERS, [key], args) for shard in self.shards]
 
         def merge(results: list[list[bytes]]) -> list[str]:
             names = [m.decode("utf-8") for members in results for m in members or []]
@@ -308,31 +318,58 @@ class RedisOperations:
                 if cursor in (b"0", "0", 0):
                     break
 
+    def _stats(self, results: list[list[int]], pending: int, pttl: int) -> dict[str, float]:
+        # results: CHANNEL_STATS replies; pending, pttl: from lists.
+        ttls = [r[3] for r in results if r[3] >= 0] + ([pttl] if pttl >= 0 else [])
+        return {
+            STAT_MESSAGES_COUNT: sum(r[0] for r in results),
+            STAT_MESSAGES_COUNT + PER_SECOND: sum(r[4] for r in results),
+            STAT_MESSAGES_PENDING: pending + sum(r[2] for r in results),
+            STAT_MESSAGES_MAX_AGE: max(0.0, self.expiry - min(ttls) / 1000.0) if ttls else 0,
+            STAT_CHANNEL_FULL: sum(r[1] for r in results),
+            STAT_CHANNEL_FULL + PER_SECOND: sum(r[5] for r in results),
+        }
+
     def global_statistics_twisted(self) -> Deferred[dict[str, float]]:
-        """``messages_count`` and ``channel_full_count``, summed over the shards."""
+        """
+        The counters (and their last whole second) summed over the shards,
+        and the messages pending in every list and the age of the oldest
+        (a SCAN of the layer's keys: meant for occasional monitoring).
+        """
         try:
             self._require_attached()
         except Exception:
             return fail()
-        stat_keys = [
+        return self._global_statistics()
+
+    @inlineCallbacks
+    def _global_statistics(self) -> Any:
+        keys = [
+            self.prefix + GLOBAL_STATS_KEY,
             self._stat(GLOBAL_STATS_KEY, STAT_MESSAGES_COUNT),
             self._stat(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
         ]
-        reads = [shard.execute("MGET", *stat_keys) for shard in self.shards]
-
-        def total(results: list[list[Any]]) -> dict[str, float]:
-            return {
-                STAT_MESSAGES_COUNT: sum(int(r[0] or 0) for r in results),
-                STAT_CHANNEL_FULL: sum(int(r[1] or 0) for r in results),
-            }
-
-        return gatherResults(reads, consumeErrors=True).addCallbacks(total, _unwrap)
+        results = []
+        pending, pttl = 0, -2
+        for shard in self.shards:
+            results.append((yield shard.eval(CHANNEL_STATS, keys, [])))
+            pattern = _glob_escape(self.prefix) + "*"
+            cursor: Any = b"0"
+            while True:
+                cursor, batch = yield shard.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                if batch:
+                    more, left = yield shard.eval(LISTS_STATS, batch, [])
+                    pending += more
+                    if left >= 0 and (pttl < 0 or left < pttl):
+                        pttl = left
+                if cursor in (b"0", "0", 0):
+                    break
+        return self._stats(results, pending, pttl)
 
     def channel_statistics_twisted(self, channel: str) -> Deferred[dict[str, float]]:
         """
-        ``messages_count``, ``channel_full_count``, ``messages_pending`` and
-        ``messages_max_age`` (seconds) of ``channel`` (its prefix, for a
-        process-local name), over the shards that may hold it.
+        The counters of ``channel`` (its prefix, for a process-local name),
+        its pending messages and the age of the oldest.
         """
         try:
             self._require_attached()
@@ -340,27 +377,13 @@ class RedisOperations:
         except Exception:
             return fail()
         name = self.non_local_name(channel)
-        if "!" in name or "?" in name:
-            shards = [self.shards[self.consistent_hash(name)]]
-        else:
-            shards = self.shards
         keys = [
             self.prefix + name,
             self._stat(name, STAT_MESSAGES_COUNT),
             self._stat(name, STAT_CHANNEL_FULL),
         ]
-        reads = [shard.eval(CHANNEL_STATS, keys, []) for shard in shards]
-
-        def total(results: list[list[int]]) -> dict[str, float]:
-            ages = [self.expiry - pttl / 1000.0 for _, _, _, pttl in results if pttl >= 0]
-            return {
-                STAT_MESSAGES_COUNT: sum(r[0] for r in results),
-                STAT_CHANNEL_FULL: sum(r[1] for r in results),
-                STAT_MESSAGES_PENDING: sum(r[2] for r in results),
-                STAT_MESSAGES_MAX_AGE: max([0.0, *ages]),
-            }
-
-        return gatherResults(reads, consumeErrors=True).addCallbacks(total, _unwrap)
+        d = self._shard_of(name).eval(CHANNEL_STATS, keys, [])
+        return d.addCallback(lambda result: self._stats([result], 0, -2))
 
     # -- receiving (driven by redis_receive) ------------------------------------------------
 
@@ -372,7 +395,7 @@ class RedisOperations:
         first: tuple[bytes, bytes] | None,
     ) -> Deferred[list[RawMessage]]:
         """Up to ``limit`` messages from ``keys`` on ``shard`` (and ``first``)."""
-        args: list[Any] = [limit]
+        args: list[Any] = [limit, self.prefix]
         if first is not None:
             args += [first[0], first[1]]
         d = self.shards[shard].eval(POP_MANY, keys, args)
@@ -392,17 +415,19 @@ class RedisOperations:
         pushed = gatherResults(
             [
                 target.execute("LPUSH", key, ref),
-                target.execute("PEXPIRE", key, self._expiry_ms + 1000),
+                target.execute("PEXPIRE", key, self._list_ttl_ms),
             ],
             consumeErrors=True,
         )
+        self._handbacks += 1
         pushed.addErrback(self._hand_back_failed, key)
+        pushed.addBoth(self._hand_back_done)
 
     def requeue(self, shard: int, items: list[RawMessage]) -> None:
         """Put messages a receive took (bodies and all) back at the heads of their lists."""
         if not items:
             return
-        args: list[Any] = [self._expiry_ms]
+        args: list[Any] = [self._expiry_ms, self._list_ttl_ms]
         for item in items:
             new_key = (self.prefix + uuid.uuid4().hex).encode("utf-8")
             _, space, full_name = item.ref.partition(b" ")
@@ -411,7 +436,12 @@ class RedisOperations:
             )
             args += [new_key, new_ref, item.body]
         d = self.shards[shard].eval(REQUEUE, [item.list_key for item in items], args)
+        self._handbacks += 1
         d.addErrback(self._hand_back_failed, items[0].list_key)
+        d.addBoth(self._hand_back_done)
+
+    def _hand_back_done(self, _: Any) -> None:
+        self._handbacks -= 1
 
     @staticmethod
     def _hand_back_failed(failure: Failure, key: bytes) -> None:
@@ -423,12 +453,6 @@ class RedisOperations:
         )
 
     def has_room(self, name: str) -> Deferred[bool]:
-        """Whether non-local channel ``name`` has room on a shard holding it."""
-        capacity = self.get_capacity(name)
-        if "!" in name or "?" in name:
-            shards = [self.shards[self.consistent_hash(name)]]
-        else:
-            shards = [s for s in self.shards if s.available] or self.shards
-        reads = [shard.execute("LLEN", self.prefix + name) for shard in shards]
-        d = gatherResults(reads, consumeErrors=True)
-        return d.addCallbacks(lambda lengths: any(n < capacity for n in lengths), _unwrap)
+        """Whether non-local channel ``name`` holds fewer than its capacity."""
+        d = self._shard_of(name).eval(ROOM, [self.prefix + name], [self.prefix])
+        return d.addCallback(lambda length: length < self.get_capacity(name))

@@ -37,7 +37,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chanserv.layers.redis_connection import BlockingPop, RedisUnavailable
+from chanserv.layers.redis_protocol import BlockingPop, RedisUnavailable
 
 if TYPE_CHECKING:
     from chanserv.layers.redis import RedisChannelLayer
@@ -92,6 +92,20 @@ class ReceiveOperation:
         self._winning = False
         self._error: Failure | None = None
         self.deferred: Deferred[list[Any]] = Deferred(self._cancel)
+
+    def blocked_clients(self) -> list[tuple[int, int]] | None:
+        """
+        ``(shard, client id)`` of each of its pops if it is blocked in BLPOP
+        on every shard (and nothing else), else None.
+        """
+        if self._done or self._winning or not self._pops:
+            return None
+        clients = []
+        for shard, pop in self._pops.items():
+            if pop.client_id is None:
+                return None
+            clients.append((shard, pop.client_id))
+        return clients
 
     def start(self) -> Deferred[list[Any]]:
         self._round()

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
-from chanserv.layers.redis_connection import RedisTimeout
+from chanserv.layers.redis_protocol import RedisTimeout
 
 __all__ = ["call_in_reactor", "check_not_reactor_thread", "running_reactor"]
 

@@ -142,8 +142,11 @@ class HTTPProtocol(http.HTTPChannel):
             self._head_started = self.factory.clock.seconds()
             self._idle_since = None
         # LineReceiver's, not HTTPChannel's: no per-read timer reset.
+        nested = self._busyReceiving  # replayed by requestDone inside our own read
         basic.LineReceiver.dataReceived(self, data)
-        if self.discarding or self.upgraded or not self.line_mode or self._handlingRequest:
+        if nested or self.discarding or self.upgraded or not self.line_mode:
+            return
+        if self._handlingRequest:
             return
         pending = self._buffer
         # What LineReceiver keeps is the incomplete line: any LF in it has no

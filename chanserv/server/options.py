@@ -36,21 +36,47 @@ _DEFAULTS = ServerConfig()
 _SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
 
 
-def _size(value: str) -> int:
-    """A byte count: digits with an optional K/M/G suffix, or -1."""
-    text = value.strip().lower().removesuffix("b").removesuffix("i")
-    factor = 1
-    if text[-1:] in _SIZE_UNITS:
-        factor = _SIZE_UNITS[text[-1]]
-        text = text[:-1]
-    if text == "-1" and factor == 1:
-        return -1
-    if not text.isdigit():
-        raise ValueError("%r is not a size (like 1048576, 512K or 10M)" % (value,))
-    return int(text) * factor
+def _size(flag: str) -> Any:
+    """A coercer for ``--flag``: a byte count, digits with a K/M/G suffix, or -1."""
+
+    def coerce(value: str) -> int:
+        text = value.strip().lower().removesuffix("b").removesuffix("i")
+        factor = 1
+        if text[-1:] in _SIZE_UNITS:
+            factor = _SIZE_UNITS[text[-1]]
+            text = text[:-1]
+        if text == "-1" and factor == 1:
+            return -1
+        if not text.isdigit():
+            raise ValueError("--%s: %r is not a size (like 1048576, 512K or 10M)" % (flag, value))
+        return int(text) * factor
+
+    coerce.coerceDoc = "A size in bytes; K, M and G suffixes allowed."  # type: ignore[attr-defined]
+    return coerce
 
 
-_size.coerceDoc = "A size in bytes; K, M and G suffixes allowed."  # type: ignore[attr-defined]
+def _seconds(flag: str) -> Any:
+    """A coercer for ``--flag``: a number of seconds."""
+
+    def coerce(value: str) -> float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError("--%s: %r is not a number of seconds" % (flag, value)) from None
+
+    return coerce
+
+
+def _integer(flag: str) -> Any:
+    """A coercer for ``--flag``: an integer."""
+
+    def coerce(value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError("--%s: %r is not an integer" % (flag, value)) from None
+
+    return coerce
 
 
 class ServerOptionsMixin:
@@ -58,50 +84,50 @@ class ServerOptionsMixin:
 
     server_parameters: list[list[Any]] = [
         ["bind", "b", None, "Address to listen on (default 127.0.0.1; IPv6 accepted)."],
-        ["port", "p", None, "TCP port to listen on (default 8000).", int],
+        ["port", "p", None, "TCP port to listen on (default 8000).", _integer("port")],
         ["unix-socket", "u", None, "Listen on this UNIX socket path."],
-        ["fd", None, None, "Listen on this inherited socket file descriptor.", int],
+        ["fd", None, None, "Listen on this inherited socket file descriptor.", _integer("fd")],
         [
             "http-timeout",
             "t",
             _DEFAULTS.http_timeout,
             "Seconds a request waits for the application before a 503.",
-            float,
+            _seconds("http-timeout"),
         ],
         [
             "websocket-timeout",
             None,
             _DEFAULTS.websocket_timeout,
             "Maximum lifetime of a WebSocket in seconds; -1 for none.",
-            float,
+            _seconds("websocket-timeout"),
         ],
         [
             "websocket-connect-timeout",
             None,
             _DEFAULTS.websocket_connect_timeout,
             "Seconds the application has to accept a WebSocket (else 403).",
-            float,
+            _seconds("websocket-connect-timeout"),
         ],
         [
             "websocket-handshake-timeout",
             None,
             _DEFAULTS.websocket_handshake_timeout,
             "Seconds a client has to complete the WebSocket handshake.",
-            float,
+            _seconds("websocket-handshake-timeout"),
         ],
         [
             "ping-interval",
             None,
             _DEFAULTS.ping_interval,
             "Ping a WebSocket idle for this many seconds; 0 for never.",
-            float,
+            _seconds("ping-interval"),
         ],
         [
             "ping-timeout",
             None,
             _DEFAULTS.ping_timeout,
             "Close a WebSocket whose pong is this many seconds late.",
-            float,
+            _seconds("ping-timeout"),
         ],
         ["root-path", None, "", "ASGI root_path (the URL prefix the site is mounted at)."],
         ["access-log", None, None, "Write an access log to this file ('-' for stdout)."],
@@ -110,49 +136,49 @@ class ServerOptionsMixin:
             None,
             _DEFAULTS.max_body_size,
             "Largest request body accepted (413 beyond); -1 for no limit.",
-            _size,
+            _size("max-body-size"),
         ],
         [
             "max-ws-message-size",
             None,
             _DEFAULTS.max_ws_message_size,
             "Largest WebSocket message accepted (close 1009 beyond).",
-            _size,
+            _size("max-ws-message-size"),
         ],
         [
             "max-ws-frame-size",
             None,
             _DEFAULTS.max_ws_frame_size,
             "Largest WebSocket frame accepted (close 1009 beyond).",
-            _size,
+            _size("max-ws-frame-size"),
         ],
         [
             "ws-receive-full-timeout",
             None,
             _DEFAULTS.ws_receive_full_timeout,
             "Close a WebSocket with 1013 once websocket.receive stays full this long.",
-            float,
+            _seconds("ws-receive-full-timeout"),
         ],
         [
             "header-timeout",
             None,
             _DEFAULTS.header_timeout,
             "Seconds a client has to send a request's headers (else 408).",
-            float,
+            _seconds("header-timeout"),
         ],
         [
             "body-timeout",
             None,
             _DEFAULTS.body_timeout,
             "Seconds a request body may stall (else 408).",
-            float,
+            _seconds("body-timeout"),
         ],
         [
             "idle-timeout",
             None,
             _DEFAULTS.idle_timeout,
             "Seconds an idle keep-alive connection stays open.",
-            float,
+            _seconds("idle-timeout"),
         ],
     ]
 

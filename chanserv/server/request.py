@@ -68,8 +68,14 @@ def _tokens(values: list[bytes]) -> set[bytes]:
     return {t.strip(b" \t").lower() for v in values for t in v.split(b",")}
 
 
-def _checked_start(message: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]]]:
-    """``(status, headers)`` of a first reply, checked.  :raises BadReply:"""
+def _checked_start(
+    message: dict[str, Any],
+) -> tuple[int, list[tuple[bytes, bytes]], int | None]:
+    """
+    ``(status, headers, declared length)`` of a first reply, checked.
+
+    :raises BadReply: anything that cannot be written as is.
+    """
     status = message.get("status")
     if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
         raise BadReply("status must be an int from 200 to 599, not %r" % (status,))
@@ -77,6 +83,7 @@ def _checked_start(message: dict[str, Any]) -> tuple[int, list[tuple[bytes, byte
     if not isinstance(raw, (list, tuple)):
         raise BadReply("headers must be a list of [name, value] pairs")
     headers = []
+    lengths = set()
     for pair in raw:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise BadReply("header %r is not a [name, value] pair" % (pair,))
@@ -87,8 +94,17 @@ def _checked_start(message: dict[str, Any]) -> tuple[int, list[tuple[bytes, byte
             raise BadReply("header name %r is not a token" % (name,))
         if len(value.translate(None, _RESPONSE_FORBIDDEN)) != len(value):
             raise BadReply("header %r: control byte in the value" % (name,))
-        headers.append((name.lower(), value))
-    return status, headers
+        name = name.lower()
+        if name == b"content-length":
+            lengths.add(value.strip(b" \t"))
+        headers.append((name, value))
+    declared = None
+    if lengths:
+        value = lengths.pop()
+        if lengths or not value.isdigit() or len(value) > 18:
+            raise BadReply("conflicting or malformed Content-Length")
+        declared = int(value)
+    return status, headers, declared
 
 
 def _checked_content(message: dict[str, Any]) -> bytes:
@@ -360,7 +376,7 @@ class WebRequest(http.Request):
         self._app_active_at = self._factory.clock.seconds()
         if not self.response_started:
             try:
-                status, headers = _checked_start(message)
+                status, headers, declared = _checked_start(message)
                 content = _checked_content(message)
             except BadReply as e:
                 log.error(
@@ -371,7 +387,7 @@ class WebRequest(http.Request):
                 )
                 self._respond_error(500, "Internal Server Error")
                 return
-            self._start_response(status, headers)
+            self._start_response(status, headers, declared)
         else:
             if "status" in message:
                 log.error(
@@ -395,10 +411,12 @@ class WebRequest(http.Request):
         if not message.get("more_content", False):
             self._finish_response()
 
-    def _start_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def _start_response(
+        self, status: int, headers: list[tuple[bytes, bytes]], declared: int | None
+    ) -> None:
         self.response_started = True
         self.setResponseCode(status)
-        lengths = set()
+        self._declared_length = declared
         for name, value in headers:
             if name == b"transfer-encoding":
                 log.debug(
@@ -406,22 +424,9 @@ class WebRequest(http.Request):
                     channel=self.reply_channel,
                 )
                 continue
-            if name == b"content-length":
-                lengths.add(value)
-            elif name == b"connection" and b"close" in _tokens([value]):
+            if name == b"connection" and b"close" in _tokens([value]):
                 self.channel.persistent = False
             self.responseHeaders.addRawHeader(name, value)
-        if lengths:
-            value = lengths.pop()
-            if lengths or not value.strip().isdigit():
-                log.error(
-                    "Conflicting or malformed Content-Length on {channel}",
-                    channel=self.reply_channel,
-                )
-                self.responseHeaders = Headers()
-                self._respond_error(500, "Internal Server Error")
-                return
-            self._declared_length = int(value)
         if not self.body_complete or not self.channel.persistent:
             self.responseHeaders.setRawHeaders(b"connection", [b"close"])
 

@@ -30,6 +30,9 @@ __all__ = ["InterfaceServer", "endpoint_from_string"]
 
 log = Logger()
 
+#: Seconds to wait for aborted connections to be gone.
+ABORT_GRACE = 5.0
+
 
 def endpoint_from_string(reactor: Any, description: str) -> Any:
     """
@@ -162,6 +165,8 @@ class InterfaceServer(MultiService):
                 grace=grace,
             )
             self.http_factory.abort_all()
+            # An aborted connection is gone an iteration later.
+            yield _bounded(self.reactor, self.http_factory.drain(), ABORT_GRACE)
         ws_ok = yield ws_done
         if not ws_ok:
             log.warn("WebSockets still open after {grace}s: cut", grace=grace)
@@ -169,6 +174,7 @@ class InterfaceServer(MultiService):
                 transport = getattr(protocol, "transport", None)
                 if transport is not None:
                     transport.abortConnection()
+            yield _bounded(self.reactor, self.websocket_factory.close_all(1001), ABORT_GRACE)
         yield maybeDeferred(self.sweeper.stopService)
         yield maybeDeferred(self.replies.stopService)
         if self.access_log is not None:

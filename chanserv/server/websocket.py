@@ -425,7 +425,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
             factory.finished(self)
 
     def _maybe_disconnect(self) -> None:
-        if self._busy or self._disconnect_due is None:
+        if self._disconnect_due is None:
             return  # after the held websocket.receive messages
         code, self._disconnect_due = self._disconnect_due, None
         message = {

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.e2e.harness import TwistdProcess
-from tests.e2e.test_examples import start_example
+from tests.e2e.test_examples import start_example, stop_cleanly
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -39,8 +39,7 @@ def chat_server(tmp_path: Path) -> Iterator[TwistdProcess]:
     proc = start_example("chat", tmp_path)
     try:
         yield proc
-        assert proc.stop() == 0
-        assert "Traceback" not in proc.output(), proc.output()
+        stop_cleanly(proc)
     finally:
         proc.__exit__()
 

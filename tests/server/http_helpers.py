@@ -9,9 +9,9 @@ import io
 from typing import Any
 
 from twisted.internet import address, task
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionDone
 
 from chanserv.layers.inmemory import InMemoryChannelLayer
 from chanserv.server.accesslog import AccessLogWriter

@@ -117,7 +117,11 @@ def test_bad_header_name(header: bytes) -> None:
 def test_smuggling_byte_in_a_value(byte: bytes) -> None:
     # CVE-2026-44546: these split lines for str.splitlines().
     _refused(
-        b"GET / HTTP/1.1\r\n" + HOST + b"X-Padding: innocent" + byte + b"X-Secret-Auth: admin-token\r\n\r\n",
+        b"GET / HTTP/1.1\r\n"
+        + HOST
+        + b"X-Padding: innocent"
+        + byte
+        + b"X-Secret-Auth: admin-token\r\n\r\n",
         400,
     )
 
@@ -278,7 +282,11 @@ def test_header_value_is_refused_or_passed_unchanged(value: bytes) -> None:
 
 
 @_SETTINGS
-@given(st.binary(min_size=1, max_size=20).filter(lambda n: b":" not in n and b"\r" not in n and b"\n" not in n))
+@given(
+    st.binary(min_size=1, max_size=20).filter(
+        lambda n: b":" not in n and b"\r" not in n and b"\n" not in n
+    )
+)
 def test_header_name_is_refused_or_passed_lowercased(name: bytes) -> None:
     server = Server()
     conn = server.connect()
@@ -291,7 +299,8 @@ def test_header_name_is_refused_or_passed_lowercased(name: bytes) -> None:
         assert conn.status() == 400
     else:
         assert message is not None
-        expected = [] if b"_" in name else [[lowered, b"v"]]
+        dropped = b"_" in name or lowered == b"daphne-root-path"
+        expected = [] if dropped else [[lowered, b"v"]]
         assert message["headers"] == [[b"host", b"a"], *expected]
 
 

@@ -52,6 +52,7 @@ def refused(h: Harness, client: Client, status: int) -> None:
     assert h.consumer_messages() == []
     assert h.factory.connections == set()
     assert len(h.registry) == 0
+    assert h.access_log.actions == ["rejected"]
 
 
 def failed(h: Harness, client: Client, code: int) -> None:

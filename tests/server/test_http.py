@@ -219,7 +219,9 @@ def test_response_chunks_with_more_content(server: Server) -> None:
 def test_head_response_has_no_body(server: Server) -> None:
     conn = server.connect()
     conn.send(simple_request(b"/", b"", b"HEAD"))
-    server.reply(server.request(), status=200, headers=[[b"content-length", b"5"]], content=b"hello")
+    server.reply(
+        server.request(), status=200, headers=[[b"content-length", b"5"]], content=b"hello"
+    )
     assert conn.written() == b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
     assert not conn.closing
 
@@ -259,6 +261,11 @@ def test_connection_close_from_the_client(server: Server) -> None:
         {"status": 200, "headers": {"x": "y"}},
         {"status": 200, "content": "text, not bytes"},
         {"status": 200, "headers": [[b"content-length", b"1"], [b"content-length", b"2"]]},
+        {
+            "status": 200,
+            "headers": [[b"content-length", b"1"], [b"Content-Length", b"2"]],
+            "content": b"x",
+        },
         {"status": 200, "headers": [[b"content-length", b"-1"]]},
     ],
 )
@@ -297,7 +304,9 @@ def test_bad_chunk_content_cuts_the_connection(server: Server) -> None:
 def test_response_longer_than_content_length_is_cut(server: Server) -> None:
     conn = server.connect()
     conn.send(simple_request())
-    server.reply(server.request(), status=200, headers=[[b"content-length", b"2"]], content=b"okEXTRA")
+    server.reply(
+        server.request(), status=200, headers=[[b"content-length", b"2"]], content=b"okEXTRA"
+    )
     assert conn.written().endswith(b"\r\n\r\nok")
     assert conn.closing
 
@@ -430,6 +439,17 @@ def test_full_request_channel_gives_503() -> None:
     conn.transport.clear()
     conn.send(simple_request(b"/again"))
     assert server.request()["path"] == "/again"
+
+
+def test_full_request_channel_with_pipelined_bodies() -> None:
+    server = Server(channel_capacity={"http.request": 1})
+    server.layer.send("http.request", {"filler": True})
+    conn = server.connect()
+    post = simple_request(b"/p", b"Content-Length: 3\r\n", b"POST") + b"abc"
+    conn.send(post + post + simple_request(b"/g"))
+    assert conn.written().count(b"HTTP/1.1 503 Service Unavailable\r\n") == 3
+    assert b" 400 " not in conn.written()
+    assert not conn.closing
 
 
 def test_http_timeout_gives_503() -> None:
@@ -596,25 +616,29 @@ def test_full_body_channel_pauses_the_client() -> None:
     )
     conn = server.connect()
     data = _body(100)
-    conn.send(simple_request(b"/up", b"Content-Length: 100\r\n", b"POST") + data[:10] + b"!")
+    conn.send(simple_request(b"/up", b"Content-Length: 100\r\n", b"POST") + data[:11])
     message = server.request()
+    assert message["body"] == data[:10]
     assert conn.transport.producerState == "producing"
     conn.send(data[11:50])
     # One chunk fits in the channel; the next one waits and reading stops.
     assert conn.transport.producerState == "paused"
     received = [message["body"]]
-    while True:
+    pending = data[50:]
+    for _ in range(100):
         chunk = server.receive(message["body_channel"])
-        if chunk is None:
-            server.run()
-            if conn.transport.producerState == "producing":
-                conn.send(data[50:])
-            continue
-        received.append(chunk["content"])
-        server.run()
-        if not chunk["more_content"]:
-            break
-    assert b"".join(received) == data[:10] + b"!" + data[11:]
+        if chunk is not None:
+            received.append(chunk["content"])
+            if not chunk["more_content"]:
+                break
+        server.run()  # room in the channel: the waiting chunk goes, reading resumes
+        if pending and conn.transport.producerState == "producing":
+            conn.send(pending)
+            pending = b""
+    else:
+        pytest.fail("the body never completed")
+    assert b"".join(received) == data
+    assert conn.transport.producerState == "producing"
 
 
 def test_client_gone_mid_body_sends_closed() -> None:
@@ -708,7 +732,7 @@ def test_access_log_line(server: Server) -> None:
     conn.send(simple_request(b"/chat/?room=1&session_key=SECRETKEY&x=2"))
     server.reply(server.request(), status=200, content=b"12345")
     assert server.access.getvalue() == (
-        '192.168.1.1 - - [21/Nov/2025:13:55:36 +0000] '
+        "192.168.1.1 - - [21/Nov/2025:13:55:36 +0000] "
         '"GET /chat/?room=1&session_key=[redacted]&x=2 HTTP/1.1" 200 5\n'
     )
     assert "SECRETKEY" not in server.access.getvalue()

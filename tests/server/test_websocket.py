@@ -7,14 +7,25 @@ and shutdown -- over StringTransports, the in-memory layer and a Clock.
 
 from __future__ import annotations
 
+import socket
+import ssl
+import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import twisted.test
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 
-from chanserv.server.websocket import WebSocketProtocol
+from chanserv.layers.inmemory import InMemoryChannelLayer
+from chanserv.server.config import ServerConfig
+from chanserv.server.http import HTTPFactory
+from chanserv.server.replies import ReplyRegistry
+from chanserv.server.websocket import MAX_BACKLOG, WebSocketFactory, WebSocketProtocol
 from tests.server.wshelpers import (
     ACCEPT,
     BINARY,
@@ -26,7 +37,9 @@ from tests.server.wshelpers import (
     close_code,
     frame,
     handshake_request,
+    parse_frames,
 )
+from tests.support import in_reactor, reactor_thread
 
 
 @pytest.fixture
@@ -323,7 +336,14 @@ def test_replies_while_open() -> None:
     h.reply(reply, {"bytes": b""})
     h.reply(reply, {"accept": True})  # ignored when open
     h.reply(reply, {"accept": False})  # ignored too
-    assert client.frames() == [(TEXT, b"a"), (BINARY, b"b"), (TEXT, b""), (BINARY, b"")]
+    h.reply(reply, {"accept": True, "subprotocol": "late", "text": "c"})  # only text counts
+    assert client.frames() == [
+        (TEXT, b"a"),
+        (BINARY, b"b"),
+        (TEXT, b""),
+        (BINARY, b""),
+        (TEXT, b"c"),
+    ]
     assert client.protocol.state == WebSocketProtocol.STATE_OPEN
 
 
@@ -626,3 +646,164 @@ def test_idle_connection_memory() -> None:
     # Python-level bytes per idle open socket, StringTransport included; the
     # DESIGN budget is 10 KB of RSS in total.
     assert per_connection < 6000, per_connection
+
+
+# -- a layer with real round trips ---------------------------------------------------
+
+
+class SlowLayer:
+    """The in-memory layer, with each send's result held until released."""
+
+    def __init__(self, layer: Any) -> None:
+        self._layer = layer
+        self.held: list[tuple[Deferred[None], Deferred[None]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._layer, name)
+
+    def send_twisted(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
+        done = self._layer.send_twisted(channel, message)
+        held: Deferred[None] = Deferred()
+        self.held.append((done, held))
+        return held
+
+    def release(self, count: int = 1) -> None:
+        for _ in range(count):
+            done, held = self.held.pop(0)
+            done.chainDeferred(held)
+
+
+def test_sends_in_flight_keep_order_and_bound_the_backlog() -> None:
+    h = Harness()
+    slow = SlowLayer(h.layer)
+    h.factory.layer = slow
+    client = h.connect()
+    slow.release()  # websocket.connect
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], {"accept": True})
+    _burst(client, MAX_BACKLOG + 10)
+    assert len(slow.held) == 1  # one send in flight, the rest held in order
+    assert client.transport.producerState == "paused"
+    while slow.held:
+        slow.release()
+    assert client.transport.producerState == "producing"
+    got = h.receive_all("websocket.receive")
+    assert [m["text"] for m in got] == [str(i) for i in range(MAX_BACKLOG + 10)]
+    assert [m["order"] for m in got] == list(range(1, MAX_BACKLOG + 11))
+
+
+def test_client_gone_while_connect_is_in_flight() -> None:
+    h = Harness()
+    slow = SlowLayer(h.layer)
+    h.factory.layer = slow
+    client = h.connect()
+    client.lose()
+    assert h.factory.connections  # kept until its messages are out
+    slow.release()  # websocket.connect reaches the layer
+    slow.release()  # and websocket.disconnect after it
+    assert [name for name, _ in h.consumer_messages()] == [
+        "websocket.connect",
+        "websocket.disconnect",
+    ]
+    assert h.factory.connections == set()
+
+
+def test_handshake_timeout_covers_the_connect_send() -> None:
+    h = Harness(websocket_handshake_timeout=3, websocket_connect_timeout=60)
+    slow = SlowLayer(h.layer)
+    h.factory.layer = slow
+    client = h.connect()
+    h.tick(2.5)
+    assert not client.transport.disconnecting
+    h.tick(1)
+    assert client.transport.disconnected  # websocket.connect never made it: dropped
+    assert client.transport.value() == b""
+
+
+def test_abort_all_cuts_and_still_disconnects() -> None:
+    h = Harness(channel_capacity={"websocket.receive": 1})
+    client, _ = h.open()
+    _burst(client, 3)
+    h.factory.abort_all()
+    assert client.transport.disconnected
+    client.lose()
+    assert len(h.receive_all("websocket.receive")) == 1
+    disconnect = h.receive("websocket.disconnect")
+    assert disconnect is not None and disconnect["order"] == 2
+    assert h.factory.connections == set()
+
+
+# -- real sockets: the hand-over from a live TCP or TLS transport ---------------------------
+
+PEM = str(Path(twisted.test.__file__).with_name("server.pem"))
+
+
+def _recv_until(sock: Any, marker: bytes) -> bytes:
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed early: %r" % (data,)
+        data += chunk
+    return data
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pyOpenSSL, loading the PEM
+@pytest.mark.parametrize("secure", [False, True])
+def test_over_real_sockets(secure: bool) -> None:
+    reactor = reactor_thread()
+    layer = InMemoryChannelLayer()
+
+    def start() -> Deferred[Any]:
+        layer.attach_reactor(reactor)
+        registry = ReplyRegistry(layer)
+        registry.startService()
+        config = ServerConfig()
+        ws = WebSocketFactory(reactor, layer, registry, config, None)
+        site = HTTPFactory(reactor, layer, registry, config, websocket_factory=ws)
+        description = (
+            "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (PEM, PEM)
+            if secure
+            else "tcp:0:interface=127.0.0.1"
+        )
+        return serverFromString(reactor, description).listen(site)
+
+    port = in_reactor(start)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+        if secure:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            sock = context.wrap_socket(sock)
+        with sock:
+            # A frame sent along with the upgrade must wait for the accept.
+            sock.sendall(handshake_request() + frame(TEXT, b"early"))
+            _, connect = layer.receive(["websocket.connect"], block=True)
+            assert connect is not None
+            assert connect["scheme"] == ("wss" if secure else "ws")
+            layer.send(connect["reply_channel"], {"accept": True})
+            head, _, rest = _recv_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 ")
+            _, received = layer.receive(["websocket.receive"], block=True)
+            assert received is not None and received["text"] == "early"
+            sock.sendall(frame(BINARY, b"\x00" * 100_000))
+            _, received = layer.receive(["websocket.receive"], block=True)
+            assert received is not None and received["bytes"] == b"\x00" * 100_000
+            layer.send(connect["reply_channel"], {"text": "bye", "close": 4000})
+            data = rest
+            while len(parse_frames(data)) < 2:
+                data += sock.recv(65536)
+            frames = parse_frames(data)
+            assert frames[0] == (TEXT, b"bye") and close_code(frames[1][1]) == 4000
+            sock.sendall(frame(CLOSE, struct.pack("!H", 4000)))
+            try:  # the server drops the TCP connection (autobahn aborts it)
+                assert sock.recv(65536) == b""
+            except ConnectionResetError:
+                pass
+            _, disconnect = layer.receive(["websocket.disconnect"], block=True)
+            assert disconnect is not None and disconnect["code"] == 4000
+            assert disconnect["order"] == 3
+    finally:
+        in_reactor(port.stopListening)
+        in_reactor(layer.detach_reactor)

@@ -1,8 +1,8 @@
 """
 Test plumbing for the WebSocket protocol tests: a factory wired to the
 in-memory layer and a ``ClockReactor``, upgrade requests parsed by the real
-HTTP side (``HTTPFactory``) over a ``StringTransport``, and a minimal client side that
-builds masked frames with ``struct`` and reads the server's frames back.
+HTTP side (``HTTPFactory``) over a ``StringTransport``, and a minimal client
+that builds masked frames with ``struct`` and reads the server's frames back.
 """
 
 from __future__ import annotations

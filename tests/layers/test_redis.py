@@ -1,0 +1,591 @@
+"""
+The Redis channel layer against real ``redis-server`` processes started on
+free ports (:mod:`tests.redisserver`): the layer contract on one host and on
+two shards, then what only the Redis layer promises -- one round trip per
+shard for a group send, nothing left behind, encryption, the synchronous
+face from a process with no reactor, and the faults (Redis down at
+start-up, restarted, frozen).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import unittest
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+
+from chanserv.exceptions import ChannelFull
+from chanserv.layers.redis import RedisChannelLayer, RedisTimeout, RedisUnavailable
+from chanserv.layers.redis_config import parse_hosts
+from chanserv.layers.redis_scripts import glob_to_lua
+from tests.layers.contract import LayerContractTests
+from tests.redisserver import RedisServer
+from tests.support import in_reactor, reactor_thread
+
+_servers: dict[str, RedisServer] = {}
+_prefixes = itertools.count(1)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def server(name: str) -> RedisServer:
+    """A redis-server for this module, started on first use."""
+    if name not in _servers:
+        s = RedisServer()
+        s.start()
+        _servers[name] = s
+    return _servers[name]
+
+
+def tearDownModule() -> None:
+    for s in _servers.values():
+        s.cleanup()
+    _servers.clear()
+
+
+def new_layer(hosts: list[Any], **config: Any) -> RedisChannelLayer:
+    """A layer with its own key prefixes, attached to the test reactor."""
+    n = next(_prefixes)
+    config.setdefault("connection_kwargs", {})
+    config["connection_kwargs"] = {
+        "socket_timeout": 2,
+        "reconnect_max_delay": 1,
+        **config["connection_kwargs"],
+    }
+    config.setdefault("blpop_timeout", 1)
+    layer = RedisChannelLayer(hosts=hosts, prefix="t%d:" % n, stats_prefix="tm%d:" % n, **config)
+    in_reactor(layer.attach_reactor, reactor_thread())
+    return layer
+
+
+def close(layer: RedisChannelLayer) -> None:
+    in_reactor(layer.detach_reactor, timeout=30)
+
+
+def settle(*layers: RedisChannelLayer, timeout: float = 10.0) -> None:
+    """Wait until the layers have nothing in motion (see quiescent_twisted)."""
+    deadline = time.monotonic() + timeout
+    while not all(in_reactor(layer.quiescent_twisted) for layer in layers):
+        if time.monotonic() > deadline:
+            raise AssertionError("the Redis layer did not settle in %ss" % timeout)
+
+
+def wait_up(layer: RedisChannelLayer, timeout: float = 15.0) -> None:
+    """Wait (pushed by the shards, not polled) until every shard is up."""
+    for shard in layer.shards:
+        in_reactor(shard.when_up, timeout=timeout)
+
+
+class RedisContractMixin(LayerContractTests):
+    """The contract on real Redis: time is real, results come over sockets."""
+
+    def hosts(self) -> list[Any]:
+        raise NotImplementedError()
+
+    def setUp(self) -> None:
+        self.layers: list[RedisChannelLayer] = []
+        super().setUp()
+
+    def tearDown(self) -> None:
+        for layer in self.layers:
+            in_reactor(layer.flush_twisted)
+            close(layer)
+        super().tearDown()
+
+    def make_layer(self, **config: Any) -> RedisChannelLayer:
+        layer = new_layer(self.hosts(), **config)
+        self.layers.append(layer)
+        return layer
+
+    def advance(self, seconds: float) -> None:
+        time.sleep(seconds)  # the server's clock
+
+    def run_reactor_face(self, f: Any, *args: Any) -> Any:
+        return in_reactor(f, *args)
+
+    def start_reactor_face(self, f: Any, *args: Any) -> Any:
+        return in_reactor(lambda: [f(*args)])[0]
+
+    def settle(self) -> None:
+        settle(*self.layers)
+
+    def result_of(self, d: Deferred[Any]) -> Any:
+        return in_reactor(lambda: d)
+
+    def test_local_receiver_batches(self) -> None:
+        """
+        Messages queued before the receiver reads its list arrive in one
+        call; over a network, later ones arrive in order, in batches of
+        whatever was there when the receiver got back to Redis.
+        """
+        layer = self.layer
+        for n in (1, 2, 3):
+            layer.send("lr!%s" % "aba"[n - 1], {"n": n})
+        calls = self.local_receiver(layer, "lr!")
+        self.settle()
+        self.assertEqual(calls, [[("lr!a", {"n": 1}), ("lr!b", {"n": 2}), ("lr!a", {"n": 3})]])
+        for n in (4, 5, 6):
+            layer.send("lr!c", {"n": n})
+        self.settle()
+        self.assertEqual([m["n"] for batch in calls for _, m in batch], [1, 2, 3, 4, 5, 6])
+        self.assert_nothing(["lr!"])
+
+
+class TestRedisContract(RedisContractMixin, unittest.TestCase):
+    def hosts(self) -> list[Any]:
+        return [server("a").url]
+
+
+class TestShardedRedisContract(RedisContractMixin, unittest.TestCase):
+    def hosts(self) -> list[Any]:
+        return [server("a").url, server("b").address]
+
+
+class RedisTestCase(unittest.TestCase):
+    def layer(self, hosts: list[Any] | None = None, **config: Any) -> RedisChannelLayer:
+        layer = new_layer(hosts or [server("a").url], **config)
+        self.addCleanup(close, layer)
+        self.addCleanup(lambda: in_reactor(layer.flush_twisted) if layer.reactor else None)
+        return layer
+
+    def keys(self, layer: RedisChannelLayer, s: RedisServer | None = None) -> list[str]:
+        return (s or server("a")).keys(layer.prefix + "*")
+
+
+class TestConfiguration(unittest.TestCase):
+    def test_hosts(self) -> None:
+        with self.assertRaises(ValueError):
+            RedisChannelLayer(hosts="redis://localhost:6379")
+        addresses = parse_hosts(
+            ["redis://:s%40cret@h1:7000/3", ("h2", 7001), "rediss://user:pw@h3?db=2", "redis://h4"],
+            {"password": "default"},
+        )
+        self.assertEqual(
+            [(a.host, a.port, a.db, a.password, a.username, a.tls) for a in addresses],
+            [
+                ("h1", 7000, 3, "s@cret", None, False),
+                ("h2", 7001, None, "default", None, False),
+                ("h3", 6379, 2, "pw", "user", True),
+                ("h4", 6379, None, "default", None, False),
+            ],
+        )
+        self.assertEqual([str(a) for a in parse_hosts(None)], ["redis://localhost:6379/0"])
+        for bad in (["unix:///tmp/r.sock"], [("h", "6379")], [42], ["redis://h/x"]):
+            with self.subTest(hosts=bad), self.assertRaises(ValueError):
+                RedisChannelLayer(hosts=bad)
+
+    def test_options(self) -> None:
+        layer = RedisChannelLayer(
+            connection_kwargs={"socket_timeout": 0.5, "socket_keepalive": True}
+        )
+        self.assertEqual(layer.reply_timeout, 0.5)
+        self.assertEqual(layer.extensions, ["groups", "flush", "statistics", "twisted"])
+        self.assertFalse(layer.local_only)
+        for bad in (
+            {"connection_kwargs": {"socket_timout": 1}},
+            {"connection_kwargs": {"socket_timeout": 0}},
+            {"prefix": "with space:"},
+            {"prefix": ""},
+            {"prefix": "asgi:", "stats_prefix": "asgi:meta:"},
+            {"symmetric_encryption_keys": "one-string"},
+            {"blpop_timeout": 0},
+        ):
+            with self.subTest(config=bad), self.assertRaises(ValueError):
+                RedisChannelLayer(**bad)
+
+    def test_globs_become_equivalent_lua_patterns(self) -> None:
+        globs = ["http.*", "http.request", "a?c", "[ab]x*", "[!a-c]*", "*.x-y_z", "d*!", "*"]
+        names = ["http.request", "http.", "httpxrequest", "abc", "a.c", "ax", "bxx", "cx", "dx"]
+        names += ["q.x-y_z", "d.r!", "d!", "", "x"]
+        pairs = [(g, n) for g in globs for n in names]
+        script = (
+            "local out = {} for i = 1, #ARGV, 2 do "
+            "out[#out + 1] = string.match(ARGV[i + 1], ARGV[i]) and 1 or 0 end return out"
+        )
+        args = [x for g, n in pairs for x in (glob_to_lua(g) or "", n)]
+        lua = server("a").cli("EVAL", script, "0", *args).split()
+        expected = ["1" if fnmatch.fnmatchcase(n, g) else "0" for g, n in pairs]
+        self.assertEqual(
+            list(zip(pairs, lua, strict=True)), list(zip(pairs, expected, strict=True))
+        )
+        for untranslatable in ("[", "[a", "[%]", "[z-a]"):
+            self.assertIsNone(glob_to_lua(untranslatable))
+
+    def test_sync_face_refuses_the_reactor_thread(self) -> None:
+        layer = RedisChannelLayer(hosts=[server("a").url])
+        with self.assertRaisesRegex(RuntimeError, "reactor thread"):
+            in_reactor(layer.send, "x", {})
+
+    def test_password_and_database(self) -> None:
+        s = RedisServer(args=["--requirepass", "pa ss"], password="pa ss")
+        s.start()
+        self.addCleanup(s.cleanup)
+        layer = new_layer(["redis://:pa%20ss@127.0.0.1:%d/3" % s.port])
+        self.addCleanup(close, layer)
+        layer.send("db3", {"n": 1})
+        self.assertEqual(s.keys(layer.prefix + "db3", db=3), [layer.prefix + "db3"])
+        self.assertEqual(s.keys(layer.prefix + "*", db=0), [])
+        self.assertEqual(layer.receive(["db3"]), ("db3", {"n": 1}))
+
+
+class TestRedisSpecifics(RedisTestCase):
+    def test_group_send_is_one_round_trip_per_shard(self) -> None:
+        a, b = server("a"), server("b")
+        layer = self.layer([a.url, b.url], capacity=1000)
+        members = ["gm%d" % i for i in range(60)] + ["gp%d!m%d" % (i % 4, i) for i in range(140)]
+        for member in members:
+            layer.group_add("big", member)
+        on_shard = [
+            sum(layer.consistent_hash(layer.non_local_name(m)) == i for m in members)
+            for i in (0, 1)
+        ]
+        self.assertTrue(all(on_shard), "both shards hold members")
+        layer.send_group("big", {"warm": "up"})  # loads the scripts
+        for s in (a, b):
+            s.cli("CONFIG", "RESETSTAT")
+        layer.send_group("big", {"n": 1})
+        for s in (a, b):
+            calls = s.command_calls()
+            data_calls = {k: v for k, v in calls.items() if k not in ("info", "config|resetstat")}
+            self.assertEqual(data_calls, {"evalsha": 1})
+        received = {
+            name: [m for _, m in self.drain(layer, [name])] for name in members if "!" not in name
+        }
+        for prefix in ("gp0!", "gp1!", "gp2!", "gp3!"):
+            for channel, message in self.drain(layer, [prefix]):
+                received.setdefault(channel, []).append(message)
+        self.assertEqual(received, {m: [{"warm": "up"}, {"n": 1}] for m in members})
+
+    @staticmethod
+    def drain(layer: RedisChannelLayer, channels: list[str]) -> list[Any]:
+        batch = in_reactor(layer._start_receive, channels, 1000, False, False, layer.decode_items)
+        return list(batch)
+
+    def test_a_receive_deletes_the_body(self) -> None:
+        layer = self.layer()
+        for i in range(5):
+            layer.send("body", {"i": i})
+            layer.send("body.local!%d" % i, {"i": i})
+        layer.group_add("bg", "body.local!x")
+        layer.group_add("bg", "body")
+        layer.group_add("bg", "body2")
+        layer.send_group("bg", {"group": True})
+        self.assertEqual(len(self.drain(layer, ["body", "body.local!"])), 12)
+        self.assertEqual(in_reactor(layer.receive_many_twisted, ["body2"], 10)[0][0], "body2")
+        leftover = [k for k in self.keys(layer) if ":group" not in k]
+        self.assertEqual(leftover, [])
+
+    def test_regex_capacity_in_group_sends(self) -> None:
+        layer = self.layer(channel_capacity={re.compile(r"^lim\."): 1, "other": 3})
+        for member in ("lim.a", "lim.b", "free"):
+            layer.group_add("rg", member)
+        layer.send_group("rg", {"n": 1})
+        layer.send_group("rg", {"n": 2})
+        self.assertEqual([m["n"] for _, m in self.drain(layer, ["lim.a"])], [1])
+        self.assertEqual([m["n"] for _, m in self.drain(layer, ["free"])], [1, 2])
+
+    def test_encryption_stores_nothing_readable(self) -> None:
+        layer = self.layer(symmetric_encryption_keys=["first key", b"older key"])
+        secret = "the secret text"
+        layer.group_add("crypt", "crypt!member")
+        layer.send("crypt", {"text": secret, "bytes": b"secret bytes"})
+        layer.send_group("crypt", {"text": secret})
+        s = server("a")
+        values = []
+        for key in self.keys(layer):
+            kind = s.cli("TYPE", key)
+            if kind == "string":
+                values.append(s.cli("GET", key))
+            elif kind == "list":
+                values.append(s.cli("LRANGE", key, "0", "-1"))
+        self.assertTrue(values)
+        for value in values:
+            self.assertNotIn("secret", value)
+        self.assertEqual(layer.receive(["crypt"])[1], {"text": secret, "bytes": b"secret bytes"})
+        self.assertEqual(layer.receive(["crypt!"]), ("crypt!member", {"text": secret}))
+
+    def test_a_retired_key_still_decrypts(self) -> None:
+        old = self.layer(symmetric_encryption_keys=["old key"])
+        old.send("rotate", {"n": 1})
+        old.send("rotate", {"n": 2})
+        rotated = RedisChannelLayer(
+            hosts=[server("a").url],
+            prefix=old.prefix,
+            stats_prefix=old.stats_prefix,
+            symmetric_encryption_keys=["new key", "old key"],
+        )
+        self.assertEqual(rotated.receive(["rotate"]), ("rotate", {"n": 1}))
+        new_only = RedisChannelLayer(
+            hosts=[server("a").url],
+            prefix=old.prefix,
+            stats_prefix=old.stats_prefix,
+            symmetric_encryption_keys=["new key"],
+        )
+        # Not readable without the old key: dropped (and logged), never garbage.
+        self.assertEqual(new_only.receive(["rotate"]), (None, None))
+        rotated.send("rotate", {"n": 3})
+        self.assertEqual(old.receive(["rotate"]), (None, None))  # encrypted with "new key"
+        for other in (rotated, new_only):
+            close(other)
+
+    def test_plain_process_without_a_reactor_sends(self) -> None:
+        """A script (no reactor of its own) sends with Channel and Group."""
+        layer = self.layer()
+        batches: list[Any] = []
+        got_group = threading.Event()
+
+        def receiver(batch: list[Any]) -> None:
+            batches.append(batch)
+            got_group.set()
+
+        in_reactor(layer.add_local_receiver, "sockets!", receiver)
+        layer.group_add("chat", "sockets!one")
+        script = """
+import json, sys
+from django.conf import settings
+settings.configure(CHANNEL_LAYERS={"default": {
+    "BACKEND": "asgi_redis.RedisChannelLayer",
+    "CONFIG": json.loads(sys.argv[1]),
+    "ROUTING": [],
+}})
+import django
+django.setup()
+from twisted.internet import reactor
+assert not reactor.running
+from chanserv import Channel, Group
+Channel("chat-messages").send({"text": "from cron"})
+Group("chat").send({"text": "to the group"})
+print("sent")
+"""
+        config = {
+            "hosts": [server("a").url],
+            "prefix": layer.prefix,
+            "stats_prefix": layer.stats_prefix,
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", script, json.dumps(config)],
+            capture_output=True,
+            timeout=30,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": ROOT},
+        )
+        self.assertEqual(result.returncode, 0, result.stderr.decode())
+        self.assertEqual(result.stdout.strip(), b"sent")
+        self.assertEqual(layer.receive(["chat-messages"]), ("chat-messages", {"text": "from cron"}))
+        self.assertTrue(got_group.wait(10))
+        self.assertEqual(batches, [[("sockets!one", {"text": "to the group"})]])
+
+    def test_cancelled_pop_is_pushed_back_in_order(self) -> None:
+        """A BLPOP that cannot be ended early puts what it took back first."""
+        layer = self.layer()
+        d = in_reactor(lambda: [layer.receive_many_twisted(["pb"], 5)])[0]
+        settle(layer)  # blocked in BLPOP on the server
+
+        def cancel_then_send() -> Deferred[None]:
+            for proto in layer.shards[0]._blocking_all:
+                proto.client_id = None  # as with Redis < 5: no CLIENT UNBLOCK
+            d.cancel()
+            return layer.send_twisted("pb", {"n": 1})
+
+        in_reactor(cancel_then_send)
+        with self.assertRaises(CancelledError):
+            in_reactor(lambda: d)
+        layer.send("pb", {"n": 2})
+        settle(layer, timeout=5)
+        self.assertEqual([m["n"] for _, m in self.drain(layer, ["pb"])], [1, 2])
+
+    def test_detach_leaves_messages_in_redis(self) -> None:
+        """Detaching ends the pops in flight: later messages stay for others."""
+        layer = new_layer([server("a").url])
+        pending = in_reactor(lambda: [layer.receive_many_twisted(["dt"], 1)])[0]
+        in_reactor(layer.add_local_receiver, "dt!", lambda batch: None)
+        settle(layer)
+        close(layer)
+        with self.assertRaises(CancelledError):
+            in_reactor(lambda: pending)
+        self.assertEqual(server("a").cli("CLIENT", "LIST", "TYPE", "normal").count("cmd=blpop"), 0)
+        other = self.layer()
+        other.prefix, other.stats_prefix = layer.prefix, layer.stats_prefix
+        other.send("dt", {"n": 1})
+        other.send("dt!x", {"n": 2})
+        self.assertEqual(other.receive(["dt"]), ("dt", {"n": 1}))
+        self.assertEqual(other.receive(["dt!"]), ("dt!x", {"n": 2}))
+
+    def test_when_capacity_rechecks_for_other_processes(self) -> None:
+        layer = self.layer(capacity=2)
+        elsewhere = RedisChannelLayer(
+            hosts=[server("a").url], prefix=layer.prefix, stats_prefix=layer.stats_prefix
+        )
+        self.addCleanup(close, elsewhere)
+        layer.send("wc", {})
+        layer.send("wc", {})
+        d = in_reactor(lambda: [layer.when_capacity_twisted("wc")])[0]
+        self.assertFalse(in_reactor(lambda: d.called))
+        self.assertEqual(elsewhere.receive(["wc"])[0], "wc")  # another "process" makes room
+        in_reactor(lambda: d)
+        layer.send("wc", {})
+        with self.assertRaises(ChannelFull):
+            layer.send("wc", {})
+
+    def test_send_prepared_wait(self) -> None:
+        layer = self.layer(capacity=1)
+        layer.send("spw", {"n": 1})
+        data = layer.prepare({"n": 2})
+        with self.assertRaises(ChannelFull):
+            layer.send_prepared_wait("spw", data, 0.2)
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (layer.send_prepared_wait("spw", data, 10), done.set()))
+        t.start()
+        self.assertEqual(layer.receive(["spw"]), ("spw", {"n": 1}))
+        t.join(10)
+        self.assertTrue(done.is_set())
+        self.assertEqual(layer.receive(["spw"]), ("spw", {"n": 2}))
+
+
+class TestRedisFaults(RedisTestCase):
+    def test_redis_down_at_start_up(self) -> None:
+        s = RedisServer()  # not started: nothing listens on its port
+        self.addCleanup(s.cleanup)
+        layer = self.layer([s.url])  # attaching is fine
+        with self.assertRaises(RedisUnavailable) as raised:
+            layer.send("down", {})
+        self.assertNotIsInstance(raised.exception, RedisTimeout)  # failed fast
+        with self.assertRaises(RedisUnavailable):
+            layer.receive(["down"], block=True)
+        with self.assertRaises(RedisUnavailable):
+            in_reactor(layer.receive_many_twisted, ["down"], 1)
+        batches: list[Any] = []
+        arrived = threading.Event()
+        in_reactor(layer.add_local_receiver, "down!", lambda b: (batches.append(b), arrived.set()))
+        s.start()
+        wait_up(layer)
+        layer.send("down", {"n": 1})
+        layer.send("down!x", {"n": 2})
+        self.assertEqual(layer.receive(["down"]), ("down", {"n": 1}))
+        self.assertTrue(arrived.wait(10))
+        self.assertEqual(batches, [[("down!x", {"n": 2})]])
+
+    def test_redis_restart_mid_traffic(self) -> None:
+        s = RedisServer()
+        s.start()
+        self.addCleanup(s.cleanup)
+        layer = self.layer([s.url], capacity=10_000)
+        received: list[int] = []
+        in_reactor(layer.add_local_receiver, "rs!", lambda b: received.extend(m["i"] for _, m in b))
+        acked: list[int] = []
+        failed: list[int] = []
+        errors: list[BaseException] = []
+        restarted = threading.Event()
+        acked_after_restart: list[int] = []
+        enough = [threading.Event(), threading.Event()]
+        stop = threading.Event()
+
+        def send() -> None:
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                try:
+                    layer.send("rs!x", {"i": i})
+                except RedisUnavailable:
+                    failed.append(i)
+                    continue
+                except BaseException as e:  # pragma: no cover - reported below
+                    errors.append(e)
+                    enough[0].set()
+                    enough[1].set()
+                    return
+                after = restarted.is_set()
+                done = acked_after_restart if after else acked
+                done.append(i)
+                if len(done) >= 200:
+                    enough[after].set()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        self.assertTrue(enough[0].wait(30))
+        s.restart()  # loses everything: --save '' --appendonly no
+        restarted.set()
+        wait_up(layer)
+        self.assertTrue(enough[1].wait(30))
+        stop.set()
+        sender.join(30)
+        self.assertFalse(sender.is_alive(), "a send hung")
+        self.assertEqual(errors, [])
+        self.assertTrue(failed, "some sends failed while Redis was away")
+        settle(layer)
+        self.assertEqual(len(received), len(set(received)), "a message was delivered twice")
+        self.assertLessEqual(set(received), set(acked) | set(acked_after_restart) | set(failed))
+        self.assertLessEqual(set(acked_after_restart), set(received))
+        self.assertGreaterEqual(s.command_calls().get("eval", 0), 1)  # scripts reloaded
+
+    def test_redis_frozen(self) -> None:
+        s = RedisServer()
+        s.start()
+        self.addCleanup(s.cleanup)
+        layer = self.layer([s.url], connection_kwargs={"socket_timeout": 0.5}, blpop_timeout=0.5)
+        batches: list[Any] = []
+        arrived = threading.Event()
+        in_reactor(layer.add_local_receiver, "fz!", lambda b: (batches.append(b), arrived.set()))
+        waiting = in_reactor(lambda: [layer.receive_many_twisted(["fz"], 1)])[0]
+        settle(layer)
+        s.freeze()
+        try:
+            with self.assertRaises(RedisTimeout):
+                layer.send("fz.lost", {})  # may or may not have happened
+            with self.assertRaises(RedisUnavailable):
+                in_reactor(lambda: waiting)  # the blocking pop timed out too
+            with self.assertRaises(RedisUnavailable):
+                layer.receive(["fz"], block=True)
+            # While it is down, nothing piles up: commands fail at once.
+            shard = layer.shards[0]
+            self.assertNotEqual(shard.state, "up")
+            with self.assertRaises(RedisUnavailable) as raised:
+                layer.send("fz.lost", {})
+            self.assertNotIsInstance(raised.exception, RedisTimeout)
+        finally:
+            s.thaw()
+        wait_up(layer)
+        layer.send("fz", {"n": 1})
+        self.assertEqual(layer.receive(["fz"], block=True), ("fz", {"n": 1}))
+        layer.send("fz!a", {"n": 2})
+        self.assertTrue(arrived.wait(10))
+        self.assertEqual(batches, [[("fz!a", {"n": 2})]])
+
+    def test_commands_in_flight_are_bounded(self) -> None:
+        s = RedisServer()
+        s.start()
+        self.addCleanup(s.cleanup)
+        layer = self.layer([s.url], connection_kwargs={"socket_timeout": 0.5})
+        layer.send("bound", {})
+        layer.shards[0].max_pending = 5
+        s.freeze()
+        try:
+            results = in_reactor(
+                lambda: Deferred.fromCoroutine(self._send_many(layer, 20)), timeout=10
+            )
+        finally:
+            s.thaw()
+        self.assertEqual(results.count("overloaded"), 15)
+        self.assertEqual(results.count("timeout"), 5)
+
+    @staticmethod
+    async def _send_many(layer: RedisChannelLayer, n: int) -> list[str]:
+        sends = [layer.send_twisted("bound", {"i": i}) for i in range(n)]
+        results = []
+        for d in sends:
+            try:
+                await d
+                results.append("sent")
+            except RedisTimeout:
+                results.append("timeout")
+            except RedisUnavailable:
+                results.append("overloaded")
+        return results

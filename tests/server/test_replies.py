@@ -1,0 +1,137 @@
+"""The reply-channel registry over the in-memory layer."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from chanserv.layers.inmemory import InMemoryChannelLayer
+from chanserv.server.replies import ReplyRegistry
+from tests.support import ClockReactor
+
+
+class Recorder:
+    def __init__(self, fail: bool = False) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.fail = fail
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        if self.fail:
+            raise RuntimeError("boom")
+
+
+@pytest.fixture
+def clock() -> ClockReactor:
+    return ClockReactor()
+
+
+@pytest.fixture
+def layer(clock: ClockReactor) -> InMemoryChannelLayer:
+    layer = InMemoryChannelLayer(clock=clock)
+    layer.attach_reactor(clock)
+    return layer
+
+
+@pytest.fixture
+def registry(layer: InMemoryChannelLayer) -> ReplyRegistry:
+    registry = ReplyRegistry(layer)
+    registry.startService()
+    return registry
+
+
+def test_prefix_and_names(registry: ReplyRegistry, layer: InMemoryChannelLayer) -> None:
+    assert re.fullmatch(r"chanserv\.response\.[A-Za-z]{12}!", registry.prefix)
+    assert layer.valid_channel_name(registry.prefix, receive=True)
+    names = {registry.new_reply_channel() for _ in range(1000)}
+    assert len(names) == 1000
+    for name in names:
+        assert re.fullmatch(re.escape(registry.prefix) + r"[A-Za-z]{16}", name)
+        assert layer.valid_channel_name(name)
+
+
+def test_each_registry_has_its_own_prefix(layer: InMemoryChannelLayer) -> None:
+    assert ReplyRegistry(layer).prefix != ReplyRegistry(layer).prefix
+
+
+def test_replies_reach_their_connection_in_order(
+    registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
+) -> None:
+    a, b = Recorder(), Recorder()
+    name_a, name_b = registry.new_reply_channel(), registry.new_reply_channel()
+    registry.register(name_a, a)
+    registry.register(name_b, b)
+    for i in range(3):
+        layer.send(name_a, {"n": i})
+        layer.send(name_b, {"m": i})
+    assert a.messages == []  # delivered on the reactor, in one batch
+    clock.run_pending()
+    assert a.messages == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert b.messages == [{"m": 0}, {"m": 1}, {"m": 2}]
+
+
+def test_unknown_channel_is_dropped_and_others_still_delivered(
+    registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
+) -> None:
+    a = Recorder()
+    name = registry.new_reply_channel()
+    registry.register(name, a)
+    layer.send(registry.new_reply_channel(), {"lost": True})
+    layer.send(name, {"found": True})
+    clock.run_pending()
+    assert a.messages == [{"found": True}]
+
+
+def test_a_failing_connection_does_not_stop_the_batch(
+    registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
+) -> None:
+    bad, good = Recorder(fail=True), Recorder()
+    bad_name, good_name = registry.new_reply_channel(), registry.new_reply_channel()
+    registry.register(bad_name, bad)
+    registry.register(good_name, good)
+    layer.send(bad_name, {"x": 1})
+    layer.send(good_name, {"y": 2})
+    clock.run_pending()
+    assert bad.messages == [{"x": 1}]
+    assert good.messages == [{"y": 2}]
+
+
+def test_unregister(
+    registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
+) -> None:
+    a = Recorder()
+    name = registry.new_reply_channel()
+    registry.register(name, a)
+    assert name in registry and len(registry) == 1
+    registry.unregister(name)
+    registry.unregister(name)  # no-op
+    layer.send(name, {"x": 1})
+    clock.run_pending()
+    assert a.messages == []
+    assert len(registry) == 0
+
+
+def test_register_checks_names(registry: ReplyRegistry) -> None:
+    with pytest.raises(ValueError):
+        registry.register("chanserv.response.other!abc", Recorder())
+    name = registry.new_reply_channel()
+    registry.register(name, Recorder())
+    with pytest.raises(ValueError):
+        registry.register(name, Recorder())
+
+
+def test_stop_removes_the_local_receiver(
+    registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
+) -> None:
+    a = Recorder()
+    name = registry.new_reply_channel()
+    registry.register(name, a)
+    d = registry.stopService()
+    assert d.called
+    layer.send(name, {"after": True})
+    clock.run_pending()
+    assert a.messages == []
+    # The message stays queued for the prefix instead.
+    assert layer.receive([registry.prefix]) == (name, {"after": True})
