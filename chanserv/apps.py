@@ -21,4 +21,4 @@ class ChanservConfig(AppConfig):
 
             from chanserv.management.commands.runserver import Command
 
-            runserver.Command = Command  # type: ignore[misc]
+            runserver.Command = Command

@@ -37,10 +37,10 @@ from django.core.exceptions import BadRequest, RequestDataTooBig
 from django.core.handlers import base
 from django.urls import set_script_prefix
 from django.utils.functional import cached_property
-from twisted.logger import Logger
 
 from chanserv.exceptions import RequestAborted, RequestTimeout
 from chanserv.exceptions import ResponseLater as _ResponseLater
+from chanserv.log import Logger
 
 __all__ = ["AsgiHandler", "AsgiRequest", "ViewConsumer"]
 

@@ -16,9 +16,8 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
-
 from chanserv.exceptions import ChannelFull
+from chanserv.log import Logger
 
 if TYPE_CHECKING:
     from chanserv.channel import Channel

@@ -70,11 +70,11 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError
-from twisted.logger import Logger
 
 from chanserv.exceptions import ChannelFull, ConsumeLater
 from chanserv.layers.base import MAX_NAME_LENGTH
 from chanserv.locks import SocketState, Turn, socket_locks
+from chanserv.log import Logger
 
 if TYPE_CHECKING:
     from django.contrib.sessions.backends.base import SessionBase

@@ -11,13 +11,17 @@ last.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
-from twisted.logger import Logger
+
+from chanserv.log import Logger
 
 log = Logger()
+
+_GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 __all__ = ["ChanservService", "LayerService"]
 
@@ -49,9 +53,10 @@ class ChanservService(MultiService):
     reverse start order; ``ready_message`` is logged once all have started.
     """
 
-    def __init__(self, ready_message: str = "chanserv ready") -> None:
+    def __init__(self, ready_message: str = "chanserv ready", reactor: Any = None) -> None:
         super().__init__()
         self.ready_message = ready_message
+        self._reactor = reactor
 
     def startService(self) -> None:
         super().startService()
@@ -60,10 +65,18 @@ class ChanservService(MultiService):
     @inlineCallbacks
     def stopService(self) -> Any:
         Service.stopService(self)
+        clean = True
         for child in reversed(list(self)):
             assert IService.providedBy(child)
             try:
                 yield maybeDeferred(child.stopService)
             except Exception:
+                clean = False
                 log.failure("Error stopping {service}", service=child)
         log.info("chanserv stopped")
+        if clean and getattr(self._reactor, "_exitSignal", None) in _GRACEFUL_SIGNALS:
+            # twistd re-kills itself with the signal that stopped the reactor
+            # so that the exit status says "killed by SIGTERM".  A SIGTERM or
+            # SIGINT that led to a complete, orderly stop is a normal exit:
+            # report it as 0, which process supervisors treat as success.
+            self._reactor._exitSignal = None

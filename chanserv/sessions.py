@@ -39,11 +39,11 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase
-from twisted.logger import Logger
 
 from chanserv.channel import Channel
 from chanserv.exceptions import ConsumeLater
 from chanserv.locks import socket_locks
+from chanserv.log import Logger
 from chanserv.message import Message
 from chanserv.ordering import enforce_ordering, requeue_messages
 

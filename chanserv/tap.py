@@ -16,10 +16,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.application.service import IService
 from twisted.python import usage
 
 from chanserv.server.options import ServerOptionsMixin, server_config_from_options
+from chanserv.service import ChanservService
 
 __all__ = ["DEFAULT_THREADS", "Options", "build_service", "makeService"]
 
@@ -150,10 +150,13 @@ class Options(ServerOptionsMixin, usage.Options):
         self["channel_layer"] = wrapper
 
 
-def makeService(options: Options) -> IService:
+def makeService(options: Options) -> ChanservService:
     """Build the service tree for ``options`` (already checked)."""
     from twisted.internet import reactor
 
+    from chanserv.log import set_verbosity
+
+    set_verbosity(options["verbosity"])
     return build_service(
         reactor,
         mode=options["mode"],
@@ -178,7 +181,7 @@ def build_service(
     exclude_channels: Sequence[str] = (),
     graceful_timeout: float = 30.0,
     verbosity: int = 1,
-) -> IService:
+) -> ChanservService:
     """
     The service tree of one process: the layer, then (``all``/``worker``)
     the pool and the worker, then (``all``/``interface``) the interface
@@ -186,7 +189,7 @@ def build_service(
     ``runworker`` management commands.
     """
     from chanserv.server.site import InterfaceServer
-    from chanserv.service import ChanservService, LayerService
+    from chanserv.service import LayerService
     from chanserv.threads import WorkerPool
     from chanserv.worker import Worker
 
@@ -195,7 +198,8 @@ def build_service(
     layer_name = type(channel_layer.channel_layer).__name__
     root = ChanservService(
         ready_message="chanserv ready: mode=%s, layer=%r (%s), threads=%s"
-        % (mode, channel_layer.alias, layer_name, threads if mode != "interface" else 0)
+        % (mode, channel_layer.alias, layer_name, threads if mode != "interface" else 0),
+        reactor=reactor,
     )
     LayerService(reactor, channel_layer).setServiceParent(root)
     if mode in ("all", "worker"):

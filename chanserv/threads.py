@@ -20,8 +20,9 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python import threadable
+
+from chanserv.log import Logger
 
 log = Logger()
 

@@ -13,12 +13,11 @@ consumer, ``consumer_finished``.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import (
@@ -27,13 +26,23 @@ from chanserv.exceptions import (
     ConsumeLater,
     DenyConnection,
 )
+from chanserv.log import Logger
 from chanserv.message import Message
 from chanserv.signals import consumer_finished, consumer_started, worker_ready
 from chanserv.threads import WorkerPool
 
 log = Logger()
 
-__all__ = ["Worker", "filter_channels"]
+__all__ = [
+    "DEFAULT_MESSAGE_RETRIES",
+    "Worker",
+    "filter_channels",
+    "requeue_message",
+    "run_consumer",
+]
+
+#: How often ``ConsumeLater`` may requeue a message before it is dropped.
+DEFAULT_MESSAGE_RETRIES = 10
 
 
 def filter_channels(
@@ -81,7 +90,7 @@ class Worker(Service):
         pool: WorkerPool,
         only_channels: Sequence[str] | None = None,
         exclude_channels: Sequence[str] | None = None,
-        message_retries: int = 10,
+        message_retries: int = DEFAULT_MESSAGE_RETRIES,
         graceful_timeout: float = 30.0,
         verbosity: int = 1,
     ) -> None:
@@ -211,63 +220,108 @@ class Worker(Service):
         consumer, kwargs = match
         if self.verbosity > 1:
             log.debug("{channel} -> {consumer}", channel=channel, consumer=consumer)
-        if content.get("__retries__", 0) == self.message_retries:
-            message.__doomed__ = True  # type: ignore[attr-defined]
-        consumer_started.send(sender=self.__class__, environ={})
         try:
-            consumer(message, **kwargs)
-        except DenyConnection:
-            if channel == "websocket.connect" and message.reply_channel is not None:
-                message.reply_channel.send({"close": True})
-            else:
-                log.error(
-                    "DenyConnection raised by {consumer} on {channel}; it is only "
-                    "meaningful on websocket.connect",
-                    consumer=consumer,
-                    channel=channel,
-                )
-        except ChannelSocketException as e:
-            try:
-                e.run(message)
-            except Exception:
-                log.failure("Handling {exc!r} failed", exc=e)
-        except ConsumeLater:
-            self._requeue(channel, content)
+            run_consumer(
+                consumer,
+                message,
+                kwargs,
+                sender=self.__class__,
+                message_retries=self.message_retries,
+            )
         except BaseException:
             # Logged, never propagated: SystemExit and KeyboardInterrupt from a
             # consumer must not take the pool thread down.
             log.failure(
                 "Error in consumer {consumer} for {channel}", consumer=consumer, channel=channel
             )
-        finally:
-            try:
-                consumer_finished.send(sender=self.__class__)
-            except Exception:
-                log.failure("Error in a consumer_finished receiver")
 
-    def _requeue(self, channel: str, content: dict[str, Any]) -> None:
-        # Pool thread.
-        retries = content.get("__retries__", 0) + 1
-        if retries > self.message_retries:
+
+def run_consumer(
+    consumer: Callable[..., Any],
+    message: Message,
+    kwargs: Mapping[str, Any],
+    sender: Any,
+    message_retries: int = DEFAULT_MESSAGE_RETRIES,
+) -> Any:
+    """
+    Run ``consumer(message, **kwargs)`` as the worker does, in the calling
+    thread (a pool thread; the test client's thread).
+
+    The run is bracketed by ``consumer_started`` (``environ={}``) and
+    ``consumer_finished`` -- sent even when the consumer raises; an error in
+    a ``consumer_finished`` receiver is logged.  ``message.__doomed__`` is set
+    when the message is on its last retry.  Handled here, as in Channels 1.x:
+
+    - :class:`DenyConnection`: ``{"close": True}`` on the reply channel of a
+      ``websocket.connect``; on any other channel it is logged as an error;
+    - :class:`ChannelSocketException`: ``e.run(message)`` (its errors logged);
+    - :class:`ConsumeLater`: :func:`requeue_message`.
+
+    :param sender: the ``sender`` of the signals.
+    :param message_retries: how often ``ConsumeLater`` may requeue a message.
+    :returns: what the consumer returned, or None when it raised one of the
+        exceptions above.
+    :raises: any other exception of the consumer, after ``consumer_finished``.
+    """
+    channel = message.channel.name
+    content = message.content
+    if content.get("__retries__", 0) == message_retries:
+        message.__doomed__ = True  # type: ignore[attr-defined]
+    consumer_started.send(sender=sender, environ={})
+    try:
+        return consumer(message, **kwargs)
+    except DenyConnection:
+        if channel == "websocket.connect" and message.reply_channel is not None:
+            message.reply_channel.send({"close": True})
+        else:
             log.error(
-                "Message on {channel} was requeued {n} times (ConsumeLater); dropped",
+                "DenyConnection raised by {consumer} on {channel}; it is only "
+                "meaningful on websocket.connect",
+                consumer=consumer,
                 channel=channel,
-                n=self.message_retries,
             )
-            return
-        content = dict(content)
-        content["__retries__"] = retries
-        layer = self.channel_layer
-        data = layer.prepare(content)
+    except ChannelSocketException as e:
         try:
-            layer.send_prepared(channel, data)
+            e.run(message)
+        except Exception:
+            log.failure("Handling {exc!r} failed", exc=e)
+    except ConsumeLater:
+        requeue_message(message.channel_layer, channel, content, message_retries)
+    finally:
+        try:
+            consumer_finished.send(sender=sender)
+        except Exception:
+            log.failure("Error in a consumer_finished receiver")
+    return None
+
+
+def requeue_message(
+    layer: Any, channel: str, content: dict[str, Any], message_retries: int
+) -> None:
+    """
+    Put ``content`` back on ``channel`` with ``__retries__`` incremented, or
+    drop it (logged) once it was requeued ``message_retries`` times.  A full
+    channel is waited on briefly, then the message is dropped (logged).
+    Never raises ``ChannelFull``.  A worker thread: it may block.
+    """
+    retries = content.get("__retries__", 0) + 1
+    if retries > message_retries:
+        log.error(
+            "Message on {channel} was requeued {n} times (ConsumeLater); dropped",
+            channel=channel,
+            n=message_retries,
+        )
+        return
+    content = dict(content)
+    content["__retries__"] = retries
+    data = layer.prepare(content)
+    try:
+        layer.send_prepared(channel, data)
+    except ChannelFull:
+        wait = getattr(layer, "send_prepared_wait", None)
+        try:
+            if wait is None:
+                raise
+            wait(channel, data, 0.5)
         except ChannelFull:
-            wait = getattr(layer, "send_prepared_wait", None)
-            try:
-                if wait is None:
-                    raise
-                wait(channel, data, 0.5)
-            except ChannelFull:
-                log.error(
-                    "Channel {channel} is full; a requeued message was dropped", channel=channel
-                )
+            log.error("Channel {channel} is full; a requeued message was dropped", channel=channel)

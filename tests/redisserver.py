@@ -19,15 +19,21 @@ already running on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 
 __all__ = ["REDIS_CLI", "REDIS_SERVER", "RedisServer", "free_port"]
+
+# 1700000000.123456 [0 127.0.0.1:53422] "EVALSHA" "..." -- or [0 lua] for scripts
+_MONITOR_LINE = re.compile(r'^\S+ \[\d+ (\S+)\] "([^"]+)"')
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -112,14 +118,8 @@ class RedisServer:
 
     def _pings(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                if self.password is not None:
-                    s.sendall(b"AUTH %s\r\n" % self.password.encode())
-                    if not s.recv(64).startswith(b"+OK"):
-                        return False
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
+            return self.cli("PING") == "PONG"
+        except (subprocess.SubprocessError, OSError):
             return False
 
     def stop(self) -> None:
@@ -182,6 +182,34 @@ class RedisServer:
                 fields = dict(item.split("=", 1) for item in rest.split(","))
                 calls[name[len("cmdstat_") :]] = int(fields["calls"])
         return calls
+
+    @contextlib.contextmanager
+    def monitor(self) -> Iterator[list[str]]:
+        """
+        Collect, with ``MONITOR``, the commands clients send inside the
+        ``with`` block (lower-case names; commands run by scripts are left
+        out, as they are no round trips).
+        """
+        login = ["--no-auth-warning", "-a", self.password] if self.password is not None else []
+        proc = subprocess.Popen(
+            [REDIS_CLI, "-p", str(self.port), *login, "monitor"], stdout=subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        try:
+            if proc.stdout.readline().strip() != b"OK":
+                raise RuntimeError("redis-cli monitor did not start")
+            commands: list[str] = []
+            yield commands
+            self.cli("ECHO", "chanserv-monitor-end")
+            for line in proc.stdout:
+                if b"chanserv-monitor-end" in line:
+                    break
+                match = _MONITOR_LINE.match(line.decode("utf-8", "replace"))
+                if match and match.group(1) != "lua":
+                    commands.append(match.group(2).lower())
+        finally:
+            proc.kill()
+            proc.wait()
 
     def cleanup(self) -> None:
         """Stop the server and remove its directory."""

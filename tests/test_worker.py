@@ -312,9 +312,11 @@ def test_stop_waits_for_consumers_in_flight() -> None:
     threading.Timer(0.2, release.set).start()
     in_reactor(root.stopService)
     assert rec.calls == ["started", "finished"]
-    assert not any(
-        t.name.startswith("chanserv-worker") and t.is_alive() for t in threading.enumerate()
-    )
+    # Each thread reports its exit just before returning: join to be sure.
+    for t in threading.enumerate():
+        if t.name.startswith("chanserv-worker-"):
+            t.join(TIMEOUT)
+            assert not t.is_alive()
 
 
 def test_stop_gives_up_after_graceful_timeout() -> None:

@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
 
 from chanserv.exceptions import ChannelFull
 from chanserv.layers._memory import (
@@ -44,6 +43,7 @@ from chanserv.layers.base import (
     Prepared,
     random_string,
 )
+from chanserv.log import Logger
 from chanserv.threads import ReactorBatcher, batcher_for
 
 __all__ = ["InMemoryChannelLayer"]

@@ -186,7 +186,10 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
     # -- sharding -------------------------------------------------------------
 
     def consistent_hash(self, value: str) -> int:
-        """The shard of a ``!``/``?`` channel or group member (asgi_redis's)."""
+        """
+        The shard index of a channel's list (pass the non-local name) and
+        of its group memberships: asgi_redis's hash.
+        """
         bigval = binascii.crc32(value.encode("utf-8")) & 0xFFF
         return int(bigval / (4096 / self.ring_size))
 

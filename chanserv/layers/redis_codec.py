@@ -48,7 +48,7 @@ class MessageCodec:
         except ImportError:
             raise ValueError(
                 "symmetric_encryption_keys needs the 'cryptography' package "
-                "(pip install 'chanserv[redis]' or pip install cryptography)"
+                "(pip install 'chanserv[encryption]')"
             ) from None
         fernets = []
         for key in keys:

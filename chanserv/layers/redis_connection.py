@@ -99,6 +99,7 @@ class RedisShard(Service):
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.state = "stopped"
+        self._stopping = False
         self._factory: Any = ConnectionFactory(self)
         self._client: ClientService | None = None
         self._command: RedisConnectionProtocol | None = None
@@ -125,6 +126,7 @@ class RedisShard(Service):
     def startService(self) -> None:
         super().startService()
         self.state = "connecting"
+        self._stopping = False
         self._client = ClientService(
             self._endpoint(),
             self._factory,
@@ -154,8 +156,9 @@ class RedisShard(Service):
         the reply timeout, then close every connection.  Fires when closed.
         """
         super().stopService()
-        self.state = "stopped"
-        self._fire_state_waiters()
+        # The command connection stays up meanwhile: what those pops bring
+        # back is pushed back through it.
+        self._stopping = True
         while self._blocking_waiters:
             self._blocking_waiters.popleft().errback(
                 RedisUnavailable("The Redis layer was detached")
@@ -173,6 +176,8 @@ class RedisShard(Service):
 
     def _close(self, _: Any) -> Deferred[None]:
         self._drained = None
+        self.state = "stopped"
+        self._fire_state_waiters()
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None
@@ -213,7 +218,7 @@ class RedisShard(Service):
         return d.addCallbacks(ready, failed)
 
     def _first_attempt_failed(self, failure: Failure) -> None:
-        if self.state == "connecting":
+        if self.state == "connecting" and not self._stopping:
             self.state = "down"
             log.error(
                 "Redis at {address} is unreachable ({reason}); operations fail until "
@@ -266,7 +271,7 @@ class RedisShard(Service):
         return self._next_state().addCallback(lambda _: self.when_up())
 
     def unavailable_error(self) -> RedisUnavailable:
-        if self.state == "stopped":
+        if self.state == "stopped" or self._stopping:
             return RedisUnavailable("The Redis layer is not attached to a reactor")
         return RedisUnavailable("Redis at %s is unreachable; reconnecting" % (self.address,))
 
@@ -320,7 +325,7 @@ class RedisShard(Service):
     def _acquire_blocking(self) -> Deferred[RedisConnectionProtocol]:
         if self.state == "connecting":
             return self._next_state().addCallback(lambda _: self._acquire_blocking())
-        if self.state != "up":
+        if self.state != "up" or self._stopping:
             return fail(self.unavailable_error())
         d: Deferred[RedisConnectionProtocol] = Deferred(self._cancel_blocking_waiter)
         self._blocking_waiters.append(d)
@@ -385,7 +390,7 @@ class RedisShard(Service):
         return failure
 
     def _release_blocking(self, proto: RedisConnectionProtocol) -> None:
-        if not proto.connected or proto.timed_out or self.state == "stopped":
+        if not proto.connected or proto.timed_out or self._stopping:
             if proto.connected:
                 proto.transport.loseConnection()
         elif self._blocking_waiters:
@@ -434,4 +439,6 @@ class RedisShard(Service):
             if self._command is not None and self._command not in overdue:
                 # Probe: if the server is frozen, this times out too and the
                 # shard goes down until it answers again.
-                self.execute("PING").addErrback(lambda f: None)
+                self.execute("PING").addErrback(
+                    lambda f: log.debug("Probe of Redis at {a}: {f}", a=self.address, f=f)
+                )

@@ -185,6 +185,7 @@ class BlockingPop:
         self._unblocked = False
         self._acquiring: Deferred[RedisConnectionProtocol] | None = shard._acquire_blocking()
         self._acquiring.addCallbacks(self._got_connection, self._failed)
+        self._acquiring.addErrback(lambda f: log.failure("Error in a blocking pop", f))
 
     def _got_connection(self, proto: RedisConnectionProtocol) -> None:
         self._acquiring = None
@@ -201,6 +202,7 @@ class BlockingPop:
             timeout=t + self.shard.reply_timeout,
         )
         d.addCallbacks(self._popped, self._failed)
+        d.addErrback(lambda f: log.failure("Error in a blocking pop", f))
 
     def _popped(self, result: Any) -> None:
         proto, self._proto = self._proto, None
@@ -248,4 +250,5 @@ class BlockingPop:
             if not unblocked and self._proto is proto and attempt < 8:
                 self.shard.reactor.callLater(0.002 * 2**attempt, self._send_unblock, attempt + 1)
 
-        d.addCallbacks(done, lambda f: None)
+        d.addCallbacks(done, lambda f: log.debug("CLIENT UNBLOCK failed: {f}", f=f))
+        d.addErrback(lambda f: log.failure("Ending a blocking pop", f))

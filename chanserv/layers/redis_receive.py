@@ -204,6 +204,8 @@ class ReceiveOperation:
         self._pops.pop(shard, None)
         if self._error is None and not self._done:
             self._error = failure
+            for other in list(self._pops.values()):
+                other.unblock()  # fail now rather than after their timeout
         self._settle()
 
     def _won(self, items: list[RawMessage], shard: int) -> None:
@@ -348,7 +350,13 @@ class LocalReceiverLoop:
         shard = self._layer.shards[self._layer.consistent_hash(self._prefix)]
         d = self._pending = shard.when_up()
         d.addCallback(lambda _: self._next())
-        d.addErrback(lambda f: None if f.check(CancelledError) else log.failure("", f))
+        d.addErrback(
+            lambda f: (
+                None
+                if f.check(CancelledError)
+                else log.failure("Local receiver for {prefix}", f, prefix=self._prefix)
+            )
+        )
 
 
 class CapacityWatch:
@@ -388,7 +396,8 @@ class CapacityWatch:
             self._timer.cancel()
         self._timer = None
         self._checking = True
-        self._layer.has_room(self.channel).addBoth(self._checked)
+        d = self._layer.has_room(self.channel).addBoth(self._checked)
+        d.addErrback(lambda f: log.failure("Capacity watch of {c}", f, c=self.channel))
 
     def _checked(self, result: Any) -> None:
         self._checking = False

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import Service
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -22,17 +22,21 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from chanserv.log import set_verbosity
+
 _LEVELS = {0: LogLevel.warn, 1: LogLevel.info, 2: LogLevel.debug}
 
 
 def start_console_logging(verbosity: int, stream: Any = None) -> None:
     """Send Twisted's log to ``stream`` (stdout) at ``verbosity`` 0, 1 or 2."""
-    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS.get(verbosity, LogLevel.info))
-    observer = FilteringLogObserver(textFileLogObserver(stream or sys.stdout), [predicate])
+    predicate: Any = LogLevelFilterPredicate(defaultLogLevel=_LEVELS.get(verbosity, LogLevel.info))
+    text: Any = textFileLogObserver(stream or sys.stdout)
+    observer: Any = FilteringLogObserver(text, [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    set_verbosity(verbosity)
 
 
-def run_in_foreground(root: IService, reactor: Any, install_signal_handlers: bool = True) -> None:
+def run_in_foreground(root: Service, reactor: Any, install_signal_handlers: bool = True) -> None:
     """
     Start ``root`` when ``reactor`` runs, stop it before the reactor shuts
     down (SIGINT/SIGTERM with ``install_signal_handlers``), and run the

@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from twisted.logger import Logger
 
 from chanserv.exceptions import DenyConnection
+from chanserv.log import Logger
 from chanserv.message import Message
 
 __all__ = [

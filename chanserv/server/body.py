@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
+from chanserv.log import Logger
 
 __all__ = ["BodyStreamer"]
 

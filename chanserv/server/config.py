@@ -62,8 +62,9 @@ class ServerConfig:
         much has arrived, with that part in ``body`` and the rest streamed on
         ``body_channel`` in chunks of ``body_chunk_size`` (64 KiB).
 
-        ``root_path`` (""): ASGI ``root_path`` of every request; the
-        ``Daphne-Root-Path`` request header is never trusted.
+        ``root_path`` (""): ASGI ``root_path`` of every request (a trailing
+        ``/`` is dropped); the ``Daphne-Root-Path`` request header is never
+        trusted.
 
         ``proxy_headers`` (off): take ``client`` from ``X-Forwarded-For``
         (leftmost entry; port from ``X-Forwarded-Port``, else 0) and
@@ -166,10 +167,11 @@ class ServerConfig:
             _positive_int("max_body_size", self.max_body_size)
         if not isinstance(self.root_path, str):
             raise ValueError("root_path must be a str, not %r" % (self.root_path,))
-        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+        # "/app/" and "/app" mean the same prefix; "/" means none.
+        object.__setattr__(self, "root_path", self.root_path.rstrip("/"))
+        if self.root_path and not self.root_path.startswith("/"):
             raise ValueError(
-                "root_path must start with '/' and not end with '/' (like %r), not %r"
-                % ("/app", self.root_path)
+                "root_path must start with '/' (like %r), not %r" % ("/app", self.root_path)
             )
         for protocol in self.ws_protocols:
             if not isinstance(protocol, str) or not protocol or not _is_token(protocol):

@@ -30,6 +30,8 @@ body over ``max_body_size`` (CL up front; chunked as        413
 counted)
 head not complete within ``header_timeout`` of its first    408
 byte (not reset per byte: slowloris)
+a client that reads nothing for ``http_timeout``, or lets   connection
+more than 64 MiB of response pile up (slow read)            cut
 ==========================================================  ============
 
 Pipelined requests are handled one at a time in arrival order (Twisted
@@ -52,11 +54,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http
 
+from chanserv.log import Logger
 from chanserv.server.proxy import address_pair
 from chanserv.server.request import WebRequest
 from chanserv.server.validate import (
@@ -72,6 +74,13 @@ log = Logger()
 
 #: Seconds a connection being closed may take to flush before it is aborted.
 ABORT_TIMEOUT = 15.0
+
+#: Response bytes the application may hand over while the client is not
+#: reading (the transport's buffer is full) before the connection is cut.
+#: ASGI 1.0 has no way to slow the application down, so this bounds the
+#: memory a slow reader can pin; it is generous so that real downloads over
+#: slow links are not cut.
+MAX_UNSENT_BYTES = 64 * 1024 * 1024
 
 _REASONS = {
     400: b"Bad Request",
@@ -119,6 +128,8 @@ class HTTPProtocol(http.HTTPChannel):
     _head_started: float | None = None  # first byte of the current head
     _idle_since: float | None = None
     _closing_since: float | None = None
+    _write_blocked_since: float | None = None  # the client stopped reading
+    unsent_while_blocked = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -286,8 +297,9 @@ class HTTPProtocol(http.HTTPChannel):
         self._head_started = None
 
     def loseConnection(self) -> None:
-        if self._closing_since is None:
-            self._closing_since = self.factory.clock.seconds()
+        if self._closing_since is not None:
+            return  # closing already
+        self._closing_since = self.factory.clock.seconds()
         super().loseConnection()
 
     def hand_over(self) -> None:
@@ -304,6 +316,43 @@ class HTTPProtocol(http.HTTPChannel):
             self.persistent = False
         super().requestDone(request)
 
+    def pauseProducing(self) -> None:
+        # The transport's write buffer is full: the client is not reading.
+        if self._write_blocked_since is None:
+            self._write_blocked_since = self.factory.clock.seconds()
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._write_blocked_since = None
+        self.unsent_while_blocked = 0
+        super().resumeProducing()
+
+    def written_while_blocked(self, size: int) -> bool:
+        """
+        Account ``size`` response bytes written; False (and the connection
+        is cut) if a client that is not reading has more than
+        :data:`MAX_UNSENT_BYTES` waiting.
+        """
+        if self._write_blocked_since is None:
+            return True
+        self.unsent_while_blocked += size
+        if self.unsent_while_blocked <= MAX_UNSENT_BYTES:
+            return True
+        log.info(
+            "Client not reading {count} response bytes: connection cut",
+            count=self.unsent_while_blocked,
+        )
+        self.abort()
+        return False
+
+    def abort(self) -> None:
+        """Cut the connection now, discarding unsent data."""
+        self.stop_reading()
+        self.persistent = False
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         # As Twisted's, with names written lowercased.
         sequence = [version, b" ", code, b" ", reason, b"\r\n"]
@@ -318,6 +367,11 @@ class HTTPProtocol(http.HTTPChannel):
     def check_timeouts(self, now: float) -> None:
         """Apply this connection's timeouts at reactor time ``now``."""
         config = self.factory.config
+        blocked = self._write_blocked_since
+        if blocked is not None and now - blocked >= config.http_timeout:
+            log.info("Client read nothing for {seconds}s: connection cut", seconds=now - blocked)
+            self.abort()
+            return
         if self._closing_since is not None:
             transport: Any = self.transport
             if now - self._closing_since >= ABORT_TIMEOUT and transport is not None:
@@ -341,7 +395,7 @@ class HTTPFactory(http.HTTPFactory):
     """
     Builds :class:`HTTPProtocol` connections and tracks them.
 
-    :param reactor: the reactor (time, and the channels' ``callLater``).
+    :param reactor: the reactor (its clock: ``seconds()``).
     :param layer: the channel layer (reactor face).
     :param replies: the :class:`~chanserv.server.replies.ReplyRegistry`.
     :param config: the :class:`~chanserv.server.config.ServerConfig`.
@@ -354,6 +408,7 @@ class HTTPFactory(http.HTTPFactory):
     """
 
     protocol = HTTPProtocol  # type: ignore[assignment]
+    noisy = False  # no "Starting factory" lines: the listening port logs already
 
     def __init__(
         self,

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 
 from chanserv.layers.base import random_string
+from chanserv.log import Logger
 
 __all__ = ["REPLY_PREFIX", "ReplyConnection", "ReplyRegistry"]
 

@@ -27,7 +27,6 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http_headers import Headers
@@ -36,9 +35,10 @@ from zope.interface import provider
 
 from chanserv.exceptions import ChannelFull, MessageTooLarge
 from chanserv.layers.base import random_string
+from chanserv.log import Logger
 from chanserv.server.body import BodyStreamer
 from chanserv.server.proxy import address_pair, forwarded
-from chanserv.server.validate import is_token, parse_target
+from chanserv.server.validate import BadReply, checked_content, checked_start, parse_target
 
 __all__ = ["BODY_CHANNEL_PATTERN", "WebRequest"]
 
@@ -56,62 +56,9 @@ _UNTRUSTED_HEADERS = frozenset((b"daphne-root-path",))
 #: Headers that may appear only once in a WebSocket upgrade (security.md §1a).
 _UNIQUE_UPGRADE_HEADERS = (b"origin", b"sec-websocket-key", b"sec-websocket-version")
 
-#: Control bytes refused in response header values (HTAB allowed).
-_RESPONSE_FORBIDDEN = bytes(range(0x00, 0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
-
-
-class BadReply(ValueError):
-    """A reply message that cannot be written."""
-
 
 def _tokens(values: list[bytes]) -> set[bytes]:
     return {t.strip(b" \t").lower() for v in values for t in v.split(b",")}
-
-
-def _checked_start(
-    message: dict[str, Any],
-) -> tuple[int, list[tuple[bytes, bytes]], int | None]:
-    """
-    ``(status, headers, declared length)`` of a first reply, checked.
-
-    :raises BadReply: anything that cannot be written as is.
-    """
-    status = message.get("status")
-    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
-        raise BadReply("status must be an int from 200 to 599, not %r" % (status,))
-    raw = message.get("headers", ())
-    if not isinstance(raw, (list, tuple)):
-        raise BadReply("headers must be a list of [name, value] pairs")
-    headers = []
-    lengths = set()
-    for pair in raw:
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise BadReply("header %r is not a [name, value] pair" % (pair,))
-        name, value = pair
-        if not isinstance(name, bytes) or not isinstance(value, bytes):
-            raise BadReply("header %r: name and value must be bytes" % (pair,))
-        if not is_token(name):
-            raise BadReply("header name %r is not a token" % (name,))
-        if len(value.translate(None, _RESPONSE_FORBIDDEN)) != len(value):
-            raise BadReply("header %r: control byte in the value" % (name,))
-        name = name.lower()
-        if name == b"content-length":
-            lengths.add(value.strip(b" \t"))
-        headers.append((name, value))
-    declared = None
-    if lengths:
-        value = lengths.pop()
-        if lengths or not value.isdigit() or len(value) > 18:
-            raise BadReply("conflicting or malformed Content-Length")
-        declared = int(value)
-    return status, headers, declared
-
-
-def _checked_content(message: dict[str, Any]) -> bytes:
-    content = message.get("content", b"")
-    if not isinstance(content, bytes):
-        raise BadReply("content must be bytes, not %s" % (type(content).__name__,))
-    return content
 
 
 @provider(INonQueuedRequestFactory)
@@ -376,8 +323,8 @@ class WebRequest(http.Request):
         self._app_active_at = self._factory.clock.seconds()
         if not self.response_started:
             try:
-                status, headers, declared = _checked_start(message)
-                content = _checked_content(message)
+                status, headers, declared = checked_start(message)
+                content = checked_content(message)
             except BadReply as e:
                 log.error(
                     "Invalid response on {channel} for {path}: {problem}; answering 500",
@@ -397,7 +344,7 @@ class WebRequest(http.Request):
                 self._abort_connection()
                 return
             try:
-                content = _checked_content(message)
+                content = checked_content(message)
             except BadReply as e:
                 log.error(
                     "Invalid response chunk on {channel}: {problem}",
@@ -431,6 +378,8 @@ class WebRequest(http.Request):
             self.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
     def _write_checked(self, content: bytes) -> bool:
+        if not self.channel.written_while_blocked(len(content)):
+            return False
         declared = self._declared_length
         if declared is not None and self.sentLength + len(content) > declared:
             log.error(

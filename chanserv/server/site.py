@@ -18,8 +18,8 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
-from twisted.logger import Logger
 
+from chanserv.log import Logger
 from chanserv.server.accesslog import AccessLogWriter
 from chanserv.server.config import ServerConfig
 from chanserv.server.http import HTTPFactory

@@ -14,14 +14,22 @@ what must never reach an application or autobahn (security.md §1b, §3a):
   other than origin-form, absolute-form (its authority is discarded, never
   used as the Host) or ``OPTIONS *``;
 - a path that percent-decodes to invalid UTF-8 or to a NUL.
+
+And on the way out, :func:`checked_start` / :func:`checked_content` check an
+application's reply before any of it is written (daphne #276: a header value
+with CR/LF, a ``str`` name, a bad status).
 """
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 __all__ = [
+    "BadReply",
     "TargetError",
+    "checked_content",
+    "checked_start",
     "has_forbidden_value_byte",
     "is_token",
     "parse_target",
@@ -113,3 +121,61 @@ def parse_target(method: bytes, target: bytes) -> tuple[bytes, bytes, str]:
     if "\x00" in path:
         raise TargetError("NUL in path")
     return raw_path, query, path
+
+
+#: Control bytes refused in response header values (HTAB allowed).
+_RESPONSE_FORBIDDEN = bytes(range(0x00, 0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+
+
+class BadReply(ValueError):
+    """A reply message that cannot be written (answered with 500)."""
+
+
+def checked_start(
+    message: dict[str, Any],
+) -> tuple[int, list[tuple[bytes, bytes]], int | None]:
+    """
+    ``(status, headers, declared length)`` of a first reply, checked:
+    ``status`` an int in 200-599; ``headers`` a list of ``[name, value]``
+    bytes pairs with token names (returned lowercased) and no control bytes
+    in values; at most one distinct, well-formed ``Content-Length``.
+
+    :raises BadReply: anything that cannot be written as is.
+    """
+    status = message.get("status")
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise BadReply("status must be an int from 200 to 599, not %r" % (status,))
+    raw = message.get("headers", ())
+    if not isinstance(raw, (list, tuple)):
+        raise BadReply("headers must be a list of [name, value] pairs")
+    headers = []
+    lengths = set()
+    for pair in raw:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise BadReply("header %r is not a [name, value] pair" % (pair,))
+        name, value = pair
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise BadReply("header %r: name and value must be bytes" % (pair,))
+        if not is_token(name):
+            raise BadReply("header name %r is not a token" % (name,))
+        if len(value.translate(None, _RESPONSE_FORBIDDEN)) != len(value):
+            raise BadReply("header %r: control byte in the value" % (name,))
+        name = name.lower()
+        if name == b"content-length":
+            lengths.add(value.strip(b" \t"))
+        headers.append((name, value))
+    declared = None
+    if lengths:
+        value = lengths.pop()
+        if lengths or not value.isdigit() or len(value) > 18:
+            raise BadReply("conflicting or malformed Content-Length")
+        declared = int(value)
+    return status, headers, declared
+
+
+def checked_content(message: dict[str, Any]) -> bytes:
+    """The ``content`` of a reply (default ``b""``).  :raises BadReply: not bytes."""
+    content = message.get("content", b"")
+    if not isinstance(content, bytes):
+        raise BadReply("content must be bytes, not %s" % (type(content).__name__,))
+    return content

@@ -15,13 +15,18 @@ The connection then speaks ASGI 1.0 ``websocket.*``
   ``subprotocols``; ``{"accept": True, "subprotocol": name}`` picks one of
   them (echoed in the 101).  Without a choice, the first offered one listed in
   ``ws_protocols`` is used, as daphne did.
-- Empty text and binary messages are received and sent like any other.
+- Empty text and binary messages are received and sent like any other; while
+  connecting, a ``text`` or ``bytes`` reply (even empty) accepts implicitly.
+  A reply's ``text``/``bytes`` goes out before its ``close``.
 - ``websocket.receive`` full: the socket is no longer read (TCP back-pressure
   reaches the client) and the message is kept; it is sent again once the
-  channel has room, in order.  Only if the channel stays full for
-  ``ws_receive_full_timeout`` is the socket closed with 1013; the messages
-  still held are then dropped and ``websocket.disconnect`` (code 1013) is
-  still sent, with ``order`` one past the last message delivered.
+  channel has room, in order.  Only if the channel stays full (no message
+  gets through) for ``ws_receive_full_timeout`` is the socket closed with
+  1013; the messages still held are then dropped and ``websocket.disconnect``
+  (code 1013) is still sent, with ``order`` one past the last message
+  delivered.  Sends are made one at a time per socket, so order holds with
+  layers whose sends take a round trip too; at most :data:`MAX_BACKLOG`
+  messages wait behind one in flight before reading pauses.
 - ``websocket.disconnect`` is sent for every connection whose
   ``websocket.connect`` reached the layer (also after a reject), after all of
   its ``websocket.receive`` messages.  ``code`` is the close code this server
@@ -185,12 +190,14 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def accept(self, subprotocol: str | None) -> None:
         """Complete the handshake (101), speaking ``subprotocol`` if not None."""
         d, self._handshake = self._handshake, None
-        if d is not None:
+        # Not after autobahn dropped the connection (its connectionLost, and
+        # so onClose, comes a reactor turn later).
+        if d is not None and self.state == self.STATE_CONNECTING:
             d.callback(subprotocol)  # autobahn's succeedHandshake: 101, onOpen
 
     def reject(self, code: int, reason: str) -> None:
         """Refuse a pending handshake with HTTP ``code`` and close."""
-        if self._handshake is not None:
+        if self._handshake is not None and self.state == self.STATE_CONNECTING:
             self.failHandshake(reason, code)
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
@@ -425,7 +432,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
             factory.finished(self)
 
     def _maybe_disconnect(self) -> None:
-        if self._disconnect_due is None:
+        if self._busy or self._disconnect_due is None:
             return  # after the held websocket.receive messages
         code, self._disconnect_due = self._disconnect_due, None
         message = {

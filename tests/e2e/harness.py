@@ -66,6 +66,7 @@ class TwistdProcess:
         if env:
             self.env.update(env)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._final_output: str | None = None
 
     def start(self, timeout: float = 30.0) -> TwistdProcess:
         self.proc = subprocess.Popen(
@@ -111,6 +112,8 @@ class TwistdProcess:
         return self.proc.wait(timeout)
 
     def output(self) -> str:
+        if self._final_output is not None:
+            return self._final_output
         return Path(self.logfile.name).read_text(errors="replace")
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -134,6 +137,7 @@ class TwistdProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+        self._final_output = self.output()
         try:
             os.unlink(self.logfile.name)
         except OSError:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from tests.e2e.harness import TwistdProcess
 from tests.e2e.test_examples import start_example, stop_cleanly
@@ -44,19 +44,15 @@ def chat_server(tmp_path: Path) -> Iterator[TwistdProcess]:
         proc.__exit__()
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
+def launch_chromium(playwright: Playwright) -> Browser:
+    """Debian's Chromium, headless; a clear failure (never a skip) when it is missing."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
             "%s is missing: install Debian's chromium package (apt-get install chromium; "
-            "`make test` runs scripts/ensure-system-deps, which does it as root)" % CHROMIUM
+            "`make test` runs scripts/ensure-system-deps, which does it as root)" % CHROMIUM,
+            pytrace=False,
         )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
 def open_chat(page: Page, url: str, errors: list[str]) -> None:
@@ -84,9 +80,20 @@ def expect_message(page: Page, text: str) -> None:
 
 
 def test_a_message_sent_in_one_tab_appears_in_both(
-    chat_server: TwistdProcess, browser: Browser, tmp_path: Path
+    chat_server: TwistdProcess, tmp_path: Path
 ) -> None:
-    url = "http://127.0.0.1:%d/" % chat_server.port
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            chat_in_two_tabs(
+                browser, "http://127.0.0.1:%d/" % chat_server.port, chat_server, tmp_path
+            )
+        finally:
+            browser.close()
+
+
+def chat_in_two_tabs(browser: Browser, url: str, server: TwistdProcess, tmp_path: Path) -> None:
+    """Both tabs join; each one's message shows up in both lists."""
     context = browser.new_context()
     context.set_default_timeout(TIMEOUT_MS)
     expect.set_options(timeout=TIMEOUT_MS)
@@ -116,7 +123,7 @@ def test_a_message_sent_in_one_tab_appears_in_both(
                 shots.append("(no screenshot of the %s tab: %s)" % (name, shot_error))
         raise AssertionError(
             "%s\nscreenshots: %s\nbrowser errors: %s\nserver log:\n%s"
-            % (e, ", ".join(shots), errors, chat_server.output())
+            % (e, ", ".join(shots), errors, server.output())
         ) from e
     finally:
         context.close()

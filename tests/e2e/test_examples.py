@@ -10,6 +10,7 @@ back-pressure tests start their own, with their own flags.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import signal
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from tests.e2e.harness import REPO, TwistdProcess, free_port
 
 EXAMPLES = REPO / "examples"
 E2E_PROJECT = Path(__file__).parent / "project"
+EXAMPLE_NAMES = ("hello", "echo", "chat")
 
 #: Seconds any single network step may take before the test fails.
 TIMEOUT = 10.0
@@ -77,28 +79,37 @@ def stop_cleanly(proc: TwistdProcess) -> None:
     assert "Traceback" not in out, out
 
 
-def serve(example: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwistdProcess]:
-    proc = start_example(example, tmp_path_factory.mktemp(example))
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, TwistdProcess]]:
+    """The three examples, migrated and started side by side (it saves seconds)."""
+    workdir = tmp_path_factory.mktemp("examples")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(start_example, name, workdir) for name in EXAMPLE_NAMES}
+    started = {name: f.result() for name, f in futures.items() if f.exception() is None}
     try:
-        yield proc
-        stop_cleanly(proc)
+        for future in futures.values():
+            future.result()  # raises the first start-up failure, if any
+        yield started
+        for proc in started.values():
+            stop_cleanly(proc)
     finally:
-        proc.__exit__()
+        for proc in started.values():
+            proc.__exit__()
 
 
-@pytest.fixture(scope="module")
-def hello(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwistdProcess]:
-    yield from serve("hello", tmp_path_factory)
+@pytest.fixture
+def hello(servers: dict[str, TwistdProcess]) -> TwistdProcess:
+    return servers["hello"]
 
 
-@pytest.fixture(scope="module")
-def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwistdProcess]:
-    yield from serve("echo", tmp_path_factory)
+@pytest.fixture
+def echo(servers: dict[str, TwistdProcess]) -> TwistdProcess:
+    return servers["echo"]
 
 
-@pytest.fixture(scope="module")
-def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwistdProcess]:
-    yield from serve("chat", tmp_path_factory)
+@pytest.fixture
+def chat(servers: dict[str, TwistdProcess]) -> TwistdProcess:
+    return servers["chat"]
 
 
 def request(
@@ -226,33 +237,66 @@ def wait_for_file(path: Path, timeout: float = TIMEOUT) -> None:
         time.sleep(0.02)
 
 
+def release(gate: Path, timeout: float = TIMEOUT) -> bool:
+    """
+    Let ``gated_http`` go on: open its FIFO for writing and close it, as soon
+    as the consumer has it open for reading.  False if it never does.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+            return True
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: nobody is reading the FIFO yet
+                raise
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
 def test_full_request_channel_gives_503_and_serving_goes_on(tmp_path: Path) -> None:
     """
-    One worker thread, ``http.request`` capacity 1: while a slow consumer
-    holds the thread and one request waits in the channel, every other
-    request is answered 503 at once; afterwards the server serves again.
+    One worker thread, ``http.request`` capacity 1: while a consumer holds
+    the thread and one request waits in the channel, every other request is
+    answered 503 at once; afterwards the server serves again.
     """
     markers = tmp_path / "markers"
     markers.mkdir()
+    gate = markers / "gate"
+    os.mkfifo(gate)
     env = {
         "E2E_DB": str(tmp_path / "db.sqlite3"),
         "E2E_CAPACITY": "1",
         "E2E_MARKER_DIR": str(markers),
     }
     port = free_port()
-    with TwistdProcess(
-        E2E_PROJECT, "e2eproj.settings", args=["--threads", "1"], port=port, env=env
-    ) as proc:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            first = pool.submit(request, port, "/slow/?delay=2", timeout=30)
-            wait_for_file(markers / "started")  # the only thread is now busy
-            others = [pool.submit(request, port, "/slow/?delay=0", timeout=30) for _ in range(6)]
-            statuses = [f.result()[0] for f in others]
-            status, _, body = first.result()
-            assert (status, body) == (200, b"slept 2.0")
-        # At most one of the six fits in the channel; the rest are refused.
-        assert statuses.count(503) >= 5, statuses
-        assert set(statuses) <= {200, 503}, statuses
+    args = ["--threads", "1"]
+    with (
+        TwistdProcess(E2E_PROJECT, "e2eproj.settings", args=args, port=port, env=env) as proc,
+        ThreadPoolExecutor(max_workers=8) as pool,
+    ):
+        try:
+            held = pool.submit(request, port, "/gated/", timeout=60)
+            wait_for_file(markers / "started")  # the only thread is now held
+            others = [pool.submit(request, port, "/slow/?delay=0", timeout=60) for _ in range(6)]
+            # One of the six fits in the channel and waits there; the other
+            # five are refused without waiting for the thread.
+            refused = []
+            for future in as_completed(others, timeout=TIMEOUT):
+                refused.append(future.result()[0])
+                if len(refused) == 5:
+                    break
+            assert refused == [503] * 5
+            assert not held.done()
+        finally:
+            released = release(gate)
+        assert released, "the gated consumer never waited on its gate"
+        assert held.result()[::2] == (200, b"released")
+        assert sorted(f.result()[0] for f in others) == [200] + [503] * 5
+        waiting = [f.result() for f in others if f.result()[0] == 200]
+        assert waiting[0][2] == b"slept 0.0"
+        # Serving goes on.
         assert request(port, "/hello/")[::2] == (200, b"Hello world")
         assert request(port, "/slow/?delay=0")[::2] == (200, b"slept 0.0")
         stop_cleanly(proc)
@@ -261,18 +305,21 @@ def test_full_request_channel_gives_503_and_serving_goes_on(tmp_path: Path) -> N
 def test_consumer_slower_than_http_timeout_gives_503(tmp_path: Path) -> None:
     markers = tmp_path / "markers"
     markers.mkdir()
+    gate = markers / "gate"
+    os.mkfifo(gate)
     env = {"E2E_DB": str(tmp_path / "db.sqlite3"), "E2E_MARKER_DIR": str(markers)}
     port = free_port()
     args = ["--http-timeout", "1"]
     with TwistdProcess(E2E_PROJECT, "e2eproj.settings", args=args, port=port, env=env) as proc:
-        # The consumer sleeps 3 s; the 503 comes after 1-2 s (the timeout
-        # plus at most one sweep interval).
-        status, _, _ = request(port, "/slow/?delay=3", timeout=30)
-        assert status == 503
-        # The consumer did run; its late reply goes nowhere, harmlessly, and
-        # the server goes on serving.
-        wait_for_file(markers / "started")
-        wait_for_file(markers / "finished")
+        try:
+            # The consumer holds on until released; the client gets 503
+            # after the timeout (plus at most one sweep interval).
+            assert request(port, "/gated/", timeout=30)[0] == 503
+            wait_for_file(markers / "started")
+        finally:
+            released = release(gate)
+        assert released, "the gated consumer never waited on its gate"
+        # Its late reply goes nowhere, harmlessly; the server goes on serving.
         assert request(port, "/hello/")[::2] == (200, b"Hello world")
         assert request(port, "/slow/?delay=0")[::2] == (200, b"slept 0.0")
         stop_cleanly(proc)

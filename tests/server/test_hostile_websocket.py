@@ -235,6 +235,10 @@ def test_early_data_flood_before_the_accept_is_dropped() -> None:
     assert connect is not None
     client.send(b"x" * (MAX_EARLY_DATA + 1))
     assert client.transport.disconnected  # aborted
+    # An accept arriving before the connection is really gone does nothing.
+    h.reply(connect["reply_channel"], {"accept": True})
+    h.tick(10)  # nor does the connect timeout
+    assert client.transport.value() == b""
     client.lose()
     disconnect = h.receive("websocket.disconnect")
     assert disconnect is not None and disconnect["order"] == 1

@@ -123,6 +123,11 @@ def test_all_knobs() -> None:
     assert config.graceful_timeout == 2.5
 
 
+def test_root_path_trailing_slash_is_dropped() -> None:
+    assert parse("--root-path", "/app/").root_path == "/app"
+    assert parse("--root-path", "/").root_path == ""
+
+
 def test_no_body_limit() -> None:
     assert parse("--max-body-size", "-1").max_body_size is None
 
@@ -137,7 +142,7 @@ def test_no_body_limit() -> None:
         (["--ping-interval", "-1"], "--ping-interval"),
         (["--max-body-size", "0"], "--max-body-size"),
         (["--max-body-size", "lots"], "max-body-size"),
-        (["--root-path", "app/"], "--root-path"),
+        (["--root-path", "app"], "--root-path"),
         (["--ws-protocol", "bad/token"], "--ws-protocol"),
         (["--graceful-timeout", "-1"], "--graceful-timeout"),
         (["-p", "70000"], "--bind/--port"),

@@ -178,3 +178,75 @@ def test_graceful_stop_cuts_what_outlives_the_grace(
         except ConnectionResetError:
             pass  # cut: an abort may reach the client as a reset
     assert len(server.replies) == 0
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+# Twisted's ssl: endpoint hands pyOpenSSL objects to pyOpenSSL, which now warns.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:OpenSSL")
+def test_tls_endpoint_gives_https(
+    start: Start, layer: InMemoryChannelLayer, tmp_path: Path
+) -> None:
+    import ssl
+
+    key, cert = _self_signed(tmp_path)
+    _, [port] = start("ssl:port=0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (key, cert))
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port.getHost().port)) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.settimeout(10)
+            sock.sendall(b"GET /secure HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            _, message = layer.receive(["http.request"], block=True)
+            assert message["scheme"] == "https"
+            layer.send(message["reply_channel"], {"status": 200, "content": b"tls"})
+            response = b""
+            while chunk := sock.recv(65536):
+                response += chunk
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_ipv6_loopback(start: Start, layer: InMemoryChannelLayer) -> None:
+    from chanserv.server.options import tcp_endpoint
+
+    _, [port] = start(tcp_endpoint("[::1]", 0))
+    with socket.create_connection(("::1", port.getHost().port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"GET /v6 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        _, message = layer.receive(["http.request"], block=True)
+        assert message["client"][0] == "::1"
+        assert message["server"] == ["::1", port.getHost().port]
+        layer.send(message["reply_channel"], {"status": 204})
+        assert sock.recv(65536).startswith(b"HTTP/1.1 204 No Content\r\n")

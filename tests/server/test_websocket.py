@@ -277,6 +277,7 @@ def test_connect_timeout_is_403() -> None:
     assert client.transport.value() == b""
     h.tick(1)
     assert client.status() == 403
+    assert not client.transport.disconnected  # a 403, not the handshake-timeout abort
     assert h.access_log.actions == ["connecting", "rejected"]
     # A late accept finds nothing to accept.
     connect = h.receive("websocket.connect")

@@ -25,3 +25,17 @@ def slow_http(message):
         Path(marker_dir, "finished").write_text("1")
     for chunk in AsgiHandler.encode_response(HttpResponse("slept %s" % delay)):
         message.reply_channel.send(chunk)
+
+
+def gated_http(message):
+    """
+    Hold a worker thread until the test lets go: mark ``started`` in
+    $E2E_MARKER_DIR, then block opening the FIFO ``gate`` there until the
+    test opens it for writing and closes it.
+    """
+    marker_dir = Path(os.environ["E2E_MARKER_DIR"])
+    Path(marker_dir, "started").write_text("1")
+    with open(marker_dir / "gate", "rb") as gate:
+        gate.read()
+    for chunk in AsgiHandler.encode_response(HttpResponse("released")):
+        message.reply_channel.send(chunk)

@@ -4,4 +4,5 @@ from e2eproj import consumers
 channel_routing = [
     route("e2e.marker", consumers.write_marker),
     route("http.request", consumers.slow_http, path=r"^/slow/$"),
+    route("http.request", consumers.gated_http, path=r"^/gated/$"),
 ]

@@ -1,0 +1,26 @@
+"""
+Helpers for testing consumers in a project's own test suite, with the names of
+Channels 1.x's ``channels.test``: :class:`ChannelTestCase`,
+:class:`TransactionChannelTestCase`, :class:`Client`, :class:`WSClient`,
+:func:`apply_routes` (and the deprecated :class:`HttpClient`).
+"""
+
+from chanserv.test.base import (
+    ChannelTestCase,
+    ChannelTestCaseMixin,
+    Client,
+    TransactionChannelTestCase,
+    apply_routes,
+)
+from chanserv.test.http import HttpClient
+from chanserv.test.websocket import WSClient
+
+__all__ = [
+    "ChannelTestCase",
+    "ChannelTestCaseMixin",
+    "Client",
+    "HttpClient",
+    "TransactionChannelTestCase",
+    "WSClient",
+    "apply_routes",
+]

@@ -1,0 +1,262 @@
+"""
+:class:`WSClient`: a :class:`~chanserv.test.base.Client` that plays a
+browser's WebSocket -- headers, cookies, the Django session and login, JSON
+frames, ``order`` numbers::
+
+    class ChatTests(ChannelTestCase):
+        def test_echo(self):
+            client = WSClient()
+            client.force_login(User.objects.create(username="ann"))
+            client.send_and_consume("websocket.connect", path="/chat/?room=1")
+            client.send_and_consume("websocket.receive", text={"say": "hi"}, path="/chat/")
+            self.assertEqual(client.receive(), {"user": "ann", "say": "hi"})
+
+The messages are those of chanserv's interface server: ``headers`` is a list
+of ``[name, value]`` byte pairs with lowercase names, ``query_string`` is
+bytes, and ``websocket.disconnect`` carries a ``code`` (1000 unless given).
+As in Channels 1.x, the session cookie is sent with the first message only,
+and every message carries the headers.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json as json_module
+import types
+from collections.abc import Mapping
+from http.cookies import SimpleCookie
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+
+from chanserv.channel import DEFAULT_CHANNEL_LAYER
+from chanserv.test.base import Client
+
+__all__ = ["WSClient"]
+
+
+def _channel_session_key(reply_channel: str) -> str:
+    # The key chanserv.sessions.session_for_reply_channel gives the reply
+    # channel's session, computed without loading it (no database needed).
+    return "chn" + hashlib.sha1(reply_channel.encode("utf-8")).hexdigest()[:29]
+
+
+def _encoded_cookies(cookies: Mapping[str, str]) -> bytes:
+    """A ``Cookie`` header value: ``name=value; ...``, quoted where needed."""
+    jar: SimpleCookie = SimpleCookie()
+    for name, value in cookies.items():
+        jar[name] = value
+    return "; ".join(morsel.OutputString() for morsel in jar.values()).encode("latin-1")
+
+
+def _header_bytes(value: str | bytes, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    raise TypeError("%s must be str or bytes, not %r" % (what, value))
+
+
+class WSClient(Client):
+    """
+    A WebSocket client for tests.
+
+    :param alias: the channel layer to use.
+    :param ordered: give every message sent the next ``order`` (0, 1, 2...),
+        for consumers under :func:`~chanserv.sessions.enforce_ordering`.
+    """
+
+    def __init__(self, alias: str = DEFAULT_CHANNEL_LAYER, *, ordered: bool = False) -> None:
+        super().__init__(alias)
+        self._ordered = ordered
+        self._session: Any = None
+        self._headers: dict[str, str | bytes] = {}
+        self._cookies: dict[str, str] = {}
+        self._session_cookie = True
+        self.order = 0
+
+    # -- headers and cookies ---------------------------------------------------
+
+    def set_cookie(self, key: str, value: str) -> None:
+        """Send cookie ``key`` with the messages."""
+        self._cookies[key] = value
+
+    def set_header(self, key: str, value: str | bytes) -> None:
+        """
+        Send header ``key`` (any case) with the messages.
+
+        :raises ValueError: ``key`` is ``cookie``: use :meth:`set_cookie`.
+        """
+        if key.lower() == "cookie":
+            raise ValueError("Use set_cookie method for cookie header")
+        self._headers[key.lower()] = value
+
+    def get_cookies(self) -> dict[str, str]:
+        """
+        The cookies the next message carries: those set, plus the session
+        cookie (:attr:`session`'s key) until the first message is sent.
+        """
+        cookies = dict(self._cookies)
+        if self._session_cookie and apps.is_installed("django.contrib.sessions"):
+            if self._session is not None:
+                key = self._session.session_key
+            else:
+                key = _channel_session_key(self.reply_channel)
+            if key:
+                cookies[settings.SESSION_COOKIE_NAME] = key
+        return cookies
+
+    @property
+    def headers(self) -> dict[str, str | bytes]:
+        """The headers the next message carries, ``{name: value}``."""
+        headers = copy.deepcopy(self._headers)
+        cookies = self.get_cookies()
+        if cookies:
+            headers.setdefault("cookie", _encoded_cookies(cookies))
+        return headers
+
+    # -- the session and logging in ----------------------------------------------
+
+    @property
+    def session(self) -> Any:
+        """
+        The Django session the session cookie names: at first the reply
+        channel's (:func:`~chanserv.sessions.session_for_reply_channel`),
+        after :meth:`login` the logged-in one.
+
+        :raises OSError: ``django.contrib.sessions`` is not installed.
+        """
+        if not apps.is_installed("django.contrib.sessions"):
+            raise OSError("Add django.contrib.sessions to the INSTALLED_APPS to use session")
+        if self._session is None:
+            from chanserv.sessions import session_for_reply_channel
+
+            self._session = session_for_reply_channel(self.reply_channel)
+        return self._session
+
+    def login(self, **credentials: Any) -> bool:
+        """
+        Log in with ``django.contrib.auth.authenticate(**credentials)``, as
+        the HTTP session the WebSocket's handshake carries.  Call it before
+        the first message.  Returns False if the credentials are wrong, the
+        user is inactive or sessions are not installed.
+        """
+        from django.contrib.auth import authenticate
+
+        user = authenticate(**credentials)
+        if user is not None and user.is_active and apps.is_installed("django.contrib.sessions"):
+            self._login(user)
+            return True
+        return False
+
+    def force_login(self, user: Any, backend: str | None = None) -> None:
+        """Log ``user`` in without credentials (``backend``: the first of ``AUTHENTICATION_BACKENDS``)."""
+        if backend is None:
+            backend = settings.AUTHENTICATION_BACKENDS[0]
+        user.backend = backend
+        self._login(user)
+
+    def _login(self, user: Any) -> None:
+        from django.contrib.auth import login
+
+        request = types.SimpleNamespace(session=self.session, META={})
+        login(request, user)
+        self.session.save()
+
+    # -- messages ----------------------------------------------------------------
+
+    def _get_content(
+        self, content: Mapping[str, Any] | None, text: Any, path: str, to: str
+    ) -> dict[str, Any]:
+        message = copy.deepcopy(dict(content or {}))
+        message.setdefault("reply_channel", self.reply_channel)
+        if "?" in path:
+            path, query = path.split("?", 1)
+            if to == "websocket.connect":
+                message.setdefault("query_string", query.encode("utf-8"))
+        message.setdefault("path", path)
+        if to == "websocket.connect":
+            message.setdefault("query_string", b"")
+        if to == "websocket.disconnect":
+            message.setdefault("code", 1000)
+        message.setdefault(
+            "headers",
+            [
+                [_header_bytes(name, "header name"), _header_bytes(value, "header %r" % (name,))]
+                for name, value in self.headers.items()
+            ],
+        )
+        if self._ordered:
+            if "order" in message:
+                raise ValueError('Do not use "order" manually with "ordered=True"')
+            message["order"] = self.order
+            self.order += 1
+        if text is None:
+            text = message.get("text")
+        if text is not None:
+            message["text"] = text if isinstance(text, str) else json_module.dumps(text)
+        return message
+
+    def send(
+        self,
+        to: str,
+        content: Mapping[str, Any] | None = None,
+        text: Any = None,
+        path: str = "/",
+    ) -> None:
+        """
+        Send a message to channel ``to`` as the interface server would.
+
+        :param content: keys to send (they win over the ones added here).
+        :param text: the frame's text; anything but a str is sent as JSON.
+        :param path: the path, with an optional ``?query`` that becomes the
+            ``query_string`` of a ``websocket.connect`` (and is dropped from
+            other messages, which carry none).
+        :raises ValueError: ``order`` given while ``ordered``.
+        """
+        message = self._get_content(content, text, path, to)
+        self.channel_layer.send(to, message)
+        self._session_cookie = False
+
+    def send_and_consume(  # type: ignore[override]
+        self,
+        channel: str,
+        content: Mapping[str, Any] | None = None,
+        text: Any = None,
+        path: str = "/",
+        fail_on_none: bool = True,
+        check_accept: bool = True,
+    ) -> Any:
+        """:meth:`send`, then :meth:`consume` the message."""
+        self.send(channel, content, text, path)
+        return self.consume(channel, fail_on_none=fail_on_none, check_accept=check_accept)
+
+    def consume(self, channel: str, fail_on_none: bool = True, check_accept: bool = True) -> Any:
+        """
+        :meth:`Client.consume <chanserv.test.base.Client.consume>`; after a
+        ``websocket.connect``, with ``check_accept``, the first reply must
+        be ``{"accept": True}`` (it is taken off the reply channel).
+
+        :raises AssertionError: the connection was not accepted.
+        """
+        result = super().consume(channel, fail_on_none=fail_on_none)
+        if channel == "websocket.connect" and check_accept:
+            received = self.receive(json=False)
+            if received != {"accept": True}:
+                raise AssertionError("Connection rejected: %s != '{accept: True}'" % (received,))
+        return result
+
+    def receive(self, json: bool = True) -> Any:
+        """
+        The next reply: its ``text`` (JSON-decoded unless ``json`` is False),
+        or the whole message when it has no text (``{"accept": True}``,
+        ``{"bytes": ...}``, ``{"close": ...}``), or None when there is none.
+        """
+        content = super().receive()
+        if content is None:
+            return None
+        if json and isinstance(content.get("text"), str):
+            return json_module.loads(content["text"])
+        return content.get("text", content)

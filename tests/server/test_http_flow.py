@@ -1,0 +1,409 @@
+"""
+The HTTP side over StringTransport, continued: back-pressure, timeouts,
+request bodies (inline, streamed, refused), the WebSocket hand-off and the
+graceful drain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.server.http_helpers import Server, simple_request
+
+
+@pytest.fixture
+def server() -> Server:
+    return Server()
+
+
+# -- back-pressure and timeouts -----------------------------------------------------------
+
+
+def test_full_request_channel_gives_503() -> None:
+    server = Server(channel_capacity={"http.request": 1})
+    server.layer.send("http.request", {"filler": True})
+    conn = server.connect()
+    conn.send(simple_request())
+    assert conn.written().startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert conn.written().endswith(b"Request queue full.\n")
+    assert server.request() == {"filler": True}
+    assert server.receive() is None
+    assert server.receive("http.disconnect") is None
+    assert len(server.replies) == 0
+    # The connection stays usable once there is room again.
+    conn.transport.clear()
+    conn.send(simple_request(b"/again"))
+    assert server.request()["path"] == "/again"
+
+
+def test_full_request_channel_with_pipelined_bodies() -> None:
+    server = Server(channel_capacity={"http.request": 1})
+    server.layer.send("http.request", {"filler": True})
+    conn = server.connect()
+    post = simple_request(b"/p", b"Content-Length: 3\r\n", b"POST") + b"abc"
+    conn.send(post + post + simple_request(b"/g"))
+    assert conn.written().count(b"HTTP/1.1 503 Service Unavailable\r\n") == 3
+    assert b" 400 " not in conn.written()
+    assert not conn.closing
+
+
+def test_http_timeout_gives_503() -> None:
+    server = Server(http_timeout=10)
+    conn = server.connect()
+    conn.send(simple_request())
+    request = server.request()
+    server.advance(9)
+    assert conn.written() == b""
+    server.advance(2)
+    assert conn.written().startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"Worker server failed to respond within time limit." in conn.written()
+    assert server.request("http.disconnect")["reply_channel"] == request["reply_channel"]
+    # A reply after the timeout is dropped.
+    before = conn.written()
+    server.reply(request, status=200, content=b"too late")
+    assert conn.written() == before
+
+
+def test_streaming_response_is_not_cut_while_it_progresses() -> None:
+    server = Server(http_timeout=10)
+    conn = server.connect()
+    conn.send(simple_request())
+    request = server.request()
+    server.reply(request, status=200, content=b"x", more_content=True)
+    for _ in range(4):
+        server.advance(6)
+        server.reply(request, content=b"x", more_content=True)
+    assert not conn.closing
+    server.advance(11)  # silent for longer than http_timeout: cut
+    assert conn.closing
+
+
+def test_idle_keep_alive_connection_is_closed() -> None:
+    server = Server(idle_timeout=30)
+    conn = server.connect()
+    conn.send(simple_request())
+    server.reply(server.request(), status=200)
+    server.advance(29)
+    assert not conn.closing
+    server.advance(2)
+    assert conn.closing
+
+
+def test_slowloris_header_deadline_is_not_reset_per_byte() -> None:
+    server = Server(header_timeout=10, idle_timeout=100)
+    conn = server.connect()
+    head = simple_request(b"/", b"X-Slow: " + b"a" * 30 + b"\r\n")
+    for i in range(12):
+        conn.send(head[i : i + 1])
+        server.advance(1)
+    assert conn.written().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert conn.closing
+    assert server.receive() is None
+
+
+def test_slow_inline_body_times_out() -> None:
+    server = Server(body_timeout=5)
+    conn = server.connect()
+    conn.send(simple_request(b"/", b"Content-Length: 10\r\n", b"POST") + b"abc")
+    server.advance(6)
+    assert conn.status() == 408
+    assert server.receive() is None
+
+
+def test_client_that_reads_nothing_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chanserv.server import http
+
+    monkeypatch.setattr(http, "MAX_UNSENT_BYTES", 1000)
+    server = Server()
+    conn = server.connect()
+    conn.send(simple_request())
+    request = server.request()
+    server.reply(request, status=200, content=b"x" * 600, more_content=True)
+    conn.protocol.pauseProducing()  # what the transport does when its buffer is full
+    server.reply(request, content=b"x" * 600, more_content=True)
+    assert not conn.transport.disconnected
+    conn.protocol.resumeProducing()  # the client read it
+    conn.protocol.pauseProducing()
+    server.reply(request, content=b"x" * 900, more_content=True)
+    assert not conn.transport.disconnected
+    server.reply(request, content=b"x" * 200, more_content=True)
+    assert conn.transport.disconnected  # aborted: nothing more is buffered
+
+
+def test_client_blocked_for_http_timeout_is_cut() -> None:
+    server = Server(http_timeout=10)
+    conn = server.connect()
+    conn.send(simple_request())
+    request = server.request()
+    server.reply(request, status=200, content=b"x", more_content=True)
+    conn.protocol.pauseProducing()
+    for _ in range(3):
+        server.advance(4)
+        server.reply(request, content=b"x", more_content=True)  # the app is busy...
+    assert conn.transport.disconnected  # ...but the client read nothing for 12 s
+
+
+def test_closing_connection_is_aborted_if_it_does_not_go() -> None:
+    server = Server()
+    conn = server.connect()
+    conn.send(b"BAD\r\n\r\n")
+    assert conn.closing
+    assert not conn.transport.disconnected
+    server.advance(16)
+    assert conn.transport.disconnected
+
+
+# -- bodies --------------------------------------------------------------------------------
+
+
+def test_content_length_over_the_limit_gives_413_before_any_consumer() -> None:
+    server = Server(max_body_size=100)
+    conn = server.connect()
+    conn.send(simple_request(b"/", b"Content-Length: 101\r\nExpect: 100-continue\r\n", b"POST"))
+    assert conn.status() == 413
+    assert b"100 Continue" not in conn.written()
+    assert conn.closing
+    assert server.receive() is None
+
+
+def test_content_length_at_the_limit_is_accepted() -> None:
+    server = Server(max_body_size=100)
+    conn = server.connect()
+    conn.send(simple_request(b"/", b"Content-Length: 100\r\n", b"POST") + b"x" * 100)
+    assert server.request()["body"] == b"x" * 100
+
+
+def test_chunked_body_over_the_limit_gives_413() -> None:
+    server = Server(max_body_size=100)
+    conn = server.connect()
+    conn.send(simple_request(b"/", b"Transfer-Encoding: chunked\r\n", b"POST"))
+    for _ in range(3):
+        conn.send(b"32\r\n" + b"y" * 50 + b"\r\n")
+    assert conn.status() == 413
+    assert conn.closing
+    assert server.receive() is None
+
+
+def test_expect_continue_is_answered_for_acceptable_bodies(server: Server) -> None:
+    conn = server.connect()
+    conn.send(simple_request(b"/", b"Content-Length: 3\r\nExpect: 100-continue\r\n", b"POST"))
+    assert conn.written() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    conn.send(b"abc")
+    assert server.request()["body"] == b"abc"
+
+
+def _body(size: int) -> bytes:
+    return bytes(i % 251 for i in range(size))
+
+
+def test_large_body_streams_on_the_body_channel() -> None:
+    server = Server(body_inline_size=100, body_chunk_size=64)
+    conn = server.connect()
+    data = _body(1000)
+    conn.send(simple_request(b"/up", b"Content-Length: 1000\r\n", b"POST") + data[:150])
+    message = server.request()
+    assert message["body"] == data[:100]
+    body_channel = message["body_channel"]
+    assert body_channel.startswith("http.request.body?")
+    conn.send(data[150:])
+    chunks = []
+    while True:
+        chunk = server.receive(body_channel)
+        assert chunk is not None
+        chunks.append(chunk)
+        if not chunk.get("more_content"):
+            break
+    assert all(set(c) == {"content", "more_content"} for c in chunks)
+    assert all(len(c["content"]) == 64 for c in chunks[:-1])
+    assert message["body"] + b"".join(c["content"] for c in chunks) == data
+    server.reply(message, status=200, content=b"thanks")
+    assert conn.written().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert not conn.closing
+
+
+def test_streamed_chunked_body() -> None:
+    server = Server(body_inline_size=10, body_chunk_size=8)
+    conn = server.connect()
+    conn.send(simple_request(b"/up", b"Transfer-Encoding: chunked\r\n", b"POST"))
+    conn.send(b"14\r\n" + b"a" * 20 + b"\r\n")
+    message = server.request()
+    assert message["body"] == b"a" * 10
+    conn.send(b"5\r\nbbbbb\r\n0\r\n\r\n")
+    received = b""
+    while True:
+        chunk = server.request(message["body_channel"])
+        received += chunk["content"]
+        if not chunk["more_content"]:
+            break
+    assert received == b"a" * 10 + b"bbbbb"
+
+
+def test_full_body_channel_pauses_the_client() -> None:
+    server = Server(
+        body_inline_size=10, body_chunk_size=10, channel_capacity={"http.request.body*": 1}
+    )
+    conn = server.connect()
+    data = _body(100)
+    conn.send(simple_request(b"/up", b"Content-Length: 100\r\n", b"POST") + data[:11])
+    message = server.request()
+    assert message["body"] == data[:10]
+    assert conn.transport.producerState == "producing"
+    conn.send(data[11:50])
+    # One chunk fits in the channel; the next one waits and reading stops.
+    assert conn.transport.producerState == "paused"
+    received = [message["body"]]
+    pending = data[50:]
+    for _ in range(100):
+        chunk = server.receive(message["body_channel"])
+        if chunk is not None:
+            received.append(chunk["content"])
+            if not chunk["more_content"]:
+                break
+        server.run()  # room in the channel: the waiting chunk goes, reading resumes
+        if pending and conn.transport.producerState == "producing":
+            conn.send(pending)
+            pending = b""
+    else:
+        pytest.fail("the body never completed")
+    assert b"".join(received) == data
+    assert conn.transport.producerState == "producing"
+
+
+def test_client_gone_mid_body_sends_closed() -> None:
+    server = Server(body_inline_size=10, body_chunk_size=10)
+    conn = server.connect()
+    conn.send(simple_request(b"/up", b"Content-Length: 100\r\n", b"POST") + b"x" * 25)
+    message = server.request()
+    conn.lose()
+    chunks = []
+    while (chunk := server.receive(message["body_channel"])) is not None:
+        chunks.append(chunk)
+    assert chunks[-1] == {"closed": True}
+    assert server.request("http.disconnect")["reply_channel"] == message["reply_channel"]
+
+
+def test_early_response_to_a_streaming_upload_closes_after() -> None:
+    server = Server(body_inline_size=10, body_chunk_size=10)
+    conn = server.connect()
+    conn.send(simple_request(b"/up", b"Content-Length: 100\r\n", b"POST") + b"x" * 25)
+    message = server.request()
+    server.reply(message, status=401, content=b"no")
+    assert conn.written().startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    assert b"connection: close\r\n" in conn.written()
+    assert conn.closing
+    conn.send(b"x" * 75 + simple_request(b"/smuggled"))
+    assert server.receive() is None
+
+
+def test_streamed_body_over_the_limit_closes_it() -> None:
+    server = Server(body_inline_size=10, body_chunk_size=10, max_body_size=50)
+    conn = server.connect()
+    conn.send(simple_request(b"/up", b"Transfer-Encoding: chunked\r\n", b"POST"))
+    conn.send(b"14\r\n" + b"a" * 20 + b"\r\n")
+    message = server.request()
+    conn.send(b"28\r\n" + b"b" * 40 + b"\r\n")
+    assert conn.status() == 413
+    assert conn.closing
+    chunks = []
+    while (chunk := server.receive(message["body_channel"])) is not None:
+        chunks.append(chunk)
+    assert chunks[-1] == {"closed": True}
+
+
+# -- WebSocket hand-off -------------------------------------------------------------------------
+
+
+class FakeWebSocketFactory:
+    def __init__(self) -> None:
+        self.upgraded: list[Any] = []
+
+    def upgrade(self, request: Any) -> None:
+        self.upgraded.append(request)
+
+
+UPGRADE = (
+    b"GET /ws/?room=1 HTTP/1.1\r\n"
+    b"Host: example.com\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Connection: keep-alive, Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"Origin: http://example.com\r\n"
+)
+
+
+def test_valid_upgrade_is_handed_over() -> None:
+    websockets = FakeWebSocketFactory()
+    server = Server(websocket_factory=websockets)
+    conn = server.connect()
+    conn.send(UPGRADE + b"\r\n")
+    [request] = websockets.upgraded
+    assert request.wants_websocket
+    assert request.asgi_path == "/ws/"
+    assert request.query_string == b"room=1"
+    assert (b"origin", b"http://example.com") in request.header_pairs
+    assert conn.protocol not in server.factory.connections
+    assert conn.written() == b""
+    assert server.receive() is None
+
+
+def test_upgrade_without_websocket_factory_is_refused(server: Server) -> None:
+    conn = server.connect()
+    conn.send(UPGRADE + b"\r\n")
+    assert conn.status() == 400
+    assert server.receive() is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        UPGRADE.replace(b"GET", b"POST") + b"\r\n",
+        UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"\r\n",
+        UPGRADE.replace(b"keep-alive, Upgrade", b"keep-alive") + b"\r\n",
+        UPGRADE + b"Content-Length: 10\r\n\r\n0123456789",
+        UPGRADE + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        UPGRADE + b"Origin: http://evil.example\r\n\r\n",
+        UPGRADE + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        UPGRADE + b"Sec-WebSocket-Version: 13\r\n\r\n",
+        UPGRADE + b"Host: evil.example\r\n\r\n",
+        UPGRADE + b"X-Padding: innocent\x0bX-Secret-Auth: admin-token\r\n\r\n",
+    ],
+)
+def test_bad_upgrade_is_refused(raw: bytes) -> None:
+    websockets = FakeWebSocketFactory()
+    server = Server(websocket_factory=websockets)
+    conn = server.connect()
+    conn.send(raw)
+    assert conn.status() == 400
+    assert conn.closing
+    assert websockets.upgraded == []
+    assert server.receive() is None
+
+
+def test_upgrade_to_something_else_is_plain_http() -> None:
+    websockets = FakeWebSocketFactory()
+    server = Server(websocket_factory=websockets)
+    server.connect().send(simple_request(b"/", b"Upgrade: h2c\r\nConnection: Upgrade\r\n"))
+    assert server.request()["path"] == "/"
+    assert websockets.upgraded == []
+
+
+# -- graceful drain ---------------------------------------------------------------------------------
+
+
+def test_drain_closes_idle_and_waits_for_busy(server: Server) -> None:
+    idle = server.connect()
+    busy = server.connect()
+    busy.send(simple_request())
+    request = server.request()
+    d = server.factory.drain()
+    assert idle.closing
+    idle.lose()
+    assert not d.called
+    server.reply(request, status=200, content=b"done")
+    assert b"connection: close" in busy.written()
+    assert busy.closing
+    busy.lose()
+    assert d.called
