@@ -16,6 +16,19 @@ if TYPE_CHECKING:
     from chanserv.message import Message
 
 
+#: Close codes of RFC 6455 §7.4.1 that an application may send from the
+#: server side: normal closure, going away, policy violation, internal
+#: error, try again later.  3000-4999 are open to applications too.
+SERVER_CLOSE_CODES = frozenset({1000, 1001, 1008, 1011, 1013})
+
+
+def is_valid_close_code(code: object) -> bool:
+    """Whether an application may close a WebSocket with ``code``."""
+    if isinstance(code, bool) or not isinstance(code, int):
+        return False
+    return code in SERVER_CLOSE_CODES or 3000 <= code <= 4999
+
+
 class ChannelFull(Exception):
     """
     The channel is at capacity; the message was not sent.
@@ -88,9 +101,10 @@ class WebsocketCloseException(ChannelSocketException):
     """
     Close the WebSocket of the message being consumed with ``code``.
 
-    ``code`` is ``None`` (a plain close, 1000) or an int in 1000 or 3000–4999,
-    the ranges an application may send (RFC 6455 §7.4).  Unlike channels 1.1.8
-    this works with any reply channel and validates the code correctly.
+    ``code`` is ``None`` (a plain close, 1000) or a code an application may
+    send: 1000, 1001, 1008, 1011, 1013 or 3000–4999 (RFC 6455 §7.4).  Unlike
+    channels 1.1.8 this works with any reply channel and validates the code
+    correctly.
     """
 
     def __init__(self, code: int | None = None) -> None:

@@ -247,7 +247,7 @@ def test_websocket_close_exception(runtime: Any) -> None:
 
 
 def test_websocket_close_exception_validates_code() -> None:
-    for bad in (999, 1001, 2999, 5000, "1000", True):
+    for bad in (999, 1002, 1006, 1015, 2999, 5000, "1000", True):
         with pytest.raises(ValueError):
             WebsocketCloseException(bad)  # type: ignore[arg-type]
 

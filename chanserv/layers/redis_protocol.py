@@ -183,9 +183,10 @@ class BlockingPop:
         self._timeout = timeout
         self._proto: RedisConnectionProtocol | None = None
         self._unblocked = False
-        self._acquiring: Deferred[RedisConnectionProtocol] | None = shard._acquire_blocking()
-        self._acquiring.addCallbacks(self._got_connection, self._failed)
-        self._acquiring.addErrback(lambda f: log.failure("Error in a blocking pop", f))
+        self._acquiring: Deferred[RedisConnectionProtocol] | None
+        acquiring = self._acquiring = shard._acquire_blocking()
+        acquiring.addCallbacks(self._got_connection, self._failed)
+        acquiring.addErrback(lambda f: log.failure("Error in a blocking pop", f))
 
     def _got_connection(self, proto: RedisConnectionProtocol) -> None:
         self._acquiring = None

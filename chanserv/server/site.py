@@ -170,10 +170,7 @@ class InterfaceServer(MultiService):
         ws_ok = yield ws_done
         if not ws_ok:
             log.warn("WebSockets still open after {grace}s: cut", grace=grace)
-            for protocol in list(self.websocket_factory.connections):
-                transport = getattr(protocol, "transport", None)
-                if transport is not None:
-                    transport.abortConnection()
+            self.websocket_factory.abort_all()
             yield _bounded(self.reactor, self.websocket_factory.close_all(1001), ABORT_GRACE)
         yield maybeDeferred(self.sweeper.stopService)
         yield maybeDeferred(self.replies.stopService)

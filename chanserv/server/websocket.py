@@ -60,11 +60,11 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txaio._common import _BatchedTimer
 
-from chanserv.exceptions import ChannelFull, MessageTooLarge
+from chanserv.exceptions import ChannelFull, MessageTooLarge, is_valid_close_code
+from chanserv.log import Logger
 from chanserv.server.wshandshake import BadHandshake, build_connect, handshake_bytes, take_transport
 
 __all__ = ["WebSocketFactory", "WebSocketProtocol"]
@@ -489,9 +489,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
 def _close_code(close: Any, channel: str) -> int:
     if close is True:
         return 1000
-    if isinstance(close, int) and not isinstance(close, bool):
-        if close == 1000 or 3000 <= close <= 4999:
-            return close
+    if is_valid_close_code(close):
+        return int(close)
     log.error(
         "Invalid close code {close!r} on {channel}: closing with 1000",
         close=close,

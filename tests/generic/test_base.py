@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 
 from chanserv.generic import BaseConsumer
 from chanserv.message import Message
-from chanserv.routing import Router, RouteClass
+from chanserv.routing import RouteClass, Router
 from chanserv.sessions import session_for_reply_channel
 from chanserv.test import ChannelTestCase, Client, apply_routes
 
@@ -151,6 +151,8 @@ class BaseConsumerTests(ChannelTestCase):
             client.send_and_consume("audit.log")
         message = calls[0][1].message
         self.assertFalse(hasattr(message, "channel_session"))
-        self.assertFalse(session_for_reply_channel(client.reply_channel).exists(
-            session_for_reply_channel(client.reply_channel).session_key
-        ))
+        self.assertFalse(
+            session_for_reply_channel(client.reply_channel).exists(
+                session_for_reply_channel(client.reply_channel).session_key
+            )
+        )

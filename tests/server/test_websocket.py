@@ -2,7 +2,8 @@
 Protocol tests of chanserv.server.websocket: the handed-over upgrade, every
 key of websocket.connect / receive / disconnect, every reply case of
 reference §2.2 (with chanserv's additions), timeouts, receive back-pressure
-and shutdown -- over StringTransports, the in-memory layer and a Clock.
+and shutdown -- over StringTransports, the real HTTP side, the in-memory
+layer and a Clock; and the hand-over from live TCP and TLS transports.
 """
 
 from __future__ import annotations
@@ -351,7 +352,9 @@ def test_replies_while_open() -> None:
 @pytest.mark.parametrize(
     ("close", "code", "logged"),
     [(True, 1000, False), (1000, 1000, False), (4000, 4000, False), (3000, 3000, False),
-     (1001, 1000, True), (999, 1000, True), (5000, 1000, True), ("x", 1000, True)],
+     (1011, 1011, False), (1013, 1013, False), (1001, 1001, False), (1008, 1008, False),
+     (1002, 1000, True), (1006, 1000, True), (999, 1000, True), (5000, 1000, True),
+     ("x", 1000, True)],
 )  # fmt: skip
 def test_close_codes(close: Any, code: int, logged: bool, errors: list[dict[str, Any]]) -> None:
     h = Harness()
