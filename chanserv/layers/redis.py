@@ -71,6 +71,7 @@ from chanserv.layers.redis_receive import (
     RawMessage,
     ReceiveOperation,
 )
+from chanserv.layers.redis_scripts import ALL_SCRIPTS
 from chanserv.layers.redis_sync import call_in_reactor, check_not_reactor_thread, running_reactor
 
 __all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts"]
@@ -324,6 +325,7 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
             shard = RedisShard(
                 reactor,
                 address,
+                scripts=ALL_SCRIPTS,
                 reply_timeout=self.reply_timeout,
                 connect_timeout=self.connect_timeout,
                 reconnect_max=self.reconnect_max_delay,

@@ -27,8 +27,9 @@ The Redis protocol itself is txredisapi's; this module adds what txredisapi
 - **Bounded memory.**  At most ``max_pending`` commands (and about
   ``max_pending_bytes`` of arguments) wait for replies on the command
   connection; more fail with :class:`RedisUnavailable`.
-- **Scripts survive restarts.**  :meth:`RedisShard.eval` uses EVALSHA and
-  falls back to EVAL (which loads the script again) on ``NOSCRIPT``.
+- **Scripts survive restarts.**  Every (re)connection loads the scripts
+  before it counts as up; :meth:`RedisShard.eval` uses EVALSHA and, on
+  ``NOSCRIPT`` all the same, loads the script once and runs it again.
 
 Everything here runs on the reactor thread.  txredisapi's module imports the
 global reactor; the connections, timers and back-off here all use the
@@ -46,7 +47,14 @@ import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import task
-from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    fail,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -82,6 +90,7 @@ class RedisShard(Service):
         self,
         reactor: Any,
         address: RedisAddress,
+        scripts: Sequence[Script] = (),
         reply_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         reconnect_max: float = 5.0,
@@ -92,6 +101,7 @@ class RedisShard(Service):
         self.reactor = reactor
         self.address = address
         self.name = str(address)
+        self.scripts = list(scripts)
         self.reply_timeout = reply_timeout
         self.connect_timeout = connect_timeout
         self.reconnect_max = reconnect_max
@@ -100,7 +110,8 @@ class RedisShard(Service):
         self.max_pending_bytes = max_pending_bytes
         self.state = "stopped"
         self._stopping = False
-        self._factory: Any = ConnectionFactory(self)
+        self._rejected = 0
+        self._factory: Any = ConnectionFactory(self, self._command_built)
         self._client: ClientService | None = None
         self._command: RedisConnectionProtocol | None = None
         self._state_waiters: list[Deferred[None]] = []
@@ -109,6 +120,8 @@ class RedisShard(Service):
         self._blocking_waiters: deque[Deferred[RedisConnectionProtocol]] = deque()
         self._blocking_connecting: set[Deferred[Any]] = set()
         self._drained: Deferred[None] | None = None
+        self._loading: dict[str, Deferred[Any]] = {}
+        self._load_waiters: dict[str, list[Deferred[Any]]] = {}
         self._sweeper: task.LoopingCall | None = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -127,17 +140,21 @@ class RedisShard(Service):
         super().startService()
         self.state = "connecting"
         self._stopping = False
+        backoff = backoffPolicy(
+            initialDelay=0.1,
+            maxDelay=self.reconnect_max,
+            factor=2.0,
+            jitter=lambda: random.random() * 0.1,
+        )
+        # ClientService forgets failed attempts once TCP connects, but a
+        # connection dropped before it was ready (a frozen server accepts
+        # connections) must keep backing off: count those too.
+        self._rejected = 0
         self._client = ClientService(
             self._endpoint(),
             self._factory,
-            retryPolicy=backoffPolicy(
-                initialDelay=0.1,
-                maxDelay=self.reconnect_max,
-                factor=2.0,
-                jitter=lambda: random.random() * 0.1,
-            ),
+            retryPolicy=lambda attempt: backoff(max(attempt, self._rejected)),
             clock=self.reactor,
-            prepareConnection=self._prepare,
         )
         self._client.whenConnected(failAfterFailures=1).addCallbacks(
             lambda _: None, self._first_attempt_failed
@@ -192,17 +209,28 @@ class RedisShard(Service):
 
     # -- command connection state ----------------------------------------------
 
-    def _prepare(self, proxy: Any) -> Deferred[None]:
-        # ClientService's prepareConnection: up only once PING is answered
+    def _command_built(self, proto: RedisConnectionProtocol) -> None:
+        # A new command connection counts as up only once PING is answered
         # (after txredisapi's AUTH and SELECT), so a frozen server that still
-        # accepts TCP connections does not count as up.
-        proto = self._factory.latest
-        assert proto is not None
+        # accepts TCP connections does not count as up; and the scripts are
+        # loaded first, so that a restarted server has them before anything
+        # runs (NOSCRIPT is still handled).  ClientService's own
+        # prepareConnection is not used: it cannot drop a connection that
+        # failed it.
         d = proto.whenConnected()
         d.addCallback(lambda _: self._run(proto, ("PING",), None))
+        d.addCallback(
+            lambda _: gatherResults(
+                [self._run(proto, ("SCRIPT", "LOAD", sc.source), None) for sc in self.scripts],
+                consumeErrors=True,
+            )
+        )
 
         def ready(_: Any) -> None:
+            if not proto.connected or self._stopping:
+                return
             self._command = proto
+            self._rejected = 0
             previous, self.state = self.state, "up"
             if previous == "connecting":
                 log.info("Connected to Redis at {address}", address=self.address)
@@ -210,14 +238,18 @@ class RedisShard(Service):
                 log.info("Reconnected to Redis at {address}", address=self.address)
             self._fire_state_waiters()
 
-        def failed(failure: Failure) -> Failure:
-            if proto.transport is not None and proto.connected:
+        def failed(failure: Failure) -> None:
+            self._rejected += 1
+            if proto.connected:
                 proto.transport.abortConnection()
-            return failure
+            self._first_attempt_failed(failure)
 
-        return d.addCallbacks(ready, failed)
+        d.addCallbacks(ready, failed)
+        d.addErrback(lambda f: log.failure("Preparing a Redis connection", f))
 
     def _first_attempt_failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return
         if self.state == "connecting" and not self._stopping:
             self.state = "down"
             log.error(
@@ -305,16 +337,36 @@ class RedisShard(Service):
         return d.addErrback(translate_failure, self.address)
 
     def eval(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Deferred[Any]:
-        """Run ``script`` with EVALSHA, loading it with EVAL on NOSCRIPT."""
+        """
+        Run ``script`` with EVALSHA.  On NOSCRIPT (``SCRIPT FLUSH``, a
+        failover) the script is loaded once -- concurrent callers share the
+        load -- and run again.
+        """
         d = self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
         def noscript(failure: Failure) -> Any:
             failure.trap(txredisapi.ResponseError)
             if not str(failure.value).startswith("NOSCRIPT"):
                 return failure
-            return self.execute("EVAL", script.source, len(keys), *keys, *args)
+            loaded = self._loading.get(script.sha)
+            if loaded is None:
+                loaded = self._loading[script.sha] = self.execute("SCRIPT", "LOAD", script.source)
+                loaded.addBoth(self._loaded, script.sha)
+            waiting: Deferred[Any] = Deferred()
+            self._load_waiters.setdefault(script.sha, []).append(waiting)
+            return waiting.addCallback(
+                lambda _: self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            )
 
         return d.addErrback(noscript)
+
+    def _loaded(self, result: Any, sha: str) -> None:
+        del self._loading[sha]
+        for waiting in self._load_waiters.pop(sha, []):
+            if isinstance(result, Failure):
+                waiting.errback(result)
+            else:
+                waiting.callback(None)
 
     # -- blocking connections ------------------------------------------------------
 
@@ -421,12 +473,19 @@ class RedisShard(Service):
         return protos
 
     def _sweep(self) -> None:
+        # A connection is dropped when its oldest command is overdue at two
+        # sweeps in a row with no reply in between: between two sweeps the
+        # reactor reads its sockets, so a busy reactor (replies waiting to
+        # be read) is not mistaken for a silent server.
         now = self.reactor.seconds()
-        overdue = [
-            p
-            for p in self._protocols()
-            if p.pending and p.pending[0][0] <= now and not p.timed_out and p.transport
-        ]
+        overdue = []
+        for proto in self._protocols():
+            if not proto.pending or proto.pending[0][0] > now:
+                proto.overdue_at = None
+            elif proto.overdue_at != proto.replies:
+                proto.overdue_at = proto.replies
+            elif not proto.timed_out and proto.transport:
+                overdue.append(proto)
         for proto in overdue:
             proto.timed_out = True
             proto.transport.abortConnection()

@@ -166,6 +166,7 @@ class RedisOperations:
             GLOBAL_STATS_TTL,
             self.prefix,
             self._list_ttl_ms,
+            "0" if "?" in name else "1",  # no counters per single-use channel
         ]
 
         def failed(failure: Failure) -> Any:
@@ -368,8 +369,9 @@ class RedisOperations:
 
     def channel_statistics_twisted(self, channel: str) -> Deferred[dict[str, float]]:
         """
-        The counters of ``channel`` (its prefix, for a process-local name),
-        its pending messages and the age of the oldest.
+        The counters of ``channel`` (its prefix, for a process-local name;
+        none are kept for single-use ``?`` channels, so they count 0), its
+        pending messages and the age of the oldest.
         """
         try:
             self._require_attached()

@@ -10,7 +10,7 @@ Reactor thread only.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,10 @@ class RedisConnectionProtocol(txredisapi.RedisProtocol):
         self.pending_bytes = 0
         self.timed_out = False
         self.client_id: int | None = None
+        #: Replies received so far, and its value when the timeout sweep
+        #: last found the oldest command overdue (see RedisShard._sweep).
+        self.replies = 0
+        self.overdue_at: int | None = None
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Send a command; ``timeout`` (seconds) overrides the reply timeout."""
@@ -105,9 +109,29 @@ class RedisConnectionProtocol(txredisapi.RedisProtocol):
         return d
 
     def replyReceived(self, reply: Any) -> None:
+        self.replies += 1
         if self.pending:
             self.pending_bytes -= self.pending.popleft()[1]
         super().replyReceived(reply)
+
+    if txredisapi.RedisProtocol is txredisapi.BaseRedisProtocol:
+        # The pure-Python parser: after each bulk string txredisapi pauses
+        # the transport and parses the rest of the chunk in a later reactor
+        # turn (callLater(0)), which costs a turn per string.  Parse it in a
+        # loop in the same turn instead (no recursion, same order).
+
+        _rest: bytes | None = None
+
+        def setLineMode(self, extra: bytes = b"") -> None:
+            self.line_mode = 1
+            if extra:
+                self._rest = extra
+
+        def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+            super().dataReceived(data, unpause)
+            while self._rest is not None:
+                rest, self._rest = self._rest, None
+                super().dataReceived(rest)
 
     def connectionLost(self, why: Any) -> None:
         if self.timed_out:
@@ -139,14 +163,21 @@ class ConnectionFactory(protocol.Factory):
     noisy = False
     isLazy = True  # txredisapi: log AUTH/SELECT failures rather than raise
 
-    def __init__(self, shard: RedisShard) -> None:
+    def __init__(
+        self,
+        shard: RedisShard,
+        built: Callable[[RedisConnectionProtocol], None] | None = None,
+    ) -> None:
         self.shard = shard
+        self.built = built
         self.latest: RedisConnectionProtocol | None = None
 
     def buildProtocol(self, addr: Any) -> RedisConnectionProtocol:
         p = RedisConnectionProtocol(self.shard)
         p.factory = self
         self.latest = p
+        if self.built is not None:
+            self.built(p)
         return p
 
     def stopTrying(self) -> None:

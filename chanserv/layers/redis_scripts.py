@@ -12,7 +12,8 @@ Keys (``prefix`` defaults to ``asgi:``, ``stats_prefix`` to ``asgi-meta:``)::
                                group_add, on the shard of each member's list
     <prefix>:groups:<channel>  set of the groups of ``channel`` (same shard)
     <stats_prefix><channel>:<stat>, <stats_prefix>#global#:<stat>
-                               counters, plus ``:<second>`` buckets kept 3 s
+                               counters (none per single-use ``?``
+                               channel), plus ``:<second>`` buckets kept 3 s
 
 A list element (a *reference*) is the body key; on a ``prefix!`` list it is
 the body key, a space and the full ``prefix!local`` name, so that one body
@@ -37,6 +38,7 @@ import hashlib
 import re
 
 __all__ = [
+    "ALL_SCRIPTS",
     "CHANNEL_STATS",
     "GROUP_ADD",
     "GROUP_DISCARD",
@@ -135,8 +137,9 @@ end
 
 #: KEYS: body, list, channel count stat, channel full stat, global count
 #: stat, global full stat.  ARGV: body, expiry (ms), capacity, reference,
-#: channel stat ttl, global stat ttl, key prefix, list ttl (ms).  Returns 1,
-#: or the error "full".
+#: channel stat ttl, global stat ttl, key prefix, list ttl (ms), "1" to keep
+#: the channel's own counters (not for single-use ``?`` channels).  Returns
+#: 1, or the error "full".
 SEND = Script(
     "send",
     _NOW
@@ -144,16 +147,17 @@ SEND = Script(
     + _REFS
     + _EVICT
     + """
+local own = ARGV[9] == '1'
 purge(ARGV[7], KEYS[2])
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[3]) then
-  bump(KEYS[4], 1, ARGV[5], true)
+  if own then bump(KEYS[4], 1, ARGV[5], true) end
   bump(KEYS[6], 1, ARGV[6], true)
   return redis.error_reply('full')
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
-bump(KEYS[3], 1, ARGV[5], true)
+if own then bump(KEYS[3], 1, ARGV[5], true) end
 bump(KEYS[5], 1, ARGV[6], true)
 return 1
 """,
@@ -214,14 +218,15 @@ for i, member in ipairs(members) do
         end
       end
     end
+    local own = not string.find(name, '?', 1, true)
     if redis.call('LLEN', list) >= capacity then
       full = full + 1
-      bump(ARGV[6] .. name .. ':channel_full_count', 1, ARGV[8], true)
+      if own then bump(ARGV[6] .. name .. ':channel_full_count', 1, ARGV[8], true) end
     else
       redis.call('RPUSH', list, ref)
       redis.call('PEXPIRE', list, ARGV[10])
       sent = sent + 1
-      bump(ARGV[6] .. name .. ':messages_count', 1, ARGV[8], true)
+      if own then bump(ARGV[6] .. name .. ':messages_count', 1, ARGV[8], true) end
     end
   end
 end
@@ -456,3 +461,18 @@ def glob_to_lua(glob: str) -> str | None:
             out.append(c)
     out.append("$")
     return "".join(out)
+
+
+#: Every script, loaded on each connection.
+ALL_SCRIPTS = (
+    SEND,
+    GROUP_SEND,
+    POP_MANY,
+    REQUEUE,
+    GROUP_ADD,
+    GROUP_DISCARD,
+    GROUP_MEMBERS,
+    CHANNEL_STATS,
+    ROOM,
+    LISTS_STATS,
+)

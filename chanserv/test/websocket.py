@@ -123,8 +123,10 @@ class WSClient(Client):
     def session(self) -> Any:
         """
         The Django session the session cookie names: at first the reply
-        channel's (:func:`~chanserv.sessions.session_for_reply_channel`),
-        after :meth:`login` the logged-in one.
+        channel's (:func:`~chanserv.sessions.session_for_reply_channel`,
+        created in the store if it is not there yet, so the channel session
+        of the consumers can be prepared here), after :meth:`login` the
+        logged-in one.
 
         :raises OSError: ``django.contrib.sessions`` is not installed.
         """
@@ -133,7 +135,12 @@ class WSClient(Client):
         if self._session is None:
             from chanserv.sessions import session_for_reply_channel
 
-            self._session = session_for_reply_channel(self.reply_channel)
+            session = session_for_reply_channel(self.reply_channel)
+            if not session.exists(session.session_key):
+                # Stored now, so that writing to it and saving works (a
+                # save() of a session missing from the store fails).
+                session.save(must_create=True)
+            self._session = session
         return self._session
 
     def login(self, **credentials: Any) -> bool:
