@@ -187,7 +187,7 @@ def channel_session_scope(message: Message) -> Iterator[SessionBase]:
 
     The outermost scope of a message takes the reply channel's lock, loads
     the session (creating it with ``save(must_create=True)`` when it does not
-    exist), and on exit -- also when the block raises -- saves it if it
+    exist, except for a ``websocket.disconnect``), and on exit -- also when the block raises -- saves it if it
     changed.  A nested scope only yields the session.
 
     :raises ValueError: the message has no reply channel.
@@ -214,7 +214,13 @@ def channel_session_scope(message: Message) -> Iterator[SessionBase]:
         session = getattr(message, "channel_session", None) if depth is None else None
         if session is None:
             session = session_for_reply_channel(name)
-            if not session._session and not session.exists(session.session_key):
+            # A websocket.disconnect of a socket that never had a session
+            # (a refused handshake, say) creates none: nothing could read it.
+            if (
+                message.channel.name != "websocket.disconnect"
+                and not session._session
+                and not session.exists(session.session_key)
+            ):
                 try:
                     session.save(must_create=True)
                 except CreateError:

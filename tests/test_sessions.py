@@ -130,6 +130,21 @@ def test_channel_session_is_created_on_first_use(layer: Any) -> None:
     assert Session.objects.filter(session_key=key).exists()
 
 
+def test_disconnect_of_a_socket_without_session_creates_none(layer: Any) -> None:
+    reply = reply_channel_name()
+    seen = []
+
+    @channel_session
+    def disconnect(message: Message) -> None:
+        seen.append(dict(message.channel_session))
+
+    message = {"reply_channel": reply, "path": "/", "code": 1000, "order": 1}
+    run_consumer(disconnect, "websocket.disconnect", message, layer)
+    assert seen == [{}]
+    key = session_for_reply_channel(reply).session_key
+    assert not Session.objects.filter(session_key=key).exists()
+
+
 def test_channel_session_needs_a_reply_channel(layer: Any) -> None:
     @channel_session
     def consumer(message: Message) -> None:

@@ -80,8 +80,7 @@ _BUMP = """
 local function bump(key, by, ttl, rate)
   redis.call('INCRBY', key, by)
   redis.call('EXPIRE', key, ttl)
-  if rate then
-    redis.call('INCRBY', key .. ':' .. SEC, by)
+  if rate and redis.call('INCRBY', key .. ':' .. SEC, by) == by then
     redis.call('EXPIRE', key .. ':' .. SEC, 3)
   end
 end

@@ -1,6 +1,7 @@
 """
 End-to-end, in a real browser: the pages of the tutorial section examples
-(examples/persisting_data, authentication, routing, models, ordering) run
+(examples/persisting_data, authentication, security, routing, models,
+ordering) run
 their JavaScript against a real ``twistd -n chanserv``: two tabs chat
 through the server.  Headless Chromium (the system's, as in
 tests/e2e/test_browser.py).
@@ -79,8 +80,10 @@ def test_persisting_data_page(browser: Browser, serve: Callable[[str], str]) -> 
     assert errors == []
 
 
-def test_authentication_pages(browser: Browser, serve: Callable[[str], str]) -> None:
-    url = serve("authentication")
+@pytest.mark.parametrize("example", ["authentication", "security"])
+def test_login_and_chat_pages(browser: Browser, serve: Callable[[str], str], example: str) -> None:
+    # security: the page's origin (127.0.0.1) is in ALLOWED_HOSTS.
+    url = serve(example)
     errors: list[str] = []
     pages = []
     for name in ("alice", "anna"):
