@@ -51,9 +51,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from chanserv.exceptions import ChannelFull
 from chanserv.layers.base import BaseChannelLayer, CapacityPattern, LocalReceiver, Prepared
 from chanserv.layers.redis_codec import MessageCodec
 from chanserv.layers.redis_config import (
@@ -461,27 +459,6 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         for item in items:
             self.requeue(item.shard, [item])
 
-    def decode_items(self, items: list[RawMessage]) -> list[tuple[str, dict[str, Any]]]:
-        """``(channel, message)`` pairs; undecodable messages are logged, dropped."""
-        result = []
-        for item in items:
-            list_key = item.list_key.decode("utf-8")
-            channel = list_key[len(self.prefix) :]
-            if channel.endswith("!"):
-                _, _, full = item.ref.decode("utf-8").partition(" ")
-                channel = full or channel
-            try:
-                message = self.unpack(self._codec.decode(item.body))
-            except Exception as e:
-                log.error(
-                    "Dropped a message on {channel} that could not be decoded: {error}",
-                    channel=channel,
-                    error=e,
-                )
-                continue
-            result.append((channel, message))
-        return result
-
     def add_local_receiver(self, prefix: str, callback: LocalReceiver) -> None:
         """
         Read ``prefix``'s Redis list (one per process) forever and hand
@@ -538,20 +515,3 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
             watch = self._watches.get(key.decode("utf-8")[start:])
             if watch is not None:
                 watch.check()
-
-    def _send_wait(self, channel: str, payload: bytes, timeout: float) -> Deferred[None]:
-        deadline = self.reactor.seconds() + timeout
-
-        def attempt() -> Deferred[None]:
-            return self.send_payload(channel, payload).addErrback(full)
-
-        def full(failure: Failure) -> Any:
-            failure.trap(ChannelFull)
-            remaining = deadline - self.reactor.seconds()
-            if remaining <= 0:
-                return failure
-            waiting = self.when_capacity_twisted(channel)
-            waiting.addTimeout(remaining, self.reactor)
-            return waiting.addCallbacks(lambda _: attempt(), lambda _: failure)
-
-        return attempt()

@@ -90,6 +90,8 @@ class RedisOperations:
     if TYPE_CHECKING:
 
         def get_capacity(self, channel: str) -> int: ...
+        def unpack(self, data: bytes) -> dict[str, Any]: ...
+        def when_capacity_twisted(self, channel: str) -> Deferred[None]: ...
         def non_local_name(self, name: str) -> str: ...
         def consistent_hash(self, value: str) -> int: ...
         def prepare(self, message: Any) -> bytes: ...
@@ -458,3 +460,43 @@ class RedisOperations:
         """Whether non-local channel ``name`` holds fewer than its capacity."""
         d = self._shard_of(name).eval(ROOM, [self.prefix + name], [self.prefix])
         return d.addCallback(lambda length: length < self.get_capacity(name))
+
+    # -- decoding and waiting ------------------------------------------------------
+
+    def decode_items(self, items: list[RawMessage]) -> list[tuple[str, dict[str, Any]]]:
+        """``(channel, message)`` pairs; undecodable messages are logged, dropped."""
+        result = []
+        for item in items:
+            list_key = item.list_key.decode("utf-8")
+            channel = list_key[len(self.prefix) :]
+            if channel.endswith("!"):
+                _, _, full = item.ref.decode("utf-8").partition(" ")
+                channel = full or channel
+            try:
+                message = self.unpack(self._codec.decode(item.body))
+            except Exception as e:
+                log.error(
+                    "Dropped a message on {channel} that could not be decoded: {error}",
+                    channel=channel,
+                    error=e,
+                )
+                continue
+            result.append((channel, message))
+        return result
+
+    def _send_wait(self, channel: str, payload: bytes, timeout: float) -> Deferred[None]:
+        deadline = self.reactor.seconds() + timeout
+
+        def attempt() -> Deferred[None]:
+            return self.send_payload(channel, payload).addErrback(full)
+
+        def full(failure: Failure) -> Any:
+            failure.trap(ChannelFull)
+            remaining = deadline - self.reactor.seconds()
+            if remaining <= 0:
+                return failure
+            waiting = self.when_capacity_twisted(channel)
+            waiting.addTimeout(remaining, self.reactor)
+            return waiting.addCallbacks(lambda _: attempt(), lambda _: failure)
+
+        return attempt()
