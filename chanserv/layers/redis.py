@@ -50,7 +50,6 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.logger import Logger
 
 from chanserv.layers.base import BaseChannelLayer, CapacityPattern, LocalReceiver, Prepared
 from chanserv.layers.redis_codec import MessageCodec
@@ -71,6 +70,7 @@ from chanserv.layers.redis_receive import (
 )
 from chanserv.layers.redis_scripts import ALL_SCRIPTS
 from chanserv.layers.redis_sync import call_in_reactor, check_not_reactor_thread, running_reactor
+from chanserv.log import Logger
 
 __all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts"]
 

@@ -56,7 +56,6 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chanserv.layers.redis_protocol import (
@@ -69,6 +68,7 @@ from chanserv.layers.redis_protocol import (
     translate_failure,
 )
 from chanserv.layers.redis_scripts import Script
+from chanserv.log import Logger
 
 __all__ = ["RedisShard", "RedisTimeout", "RedisUnavailable"]
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import txredisapi
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, inlineCallbacks
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
@@ -34,6 +33,7 @@ from chanserv.layers.redis_scripts import (
     ROOM,
     SEND,
 )
+from chanserv.log import Logger
 
 if TYPE_CHECKING:
     from chanserv.layers.redis_codec import MessageCodec

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import txredisapi
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from chanserv.log import Logger
 
 if TYPE_CHECKING:
     from chanserv.layers.redis_connection import RedisShard

@@ -34,10 +34,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chanserv.layers.redis_protocol import BlockingPop, RedisUnavailable
+from chanserv.log import Logger
 
 if TYPE_CHECKING:
     from chanserv.layers.redis import RedisChannelLayer

@@ -28,11 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from chanserv.layers.redis_protocol import RedisTimeout
+from chanserv.log import Logger
 
 __all__ = ["call_in_reactor", "check_not_reactor_thread", "running_reactor"]
 

@@ -287,6 +287,14 @@ class WebRequest(http.Request):
         if failure.check(ChannelFull):
             log.warn("http.request is full: {path} answered 503", path=self.asgi_path)
             code, text = 503, "Request queue full."
+        elif failure.check(ConnectionError):
+            # The layer's store (Redis) is unreachable: a retryable outage.
+            log.warn(
+                "Channel layer unavailable ({error}): {path} answered 503",
+                error=failure.value,
+                path=self.asgi_path,
+            )
+            code, text = 503, "Channel layer unavailable."
         elif failure.check(MessageTooLarge):
             log.error(
                 "http.request for {path} too large for the layer: {f}",

@@ -181,6 +181,13 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if failure.check(ChannelFull):
             log.warn("websocket.connect is full: {path} answered 503", path=self.path)
             self.reject(503, "Connection queue at capacity")
+        elif failure.check(ConnectionError):
+            log.warn(
+                "Channel layer unavailable ({error}): WebSocket {path} answered 503",
+                error=failure.value,
+                path=self.path,
+            )
+            self.reject(503, "Channel layer unavailable")
         else:
             log.failure("Sending websocket.connect failed", failure)
             self.reject(500, "Internal Server Error")
@@ -361,6 +368,13 @@ class WebSocketProtocol(WebSocketServerProtocol):
                 channel=self.reply_channel,
             )
             code = 1009
+        elif failure.check(ConnectionError):
+            log.warn(
+                "Channel layer unavailable ({error}): closing {channel} with 1011",
+                error=failure.value,
+                channel=self.reply_channel,
+            )
+            code = 1011
         else:
             log.failure("Sending websocket.receive failed", failure)
             code = 1011

@@ -407,3 +407,19 @@ def test_drain_closes_idle_and_waits_for_busy(server: Server) -> None:
     assert busy.closing
     busy.lose()
     assert d.called
+
+
+def test_layer_outage_gives_503_not_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.defer import fail
+
+    server = Server()
+    monkeypatch.setattr(
+        server.layer,
+        "send_twisted",
+        lambda channel, message: fail(ConnectionError("Redis at 127.0.0.1:6379 is down")),
+    )
+    conn = server.connect()
+    conn.send(simple_request())
+    assert conn.written().startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert conn.written().endswith(b"Channel layer unavailable.\n")
+    assert len(server.replies) == 0

@@ -811,3 +811,28 @@ def test_over_real_sockets(secure: bool) -> None:
     finally:
         in_reactor(port.stopListening)
         in_reactor(layer.detach_reactor)
+
+
+def test_layer_outage_on_connect_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.defer import fail
+
+    h = Harness()
+    monkeypatch.setattr(
+        h.layer, "send_twisted", lambda channel, message: fail(ConnectionError("down"))
+    )
+    client = h.connect()
+    assert client.status() == 503
+    assert client.transport.disconnecting
+
+
+def test_layer_outage_on_receive_closes_1011(monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.defer import fail
+
+    h = Harness()
+    client, _ = h.open()
+    monkeypatch.setattr(
+        h.layer, "send_twisted", lambda channel, message: fail(ConnectionError("down"))
+    )
+    client.text("lost to the outage")
+    frames = client.frames()
+    assert frames[-1][0] == CLOSE and close_code(frames[-1][1]) == 1011
