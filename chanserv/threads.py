@@ -13,6 +13,7 @@ iteration, however many threads finish in between.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -121,8 +122,10 @@ class WorkerPool(Service):
         self._reactor = reactor
         self.size = size
         self.name = name
-        self._queue: deque[Any] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        # queue.SimpleQueue: put and get are C code; a blocked get waits
+        # without holding the GIL.  (A threading.Condition costs a Python-level
+        # lock allocation per wait and a Python loop per notify.)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._busy = 0
         self._exited = 0
@@ -161,9 +164,7 @@ class WorkerPool(Service):
         returned or raised.
         """
         self._busy += 1
-        with self._cond:
-            self._queue.append((task, args, on_done))
-            self._cond.notify()
+        self._queue.put((task, args, on_done))
 
     def _complete(self, on_done: Callable[[], None] | None) -> None:
         # Reactor thread, via the batcher.
@@ -173,11 +174,9 @@ class WorkerPool(Service):
 
     def _run(self) -> None:
         # Pool thread.
+        get = self._queue.get
         while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                item = self._queue.popleft()
+            item = get()
             if item is _STOP:
                 break
             task, args, on_done = item
@@ -211,8 +210,6 @@ class WorkerPool(Service):
             d.callback(None)
             return d
         self._stopped = d
-        with self._cond:
-            for _ in self._threads:
-                self._queue.append(_STOP)
-            self._cond.notify_all()
+        for _ in self._threads:
+            self._queue.put(_STOP)
         return d

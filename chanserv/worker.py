@@ -29,7 +29,7 @@ from chanserv.exceptions import (
 from chanserv.log import Logger
 from chanserv.message import Message
 from chanserv.signals import consumer_finished, consumer_started, worker_ready
-from chanserv.threads import WorkerPool
+from chanserv.threads import WorkerPool, batcher_for
 
 log = Logger()
 
@@ -106,6 +106,8 @@ class Worker(Service):
         self._failures = 0
         self._retry_call: Any = None
         self._drained: Deferred[None] | None = None
+        self._pull_scheduled = False
+        self._batcher = batcher_for(reactor)
 
     # -- reactor thread ------------------------------------------------------
 
@@ -147,11 +149,20 @@ class Worker(Service):
             return
         delay = self.retry_delays[min(self._failures, len(self.retry_delays) - 1)]
         self._failures += 1
-        log.failure(
-            "Receiving from the channel layer failed; retrying in {delay}s",
-            failure,
-            delay=delay,
-        )
+        if failure.check(ConnectionError):
+            # The layer is unreachable (Redis down or restarting): expected
+            # and handled here, so no traceback.
+            log.warn(
+                "Channel layer unavailable ({error}); receiving again in {delay}s",
+                error=failure.value,
+                delay=delay,
+            )
+        else:
+            log.failure(
+                "Receiving from the channel layer failed; retrying in {delay}s",
+                failure,
+                delay=delay,
+            )
         self._retry_call = self._reactor.callLater(delay, self._retry)
 
     def _retry(self) -> None:
@@ -160,10 +171,20 @@ class Worker(Service):
 
     def _done(self) -> None:
         if self.running:
-            self._pull()
+            # Completions arrive in batches (one reactor wake-up for all the
+            # threads that finished meanwhile): pull once after the batch,
+            # for as many messages as threads came free, rather than one
+            # receive per completion.
+            if not self._pull_scheduled:
+                self._pull_scheduled = True
+                self._batcher.call(self._scheduled_pull)
         elif self._drained is not None and self.pool.busy == 0:
             d, self._drained = self._drained, None
             d.callback(None)
+
+    def _scheduled_pull(self) -> None:
+        self._pull_scheduled = False
+        self._pull()
 
     def stopService(self) -> Deferred[None]:
         """

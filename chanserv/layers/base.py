@@ -54,6 +54,11 @@ RESERVED_KEY = "__asgi_channel__"
 
 MAX_NAME_LENGTH = 100
 
+# Channel names already found valid (see valid_channel_name).
+_VALID_CACHE_SIZE = 10000
+_valid_names: set[str] = set()
+_valid_receive_names: set[str] = set()
+
 
 def random_string(length: int = 12) -> str:
     """``length`` letters from a CSPRNG: unguessable channel-name parts."""
@@ -175,6 +180,24 @@ class BaseChannelLayer:
         after the ``?``.  With ``receive=True`` a ``!`` name must end at the
         ``!``: readers receive on the prefix.
         """
+        # Names recur (the worker's channel list, busy reply channels): skip
+        # the checks for a name already found valid.  Bounded.
+        if type(name) is not str:
+            BaseChannelLayer._check_channel_name(name, receive)
+        if receive:
+            if name in _valid_receive_names:
+                return True
+        elif name in _valid_names:
+            return True
+        BaseChannelLayer._check_channel_name(name, receive)
+        cache = _valid_receive_names if receive else _valid_names
+        if len(cache) >= _VALID_CACHE_SIZE:
+            cache.clear()
+        cache.add(name)
+        return True
+
+    @staticmethod
+    def _check_channel_name(name: Any, receive: bool) -> None:
         if not isinstance(name, str):
             raise TypeError("Channel name must be a str, not %r" % (type(name).__name__,))
         if len(name) >= MAX_NAME_LENGTH:
@@ -194,7 +217,6 @@ class BaseChannelLayer:
                 "Process-local channel %r: receive on its prefix, up to and "
                 "including the '!'" % (name,)
             )
-        return True
 
     @classmethod
     def valid_channel_names(cls, names: Any, receive: bool = False) -> bool:

@@ -477,6 +477,12 @@ class WebRequest(http.Request):
     def _disconnect_failed(self, failure: Failure) -> None:
         if failure.check(ChannelFull):
             log.debug("http.disconnect is full: dropped for {channel}", channel=self.reply_channel)
+        elif failure.check(ConnectionError):
+            log.warn(
+                "Channel layer unavailable ({error}): http.disconnect dropped for {channel}",
+                error=failure.value,
+                channel=self.reply_channel,
+            )
         else:
             log.failure("Sending http.disconnect failed", failure)
 

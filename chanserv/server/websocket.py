@@ -464,6 +464,12 @@ class WebSocketProtocol(WebSocketServerProtocol):
             log.warn(
                 "websocket.disconnect is full: dropped for {channel}", channel=self.reply_channel
             )
+        elif failure.check(ConnectionError):
+            log.warn(
+                "Channel layer unavailable ({error}): websocket.disconnect dropped for {channel}",
+                error=failure.value,
+                channel=self.reply_channel,
+            )
         else:
             log.failure("Sending websocket.disconnect failed", failure)
 

@@ -1,5 +1,5 @@
 from chanserv.routing import route
-from e2eproj import consumers, ordered
+from e2eproj import consumers, nodes, ordered
 
 channel_routing = [
     route("e2e.marker", consumers.write_marker),
@@ -7,4 +7,11 @@ channel_routing = [
     route("http.request", consumers.gated_http, path=r"^/gated/$"),
     route("websocket.connect", ordered.ordered_connect, path=r"^/ordered/$"),
     route("websocket.receive", ordered.ordered_receive, path=r"^/ordered/$"),
+    route("http.request", nodes.whoami_http, path=r"^/whoami/$"),
+    route("websocket.connect", nodes.chat_add, path=r"^/chat/$"),
+    route("websocket.receive", nodes.chat_message, path=r"^/chat/$"),
+    route("websocket.disconnect", nodes.chat_disconnect, path=r"^/chat/$"),
+    route("websocket.connect", nodes.echo_connect, path=r"^/echo/$"),
+    route("websocket.receive", nodes.echo_receive, path=r"^/echo/$"),
+    route("e2e.forward", nodes.forward_to_group),
 ]

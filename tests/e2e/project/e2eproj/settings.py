@@ -42,3 +42,24 @@ elif _layer == "broken":
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "no.such.Layer", "ROUTING": "e2eproj.routing.channel_routing"}
     }
+elif _layer == "redis":
+    # The Redis layer (tests/e2e/test_redis_*.py): E2E_REDIS_URLS is one or
+    # more comma-separated redis:// URLs (one shard each); the short
+    # reconnect back-off lets the fault tests see recoveries quickly.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "asgi_redis.RedisChannelLayer",
+            "ROUTING": "e2eproj.routing.channel_routing",
+            "CONFIG": {
+                "hosts": os.environ["E2E_REDIS_URLS"].split(","),
+                "prefix": "e2e:",
+                "capacity": int(os.environ.get("E2E_CAPACITY", "100")),
+                "blpop_timeout": 1,
+                "connection_kwargs": {
+                    "socket_timeout": 2,
+                    "socket_connect_timeout": 2,
+                    "reconnect_max_delay": 0.5,
+                },
+            },
+        }
+    }
