@@ -48,6 +48,10 @@ class ReactorBatcher:
         self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._scheduled = False
 
+    #: Rounds of newly queued calls one drain may run before it yields to the
+    #: reactor.
+    max_rounds = 4
+
     def call(self, f: Callable[..., Any], *args: Any) -> None:
         """
         Arrange for ``f(*args)`` to run on the reactor thread.  Any thread.
@@ -63,17 +67,27 @@ class ReactorBatcher:
             self._reactor.callFromThread(self._drain)
 
     def _drain(self) -> None:
-        # Reactor thread.  Take the whole batch at once; calls queued while it
-        # runs schedule a new drain.
+        # Reactor thread.  Calls queued while a batch runs -- by the batch
+        # itself or by other threads -- are run in this same drain (no new
+        # wake-up, no extra reactor iteration), for a few rounds at most so
+        # that a steady stream of calls cannot starve the sockets.
+        for _ in range(self.max_rounds):
+            with self._lock:
+                calls = self._calls
+                if not calls:
+                    self._scheduled = False
+                    return
+                self._calls = deque()
+            for f, args in calls:
+                try:
+                    f(*args)
+                except Exception:
+                    log.failure("Error in a call handed to the reactor")
         with self._lock:
-            calls = self._calls
-            self._calls = deque()
-            self._scheduled = False
-        for f, args in calls:
-            try:
-                f(*args)
-            except Exception:
-                log.failure("Error in a call handed to the reactor")
+            if not self._calls:
+                self._scheduled = False
+                return
+        self._reactor.callLater(0, self._drain)
 
 
 _batchers: dict[int, tuple[Any, ReactorBatcher]] = {}

@@ -140,7 +140,7 @@ class Worker(Service):
         self._receiving = None
         self._failures = 0
         for channel, content in batch:
-            self.pool.submit(self.handle, channel, content, on_done=self._done)
+            self.pool.submit(self._consume, channel, content, on_done=self._done)
         self._pull()
 
     def _receive_failed(self, failure: Failure) -> None:
@@ -217,6 +217,26 @@ class Worker(Service):
         return drained
 
     # -- pool thread ---------------------------------------------------------
+
+    def _consume(self, channel: str, content: dict[str, Any]) -> None:
+        """
+        Handle a message, then -- with a layer whose receive is only a lock
+        (:attr:`~chanserv.layers.base.BaseChannelLayer.cheap_receive`) --
+        keep taking the next waiting message from this thread while there is
+        one.  Under load a message then goes from the layer to a free thread
+        without a round trip through the reactor; when the channels are
+        empty the thread returns to the pool.  Runs in a pool thread.
+        """
+        self.handle(channel, content)
+        layer = self.channel_layer
+        if not getattr(layer, "cheap_receive", False):
+            return
+        channels = self.channels
+        while self.running:
+            next_channel, next_content = layer.receive(channels)
+            if next_channel is None:
+                return
+            self.handle(next_channel, next_content)
 
     def handle(self, channel: str, content: dict[str, Any]) -> None:
         """

@@ -342,3 +342,38 @@ def test_stop_gives_up_after_graceful_timeout() -> None:
     stuck.set()
     in_reactor(pool.stopService)
     in_reactor(layer.detach_reactor)
+
+
+def test_free_thread_takes_the_next_message_without_the_reactor(runtime: Any) -> None:
+    # With the in-memory layer a thread that finished a message takes the
+    # next waiting one itself: it goes on even while the reactor is busy.
+    reactor = reactor_thread()
+    first_running = threading.Event()
+    release_first = threading.Event()
+    reactor_blocked = threading.Event()
+    release_reactor = threading.Event()
+    rec = Recorder()
+
+    def consumer(message: Any) -> None:
+        if message["n"] == 0:
+            first_running.set()
+            release_first.wait(TIMEOUT)
+        rec.add(message["n"])
+
+    layer = runtime([route("test.steal", consumer)], threads=1)
+    layer.send("test.steal", {"n": 0})
+    assert first_running.wait(TIMEOUT)
+    for n in range(1, 6):
+        layer.send("test.steal", {"n": n})
+
+    def block() -> None:
+        reactor_blocked.set()
+        release_reactor.wait(TIMEOUT)
+
+    reactor.callFromThread(block)
+    assert reactor_blocked.wait(TIMEOUT)
+    try:
+        release_first.set()
+        assert rec.wait_for(6) == [0, 1, 2, 3, 4, 5]
+    finally:
+        release_reactor.set()

@@ -91,6 +91,11 @@ class BaseChannelLayer:
     #: layer is refused by ``--mode=interface`` and ``--mode=worker``.
     local_only = False
 
+    #: True when a non-blocking ``receive`` from a worker thread costs no
+    #: more than a lock (no network round trip): the worker then lets a pool
+    #: thread that finished a message take the next one itself.
+    cheap_receive = False
+
     ChannelFull = ChannelFull
     MessageTooLarge = MessageTooLarge
 

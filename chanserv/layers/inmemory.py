@@ -64,6 +64,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     extensions = ["groups", "flush", "statistics", "twisted"]
     local_only = True
+    cheap_receive = True
 
     #: Longest wait, in real seconds, of ``receive(channels, block=True)``
     #: before it returns ``(None, None)``; a send ends the wait at once.
