@@ -16,8 +16,19 @@ from __future__ import annotations
 from django.db import close_old_connections
 from django.dispatch import Signal
 
-consumer_started = Signal()  # sender=handler class; kwargs: environ
-consumer_finished = Signal()  # sender=handler class
+
+def _cached_signal() -> Signal:
+    # Sent twice per consumed message: cache the live receivers per sender,
+    # as Django's use_caching does, but in a plain dict so that any sender
+    # -- None included, which Django's weak cache refuses -- works.  Django
+    # clears the cache whenever a receiver connects or disconnects.
+    signal = Signal(use_caching=True)
+    signal.sender_receivers_cache = {}
+    return signal
+
+
+consumer_started = _cached_signal()  # sender=handler class; kwargs: environ
+consumer_finished = _cached_signal()  # sender=handler class
 worker_ready = Signal()  # sender=Worker instance
 worker_process_ready = Signal()  # sender=Worker instance
 
