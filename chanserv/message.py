@@ -134,20 +134,31 @@ class PendingMessageStore:
 
     def _send(self, layer: BaseChannelLayer, name: str, data: Prepared) -> None:
         try:
-            layer.send_prepared(name, data)
+            send_waiting(layer, name, data, self.full_timeout)
         except ChannelFull:
-            wait = getattr(layer, "send_prepared_wait", None)
-            try:
-                if wait is None:
-                    raise
-                wait(name, data, self.full_timeout)
-            except ChannelFull:
-                log.error(
-                    "Channel {channel} stayed full for {timeout}s; a message "
-                    "sent by the consumer was dropped",
-                    channel=name,
-                    timeout=self.full_timeout,
-                )
+            log.error(
+                "Channel {channel} stayed full for {timeout}s; a message "
+                "sent by the consumer was dropped",
+                channel=name,
+                timeout=self.full_timeout,
+            )
+
+
+def send_waiting(layer: Any, channel: str, data: Prepared, timeout: float) -> None:
+    """
+    Send a prepared message; if ``channel`` is full, wait up to ``timeout``
+    seconds for room (pushed by the layer's ``send_prepared_wait`` where it
+    has one) before giving up.  A worker thread: it may block.
+
+    :raises ChannelFull: still full after ``timeout``.
+    """
+    try:
+        layer.send_prepared(channel, data)
+    except ChannelFull:
+        wait = getattr(layer, "send_prepared_wait", None)
+        if wait is None:
+            raise
+        wait(channel, data, timeout)
 
 
 pending_message_store = PendingMessageStore()

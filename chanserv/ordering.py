@@ -75,6 +75,7 @@ from chanserv.exceptions import ChannelFull, ConsumeLater
 from chanserv.layers.base import MAX_NAME_LENGTH
 from chanserv.locks import SocketState, Turn, socket_locks
 from chanserv.log import Logger
+from chanserv.message import send_waiting
 
 if TYPE_CHECKING:
     from django.contrib.sessions.backends.base import SessionBase
@@ -411,19 +412,14 @@ def requeue_messages(message: Message) -> None:
             log.error("A message on {wait} had no original_channel; dropped", wait=wait)
             continue
         try:
-            layer.send(original, content)
+            layer.valid_channel_name(original)
+            send_waiting(layer, original, layer.prepare(content), 2.0)
         except ChannelFull:
-            send_wait = getattr(layer, "send_prepared_wait", None)
-            try:
-                if send_wait is None:
-                    raise
-                send_wait(original, layer.prepare(content), 2.0)
-            except ChannelFull:
-                _close(
-                    None,
-                    message,
-                    int(content.get("order", -1)),
-                    "{original} is full and message {expected} could not be put back on it",
-                    original=original,
-                )
-                return
+            _close(
+                None,
+                message,
+                int(content.get("order", -1)),
+                "{original} is full and message {expected} could not be put back on it",
+                original=original,
+            )
+            return

@@ -27,7 +27,7 @@ from chanserv.exceptions import (
     DenyConnection,
 )
 from chanserv.log import Logger
-from chanserv.message import Message
+from chanserv.message import Message, send_waiting
 from chanserv.signals import consumer_finished, consumer_started, worker_ready
 from chanserv.threads import WorkerPool, batcher_for
 
@@ -355,14 +355,7 @@ def requeue_message(
         return
     content = dict(content)
     content["__retries__"] = retries
-    data = layer.prepare(content)
     try:
-        layer.send_prepared(channel, data)
+        send_waiting(layer, channel, layer.prepare(content), 0.5)
     except ChannelFull:
-        wait = getattr(layer, "send_prepared_wait", None)
-        try:
-            if wait is None:
-                raise
-            wait(channel, data, 0.5)
-        except ChannelFull:
-            log.error("Channel {channel} is full; a requeued message was dropped", channel=channel)
+        log.error("Channel {channel} is full; a requeued message was dropped", channel=channel)
