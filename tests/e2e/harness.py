@@ -9,6 +9,7 @@ installed wheel separately).
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -21,6 +22,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def free_port() -> int:
@@ -53,6 +61,9 @@ class TwistdProcess:
         self.logfile = tempfile.NamedTemporaryFile(
             prefix="chanserv-e2e-", suffix=".log", delete=False
         )
+        # Processes not used as a context manager leave their log behind;
+        # remove it when the test run ends.
+        atexit.register(_unlink_quietly, self.logfile.name)
         cmd = [TWISTD, "-n", "--pidfile=", "-l", "-", "chanserv", "--settings=" + settings]
         if port is not None:
             cmd += ["-p", str(port)]
