@@ -27,13 +27,8 @@ def _resolve(alias: str, channel_layer: Any) -> Any:
     return channel_layers[alias]
 
 
-class Channel:
-    """
-    A named channel.  ``Channel("chat-messages").send({...})``.
-
-    :raises TypeError: on ``send`` when the content is not a dict, the name is
-        invalid, or the content holds a value no layer can carry.
-    """
+class _Named:
+    """A name on a channel layer, resolved by alias on first use."""
 
     def __init__(
         self, name: str, alias: str = DEFAULT_CHANNEL_LAYER, channel_layer: Any = None
@@ -49,6 +44,15 @@ class Channel:
         if self._layer is None:
             self._layer = _resolve(self.alias, None)
         return self._layer
+
+
+class Channel(_Named):
+    """
+    A named channel.  ``Channel("chat-messages").send({...})``.
+
+    :raises TypeError: on ``send`` when the content is not a dict, the name is
+        invalid, or the content holds a value no layer can carry.
+    """
 
     def send(self, content: dict[str, Any], immediately: bool = False) -> None:
         """
@@ -77,25 +81,10 @@ class Channel:
         return hash(self.name)
 
 
-class Group:
+class Group(_Named):
     """
     A named group of channels.  ``Group("chat").add(message.reply_channel)``.
     """
-
-    def __init__(
-        self, name: str, alias: str = DEFAULT_CHANNEL_LAYER, channel_layer: Any = None
-    ) -> None:
-        if isinstance(name, bytes):
-            name = name.decode("ascii")
-        self.name = name
-        self.alias = alias
-        self._layer = channel_layer
-
-    @property
-    def channel_layer(self) -> Any:
-        if self._layer is None:
-            self._layer = _resolve(self.alias, None)
-        return self._layer
 
     @staticmethod
     def _channel_name(channel: Channel | str) -> str:
