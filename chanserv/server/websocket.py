@@ -129,6 +129,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     _parsed = False  # autobahn has seen the handshake
     _connect_pending = False  # websocket.connect send in flight
     _pumping = False
+    _paused = False  # reading paused for back-pressure
     _busy = False  # a websocket.receive send is in flight or waiting for room
     _backlog: deque[dict[str, Any]] | None = None  # messages waiting behind it
     _full_since: float | None = None
@@ -311,9 +312,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
             if backlog is None:
                 backlog = self._backlog = deque()
             backlog.append(message)
-            if len(backlog) == MAX_BACKLOG and self.transport is not None:
+            if len(backlog) == MAX_BACKLOG:
                 # A layer slower than the client: stop reading until it drains.
-                self.transport.pauseProducing()
+                self._pause()
         else:
             self._send_receive(message)
 
@@ -357,8 +358,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self._backlog.appendleft(message)
             if self._full_since is None:
                 self._full_since = self.factory.reactor.seconds()
-            if not self.lost and self.transport is not None:
-                self.transport.pauseProducing()
+            if not self.lost:
+                self._pause()
             self._room = self.factory.layer.when_capacity_twisted("websocket.receive")
             self._room.addCallbacks(self._retry, self._room_failed)
             return
@@ -417,8 +418,16 @@ class WebSocketProtocol(WebSocketServerProtocol):
         elif self.transport is not None:
             self.transport.abortConnection()
 
+    def _pause(self) -> None:
+        if self.transport is not None:
+            self._paused = True
+            self.transport.pauseProducing()
+
     def _resume(self) -> None:
-        if not self.lost and self.transport is not None:
+        # Called after every delivered message: touch the transport (and the
+        # reactor's reader set) only when reading was actually paused.
+        if self._paused and not self.lost and self.transport is not None:
+            self._paused = False
             self.transport.resumeProducing()
 
     # -- end ---------------------------------------------------------------------
