@@ -25,8 +25,7 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults
 
 from chanserv.exceptions import ChannelFull
 from chanserv.layers.redis import RedisChannelLayer, RedisTimeout, RedisUnavailable
-from chanserv.layers.redis_config import parse_hosts
-from chanserv.layers.redis_scripts import glob_to_lua
+from chanserv.layers.redis.config import glob_to_lua, parse_hosts
 from tests.layers.contract import LayerContractTests
 from tests.redisserver import RedisServer
 from tests.support import in_reactor, reactor_thread

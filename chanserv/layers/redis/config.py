@@ -6,15 +6,43 @@ can evaluate themselves (so that a group send stays one round trip).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from chanserv.layers.base import BaseChannelLayer
-from chanserv.layers.redis_protocol import RedisAddress
-from chanserv.layers.redis_scripts import glob_to_lua
 
-__all__ = ["compile_capacities", "connection_options", "lua_capacities", "parse_hosts"]
+__all__ = [
+    "RedisAddress",
+    "compile_capacities",
+    "connection_options",
+    "glob_to_lua",
+    "lua_capacities",
+    "parse_hosts",
+]
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where a shard is and how to log in."""
+
+    host: str
+    port: int = 6379
+    db: int | None = None
+    password: str | None = None
+    username: str | None = None
+    tls: bool = False
+
+    def __str__(self) -> str:
+        return "%s://%s:%d/%d" % (
+            "rediss" if self.tls else "redis",
+            self.host,
+            self.port,
+            self.db or 0,
+        )
+
 
 #: connection_kwargs understood here.
 _CONNECTION_KWARGS = {
@@ -188,3 +216,53 @@ def lua_capacities(compiled: list[Any]) -> list[str | int] | None:
             return None
         pairs += [lua, value]
     return pairs
+
+
+_LUA_MAGIC = set("^$()%.[]*+-?")
+_SAFE_SET_CHARS = re.compile(r"^[A-Za-z0-9_.!-]+$")
+
+
+def glob_to_lua(glob: str) -> str | None:
+    """
+    An anchored Lua pattern matching what ``fnmatch`` matches for ``glob``,
+    or None if the glob uses a form this translation does not cover (a
+    character set with other than letters, digits, ``_``, ``.``, ``-``, or
+    an unclosed ``[``); such capacities are resolved in Python instead.
+    """
+    out = ["^"]
+    i, n = 0, len(glob)
+    while i < n:
+        c = glob[i]
+        i += 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            end = glob.find("]", i + 1 if i < n and glob[i] in "!]" else i)
+            if end < 0:
+                return None
+            content = glob[i:end]
+            i = end + 1
+            negate = content.startswith("!")
+            if negate:
+                content = content[1:]
+            if not content or not _SAFE_SET_CHARS.match(content) or "!" in content:
+                return None
+            parts = []
+            for k, ch in enumerate(content):
+                if ch == "-" and 0 < k < len(content) - 1:
+                    if content[k - 1] > content[k + 1]:
+                        return None  # an empty range: leave it to fnmatch
+                    parts.append("-")
+                elif ch.isalnum():
+                    parts.append(ch)
+                else:
+                    parts.append("%" + ch)
+            out.append("[" + ("^" if negate else "") + "".join(parts) + "]")
+        elif c in _LUA_MAGIC:
+            out.append("%" + c)
+        else:
+            out.append(c)
+    out.append("$")
+    return "".join(out)

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
-from chanserv.layers.redis_protocol import BlockingPop, RedisUnavailable
+from chanserv.layers.redis.errors import RedisUnavailable
+from chanserv.layers.redis.protocol import BlockingPop
 from chanserv.log import Logger
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 """
-The pieces under :class:`~chanserv.layers.redis_connection.RedisShard`: the
+The pieces under :class:`~chanserv.layers.redis.connection.RedisShard`: the
 errors, a shard's address, txredisapi's protocol adapted for a server
 (raw ``bytes`` replies, a deadline per command, the global reactor replaced
 by the shard's), and one blocking pop.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import txredisapi
@@ -19,10 +18,12 @@ from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from chanserv.layers.redis.config import RedisAddress
+from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
 from chanserv.log import Logger
 
 if TYPE_CHECKING:
-    from chanserv.layers.redis_connection import RedisShard
+    from chanserv.layers.redis.connection import RedisShard
 
 __all__ = [
     "BlockingPop",
@@ -35,38 +36,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-
-class RedisUnavailable(ConnectionError):
-    """
-    Redis cannot be used right now: it is unreachable, the connection was
-    lost while the command was in flight, or too much is waiting for it.
-    The operation may or may not have taken effect.
-    """
-
-
-class RedisTimeout(RedisUnavailable):
-    """Redis did not answer in time; the connection was dropped."""
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where a shard is and how to log in."""
-
-    host: str
-    port: int = 6379
-    db: int | None = None
-    password: str | None = None
-    username: str | None = None
-    tls: bool = False
-
-    def __str__(self) -> str:
-        return "%s://%s:%d/%d" % (
-            "rediss" if self.tls else "redis",
-            self.host,
-            self.port,
-            self.db or 0,
-        )
 
 
 class RedisConnectionProtocol(txredisapi.RedisProtocol):

@@ -38,6 +38,7 @@ injected one.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import deque
 from collections.abc import Sequence
@@ -58,21 +59,31 @@ from twisted.internet.defer import (
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.python.failure import Failure
 
-from chanserv.layers.redis_protocol import (
+from chanserv.layers.redis.config import RedisAddress
+from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
+from chanserv.layers.redis.protocol import (
     BlockingPop,
     ConnectionFactory,
-    RedisAddress,
     RedisConnectionProtocol,
-    RedisTimeout,
-    RedisUnavailable,
     translate_failure,
 )
-from chanserv.layers.redis_scripts import Script
 from chanserv.log import Logger
 
-__all__ = ["RedisShard", "RedisTimeout", "RedisUnavailable"]
+__all__ = ["RedisShard", "RedisTimeout", "RedisUnavailable", "Script"]
 
 log = Logger()
+
+
+class Script:
+    """A Lua script and its SHA1, for EVALSHA (with EVAL after NOSCRIPT)."""
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source.strip() + "\n"
+        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+
+    def __repr__(self) -> str:
+        return "<Script %s %s>" % (self.name, self.sha[:8])
 
 
 class RedisShard(Service):

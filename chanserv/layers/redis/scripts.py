@@ -34,8 +34,7 @@ clocks agree on group expiry.
 
 from __future__ import annotations
 
-import hashlib
-import re
+from chanserv.layers.redis.connection import Script
 
 __all__ = [
     "ALL_SCRIPTS",
@@ -50,20 +49,7 @@ __all__ = [
     "ROOM",
     "SEND",
     "Script",
-    "glob_to_lua",
 ]
-
-
-class Script:
-    """A Lua script and its SHA1, for EVALSHA (with EVAL after NOSCRIPT)."""
-
-    def __init__(self, name: str, source: str) -> None:
-        self.name = name
-        self.source = source.strip() + "\n"
-        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
-
-    def __repr__(self) -> str:
-        return "<Script %s %s>" % (self.name, self.sha[:8])
 
 
 # Shared Lua helpers, prepended to the scripts that need them.
@@ -410,56 +396,6 @@ end
 return {pending, pttl}
 """,
 )
-
-
-_LUA_MAGIC = set("^$()%.[]*+-?")
-_SAFE_SET_CHARS = re.compile(r"^[A-Za-z0-9_.!-]+$")
-
-
-def glob_to_lua(glob: str) -> str | None:
-    """
-    An anchored Lua pattern matching what ``fnmatch`` matches for ``glob``,
-    or None if the glob uses a form this translation does not cover (a
-    character set with other than letters, digits, ``_``, ``.``, ``-``, or
-    an unclosed ``[``); such capacities are resolved in Python instead.
-    """
-    out = ["^"]
-    i, n = 0, len(glob)
-    while i < n:
-        c = glob[i]
-        i += 1
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "[":
-            end = glob.find("]", i + 1 if i < n and glob[i] in "!]" else i)
-            if end < 0:
-                return None
-            content = glob[i:end]
-            i = end + 1
-            negate = content.startswith("!")
-            if negate:
-                content = content[1:]
-            if not content or not _SAFE_SET_CHARS.match(content) or "!" in content:
-                return None
-            parts = []
-            for k, ch in enumerate(content):
-                if ch == "-" and 0 < k < len(content) - 1:
-                    if content[k - 1] > content[k + 1]:
-                        return None  # an empty range: leave it to fnmatch
-                    parts.append("-")
-                elif ch.isalnum():
-                    parts.append(ch)
-                else:
-                    parts.append("%" + ch)
-            out.append("[" + ("^" if negate else "") + "".join(parts) + "]")
-        elif c in _LUA_MAGIC:
-            out.append("%" + c)
-        else:
-            out.append(c)
-    out.append("$")
-    return "".join(out)
 
 
 #: Every script, loaded on each connection.

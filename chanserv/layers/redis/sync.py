@@ -31,7 +31,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
-from chanserv.layers.redis_protocol import RedisTimeout
+from chanserv.layers.redis.errors import RedisTimeout
 from chanserv.log import Logger
 
 __all__ = ["call_in_reactor", "check_not_reactor_thread", "running_reactor"]

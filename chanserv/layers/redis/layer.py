@@ -11,10 +11,10 @@ What differs from asgi_redis 1.4.3, and why:
   Twisted receive); blocking pops on their own connections, timed out even
   when the server is frozen; fail-fast with :class:`RedisUnavailable` while
   Redis is down and reconnection with a capped back-off
-  (:mod:`~chanserv.layers.redis_connection`).
+  (:mod:`~chanserv.layers.redis.connection`).
 - A receive takes the body off Redis in the same script that pops the
   reference (the Twisted path of asgi_redis never deleted bodies), and can
-  take a batch (:mod:`~chanserv.layers.redis_receive`).
+  take a batch (:mod:`~chanserv.layers.redis.receive`).
 - ``send_group`` is one script per shard, whatever the group's size: it
   drops expired members, then pushes one shared (read-counted) body to every
   member with room, skipping full ones -- not a loop of sends in Python.
@@ -24,14 +24,14 @@ What differs from asgi_redis 1.4.3, and why:
 - A process-local channel's full name travels in the list reference, not
   in the body, so one body serves a whole group.
 - The synchronous face works in any process: without an attached reactor
-  it starts the global one in a daemon thread (:mod:`.redis_sync`).
+  it starts the global one in a daemon thread (:mod:`.sync`).
 
 - Every channel lives on its hashed shard, normal channels too (asgi_redis
   sent those round-robin): capacity is then exact, a channel's messages
   stay in order, and a receive blocks only on the shards of its channels.
   The price: one channel's traffic is served by one Redis server.
 - A channel whose message expired unread leaves all its groups, as the
-  ASGI spec recommends (see :mod:`.redis_scripts`).
+  ASGI spec recommends (see :mod:`.scripts`).
 
 Sharding is asgi_redis's hash: ``crc32`` of the (non-local) name over 4096
 slots, split evenly between the hosts.  Changing ``hosts`` loses data.
@@ -52,24 +52,24 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 
 from chanserv.layers.base import BaseChannelLayer, CapacityPattern, LocalReceiver, Prepared
-from chanserv.layers.redis_codec import MessageCodec
-from chanserv.layers.redis_config import (
+from chanserv.layers.redis.codec import MessageCodec
+from chanserv.layers.redis.config import (
     compile_capacities,
     connection_options,
     lua_capacities,
     parse_hosts,
 )
-from chanserv.layers.redis_connection import RedisShard
-from chanserv.layers.redis_ops import RedisOperations
-from chanserv.layers.redis_protocol import RedisTimeout, RedisUnavailable
-from chanserv.layers.redis_receive import (
+from chanserv.layers.redis.connection import RedisShard
+from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
+from chanserv.layers.redis.operations import RedisOperations
+from chanserv.layers.redis.receive import (
     CapacityWatch,
     LocalReceiverLoop,
     RawMessage,
     ReceiveOperation,
 )
-from chanserv.layers.redis_scripts import ALL_SCRIPTS
-from chanserv.layers.redis_sync import call_in_reactor, check_not_reactor_thread, running_reactor
+from chanserv.layers.redis.scripts import ALL_SCRIPTS
+from chanserv.layers.redis.sync import call_in_reactor, check_not_reactor_thread, running_reactor
 from chanserv.log import Logger
 
 __all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts"]
@@ -489,7 +489,7 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         """
         Fires once ``channel`` (its shard, or any shard for a normal
         channel) holds fewer messages than its capacity; see
-        :class:`~chanserv.layers.redis_receive.CapacityWatch` for how.
+        :class:`~chanserv.layers.redis.receive.CapacityWatch` for how.
         """
         try:
             self._require_attached()

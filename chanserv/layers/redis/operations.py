@@ -1,7 +1,7 @@
 """
 The Redis commands behind :class:`~chanserv.layers.redis.RedisChannelLayer`'s
 reactor face: sends, groups, flush, statistics, and the pops and hand-backs
-that :mod:`~chanserv.layers.redis_receive` drives.  A mixin, so that the
+that :mod:`~chanserv.layers.redis.receive` drives.  A mixin, so that the
 layer module stays about configuration and the two faces.
 
 Reactor thread only.  Every method returns a Deferred; none raises.
@@ -19,9 +19,9 @@ from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
 from chanserv.layers.base import random_string
-from chanserv.layers.redis_connection import RedisShard
-from chanserv.layers.redis_receive import RawMessage
-from chanserv.layers.redis_scripts import (
+from chanserv.layers.redis.connection import RedisShard
+from chanserv.layers.redis.receive import RawMessage
+from chanserv.layers.redis.scripts import (
     CHANNEL_STATS,
     GROUP_ADD,
     GROUP_DISCARD,
@@ -36,7 +36,7 @@ from chanserv.layers.redis_scripts import (
 from chanserv.log import Logger
 
 if TYPE_CHECKING:
-    from chanserv.layers.redis_codec import MessageCodec
+    from chanserv.layers.redis.codec import MessageCodec
 
 __all__ = ["RedisOperations"]
 
