@@ -9,6 +9,7 @@ directory, with persistence off, and stopped again.
     server.url              # "redis://127.0.0.1:<port>/0"
     server.cli("INFO", "commandstats")
     server.freeze(); server.thaw()   # SIGSTOP / SIGCONT
+    server.kill()           # SIGKILL, as a crash
     server.restart()        # same port, empty data set
     server.stop()
 
@@ -135,6 +136,20 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self.process.pid if self.process is not None else None
+
+    def kill(self) -> None:
+        """SIGKILL the server (as a crash would): no clean shutdown."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.kill()  # signals this process's own pid only
+        process.wait(10)
+        self.frozen = False
 
     def restart(self) -> None:
         """Stop and start again on the same port."""

@@ -7,7 +7,7 @@ them locks anything: the layer's one lock guards them all.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,6 +19,7 @@ __all__ = [
     "IDLE_RETENTION",
     "Batch",
     "ChannelState",
+    "Counters",
     "GroupIndex",
     "Rate",
     "Receiver",
@@ -66,6 +67,17 @@ class Rate:
         return 0
 
 
+class Counters:
+    """The counters of one process-local channel (its queue is its prefix's)."""
+
+    __slots__ = ("full", "last_used", "sent")
+
+    def __init__(self, now: float) -> None:
+        self.sent = Rate()
+        self.full = Rate()
+        self.last_used = now
+
+
 class Waiter:
     """A pending ``receive_many_twisted``."""
 
@@ -96,6 +108,7 @@ class ChannelState:
 
     __slots__ = (
         "capacity",
+        "counts",
         "expiry_scheduled",
         "full",
         "last_used",
@@ -110,6 +123,9 @@ class ChannelState:
     def __init__(self, capacity: int, now: float) -> None:
         self.capacity = capacity
         self.queue: deque[Entry] = deque()
+        #: For a ``prefix!`` key: queued messages per local name (capacity
+        #: is per local channel, not per process).
+        self.counts: dict[str, int] | None = None
         self.sent = Rate()
         self.full = Rate()
         self.waiters: list[Waiter] = []
@@ -143,8 +159,11 @@ class GroupIndex:
     groups at once.  A membership lapses ``group_expiry`` after its last add.
     """
 
-    def __init__(self, group_expiry: float) -> None:
+    def __init__(self, group_expiry: float, keep: Callable[[str], bool] | None = None) -> None:
         self.group_expiry = group_expiry
+        #: ``keep(channel)`` true: the membership does not lapse by time
+        #: (a local channel whose connection is open).
+        self.keep = keep
         self._members: dict[str, dict[str, float]] = {}  # group -> {channel: added at}
         self._groups_of: dict[str, set[str]] = {}  # channel -> groups
 
@@ -193,8 +212,12 @@ class GroupIndex:
 
     def _expire(self, group: str, members: dict[str, float], now: float) -> None:
         cutoff = now - self.group_expiry
+        keep = self.keep
         for channel in [c for c, added in members.items() if added <= cutoff]:
-            self._drop(group, members, channel)
+            if keep is not None and keep(channel):
+                members[channel] = now
+            else:
+                self._drop(group, members, channel)
 
     def _drop(self, group: str, members: dict[str, float], channel: str) -> None:
         members.pop(channel, None)

@@ -168,7 +168,8 @@ class BaseChannelLayer:
             if pattern.match(name):
                 result = value
                 break
-        if len(self._capacity_cache) < 10000:
+        # Not a single-reader name: one is made for every request body.
+        if "?" not in name and len(self._capacity_cache) < 10000:
             self._capacity_cache[name] = result
         return result
 
@@ -185,8 +186,8 @@ class BaseChannelLayer:
         after the ``?``.  With ``receive=True`` a ``!`` name must end at the
         ``!``: readers receive on the prefix.
         """
-        # Names recur (the worker's channel list, busy reply channels): skip
-        # the checks for a name already found valid.  Bounded.
+        # Names recur (the worker's channel list, the channels consumers send
+        # to): skip the checks for a name already found valid.  Bounded.
         if type(name) is not str:
             BaseChannelLayer._check_channel_name(name, receive)
         if receive:
@@ -195,6 +196,11 @@ class BaseChannelLayer:
         elif name in _valid_names:
             return True
         BaseChannelLayer._check_channel_name(name, receive)
+        if "?" in name or 0 <= name.find("!") < len(name) - 1:
+            # A reply or body channel's name is made for one connection or
+            # request: kept, it would fill the cache with the names of
+            # connections long gone.  Its checks take about a microsecond.
+            return True
         cache = _valid_receive_names if receive else _valid_names
         if len(cache) >= _VALID_CACHE_SIZE:
             cache.clear()

@@ -30,6 +30,7 @@ from chanserv.layers._memory import (
     IDLE_RETENTION,
     Batch,
     ChannelState,
+    Counters,
     GroupIndex,
     Rate,
     Receiver,
@@ -90,8 +91,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._receive_cond = threading.Condition(self._lock)
         self._space_cond = threading.Condition(self._lock)
         self._channels: dict[str, ChannelState] = {}
+        self._counters: dict[str, Counters] = {}  # per process-local channel
         self._expiry_heap: list[tuple[float, str]] = []
-        self._groups = GroupIndex(group_expiry)
+        self._groups = GroupIndex(group_expiry, self._is_connected)
         self._receivers: dict[str, Receiver] = {}
         self._sent = Rate()
         self._full = Rate()
@@ -134,20 +136,59 @@ class InMemoryChannelLayer(BaseChannelLayer):
             ch = self._channels[key] = ChannelState(self.get_capacity(key), now)
         return ch
 
+    def _is_connected(self, channel: str) -> bool:
+        # GroupIndex's keep(): a local channel of a process with a receiver
+        # (an interface server) keeps its memberships until its connection
+        # goes (discard_local_channel).  Called under the lock.
+        return "!" in channel and queue_key(channel) in self._receivers
+
+    def _full_locked(self, ch: ChannelState, key: str, name: str) -> bool:
+        if key == name:
+            return len(ch.queue) >= ch.capacity
+        counts = ch.counts
+        return counts is not None and counts.get(name, 0) >= self.get_capacity(name)
+
+    def _stats_of_locked(
+        self, ch: ChannelState, key: str, name: str, now: float
+    ) -> ChannelState | Counters:
+        # A local channel's counters are its own, not its process's.
+        return ch if key == name else self._counters_locked(name, now)
+
+    def _counters_locked(self, name: str, now: float) -> Counters:
+        counters = self._counters.get(name)
+        if counters is None:
+            counters = self._counters[name] = Counters(now)
+        else:
+            counters.last_used = now
+        return counters
+
+    def _uncount_locked(self, ch: ChannelState, name: str) -> None:
+        counts = ch.counts
+        if counts is not None:
+            left = counts.get(name, 0) - 1
+            if left > 0:
+                counts[name] = left
+            else:
+                counts.pop(name, None)
+
     def _enqueue_locked(
         self, ch: ChannelState, key: str, name: str, data: Prepared, now: float
     ) -> bool:
         queue = ch.queue
-        if len(queue) >= ch.capacity:
-            ch.full.add(now)
+        if self._full_locked(ch, key, name):
+            self._stats_of_locked(ch, key, name, now).full.add(now)
             self._full.add(now)
             return False
         expires = now + self.expiry
         queue.append((expires, name, data))
+        if key != name:
+            if ch.counts is None:
+                ch.counts = {}
+            ch.counts[name] = ch.counts.get(name, 0) + 1
         if not ch.expiry_scheduled:
             ch.expiry_scheduled = True
             heapq.heappush(self._expiry_heap, (expires, key))
-        ch.sent.add(now)
+        self._stats_of_locked(ch, key, name, now).sent.add(now)
         self._sent.add(now)
         ch.last_used = now
         if ch.waiters:
@@ -160,7 +201,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self, receiver: Receiver, ch: ChannelState, name: str, message: dict[str, Any], now: float
     ) -> None:
         receiver.pending.append((name, message))
-        ch.sent.add(now)
+        self._counters_locked(name, now).sent.add(now)
         self._sent.add(now)
         ch.last_used = now
         if not receiver.scheduled:
@@ -176,7 +217,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     def _removed_locked(self, ch: ChannelState) -> None:
         """Messages left ``ch``: tell whoever waits for room."""
-        if (ch.space_waiters or ch.sync_space_waiting) and len(ch.queue) < ch.capacity:
+        if (ch.space_waiters or ch.sync_space_waiting) and (
+            ch.counts is not None or len(ch.queue) < ch.capacity
+        ):
             if ch.space_waiters:
                 self._post.append((self._fire_space, (ch.space_waiters,)))
                 ch.space_waiters = []
@@ -203,6 +246,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
             still = []
             for ch in remaining:
                 _, name, data = ch.queue.popleft()
+                if ch.counts is not None:
+                    self._uncount_locked(ch, name)
                 taken.append((name, data))
                 if len(taken) >= limit:
                     break
@@ -226,7 +271,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if queue and queue[0][0] <= now:
                 expired = set()
                 while queue and queue[0][0] <= now:
-                    expired.add(queue.popleft()[1])
+                    name = queue.popleft()[1]
+                    expired.add(name)
+                    if ch.counts is not None:
+                        self._uncount_locked(ch, name)
                 for name in expired:
                     self._groups.evict(name)
                 self._removed_locked(ch)
@@ -241,6 +289,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         channels = self._channels
         for key in [k for k, ch in channels.items() if ch.last_used <= idle_before and ch.idle()]:
             del channels[key]
+        counters = self._counters
+        for name in [n for n, c in counters.items() if c.last_used <= idle_before]:
+            del counters[name]
 
     def _receive_keys(self, channels: Any) -> list[str]:
         if isinstance(channels, (str, bytes)):
@@ -277,7 +328,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
             post = self._take_post_locked()
         self._run_post(post)
         if not sent:
-            raise ChannelFull("Channel %r is full (capacity %d)" % (channel, ch.capacity))
+            raise ChannelFull(
+                "Channel %r is full (capacity %d)" % (channel, self.get_capacity(channel))
+            )
 
     def send_prepared_wait(self, channel: str, data: Prepared, timeout: float) -> None:
         """
@@ -297,7 +350,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             with self._lock:
                 now = self._begin_locked()
                 ch = self._channel_locked(key, now)
-                full = len(ch.queue) >= ch.capacity
+                full = self._full_locked(ch, key, channel)
                 remaining = deadline - time.monotonic()
                 if full and remaining > 0:
                     ch.sync_space_waiting += 1
@@ -309,7 +362,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
             self._run_post(post)
             if full and remaining <= 0:
                 raise ChannelFull(
-                    "Channel %r stayed full for %ss (capacity %d)" % (channel, timeout, ch.capacity)
+                    "Channel %r stayed full for %ss (capacity %d)"
+                    % (channel, timeout, self.get_capacity(channel))
                 )
 
     def receive(
@@ -429,11 +483,13 @@ class InMemoryChannelLayer(BaseChannelLayer):
         with self._lock:
             for ch in self._channels.values():
                 ch.queue.clear()
+                ch.counts = None
                 ch.expiry_scheduled = False
                 ch.sent = Rate()
                 ch.full = Rate()
                 self._removed_locked(ch)
             self._channels = {k: ch for k, ch in self._channels.items() if not ch.idle()}
+            self._counters = {}
             self._expiry_heap = []
             self._groups.clear()
             for receiver in self._receivers.values():
@@ -466,17 +522,65 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return stats
 
     def channel_statistics(self, channel: str) -> dict[str, float]:
-        """Counts for ``channel``: for ``prefix!local``, those of its prefix."""
+        """
+        Counts for ``channel``.  A process-local channel's are its own: its
+        messages sent and refused or dropped, and its messages waiting.
+        """
         self.valid_channel_name(channel)
+        key = queue_key(channel)
         with self._lock:
             now = self._begin_locked()
-            ch = self._channels.get(queue_key(channel))
-            if ch is None:
-                ch = ChannelState(0, now)
-            stats = self._stats(now, ch.sent, ch.full, [ch])
+            if key == channel:
+                ch = self._channels.get(channel) or ChannelState(0, now)
+                stats = self._stats(now, ch.sent, ch.full, [ch])
+            else:
+                counters = self._counters.get(channel) or Counters(now)
+                stats = self._stats(now, counters.sent, counters.full, [])
+                head = self._channels.get(key)
+                entries = [e for e in head.queue if e[1] == channel] if head is not None else []
+                stats["messages_pending"] = len(entries)
+                stats["messages_max_age"] = (
+                    max(0, now - (entries[0][0] - self.expiry)) if entries else 0
+                )
             post = self._take_post_locked()
         self._run_post(post)
         return stats
+
+    def count_full(self, channel: str, count: int = 1) -> None:
+        """
+        Count ``count`` messages that could not be delivered to ``channel``
+        because its queue was full -- a connection that stopped reading, its
+        interface's queue for it overflowing -- in its and the global
+        ``channel_full_count``.  Any thread.
+        """
+        with self._lock:
+            now = self._begin_locked()
+            key = queue_key(channel)
+            state: ChannelState | Counters = (
+                self._channel_locked(key, now)
+                if key == channel
+                else self._counters_locked(channel, now)
+            )
+            for _ in range(count):
+                state.full.add(now)
+                self._full.add(now)
+            post = self._take_post_locked()
+        self._run_post(post)
+
+    def discard_local_channel(self, channel: str) -> None:
+        """
+        The connection of local channel ``channel`` is gone: it leaves every
+        group now, and its statistics are forgotten.  (While a receiver
+        serves its prefix, its memberships never lapse by time.)  Any thread.
+        """
+        with self._lock:
+            self._begin_locked()
+            self._groups.evict(channel)
+            # Reply channel names are never reused: counters kept for their
+            # idle retention would grow with the rate of connections.
+            self._counters.pop(channel, None)
+            post = self._take_post_locked()
+        self._run_post(post)
 
     # -- reactor face (reactor thread only) -------------------------------------
 
@@ -603,13 +707,25 @@ class InMemoryChannelLayer(BaseChannelLayer):
             return fail()
         return succeed(None)
 
-    def add_local_receiver(self, prefix: str, callback: LocalReceiver) -> None:
+    def add_local_receiver(
+        self,
+        prefix: str,
+        callback: LocalReceiver,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         """
-        From now on, messages for ``prefix`` + local names skip the queue (and
-        capacity): they go to ``callback(batch)`` on the reactor thread, every
-        message sent before the batcher's next drain in one ``batch`` list.
-        Messages already queued for ``prefix`` are handed over too.
-        Messages are shared between members of a group send: read-only.
+        From now on, messages for ``prefix`` + local names skip the queue:
+        they go to ``callback(batch)`` on the reactor thread, every message
+        sent before the batcher's next drain in one ``batch`` list -- a
+        group send's members all in one callback, sharing one dict
+        (read-only).  Messages already queued for ``prefix`` are handed
+        over too.  The receiver owns each channel's capacity from then on
+        (the interface server's per-connection queue, which closes a
+        connection that overflows and reports it with :meth:`count_full`).
+        Memberships of the prefix's channels no longer lapse by time; they
+        end with :meth:`discard_local_channel`.  ``on_lost`` is accepted
+        for the reply dispatch contract and never called: this layer's
+        state cannot be lost while the process runs.
 
         :raises TypeError: ``prefix`` is not a valid name ending with ``!``.
         :raises ValueError: ``prefix`` has a receiver already.
@@ -628,6 +744,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 for _, name, data in ch.queue:
                     self._deliver_locked(receiver, ch, name, self.unpack(data), now)
                 ch.queue.clear()
+                ch.counts = None
                 self._removed_locked(ch)
             post = self._take_post_locked()
         self._run_post(post)
@@ -672,7 +789,11 @@ class InMemoryChannelLayer(BaseChannelLayer):
         with self._lock:
             self._begin_locked()
             ch = self._channels.get(key)
-            if key not in self._receivers and ch is not None and len(ch.queue) >= ch.capacity:
+            if (
+                key not in self._receivers
+                and ch is not None
+                and self._full_locked(ch, key, channel)
+            ):
                 d = Deferred(lambda cancelled: self._cancel_space(key, cancelled))
                 ch.space_waiters.append(d)
             post = self._take_post_locked()

@@ -7,6 +7,16 @@ letters>`` (unguessable: a reply channel name keys the channel session).  One
 local receiver on the prefix gets every reply for this process from the layer,
 in batches on the reactor thread, with no polling; :class:`ReplyRegistry`
 hands each message to its connection's ``deliver(message)``.
+
+Nothing is dropped silently: a reply for a connection that is gone is
+counted (:attr:`ReplyRegistry.gone`) and its channel removed from every
+group; a connection whose queue overflows reports it through
+:meth:`ReplyRegistry.overflowed`, counted here and in the layer's
+``channel_full_count``; when the layer has lost its state, every
+connection is told (``layer_state_lost``: WebSockets close with 1012,
+requests still waiting answer 503).  A connection that goes leaves every
+group at once (``discard_local_channel``), so memberships live exactly as
+long as their connection.
 """
 
 from __future__ import annotations
@@ -36,6 +46,12 @@ class ReplyConnection(Protocol):
         with other receivers of a group send: read it, never mutate it.
         """
 
+    def layer_state_lost(self) -> None:
+        """
+        The layer lost its state (group memberships, queued replies): end
+        the connection so that its client starts over (reactor thread).
+        """
+
 
 class ReplyRegistry(Service):
     """
@@ -55,6 +71,14 @@ class ReplyRegistry(Service):
         #: The process-local prefix, ending with ``!``.
         self.prefix = REPLY_PREFIX + random_string(12) + "!"
         self._connections: dict[str, ReplyConnection] = {}
+        #: Replies that found no connection (it had gone).
+        self.gone = 0
+        #: Messages dropped because a connection's queue overflowed.
+        self.dropped = 0
+        #: Connections closed for an overflowing queue.
+        self.overflow_closes = 0
+        #: Times the layer reported its state lost.
+        self.state_losses = 0
 
     def new_reply_channel(self) -> str:
         """A fresh reply channel name: :attr:`prefix` + 16 CSPRNG letters."""
@@ -74,8 +98,35 @@ class ReplyRegistry(Service):
         self._connections[name] = connection
 
     def unregister(self, name: str) -> None:
-        """Forget ``name``; later replies on it are dropped.  No-op if unknown."""
-        self._connections.pop(name, None)
+        """
+        Forget ``name``: its connection is gone.  It leaves every group now;
+        later replies on it are counted in :attr:`gone`.  No-op if unknown.
+        """
+        if self._connections.pop(name, None) is not None:
+            self._discard(name)
+
+    def _discard(self, name: str) -> None:
+        discard = getattr(self._layer, "discard_local_channel", None)
+        if discard is not None:
+            try:
+                discard(name)
+            except Exception:
+                log.failure("Removing {channel} from its groups failed", channel=name)
+
+    def overflowed(self, name: str, dropped: int) -> None:
+        """
+        ``name``'s connection could not take ``dropped`` messages (its client
+        stopped reading) and is being closed: count them here and in the
+        layer's statistics.
+        """
+        self.dropped += dropped
+        self.overflow_closes += 1
+        count = getattr(self._layer, "count_full", None)
+        if count is not None:
+            try:
+                count(name, dropped)
+            except Exception:
+                log.failure("Counting a drop on {channel} failed", channel=name)
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -85,7 +136,7 @@ class ReplyRegistry(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._layer.add_local_receiver(self.prefix, self._dispatch)
+        self._layer.add_local_receiver(self.prefix, self._dispatch, self._state_lost)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -96,12 +147,36 @@ class ReplyRegistry(Service):
         # Reactor thread, called by the layer with every reply that arrived
         # since the last call.
         connections = self._connections
+        missing: set[str] | None = None
         for channel, message in batch:
             connection = connections.get(channel)
             if connection is None:
-                log.debug("Reply on unknown channel {channel} dropped", channel=channel)
+                self.gone += 1
+                if missing is None:
+                    missing = set()
+                missing.add(channel)
                 continue
             try:
                 connection.deliver(message)
             except Exception:
                 log.failure("Delivering a reply on {channel} failed", channel=channel)
+        if missing:
+            # Its connection is gone (a group_add that came after it
+            # closed, say): make sure it is in no group any more.
+            for channel in missing:
+                log.debug("Reply on {channel}, whose connection is gone", channel=channel)
+                self._discard(channel)
+
+    def _state_lost(self) -> None:
+        # Reactor thread, called by the layer.
+        self.state_losses += 1
+        log.warn(
+            "The channel layer lost its state: ending {n} connection(s) so that "
+            "their clients reconnect",
+            n=len(self._connections),
+        )
+        for channel, connection in list(self._connections.items()):
+            try:
+                connection.layer_state_lost()
+            except Exception:
+                log.failure("Ending {channel} after a state loss failed", channel=channel)

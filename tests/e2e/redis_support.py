@@ -10,27 +10,41 @@ The project's consumers (tests/e2e/project/e2eproj/nodes.py): ``/chat/`` is
 the tutorial's Groups chat (text ``x`` -> ``[user] x`` to everyone),
 ``/echo/`` sends ``<text> <worker pid>`` back to the sender, ``/whoami/``
 answers ``<query string> <worker pid>``, and the ``e2e.forward`` channel
-sends ``{"text"}`` on to ``Group(message["group"])``.
+sends ``{"text"}`` on to ``Group(message["group"])``; a WebSocket on
+``/group/<name>/`` is a member of ``Group(<name>)`` while it is open (what it
+says goes to the group) and ``/groupsize/<name>/`` answers the group's size.
+
+For many sockets at once (hundreds, thousands), :class:`ManySockets` runs
+asyncio clients on one thread; :func:`sync_layer` gives the test process
+the Redis layer's synchronous face (group members, statistics, sends).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+from websockets.asyncio.client import ClientConnection as AsyncClientConnection
+from websockets.asyncio.client import connect as async_connect
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from chanserv.layers.redis import RedisChannelLayer
 from tests.e2e.harness import REPO, TwistdProcess, free_port
 from tests.redisserver import RedisServer
+from tests.support import in_reactor, reactor_thread
 
 PROJECT = Path(__file__).parent / "project"
 SETTINGS = "e2eproj.settings"
@@ -41,9 +55,12 @@ TIMEOUT = 10.0
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float = TIMEOUT, what: str = "") -> T:
+def wait_for(
+    condition: Callable[[], T], timeout: float = TIMEOUT, what: str = "", interval: float = 0.02
+) -> T:
     """
-    Call ``condition`` until it returns something true; return that.
+    Call ``condition`` (every ``interval`` seconds) until it returns
+    something true; return that.
 
     :raises AssertionError: still false after ``timeout`` seconds.
     """
@@ -56,7 +73,7 @@ def wait_for(condition: Callable[[], T], timeout: float = TIMEOUT, what: str = "
             raise AssertionError(
                 "timed out after %ss waiting for %s" % (timeout, what or condition)
             )
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 class Reply(NamedTuple):
@@ -226,3 +243,183 @@ def chat_round(clients: Sequence[ClientConnection], tag: str) -> None:
     for i, client in enumerate(clients):
         got[i] += recv_until(client, "[user] " + sentinel)[:-1]
         assert sorted(got[i]) == expected, (i, got[i])
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """
+    Raise this process's soft RLIMIT_NOFILE to ``wanted`` (at most the hard
+    limit), so that it -- and the nodes it starts, which inherit it -- can
+    hold that many sockets.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
+def sync_layer(redis_url: str, **config: Any) -> RedisChannelLayer:
+    """
+    The e2e project's Redis layer (same prefix) in the test process, attached
+    to the test reactor (tests.support): its synchronous face works from the
+    test's thread.  :func:`close_layer` it when done.
+    """
+    config.setdefault("connection_kwargs", {"socket_timeout": 2, "reconnect_max_delay": 0.5})
+    layer = RedisChannelLayer(hosts=[redis_url], prefix="e2e:", blpop_timeout=1, **config)
+    in_reactor(layer.attach_reactor, reactor_thread())
+    return layer
+
+
+def close_layer(layer: RedisChannelLayer) -> None:
+    in_reactor(layer.detach_reactor, timeout=30)
+
+
+class Member:
+    """One client socket of :class:`ManySockets`: what it received, how it ended."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.ws: AsyncClientConnection | None = None
+        #: Texts received, in order (appended on the clients' thread).
+        self.received: list[str] = []
+        self.closed = False
+        #: The close code the server sent (None: no close frame came).
+        self.close_code: int | None = None
+        #: time.monotonic() when the connection ended.
+        self.closed_at: float | None = None
+
+    def got(self, text: str) -> bool:
+        """``text`` is the last message received so far."""
+        received = self.received
+        return bool(received) and received[-1] == text
+
+    def __repr__(self) -> str:
+        return "<Member %d: %d received, closed=%s code=%s>" % (
+            self.index,
+            len(self.received),
+            self.closed,
+            self.close_code,
+        )
+
+
+class ManySockets:
+    """
+    Many WebSocket clients in one asyncio event loop, on a daemon thread of
+    its own; the test's thread opens and closes them and watches what each
+    received.  :meth:`stop` closes whatever is still open; use it in a
+    ``finally``.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.members: list[Member] = []
+        self._readers: set[asyncio.Task[None]] = set()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="websocket-clients", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        """Run ``coroutine`` on the clients' loop; its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def _open_one(self, uri: str, member: Member) -> None:
+        member.ws = await async_connect(
+            uri,
+            open_timeout=TIMEOUT,
+            close_timeout=5,
+            ping_interval=None,
+            compression=None,
+            proxy=None,
+            max_queue=None,
+        )
+        reader = asyncio.get_running_loop().create_task(self._read(member))
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+
+    @staticmethod
+    async def _read(member: Member) -> None:
+        ws = member.ws
+        assert ws is not None
+        try:
+            async for message in ws:
+                assert isinstance(message, str), message
+                member.received.append(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            member.close_code = ws.close_code
+            member.closed_at = time.monotonic()
+            member.closed = True
+
+    def open(
+        self, port: int, path: str, count: int, concurrency: int = 50, timeout: float = 60.0
+    ) -> list[Member]:
+        """
+        Open ``count`` sockets to ``path``, at most ``concurrency`` handshakes
+        at a time (within the layer's capacity for ``websocket.connect``);
+        they are open (accepted) on return.
+        """
+        uri = "ws://127.0.0.1:%d%s" % (port, path)
+        members = [Member(len(self.members) + i) for i in range(count)]
+        self.members += members
+
+        async def open_all() -> None:
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(member: Member) -> None:
+                async with gate:
+                    await self._open_one(uri, member)
+
+            await asyncio.gather(*(one(m) for m in members))
+
+        self.run(open_all(), timeout)
+        return members
+
+    def churn(
+        self, port: int, path: str, count: int, concurrency: int = 50, timeout: float = 60.0
+    ) -> None:
+        """
+        ``count`` sockets to ``path`` that each close as soon as they are
+        open, ``concurrency`` of them at a time: connects and disconnects
+        interleaved.  Returns once all are closed.
+        """
+        uri = "ws://127.0.0.1:%d%s" % (port, path)
+        members = [Member(len(self.members) + i) for i in range(count)]
+        self.members += members
+
+        async def churn_all() -> None:
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(member: Member) -> None:
+                async with gate:
+                    await self._open_one(uri, member)
+                    assert member.ws is not None
+                    await member.ws.close()
+
+            await asyncio.gather(*(one(m) for m in members))
+
+        self.run(churn_all(), timeout)
+
+    def close(self, members: Sequence[Member], timeout: float = 60.0) -> None:
+        """Close ``members`` all at once (closing handshakes in parallel)."""
+
+        async def close_all() -> None:
+            await asyncio.gather(*(m.ws.close() for m in members if m.ws is not None))
+
+        self.run(close_all(), timeout)
+
+    def _wait_readers(self, timeout: float = 10.0) -> None:
+        async def readers_done() -> None:
+            await asyncio.gather(*self._readers, return_exceptions=True)
+
+        self.run(readers_done(), timeout)
+
+    def stop(self) -> None:
+        """Close every socket still open, then end the loop and its thread."""
+        try:
+            self.close(self.members)
+            self._wait_readers()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()

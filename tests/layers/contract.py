@@ -40,6 +40,7 @@ from __future__ import annotations
 import datetime
 import re
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -146,6 +147,15 @@ class LayerContractTests:
 
     def assert_nothing(self, channels: list[str], layer: Any = None) -> None:
         self.assertEqual(self.receive(channels, layer), (None, None))
+
+    def wait_for(self, condition: Any, timeout: float = 5.0) -> None:
+        """Let the reactor work until ``condition()`` holds (or fail)."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                self.fail("condition not met within %ss" % timeout)
+            self.settle()
+            time.sleep(0.01)
 
     def local_receiver(self, layer: Any, prefix: str) -> list[Any]:
         """Register a local receiver on ``prefix``; return the list of its batches."""
@@ -269,10 +279,19 @@ class LayerContractTests:
             self.layer.send("cap_test", {"hey": True})
 
     def test_conformance_15_capacity_process(self) -> None:
+        """
+        Capacity of process-local channels is per channel: asgiref's test
+        filled one quota shared by the whole ``capp!`` process, which let
+        one busy connection make every other one of its process miss
+        messages.  Each local channel fills on its own here.
+        """
         for i in range(5):
             self.layer.send("capp!%s" % i, {"hey": True})
+        for _ in range(4):
+            self.layer.send("capp!0", {"hey": True})
         with self.assertRaises(self.layer.ChannelFull):
-            self.layer.send("capp!final", {"hey": True})
+            self.layer.send("capp!0", {"hey": True})
+        self.layer.send("capp!final", {"hey": True})
 
     def test_conformance_16_capacity_group(self) -> None:
         self.layer.group_add("tgroup", "tg_test")
@@ -415,12 +434,13 @@ class LayerContractTests:
                     layer.send(name, {})
                 with self.assertRaises(ChannelFull):
                     layer.send(name, {})
-        # The prefix quota is shared by every local name under it.
-        for i in range(5):
-            layer.send("daphne.response.P!%d" % i, {})
+        # Each local name under a prefix has a quota of its own.
+        for _ in range(5):
+            layer.send("daphne.response.P!0", {})
         with self.assertRaises(ChannelFull):
-            layer.send("daphne.response.P!other", {})
-        layer.send("daphne.response.Q!0", {})  # another prefix, another quota
+            layer.send("daphne.response.P!0", {})
+        layer.send("daphne.response.P!other", {})
+        layer.send("daphne.response.Q!0", {})
 
     def test_capacity_from_pairs(self) -> None:
         layer = self.make_layer(capacity=10, channel_capacity=[("a.*", 1), ("a.b", 7)])
@@ -608,7 +628,7 @@ class LayerContractTests:
         self.assertEqual(total["channel_full_count"], 1)
         layer.send("stp!a", {})
         layer.send("stp!b", {})
-        self.assertEqual(layer.channel_statistics("stp!a")["messages_pending"], 2)
+        self.assertEqual(layer.channel_statistics("stp!a")["messages_pending"], 1)
 
     def test_flush_empties_everything(self) -> None:
         layer = self.layer
@@ -813,13 +833,44 @@ class LayerContractTests:
         self.assertEqual(len(calls), 1)
         self.assertEqual(self.receive(["lrq!"]), ("lrq!late", {"n": 1}))
 
+    def test_served_local_channels_keep_their_memberships(self) -> None:
+        """
+        While a local receiver serves a prefix (an interface server), its
+        channels' memberships never lapse by group_expiry: they end when the
+        connection goes (discard_local_channel).  Others lapse as before.
+        """
+        layer = self.layer
+        calls = self.local_receiver(layer, "keep!")
+        for member in ("keep!a", "keep!b", "keep_plain", "unserved!x"):
+            layer.group_add("keepg", member)
+        self.advance(CONFORMANCE["group_expiry"] + 0.5)
+        self.assertEqual(sorted(layer.group_channels("keepg")), ["keep!a", "keep!b"])
+        layer.send_group("keepg", {"still": "here"})
+        self.settle()
+        self.wait_for(lambda: sum(len(batch) for batch in calls) >= 2)
+        self.assertEqual(
+            sorted(pair for batch in calls for pair in batch),
+            [("keep!a", {"still": "here"}), ("keep!b", {"still": "here"})],
+        )
+        self.run_reactor_face(layer.discard_local_channel, "keep!a")
+        self.assertEqual(layer.group_channels("keepg"), ["keep!b"])
+
+    def test_count_full_is_per_channel_and_global(self) -> None:
+        layer = self.layer
+        self.run_reactor_face(layer.count_full, "cf!sock", 3)
+        self.wait_for(lambda: layer.channel_statistics("cf!sock")["channel_full_count"] == 3)
+        self.assertEqual(layer.channel_statistics("cf!other")["channel_full_count"], 0)
+        self.assertEqual(layer.global_statistics()["channel_full_count"], 3)
+
     def test_when_capacity_twisted(self) -> None:
         layer = self.layer
         self.assertIsNone(self.run_reactor_face(layer.when_capacity_twisted, "wc"))
         for _ in range(5):
             layer.send("wc!x", {})
-        d = self.start_reactor_face(layer.when_capacity_twisted, "wc!y")
-        cancelled = self.start_reactor_face(layer.when_capacity_twisted, "wc!z")
+        # Another local channel of the same process has room of its own.
+        self.assertIsNone(self.run_reactor_face(layer.when_capacity_twisted, "wc!y"))
+        d = self.start_reactor_face(layer.when_capacity_twisted, "wc!x")
+        cancelled = self.start_reactor_face(layer.when_capacity_twisted, "wc!x")
         cancelled.addErrback(lambda f: f.trap(CancelledError))
         self.run_reactor_face(cancelled.cancel)
         self.settle()

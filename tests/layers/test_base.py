@@ -11,6 +11,7 @@ from collections import OrderedDict
 import pytest
 
 from chanserv.exceptions import MessageTooLarge
+from chanserv.layers import base
 from chanserv.layers.base import BaseChannelLayer, random_string
 
 valid = BaseChannelLayer.valid_channel_name
@@ -62,6 +63,31 @@ def test_receive_names_stop_at_the_bang() -> None:
     assert valid("a?b", receive=True)
     with pytest.raises(TypeError):
         valid("a!b", receive=True)
+
+
+def test_name_cache_keeps_no_name_made_for_one_connection() -> None:
+    """
+    Reply channels (``prefix!local``) and body channels (``name?part``) are
+    new for every connection or request: the cache of names found valid
+    keeps their prefix-free kin only, so it does not grow with traffic.
+    """
+    valid("cache.plain")
+    valid("cache.prefix!", receive=True)
+    sizes = len(base._valid_names), len(base._valid_receive_names)
+    for _ in range(1000):
+        local = "cache.prefix!" + random_string(16)
+        assert valid(local)
+        assert valid("cache.body?" + random_string(16))
+        assert valid("cache.body?" + random_string(16), receive=True)
+        with pytest.raises(TypeError):
+            valid(local, receive=True)
+    assert (len(base._valid_names), len(base._valid_receive_names)) == sizes
+    assert "cache.plain" in base._valid_names
+    assert "cache.prefix!" in base._valid_receive_names
+    # Still checked every time, not let through by a cached prefix.
+    for name in ("cache.prefix!é", "cache.prefix!a!b", "cache.prefix!" + "x" * 90, "cache.body?"):
+        with pytest.raises(TypeError):
+            valid(name)
 
 
 def test_channel_name_lists() -> None:
@@ -131,6 +157,14 @@ def test_capacity_defaults_and_first_match() -> None:
     assert layer.get_capacity("daphne.response.AbC!") == 4
     assert layer.get_capacity("other") == 7
     assert layer.get_capacity("other") == 7  # cached
+
+
+def test_capacity_cache_keeps_no_single_reader_names() -> None:
+    layer = BaseChannelLayer(capacity=7, channel_capacity={"body?*": 2})
+    for _ in range(100):
+        assert layer.get_capacity("body?" + random_string(16)) == 2
+        assert layer.get_capacity("reply!" + random_string(16)) == 7
+    assert layer._capacity_cache == {"reply!": 7}
 
 
 def test_capacity_pairs_keep_their_order() -> None:

@@ -201,6 +201,38 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(layer._expiry_heap, [])
         self.assertEqual(len(layer._groups), 1)  # group_expiry has not passed
 
+    def test_a_gone_local_channel_leaves_nothing_behind(self) -> None:
+        """
+        ``discard_local_channel`` (its connection went) forgets everything the
+        layer kept for a reply channel: memberships and counters, also those
+        a late reply made again.  Names are never reused, so nothing waits
+        for the idle retention.
+        """
+        layer = self.attached()
+        layer.add_local_receiver("gone!", lambda batch: None)
+        names = ["gone!%d" % i for i in range(100)]
+        for name in names:
+            layer.group_add("room", name)
+            layer.send(name, {"accept": True})
+        layer.send_group("room", {"text": "hi"})
+        layer.count_full(names[0], 2)
+        self.reactor.run_pending()
+        self.assertEqual(len(layer._counters), 100)
+        for name in names:
+            layer.discard_local_channel(name)
+        self.assertEqual(layer._counters, {})
+        self.assertEqual(layer.group_channels("room"), [])
+        self.assertEqual((len(layer._groups), layer._groups._groups_of), (0, {}))
+        layer.send(names[1], {"late": True})  # a reply after its connection went
+        self.assertEqual(list(layer._counters), [names[1]])
+        layer.discard_local_channel(names[1])  # as the reply dispatch does then
+        self.assertEqual(layer._counters, {})
+        self.assertEqual(layer.channel_statistics(names[0])["channel_full_count"], 0)
+        # The process's own counts stay.
+        stats = layer.global_statistics()
+        self.assertEqual((stats["messages_count"], stats["channel_full_count"]), (201, 2))
+        self.assertEqual(layer._counters, {})
+
     def test_group_send_shares_one_dict_between_local_members(self) -> None:
         layer = self.attached()
         calls: list[Any] = []

@@ -21,7 +21,7 @@ import time
 import unittest
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
 
 from chanserv.exceptions import ChannelFull
 from chanserv.layers.redis import RedisChannelLayer, RedisTimeout, RedisUnavailable
@@ -164,7 +164,9 @@ class RedisTestCase(unittest.TestCase):
     @staticmethod
     def drain(layer: RedisChannelLayer, channels: list[str]) -> list[Any]:
         """Everything waiting on ``channels``, in one non-blocking receive."""
-        batch = in_reactor(layer._start_receive, channels, 1000, False, False, layer.decode_items)
+        batch = in_reactor(
+            layer._start_receive, channels, 1000, False, False, layer.operations.decode_items
+        )
         return list(batch)
 
     def keys(self, layer: RedisChannelLayer, s: RedisServer | None = None) -> list[str]:
@@ -271,6 +273,117 @@ class TestRedisSpecifics(RedisTestCase):
                 received.setdefault(channel, []).append(message)
         self.assertEqual(received, {m: [{"warm": "up"}, {"n": 1}] for m in members})
 
+    def test_group_send_pushes_one_reference_per_process_whatever_the_members(self) -> None:
+        """
+        A group send to M local members on one process writes one reference
+        to that process's inbox; INFO commandstats (which counts commands
+        run by scripts too) shows the same cost for 10 and for 1,000
+        members, and the body travels once per process.
+        """
+        redis = server("a")
+        layer = self.layer([redis.url], capacity=10)
+        costs = {}
+        for size in (10, 1000):
+            group = "o1_%d" % size
+            for i in range(size):
+                layer.group_add(group, "o1p%d!m%d" % (size, i))
+            layer.send_group(group, {"warm": "up"})
+            self.drain(layer, ["o1p%d!" % size])
+            before = redis.command_calls()
+            layer.send_group(group, {"n": 1})
+            after = redis.command_calls()
+            costs[size] = {
+                k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)
+            }
+            self.assertEqual(
+                in_reactor(
+                    layer.operations.shards[0].execute, "LLEN", "%so1p%d!" % (layer.prefix, size)
+                ),
+                1,
+            )
+            got = self.drain(layer, ["o1p%d!" % size])
+            self.assertEqual(
+                sorted(c for c, _ in got), sorted("o1p%d!m%d" % (size, i) for i in range(size))
+            )
+            self.assertTrue(all(m == {"n": 1} for _, m in got))
+            self.assertTrue(all(m is got[0][1] for _, m in got), "members share one dict")
+        self.assertEqual(costs[10], costs[1000])
+
+    def test_sends_of_one_reactor_turn_travel_in_one_script_call(self) -> None:
+        """Replies and receives travel in batches: 20 sends, one EVALSHA, order and capacity kept."""
+        redis = server("a")
+        layer = self.layer([redis.url], capacity=15)
+        layer.send("warm", {})  # loads the scripts
+
+        def twenty() -> Deferred[Any]:
+            sends = [layer.send_twisted("batch", {"i": i}) for i in range(20)]
+            return DeferredList(sends, consumeErrors=True)
+
+        with redis.monitor() as commands:
+            outcomes = in_reactor(twenty)
+        self.assertEqual(commands, ["evalsha"])
+        self.assertEqual([ok for ok, _ in outcomes], [True] * 15 + [False] * 5)
+        self.assertTrue(all(f.check(ChannelFull) for ok, f in outcomes if not ok))
+        self.assertEqual([m["i"] for _, m in self.drain(layer, ["batch"])], list(range(15)))
+
+    def test_capacity_is_per_local_channel_not_per_process(self) -> None:
+        """Each reply channel has its own capacity; a full one does not block its neighbours."""
+        layer = self.layer(capacity=3)
+        for _ in range(3):
+            layer.send("pc!busy", {})
+        with self.assertRaises(ChannelFull):
+            layer.send("pc!busy", {})
+        layer.send("pc!quiet", {"ok": True})
+        self.assertEqual(layer.channel_statistics("pc!busy")["messages_pending"], 3)
+        self.assertEqual(layer.channel_statistics("pc!busy")["channel_full_count"], 1)
+        got = self.drain(layer, ["pc!"])
+        self.assertEqual(len(got), 4)
+        layer.send("pc!busy", {})  # room again once read
+
+    def test_a_flushed_redis_is_noticed_by_the_heartbeat(self) -> None:
+        """FLUSHALL (or a restart without persistence) calls on_lost within seconds."""
+        redis = server("lost")
+        layer = self.layer([redis.url])
+        lost: list[float] = []
+        calls: list[Any] = []
+        in_reactor(
+            layer.add_local_receiver, "hb!", calls.append, lambda: lost.append(time.monotonic())
+        )
+        self.addCleanup(in_reactor, layer.remove_local_receiver, "hb!")
+        deadline = time.monotonic() + 5
+        while layer.prefix + ":alive:hb!" not in redis.keys(layer.prefix + "*"):
+            self.assertLess(time.monotonic(), deadline, "the process never registered")
+            time.sleep(0.05)
+        layer.group_add("hbg", "hb!a")
+        time.sleep(1.5)
+        self.assertEqual(lost, [])  # beating normally is no loss
+        flushed = time.monotonic()
+        redis.cli("FLUSHALL")
+        while not lost:
+            self.assertLess(time.monotonic() - flushed, 5, "state loss not noticed in 5 s")
+            time.sleep(0.05)
+        # Registered again: its new members are kept.
+        time.sleep(1.5)
+        self.assertIn(layer.prefix + ":alive:hb!", redis.keys(layer.prefix + "*"))
+        self.assertEqual(len(lost), 1)
+
+    def test_memberships_of_a_dead_process_go_with_its_heartbeat(self) -> None:
+        """A registered process whose heartbeat expired is forgotten by group sends."""
+        redis = server("a")
+        layer = self.layer([redis.url])
+        ops = layer.operations
+        self.assertTrue(in_reactor(ops.heartbeat, "dead!", 0.3, True, False))
+        layer.group_add("dg", "dead!a")
+        layer.group_add("dg", "dg_plain")
+        self.assertEqual(sorted(layer.group_channels("dg")), ["dead!a", "dg_plain"])
+        time.sleep(0.5)  # its heartbeat lapses: the process is dead
+        layer.send_group("dg", {"n": 1})
+        self.assertEqual(layer.group_channels("dg"), ["dg_plain"])
+        self.assertEqual(self.drain(layer, ["dead!"]), [])
+        self.assertFalse([k for k in redis.keys(layer.prefix + "*") if "dead!" in k])
+        # Its heartbeat after that says Redis lost its state.
+        self.assertFalse(in_reactor(ops.heartbeat, "dead!", 0.3, False, False))
+
     def test_a_receive_deletes_the_body(self) -> None:
         layer = self.layer()
         for i in range(5):
@@ -282,7 +395,8 @@ class TestRedisSpecifics(RedisTestCase):
         layer.send_group("bg", {"group": True})
         self.assertEqual(len(self.drain(layer, ["body", "body.local!"])), 12)
         self.assertEqual(in_reactor(layer.receive_many_twisted, ["body2"], 10)[0][0], "body2")
-        leftover = [k for k in self.keys(layer) if ":group" not in k]
+        memberships = (":group", ":procs:", ":pgroups:")
+        leftover = [k for k in self.keys(layer) if not any(m in k for m in memberships)]
         self.assertEqual(leftover, [])
 
     def test_regex_capacity_in_group_sends(self) -> None:
@@ -594,7 +708,8 @@ class TestRedisFaults(RedisTestCase):
 
     @staticmethod
     async def _send_many(layer: RedisChannelLayer, n: int) -> list[str]:
-        sends = [layer.send_twisted("bound", {"i": i}) for i in range(n)]
+        # Commands of their own (sends made in one turn would share one).
+        sends = [layer.group_add_twisted("bound", "bound%d" % i) for i in range(n)]
         results = []
         for d in sends:
             try:

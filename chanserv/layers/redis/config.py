@@ -1,11 +1,13 @@
 """
-Configuration of the Redis channel layer: ``hosts`` (asgi_redis's forms),
+Configuration of the Redis channel layer: ``hosts`` (asgi_redis's forms,
+plus channels_redis's dict entries, Redis Sentinel included),
 ``connection_kwargs``, and ``channel_capacity`` globs that the Lua scripts
 can evaluate themselves (so that a group send stays one round trip).
 """
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,9 +17,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from chanserv.layers.base import BaseChannelLayer
 
 __all__ = [
+    "Address",
     "RedisAddress",
+    "SentinelAddress",
     "compile_capacities",
     "connection_options",
+    "consistent_hash",
     "glob_to_lua",
     "lua_capacities",
     "parse_hosts",
@@ -44,17 +49,57 @@ class RedisAddress:
         )
 
 
-#: connection_kwargs understood here.
-_CONNECTION_KWARGS = {
-    "socket_timeout",  # seconds to wait for any reply (5)
-    "socket_connect_timeout",  # seconds to connect (5)
-    "password",
-    "username",
-    "db",
-    "ssl",
-    "reconnect_max_delay",  # cap of the reconnection back-off (5)
-    "max_blocking_connections",  # per shard (64)
+@dataclass(frozen=True)
+class SentinelAddress:
+    """
+    A shard whose server is the current master of ``master_name``, as Redis
+    Sentinel names it: the ``sentinels`` are asked in turn on every
+    (re)connection.  ``db``, ``password``, ``username`` and ``tls`` are the
+    master's; the ``sentinel_*`` fields are how to reach the sentinels.
+    """
+
+    master_name: str
+    sentinels: tuple[tuple[str, int], ...]
+    db: int | None = None
+    password: str | None = None
+    username: str | None = None
+    tls: bool = False
+    sentinel_password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_tls: bool = False
+    #: Seconds for one sentinel to answer (connection included); None: the
+    #: layer's ``socket_timeout``.
+    sentinel_timeout: float | None = None
+
+    def __str__(self) -> str:
+        return "sentinel://%s/%s/%d%s" % (
+            ",".join("%s:%d" % pair for pair in self.sentinels),
+            self.master_name,
+            self.db or 0,
+            "?ssl=true" if self.tls else "",
+        )
+
+
+#: What one entry of ``hosts`` becomes: one shard each.
+Address = RedisAddress | SentinelAddress
+
+#: Defaults of the timeouts and limits in connection_kwargs.  A frozen
+#: server is noticed within socket_timeout plus two sweeps (at most 0.5 s
+#: apart), 3.5 s; one back again is reconnected to within
+#: reconnect_max_delay (plus 0.1 s of jitter) of its answering.
+DEFAULT_OPTIONS: dict[str, float] = {
+    "socket_timeout": 2.5,  # seconds to wait for a reply (blocking pops: theirs plus this)
+    "socket_connect_timeout": 5.0,  # seconds to connect
+    "reconnect_max_delay": 2.0,  # cap of the reconnection back-off
+    "max_blocking_connections": 64,  # per shard
 }
+
+#: connection_kwargs understood here.
+_CONNECTION_KWARGS = {*DEFAULT_OPTIONS, "password", "username", "db", "ssl"}
+#: Of those, what a dict entry of ``hosts`` may set for its own shard.
+_LOGIN_KWARGS = {"password", "username", "db", "ssl"}
+#: What ``sentinel_kwargs`` understands.
+_SENTINEL_KWARGS = {"password", "username", "ssl", "socket_timeout"}
 #: redis-py connection_kwargs that make no sense here; accepted and ignored.
 _IGNORED_KWARGS = {
     "socket_keepalive",
@@ -100,12 +145,132 @@ def _parse_url(url: str, defaults: Mapping[str, Any]) -> RedisAddress:
     )
 
 
-def parse_hosts(hosts: Any, defaults: Mapping[str, Any] | None = None) -> list[RedisAddress]:
+def _is_pair(entry: Any) -> bool:
+    return (
+        isinstance(entry, (tuple, list))
+        and len(entry) == 2
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], int)
+        and not isinstance(entry[1], bool)
+    )
+
+
+def _database(value: Any, entry: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value) or None
+    except (TypeError, ValueError):
+        raise ValueError(
+            "Redis host %r: the database must be a number" % (_shown(entry),)
+        ) from None
+
+
+def _shown(entry: Any) -> Any:
+    """``entry`` for an error message, passwords masked."""
+    if isinstance(entry, Mapping):
+        return {k: "***" if k == "password" else _shown(v) for k, v in entry.items()}
+    return entry
+
+
+def _check_keys(entry: Mapping[str, Any], allowed: set[str], what: str) -> None:
+    unknown = set(entry) - allowed - _IGNORED_KWARGS
+    if unknown:
+        raise ValueError(
+            "%s has unknown keys %s; supported: %s"
+            % (what, ", ".join(sorted(map(str, unknown))), ", ".join(sorted(allowed)))
+        )
+
+
+def _parse_sentinel(entry: Mapping[str, Any], login: Mapping[str, Any]) -> SentinelAddress:
+    name = entry.get("master_name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            "Redis host %r: 'master_name' must be a non-empty string" % (_shown(entry),)
+        )
+    sentinels = entry.get("sentinels")
+    if (
+        isinstance(sentinels, (str, bytes))
+        or not isinstance(sentinels, Iterable)
+        or not (sentinels := list(sentinels))
+        or not all(_is_pair(s) for s in sentinels)
+    ):
+        raise ValueError(
+            "Redis host %r: 'sentinels' must be a non-empty list of (host, port) pairs"
+            % (_shown(entry),)
+        )
+    options = entry.get("sentinel_kwargs") or {}
+    if not isinstance(options, Mapping):
+        raise ValueError("Redis host %r: 'sentinel_kwargs' must be a dict" % (_shown(entry),))
+    _check_keys(options, _SENTINEL_KWARGS, "sentinel_kwargs of %s" % (name,))
+    timeout = options.get("socket_timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+    ):
+        raise ValueError("sentinel_kwargs['socket_timeout'] must be a positive number")
+    return SentinelAddress(
+        master_name=name,
+        sentinels=tuple((host, port) for host, port in sentinels),
+        db=_database(login.get("db"), entry),
+        password=login.get("password"),
+        username=login.get("username"),
+        tls=bool(login.get("ssl")),
+        sentinel_password=options.get("password"),
+        sentinel_username=options.get("username"),
+        sentinel_tls=bool(options.get("ssl")),
+        sentinel_timeout=float(timeout) if timeout is not None else None,
+    )
+
+
+def _parse_dict(entry: Mapping[str, Any], defaults: Mapping[str, Any]) -> Address:
+    # channels_redis's forms: {"address": url, ...}, {"host": h, "port": p, ...}
+    # and {"sentinels": [...], "master_name": ..., "sentinel_kwargs": {...}, ...},
+    # the other keys being the shard's login.
+    login = {k: v for k, v in defaults.items() if k in _LOGIN_KWARGS}
+    login.update((k, v) for k, v in entry.items() if k in _LOGIN_KWARGS)
+    if "sentinels" in entry or "master_name" in entry:
+        allowed = {"sentinels", "master_name", "sentinel_kwargs"} | _LOGIN_KWARGS
+        _check_keys(entry, allowed, "Redis host %r" % (_shown(entry),))
+        return _parse_sentinel(entry, login)
+    if "address" in entry:
+        _check_keys(entry, {"address"} | _LOGIN_KWARGS, "Redis host %r" % (_shown(entry),))
+        if not isinstance(entry["address"], str):
+            raise ValueError("Redis host %r: 'address' must be a redis:// URL" % (_shown(entry),))
+        return _parse_url(entry["address"], login)
+    if "host" in entry:
+        _check_keys(entry, {"host", "port"} | _LOGIN_KWARGS, "Redis host %r" % (_shown(entry),))
+        pair = (entry["host"], entry.get("port", 6379))
+        if not _is_pair(pair):
+            raise ValueError(
+                "Redis host %r: 'host' must be a str, 'port' an int" % (_shown(entry),)
+            )
+        return RedisAddress(
+            host=pair[0],
+            port=pair[1],
+            db=_database(login.get("db"), entry),
+            password=login.get("password"),
+            username=login.get("username"),
+            tls=bool(login.get("ssl")),
+        )
+    raise ValueError(
+        "Redis host %r: a dict entry needs 'address', 'host' or 'sentinels' and 'master_name'"
+        % (_shown(entry),)
+    )
+
+
+def parse_hosts(hosts: Any, defaults: Mapping[str, Any] | None = None) -> list[Address]:
     """
-    ``hosts`` as addresses: a list of ``redis://[[user]:password@]host[:port][/db]``
-    (or ``rediss://``) URLs and ``(host, port)`` pairs; None means
+    ``hosts`` as addresses, one shard each.  Entries may be
+    ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``) URLs,
+    ``(host, port)`` pairs, or dicts as channels_redis takes them:
+    ``{"address": url}``, ``{"host": h, "port": p}``, or a Redis Sentinel
+    service ``{"sentinels": [(host, port), ...], "master_name": name,
+    "sentinel_kwargs": {...}}``; a dict may add ``db``, ``password``,
+    ``username`` and ``ssl`` for its shard's server (a sentinel entry: for
+    the master), and ``sentinel_kwargs`` takes ``password``, ``username``,
+    ``ssl`` and ``socket_timeout`` for the sentinels.  None means
     ``[("localhost", 6379)]``.  ``defaults`` (connection_kwargs) supply
-    ``password``, ``username``, ``db`` and ``ssl`` where a URL does not.
+    ``password``, ``username``, ``db`` and ``ssl`` where an entry does not.
 
     :raises ValueError: a bare string instead of a list, or a bad entry.
     """
@@ -114,18 +279,13 @@ def parse_hosts(hosts: Any, defaults: Mapping[str, Any] | None = None) -> list[R
         hosts = [("localhost", 6379)]
     if isinstance(hosts, (str, bytes)):
         raise ValueError("Redis hosts must be a list, not a single string: use [%r]" % (hosts,))
-    if not isinstance(hosts, Iterable):
-        raise ValueError("Redis hosts must be a list of URLs or (host, port) pairs")
-    addresses = []
+    if isinstance(hosts, Mapping) or not isinstance(hosts, Iterable):
+        raise ValueError("Redis hosts must be a list of URLs, (host, port) pairs or dicts")
+    addresses: list[Address] = []
     for entry in hosts:
         if isinstance(entry, str):
             addresses.append(_parse_url(entry, defaults))
-        elif (
-            isinstance(entry, (tuple, list))
-            and len(entry) == 2
-            and isinstance(entry[0], str)
-            and isinstance(entry[1], int)
-        ):
+        elif _is_pair(entry):
             addresses.append(
                 RedisAddress(
                     host=entry[0],
@@ -136,9 +296,11 @@ def parse_hosts(hosts: Any, defaults: Mapping[str, Any] | None = None) -> list[R
                     tls=bool(defaults.get("ssl")),
                 )
             )
+        elif isinstance(entry, Mapping):
+            addresses.append(_parse_dict(entry, defaults))
         else:
             raise ValueError(
-                "Redis host %r is neither a redis:// URL nor a (host, port) pair" % (entry,)
+                "Redis host %r is neither a redis:// URL, a (host, port) pair nor a dict" % (entry,)
             )
     return addresses
 
@@ -147,8 +309,8 @@ def connection_options(connection_kwargs: Mapping[str, Any] | None) -> dict[str,
     """
     ``connection_kwargs`` checked: a dict with the timeouts and limits
     (``socket_timeout``, ``socket_connect_timeout``, ``reconnect_max_delay``,
-    ``max_blocking_connections``) resolved to numbers, plus the login
-    defaults as given.
+    ``max_blocking_connections``; see :data:`DEFAULT_OPTIONS`) resolved to
+    numbers, plus the login defaults as given.
 
     :raises ValueError: an unknown key or a bad value.
     """
@@ -159,12 +321,7 @@ def connection_options(connection_kwargs: Mapping[str, Any] | None) -> dict[str,
             "Unknown connection_kwargs %s; supported: %s"
             % (", ".join(sorted(unknown)), ", ".join(sorted(_CONNECTION_KWARGS)))
         )
-    for key, default in (
-        ("socket_timeout", 5.0),
-        ("socket_connect_timeout", 5.0),
-        ("reconnect_max_delay", 5.0),
-        ("max_blocking_connections", 64),
-    ):
+    for key, default in DEFAULT_OPTIONS.items():
         value = options.get(key)
         if value is None:
             value = default
@@ -266,3 +423,13 @@ def glob_to_lua(glob: str) -> str | None:
             out.append(c)
     out.append("$")
     return "".join(out)
+
+
+def consistent_hash(value: str, ring_size: int) -> int:
+    """
+    The shard index, out of ``ring_size``, of a channel's list (pass the
+    non-local name) and of its group memberships: asgi_redis's hash,
+    ``crc32`` over 4096 slots split evenly between the shards.
+    """
+    bigval = binascii.crc32(value.encode("utf-8")) & 0xFFF
+    return int(bigval / (4096 / ring_size))

@@ -7,10 +7,18 @@ attachment to a reactor:
 - one *command connection*, kept up by a ``ClientService`` (reconnecting
   with an exponential back-off capped at ``reconnect_max`` seconds); every
   non-blocking command of the process is pipelined on it;
-- a bounded pool of *blocking connections*, each carrying one ``BLPOP`` at a
-  time so that blocking pops never hold up other commands.  Each knows its
-  ``CLIENT ID``, so a pop that is no longer wanted is ended at once with
-  ``CLIENT UNBLOCK`` from the command connection.
+- a bounded pool of *blocking connections* to the same server, each
+  carrying one ``BLPOP`` at a time so that blocking pops never hold up
+  other commands.  Each knows its ``CLIENT ID``, so a pop that is no longer
+  wanted is ended at once with ``CLIENT UNBLOCK`` from the command
+  connection.
+
+A shard's server is either a fixed address or, for a
+:class:`~chanserv.layers.redis.config.SentinelAddress`, whichever server
+the sentinels name as the master on each (re)connection
+(:mod:`~chanserv.layers.redis.sentinel`); while up, the sentinels are asked
+again every ``sentinel_check_interval`` seconds, and a master they no longer
+name is left (a failover that did not stop the old master).
 
 The Redis protocol itself is txredisapi's; this module adds what txredisapi
 1.6 lacks for a server (see reference/security.md §1f):
@@ -18,12 +26,19 @@ The Redis protocol itself is txredisapi's; this module adds what txredisapi
 - **Timeouts for everything, blocking pops included.**  txredisapi skips its
   ``replyTimeout`` for BLPOP, so a frozen server would hold those forever;
   instead each connection records a deadline per command, and one sweep per
-  shard aborts a connection whose oldest command is overdue.  Its pending
-  commands fail with :class:`RedisTimeout`.
+  shard (at most 0.5 s apart) aborts a connection whose oldest command is
+  overdue.  Its pending commands fail with :class:`RedisTimeout`, and as
+  the server is presumably frozen, the blocking connections go too.
 - **Fail fast while down.**  Commands issued while the command connection is
   not up fail at once with :class:`RedisUnavailable` (txredisapi would queue
   them forever); only during the very first connection attempt do they wait
-  for its outcome.  A connection counts as up once it answered ``PING``.
+  for its outcome.
+- **Only a master counts.**  A new command connection logs in (AUTH,
+  SELECT), then asks ``ROLE``: a replica is dropped and tried again later
+  (with back-off).  An error reply saying the server is a replica now
+  (``READONLY``: the master was demoted by a failover) drops the connection
+  so that it reconnects, resolving the master again; the command fails with
+  :class:`RedisUnavailable`.
 - **Bounded memory.**  At most ``max_pending`` commands (and about
   ``max_pending_bytes`` of arguments) wait for replies on the command
   connection; more fail with :class:`RedisUnavailable`.
@@ -51,25 +66,26 @@ from twisted.internet import task
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
+    FirstError,
     fail,
     gatherResults,
-    maybeDeferred,
     succeed,
 )
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.python.failure import Failure
 
-from chanserv.layers.redis.config import RedisAddress
-from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
-from chanserv.layers.redis.protocol import (
-    BlockingPop,
-    ConnectionFactory,
-    RedisConnectionProtocol,
-    translate_failure,
+from chanserv.layers.redis.config import (
+    DEFAULT_OPTIONS,
+    Address,
+    RedisAddress,
+    SentinelAddress,
 )
+from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
+from chanserv.layers.redis.protocol import BlockingPop, ConnectionFactory, RedisConnectionProtocol
+from chanserv.layers.redis.sentinel import SentinelEndpoint
 from chanserv.log import Logger
 
-__all__ = ["RedisShard", "RedisTimeout", "RedisUnavailable", "Script"]
+__all__ = ["BlockingPop", "RedisShard", "RedisTimeout", "RedisUnavailable", "Script"]
 
 log = Logger()
 
@@ -86,25 +102,48 @@ class Script:
         return "<Script %s %s>" % (self.name, self.sha[:8])
 
 
+def _reason(failure: Failure) -> str:
+    error: Any = failure.value
+    if isinstance(error, FirstError):
+        error = error.subFailure.value
+    return str(error) or type(error).__name__
+
+
 class RedisShard(Service):
     """
     The connections to one Redis server.  Reactor thread only.
 
+    :param reactor: provides ``IReactorTime`` and ``IReactorTCP`` (and
+        ``IReactorPluggableNameResolver`` for host names).
+    :param address: a fixed server or a Sentinel-managed service.
+    :param scripts: loaded on every (re)connection before it counts as up.
+    :param reply_timeout: seconds for a reply (a blocking pop: its own
+        timeout plus this).
+    :param connect_timeout: seconds to connect.
+    :param reconnect_max: cap of the reconnection back-off, in seconds.
+
     :ivar state: ``"connecting"`` (first attempt in progress: commands wait
         for it), ``"up"``, ``"down"`` (commands fail fast) or ``"stopped"``.
+    :ivar master: ``(host, port)`` of the server the command connection is
+        (or was last) up with.
     """
 
     #: Most blocking connections kept open while unused.
     max_idle_blocking = 4
+    #: Seconds between two checks, while up, that the sentinels still name
+    #: the server the shard is on.  A failover that leaves the old master
+    #: running (``SENTINEL FAILOVER``, a partition) is noticed within this
+    #: much rather than when the old master is made a replica.
+    sentinel_check_interval = 1.0
 
     def __init__(
         self,
         reactor: Any,
-        address: RedisAddress,
+        address: Address,
         scripts: Sequence[Script] = (),
-        reply_timeout: float = 5.0,
-        connect_timeout: float = 5.0,
-        reconnect_max: float = 5.0,
+        reply_timeout: float = DEFAULT_OPTIONS["socket_timeout"],
+        connect_timeout: float = DEFAULT_OPTIONS["socket_connect_timeout"],
+        reconnect_max: float = DEFAULT_OPTIONS["reconnect_max_delay"],
         max_blocking: int = 64,
         max_pending: int = 10000,
         max_pending_bytes: int = 64 * 1024 * 1024,
@@ -120,9 +159,21 @@ class RedisShard(Service):
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.state = "stopped"
+        self.master: tuple[str, int] | None = None
+        self._sentinel: SentinelEndpoint | None = None
+        if isinstance(address, SentinelAddress):
+            self._sentinel = SentinelEndpoint(
+                reactor,
+                address,
+                self._direct_endpoint,
+                address.sentinel_timeout or reply_timeout,
+            )
         self._stopping = False
         self._rejected = 0
-        self._factory: Any = ConnectionFactory(self, self._command_built)
+        self._refusal: str | None = None
+        self._factory: Any = ConnectionFactory(
+            reactor, reply_timeout, self.name, self._command_built, self._connection_lost
+        )
         self._client: ClientService | None = None
         self._command: RedisConnectionProtocol | None = None
         self._state_waiters: list[Deferred[None]] = []
@@ -134,18 +185,34 @@ class RedisShard(Service):
         self._loading: dict[str, Deferred[Any]] = {}
         self._load_waiters: dict[str, list[Deferred[Any]]] = {}
         self._sweeper: task.LoopingCall | None = None
+        self._checker: task.LoopingCall | None = None
+        self._checking = False
 
     # -- lifecycle ----------------------------------------------------------
 
-    def _endpoint(self) -> Any:
-        endpoint: Any = HostnameEndpoint(
-            self.reactor, self.address.host, self.address.port, timeout=self.connect_timeout
-        )
-        if self.address.tls:
+    def _direct_endpoint(self, host: str, port: int, tls: bool) -> Any:
+        endpoint: Any = HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
+        if tls:
             from twisted.internet.ssl import optionsForClientTLS
 
-            endpoint = wrapClientTLS(optionsForClientTLS(self.address.host), endpoint)
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
         return endpoint
+
+    def _command_endpoint(self) -> Any:
+        if self._sentinel is not None:
+            return self._sentinel
+        address = self.address
+        assert isinstance(address, RedisAddress)
+        return self._direct_endpoint(address.host, address.port, address.tls)
+
+    def _where(self) -> tuple[str, int]:
+        # The server a connection made now goes to.
+        if self._sentinel is not None:
+            assert self._sentinel.resolved is not None
+            return self._sentinel.resolved
+        address = self.address
+        assert isinstance(address, RedisAddress)
+        return (address.host, address.port)
 
     def startService(self) -> None:
         super().startService()
@@ -159,10 +226,11 @@ class RedisShard(Service):
         )
         # ClientService forgets failed attempts once TCP connects, but a
         # connection dropped before it was ready (a frozen server accepts
-        # connections) must keep backing off: count those too.
+        # connections; a replica answers) must keep backing off: count
+        # those too.
         self._rejected = 0
         self._client = ClientService(
-            self._endpoint(),
+            self._command_endpoint(),
             self._factory,
             retryPolicy=lambda attempt: backoff(max(attempt, self._rejected)),
             clock=self.reactor,
@@ -173,10 +241,20 @@ class RedisShard(Service):
         self._client.startService()
         sweeper = self._sweeper = task.LoopingCall(self._sweep)
         sweeper.clock = self.reactor
-        interval = min(1.0, max(0.05, self.reply_timeout / 4))
-        sweeper.start(interval, now=False).addErrback(
+        sweeper.start(self.sweep_interval, now=False).addErrback(
             lambda f: log.failure("The Redis timeout sweep stopped", f)
         )
+        if self._sentinel is not None:
+            checker = self._checker = task.LoopingCall(self._check_master_unmoved)
+            checker.clock = self.reactor
+            checker.start(self.sentinel_check_interval, now=False).addErrback(
+                lambda f: log.failure("The Sentinel check stopped", f)
+            )
+
+    @property
+    def sweep_interval(self) -> float:
+        """Seconds between two timeout sweeps; overdue is noticed in two."""
+        return min(0.5, max(0.05, self.reply_timeout / 4))
 
     def stopService(self) -> Deferred[None]:
         """
@@ -206,9 +284,10 @@ class RedisShard(Service):
         self._drained = None
         self.state = "stopped"
         self._fire_state_waiters()
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
-        self._sweeper = None
+        for loop in (self._sweeper, self._checker):
+            if loop is not None and loop.running:
+                loop.stop()
+        self._sweeper = self._checker = None
         closing: list[Deferred[Any]] = []
         if self._client is not None:
             closing.append(self._client.stopService())
@@ -220,16 +299,30 @@ class RedisShard(Service):
 
     # -- command connection state ----------------------------------------------
 
+    def _login(self, proto: RedisConnectionProtocol) -> Deferred[Any]:
+        # AUTH and SELECT, as the first commands of a new connection.
+        address = self.address
+        d: Deferred[Any] = proto.whenConnected()
+        if address.password is not None:
+            user = [address.username] if address.username else []
+            d.addCallback(lambda _: self._run(proto, ("AUTH", *user, address.password), None))
+        if address.db:
+            d.addCallback(lambda _: self._run(proto, ("SELECT", address.db), None))
+        return d
+
     def _command_built(self, proto: RedisConnectionProtocol) -> None:
-        # A new command connection counts as up only once PING is answered
-        # (after txredisapi's AUTH and SELECT), so a frozen server that still
-        # accepts TCP connections does not count as up; and the scripts are
-        # loaded first, so that a restarted server has them before anything
-        # runs (NOSCRIPT is still handled).  ClientService's own
+        # A new command connection counts as up only once it is logged in,
+        # has said it is a master (ROLE; a frozen server that still accepts
+        # TCP connections does not count as up either) and has the scripts
+        # loaded, so that a restarted server has them before anything runs
+        # (NOSCRIPT is still handled).  ClientService's own
         # prepareConnection is not used: it cannot drop a connection that
         # failed it.
-        d = proto.whenConnected()
-        d.addCallback(lambda _: self._run(proto, ("PING",), None))
+        where = self._where()
+        if self._sentinel is not None:
+            proto.label = "%s:%d (master of %s)" % (*where, self.name)
+        d = self._login(proto)
+        d.addCallback(lambda _: self._check_master(proto))
         d.addCallback(
             lambda _: gatherResults(
                 [self._run(proto, ("SCRIPT", "LOAD", sc.source), None) for sc in self.scripts],
@@ -240,23 +333,106 @@ class RedisShard(Service):
         def ready(_: Any) -> None:
             if not proto.connected or self._stopping:
                 return
+            moved = self.master is not None and self.master != where
             self._command = proto
+            self.master = where
             self._rejected = 0
+            self._refusal = None
+            if moved:
+                # Blocking connections left on the old server would pop
+                # from a replica (or a stale master): start afresh.
+                self._drop_blocking()
             previous, self.state = self.state, "up"
             if previous == "connecting":
-                log.info("Connected to Redis at {address}", address=self.address)
+                log.info("Connected to Redis at {address}", address=proto.label)
             else:
-                log.info("Reconnected to Redis at {address}", address=self.address)
+                log.info("Reconnected to Redis at {address}", address=proto.label)
             self._fire_state_waiters()
 
         def failed(failure: Failure) -> None:
             self._rejected += 1
             if proto.connected:
                 proto.transport.abortConnection()
-            self._first_attempt_failed(failure)
+            if self._sentinel is not None:
+                self._sentinel.distrust()
+            reason = _reason(failure)
+            if self.state == "connecting":
+                self._first_attempt_failed(failure)
+            elif reason != self._refusal and not self._stopping:
+                log.warn(
+                    "Redis at {address} is not ready: {reason}; retrying (back-off at most {max}s)",
+                    address=proto.label,
+                    reason=reason,
+                    max=self.reconnect_max,
+                )
+            self._refusal = reason
 
         d.addCallbacks(ready, failed)
         d.addErrback(lambda f: log.failure("Preparing a Redis connection", f))
+
+    def _check_master(self, proto: RedisConnectionProtocol) -> Deferred[None]:
+        # ROLE: fails with RedisUnavailable unless the server is a master.
+        d = self._run(proto, ("ROLE",), None)
+        return d.addCallbacks(
+            self._check_role, self._role_unknown, callbackArgs=(proto,), errbackArgs=(proto,)
+        )
+
+    @staticmethod
+    def _check_role(reply: Any, proto: RedisConnectionProtocol) -> None:
+        role = reply[0] if isinstance(reply, list) and reply else None
+        if role == b"master":
+            return
+        if role in (b"slave", b"replica"):
+            of = ""
+            if len(reply) >= 3 and isinstance(reply[1], bytes):
+                of = " of %s:%s" % (reply[1].decode("utf-8", "replace"), reply[2])
+            raise RedisUnavailable("Redis at %s is a replica%s, not a master" % (proto.label, of))
+        if role == b"sentinel":
+            raise RedisUnavailable(
+                "%s is a Redis Sentinel: name it under 'sentinels' with the 'master_name' "
+                "of the service" % (proto.label,)
+            )
+        raise RedisUnavailable("Redis at %s answered ROLE with %r" % (proto.label, reply))
+
+    @staticmethod
+    def _role_unknown(failure: Failure, proto: RedisConnectionProtocol) -> None:
+        # A server that refuses ROLE (renamed or forbidden, as on some hosted
+        # Redis) answered all the same, so it is up; READONLY will still
+        # tell if it is a replica.
+        failure.trap(txredisapi.ResponseError)
+        log.debug("Redis at {address} refused ROLE: {f}", address=proto.label, f=failure.value)
+
+    def _check_master_unmoved(self) -> None:
+        # Ask the sentinels (one short-lived connection) who the master is;
+        # if not the server the shard is on, leave that server.
+        sentinel = self._sentinel
+        if sentinel is None or self.state != "up" or self._checking:
+            return
+        self._checking = True
+
+        def named(master: tuple[str, int]) -> None:
+            command = self._command
+            if self.state != "up" or master == self.master or command is None:
+                return
+            log.warn(
+                "The sentinels of {address} now name {master} as the master; leaving {old}",
+                address=self.address,
+                master="%s:%d" % master,
+                old=command.label,
+            )
+            command.demoted = True
+            command.transport.abortConnection()
+
+        def done(result: Any) -> None:
+            self._checking = False
+            if isinstance(result, Failure):
+                # No answer is no news: the connection's own checks stand.
+                log.debug("Sentinel check of {a}: {f}", a=self.address, f=result.value)
+
+        d = sentinel.resolve_master()
+        d.addCallback(named)
+        d.addBoth(done)
+        d.addErrback(lambda f: log.failure("Checking the master with the sentinels", f))
 
     def _first_attempt_failed(self, failure: Failure) -> None:
         if failure.check(CancelledError):
@@ -267,7 +443,7 @@ class RedisShard(Service):
                 "Redis at {address} is unreachable ({reason}); operations fail until "
                 "it answers, retrying with back-off (at most {max}s apart)",
                 address=self.address,
-                reason=failure.getErrorMessage(),
+                reason=_reason(failure),
                 max=self.reconnect_max,
             )
             self._fire_state_waiters()
@@ -277,18 +453,39 @@ class RedisShard(Service):
             self._command = None
             if self.state == "up":
                 self.state = "down"
-                log.warn(
-                    "Lost the connection to Redis at {address}; reconnecting "
-                    "(back-off at most {max}s)",
-                    address=self.address,
-                    max=self.reconnect_max,
-                )
+                if proto.demoted:
+                    log.warn(
+                        "Redis at {address} is no master now (a failover?); reconnecting "
+                        "to the master",
+                        address=proto.label,
+                    )
+                else:
+                    log.warn(
+                        "Lost the connection to Redis at {address}; reconnecting "
+                        "(back-off at most {max}s)",
+                        address=proto.label,
+                        max=self.reconnect_max,
+                    )
+            if proto.timed_out or proto.demoted:
+                self._drop_blocking()  # on the same frozen or demoted server
+        elif proto.demoted and self._command is not None and self._command.connected:
+            # A blocking connection learnt it first (UNBLOCKED, READONLY):
+            # the command connection is on that server too.
+            self._command.demoted = True
+            self._command.transport.abortConnection()
         if proto in self._blocking_all:
             self._blocking_all.discard(proto)
             if proto in self._blocking_idle:
                 self._blocking_idle.remove(proto)
             self._check_drained()
             self._serve_blocking_waiters()
+
+    def _drop_blocking(self) -> None:
+        # Pops in flight fail with RedisUnavailable; their callers retry
+        # once the shard is up again.
+        for proto in list(self._blocking_all):
+            if proto.connected:
+                proto.transport.abortConnection()
 
     def _fire_state_waiters(self) -> None:
         waiters, self._state_waiters = self._state_waiters, []
@@ -324,7 +521,8 @@ class RedisShard(Service):
         """
         Run one command on the command connection.
 
-        :raises RedisUnavailable: (in the Deferred) down, lost, overloaded.
+        :raises RedisUnavailable: (in the Deferred) down, lost, overloaded,
+            or the server is a replica now.
         :raises RedisTimeout: no reply within the timeout.
         :raises txredisapi.ResponseError: an error reply.
         """
@@ -344,8 +542,7 @@ class RedisShard(Service):
                     % (self.address, len(proto.pending), proto.pending_bytes)
                 )
             )
-        d = maybeDeferred(proto.execute_command, *args, timeout=timeout)
-        return d.addErrback(translate_failure, self.address)
+        return proto.execute_command(*args, timeout=timeout)
 
     def eval(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Deferred[Any]:
         """
@@ -385,9 +582,17 @@ class RedisShard(Service):
         """A :class:`BlockingPop` on a blocking connection of this shard."""
         return BlockingPop(self, keys, timeout)
 
-    def _acquire_blocking(self) -> Deferred[RedisConnectionProtocol]:
+    def acquire_blocking(self) -> Deferred[RedisConnectionProtocol]:
+        """
+        A blocking connection for one command (an idle one, or a new one
+        once there is room), to give back with :meth:`release_blocking`.
+        Cancelling the Deferred gives up waiting.
+
+        :raises RedisUnavailable: (in the Deferred) the shard is down or
+            stopping, or the connection could not be opened.
+        """
         if self.state == "connecting":
-            return self._next_state().addCallback(lambda _: self._acquire_blocking())
+            return self._next_state().addCallback(lambda _: self.acquire_blocking())
         if self.state != "up" or self._stopping:
             return fail(self.unavailable_error())
         d: Deferred[RedisConnectionProtocol] = Deferred(self._cancel_blocking_waiter)
@@ -410,14 +615,18 @@ class RedisShard(Service):
             self._new_blocking()
 
     def _new_blocking(self) -> None:
-        factory = ConnectionFactory(self)
-        attempt = self._endpoint().connect(factory)
+        assert self.master is not None  # set before the shard is first up
+        label = str(self.address) if self._sentinel is None else "%s:%d" % self.master
+        factory = ConnectionFactory(
+            self.reactor, self.reply_timeout, label, lost=self._connection_lost
+        )
+        attempt = self._direct_endpoint(*self.master, self.address.tls).connect(factory)
         self._blocking_connecting.add(attempt)
 
         def connected(proto: RedisConnectionProtocol) -> Deferred[RedisConnectionProtocol]:
             self._blocking_connecting.discard(attempt)
             self._blocking_all.add(proto)
-            d = proto.whenConnected()
+            d = self._login(proto)
             d.addCallback(lambda _: self._run(proto, ("CLIENT", "ID"), None))
 
             def got_id(client_id: Any) -> RedisConnectionProtocol:
@@ -437,13 +646,12 @@ class RedisShard(Service):
             if self._blocking_waiters:
                 self._blocking_waiters.popleft().errback(
                     RedisUnavailable(
-                        "Cannot open a connection to Redis at %s: %s"
-                        % (self.address, failure.getErrorMessage())
+                        "Cannot open a connection to Redis at %s: %s" % (label, _reason(failure))
                     )
                 )
 
         attempt.addCallbacks(connected)
-        attempt.addCallbacks(self._release_blocking, failed)
+        attempt.addCallbacks(self.release_blocking, failed)
         attempt.addErrback(lambda f: log.failure("Opening a blocking Redis connection", f))
 
     @staticmethod
@@ -452,7 +660,8 @@ class RedisShard(Service):
             proto.transport.abortConnection()
         return failure
 
-    def _release_blocking(self, proto: RedisConnectionProtocol) -> None:
+    def release_blocking(self, proto: RedisConnectionProtocol) -> None:
+        """Give back a connection from :meth:`acquire_blocking` (closed if broken)."""
         if not proto.connected or proto.timed_out or self._stopping:
             if proto.connected:
                 proto.transport.loseConnection()

@@ -1,51 +1,45 @@
 """
-The Redis channel layer: ``asgi_redis.RedisChannelLayer``'s configuration
-and key layout, on txredisapi, for sites that run interface servers and
-workers as separate processes (and on several machines).
+The Redis channel layer: ``asgi_redis.RedisChannelLayer``'s configuration,
+on txredisapi, for sites that run interface servers and workers as separate
+processes (and on several machines).
 
 What differs from asgi_redis 1.4.3, and why:
 
 - One long-lived set of connections per shard, owned by a service that
   starts and stops with :meth:`~RedisChannelLayer.attach_reactor` /
-  :meth:`~RedisChannelLayer.detach_reactor` (asgi_redis opened a pool per
-  Twisted receive); blocking pops on their own connections, timed out even
-  when the server is frozen; fail-fast with :class:`RedisUnavailable` while
-  Redis is down and reconnection with a capped back-off
-  (:mod:`~chanserv.layers.redis.connection`).
+  :meth:`~RedisChannelLayer.detach_reactor`; blocking pops on their own
+  connections, timed out even when the server is frozen; fail-fast with
+  :class:`RedisUnavailable` while Redis is down, and reconnection with a
+  capped back-off (:mod:`~chanserv.layers.redis.connection`).
 - A receive takes the body off Redis in the same script that pops the
-  reference (the Twisted path of asgi_redis never deleted bodies), and can
-  take a batch (:mod:`~chanserv.layers.redis.receive`).
-- ``send_group`` is one script per shard, whatever the group's size: it
-  drops expired members, then pushes one shared (read-counted) body to every
-  member with room, skipping full ones -- not a loop of sends in Python.
-  Group memberships live on the shard of the *member's* list, so each
-  shard's script only touches its own keys; ``send_group`` and
-  ``group_channels`` run on every shard (in parallel).
-- A process-local channel's full name travels in the list reference, not
-  in the body, so one body serves a whole group.
+  reference, and can take a batch (:mod:`~chanserv.layers.redis.receive`).
+- Group sends cost O(1) in the number of members: one script per shard,
+  one reference per interested *process* (its inbox), the body stored
+  once; each interface fans a group message out to its own connections in
+  one reactor callback.  Capacity is per channel, never shared by a
+  process's local channels; a connection whose queue overflows is closed by
+  its interface (1013) and the drop counted.  See
+  :mod:`~chanserv.layers.redis.scripts` for the key layout.
+- Memberships live as long as their connection: an interface's local
+  members never lapse while it heartbeats, and it removes them when the
+  connection goes; a process that finds Redis has lost its state is told
+  (``on_lost`` of :meth:`RedisChannelLayer.add_local_receiver`).
 - The synchronous face works in any process: without an attached reactor
   it starts the global one in a daemon thread (:mod:`.sync`).
-
 - Every channel lives on its hashed shard, normal channels too (asgi_redis
-  sent those round-robin): capacity is then exact, a channel's messages
-  stay in order, and a receive blocks only on the shards of its channels.
-  The price: one channel's traffic is served by one Redis server.
-- A channel whose message expired unread leaves all its groups, as the
-  ASGI spec recommends (see :mod:`.scripts`).
-
-Sharding is asgi_redis's hash: ``crc32`` of the (non-local) name over 4096
-slots, split evenly between the hosts.  Changing ``hosts`` loses data.
+  sent those round-robin): capacity is then exact and a channel's messages
+  stay in order.  The price: one channel's traffic is served by one Redis
+  server.  Changing ``hosts`` loses data.
 
 Requires Redis >= 5 (>= 6 for a fractional ``blpop_timeout``).
 """
 
 from __future__ import annotations
 
-import binascii
-import itertools
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -56,16 +50,17 @@ from chanserv.layers.redis.codec import MessageCodec
 from chanserv.layers.redis.config import (
     compile_capacities,
     connection_options,
+    consistent_hash,
     lua_capacities,
     parse_hosts,
 )
 from chanserv.layers.redis.connection import RedisShard
 from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
-from chanserv.layers.redis.operations import RedisOperations
+from chanserv.layers.redis.operations import RawMessage, RedisOperations, unwrap
 from chanserv.layers.redis.receive import (
     CapacityWatch,
     LocalReceiverLoop,
-    RawMessage,
+    ProcessHeartbeat,
     ReceiveOperation,
 )
 from chanserv.layers.redis.scripts import ALL_SCRIPTS
@@ -77,13 +72,16 @@ __all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts
 log = Logger()
 
 
-class RedisChannelLayer(RedisOperations, BaseChannelLayer):
+class RedisChannelLayer(BaseChannelLayer):
     """
     A channel layer in one or more Redis servers.
 
-    :param hosts: ``redis://`` URLs (with password and database) or
-        ``(host, port)`` pairs; one shard each.  A bare string raises
-        ValueError.
+    :param hosts: one shard each: ``redis://`` URLs (with password and
+        database), ``(host, port)`` pairs, or dicts -- ``{"address": url}``,
+        ``{"host": ..., "port": ...}``, or a Sentinel service
+        ``{"sentinels": [(host, port), ...], "master_name": ...,
+        "sentinel_kwargs": {...}}`` as channels_redis names it.  A bare
+        string raises ValueError.
     :param prefix: prefix of every key (``"asgi:"``); no whitespace.
     :param expiry, group_expiry, capacity, channel_capacity, max_message_size:
         see :class:`~chanserv.layers.base.BaseChannelLayer`.
@@ -92,9 +90,9 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         ``cryptography``.
     :param stats_prefix: prefix of the statistics counters.
     :param connection_kwargs: ``socket_timeout`` (seconds for any reply,
-        default 5), ``socket_connect_timeout`` (5), ``password``,
+        default 2.5), ``socket_connect_timeout`` (5), ``password``,
         ``username``, ``db``, ``ssl`` (for pairs in ``hosts``),
-        ``reconnect_max_delay`` (5), ``max_blocking_connections`` (64 per
+        ``reconnect_max_delay`` (2), ``max_blocking_connections`` (64 per
         shard).  redis-py options with no meaning here are ignored.
     :param blpop_timeout: seconds a blocking pop waits on the server before
         it is issued again (5).
@@ -158,18 +156,31 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
             self.connect_timeout + blpop_timeout + (3 + self.ring_size) * self.reply_timeout + 5
         )
         self._codec = MessageCodec(symmetric_encryption_keys, expiry)
-        self._lua_capacities = lua_capacities(self.channel_capacity)
+        self.operations = RedisOperations(
+            prefix=prefix,
+            stats_prefix=stats_prefix,
+            expiry=expiry,
+            group_expiry=group_expiry,
+            default_capacity=capacity,
+            get_capacity=self.get_capacity,
+            lua_capacities=lua_capacities(self.channel_capacity),
+            codec=self._codec,
+            unpack=self.unpack,
+        )
         self.reactor: Any = None
         self.shards: list[RedisShard] = []
         self._service: MultiService | None = None
         self._auto_attached = False
         self._detaching = False
-        self._ops: set[ReceiveOperation] = set()
-        self._local: dict[str, LocalReceiverLoop] = {}
+        self._receives: set[ReceiveOperation] = set()
+        self._local: dict[str, tuple[LocalReceiverLoop, ProcessHeartbeat]] = {}
+        self._unregistering: list[Deferred[None]] = []
         self._watches: dict[str, CapacityWatch] = {}
-        self._receive_counter = itertools.count()
-        self._handbacks = 0
         self._attach_lock = threading.Lock()
+        # Messages of a group reference beyond a receive's limit, per
+        # process prefix, for the next receive (any thread).
+        self._spill: dict[str, deque[tuple[str, dict[str, Any]]]] = {}
+        self._spill_lock = threading.Lock()
 
     @staticmethod
     def _compile_capacities(channel_capacity: Any) -> list[Any]:
@@ -182,25 +193,37 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
             self.prefix,
         )
 
-    # -- sharding -------------------------------------------------------------
-
     def consistent_hash(self, value: str) -> int:
-        """
-        The shard index of a channel's list (pass the non-local name) and
-        of its group memberships: asgi_redis's hash.
-        """
-        bigval = binascii.crc32(value.encode("utf-8")) & 0xFFF
-        return int(bigval / (4096 / self.ring_size))
+        """The shard index of a channel's list (pass the non-local name)."""
+        return consistent_hash(value, self.ring_size)
 
-    def next_receive_index(self) -> int:
-        return next(self._receive_counter)
+    # -- group spill-over (any thread) --------------------------------------------
 
-    def _plan(self, names: Sequence[str]) -> dict[int, list[str]]:
-        # shard index -> list keys to read for a receive on ``names``.
-        plan: dict[int, list[str]] = {}
-        for name in names:
-            plan.setdefault(self.consistent_hash(name), []).append(self.prefix + name)
-        return plan
+    def _take_spilled(self, names: Sequence[str], limit: int) -> list[tuple[str, dict[str, Any]]]:
+        if not self._spill:
+            return []
+        taken: list[tuple[str, dict[str, Any]]] = []
+        with self._spill_lock:
+            for name in names:
+                queue = self._spill.get(name)
+                while queue and len(taken) < limit:
+                    taken.append(queue.popleft())
+                if queue is not None and not queue:
+                    del self._spill[name]
+        return taken
+
+    def _keep(
+        self, decoded: list[tuple[str, dict[str, Any]]], limit: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        # A group reference expands to its local members: what is beyond
+        # ``limit`` waits for the next receive of that prefix.
+        if len(decoded) <= limit:
+            return decoded
+        with self._spill_lock:
+            for channel, message in decoded[limit:]:
+                prefix = self.non_local_name(channel)
+                self._spill.setdefault(prefix, deque()).append((channel, message))
+        return decoded[:limit]
 
     # -- synchronous face (any thread but the reactor's) -------------------------------
 
@@ -228,13 +251,13 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         Send prepared ``data`` to ``channel``; returns once Redis has it.
         Encryption happens in the calling thread.
 
-        :raises ChannelFull: the channel is at capacity (on every shard
-            that is up, for a normal channel).
+        :raises ChannelFull: the channel holds its capacity already (for a
+            process-local channel: its own messages, not its process's).
         :raises RedisUnavailable: Redis is unreachable; RedisTimeout: it did
             not answer in time (the message may then have been sent).
         """
         self.valid_channel_name(channel)
-        self._sync(self.send_payload, channel, self._codec.encode(data))
+        self._sync(self._send_payload, channel, self._codec.encode(data))
 
     def send_prepared_wait(self, channel: str, data: Prepared, timeout: float) -> None:
         """:meth:`send_prepared`, waiting up to ``timeout`` s for room if full."""
@@ -255,10 +278,13 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         names = self._receive_names(channels)
         if not names:
             return None, None
+        spilled = self._take_spilled(names, 1)
+        if spilled:
+            return spilled[0]
         raw = self._sync(self._receive_raw, names, block, on_abandoned=self._hand_back)
         if not raw:
             return None, None
-        decoded = self.decode_items(raw)
+        decoded = self._keep(self.operations.decode_items(raw), 1)
         return decoded[0] if decoded else (None, None)
 
     def new_channel(self, pattern: str) -> str:
@@ -268,35 +294,41 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         return result
 
     def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` (again: refreshes its membership)."""
         self.valid_group_name(group)
         self.valid_channel_name(channel)
         self._sync(self.group_add_twisted, group, channel)
 
     def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; nothing happens if it is absent."""
         self.valid_group_name(group)
         self.valid_channel_name(channel)
         self._sync(self.group_discard_twisted, group, channel)
 
     def group_channels(self, group: str) -> list[str]:
-        """The members, expired ones dropped first."""
+        """The members, lapsed ones dropped first."""
         self.valid_group_name(group)
         result: list[str] = self._sync(self.group_channels_twisted, group)
         return result
 
     def send_group_prepared(self, group: str, data: Prepared) -> None:
-        """Send to every member with room; one script per shard."""
+        """Send to every member; one script per shard, never ChannelFull."""
         self.valid_group_name(group)
-        self._sync(self.send_group_payload, group, self._codec.encode(data))
+        self._sync(self._send_group_payload, group, self._codec.encode(data))
 
     def flush(self) -> None:
         """Delete every key under ``prefix`` and ``stats_prefix`` on every shard."""
+        with self._spill_lock:
+            self._spill.clear()
         self._sync(self.flush_twisted, timeout=max(60.0, self.sync_timeout))
 
     def global_statistics(self) -> dict[str, float]:
+        """Counters summed over the shards (a SCAN: for occasional monitoring)."""
         result: dict[str, float] = self._sync(self.global_statistics_twisted)
         return result
 
     def channel_statistics(self, channel: str) -> dict[str, float]:
+        """The counters of ``channel`` (a local channel's own, not its process's)."""
         self.valid_channel_name(channel)
         result: dict[str, float] = self._sync(self.channel_statistics_twisted, channel)
         return result
@@ -333,6 +365,8 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
             shards.append(shard)
         self.reactor = reactor
         self.shards = shards
+        self.operations.shards = shards
+        self.operations.reactor = reactor
         self._service = service
         service.startService()
 
@@ -346,23 +380,27 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         if service is None or self._detaching:
             return succeed(None)
         self._detaching = True
-        for loop in list(self._local.values()):
-            loop.stop()
-        self._local.clear()
-        for op in list(self._ops):
-            op.deferred.cancel()
+        for prefix in list(self._local):
+            self.remove_local_receiver(prefix)
+        for receive in list(self._receives):
+            receive.deferred.cancel()
         for watch in list(self._watches.values()):
             watch.stop()
 
         def detached(result: Any) -> Any:
             self.reactor = None
             self.shards = []
+            self.operations.shards = []
+            self.operations.reactor = None
             self._service = None
             self._detaching = False
             self._auto_attached = False
             return result
 
-        d: Deferred[Any] = service.stopService()
+        # Unregistering goes out before the connections close.
+        unregistering, self._unregistering = self._unregistering, []
+        d: Deferred[Any] = gatherResults(unregistering, consumeErrors=True)
+        d.addBoth(lambda _: service.stopService())
         return d.addBoth(detached).addCallback(lambda _: None)
 
     def quiescent_twisted(self) -> Deferred[bool]:
@@ -372,11 +410,11 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         on the server (checked with ``CLIENT LIST``, so no reply is on its
         way).  For tests and diagnostics.  Reactor thread.
         """
-        if self._handbacks:
+        if self.operations.handbacks:
             return succeed(False)
         blocked: dict[int, list[int]] = {}
-        for op in self._ops:
-            clients = op.blocked_clients()
+        for receive in self._receives:
+            clients = receive.blocked_clients()
             if clients is None:
                 return succeed(False)
             for shard, client_id in clients:
@@ -416,17 +454,31 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
         return list(dict.fromkeys(names))
 
     def _start_receive(
-        self, names: list[str], limit: int, block: bool, loop: bool, decode: Any
+        self,
+        names: list[str],
+        limit: int,
+        block: bool,
+        loop: bool,
+        decode: Callable[[list[RawMessage]], list[Any]],
     ) -> Deferred[list[Any]]:
-        op = ReceiveOperation(self, self._plan(names), limit, block, loop, decode)
-        self._ops.add(op)
+        receive = ReceiveOperation(
+            self.operations,
+            self.operations.plan(names),
+            limit,
+            block,
+            loop,
+            decode,
+            self.blpop_timeout,
+            self._note_received,
+        )
+        self._receives.add(receive)
 
         def done(result: Any) -> Any:
-            self._ops.discard(op)
+            self._receives.discard(receive)
             return result
 
-        op.deferred.addBoth(done)
-        return op.start()
+        receive.deferred.addBoth(done)
+        return receive.start()
 
     def receive_many_twisted(
         self, channels: Sequence[str], limit: int
@@ -447,7 +499,19 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
                 raise ValueError("limit must be a positive int, not %r" % (limit,))
         except Exception:
             return fail()
-        return self._start_receive(names, limit, True, True, self.decode_items)
+        spilled = self._take_spilled(names, limit)
+        if spilled:
+            return succeed(spilled)
+        decode = self.operations.decode_items
+        return self._start_receive(
+            names, limit, True, True, lambda items: self._keep(decode(items), limit)
+        )
+
+    def _receive_local(
+        self, names: list[str], limit: int
+    ) -> Deferred[list[tuple[str, dict[str, Any]]]]:
+        # A local receiver's loop: every member of a group message at once.
+        return self._start_receive(names, limit, True, True, self.operations.decode_items)
 
     def _receive_raw(self, names: list[str], block: bool) -> Deferred[list[Any]]:
         # Reactor thread, for the synchronous receive: raw, decoded by the caller.
@@ -457,13 +521,27 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
     def _hand_back(self, items: list[RawMessage]) -> None:
         # Reactor thread: a synchronous receive gave up; put its message back.
         for item in items:
-            self.requeue(item.shard, [item])
+            self.operations.requeue(item.shard, [item])
 
-    def add_local_receiver(self, prefix: str, callback: LocalReceiver) -> None:
+    def add_local_receiver(
+        self,
+        prefix: str,
+        callback: LocalReceiver,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         """
-        Read ``prefix``'s Redis list (one per process) forever and hand
-        every batch of messages to ``callback(batch)`` on the reactor thread;
-        messages already queued come first.  Survives Redis outages.
+        Read ``prefix``'s inbox (one per process) forever and hand every
+        batch of messages to ``callback(batch)`` on the reactor thread --
+        a group message once per local member, in one batch, the members
+        sharing one (read-only) dict.  Messages already queued come first.
+        Survives Redis outages.
+
+        The process is registered while the receiver runs (a heartbeat every
+        second): its local channels' group memberships then never lapse by
+        time -- they end with :meth:`discard_local_channel` or when the
+        process dies.  When Redis turns out to have lost its state,
+        ``on_lost()`` is called: every membership is gone, so the caller
+        closes its connections for clients to reconnect and rejoin.
 
         :raises TypeError: ``prefix`` is not a valid name ending with ``!``.
         :raises ValueError: ``prefix`` has a receiver already.
@@ -474,21 +552,188 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
             raise TypeError("A local receiver's prefix ends with '!', not %r" % (prefix,))
         if prefix in self._local:
             raise ValueError("%r has a local receiver already" % (prefix,))
-        loop = self._local[prefix] = LocalReceiverLoop(self, prefix, callback)
+        shard = self.shards[self.consistent_hash(prefix)]
+        loop = LocalReceiverLoop(self.reactor, self._receive_local, shard.when_up, prefix, callback)
+        heartbeat = ProcessHeartbeat(
+            self.operations, self.reactor, prefix, on_lost or self._lost_unhandled
+        )
+        self._local[prefix] = (loop, heartbeat)
+        heartbeat.start()
         loop.start()
 
+    @staticmethod
+    def _lost_unhandled() -> None:
+        log.warn("A local receiver without on_lost: its connections may have lost memberships")
+
     def remove_local_receiver(self, prefix: str) -> None:
-        """Stop reading ``prefix``'s list (no-op without a receiver)."""
-        loop = self._local.pop(prefix, None)
-        if loop is not None:
-            loop.stop()
+        """Stop reading ``prefix``'s inbox and unregister it (no-op without one)."""
+        entry = self._local.pop(prefix, None)
+        if entry is None:
+            return
+        loop, heartbeat = entry
+        loop.stop()
+        unregistering = heartbeat.stop()
+        if unregistering is not None:
+            self._unregistering.append(unregistering)
+            unregistering.addBoth(self._unregistered, unregistering)
+
+    def _unregistered(self, result: Any, d: Deferred[None]) -> Any:
+        if d in self._unregistering:
+            self._unregistering.remove(d)
+        return result
+
+    def discard_local_channel(self, channel: str) -> None:
+        """
+        The connection of local channel ``channel`` is gone: remove it from
+        every group now (fire and forget; a failure is logged, and the
+        membership then ends at the latest with its process).  Reactor
+        thread.
+        """
+        if self.reactor is None or self._detaching:
+            return
+        d = self.operations.leave_all(channel)
+        d.addErrback(
+            lambda f: log.info(
+                "Could not remove {channel} from its groups: {error}",
+                channel=channel,
+                error=unwrap(f).getErrorMessage(),
+            )
+        )
+
+    def count_full(self, channel: str, count: int = 1) -> None:
+        """
+        Count ``count`` messages that could not be delivered to ``channel``
+        because its queue was full (in its and the global
+        ``channel_full_count``).  Fire and forget.  Reactor thread.
+        """
+        if self.reactor is None or self._detaching:
+            return
+        d = self.operations.count_full(channel, count)
+        d.addErrback(
+            lambda f: log.info(
+                "Could not count a drop on {channel}: {error}",
+                channel=channel,
+                error=unwrap(f).getErrorMessage(),
+            )
+        )
+
+    # -- reactor face: sends, groups, statistics ----------------------------------
+
+    def _send_payload(self, channel: str, payload: bytes) -> Deferred[None]:
+        try:
+            self._require_attached()
+        except Exception:
+            return fail()
+        return self.operations.send(channel, payload)
+
+    def _send_wait(self, channel: str, payload: bytes, timeout: float) -> Deferred[None]:
+        try:
+            self._require_attached()
+        except Exception:
+            return fail()
+        return self.operations.send_wait(
+            channel, payload, timeout, self.reactor, self.when_capacity_twisted
+        )
+
+    def _send_group_payload(self, group: str, payload: bytes) -> Deferred[None]:
+        try:
+            self._require_attached()
+        except Exception:
+            return fail()
+        return self.operations.send_group(group, payload).addCallback(lambda _: None)
+
+    def send_twisted(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
+        """
+        Send ``message`` to ``channel``.  Fails with ChannelFull,
+        MessageTooLarge, TypeError, RedisUnavailable or RedisTimeout.
+        """
+        try:
+            self._require_attached()
+            self.valid_channel_name(channel)
+            payload = self._codec.encode(self.prepare(message))
+        except Exception:
+            return fail()
+        return self.operations.send(channel, payload)
+
+    def send_group_twisted(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+        """Send ``message`` to every member of ``group`` (never ChannelFull)."""
+        try:
+            self._require_attached()
+            self.valid_group_name(group)
+            payload = self._codec.encode(self.prepare(message))
+        except Exception:
+            return fail()
+        return self.operations.send_group(group, payload).addCallback(lambda _: None)
+
+    def new_channel_twisted(self, pattern: str) -> Deferred[str]:
+        """A fresh ``pattern`` + 12 CSPRNG letters name not in use."""
+        try:
+            self._require_attached()
+            self._check_new_channel_pattern(pattern)
+        except Exception:
+            return fail()
+        return self.operations.new_channel(pattern)
+
+    def group_add_twisted(self, group: str, channel: str) -> Deferred[None]:
+        """Add (or refresh) ``channel`` in ``group``."""
+        try:
+            self._require_attached()
+            self.valid_group_name(group)
+            self.valid_channel_name(channel)
+        except Exception:
+            return fail()
+        return self.operations.group_add(group, channel)
+
+    def group_discard_twisted(self, group: str, channel: str) -> Deferred[None]:
+        """Remove ``channel`` from ``group`` (no-op if absent)."""
+        try:
+            self._require_attached()
+            self.valid_group_name(group)
+            self.valid_channel_name(channel)
+        except Exception:
+            return fail()
+        return self.operations.group_discard(group, channel)
+
+    def group_channels_twisted(self, group: str) -> Deferred[list[str]]:
+        """The members of ``group``, lapsed ones dropped first."""
+        try:
+            self._require_attached()
+            self.valid_group_name(group)
+        except Exception:
+            return fail()
+        return self.operations.group_channels(group)
+
+    def flush_twisted(self) -> Deferred[None]:
+        """Delete every key under ``prefix`` and ``stats_prefix``."""
+        try:
+            self._require_attached()
+        except Exception:
+            return fail()
+        return self.operations.flush()
+
+    def global_statistics_twisted(self) -> Deferred[dict[str, float]]:
+        """See :meth:`global_statistics`."""
+        try:
+            self._require_attached()
+        except Exception:
+            return fail()
+        result: Deferred[dict[str, float]] = self.operations.global_statistics()
+        return result
+
+    def channel_statistics_twisted(self, channel: str) -> Deferred[dict[str, float]]:
+        """See :meth:`channel_statistics`."""
+        try:
+            self._require_attached()
+            self.valid_channel_name(channel)
+        except Exception:
+            return fail()
+        return self.operations.channel_statistics(channel)
 
     # -- reactor face: capacity --------------------------------------------------
 
     def when_capacity_twisted(self, channel: str) -> Deferred[None]:
         """
-        Fires once ``channel`` (its shard, or any shard for a normal
-        channel) holds fewer messages than its capacity; see
+        Fires once ``channel`` holds fewer messages than its capacity; see
         :class:`~chanserv.layers.redis.receive.CapacityWatch` for how.
         """
         try:
@@ -496,22 +741,24 @@ class RedisChannelLayer(RedisOperations, BaseChannelLayer):
             self.valid_channel_name(channel)
         except Exception:
             return fail()
-        name = self.non_local_name(channel)
-        watch = self._watches.get(name)
+        watch = self._watches.get(channel)
         if watch is None:
-            watch = self._watches[name] = CapacityWatch(self, name)
+            watch = self._watches[channel] = CapacityWatch(
+                self.operations, self.reactor, channel, self._forget_watch
+            )
         return watch.add()
 
-    def forget_watch(self, watch: CapacityWatch) -> None:
+    def _forget_watch(self, watch: CapacityWatch) -> None:
         if self._watches.get(watch.channel) is watch:
             del self._watches[watch.channel]
 
-    def note_received(self, list_keys: Iterable[bytes]) -> None:
+    def _note_received(self, list_keys: Iterable[bytes]) -> None:
         # A receive made room: re-check the watches of those channels now.
         if not self._watches:
             return
         start = len(self.prefix)
         for key in list_keys:
-            watch = self._watches.get(key.decode("utf-8")[start:])
-            if watch is not None:
-                watch.check()
+            name = key.decode("utf-8")[start:]
+            for channel, watch in list(self._watches.items()):
+                if channel == name or (name.endswith("!") and channel.startswith(name)):
+                    watch.check()

@@ -1,44 +1,51 @@
 """
-The Redis commands behind :class:`~chanserv.layers.redis.RedisChannelLayer`'s
-reactor face: sends, groups, flush, statistics, and the pops and hand-backs
-that :mod:`~chanserv.layers.redis.receive` drives.  A mixin, so that the
-layer module stays about configuration and the two faces.
+The Redis commands of the Redis channel layer: sends, groups, flush,
+statistics, heartbeats, and the pops and hand-backs that
+:mod:`~chanserv.layers.redis.receive` drives.  :class:`RedisOperations`
+knows the key layout (:mod:`~chanserv.layers.redis.scripts`) and the shards;
+it takes names already checked and payloads already encoded -- validation,
+serialisation and encryption are the layer's.
 
-Reactor thread only.  Every method returns a Deferred; none raises.
+Reactor thread only.  Every method returns a Deferred (or nothing, for the
+fire-and-forget ones, which log their failures); none raises.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import txredisapi
-from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
 from chanserv.layers.base import random_string
+from chanserv.layers.redis.codec import MessageCodec
+from chanserv.layers.redis.config import consistent_hash
 from chanserv.layers.redis.connection import RedisShard
-from chanserv.layers.redis.receive import RawMessage
+from chanserv.layers.redis.errors import RedisUnavailable
 from chanserv.layers.redis.scripts import (
     CHANNEL_STATS,
+    COUNT_FULL,
     GROUP_ADD,
     GROUP_DISCARD,
     GROUP_MEMBERS,
     GROUP_SEND,
+    HEARTBEAT,
+    LEAVE_ALL,
     LISTS_STATS,
     POP_MANY,
     REQUEUE,
     ROOM,
     SEND,
+    SEND_MANY,
+    UNREGISTER,
 )
 from chanserv.log import Logger
 
-if TYPE_CHECKING:
-    from chanserv.layers.redis.codec import MessageCodec
-
-__all__ = ["RedisOperations"]
+__all__ = ["GroupSendResult", "RawMessage", "RedisOperations"]
 
 log = Logger()
 
@@ -50,9 +57,35 @@ PER_SECOND = "_per_second"
 GLOBAL_STATS_KEY = "#global#"  # not a valid channel name
 CHANNEL_STATS_TTL = 3600
 GLOBAL_STATS_TTL = 86400
+#: Most messages in one send_many script call.
+SEND_BATCH = 256
 
 
-def _unwrap(failure: Failure) -> Failure:
+class RawMessage(NamedTuple):
+    """
+    A message taken off Redis, not yet decoded.  ``members`` is empty for a
+    message sent to one channel, else the local channels a group send
+    reached in this process.
+    """
+
+    shard: int
+    list_key: bytes
+    ref: bytes
+    body: bytes
+    members: tuple[str, ...] = ()
+
+
+class GroupSendResult(NamedTuple):
+    """What one shard's group send did."""
+
+    sent: int  # references pushed to non-local members
+    full: int  # non-local members skipped for being full
+    processes: int  # inboxes that got the group reference
+    deliveries: int  # local members those processes will deliver to
+
+
+def unwrap(failure: Failure) -> Failure:
+    """The first failure inside a ``gatherResults`` FirstError."""
     if failure.check(FirstError):
         error: Any = failure.value
         sub: Failure = error.subFailure
@@ -71,104 +104,194 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+def _non_local(name: str) -> str:
+    bang = name.find("!")
+    return name if bang < 0 else name[: bang + 1]
+
+
 class RedisOperations:
-    """Mixin of :class:`~chanserv.layers.redis.RedisChannelLayer`."""
+    """
+    The layer's commands over ``shards`` (set by the layer when it attaches
+    to a reactor; empty otherwise).
 
-    # Provided by RedisChannelLayer and BaseChannelLayer.
-    prefix: str
-    stats_prefix: str
-    expiry: float
-    group_expiry: float
-    capacity: int
-    ring_size: int
-    shards: list[RedisShard]
-    reactor: Any
-    _handbacks: int
-    _lua_capacities: list[str | int] | None
-    _codec: MessageCodec
+    :param prefix, stats_prefix: key prefixes.
+    :param expiry, group_expiry: seconds.
+    :param get_capacity: a channel's capacity.
+    :param lua_capacities: ``channel_capacity`` as (Lua pattern, capacity)
+        pairs, or None when a regex needs Python to resolve it.
+    :param default_capacity: ``capacity``.
+    :param codec: decrypts stored bodies.
+    :param unpack: turns prepared bytes into a message dict.
+    """
 
-    if TYPE_CHECKING:
-
-        def get_capacity(self, channel: str) -> int: ...
-        def unpack(self, data: bytes) -> dict[str, Any]: ...
-        def when_capacity_twisted(self, channel: str) -> Deferred[None]: ...
-        def non_local_name(self, name: str) -> str: ...
-        def consistent_hash(self, value: str) -> int: ...
-        def prepare(self, message: Any) -> bytes: ...
-        def valid_channel_name(self, name: Any, receive: bool = False) -> bool: ...
-        def valid_group_name(self, name: Any) -> bool: ...
-        def _check_new_channel_pattern(self, pattern: Any) -> None: ...
-        def _require_attached(self) -> None: ...
+    def __init__(
+        self,
+        prefix: str,
+        stats_prefix: str,
+        expiry: float,
+        group_expiry: float,
+        default_capacity: int,
+        get_capacity: Callable[[str], int],
+        lua_capacities: list[str | int] | None,
+        codec: MessageCodec,
+        unpack: Callable[[bytes], dict[str, Any]],
+    ) -> None:
+        self.prefix = prefix
+        self.stats_prefix = stats_prefix
+        self.expiry = expiry
+        self.group_expiry = group_expiry
+        self.default_capacity = default_capacity
+        self.get_capacity = get_capacity
+        self.lua_capacities = lua_capacities
+        self.codec = codec
+        self.unpack = unpack
+        self.shards: list[RedisShard] = []
+        self.reactor: Any = None
+        self._outbox: dict[int, list[tuple[Any, ...]]] = {}
+        self._flush_scheduled = False
+        #: Messages taken off Redis and being put back right now.
+        self.handbacks = 0
+        self._receive_counter = 0
 
     # -- keys -------------------------------------------------------------------
 
     @property
-    def _expiry_ms(self) -> int:
+    def expiry_ms(self) -> int:
         return max(1, int(self.expiry * 1000))
 
-    def _stat(self, name: str, stat: str) -> str:
-        return "%s%s:%s" % (self.stats_prefix, name, stat)
-
     @property
-    def _list_ttl_ms(self) -> int:
+    def list_ttl_ms(self) -> int:
         # A list outlives its newest message by expiry + 1 s: an expired
         # reference left in it still shows that its channel missed a message.
-        return 2 * self._expiry_ms + 1000
+        return 2 * self.expiry_ms + 1000
 
-    def _group_key(self, group: str) -> str:
-        return "%s:group:%s" % (self.prefix, group)
+    def stat_key(self, name: str, stat: str) -> str:
+        return "%s%s:%s" % (self.stats_prefix, name, stat)
 
-    def _groups_index_key(self, channel: str) -> str:
+    def groups_index_key(self, channel: str) -> str:
         return "%s:groups:%s" % (self.prefix, channel)
 
-    def _shard_of(self, channel: str) -> RedisShard:
-        """The shard of a channel's list (and of its group memberships)."""
-        return self.shards[self.consistent_hash(self.non_local_name(channel))]
+    def count_key(self, process: str) -> str:
+        return "%s:count:%s" % (self.prefix, process)
+
+    def shard_index(self, channel: str) -> int:
+        """The shard of a channel's list (its process's inbox for a local name)."""
+        return consistent_hash(_non_local(channel), len(self.shards))
+
+    def shard_of(self, channel: str) -> RedisShard:
+        return self.shards[self.shard_index(channel)]
+
+    def plan(self, names: Sequence[str]) -> dict[int, list[str]]:
+        """Shard index -> list keys to read for a receive on ``names``."""
+        plan: dict[int, list[str]] = {}
+        ring = len(self.shards)
+        for name in names:
+            plan.setdefault(consistent_hash(name, ring), []).append(self.prefix + name)
+        return plan
+
+    def next_receive_index(self) -> int:
+        """A rotating start, so receives spread over the shards."""
+        self._receive_counter += 1
+        return self._receive_counter
 
     # -- sends --------------------------------------------------------------------
 
-    def send_twisted(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
+    def send(self, channel: str, payload: bytes) -> Deferred[None]:
         """
-        Send ``message`` to ``channel``: one EVALSHA doing the capacity check
-        and the push atomically.  Fails with ChannelFull, MessageTooLarge,
-        TypeError, RedisUnavailable or RedisTimeout.
-        """
-        try:
-            self._require_attached()
-            self.valid_channel_name(channel)
-            payload = self._codec.encode(self.prepare(message))
-        except Exception:
-            return fail()
-        return self.send_payload(channel, payload)
+        Send encoded ``payload`` to ``channel`` (a checked name), atomically
+        checking its capacity (per channel, also for a process-local one).
+        Fails with ChannelFull.
 
-    def send_payload(self, channel: str, payload: bytes) -> Deferred[None]:
-        """Send already encoded ``payload`` (a checked name) to ``channel``."""
+        Sends made in one reactor turn travel together: one ``send_many``
+        script per shard, in the order they were made, when the turn ends
+        (one ``callLater(0)`` per batch, not per message).
+        """
+        if self.reactor is None:
+            return self.send_one(channel, payload)
+        d: Deferred[None] = Deferred()
+        index = self.shard_index(channel)
+        self._outbox.setdefault(index, []).append(
+            (
+                channel,
+                self.prefix + uuid.uuid4().hex,
+                payload,
+                self.get_capacity(channel),
+                "0" if "?" in channel else "1",
+                d,
+            )
+        )
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.reactor.callLater(0, self._flush_outbox)
+        return d
+
+    def _flush_outbox(self) -> None:
+        self._flush_scheduled = False
+        outbox, self._outbox = self._outbox, {}
+        for index, entries in outbox.items():
+            for start in range(0, len(entries), SEND_BATCH):
+                self._send_batch(index, entries[start : start + SEND_BATCH])
+
+    def _send_batch(self, index: int, entries: list[tuple[Any, ...]]) -> None:
+        args: list[Any] = [
+            self.prefix,
+            self.stats_prefix,
+            self.expiry_ms,
+            self.list_ttl_ms,
+            CHANNEL_STATS_TTL,
+            GLOBAL_STATS_TTL,
+        ]
+        for channel, body_key, payload, capacity, own, _ in entries:
+            args += [channel, body_key, payload, capacity, own]
         try:
-            self._require_attached()
-        except Exception:
-            return fail()
-        name = self.non_local_name(channel)
+            shard = self.shards[index]
+        except IndexError:
+            sent: Deferred[Any] = Deferred()
+            sent.errback(RedisUnavailable("The Redis layer is not attached to a reactor"))
+        else:
+            sent = shard.eval(SEND_MANY, [], args)
+
+        def done(results: list[Any]) -> None:
+            for (channel, _, _, capacity, _, d), ok in zip(entries, results, strict=True):
+                if int(ok):
+                    d.callback(None)
+                else:
+                    d.errback(ChannelFull("Channel %r is full (capacity %d)" % (channel, capacity)))
+
+        def failed(failure: Failure) -> None:
+            for *_, d in entries:
+                d.errback(failure)
+
+        sent.addCallbacks(done, failed)
+        sent.addErrback(lambda f: log.failure("Sending a batch to Redis", f))
+
+    def send_one(self, channel: str, payload: bytes) -> Deferred[None]:
+        """:meth:`send` as a script call of its own, right now."""
+        name = _non_local(channel)
+        local = name != channel
         body_key = self.prefix + uuid.uuid4().hex
         capacity = self.get_capacity(channel)
+        stat_name = channel if local else name
         keys = [
             body_key,
             self.prefix + name,
-            self._stat(name, STAT_MESSAGES_COUNT),
-            self._stat(name, STAT_CHANNEL_FULL),
-            self._stat(GLOBAL_STATS_KEY, STAT_MESSAGES_COUNT),
-            self._stat(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
+            self.stat_key(stat_name, STAT_MESSAGES_COUNT),
+            self.stat_key(stat_name, STAT_CHANNEL_FULL),
+            self.stat_key(GLOBAL_STATS_KEY, STAT_MESSAGES_COUNT),
+            self.stat_key(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
+            self.count_key(name),
         ]
-        ref = body_key + " " + channel if "!" in channel else body_key
         args = [
             payload,
-            self._expiry_ms,
+            self.expiry_ms,
             capacity,
-            ref,
+            body_key + " " + channel if local else body_key,
             CHANNEL_STATS_TTL,
             GLOBAL_STATS_TTL,
             self.prefix,
-            self._list_ttl_ms,
+            self.list_ttl_ms,
             "0" if "?" in name else "1",  # no counters per single-use channel
+            channel,
         ]
 
         def failed(failure: Failure) -> Any:
@@ -177,137 +300,143 @@ class RedisOperations:
                 raise ChannelFull("Channel %r is full (capacity %d)" % (channel, capacity))
             return failure
 
-        d = self._shard_of(channel).eval(SEND, keys, args)
+        d = self.shard_of(channel).eval(SEND, keys, args)
         return d.addCallbacks(lambda _: None, failed)
 
-    def send_group_twisted(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+    def send_group(self, group: str, payload: bytes) -> Deferred[list[GroupSendResult]]:
         """
-        Send ``message`` to every member of ``group`` with room (full ones
-        are skipped: never ChannelFull).  One script per shard.
+        Send ``payload`` to every member of ``group``: one script per shard,
+        whatever the number of members.  Never ChannelFull.
         """
-        try:
-            self._require_attached()
-            self.valid_group_name(group)
-            payload = self._codec.encode(self.prepare(message))
-        except Exception:
-            return fail()
-        return self.send_group_payload(group, payload)
+        sends = [self._send_group_on(shard, group, payload) for shard in self.shards]
+        return gatherResults(sends, consumeErrors=True).addErrback(unwrap)
 
-    def send_group_payload(self, group: str, payload: bytes) -> Deferred[None]:
-        """:meth:`send_group_twisted` with an encoded ``payload``."""
-        try:
-            self._require_attached()
-        except Exception:
-            return fail()
-        group_key = self._group_key(group)
-        sends = [self._send_group_on(shard, group_key, payload) for shard in self.shards]
-        return gatherResults(sends, consumeErrors=True).addCallbacks(lambda _: None, _unwrap)
-
-    def _send_group_on(self, shard: RedisShard, group_key: str, payload: bytes) -> Deferred[Any]:
+    def _send_group_on(
+        self, shard: RedisShard, group: str, payload: bytes
+    ) -> Deferred[GroupSendResult]:
         keys = [
-            group_key,
-            self._stat(GLOBAL_STATS_KEY, STAT_MESSAGES_COUNT),
-            self._stat(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
+            "%s:group:%s" % (self.prefix, group),
+            "%s:procs:%s" % (self.prefix, group),
+            self.stat_key(GLOBAL_STATS_KEY, STAT_MESSAGES_COUNT),
+            self.stat_key(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
         ]
         head = [
             payload,
-            self._expiry_ms,
+            self.expiry_ms,
             float(self.group_expiry),
             self.prefix + uuid.uuid4().hex,
             self.prefix,
             self.stats_prefix,
-            self.capacity,
+            self.default_capacity,
             CHANNEL_STATS_TTL,
             GLOBAL_STATS_TTL,
-            self._list_ttl_ms,
+            self.list_ttl_ms,
+            group,
         ]
-        if self._lua_capacities is not None:
-            return shard.eval(GROUP_SEND, keys, [*head, "auto", *self._lua_capacities])
 
-        # A channel_capacity regex Lua cannot evaluate: read the members,
-        # resolve their capacities here, then send (two round trips).
+        def result(reply: list[Any]) -> GroupSendResult:
+            return GroupSendResult(*(int(x) for x in reply))
+
+        if self.lua_capacities is not None:
+            d = shard.eval(GROUP_SEND, keys, [*head, "auto", *self.lua_capacities])
+            return d.addCallback(result)
+
+        # A channel_capacity regex Lua cannot evaluate: read the non-local
+        # members, resolve their capacities here, then send.
         def given(members: list[bytes]) -> Any:
-            if not members:
-                return None
             pairs: list[Any] = []
             for member in members:
                 name = member.decode("utf-8")
-                pairs += [name, self.get_capacity(name)]
-            return shard.eval(GROUP_SEND, keys, [*head, "given", *pairs])
+                if "!" not in name:
+                    pairs += [name, self.get_capacity(name)]
+            return shard.eval(GROUP_SEND, keys, [*head, "given", *pairs]).addCallback(result)
 
-        d = shard.eval(GROUP_MEMBERS, [group_key], [float(self.group_expiry), self.prefix])
+        d = shard.eval(GROUP_MEMBERS, [], [group, float(self.group_expiry), self.prefix])
         return d.addCallback(given)
 
     # -- groups and names ---------------------------------------------------------------
 
-    def new_channel_twisted(self, pattern: str) -> Deferred[str]:
+    def new_channel(self, pattern: str) -> Deferred[str]:
         """A fresh ``pattern`` + 12 CSPRNG letters name not in use on its shard."""
-        try:
-            self._require_attached()
-            self._check_new_channel_pattern(pattern)
-        except Exception:
-            return fail()
 
         def attempt(n: int) -> Deferred[str]:
             name = pattern + random_string(12)
-            shard = self.shards[self.consistent_hash(name)]
-            d = shard.execute("EXISTS", self.prefix + name)
+            d = self.shard_of(name).execute("EXISTS", self.prefix + name)
             return d.addCallback(lambda exists: attempt(n + 1) if exists and n < 20 else name)
 
         return attempt(0)
 
-    def group_add_twisted(self, group: str, channel: str) -> Deferred[None]:
-        """Add (or refresh) ``channel`` in ``group`` for ``group_expiry`` seconds."""
-        try:
-            self._require_attached()
-            self.valid_group_name(group)
-            self.valid_channel_name(channel)
-        except Exception:
-            return fail()
+    def group_add(self, group: str, channel: str) -> Deferred[None]:
+        """Add (or refresh) ``channel`` in ``group``."""
         expiry_ms = max(1, int(self.group_expiry * 1000))
-        keys = [self._group_key(group), self._groups_index_key(channel)]
-        d = self._shard_of(channel).eval(GROUP_ADD, keys, [channel, expiry_ms, group])
+        d = self.shard_of(channel).eval(
+            GROUP_ADD, [self.groups_index_key(channel)], [channel, expiry_ms, group, self.prefix]
+        )
         return d.addCallback(lambda _: None)
 
-    def group_discard_twisted(self, group: str, channel: str) -> Deferred[None]:
+    def group_discard(self, group: str, channel: str) -> Deferred[None]:
         """Remove ``channel`` from ``group`` (no-op if absent)."""
-        try:
-            self._require_attached()
-            self.valid_group_name(group)
-            self.valid_channel_name(channel)
-        except Exception:
-            return fail()
-        keys = [self._group_key(group), self._groups_index_key(channel)]
-        d = self._shard_of(channel).eval(GROUP_DISCARD, keys, [channel, group])
+        d = self.shard_of(channel).eval(GROUP_DISCARD, [], [channel, group, self.prefix])
         return d.addCallback(lambda _: None)
 
-    def group_channels_twisted(self, group: str) -> Deferred[list[str]]:
-        """The members of ``group`` on every shard, expired ones dropped first."""
-        try:
-            self._require_attached()
-            self.valid_group_name(group)
-        except Exception:
-            return fail()
-        key = self._group_key(group)
-        args = [float(self.group_expiry), self.prefix]
-        reads = [shard.eval(GROUP_MEMBERS, [key], args) for shard in self.shards]
+    def leave_all(self, channel: str) -> Deferred[None]:
+        """``channel`` is gone: remove it from every group."""
+        d = self.shard_of(channel).eval(LEAVE_ALL, [], [channel, self.prefix])
+        return d.addCallback(lambda _: None)
+
+    def group_channels(self, group: str) -> Deferred[list[str]]:
+        """The members of ``group`` on every shard, lapsed ones dropped first."""
+        args = [group, float(self.group_expiry), self.prefix]
+        reads = [shard.eval(GROUP_MEMBERS, [], args) for shard in self.shards]
 
         def merge(results: list[list[bytes]]) -> list[str]:
             names = [m.decode("utf-8") for members in results for m in members or []]
             return list(dict.fromkeys(names))
 
-        return gatherResults(reads, consumeErrors=True).addCallbacks(merge, _unwrap)
+        return gatherResults(reads, consumeErrors=True).addCallbacks(merge, unwrap)
+
+    # -- process registration ---------------------------------------------------------
+
+    def heartbeat(
+        self, process: str, ttl: float, register: bool, bury_dead: bool
+    ) -> Deferred[bool]:
+        """
+        Keep ``process`` (a ``prefix!``) registered as alive for ``ttl``
+        seconds; ``register`` (re)registers it.  Fires False when it was
+        registered but its heartbeat was gone: Redis lost its state.
+        """
+        args = [
+            self.prefix,
+            process,
+            max(1, int(ttl * 1000)),
+            "1" if register else "0",
+            "1" if bury_dead else "0",
+        ]
+        d = self.shard_of(process).eval(HEARTBEAT, [], args)
+        return d.addCallback(lambda reply: bool(int(reply)))
+
+    def unregister(self, process: str) -> Deferred[None]:
+        """Forget ``process`` and everything it held (a clean stop)."""
+        d = self.shard_of(process).eval(UNREGISTER, [], [self.prefix, process])
+        return d.addCallback(lambda _: None)
+
+    def count_full(self, channel: str, count: int) -> Deferred[None]:
+        """Count ``count`` messages dropped for ``channel`` (its queue overflowed)."""
+        keys = [
+            self.stat_key(channel, STAT_CHANNEL_FULL),
+            self.stat_key(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
+        ]
+        d = self.shard_of(channel).eval(
+            COUNT_FULL, keys, [count, CHANNEL_STATS_TTL, GLOBAL_STATS_TTL]
+        )
+        return d.addCallback(lambda _: None)
 
     # -- flush and statistics -------------------------------------------------------------
 
-    def flush_twisted(self) -> Deferred[None]:
+    def flush(self) -> Deferred[None]:
         """Delete every key under ``prefix`` and ``stats_prefix`` (SCAN + DEL)."""
-        try:
-            self._require_attached()
-        except Exception:
-            return fail()
         flushes = [self._flush_shard(shard) for shard in self.shards]
-        return gatherResults(flushes, consumeErrors=True).addCallbacks(lambda _: None, _unwrap)
+        return gatherResults(flushes, consumeErrors=True).addCallbacks(lambda _: None, unwrap)
 
     @inlineCallbacks
     def _flush_shard(self, shard: RedisShard) -> Any:
@@ -333,29 +462,23 @@ class RedisOperations:
             STAT_CHANNEL_FULL + PER_SECOND: sum(r[5] for r in results),
         }
 
-    def global_statistics_twisted(self) -> Deferred[dict[str, float]]:
+    @inlineCallbacks
+    def global_statistics(self) -> Any:
         """
         The counters (and their last whole second) summed over the shards,
         and the messages pending in every list and the age of the oldest
         (a SCAN of the layer's keys: meant for occasional monitoring).
         """
-        try:
-            self._require_attached()
-        except Exception:
-            return fail()
-        return self._global_statistics()
-
-    @inlineCallbacks
-    def _global_statistics(self) -> Any:
         keys = [
             self.prefix + GLOBAL_STATS_KEY,
-            self._stat(GLOBAL_STATS_KEY, STAT_MESSAGES_COUNT),
-            self._stat(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
+            self.stat_key(GLOBAL_STATS_KEY, STAT_MESSAGES_COUNT),
+            self.stat_key(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
+            self.count_key(GLOBAL_STATS_KEY),
         ]
         results = []
         pending, pttl = 0, -2
         for shard in self.shards:
-            results.append((yield shard.eval(CHANNEL_STATS, keys, [])))
+            results.append((yield shard.eval(CHANNEL_STATS, keys, [GLOBAL_STATS_KEY])))
             pattern = _glob_escape(self.prefix) + "*"
             cursor: Any = b"0"
             while True:
@@ -369,27 +492,23 @@ class RedisOperations:
                     break
         return self._stats(results, pending, pttl)
 
-    def channel_statistics_twisted(self, channel: str) -> Deferred[dict[str, float]]:
+    def channel_statistics(self, channel: str) -> Deferred[dict[str, float]]:
         """
-        The counters of ``channel`` (its prefix, for a process-local name;
-        none are kept for single-use ``?`` channels, so they count 0), its
-        pending messages and the age of the oldest.
+        The counters of ``channel`` (none are kept for single-use ``?``
+        channels, so they count 0), its pending messages and the age of the
+        oldest message of its list.
         """
-        try:
-            self._require_attached()
-            self.valid_channel_name(channel)
-        except Exception:
-            return fail()
-        name = self.non_local_name(channel)
+        name = _non_local(channel)
         keys = [
             self.prefix + name,
-            self._stat(name, STAT_MESSAGES_COUNT),
-            self._stat(name, STAT_CHANNEL_FULL),
+            self.stat_key(channel, STAT_MESSAGES_COUNT),
+            self.stat_key(channel, STAT_CHANNEL_FULL),
+            self.count_key(name),
         ]
-        d = self._shard_of(name).eval(CHANNEL_STATS, keys, [])
+        d = self.shard_of(name).eval(CHANNEL_STATS, keys, [channel])
         return d.addCallback(lambda result: self._stats([result], 0, -2))
 
-    # -- receiving (driven by redis_receive) ------------------------------------------------
+    # -- receiving (driven by receive.py) ------------------------------------------------
 
     def pop_many(
         self,
@@ -398,8 +517,8 @@ class RedisOperations:
         limit: int,
         first: tuple[bytes, bytes] | None,
     ) -> Deferred[list[RawMessage]]:
-        """Up to ``limit`` messages from ``keys`` on ``shard`` (and ``first``)."""
-        args: list[Any] = [limit, self.prefix]
+        """Up to ``limit`` references from ``keys`` on ``shard`` (and ``first``)."""
+        args: list[Any] = [limit, self.prefix, float(self.group_expiry)]
         if first is not None:
             args += [first[0], first[1]]
         d = self.shards[shard].eval(POP_MANY, keys, args)
@@ -407,8 +526,14 @@ class RedisOperations:
         def split(flat: list[bytes]) -> list[RawMessage]:
             flat = flat or []
             return [
-                RawMessage(shard, flat[i], flat[i + 1], flat[i + 2])
-                for i in range(0, len(flat) - 2, 3)
+                RawMessage(
+                    shard,
+                    flat[i],
+                    flat[i + 1],
+                    flat[i + 2],
+                    tuple(flat[i + 3].decode("utf-8").split()) if flat[i + 3] else (),
+                )
+                for i in range(0, len(flat) - 3, 4)
             ]
 
         return d.addCallback(split)
@@ -419,33 +544,31 @@ class RedisOperations:
         pushed = gatherResults(
             [
                 target.execute("LPUSH", key, ref),
-                target.execute("PEXPIRE", key, self._list_ttl_ms),
+                target.execute("PEXPIRE", key, self.list_ttl_ms),
             ],
             consumeErrors=True,
         )
-        self._handbacks += 1
+        self.handbacks += 1
         pushed.addErrback(self._hand_back_failed, key)
         pushed.addBoth(self._hand_back_done)
 
-    def requeue(self, shard: int, items: list[RawMessage]) -> None:
+    def requeue(self, shard: int, items: Sequence[RawMessage]) -> None:
         """Put messages a receive took (bodies and all) back at the heads of their lists."""
         if not items:
             return
-        args: list[Any] = [self._expiry_ms, self._list_ttl_ms]
+        args: list[Any] = [self.expiry_ms, self.list_ttl_ms, self.prefix]
         for item in items:
             new_key = (self.prefix + uuid.uuid4().hex).encode("utf-8")
-            _, space, full_name = item.ref.partition(b" ")
-            new_ref = (
-                new_key + b" " + full_name if item.list_key.endswith(b"!") and space else new_key
-            )
+            _, space, target = item.ref.partition(b" ")
+            new_ref = new_key + b" " + target if item.list_key.endswith(b"!") and space else new_key
             args += [new_key, new_ref, item.body]
         d = self.shards[shard].eval(REQUEUE, [item.list_key for item in items], args)
-        self._handbacks += 1
+        self.handbacks += 1
         d.addErrback(self._hand_back_failed, items[0].list_key)
         d.addBoth(self._hand_back_done)
 
     def _hand_back_done(self, _: Any) -> None:
-        self._handbacks -= 1
+        self.handbacks -= 1
 
     @staticmethod
     def _hand_back_failed(failure: Failure, key: bytes) -> None:
@@ -453,27 +576,34 @@ class RedisOperations:
             "A message taken off {key} for a receive nobody waits for any more could "
             "not be put back, and is lost: {error}",
             key=key.decode("utf-8", "replace"),
-            error=_unwrap(failure).getErrorMessage(),
+            error=unwrap(failure).getErrorMessage(),
         )
 
-    def has_room(self, name: str) -> Deferred[bool]:
-        """Whether non-local channel ``name`` holds fewer than its capacity."""
-        d = self._shard_of(name).eval(ROOM, [self.prefix + name], [self.prefix])
-        return d.addCallback(lambda length: length < self.get_capacity(name))
+    def has_room(self, channel: str) -> Deferred[bool]:
+        """Whether ``channel`` holds fewer messages than its capacity."""
+        name = _non_local(channel)
+        d = self.shard_of(name).eval(
+            ROOM, [self.prefix + name, self.count_key(name)], [self.prefix, channel]
+        )
+        return d.addCallback(lambda length: int(length) < self.get_capacity(channel))
 
-    # -- decoding and waiting ------------------------------------------------------
+    # -- decoding ------------------------------------------------------------------
 
-    def decode_items(self, items: list[RawMessage]) -> list[tuple[str, dict[str, Any]]]:
-        """``(channel, message)`` pairs; undecodable messages are logged, dropped."""
-        result = []
+    def decode_items(self, items: Sequence[RawMessage]) -> list[tuple[str, dict[str, Any]]]:
+        """
+        ``(channel, message)`` pairs: a group message once per member, the
+        members sharing one dict (read-only).  Undecodable messages are
+        logged and dropped.
+        """
+        result: list[tuple[str, dict[str, Any]]] = []
+        start = len(self.prefix)
         for item in items:
-            list_key = item.list_key.decode("utf-8")
-            channel = list_key[len(self.prefix) :]
-            if channel.endswith("!"):
+            channel = item.list_key.decode("utf-8")[start:]
+            if channel.endswith("!") and not item.members:
                 _, _, full = item.ref.decode("utf-8").partition(" ")
                 channel = full or channel
             try:
-                message = self.unpack(self._codec.decode(item.body))
+                message = self.unpack(self.codec.decode(item.body))
             except Exception as e:
                 log.error(
                     "Dropped a message on {channel} that could not be decoded: {error}",
@@ -481,22 +611,35 @@ class RedisOperations:
                     error=e,
                 )
                 continue
-            result.append((channel, message))
+            if item.members:
+                result.extend((member, message) for member in item.members)
+            else:
+                result.append((channel, message))
         return result
 
-    def _send_wait(self, channel: str, payload: bytes, timeout: float) -> Deferred[None]:
-        deadline = self.reactor.seconds() + timeout
+    # -- waiting for room ------------------------------------------------------------
+
+    def send_wait(
+        self,
+        channel: str,
+        payload: bytes,
+        timeout: float,
+        reactor: Any,
+        when_capacity: Callable[[str], Deferred[None]],
+    ) -> Deferred[None]:
+        """:meth:`send`, waiting up to ``timeout`` seconds for room if full."""
+        deadline = reactor.seconds() + timeout
 
         def attempt() -> Deferred[None]:
-            return self.send_payload(channel, payload).addErrback(full)
+            return self.send(channel, payload).addErrback(full)
 
         def full(failure: Failure) -> Any:
             failure.trap(ChannelFull)
-            remaining = deadline - self.reactor.seconds()
+            remaining = deadline - reactor.seconds()
             if remaining <= 0:
                 return failure
-            waiting = self.when_capacity_twisted(channel)
-            waiting.addTimeout(remaining, self.reactor)
+            waiting = when_capacity(channel)
+            waiting.addTimeout(remaining, reactor)
             return waiting.addCallbacks(lambda _: attempt(), lambda _: failure)
 
         return attempt()

@@ -1,169 +1,256 @@
 """
-The pieces under :class:`~chanserv.layers.redis.connection.RedisShard`: the
-errors, a shard's address, txredisapi's protocol adapted for a server
-(raw ``bytes`` replies, a deadline per command, the global reactor replaced
-by the shard's), and one blocking pop.
+The pieces under :class:`~chanserv.layers.redis.connection.RedisShard`:
+txredisapi's protocol adapted for a server (raw ``bytes`` replies, a
+deadline per command, failures as :mod:`~chanserv.layers.redis.errors`),
+its factory, and one blocking pop.
+
+Imports go one way: errors and config, then this module, then
+:mod:`.sentinel` and :mod:`.connection`.  What a blocking pop needs of its
+shard is the :class:`BlockingConnections` protocol, so this module never
+imports the shard.
+
+txredisapi is used through its public API, except in the one section
+marked "txredisapi internals" below, each name of which is pinned by a test
+(``tests/layers/redis/test_txredisapi_internals.py``).
 
 Reactor thread only.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import txredisapi
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
-from chanserv.layers.redis.config import RedisAddress
 from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
 from chanserv.log import Logger
 
-if TYPE_CHECKING:
-    from chanserv.layers.redis.connection import RedisShard
-
 __all__ = [
+    "BlockingConnections",
     "BlockingPop",
     "ConnectionFactory",
-    "RedisAddress",
     "RedisConnectionProtocol",
-    "RedisTimeout",
-    "RedisUnavailable",
-    "translate_failure",
+    "TxredisapiHooks",
+    "is_demotion",
 ]
 
 log = Logger()
 
+#: Error replies meaning the server is (now) a replica: the master was
+#: demoted by a failover.  A script's error carries the code after a "-".
+_DEMOTED = re.compile(r"(?:^|-)(?:READONLY|UNBLOCKED|MASTERDOWN)\b")
 
-class RedisConnectionProtocol(txredisapi.RedisProtocol):
+
+def is_demotion(message: str) -> bool:
+    """Whether an error reply says that the server is no master (any more)."""
+    return _DEMOTED.search(message) is not None
+
+
+# -- txredisapi internals --------------------------------------------------------
+#
+# Everything txredisapi 1.6 offers beyond its public API that this layer
+# relies on is in this section, and each name is pinned by a test in
+# tests/layers/redis/test_txredisapi_internals.py that fails with a clear
+# message on a release that changes it:
+#
+# - ``replyReceived(reply)``: called once per complete reply, by both
+#   parsers (txredisapi's own Monitor and Subscriber protocols override it);
+#   counting replies here gives each command's deadline bookkeeping.
+# - ``setLineMode(extra)`` / ``dataReceived(data, unpause)`` of the
+#   pure-Python parser (used when ``hiredis`` is not installed): after each
+#   bulk string it pauses the transport and parses the rest of the chunk in
+#   a later turn of the *global* reactor (``self.callLater(0, ...)``).  That
+#   costs a reactor turn per string and ignores the injected reactor, so the
+#   rest is parsed here in a loop in the same turn instead (same order, no
+#   recursion, no timer).  With hiredis, setLineMode is never called.
+
+
+_Protocol: Any = object  # typing: the mixin's super() is a txredisapi protocol
+
+
+class TxredisapiHooks(_Protocol):
+    """
+    The hooks listed above, as a mixin for txredisapi's protocols (before
+    ``RedisProtocol``, ``BaseRedisProtocol`` or ``HiredisProtocol`` in the
+    bases).
+    """
+
+    _rest: bytes | None = None
+
+    def reply_arrived(self) -> None:
+        """One complete reply was parsed (before it is handed out)."""
+
+    def replyReceived(self, reply: Any) -> None:
+        self.reply_arrived()
+        super().replyReceived(reply)
+
+    def setLineMode(self, extra: bytes = b"") -> None:
+        self.line_mode = 1
+        if extra:
+            self._rest = extra
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        super().dataReceived(data, unpause)
+        while self._rest is not None:
+            rest, self._rest = self._rest, None
+            super().dataReceived(rest)
+
+
+# -- end of txredisapi internals ---------------------------------------------------
+
+
+class RedisConnectionProtocol(TxredisapiHooks, txredisapi.RedisProtocol):
     """
     txredisapi's protocol with raw ``bytes`` replies, a deadline per
-    command, and its owner told when the connection goes.
+    command (enforced by the owner's sweep: see ``RedisShard``), failures
+    as :class:`RedisUnavailable` / :class:`RedisTimeout`, and its factory
+    told when the connection goes.
+
+    It sends nothing by itself: logging in (AUTH, SELECT) is the owner's
+    first commands, so that an error there is an ordinary failed command.
+
+    :param clock: an ``IReactorTime`` (the shard's reactor), for the deadlines.
+    :param reply_timeout: default seconds for a reply.
+    :param label: where it is connected, for messages.
     """
 
-    def __init__(self, shard: RedisShard) -> None:
-        address = shard.address
-        super().__init__(
-            charset=None,
-            replyTimeout=None,
-            password=address.password,
-            dbid=address.db,
-            convertNumbers=False,
-            username=address.username,
-        )
-        # txredisapi schedules with the global reactor's callLater.
-        self.callLater = shard.reactor.callLater
-        self.shard = shard
+    def __init__(self, clock: Any, reply_timeout: float, label: str) -> None:
+        super().__init__(charset=None, replyTimeout=None, convertNumbers=False)
+        self.clock = clock
+        self.reply_timeout = reply_timeout
+        self.label = label
         #: (deadline, argument bytes) of each command awaiting its reply.
         self.pending: deque[tuple[float, int]] = deque()
         self.pending_bytes = 0
+        #: Set by the owner's sweep before it aborts the connection.
         self.timed_out = False
+        #: Set when an error reply said the server is a replica now.
+        self.demoted = False
         self.client_id: int | None = None
         #: Replies received so far, and its value when the timeout sweep
         #: last found the oldest command overdue (see RedisShard._sweep).
         self.replies = 0
         self.overdue_at: int | None = None
 
-    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        """Send a command; ``timeout`` (seconds) overrides the reply timeout."""
-        timeout = kwargs.pop("timeout", None)
-        d = super().execute_command(*args, **kwargs)
+    def execute_command(self, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+        """
+        Send a command; its Deferred fires with the reply (``bytes``,
+        ``int``, lists of those, None) or fails with ``ResponseError`` (an
+        error reply), :class:`RedisUnavailable` (connection lost, or the
+        server is a replica now: then the connection is dropped) or
+        :class:`RedisTimeout` (dropped for want of a reply).
+
+        :param timeout: seconds for the reply; the ``reply_timeout`` if None.
+        """
+        if not self.connected:
+            return fail(RedisUnavailable("Not connected to Redis at %s" % (self.label,)))
+        d: Deferred[Any] = super().execute_command(*args)
         size = sum(len(a) for a in args if isinstance(a, (bytes, str)))
         if timeout is None:
-            timeout = self.shard.reply_timeout
-        self.pending.append((self.shard.reactor.seconds() + timeout, size))
+            timeout = self.reply_timeout
+        self.pending.append((self.clock.seconds() + timeout, size))
         self.pending_bytes += size
-        return d
+        return d.addErrback(self._translate)
 
-    def replyReceived(self, reply: Any) -> None:
+    def _translate(self, failure: Failure) -> Failure:
+        if failure.check(txredisapi.ResponseError):
+            if is_demotion(str(failure.value)):
+                self.demoted = True
+                if self.connected and self.transport is not None:
+                    self.transport.abortConnection()
+                return Failure(
+                    RedisUnavailable(
+                        "Redis at %s is no master now (%s); reconnecting"
+                        % (self.label, failure.getErrorMessage())
+                    )
+                )
+            return failure
+        if failure.check(RedisUnavailable):
+            return failure
+        if self.timed_out:
+            return Failure(
+                RedisTimeout("Redis at %s did not answer within the timeout" % (self.label,))
+            )
+        if failure.check(txredisapi.ConnectionError):
+            return Failure(
+                RedisUnavailable(
+                    "The connection to Redis at %s was lost: %s"
+                    % (self.label, failure.getErrorMessage())
+                )
+            )
+        return failure
+
+    def reply_arrived(self) -> None:
         self.replies += 1
         if self.pending:
             self.pending_bytes -= self.pending.popleft()[1]
-        super().replyReceived(reply)
-
-    if txredisapi.RedisProtocol is txredisapi.BaseRedisProtocol:
-        # The pure-Python parser: after each bulk string txredisapi pauses
-        # the transport and parses the rest of the chunk in a later reactor
-        # turn (callLater(0)), which costs a turn per string.  Parse it in a
-        # loop in the same turn instead (no recursion, same order).
-
-        _rest: bytes | None = None
-
-        def setLineMode(self, extra: bytes = b"") -> None:
-            self.line_mode = 1
-            if extra:
-                self._rest = extra
-
-        def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-            super().dataReceived(data, unpause)
-            while self._rest is not None:
-                rest, self._rest = self._rest, None
-                super().dataReceived(rest)
 
     def connectionLost(self, why: Any) -> None:
-        if self.timed_out:
-            error = RedisTimeout(
-                "Redis at %s did not answer within the timeout" % (self.shard.address,)
-            )
-            while self.replyQueue.waiting:
-                self.replyReceived(error)
-        # txredisapi never fires whenConnected() if AUTH or SELECT failed.
-        me: Any = self
-        waiting: list[Deferred[Any]] = me._waiting_for_connect
-        me._waiting_for_connect = []
-        for d in waiting:
-            d.errback(
-                RedisUnavailable(
-                    "The connection to Redis at %s closed before it was ready"
-                    % (self.shard.address,)
-                )
-            )
         super().connectionLost(why)
         self.pending.clear()
         self.pending_bytes = 0
-        self.shard._connection_lost(self)
+        factory = self.factory
+        if isinstance(factory, ConnectionFactory) and factory.lost is not None:
+            factory.lost(self)
 
 
 class ConnectionFactory(protocol.Factory):
-    """Builds the shard's protocols and takes txredisapi's callbacks."""
+    """
+    Builds :class:`RedisConnectionProtocol` instances.
+
+    :param built: called with each protocol as it is built.
+    :param lost: called with each protocol whose connection was lost.
+    """
 
     noisy = False
-    isLazy = True  # txredisapi: log AUTH/SELECT failures rather than raise
 
     def __init__(
         self,
-        shard: RedisShard,
+        clock: Any,
+        reply_timeout: float,
+        label: str,
         built: Callable[[RedisConnectionProtocol], None] | None = None,
+        lost: Callable[[RedisConnectionProtocol], None] | None = None,
     ) -> None:
-        self.shard = shard
+        self.clock = clock
+        self.reply_timeout = reply_timeout
+        self.label = label
         self.built = built
+        self.lost = lost
         self.latest: RedisConnectionProtocol | None = None
 
     def buildProtocol(self, addr: Any) -> RedisConnectionProtocol:
-        p = RedisConnectionProtocol(self.shard)
+        p = RedisConnectionProtocol(self.clock, self.reply_timeout, self.label)
         p.factory = self
         self.latest = p
         if self.built is not None:
             self.built(p)
         return p
 
-    def stopTrying(self) -> None:
-        # Called by txredisapi when AUTH or SELECT fail: keep retrying with
-        # back-off, so that fixing the server needs no restart here.
-        pass
 
-    def connectionError(self, why: str) -> None:
-        log.error("{why} ({address})", why=why, address=self.shard.address)
+class BlockingConnections(Protocol):
+    """What a :class:`BlockingPop` needs of its shard."""
 
+    @property
+    def reactor(self) -> Any: ...
 
-def translate_failure(failure: Failure, address: RedisAddress) -> Failure:
-    # txredisapi's ConnectionError is not the builtin one.
-    if failure.check(txredisapi.ConnectionError) and not failure.check(RedisUnavailable):
-        return Failure(RedisUnavailable("Redis at %s: %s" % (address, failure.getErrorMessage())))
-    return failure
+    @property
+    def reply_timeout(self) -> float: ...
+
+    def acquire_blocking(self) -> Deferred[RedisConnectionProtocol]:
+        """A connection for one blocking command (cancellable while waiting)."""
+
+    def release_blocking(self, proto: RedisConnectionProtocol) -> None:
+        """Give back what :meth:`acquire_blocking` gave."""
+
+    def execute(self, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+        """Run a command on the command connection."""
 
 
 class BlockingPop:
@@ -177,7 +264,7 @@ class BlockingPop:
     back.
     """
 
-    def __init__(self, shard: RedisShard, keys: Sequence[str], timeout: float) -> None:
+    def __init__(self, shard: BlockingConnections, keys: Sequence[str], timeout: float) -> None:
         self.shard = shard
         self.deferred: Deferred[tuple[bytes, bytes] | None] = Deferred()
         self._keys = keys
@@ -185,23 +272,21 @@ class BlockingPop:
         self._proto: RedisConnectionProtocol | None = None
         self._unblocked = False
         self._acquiring: Deferred[RedisConnectionProtocol] | None
-        acquiring = self._acquiring = shard._acquire_blocking()
+        acquiring = self._acquiring = shard.acquire_blocking()
         acquiring.addCallbacks(self._got_connection, self._failed)
         acquiring.addErrback(lambda f: log.failure("Error in a blocking pop", f))
 
     def _got_connection(self, proto: RedisConnectionProtocol) -> None:
         self._acquiring = None
         if self._unblocked:
-            self.shard._release_blocking(proto)
+            self.shard.release_blocking(proto)
             self.deferred.callback(None)
             return
         self._proto = proto
         t = self._timeout
         wire_timeout: float = int(t) if t == int(t) else t
-        d = self.shard._run(
-            proto,
-            ("BLPOP", *self._keys, wire_timeout),
-            timeout=t + self.shard.reply_timeout,
+        d = proto.execute_command(
+            "BLPOP", *self._keys, wire_timeout, timeout=t + self.shard.reply_timeout
         )
         d.addCallbacks(self._popped, self._failed)
         d.addErrback(lambda f: log.failure("Error in a blocking pop", f))
@@ -212,13 +297,13 @@ class BlockingPop:
         # connection before this connection is released (and maybe closed).
         self.deferred.callback((result[0], result[1]) if result else None)
         if proto is not None:
-            self.shard._release_blocking(proto)
+            self.shard.release_blocking(proto)
 
     def _failed(self, failure: Failure) -> None:
         self._acquiring = None
         proto, self._proto = self._proto, None
         if proto is not None and failure.check(txredisapi.ResponseError):
-            self.shard._release_blocking(proto)  # an error reply: the connection is fine
+            self.shard.release_blocking(proto)  # an error reply: the connection is fine
         if self._unblocked and failure.check(RedisUnavailable) is None:
             self.deferred.callback(None)
         else:

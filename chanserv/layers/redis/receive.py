@@ -1,8 +1,9 @@
 """
 Receiving from the Redis layer, on the reactor thread: one receive
 (:class:`ReceiveOperation`), a process-local ``prefix!`` list read forever
-into a callback (:class:`LocalReceiverLoop`), and waiting for room on a full
-channel (:class:`CapacityWatch`).
+into a callback (:class:`LocalReceiverLoop`), the heartbeat that keeps an
+interface process registered (:class:`ProcessHeartbeat`), and waiting for
+room on a full channel (:class:`CapacityWatch`).
 
 A receive is push-based: when nothing is waiting it blocks in ``BLPOP``
 (with a timeout, then again) rather than polling.
@@ -31,30 +32,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
+from chanserv.layers.redis.connection import BlockingPop
 from chanserv.layers.redis.errors import RedisUnavailable
-from chanserv.layers.redis.protocol import BlockingPop
+from chanserv.layers.redis.operations import RawMessage, RedisOperations
 from chanserv.log import Logger
 
-if TYPE_CHECKING:
-    from chanserv.layers.redis import RedisChannelLayer
-
-__all__ = ["CapacityWatch", "LocalReceiverLoop", "RawMessage", "ReceiveOperation"]
+__all__ = ["CapacityWatch", "LocalReceiverLoop", "ProcessHeartbeat", "ReceiveOperation"]
 
 log = Logger()
-
-
-class RawMessage(NamedTuple):
-    """A message taken off Redis, not yet decoded."""
-
-    shard: int
-    list_key: bytes
-    ref: bytes
-    body: bytes
 
 
 class ReceiveOperation:
@@ -75,14 +65,18 @@ class ReceiveOperation:
 
     def __init__(
         self,
-        layer: RedisChannelLayer,
+        ops: RedisOperations,
         plan: dict[int, list[str]],
         limit: int,
         block: bool,
         loop: bool,
         decode: Callable[[list[RawMessage]], list[Any]],
+        blpop_timeout: float,
+        on_received: Callable[[set[bytes]], None],
     ) -> None:
-        self._layer = layer
+        self._ops = ops
+        self._blpop_timeout = blpop_timeout
+        self._on_received = on_received
         self._plan = plan
         self._limit = limit
         self._block = block
@@ -118,16 +112,16 @@ class ReceiveOperation:
         return keys
 
     def _available(self) -> list[int]:
-        shards = self._layer.shards
+        shards = self._ops.shards
         return [i for i in self._plan if shards[i].available]
 
     def _round(self) -> None:
         shards = self._available()
         if not shards:
             first = next(iter(self._plan))
-            self._fail(Failure(self._layer.shards[first].unavailable_error()))
+            self._fail(Failure(self._ops.shards[first].unavailable_error()))
             return
-        start = self._layer.next_receive_index() % len(shards)
+        start = self._ops.next_receive_index() % len(shards)
         self._nonblocking(shards[start:] + shards[:start], 0)
 
     # -- non-blocking pass ----------------------------------------------------
@@ -142,7 +136,7 @@ class ReceiveOperation:
                 self._succeed([])
             return
         shard = order[i]
-        d = self._layer.pop_many(shard, self._keys(shard), self._limit, None)
+        d = self._ops.pop_many(shard, self._keys(shard), self._limit, None)
         d.addCallbacks(
             self._nonblocking_popped,
             self._nonblocking_failed,
@@ -155,7 +149,7 @@ class ReceiveOperation:
         self, items: list[RawMessage], order: list[int], i: int, shard: int
     ) -> None:
         if self._done:
-            self._layer.requeue(shard, items)
+            self._ops.requeue(shard, items)
         elif not (items and self._deliver(items)):
             self._nonblocking(order, i + 1)
 
@@ -174,9 +168,9 @@ class ReceiveOperation:
         if not shards:
             self._round()  # fails with the reason
             return
-        timeout = self._layer.blpop_timeout
+        timeout = self._blpop_timeout
         # All pops exist before any result is looked at: one may fail at once.
-        self._pops = {i: self._layer.shards[i].blpop(self._keys(i), timeout) for i in shards}
+        self._pops = {i: self._ops.shards[i].blpop(self._keys(i), timeout) for i in shards}
         for shard, pop in list(self._pops.items()):
             pop.deferred.addCallbacks(
                 self._popped, self._pop_failed, callbackArgs=(shard,), errbackArgs=(shard,)
@@ -188,12 +182,12 @@ class ReceiveOperation:
         if result is not None:
             key, ref = result
             if self._done or self._winning:
-                self._layer.push_back(shard, key, ref)
+                self._ops.push_back(shard, key, ref)
             else:
                 self._winning = True
                 for other in list(self._pops.values()):
                     other.unblock()
-                d = self._layer.pop_many(shard, self._keys(shard), self._limit, (key, ref))
+                d = self._ops.pop_many(shard, self._keys(shard), self._limit, (key, ref))
                 d.addCallbacks(
                     self._won, self._won_failed, callbackArgs=(shard,), errbackArgs=(shard,)
                 )
@@ -212,7 +206,7 @@ class ReceiveOperation:
     def _won(self, items: list[RawMessage], shard: int) -> None:
         self._winning = False
         if self._done:
-            self._layer.requeue(shard, items)
+            self._ops.requeue(shard, items)
         elif items and self._deliver(items):
             return
         self._settle()  # its body had expired: carry on
@@ -239,7 +233,7 @@ class ReceiveOperation:
 
     def _deliver(self, items: list[RawMessage]) -> bool:
         # False when nothing could be decoded and the receive waits on.
-        self._layer.note_received({item.list_key for item in items})
+        self._on_received({item.list_key for item in items})
         result = self._decode(items)
         if not result and self._loop:
             return False
@@ -272,8 +266,12 @@ class ReceiveOperation:
 
 class LocalReceiverLoop:
     """
-    Reads the process-local list of ``prefix`` forever, handing each batch
-    (up to :attr:`batch` messages) to ``callback`` on the reactor thread.
+    Reads the inbox of process prefix ``prefix`` forever, handing each batch
+    (up to :attr:`batch` references; a group reference is one per member)
+    to ``callback`` on the reactor thread.
+
+    :param receive_many: the layer's ``receive_many_twisted``.
+    :param when_up: a Deferred firing once the inbox's shard is up.
 
     When Redis is unreachable it waits -- a back-off of at most 5 s against
     repeated failures, then until the shard is up again -- and carries on.
@@ -284,11 +282,15 @@ class LocalReceiverLoop:
 
     def __init__(
         self,
-        layer: RedisChannelLayer,
+        reactor: Any,
+        receive_many: Callable[[list[str], int], Deferred[list[tuple[str, dict[str, Any]]]]],
+        when_up: Callable[[], Deferred[None]],
         prefix: str,
         callback: Callable[[list[tuple[str, dict[str, Any]]]], None],
     ) -> None:
-        self._layer = layer
+        self._reactor = reactor
+        self._receive_many = receive_many
+        self._when_up = when_up
         self._prefix = prefix
         self._callback = callback
         self._failures = 0
@@ -312,7 +314,7 @@ class LocalReceiverLoop:
     def _next(self) -> None:
         if not self.running:
             return
-        d = self._pending = self._layer.receive_many_twisted([self._prefix], self.batch)
+        d = self._pending = self._receive_many([self._prefix], self.batch)
         d.addCallbacks(self._got, self._failed)
         d.addErrback(lambda f: log.failure("Local receiver for {prefix}", f, prefix=self._prefix))
 
@@ -342,14 +344,13 @@ class LocalReceiverLoop:
                 error=failure.getErrorMessage(),
             )
         self._failures += 1
-        self._timer = self._layer.reactor.callLater(delay, self._resume)
+        self._timer = self._reactor.callLater(delay, self._resume)
 
     def _resume(self) -> None:
         self._timer = None
         if not self.running:
             return
-        shard = self._layer.shards[self._layer.consistent_hash(self._prefix)]
-        d = self._pending = shard.when_up()
+        d = self._pending = self._when_up()
         d.addCallback(lambda _: self._next())
         d.addErrback(
             lambda f: (
@@ -360,20 +361,129 @@ class LocalReceiverLoop:
         )
 
 
+class ProcessHeartbeat:
+    """
+    Keeps an interface process registered in Redis, and notices when Redis
+    has lost its state.
+
+    Every :attr:`interval` seconds it refreshes the process's heartbeat key
+    (TTL :attr:`ttl`).  While the key lives, the process's group
+    memberships never lapse; once it is gone, other processes forget them.
+    A beat that finds the key gone although the process registered means
+    Redis lost its state (a restart without persistence, a failover to an
+    empty replica, FLUSHALL): ``on_lost()`` is called -- the interface then
+    closes its connections so clients reconnect and rejoin -- and the
+    process registers again.  Every :attr:`bury_every` beats it also
+    forgets dead processes.  Reactor thread only.
+    """
+
+    interval = 1.0
+    ttl = 15.0
+    bury_every = 30
+
+    def __init__(
+        self, ops: RedisOperations, reactor: Any, process: str, on_lost: Callable[[], None]
+    ) -> None:
+        self._ops = ops
+        self._reactor = reactor
+        self.process = process
+        self._on_lost = on_lost
+        self._timer: Any = None
+        self._beats = 0
+        self._failing = False
+        self.registered = False
+        self.running = False
+
+    def start(self) -> None:
+        self.running = True
+        self._beat()
+
+    def stop(self) -> Deferred[None] | None:
+        """Stop beating; unregister (the Deferred of that) if registered."""
+        self.running = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if not self.registered:
+            return None
+        self.registered = False
+        d = self._ops.unregister(self.process)
+        d.addErrback(
+            lambda f: log.info("Could not unregister {p} from Redis: {e}", p=self.process, e=f)
+        )
+        return d
+
+    def _beat(self) -> None:
+        self._timer = None
+        if not self.running:
+            return
+        self._beats += 1
+        bury = self._beats % self.bury_every == 0
+        d = self._ops.heartbeat(self.process, self.ttl, not self.registered, bury)
+        d.addCallbacks(self._beaten, self._failed)
+        d.addErrback(lambda f: log.failure("Heartbeat of {p}", f, p=self.process))
+
+    def _schedule(self) -> None:
+        if self.running:
+            self._timer = self._reactor.callLater(self.interval, self._beat)
+
+    def _beaten(self, alive: bool) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("Heartbeat of {process} reached Redis again", process=self.process)
+        if not self.running:
+            return
+        if alive:
+            self.registered = True
+            self._schedule()
+            return
+        log.warn(
+            "Redis lost the state of {process} (restarted empty, failed over or "
+            "flushed): closing its connections so that clients reconnect and rejoin",
+            process=self.process,
+        )
+        self.registered = False
+        try:
+            self._on_lost()
+        except Exception:
+            log.failure("Handling the loss of Redis state failed")
+        self._beat()
+
+    def _failed(self, failure: Failure) -> None:
+        if not self.running or failure.check(CancelledError):
+            return
+        if not self._failing:
+            self._failing = True
+            log.warn(
+                "Heartbeat of {process} failed ({error}); retrying",
+                process=self.process,
+                error=failure.getErrorMessage(),
+            )
+        self._schedule()
+
+
 class CapacityWatch:
     """
-    The waiters for room on one channel (its non-local name).
+    The waiters for room on one channel.
 
-    Redis tells nobody when a list gets shorter, so room is checked (LLEN)
-    right away, again after every receive of this channel by this process,
-    and otherwise on a timer backing off from 50 ms to 1 s -- a bounded
+    Redis tells nobody when a list gets shorter, so room is checked right
+    away, again after every receive of this channel by this process, and
+    otherwise on a timer backing off from 50 ms to 1 s -- a bounded
     recheck, one timer per watched channel, stopped once nobody waits.
     """
 
     delays = (0.05, 0.1, 0.2, 0.5, 1.0)
 
-    def __init__(self, layer: RedisChannelLayer, channel: str) -> None:
-        self._layer = layer
+    def __init__(
+        self,
+        ops: RedisOperations,
+        reactor: Any,
+        channel: str,
+        forget: Callable[[CapacityWatch], None],
+    ) -> None:
+        self._ops = ops
+        self._reactor = reactor
+        self._forget = forget
         self.channel = channel
         self.waiters: list[Deferred[None]] = []
         self._attempt = 0
@@ -397,7 +507,7 @@ class CapacityWatch:
             self._timer.cancel()
         self._timer = None
         self._checking = True
-        d = self._layer.has_room(self.channel).addBoth(self._checked)
+        d = self._ops.has_room(self.channel).addBoth(self._checked)
         d.addErrback(lambda f: log.failure("Capacity watch of {c}", f, c=self.channel))
 
     def _checked(self, result: Any) -> None:
@@ -417,7 +527,7 @@ class CapacityWatch:
             return
         delay = self.delays[min(self._attempt, len(self.delays) - 1)]
         self._attempt += 1
-        self._timer = self._layer.reactor.callLater(delay, self.check)
+        self._timer = self._reactor.callLater(delay, self.check)
 
     def _cancelled(self, d: Deferred[None]) -> None:
         if d in self.waiters:
@@ -430,7 +540,7 @@ class CapacityWatch:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        self._layer.forget_watch(self)
+        self._forget(self)
         waiters, self.waiters = self.waiters, []
         for d in waiters:
             d.cancel()

@@ -1,35 +1,53 @@
 """
 The Lua scripts of the Redis channel layer, and the key layout they share.
 
-Keys (``prefix`` defaults to ``asgi:``, ``stats_prefix`` to ``asgi-meta:``)::
+Keys (``prefix`` defaults to ``asgi:``, ``stats_prefix`` to ``asgi-meta:``;
+``P!`` is a process prefix, ``P!x`` one of its process-local channels)::
 
-    <prefix><hex>              message body (string), PX expiry
-    <prefix><hex>:n            readers left, for a body shared by a group send
-    <prefix><channel>          list of references to bodies; for a
-                               process-local channel, its ``prefix!``;
-                               PX 2 * expiry + 1 s after the last push
-    <prefix>:group:<group>     zset member -> server time of its last
-                               group_add, on the shard of each member's list
-    <prefix>:groups:<channel>  set of the groups of ``channel`` (same shard)
+    <prefix><hex>                message body (string), PX expiry
+    <prefix><hex>:n              readers left, for a body several lists share
+    <prefix><channel>            list of references to bodies (a normal or
+                                 single-reader channel)
+    <prefix><P!>                 the inbox of process P: one list for all its
+                                 local channels, PX 2 * expiry + 1 s
+    <prefix>:count:<P!>          hash P!x -> direct sends to P!x waiting in
+                                 the inbox (capacity is per channel)
+    <prefix>:group:<g>           zset: non-local member -> time of last add
+    <prefix>:group:<g>:<P!>      zset: local member P!x -> time of last add
+    <prefix>:procs:<g>           zset: processes with local members in g
+    <prefix>:pgroups:<P!>        set: groups where P has local members
+    <prefix>:groups:<channel>    set: the groups of a channel
+    <prefix>:registered          set: processes that heartbeat (interfaces)
+    <prefix>:alive:<P!>          a registered process's heartbeat, PX ttl
     <stats_prefix><channel>:<stat>, <stats_prefix>#global#:<stat>
-                               counters (none per single-use ``?``
-                               channel), plus ``:<second>`` buckets kept 3 s
+                                 counters (none per single-use ``?``
+                                 channel), plus ``:<second>`` buckets kept 3 s
 
-A list element (a *reference*) is the body key; on a ``prefix!`` list it is
-the body key, a space and the full ``prefix!local`` name, so that one body
-serves every member of a group on a shard (read-counted) and may be
-encrypted.  Channel and group names are in clear in keys, as in asgi_redis;
-message contents never are when encryption is on.
+Memberships live on the shard of the member's list (a local member: on the
+shard of its process's inbox), so every script touches one shard's keys.
+
+**Inbox references.**  An element of an inbox is ``<body key> <P!x>`` for a
+direct send to ``P!x``, or ``<body key> #<group>`` for a group send: one
+reference per interested process, whatever the number of its members, so a
+group send costs one push per process and carries the body once.  The pop
+script expands a group reference into the process's members at that moment.
+The inbox is a transport, not a capacity: each local channel's capacity is
+counted on its own -- direct sends in ``count:<P!>`` here, and every
+delivery in the interface server's per-connection queue.
+
+**Membership lifetime.**  A non-local member lapses ``group_expiry`` after
+its last add, as in ASGI.  A local member of a *registered* process (an
+interface server, which heartbeats) never lapses by time: its interface
+removes it when the connection goes (and when a delivery finds no
+connection), and all its memberships go when its heartbeat stops (the
+process is dead).  A local member of an unregistered process lapses like a
+non-local one.  A process that finds its heartbeat key gone has lost its
+state (Redis restarted empty, failed over to an empty replica, FLUSHALL).
 
 A reference whose body expired is dropped when it reaches the head of its
 list (so it stops counting against capacity), and its channel leaves all
-its groups.  Lists outlive their last message's expiry by ``expiry + 1``
-seconds so that this is noticed when the list is next touched.
-
-Every script runs atomically, so a send's capacity check and push, or a
-receive's pop and body read-and-delete, cannot interleave with anything.
-Times come from the server's clock (``TIME``), so processes with skewed
-clocks agree on group expiry.
+its groups.  Every script runs atomically; times come from the server's
+clock (``TIME``), so processes with skewed clocks agree on group expiry.
 """
 
 from __future__ import annotations
@@ -39,16 +57,20 @@ from chanserv.layers.redis.connection import Script
 __all__ = [
     "ALL_SCRIPTS",
     "CHANNEL_STATS",
+    "COUNT_FULL",
     "GROUP_ADD",
     "GROUP_DISCARD",
     "GROUP_MEMBERS",
     "GROUP_SEND",
+    "HEARTBEAT",
+    "LEAVE_ALL",
     "LISTS_STATS",
     "POP_MANY",
     "REQUEUE",
     "ROOM",
     "SEND",
-    "Script",
+    "SEND_MANY",
+    "UNREGISTER",
 ]
 
 
@@ -72,69 +94,152 @@ local function bump(key, by, ttl, rate)
 end
 """
 
-_REFS = """
+# References, names and memberships.
+_GROUPS = """
+local function is_inbox(list) return string.sub(list, -1) == '!' end
 local function body_key(list, ref)
-  if string.sub(list, -1) == '!' then
+  if is_inbox(list) then
     local space = string.find(ref, ' ', 1, true)
     if space then return string.sub(ref, 1, space - 1) end
   end
   return ref
 end
-local function channel_of(prefix, list, ref)
-  if string.sub(list, -1) == '!' then
+-- The channel a reference is for, or '#<group>' for a group reference.
+local function target_of(prefix, list, ref)
+  if is_inbox(list) then
     local space = string.find(ref, ' ', 1, true)
     if space then return string.sub(ref, space + 1) end
   end
   return string.sub(list, #prefix + 1)
 end
-"""
-
-# A channel whose message expired unread leaves all its groups (the ASGI
-# spec's recommendation; asgi_redis never did it).  ``<prefix>:groups:<c>``
-# is the set of groups ``c`` was added to, kept by group_add/group_discard.
-# purge drops the expired references at the head of a list (they would
-# count against its capacity) and evicts their channels; it returns the
-# set of channels evicted.
-_EVICT = """
-local function evict(prefix, channel)
-  local index = prefix .. ':groups:' .. channel
-  local groups = redis.call('SMEMBERS', index)
-  for _, group in ipairs(groups) do
+local function process_of(channel)
+  local bang = string.find(channel, '!', 1, true)
+  if bang then return string.sub(channel, 1, bang) end
+  return nil
+end
+local function uncount(prefix, process, channel)
+  local counts = prefix .. ':count:' .. process
+  if redis.call('HINCRBY', counts, channel, -1) <= 0 then
+    redis.call('HDEL', counts, channel)
+  end
+end
+local function leave(prefix, group, channel)
+  local process = process_of(channel)
+  if process then
+    local key = prefix .. ':group:' .. group .. ':' .. process
+    redis.call('ZREM', key, channel)
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('ZREM', prefix .. ':procs:' .. group, process)
+      redis.call('SREM', prefix .. ':pgroups:' .. process, group)
+    end
+  else
     redis.call('ZREM', prefix .. ':group:' .. group, channel)
   end
-  if #groups > 0 then redis.call('DEL', index) end
+  redis.call('SREM', prefix .. ':groups:' .. channel, group)
 end
+local function evict(prefix, channel)
+  local index = prefix .. ':groups:' .. channel
+  for _, group in ipairs(redis.call('SMEMBERS', index)) do leave(prefix, group, channel) end
+  redis.call('DEL', index)
+end
+local function registered(prefix, process)
+  return redis.call('SISMEMBER', prefix .. ':registered', process) == 1
+end
+-- A registered process whose heartbeat stopped is dead: forget it all.
+local function bury(prefix, process)
+  local pgroups = prefix .. ':pgroups:' .. process
+  for _, group in ipairs(redis.call('SMEMBERS', pgroups)) do
+    local key = prefix .. ':group:' .. group .. ':' .. process
+    for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+      redis.call('DEL', prefix .. ':groups:' .. member)
+    end
+    redis.call('DEL', key)
+    redis.call('ZREM', prefix .. ':procs:' .. group, process)
+  end
+  redis.call('DEL', pgroups, prefix .. process, prefix .. ':count:' .. process)
+  redis.call('SREM', prefix .. ':registered', process)
+end
+-- Drop the references at the head of ``list`` whose body expired (they
+-- would count against capacity); their channels leave all their groups.
 local function purge(prefix, list)
   local evicted = {}
   while true do
     local ref = redis.call('LINDEX', list, 0)
     if not ref or redis.call('EXISTS', body_key(list, ref)) == 1 then break end
     redis.call('LPOP', list)
-    local channel = channel_of(prefix, list, ref)
-    if not evicted[channel] then
-      evicted[channel] = true
-      evict(prefix, channel)
+    local target = target_of(prefix, list, ref)
+    if string.sub(target, 1, 1) == '#' then
+      -- A group message the process never read: its members missed it.
+      local key = prefix .. ':group:' .. string.sub(target, 2) .. ':' .. string.sub(list, #prefix + 1)
+      for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+        if not evicted[member] then
+          evicted[member] = true
+          evict(prefix, member)
+        end
+      end
+    else
+      if is_inbox(list) then uncount(prefix, string.sub(list, #prefix + 1), target) end
+      if not evicted[target] then
+        evicted[target] = true
+        evict(prefix, target)
+      end
     end
   end
   return evicted
 end
+-- The key of process's members of group after dropping what lapsed, and
+-- how many there are (0 when the process is dead or has none left).
+local function local_members(prefix, group, process, cutoff)
+  local key = prefix .. ':group:' .. group .. ':' .. process
+  purge(prefix, prefix .. process)
+  if registered(prefix, process) then
+    if redis.call('EXISTS', prefix .. ':alive:' .. process) == 0 then
+      bury(prefix, process)
+      return key, 0
+    end
+  else
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. cutoff)) do
+      leave(prefix, group, member)
+    end
+  end
+  local n = redis.call('ZCARD', key)
+  if n == 0 then
+    redis.call('ZREM', prefix .. ':procs:' .. group, process)
+    redis.call('SREM', prefix .. ':pgroups:' .. process, group)
+  end
+  return key, n
+end
+local function expire_nonlocal(prefix, group, cutoff)
+  local key = prefix .. ':group:' .. group
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. cutoff)) do
+    leave(prefix, group, member)
+  end
+  return key
+end
 """
 
 #: KEYS: body, list, channel count stat, channel full stat, global count
-#: stat, global full stat.  ARGV: body, expiry (ms), capacity, reference,
-#: channel stat ttl, global stat ttl, key prefix, list ttl (ms), "1" to keep
-#: the channel's own counters (not for single-use ``?`` channels).  Returns
-#: 1, or the error "full".
+#: stat, global full stat, the inbox's count hash (any key for a normal
+#: channel).  ARGV: body, expiry (ms), capacity, reference, channel stat
+#: ttl, global stat ttl, key prefix, list ttl (ms), "1" to keep the
+#: channel's own counters (not for single-use ``?`` channels), channel.
+#: Returns 1, or the error "full".
 SEND = Script(
     "send",
     _NOW
     + _BUMP
-    + _REFS
-    + _EVICT
+    + _GROUPS
     + """
 local own = ARGV[9] == '1'
+local inbox = is_inbox(KEYS[2])
 purge(ARGV[7], KEYS[2])
-if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[3]) then
+local queued
+if inbox then
+  queued = tonumber(redis.call('HGET', KEYS[7], ARGV[10]) or '0')
+else
+  queued = redis.call('LLEN', KEYS[2])
+end
+if queued >= tonumber(ARGV[3]) then
   if own then bump(KEYS[4], 1, ARGV[5], true) end
   bump(KEYS[6], 1, ARGV[6], true)
   return redis.error_reply('full')
@@ -142,122 +247,206 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
+if inbox then
+  redis.call('HINCRBY', KEYS[7], ARGV[10], 1)
+  redis.call('PEXPIRE', KEYS[7], ARGV[8])
+end
 if own then bump(KEYS[3], 1, ARGV[5], true) end
 bump(KEYS[5], 1, ARGV[6], true)
 return 1
 """,
 )
 
-#: KEYS: group, global count stat, global full stat.  ARGV: body, expiry
-#: (ms), group expiry (s), body key, key prefix, stats prefix, default
-#: capacity, channel stat ttl, global stat ttl, list ttl (ms), mode, then
-#: pairs.  Mode "auto": members come from the group zset (expired ones
-#: removed first) and the pairs are (Lua pattern, capacity), first match
-#: wins; mode "given": the pairs are (member, capacity).  Members whose
-#: list shows an expired message are evicted, not sent to; full members are
-#: skipped.  Returns {sent, full}.
+#: Many sends in one call (the sends a process made in one reactor turn).
+#: ARGV: key prefix, stats prefix, expiry (ms), list ttl (ms), channel stat
+#: ttl, global stat ttl, then per message: channel, body key, body,
+#: capacity, "1" to keep the channel's own counters.  Each message gets the
+#: capacity check and push of SEND, in order.  Returns one 1 (sent) or 0
+#: (full) per message.
+SEND_MANY = Script(
+    "send_many",
+    _NOW
+    + _BUMP
+    + _GROUPS
+    + """
+local prefix, sprefix = ARGV[1], ARGV[2]
+local expiry, ttl = ARGV[3], ARGV[4]
+local out = {}
+local sent, full = 0, 0
+for i = 7, #ARGV, 5 do
+  local channel, body_key, capacity = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 3])
+  local own = ARGV[i + 4] == '1'
+  local process = process_of(channel)
+  local local_name = process and process ~= channel
+  local list = prefix .. (process or channel)
+  purge(prefix, list)
+  local queued
+  local counts = prefix .. ':count:' .. (process or '')
+  if local_name then
+    queued = tonumber(redis.call('HGET', counts, channel) or '0')
+  else
+    queued = redis.call('LLEN', list)
+  end
+  if queued >= capacity then
+    out[#out + 1] = 0
+    full = full + 1
+    if own then bump(sprefix .. channel .. ':channel_full_count', 1, ARGV[5], true) end
+  else
+    redis.call('SET', body_key, ARGV[i + 2], 'PX', expiry)
+    if local_name then
+      redis.call('RPUSH', list, body_key .. ' ' .. channel)
+      redis.call('HINCRBY', counts, channel, 1)
+      redis.call('PEXPIRE', counts, ttl)
+    else
+      redis.call('RPUSH', list, body_key)
+    end
+    redis.call('PEXPIRE', list, ttl)
+    if own then bump(sprefix .. channel .. ':messages_count', 1, ARGV[5], true) end
+    out[#out + 1] = 1
+    sent = sent + 1
+  end
+end
+if sent > 0 then bump(sprefix .. '#global#:messages_count', sent, ARGV[6], true) end
+if full > 0 then bump(sprefix .. '#global#:channel_full_count', full, ARGV[6], true) end
+return out
+""",
+)
+
+#: KEYS: the group's non-local zset, its process zset, global count stat,
+#: global full stat.  ARGV: body, expiry (ms), group expiry (s), body key,
+#: key prefix, stats prefix, default capacity, channel stat ttl, global stat
+#: ttl, list ttl (ms), group, mode, then pairs.  Mode "auto": non-local
+#: members come from the zset (lapsed ones removed first) and the pairs are
+#: (Lua pattern, capacity), first match wins; mode "given": the pairs are
+#: (member, capacity).  Non-local members with room get a reference, full
+#: ones are skipped and counted; each live process with members gets one
+#: group reference in its inbox.  Returns {sent, full, processes, local
+#: members}.
 GROUP_SEND = Script(
     "group_send",
     _NOW
     + _BUMP
-    + _REFS
-    + _EVICT
+    + _GROUPS
     + """
 local prefix = ARGV[5]
+local group = ARGV[11]
+local cutoff = NOW - tonumber(ARGV[3])
 local members = {}
 local caps = {}
-if ARGV[11] == 'given' then
-  for i = 12, #ARGV, 2 do
+if ARGV[12] == 'given' then
+  for i = 13, #ARGV, 2 do
     members[#members + 1] = ARGV[i]
     caps[#caps + 1] = tonumber(ARGV[i + 1])
   end
 else
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (NOW - tonumber(ARGV[3])))
+  expire_nonlocal(prefix, group, cutoff)
   members = redis.call('ZRANGE', KEYS[1], 0, -1)
 end
 local expiry = tonumber(ARGV[2])
 local body_key = ARGV[4]
 local sent, full = 0, 0
-local purged = {}
 local evicted = {}
 for i, member in ipairs(members) do
-  local name, ref = member, body_key
-  local bang = string.find(member, '!', 1, true)
-  if bang then
-    name = string.sub(member, 1, bang)
-    ref = body_key .. ' ' .. member
-  end
-  local list = prefix .. name
-  if not purged[list] then
-    purged[list] = true
-    for channel in pairs(purge(prefix, list)) do evicted[channel] = true end
-  end
+  local list = prefix .. member
+  for channel in pairs(purge(prefix, list)) do evicted[channel] = true end
   if not evicted[member] then
     local capacity = caps[i]
     if not capacity then
       capacity = tonumber(ARGV[7])
-      for j = 12, #ARGV, 2 do
-        if string.match(name, ARGV[j]) then
+      for j = 13, #ARGV, 2 do
+        if string.match(member, ARGV[j]) then
           capacity = tonumber(ARGV[j + 1])
           break
         end
       end
     end
-    local own = not string.find(name, '?', 1, true)
+    local own = not string.find(member, '?', 1, true)
     if redis.call('LLEN', list) >= capacity then
       full = full + 1
-      if own then bump(ARGV[6] .. name .. ':channel_full_count', 1, ARGV[8], true) end
+      if own then bump(ARGV[6] .. member .. ':channel_full_count', 1, ARGV[8], true) end
     else
-      redis.call('RPUSH', list, ref)
+      redis.call('RPUSH', list, body_key)
       redis.call('PEXPIRE', list, ARGV[10])
       sent = sent + 1
-      if own then bump(ARGV[6] .. name .. ':messages_count', 1, ARGV[8], true) end
+      if own then bump(ARGV[6] .. member .. ':messages_count', 1, ARGV[8], true) end
     end
   end
 end
-if sent > 0 then
-  redis.call('SET', body_key, ARGV[1], 'PX', expiry)
-  if sent > 1 then redis.call('SET', body_key .. ':n', sent, 'PX', expiry) end
-  bump(KEYS[2], sent, ARGV[9], true)
+local processes, deliveries = 0, 0
+for _, process in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local _, n = local_members(prefix, group, process, cutoff)
+  if n > 0 then
+    local inbox = prefix .. process
+    redis.call('RPUSH', inbox, body_key .. ' #' .. group)
+    redis.call('PEXPIRE', inbox, ARGV[10])
+    processes = processes + 1
+    deliveries = deliveries + n
+  end
 end
-if full > 0 then bump(KEYS[3], full, ARGV[9], true) end
-return {sent, full}
+local pushes = sent + processes
+if pushes > 0 then
+  redis.call('SET', body_key, ARGV[1], 'PX', expiry)
+  if pushes > 1 then redis.call('SET', body_key .. ':n', pushes, 'PX', expiry) end
+end
+if sent + deliveries > 0 then bump(KEYS[3], sent + deliveries, ARGV[9], true) end
+if full > 0 then bump(KEYS[4], full, ARGV[9], true) end
+return {sent, full, processes, deliveries}
 """,
 )
 
 #: KEYS: the lists to pop from, in the order to try them.  ARGV: limit, key
-#: prefix, then optionally the list and reference a BLPOP already took.
-#: Pops round-robin across the lists until ``limit`` messages are taken or
-#: all are empty; each body is read and deleted (or its read count
-#: decremented) in the same step; a reference whose body expired is
-#: skipped and its channel evicted from its groups.  Returns a flat
-#: {list, reference, body, ...}.
+#: prefix, group expiry (s), then optionally the list and reference a BLPOP
+#: already took.  Pops round-robin across the lists until ``limit``
+#: references are taken or all are empty; each body is read and deleted (or
+#: its read count decremented) in the same step; a reference whose body
+#: expired is skipped and its channel evicted from its groups.  Returns a
+#: flat {list, reference, body, members, ...}: ``members`` is "" for a
+#: direct message, else the space-separated local members a group
+#: reference went to (a group reference with none left is skipped).
 POP_MANY = Script(
     "pop_many",
-    _REFS
-    + _EVICT
+    _NOW
+    + _GROUPS
     + """
 local out = {}
 local n = 0
 local limit = tonumber(ARGV[1])
 local prefix = ARGV[2]
+local cutoff = NOW - tonumber(ARGV[3])
 local function take(list, ref)
   local key = body_key(list, ref)
   local counter = key .. ':n'
+  local target = target_of(prefix, list, ref)
+  local group = string.sub(target, 1, 1) == '#'
+  local process = string.sub(list, #prefix + 1)
+  if is_inbox(list) and not group then uncount(prefix, process, target) end
   local body = redis.call('GET', key)
   if not body then
     redis.call('DEL', counter)
-    evict(prefix, channel_of(prefix, list, ref))
+    if not group then evict(prefix, target) end
     return
   end
-  out[#out + 1] = list
-  out[#out + 1] = ref
-  out[#out + 1] = body
-  n = n + 1
+  local members = ''
+  local skip = false
+  if group then
+    local zset, count = local_members(prefix, string.sub(target, 2), process, cutoff)
+    if count == 0 then
+      skip = true
+    else
+      members = table.concat(redis.call('ZRANGE', zset, 0, -1), ' ')
+    end
+  end
+  if not skip then
+    out[#out + 1] = list
+    out[#out + 1] = ref
+    out[#out + 1] = body
+    out[#out + 1] = members
+    n = n + 1
+  end
   if redis.call('EXISTS', counter) == 1 and redis.call('DECR', counter) > 0 then return end
   redis.call('DEL', key, counter)
 end
-if ARGV[3] then take(ARGV[3], ARGV[4]) end
+if ARGV[4] then take(ARGV[4], ARGV[5]) end
 local active = KEYS
 while n < limit and #active > 0 do
   local still = {}
@@ -277,86 +466,198 @@ return out
 
 #: Puts messages taken by POP_MANY back at the head of their lists (a
 #: receive cancelled while its pop was in flight).  KEYS: the lists, one per
-#: message.  ARGV: expiry (ms), list ttl (ms), then (body key, reference,
-#: body) triples, in the order they were taken.
+#: message.  ARGV: expiry (ms), list ttl (ms), key prefix, then (body key,
+#: reference, body) triples, in the order they were taken.
 REQUEUE = Script(
     "requeue",
-    """
+    _GROUPS
+    + """
 local expiry = tonumber(ARGV[1])
+local prefix = ARGV[3]
 for i = #KEYS, 1, -1 do
-  local base = 3 + (i - 1) * 3
+  local base = 4 + (i - 1) * 3
+  local list, ref = KEYS[i], ARGV[base + 1]
   redis.call('SET', ARGV[base], ARGV[base + 2], 'PX', expiry)
-  redis.call('LPUSH', KEYS[i], ARGV[base + 1])
-  redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  redis.call('LPUSH', list, ref)
+  redis.call('PEXPIRE', list, ARGV[2])
+  local target = target_of(prefix, list, ref)
+  if is_inbox(list) and string.sub(target, 1, 1) ~= '#' then
+    local counts = prefix .. ':count:' .. string.sub(list, #prefix + 1)
+    redis.call('HINCRBY', counts, target, 1)
+    redis.call('PEXPIRE', counts, ARGV[2])
+  end
 end
 return #KEYS
 """,
 )
 
-#: KEYS: group, the member's group index.  ARGV: member, group expiry
-#: (ms), group name.
+#: KEYS: the member's group index.  ARGV: member, group expiry (ms), group,
+#: key prefix.
 GROUP_ADD = Script(
     "group_add",
     _NOW
+    + _GROUPS
     + """
-redis.call('ZADD', KEYS[1], NOW, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local channel, gexp, group, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local process = process_of(channel)
+redis.call('SADD', KEYS[1], group)
+if process then
+  local key = prefix .. ':group:' .. group .. ':' .. process
+  local procs = prefix .. ':procs:' .. group
+  local pgroups = prefix .. ':pgroups:' .. process
+  redis.call('ZADD', key, NOW, channel)
+  redis.call('ZADD', procs, NOW, process)
+  redis.call('SADD', pgroups, group)
+  if registered(prefix, process) then
+    redis.call('PERSIST', key)
+    redis.call('PERSIST', procs)
+    redis.call('PERSIST', pgroups)
+    redis.call('PERSIST', KEYS[1])
+  else
+    redis.call('PEXPIRE', key, gexp)
+    redis.call('PEXPIRE', pgroups, gexp)
+    redis.call('PEXPIRE', KEYS[1], gexp)
+    if redis.call('PTTL', procs) ~= -1 then redis.call('PEXPIRE', procs, gexp) end
+  end
+else
+  local key = prefix .. ':group:' .. group
+  redis.call('ZADD', key, NOW, channel)
+  redis.call('PEXPIRE', key, gexp)
+  redis.call('PEXPIRE', KEYS[1], gexp)
+end
 return 1
 """,
 )
 
-#: KEYS: group, the member's group index.  ARGV: member, group name.
+#: ARGV: member, group, key prefix.
 GROUP_DISCARD = Script(
     "group_discard",
-    """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[2], ARGV[2])
+    _GROUPS
+    + """
+leave(ARGV[3], ARGV[2], ARGV[1])
 return 1
 """,
 )
 
-#: KEYS: group.  ARGV: group expiry (s), key prefix.  Drops expired members
-#: and members whose list shows an expired message; returns the others.
+#: ARGV: channel, key prefix.  The channel is gone: it leaves every group.
+LEAVE_ALL = Script(
+    "leave_all",
+    _GROUPS
+    + """
+evict(ARGV[2], ARGV[1])
+return 1
+""",
+)
+
+#: ARGV: group, group expiry (s), key prefix.  Drops lapsed members, dead
+#: processes and members whose list shows an expired message; returns the
+#: others (non-local ones first).
 GROUP_MEMBERS = Script(
     "group_members",
     _NOW
-    + _REFS
-    + _EVICT
+    + _GROUPS
     + """
-local prefix = ARGV[2]
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (NOW - tonumber(ARGV[1])))
-local purged = {}
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local name = member
-  local bang = string.find(member, '!', 1, true)
-  if bang then name = string.sub(member, 1, bang) end
-  if not purged[name] then
-    purged[name] = true
-    purge(prefix, prefix .. name)
+local group, prefix = ARGV[1], ARGV[3]
+local cutoff = NOW - tonumber(ARGV[2])
+local key = expire_nonlocal(prefix, group, cutoff)
+for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+  purge(prefix, prefix .. member)
+end
+local result = redis.call('ZRANGE', key, 0, -1)
+for _, process in ipairs(redis.call('ZRANGE', prefix .. ':procs:' .. group, 0, -1)) do
+  local zset, n = local_members(prefix, group, process, cutoff)
+  if n > 0 then
+    for _, member in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
+      result[#result + 1] = member
+    end
   end
 end
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+return result
 """,
 )
 
-#: KEYS: list, channel count stat, channel full stat.  Returns {messages
-#: count, channel full count, pending, PTTL of the oldest body or -2,
-#: messages in the last whole second, full in the last whole second}.
+#: ARGV: key prefix, process prefix, heartbeat ttl (ms), "1" to register,
+#: "1" to also bury dead processes.  Returns 1, or 0 when the process was
+#: registered but its heartbeat is gone: Redis lost its state.
+HEARTBEAT = Script(
+    "heartbeat",
+    _GROUPS
+    + """
+local prefix, process, ttl = ARGV[1], ARGV[2], ARGV[3]
+local alive = prefix .. ':alive:' .. process
+local result = 1
+if ARGV[4] == '1' then
+  redis.call('SADD', prefix .. ':registered', process)
+  redis.call('SET', alive, '1', 'PX', ttl)
+  local pgroups = prefix .. ':pgroups:' .. process
+  for _, group in ipairs(redis.call('SMEMBERS', pgroups)) do
+    redis.call('PERSIST', prefix .. ':group:' .. group .. ':' .. process)
+    redis.call('PERSIST', prefix .. ':procs:' .. group)
+  end
+  redis.call('PERSIST', pgroups)
+elseif redis.call('EXISTS', alive) == 1 and registered(prefix, process) then
+  redis.call('PEXPIRE', alive, ttl)
+else
+  result = 0
+end
+if ARGV[5] == '1' then
+  for _, other in ipairs(redis.call('SMEMBERS', prefix .. ':registered')) do
+    if redis.call('EXISTS', prefix .. ':alive:' .. other) == 0 then bury(prefix, other) end
+  end
+end
+return result
+""",
+)
+
+#: ARGV: key prefix, process prefix.  A clean stop: forget the process.
+UNREGISTER = Script(
+    "unregister",
+    _GROUPS
+    + """
+redis.call('DEL', ARGV[1] .. ':alive:' .. ARGV[2])
+bury(ARGV[1], ARGV[2])
+return 1
+""",
+)
+
+#: KEYS: channel full stat, global full stat.  ARGV: count, channel stat
+#: ttl, global stat ttl.  Counts messages an interface had to drop for a
+#: connection whose queue overflowed.
+COUNT_FULL = Script(
+    "count_full",
+    _NOW
+    + _BUMP
+    + """
+bump(KEYS[1], tonumber(ARGV[1]), ARGV[2], true)
+bump(KEYS[2], tonumber(ARGV[1]), ARGV[3], true)
+return 1
+""",
+)
+
+#: KEYS: list, channel count stat, channel full stat, the inbox's count
+#: hash.  ARGV: channel.  Returns {messages count, channel full count,
+#: pending, PTTL of the oldest body or -2, messages in the last whole
+#: second, full in the last whole second}.  Pending, for a local channel,
+#: counts its direct sends waiting in the inbox.
 CHANNEL_STATS = Script(
     "channel_stats",
     _NOW
-    + _REFS
+    + _GROUPS
     + """
 local last = ':' .. (tonumber(SEC) - 1)
 local pttl = -2
 local ref = redis.call('LINDEX', KEYS[1], 0)
 if ref then pttl = redis.call('PTTL', body_key(KEYS[1], ref)) end
+local pending
+if is_inbox(KEYS[1]) and string.sub(ARGV[1], -1) ~= '!' then
+  pending = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
+else
+  pending = redis.call('LLEN', KEYS[1])
+end
 return {
   tonumber(redis.call('GET', KEYS[2]) or '0'),
   tonumber(redis.call('GET', KEYS[3]) or '0'),
-  redis.call('LLEN', KEYS[1]),
+  pending,
   pttl,
   tonumber(redis.call('GET', KEYS[2] .. last) or '0'),
   tonumber(redis.call('GET', KEYS[3] .. last) or '0'),
@@ -364,14 +665,17 @@ return {
 """,
 )
 
-#: KEYS: list.  ARGV: key prefix.  Drops expired references at its head
-#: (evicting their channels); returns its length.
+#: KEYS: list, the inbox's count hash.  ARGV: key prefix, channel.  Drops
+#: expired references at the head of the list (evicting their channels);
+#: returns the messages queued for the channel.
 ROOM = Script(
     "room",
-    _REFS
-    + _EVICT
+    _GROUPS
     + """
 purge(ARGV[1], KEYS[1])
+if is_inbox(KEYS[1]) then
+  return tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+end
 return redis.call('LLEN', KEYS[1])
 """,
 )
@@ -380,7 +684,7 @@ return redis.call('LLEN', KEYS[1])
 #: Returns {pending, smallest PTTL of an oldest body or -2}.
 LISTS_STATS = Script(
     "lists_stats",
-    _REFS
+    _GROUPS
     + """
 local pending, pttl = 0, -2
 for _, key in ipairs(KEYS) do
@@ -397,16 +701,20 @@ return {pending, pttl}
 """,
 )
 
-
 #: Every script, loaded on each connection.
 ALL_SCRIPTS = (
     SEND,
+    SEND_MANY,
     GROUP_SEND,
     POP_MANY,
     REQUEUE,
     GROUP_ADD,
     GROUP_DISCARD,
+    LEAVE_ALL,
     GROUP_MEMBERS,
+    HEARTBEAT,
+    UNREGISTER,
+    COUNT_FULL,
     CHANNEL_STATS,
     ROOM,
     LISTS_STATS,
