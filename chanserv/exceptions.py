@@ -123,6 +123,80 @@ class WebsocketCloseException(ChannelSocketException):
         message.reply_channel.send({"close": close}, immediately=True)
 
 
+class RouteTimeout(Exception):
+    """
+    Matching a route filter's regular expression against a message ran out
+    of time: routing one message may spend at most ``CHANSERV_ROUTE_TIMEOUT``
+    seconds (0.5 by default) in regular expressions, so a pattern that
+    backtracks catastrophically cannot hold a worker thread for long.
+
+    Raised by ``Router.match`` (and ``route(...).match``); the worker logs it
+    -- naming the route, the filter and the channel -- and calls
+    :meth:`answer`.
+
+    :ivar route: the ``repr`` of the route or include whose filter timed out.
+    :ivar key: the filter's key (``"path"``).
+    :ivar pattern: the filter's pattern.
+    :ivar channel: the message's channel.
+    :ivar timeout: the time limit, in seconds.
+    """
+
+    def __init__(self, route: str, key: str, pattern: str, channel: str, timeout: float) -> None:
+        super().__init__(route, key, pattern, channel, timeout)
+        self.route = route
+        self.key = key
+        self.pattern = pattern
+        self.channel = channel
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return (
+            "Routing a message on %s ran out of time (%gs, CHANSERV_ROUTE_TIMEOUT) "
+            "in filter %s=%r of %s"
+            % (self.channel, self.timeout, self.key, self.pattern, self.route)
+        )
+
+    def answer(self, message: Message) -> str:
+        """
+        Tell the client, as far as one is waiting, and say how:
+
+        - ``http.request``: a plain ``500 Internal Server Error`` (the fault
+          is the application's pattern, not the request);
+        - ``websocket.connect``: ``{"close": True}`` -- the handshake is
+          refused with a 403;
+        - ``websocket.receive``: ``{"close": 1011}`` -- an open socket must
+          not silently miss a message;
+        - any other channel: nothing, the message is dropped.
+
+        Never raises: a failure to send is described in the result.  A
+        worker thread.
+
+        :returns: what was done, for the log (``"answered 500"``).
+        """
+        reply: dict[str, Any]
+        if self.channel == "http.request":
+            reply = {
+                "status": 500,
+                "headers": [[b"content-type", b"text/plain; charset=utf-8"]],
+                "content": b"500 Internal Server Error\n",
+                "more_content": False,
+            }
+            outcome = "answered 500"
+        elif self.channel == "websocket.connect":
+            reply, outcome = {"close": True}, "handshake refused (403)"
+        elif self.channel == "websocket.receive":
+            reply, outcome = {"close": 1011}, "socket closed with 1011"
+        else:
+            return "message dropped"
+        if message.reply_channel is None:
+            return "message dropped (no reply channel)"
+        try:
+            message.reply_channel.send(reply, immediately=True)
+        except Exception as e:
+            return "message dropped; the answer could not be sent: %r" % (e,)
+        return outcome
+
+
 class SendNotAvailableOnDemultiplexer(Exception):
     """
     ``send`` and ``group_send`` make no sense on a demultiplexer itself.

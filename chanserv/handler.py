@@ -34,10 +34,10 @@ from django import http
 from django.conf import settings
 from django.core import signals
 from django.core.exceptions import BadRequest, RequestDataTooBig
-from django.core.handlers import base
 from django.urls import set_script_prefix
 from django.utils.functional import cached_property
 
+from chanserv._compat.django import Handler, StreamedRequest, set_response_handler
 from chanserv.exceptions import RequestAborted, RequestTimeout
 from chanserv.exceptions import ResponseLater as _ResponseLater
 from chanserv.log import Logger
@@ -59,7 +59,7 @@ def _latin1(value: Any) -> str:
     raise BadRequest("header names and values must be bytes, not %r" % (type(value).__name__,))
 
 
-class AsgiRequest(http.HttpRequest):
+class AsgiRequest(StreamedRequest):
     """
     A Django request built from an ``http.request`` message.
 
@@ -104,8 +104,6 @@ class AsgiRequest(http.HttpRequest):
     def __init__(self, message: Any) -> None:
         self.message = message
         self.reply_channel = getattr(message, "reply_channel", None)
-        self._post_parse_error = False
-        self._read_started = False
         self.resolver_match = None
         content = message.content if hasattr(message, "content") else message
         path = content.get("path")
@@ -140,8 +138,8 @@ class AsgiRequest(http.HttpRequest):
             self.META["SERVER_NAME"] = "unknown"
             self.META["SERVER_PORT"] = "0"
         self.META.update(self._headers_meta(content.get("headers") or []))
-        self._set_content_type_params(self.META)
-        self._stream: IO[bytes] = self._read_body(content)
+        self.parse_content_type()
+        self.set_body(self._read_body(content))
 
     @staticmethod
     def _strip_script_name(path: str, script_name: str) -> str:
@@ -256,25 +254,9 @@ class AsgiRequest(http.HttpRequest):
     def GET(self) -> http.QueryDict:
         return http.QueryDict(self.META["QUERY_STRING"])
 
-    def _get_scheme(self) -> str:
+    def transport_scheme(self) -> str:
         content = self.message.content if hasattr(self.message, "content") else self.message
         return str(content.get("scheme") or "http")
-
-    def _get_post(self) -> Any:
-        if not hasattr(self, "_post"):
-            self._load_post_and_files()
-        return self._post
-
-    def _set_post(self, post: Any) -> None:
-        self._post = post
-
-    def _get_files(self) -> Any:
-        if not hasattr(self, "_files"):
-            self._load_post_and_files()
-        return self._files
-
-    POST = property(_get_post, _set_post)
-    FILES = property(_get_files)
 
     @cached_property
     def COOKIES(self) -> dict[str, str]:
@@ -282,10 +264,10 @@ class AsgiRequest(http.HttpRequest):
 
     def close(self) -> None:
         super().close()
-        self._stream.close()
+        self.body_stream.close()
 
 
-class AsgiHandler(base.BaseHandler):
+class AsgiHandler(Handler):
     """
     Runs ``http.request`` messages through Django's middleware and views.
 
@@ -316,12 +298,14 @@ class AsgiHandler(base.BaseHandler):
     def __init__(self) -> None:
         super().__init__()
         self._load_lock = threading.Lock()
+        self._middleware_loaded = False
 
     def _ensure_middleware(self) -> None:
-        if self._middleware_chain is None:
+        if not self._middleware_loaded:
             with self._load_lock:
-                if self._middleware_chain is None:
+                if not self._middleware_loaded:
                     self.load_middleware()
+                    self._middleware_loaded = True
 
     def __call__(self, message: Any) -> Generator[dict[str, Any], None, None]:
         """The reply messages for ``message``; runs in a worker thread."""
@@ -367,17 +351,17 @@ class AsgiHandler(base.BaseHandler):
                 request.close()
                 response = self._plain_server_error()
             if getattr(request, _RESPONSE_LATER_FLAG, False):
-                response._handler_class = self.__class__
+                set_response_handler(response, self.__class__)
                 return response, False
-        response._handler_class = self.__class__
+        set_response_handler(response, self.__class__)
         return response, True
 
-    def _get_response(self, request: http.HttpRequest) -> http.HttpResponseBase:
+    def view_response(self, request: http.HttpRequest) -> http.HttpResponseBase:
         # Innermost: ResponseLater from the view (or template rendering)
         # becomes a flag on the request and a placeholder response, which
         # the response middleware sees and __call__ then drops.
         try:
-            return super()._get_response(request)
+            return super().view_response(request)
         except _ResponseLater:
             setattr(request, _RESPONSE_LATER_FLAG, True)
             return http.HttpResponse(status=204)

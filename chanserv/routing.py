@@ -12,12 +12,30 @@ thread that will run the consumer, never on the reactor (an application's
 own regular expression may be slow; that must not stall the server).
 
 Filters (``route("http.request", view, path=r"^/poll/$")``) are regular
-expressions applied with ``re.match`` -- anchored at the start only -- to the
-message content's value of the same key:
+expressions applied as ``re.match`` would -- anchored at the start only --
+to the message content's value of the same key:
 
-- they are compiled when the route is made; only *named* groups are
-  allowed, since their ``groupdict()`` becomes the consumer's keyword
-  arguments (an unnamed group raises :class:`ValueError`);
+- they are checked with :mod:`re` when the route is made (the syntax and
+  errors are ``re``'s), then compiled with the ``regex`` package, which
+  matches the same way for ``re`` syntax but can stop after a time limit
+  and releases the GIL while it matches: a pattern that backtracks
+  catastrophically (``^/r/(?:a|a)+$``) neither holds a worker thread for
+  long nor starves the reactor thread of the GIL.  A compiled
+  ``re.Pattern`` is converted the same way (its ``.pattern`` and flags); a
+  compiled ``regex`` pattern is used as it is;
+- all the filters tried for one message share one time budget,
+  ``CHANSERV_ROUTE_TIMEOUT`` seconds (:data:`DEFAULT_ROUTE_TIMEOUT`);
+  past it matching raises :class:`~chanserv.exceptions.RouteTimeout`,
+  which the worker answers (see its ``answer``).  ``regex`` counts the
+  process's CPU time, which other busy threads advance too, so a match may
+  be stopped sooner than the budget; it is meant for runaway patterns, not
+  to ration ordinary ones, which take microseconds.  A filter that is only
+  text (``^/chat/$``, ``^/chat``) is compared as a string, and the text
+  any filter starts with is checked first, as reading the CPU clock costs
+  more than most matches (:func:`split_literal`);
+- only *named* groups are allowed, since their ``groupdict()`` becomes the
+  consumer's keyword arguments (an unnamed group raises
+  :class:`ValueError`);
 - a key missing from the message means no match;
 - ``bytes`` values are ASCII-decoded before matching; a value that is not a
   ``str``, or ``bytes`` that are not ASCII, never matches;
@@ -32,11 +50,20 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 import re
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+import regex
+
+from chanserv.exceptions import RouteTimeout
+
 __all__ = [
+    "DEFAULT_ROUTE_TIMEOUT",
+    "Filter",
     "Include",
     "Route",
     "RouteClass",
@@ -46,10 +73,35 @@ __all__ = [
     "null_consumer",
     "route",
     "route_class",
+    "route_timeout",
 ]
 
 #: What ``match`` returns: the consumer and its keyword arguments.
 Match = tuple[Callable[..., Any], dict[str, Any]]
+
+#: Seconds of regular expression matching one message may cost when
+#: ``CHANSERV_ROUTE_TIMEOUT`` is not set.
+DEFAULT_ROUTE_TIMEOUT = 0.5
+
+#: ``re`` flags and their ``regex`` equivalents, by name: the values differ
+#: (``re.ASCII`` is ``regex.VERSION1``, ``re.DEBUG`` is ``regex.ASCII``).
+_FLAGS = [
+    (re.IGNORECASE, regex.IGNORECASE),
+    (re.MULTILINE, regex.MULTILINE),
+    (re.DOTALL, regex.DOTALL),
+    (re.UNICODE, regex.UNICODE),
+    (re.VERBOSE, regex.VERBOSE),
+    (re.ASCII, regex.ASCII),
+]
+#: ``re`` flags that change nothing about matching.
+_IGNORED_FLAGS = re.DEBUG | getattr(re, "TEMPLATE", 0)
+#: Characters that are not plain text in a pattern (outside VERBOSE mode).
+_SPECIAL = frozenset("\\.^$*+?{}[]()|#")
+_QUANTIFIERS = frozenset("*+?{")
+
+# The deadline of the Router.match running in this thread, so that all the
+# filters tried for one message share one budget.
+_matching = threading.local()
 
 
 class Routable(Protocol):
@@ -101,9 +153,169 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def compile_filters(filters: Mapping[str, Any], owner: str) -> list[tuple[str, re.Pattern[str]]]:
+def route_timeout() -> float:
+    """
+    ``CHANSERV_ROUTE_TIMEOUT``: the seconds of regular expression matching
+    that routing one message may cost, :data:`DEFAULT_ROUTE_TIMEOUT` when
+    unset or when Django settings are not configured.
+
+    :raises ValueError: the setting is not a positive number.
+    """
+    from django.conf import settings
+
+    value: Any = DEFAULT_ROUTE_TIMEOUT
+    if settings.configured:
+        value = getattr(settings, "CHANSERV_ROUTE_TIMEOUT", DEFAULT_ROUTE_TIMEOUT)
+    return _check_timeout(value, "CHANSERV_ROUTE_TIMEOUT")
+
+
+def _check_timeout(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("%s must be a number of seconds, not %r" % (what, value))
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("%s must be a positive number of seconds, not %r" % (what, value))
+    return float(value)
+
+
+def _regex_flags(flags: int, shown: Any) -> int:
+    """The ``regex`` flags equivalent to the ``re`` ``flags``."""
+    result = 0
+    for re_flag, regex_flag in _FLAGS:
+        if flags & re_flag:
+            result |= regex_flag
+            flags &= ~re_flag
+    flags &= ~_IGNORED_FLAGS
+    if flags:
+        raise ValueError("Pattern %r has re flags %#x that cannot be carried over" % (shown, flags))
+    return result
+
+
+def _alternation_at_top(pattern: str) -> bool:
+    """
+    Whether ``pattern`` may have a ``|`` outside every group (True when it
+    cannot tell: escapes, sets and comments are not worth parsing here).
+    """
+    if "|" not in pattern:
+        return False
+    if "\\" in pattern or "[" in pattern or "(?#" in pattern:
+        return True
+    depth = 0
+    for char in pattern:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            return True
+    return False
+
+
+def split_literal(pattern: str, flags: int) -> tuple[str, str | None]:
+    """
+    ``(literal, tail)`` for the ``re`` ``pattern`` with ``flags``: every
+    match starts with ``literal`` ('' when not known) and, when ``tail`` is
+    not None, the pattern is nothing more than ``literal`` followed by
+    ``tail`` -- ``""`` (a prefix), ``"$"`` or ``"\\Z"`` -- so that matching
+    is a string comparison.  Conservative: the plain characters after an
+    optional ``^``; nothing without IGNORECASE, VERBOSE or a ``|`` outside
+    the groups.
+    """
+    if flags & (re.IGNORECASE | re.VERBOSE) or _alternation_at_top(pattern):
+        return "", None
+    start = end = 1 if pattern.startswith("^") else 0
+    while end < len(pattern) and pattern[end] not in _SPECIAL:
+        end += 1
+    if end < len(pattern) and pattern[end] in _QUANTIFIERS:
+        return pattern[start : end - 1], None  # the last character repeats
+    tail: str | None = pattern[end:]
+    if tail not in ("", "$", "\\Z") or (tail == "$" and flags & re.MULTILINE):
+        tail = None
+    return pattern[start:end], tail
+
+
+class _LiteralMatch:
+    """What a filter that is only text returns for a match: no groups."""
+
+    __slots__ = ("_end",)
+
+    def __init__(self, end: int) -> None:
+        self._end = end
+
+    def groupdict(self) -> dict[str, Any]:
+        return {}
+
+    def end(self) -> int:
+        return self._end
+
+
+class Filter:
+    """
+    One compiled ``key=regex`` filter.
+
+    :ivar key: the content key it applies to.
+    :ivar regex: the compiled ``regex`` pattern.
+    :ivar literal: text every match starts with ('' when not known).
+    :ivar tail: when not None, the pattern is ``literal`` then ``tail``
+        (see :func:`split_literal`), and matching needs no regex.
+    """
+
+    __slots__ = ("key", "literal", "regex", "tail")
+
+    def __init__(self, key: str, compiled: Any, literal: str = "", tail: str | None = None) -> None:
+        self.key = key
+        self.regex = compiled
+        self.literal = literal
+        self.tail = tail
+
+    def match(self, owner: Any, value: str, channel: str) -> Any:
+        """
+        ``self.regex.match(value)``, or an equivalent string comparison;
+        within the time left to the message being routed in this thread
+        (see :meth:`Router.match`), or within :func:`route_timeout` when
+        called outside one; the GIL is released while it runs.  A worker
+        thread.
+
+        :param owner: the route or include, named in the exception.
+        :returns: the match object (``groupdict()``, ``end()``), or None.
+        :raises RouteTimeout: the time ran out.
+        """
+        literal = self.literal
+        if not value.startswith(literal):
+            return None
+        tail = self.tail
+        if tail is not None:
+            # Cheaper than the timed match, which reads a CPU clock.
+            rest = value[len(literal) :]
+            if tail == "" or rest == "" or (tail == "$" and rest == "\n"):
+                return _LiteralMatch(len(literal))
+            return None
+        deadline = getattr(_matching, "deadline", None)
+        if deadline is None:
+            budget = limit = route_timeout()
+        else:
+            limit = _matching.timeout
+            budget = deadline - time.monotonic()
+        if budget > 0:
+            try:
+                return self.regex.match(value, timeout=budget, concurrent=True)
+            except TimeoutError:
+                pass
+        shown = repr(owner)
+        if len(shown) > 300:
+            shown = shown[:297] + "..."
+        raise RouteTimeout(shown, self.key, self.regex.pattern, channel, limit)
+
+    def __repr__(self) -> str:
+        return "%s=%r" % (self.key, self.regex.pattern)
+
+
+def compile_filters(filters: Mapping[str, Any], owner: str) -> list[Filter]:
     """
     Compile filter regexes, refusing unnamed groups.
+
+    A ``str`` (or ASCII ``bytes``) pattern or a compiled ``re.Pattern`` is
+    checked with :mod:`re` -- the syntax is ``re``'s -- and compiled with
+    :mod:`regex` with the same flags; a compiled ``regex`` pattern is kept.
 
     :param owner: how to name the route in error messages.
     :raises ValueError: a pattern has an unnamed group, or does not compile.
@@ -113,28 +325,37 @@ def compile_filters(filters: Mapping[str, Any], owner: str) -> list[tuple[str, r
     compiled = []
     for name, value in filters.items():
         pattern = normalise_re_arg(value)
-        if not isinstance(pattern, (str, re.Pattern)):
+        if not isinstance(pattern, (str, re.Pattern, regex.Pattern)):
             raise TypeError(
                 "Filter %s=%r on %s must be a regular expression string" % (name, value, owner)
             )
-        try:
-            regex = re.compile(pattern)
-        except (re.error, TypeError) as e:
-            raise ValueError("Filter %s=%r on %s is invalid: %s" % (name, value, owner, e)) from e
-        if not isinstance(regex.pattern, str):
+        source = pattern if isinstance(pattern, str) else pattern.pattern
+        if not isinstance(source, str):
             raise TypeError("Filter %s=%r on %s must be a str pattern" % (name, value, owner))
-        if regex.groups != len(regex.groupindex):
+        literal, tail = "", None
+        try:
+            if isinstance(pattern, regex.Pattern):
+                compiled_regex = pattern
+            else:
+                checked = re.compile(pattern)
+                compiled_regex = regex.compile(
+                    checked.pattern, _regex_flags(checked.flags, checked.pattern)
+                )
+                literal, tail = split_literal(checked.pattern, checked.flags)
+        except (re.error, regex.error, TypeError, ValueError) as e:
+            raise ValueError("Filter %s=%r on %s is invalid: %s" % (name, value, owner, e)) from e
+        if compiled_regex.groups != len(compiled_regex.groupindex):
             raise ValueError(
                 "Filter %s=%r on %s contains unnamed groups; only named groups "
                 "(?P<name>...) are allowed, as they become the consumer's keyword "
-                "arguments" % (name, regex.pattern, owner)
+                "arguments" % (name, compiled_regex.pattern, owner)
             )
-        compiled.append((name, regex))
+        compiled.append(Filter(name, compiled_regex, literal, tail))
     return compiled
 
 
-def _format_filters(filters: list[tuple[str, re.Pattern[str]]]) -> str:
-    return "".join(", %s=%r" % (name, regex.pattern) for name, regex in filters)
+def _format_filters(filters: list[Filter]) -> str:
+    return "".join(", %r" % (f,) for f in filters)
 
 
 class Route:
@@ -180,13 +401,13 @@ class Route:
             return None
         content = message.content
         kwargs: dict[str, Any] = {}
-        for name, regex in self.filters:
-            if name not in content:
+        for f in self.filters:
+            if f.key not in content:
                 return None
-            value = _text(content[name])
+            value = _text(content[f.key])
             if value is None:
                 return None
-            m = regex.match(value)
+            m = f.match(self, value, message.channel.name)
             if m is None:
                 return None
             kwargs.update(m.groupdict())
@@ -277,17 +498,17 @@ class Include:
         if self.prefixes:
             content = message.content
             chopped = dict(content)
-            for name, regex in self.prefixes:
-                if name not in content:
+            for f in self.prefixes:
+                if f.key not in content:
                     return None
-                value = _text(content[name])
+                value = _text(content[f.key])
                 if value is None:
                     return None
-                m = regex.match(value)
+                m = f.match(self, value, message.channel.name)
                 if m is None:
                     return None
                 kwargs.update(m.groupdict())
-                chopped[name] = value[m.end() :]
+                chopped[f.key] = value[m.end() :]
             # A shallow copy with new content: the original message (which
             # the consumer gets) is left untouched.
             message = copy.copy(message)
@@ -359,9 +580,14 @@ class Router:
     set of channels it routes (what the worker listens on).  Any thread;
     :meth:`add_route` and :meth:`check_default` are for set-up, before the
     worker starts.
+
+    :param timeout: the seconds of regular expression matching one
+        :meth:`match` may cost; by default :func:`route_timeout`, read now.
+    :raises ValueError: ``timeout`` (or the setting) is not a positive number.
     """
 
-    def __init__(self, routing: Any) -> None:
+    def __init__(self, routing: Any, timeout: float | None = None) -> None:
+        self.timeout = route_timeout() if timeout is None else _check_timeout(timeout, "timeout")
         self.root = Include(routing)
         self.channels: set[str] = self.root.channel_names()
         self._defaults_added = False
@@ -375,8 +601,23 @@ class Router:
         self.channels = self.root.channel_names()
 
     def match(self, message: Any) -> Match | None:
-        """``(consumer, kwargs)`` for the first route matching, or None."""
-        return self.root.match(message)
+        """
+        ``(consumer, kwargs)`` for the first route matching, or None.  A
+        worker thread.
+
+        :raises RouteTimeout: the filters tried took more than
+            :attr:`timeout` seconds together.
+        """
+        if getattr(_matching, "deadline", None) is not None:
+            # Called from a routable inside another Router.match: keep its
+            # budget.
+            return self.root.match(message)
+        _matching.timeout = self.timeout
+        _matching.deadline = time.monotonic() + self.timeout
+        try:
+            return self.root.match(message)
+        finally:
+            _matching.deadline = None
 
     def check_default(self, http_consumer: Callable[..., Any] | None = None) -> None:
         """

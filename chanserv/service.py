@@ -17,6 +17,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 
+from chanserv._compat.twisted import forget_exit_signal
 from chanserv.log import Logger
 
 log = Logger()
@@ -74,9 +75,9 @@ class ChanservService(MultiService):
                 clean = False
                 log.failure("Error stopping {service}", service=child)
         log.info("chanserv stopped")
-        if clean and getattr(self._reactor, "_exitSignal", None) in _GRACEFUL_SIGNALS:
+        if clean:
             # twistd re-kills itself with the signal that stopped the reactor
             # so that the exit status says "killed by SIGTERM".  A SIGTERM or
             # SIGINT that led to a complete, orderly stop is a normal exit:
             # report it as 0, which process supervisors treat as success.
-            self._reactor._exitSignal = None
+            forget_exit_signal(self._reactor, _GRACEFUL_SIGNALS)

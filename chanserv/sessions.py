@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase
 
+from chanserv._compat.django import set_session_key
 from chanserv.channel import Channel
 from chanserv.exceptions import ConsumeLater
 from chanserv.locks import socket_locks
@@ -113,8 +114,8 @@ def keyed_session(prefix: str, name: str) -> SessionBase:
     engine = _channel_session_engine()
     key = prefix + hashlib.sha1(name.encode("utf-8")).hexdigest()[:29]
     session = engine.SessionStore(session_key=key)
-    session._session.keys()  # load now, not on first access
-    session._session_key = key
+    session.keys()  # load now, not on first access
+    set_session_key(session, key)
     return session
 
 
@@ -139,7 +140,7 @@ def session_for_reply_channel(reply_channel: str | Channel) -> SessionBase:
 
 def _serialised(session: SessionBase) -> bytes | None:
     try:
-        data: bytes = session.serializer().dumps(session._session)
+        data: bytes = session.serializer().dumps(dict(session.items()))
         return data
     except Exception:
         return None  # unserialisable: saving will raise the real error
@@ -218,7 +219,7 @@ def channel_session_scope(message: Message) -> Iterator[SessionBase]:
             # (a refused handshake, say) creates none: nothing could read it.
             if (
                 message.channel.name != "websocket.disconnect"
-                and not session._session
+                and not session.keys()
                 and not session.exists(session.session_key)
             ):
                 try:
@@ -284,7 +285,7 @@ def http_session_for_key(session_key: str) -> SessionBase:
     """The ``SESSION_ENGINE`` session ``session_key``, loaded and tracked."""
     engine = import_module(settings.SESSION_ENGINE)
     session = engine.SessionStore(session_key=session_key)
-    session._session.keys()
+    session.keys()  # load now, not on first access
     track(session)
     return session
 

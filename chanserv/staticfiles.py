@@ -191,7 +191,9 @@ class StaticFilesHandler(AsgiHandler):
             response = self.serve(request)
         except Exception as e:
             response = response_for_exception(request, e)
-        response._resource_closers.append(request.close)
+        finally:
+            # A static file never reads the request's body: free it now.
+            request.close()
         return response
 
 

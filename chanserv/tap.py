@@ -67,7 +67,14 @@ class Options(ServerOptionsMixin, usage.Options):
         ],
     ] + ServerOptionsMixin.server_parameters
 
-    optFlags = list(ServerOptionsMixin.server_flags)
+    optFlags = list(ServerOptionsMixin.server_flags) + [
+        [
+            "no-ordering",
+            None,
+            "Let the messages of one reply channel run concurrently (overrides the "
+            "CHANSERV_ORDERED_REPLY_CHANNELS setting).",
+        ],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -167,6 +174,7 @@ def makeService(options: Options) -> ChanservService:
         exclude_channels=options["exclude_channels"],
         graceful_timeout=options["graceful-timeout"],
         verbosity=options["verbosity"],
+        ordered=False if options["no-ordering"] else None,
     )
 
 
@@ -181,6 +189,7 @@ def build_service(
     exclude_channels: Sequence[str] = (),
     graceful_timeout: float = 30.0,
     verbosity: int = 1,
+    ordered: bool | None = None,
 ) -> ChanservService:
     """
     The service tree of one process: the layer, then (``all``/``worker``)
@@ -214,6 +223,7 @@ def build_service(
             exclude_channels=exclude_channels,
             graceful_timeout=graceful_timeout,
             verbosity=verbosity,
+            ordered=ordered,
         ).setServiceParent(root)
     if mode in ("all", "interface"):
         InterfaceServer(reactor, channel_layer, server_config).setServiceParent(root)

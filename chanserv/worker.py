@@ -8,13 +8,20 @@ layer, where capacity turns it into back-pressure (a 503, a paused socket)
 instead of an unbounded queue in this process.  Each message then runs in a
 pool thread through :meth:`Worker.handle`: route, ``consumer_started``,
 consumer, ``consumer_finished``.
+
+Within this process the messages of one reply channel run one at a time, in
+their ``order`` (:class:`ReplyChannelLanes`; on unless
+``CHANSERV_ORDERED_REPLY_CHANNELS = False`` or ``--no-ordering``).
+:func:`~chanserv.sessions.enforce_ordering` extends that across processes.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -25,6 +32,7 @@ from chanserv.exceptions import (
     ChannelSocketException,
     ConsumeLater,
     DenyConnection,
+    RouteTimeout,
 )
 from chanserv.log import Logger
 from chanserv.message import Message, send_waiting
@@ -35,6 +43,8 @@ log = Logger()
 
 __all__ = [
     "DEFAULT_MESSAGE_RETRIES",
+    "ORDERING_SETTING",
+    "ReplyChannelLanes",
     "Worker",
     "filter_channels",
     "requeue_message",
@@ -43,6 +53,131 @@ __all__ = [
 
 #: How often ``ConsumeLater`` may requeue a message before it is dropped.
 DEFAULT_MESSAGE_RETRIES = 10
+
+#: The Django setting that turns per-reply-channel ordering off when False.
+ORDERING_SETTING = "CHANSERV_ORDERED_REPLY_CHANNELS"
+
+
+def _ordering_setting() -> bool:
+    """``settings.CHANSERV_ORDERED_REPLY_CHANNELS`` (True when unset or unconfigured)."""
+    from django.conf import settings
+
+    if not settings.configured:
+        return True
+    return bool(getattr(settings, ORDERING_SETTING, True))
+
+
+_Parked = tuple[int | None, str, dict[str, Any]]
+
+
+class ReplyChannelLanes:
+    """
+    The messages of each reply channel of this process, one at a time and in
+    ``order``.  Any thread: every method is a few dict operations under one
+    lock, which :class:`Worker` also holds while it takes messages off the
+    layer, so that no message is admitted before one taken earlier.
+
+    A reply channel with a message in flight has a *lane*.  A message that
+    finds its lane busy is parked there -- sorted by ``order``; one without an
+    ``order`` stays where it arrived and is not overtaken -- and runs right
+    after, on the thread that finishes the one in flight.  Nothing waits for a
+    gap: a message whose predecessor is not here runs when the lane is free.
+    A *late* message, whose ``order`` is below one already started (put back
+    by ``ConsumeLater``; or a last ``websocket.receive`` taken after the
+    ``websocket.disconnect``, which comes on another channel), runs at once
+    outside the lane: its successor already started, and
+    :func:`~chanserv.sessions.enforce_ordering`, if used, is waiting for it.  A lane is dropped when nothing is parked in
+    it, so an idle reply channel costs nothing.
+
+    :param max_parked: messages parked in all lanes together before the
+        worker stops taking more off the layer.
+    :param on_room: called, from the thread that started it, when a parked
+        message starts while the worker held a receive back (:attr:`starved`).
+    """
+
+    def __init__(self, max_parked: int, on_room: Callable[[], None]) -> None:
+        if max_parked < 1:
+            raise ValueError("max_parked must be at least 1, not %r" % (max_parked,))
+        self.lock = threading.Lock()
+        self.max_parked = max_parked
+        #: Messages parked in all lanes (read without the lock as a hint).
+        self.parked = 0
+        #: The worker took fewer messages than it had idle threads because of
+        #: parked ones; the next parked message to start calls ``on_room``.
+        self.starved = False
+        self._on_room = on_room
+        # Busy reply channel -> highest ``order`` started in its lane (or None).
+        self._started: dict[str, int | None] = {}
+        # Busy reply channel -> its parked messages; only while there are any.
+        self._queues: dict[str, deque[_Parked]] = {}
+
+    def __len__(self) -> int:
+        """Reply channels with a message in flight."""
+        return len(self._started)
+
+    def admit_locked(self, channel: str, content: dict[str, Any]) -> str | Literal[False] | None:
+        """
+        Admit a message just taken off ``channel``; the caller holds
+        :attr:`lock`.  Returns the reply channel whose lane the message now
+        holds (pass it to :meth:`release` once it ran), None when it runs
+        outside any lane (no reply channel, or late), or False when it was
+        parked: it is no longer the caller's to run.
+        """
+        reply = content.get("reply_channel")
+        if reply is None or reply.__class__ is not str:
+            return None
+        order = content.get("order")
+        if order.__class__ is not int:
+            order = None
+        started = self._started
+        if reply not in started:
+            started[reply] = order
+            return reply
+        top = started[reply]
+        if order is not None and top is not None and order < top:
+            return None
+        item = (order, channel, content)
+        queue = self._queues.get(reply)
+        if queue is None:
+            self._queues[reply] = deque((item,))
+        elif order is None or queue[-1][0] is None or queue[-1][0] <= order:
+            queue.append(item)
+        else:
+            # Arrived before an earlier order: insert after every parked
+            # message with a lower or equal order, or without one.
+            i = len(queue)
+            while i > 0:
+                before = queue[i - 1][0]
+                if before is None or before <= order:
+                    break
+                i -= 1
+            queue.insert(i, item)
+        self.parked += 1
+        return False
+
+    def release(self, reply: str) -> tuple[str, dict[str, Any]] | None:
+        """
+        The message holding ``reply``'s lane has run: return the next parked
+        one, ``(channel, content)``, which now holds the lane and is the
+        caller's to run, or None when the lane is dropped.  Any thread.
+        """
+        with self.lock:
+            queue = self._queues.get(reply)
+            if queue is None:
+                del self._started[reply]
+                return None
+            order, channel, content = queue.popleft()
+            if not queue:
+                del self._queues[reply]
+            if order is not None:
+                top = self._started[reply]
+                if top is None or order > top:
+                    self._started[reply] = order
+            self.parked -= 1
+            wake, self.starved = self.starved, False
+        if wake:
+            self._on_room()
+        return channel, content
 
 
 def filter_channels(
@@ -77,6 +212,13 @@ class Worker(Service):
     :param message_retries: how often ``ConsumeLater`` may requeue a message.
     :param graceful_timeout: seconds ``stopService`` waits for consumers in
         flight before giving up on them.
+    :param ordered: run the messages of one reply channel one at a time, in
+        ``order`` (:class:`ReplyChannelLanes`); None reads the
+        ``CHANSERV_ORDERED_REPLY_CHANNELS`` setting (default True).
+    :param max_parked: messages that may wait in lanes behind their reply
+        channel's message in flight; default: the largest capacity among
+        ``channels`` (at least the pool's size).  They count against what is
+        taken off the layer, so a backlog beyond that stays in the layer.
     """
 
     name = "worker"
@@ -93,6 +235,8 @@ class Worker(Service):
         message_retries: int = DEFAULT_MESSAGE_RETRIES,
         graceful_timeout: float = 30.0,
         verbosity: int = 1,
+        ordered: bool | None = None,
+        max_parked: int | None = None,
     ) -> None:
         self._reactor = reactor
         self.channel_layer = channel_layer
@@ -107,7 +251,33 @@ class Worker(Service):
         self._retry_call: Any = None
         self._drained: Deferred[None] | None = None
         self._pull_scheduled = False
+        self._pulling = False
+        self._pull_again = False
         self._batcher = batcher_for(reactor)
+        if ordered is None:
+            ordered = _ordering_setting()
+        self.ordered = ordered
+        #: The per-reply-channel lanes, or None when ordering is off.
+        self.lanes: ReplyChannelLanes | None = None
+        if ordered:
+            self.lanes = ReplyChannelLanes(
+                max_parked or self._default_max_parked(), self._room_for_more
+            )
+
+    def _default_max_parked(self) -> int:
+        # The layer's own bound on a backlog: as many messages as the largest
+        # of our channels may hold.  Far less lets one socket that sends in
+        # bursts -- a long run of its messages in a FIFO channel -- take the
+        # whole budget and hold the other sockets' messages back behind it.
+        capacity = 0
+        get_capacity = getattr(self.channel_layer, "get_capacity", None)
+        if get_capacity is not None:
+            for name in self.channels:
+                try:
+                    capacity = max(capacity, int(get_capacity(name)))
+                except Exception:
+                    log.failure("Reading the capacity of {channel} failed", channel=name)
+        return max(self.pool.size, capacity)
 
     # -- reactor thread ------------------------------------------------------
 
@@ -124,6 +294,22 @@ class Worker(Service):
         self._pull()
 
     def _pull(self) -> None:
+        # A layer that has messages answers at once, and _received pulls
+        # again: loop here rather than recurse, since parked messages leave
+        # the idle threads idle and so the pulls may go on for a while.
+        if self._pulling:
+            self._pull_again = True
+            return
+        self._pulling = True
+        try:
+            self._pull_again = True
+            while self._pull_again:
+                self._pull_again = False
+                self._pull_once()
+        finally:
+            self._pulling = False
+
+    def _pull_once(self) -> None:
         if not self.running or self._receiving is not None or not self.channels:
             return
         if self._retry_call is not None:
@@ -131,17 +317,50 @@ class Worker(Service):
         free = self.pool.idle
         if free <= 0:
             return
-        d = self.channel_layer.receive_many_twisted(self.channels, free)
-        self._receiving = d
+        lanes = self.lanes
+        if lanes is None:
+            d = self.channel_layer.receive_many_twisted(self.channels, free)
+            self._receiving = d
+        else:
+            with lanes.lock:
+                # Parked messages are taken, not yet run: only as many more
+                # as leave the parked total within its bound, so a flooding
+                # socket's backlog stays in the layer.
+                room = lanes.max_parked - lanes.parked
+                if room < free:
+                    lanes.starved = True
+                    if room <= 0:
+                        return
+                    free = room
+                # Set under the lock: pool threads take no message themselves
+                # while a batch may be between the layer and _received.
+                d = self.channel_layer.receive_many_twisted(self.channels, free)
+                self._receiving = d
         d.addCallbacks(self._received, self._receive_failed)
         d.addErrback(lambda f: log.failure("Worker dispatch failed", f))
 
     def _received(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        self._receiving = None
         self._failures = 0
-        for channel, content in batch:
-            self.pool.submit(self._consume, channel, content, on_done=self._done)
+        submit = self.pool.submit
+        lanes = self.lanes
+        if lanes is None:
+            self._receiving = None
+            for channel, content in batch:
+                submit(self._consume, channel, content, None, on_done=self._done)
+        else:
+            with lanes.lock:
+                self._receiving = None
+                admit = lanes.admit_locked
+                for channel, content in batch:
+                    lane = admit(channel, content)
+                    if lane is not False:
+                        submit(self._consume, channel, content, lane, on_done=self._done)
         self._pull()
+
+    def _room_for_more(self) -> None:
+        # A pool thread, from ReplyChannelLanes.release: a parked message
+        # started while a receive was held back for the parked ones.
+        self._batcher.call(self._pull)
 
     def _receive_failed(self, failure: Failure) -> None:
         self._receiving = None
@@ -218,25 +437,72 @@ class Worker(Service):
 
     # -- pool thread ---------------------------------------------------------
 
-    def _consume(self, channel: str, content: dict[str, Any]) -> None:
+    def _consume(self, channel: str, content: dict[str, Any], lane: str | None) -> None:
         """
-        Handle a message, then -- with a layer whose receive is only a lock
+        Handle a message, then the messages parked behind it in its reply
+        channel's ``lane`` (None: it holds none), then -- with a layer whose
+        receive is only a lock
         (:attr:`~chanserv.layers.base.BaseChannelLayer.cheap_receive`) --
         keep taking the next waiting message from this thread while there is
         one.  Under load a message then goes from the layer to a free thread
         without a round trip through the reactor; when the channels are
         empty the thread returns to the pool.  Runs in a pool thread.
         """
-        self.handle(channel, content)
+        lanes = self.lanes
         layer = self.channel_layer
-        if not getattr(layer, "cheap_receive", False):
-            return
-        channels = self.channels
-        while self.running:
-            next_channel, next_content = layer.receive(channels)
-            if next_channel is None:
+        receive = layer.receive if getattr(layer, "cheap_receive", False) else None
+        while True:
+            if lane is None:
+                self.handle(channel, content)
+            else:
+                try:
+                    self.handle(channel, content)
+                except BaseException:
+                    # handle() logs and swallows consumer errors; this only
+                    # keeps the lane moving should it ever fail itself.
+                    log.failure("Handling a message on {channel} failed", channel=channel)
+                following = lanes.release(lane)  # type: ignore[union-attr]
+                if following is not None:
+                    # Parked messages run even while stopping: they were
+                    # taken off the layer already.
+                    channel, content = following
+                    continue
+            if receive is None:
                 return
-            self.handle(next_channel, next_content)
+            taken = self._take_next(receive)
+            if taken is None:
+                return
+            channel, content, lane = taken
+
+    def _take_next(
+        self, receive: Callable[[Sequence[str]], Any]
+    ) -> tuple[str, dict[str, Any], str | None] | None:
+        """
+        The next message this pool thread runs itself, taken with the
+        layer's cheap ``receive`` and admitted to its lane, or None: the
+        worker is stopping, nothing is waiting, the parked messages are at
+        their bound, or the reactor is taking a batch (a message taken here
+        could otherwise be admitted before an earlier one of its reply
+        channel in that batch).
+        """
+        channels = self.channels
+        lanes = self.lanes
+        if lanes is None:
+            if not self.running:
+                return None
+            channel, content = receive(channels)
+            return None if channel is None else (channel, content, None)
+        while self.running and lanes.parked < lanes.max_parked:
+            with lanes.lock:
+                if self._receiving is not None:
+                    return None
+                channel, content = receive(channels)
+                if channel is None:
+                    return None
+                lane = lanes.admit_locked(channel, content)
+            if lane is not False:
+                return channel, content, lane
+        return None
 
     def handle(self, channel: str, content: dict[str, Any]) -> None:
         """
@@ -248,6 +514,10 @@ class Worker(Service):
         message = Message(content, channel, self.channel_layer)
         try:
             match = self.router.match(message)
+        except RouteTimeout as e:
+            # An application's pattern, not a bug here: no traceback.
+            log.error("{error}; {outcome}", error=e, outcome=e.answer(message))
+            return
         except Exception:
             log.failure("Routing a message on {channel} failed", channel=channel)
             return

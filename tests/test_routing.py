@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+import regex
 from django.test import override_settings
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
+from chanserv.asgi import ChannelLayerWrapper
+from chanserv.exceptions import RouteTimeout
+from chanserv.layers import InMemoryChannelLayer
 from chanserv.layers.base import BaseChannelLayer
 from chanserv.message import Message
 from chanserv.routing import (
+    DEFAULT_ROUTE_TIMEOUT,
     Include,
     Route,
     RouteClass,
@@ -21,7 +34,11 @@ from chanserv.routing import (
     null_consumer,
     route,
     route_class,
+    route_timeout,
+    split_literal,
 )
+from chanserv.threads import WorkerPool
+from chanserv.worker import Worker
 
 
 def msg(channel: str, layer: Any = None, **content: Any) -> Message:
@@ -119,8 +136,6 @@ def test_values_that_cannot_be_text_never_match() -> None:
 
 
 def test_bytes_and_compiled_patterns_are_accepted() -> None:
-    import re
-
     r = route("x", consumer_a, path=b"^/(?P<n>\\d)", method=re.compile("^GET$"))
     assert r.match(msg("x", path="/1", method="GET")) == (consumer_a, {"n": "1"})
 
@@ -541,3 +556,384 @@ def test_route_and_router_types() -> None:
     assert isinstance(include([]), Include)
     assert Router([]).channels == set()
     assert Router([]).match(msg("x")) is None
+
+
+# -- time limits (CHANSERV_ROUTE_TIMEOUT) ----------------------------------------
+
+#: Catastrophic backtracking for ``re`` and ``regex`` alike: every ``a`` can be
+#: either branch, and the ``!`` makes every one of the 2**40 ways fail.
+SLOW_PATTERN = r"^/r/(?:a|a)+$"
+SLOW_PATH = "/r/" + "a" * 40 + "!"
+
+
+def test_catastrophic_pattern_times_out_within_the_limit() -> None:
+    router = Router([route("websocket.connect", consumer_a, path=SLOW_PATTERN)], timeout=0.2)
+    started, cpu_started = time.monotonic(), time.process_time()
+    with pytest.raises(RouteTimeout) as info:
+        router.match(msg("websocket.connect", path=SLOW_PATH))
+    # regex counts the process's CPU time; the wall clock only loosely, as
+    # a busy machine may lend this process less than a core.
+    assert 0.15 <= time.process_time() - cpu_started < 0.3
+    assert time.monotonic() - started < 1.0
+    e = info.value
+    assert (e.channel, e.key, e.pattern, e.timeout) == (
+        "websocket.connect",
+        "path",
+        SLOW_PATTERN,
+        0.2,
+    )
+    assert "consumer_a" in e.route
+    text = str(e)
+    for part in ("websocket.connect", "0.2s", "CHANSERV_ROUTE_TIMEOUT", SLOW_PATTERN, "consumer_a"):
+        assert part in text
+    # The router is fine afterwards, and so is a path that does not backtrack.
+    assert router.match(msg("websocket.connect", path="/r/aaa")) == (consumer_a, {})
+    assert router.match(msg("websocket.connect", path="/r/b" + "a" * 40)) is None
+
+
+def test_the_reported_pattern_no_longer_backtracks() -> None:
+    # ``re`` takes seconds on this; ``regex`` fails it at once.
+    router = Router([route("websocket.connect", consumer_a, path=r"^/r/(?:a+)+$")], timeout=0.5)
+    started = time.monotonic()
+    assert router.match(msg("websocket.connect", path="/r/" + "a" * 28 + "!")) is None
+    assert time.monotonic() - started < 0.25
+    assert router.match(msg("websocket.connect", path="/r/" + "a" * 28)) == (consumer_a, {})
+
+
+def test_the_filters_of_one_message_share_one_budget() -> None:
+    class Slow:
+        """A routable that spends most of the budget and matches nothing."""
+
+        def match(self, message: Any) -> Any:
+            time.sleep(0.25)
+            return None
+
+        def channel_names(self) -> set[str]:
+            return {"x"}
+
+    cheap = route("x", consumer_a, path=r"^/(?P<page>\d+)")
+    router = Router([Slow(), cheap], timeout=0.2)
+    with pytest.raises(RouteTimeout) as info:
+        router.match(msg("x", path="/1"))
+    assert info.value.pattern == r"^/(?P<page>\d+)"
+    # A message that the cheap route takes first costs nothing.
+    assert Router([cheap, Slow()], timeout=0.2).match(msg("x", path="/1")) == (
+        consumer_a,
+        {"page": "1"},
+    )
+    # A filter that is only text is compared as a string, with no budget.
+    assert Router([Slow(), route("x", consumer_a, path=r"^/a$")], timeout=0.2).match(
+        msg("x", path="/a")
+    ) == (consumer_a, {})
+
+
+def test_include_prefix_times_out_naming_the_include() -> None:
+    router = Router([include([route("x", consumer_a)], path=SLOW_PATTERN)], timeout=0.1)
+    with pytest.raises(RouteTimeout) as info:
+        router.match(msg("x", path=SLOW_PATH))
+    assert info.value.route.startswith("include(")
+    assert info.value.pattern == SLOW_PATTERN
+
+
+@override_settings(CHANSERV_ROUTE_TIMEOUT=0.1)
+def test_timeout_setting_applies_to_routers_and_to_routes_alone() -> None:
+    assert route_timeout() == 0.1
+    assert Router([]).timeout == 0.1
+    r = route("x", consumer_a, path=SLOW_PATTERN)
+    cpu_started = time.process_time()
+    with pytest.raises(RouteTimeout) as info:
+        r.match(msg("x", path=SLOW_PATH))
+    assert time.process_time() - cpu_started < 0.2
+    assert info.value.timeout == 0.1
+
+
+def test_timeout_defaults_and_validation() -> None:
+    assert DEFAULT_ROUTE_TIMEOUT == 0.5
+    assert route_timeout() == DEFAULT_ROUTE_TIMEOUT
+    assert Router([]).timeout == DEFAULT_ROUTE_TIMEOUT
+    assert Router([], timeout=2).timeout == 2.0
+    for bad in (0, -1, float("inf"), float("nan"), "1", True, None):
+        with override_settings(CHANSERV_ROUTE_TIMEOUT=bad):
+            with pytest.raises(ValueError, match="CHANSERV_ROUTE_TIMEOUT"):
+                route_timeout()
+    with pytest.raises(ValueError, match="timeout"):
+        Router([], timeout=0)
+
+
+# -- regex behaves as re ------------------------------------------------------------
+
+#: Filters as users write them (the tutorial's, the Channels 1.x docs', and
+#: the usual URL shapes).
+USUAL_PATTERNS = [
+    r"^/chat/(?P<room>[^/]+)/$",
+    r"^/poll/(?P<poll_id>\d+)/$",
+    r"^/(?P<room_name>[a-zA-Z0-9_]+)/$",
+    r"^/chat",
+    r"^POST$",
+    r"^(?:GET|HEAD)$",
+    r"/a",
+    r"^/(?P<page>\d+)?",
+    r"^/(?P<name>\w+)(?P<section>/s)?",
+    r"(?i)^/CHAT/(?P<x>\w*)",
+    r"^/files/(?P<path>.*)$",
+    r"^/(?P<y>\d{4})/(?P<m>\d{1,2})/$",
+    r"^/(?:a|b)+/$",
+    r"^/u/(?P<user>[\w.@+-]+)/$",
+    r"^/x\Z",
+    r"^/x$",
+    r"^/(?P<a>[^/]*)/(?P=a)/$",
+    r"^/(?P<slug>[-\w]+)/(?P<pk>[0-9a-f-]{4,})/?$",
+    # Shapes the literal-start shortcut must get right.
+    r"^/chat/|^/a",
+    r"^/ab*/",
+    r"^/ab+?",
+    r"^/x{2}",
+    r"^/x{,2}/",
+    r"^/a?b",
+    r"^/a.b$",
+    r"^/é+",
+    r"^/chat/ #x",
+    r"^^/a",
+    r"",
+    r"^$",
+    r"^/chat/$",
+    r"^/x/\Z",
+    r"^/r/(?:a|a)+$",
+    r"^/(?:x|y)/(?P<n>\d)|^/z",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pattern=st.sampled_from(USUAL_PATTERNS),
+    prefix=st.sampled_from(["", "/", "/chat/", "/poll/", "/u/", "/files/", "/2024/", "/x"]),
+    rest=st.text(alphabet="/abAB09_-.@éΩ\n ", max_size=16),
+)
+def test_filters_match_exactly_as_re(pattern: str, prefix: str, rest: str) -> None:
+    value = prefix + rest
+    expected = re.compile(pattern).match(value)
+    got = route("x", consumer_a, path=pattern).match(msg("x", path=value))
+    if expected is None:
+        assert got is None
+    else:
+        assert got == (consumer_a, expected.groupdict())
+        # What an include chops off is the same as well.
+        inner = Spy()
+        assert include([inner], path=pattern).match(msg("x", path=value)) is not None
+        assert inner.seen == [value[expected.end() :]]
+
+
+@pytest.mark.parametrize(
+    "pattern, flags, literal, tail",
+    [
+        (r"^/chat/(?P<room>[^/]+)/$", 0, "/chat/", None),
+        (r"/poll/(?P<id>\d+)", 0, "/poll/", None),
+        (r"^/chat", 0, "/chat", ""),
+        (r"^POST$", 0, "POST", "$"),
+        (r"^/a\Z", 0, "/a", "\\Z"),
+        (r"^/a$", re.MULTILINE, "/a", None),
+        (r"^/a\\Z", 0, "/a", None),
+        (r"^/ab*", 0, "/a", None),
+        (r"^/ab{2}", 0, "/a", None),
+        (r"^/ab?$", 0, "/a", None),
+        (r"^/a\.b", 0, "/a", None),
+        (r"^/a|^/b", 0, "", None),
+        (r"^/(?:a|b)", 0, "/", None),
+        (r"^/(?:a|b)|c", 0, "", None),
+        (r"^/(?:a|\d)", 0, "", None),  # not parsed: assumed to alternate
+        (r"^/(?#x(|)y", 0, "", None),
+        (r"^/chat", re.IGNORECASE, "", None),
+        (r"^/chat", re.VERBOSE, "", None),
+        (r"(?i)^/chat", 0, "", None),
+        (r"^/a.b", re.DOTALL | re.MULTILINE, "/a", None),
+        (r"^a*", 0, "", None),
+        (r"^$", 0, "", "$"),
+        (r"", 0, "", ""),
+    ],
+)
+def test_split_literal(pattern: str, flags: int, literal: str, tail: str | None) -> None:
+    assert split_literal(pattern, flags) == (literal, tail)
+    f = route("x", consumer_a, path=re.compile(pattern, flags)).filters[0]
+    assert (f.literal, f.tail) == (literal, tail)
+
+
+class Spy:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def match(self, message: Any) -> Any:
+        self.seen.append(message.content["path"])
+        return consumer_a, {}
+
+    def channel_names(self) -> set[str]:
+        return {"x"}
+
+
+def test_compiled_re_patterns_are_converted_with_their_flags(capsys: Any) -> None:
+    # re.IGNORECASE and re.VERBOSE carry over.
+    r = route("x", consumer_a, path=re.compile(r"^/CHAT/ (?P<room>\w+)  # the room", re.I | re.X))
+    assert r.match(msg("x", path="/chat/Lobby")) == (consumer_a, {"room": "Lobby"})
+    # re.ASCII is regex.VERSION1 by value: carried over by name.
+    r = route("x", consumer_a, path=re.compile(r"^/(?P<w>\w+)$", re.ASCII))
+    assert r.match(msg("x", path="/é")) is None
+    assert r.match(msg("x", path="/e")) == (consumer_a, {"w": "e"})
+    # re.DEBUG is regex.ASCII by value: dropped, it changes no match.
+    r = route("x", consumer_a, path=re.compile(r"^/(?P<w>\w+)$", re.DEBUG))
+    capsys.readouterr()
+    assert r.match(msg("x", path="/é")) == (consumer_a, {"w": "é"})
+    # re.MULTILINE and re.DOTALL too.
+    r = route("x", consumer_a, path=re.compile(r"^/a.b$", re.S | re.M))
+    assert r.match(msg("x", path="/a\nb\nc")) == (consumer_a, {})
+    # And the time limit applies to them.
+    r = route("x", consumer_a, path=re.compile(SLOW_PATTERN))
+    assert isinstance(r.filters[0].regex, regex.Pattern)
+    with pytest.raises(RouteTimeout):
+        Router([r], timeout=0.1).match(msg("x", path=SLOW_PATH))
+    # In an include as well.
+    inc = include([route("x", consumer_a, path=r"^/(?P<n>\d+)$")], path=re.compile(r"^/ONE", re.I))
+    assert inc.match(msg("x", path="/one/1")) == (consumer_a, {"n": "1"})
+
+
+def test_compiled_regex_patterns_are_used_as_they_are() -> None:
+    compiled = regex.compile(r"^/(?P<word>\p{L}+)/$")
+    r = route("x", consumer_a, path=compiled)
+    assert r.filters[0].regex is compiled
+    assert r.match(msg("x", path="/été/")) == (consumer_a, {"word": "été"})
+    with pytest.raises(ValueError, match="unnamed"):
+        route("x", consumer_a, path=regex.compile(r"^/(\d+)"))
+    with pytest.raises(TypeError, match="str pattern"):
+        route("x", consumer_a, path=regex.compile(rb"^/"))
+    with pytest.raises(TypeError, match="str pattern"):
+        route("x", consumer_a, path=re.compile(rb"^/"))
+
+
+def test_re_syntax_and_errors_stay_re_s() -> None:
+    # regex would accept these; route filters keep re's syntax.
+    with pytest.raises(ValueError, match="invalid"):
+        route("x", consumer_a, path=r"^/(?<name>\w+)")
+    with pytest.raises(ValueError, match="invalid"):
+        route("x", consumer_a, path=r"^/\p{L}")
+
+
+# -- the GIL -------------------------------------------------------------------------
+
+
+def worst_gap_while(work: Callable[[], Any]) -> tuple[float, float]:
+    """
+    Run ``work()`` while another Python thread spins reading the clock:
+    ``(seconds work took, longest the other thread went without running)``.
+    A call that holds the GIL stalls the other thread for all of its time.
+    """
+    stop = threading.Event()
+    gaps: list[float] = []
+
+    def spin() -> None:
+        last = time.perf_counter()
+        worst = 0.0
+        while not stop.is_set():
+            now = time.perf_counter()
+            worst = max(worst, now - last)
+            last = now
+        gaps.append(worst)
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    time.sleep(0.02)
+    started = time.perf_counter()
+    try:
+        work()
+    finally:
+        elapsed = time.perf_counter() - started
+        stop.set()
+        spinner.join()
+    return elapsed, gaps[0]
+
+
+def test_a_slow_match_releases_the_gil() -> None:
+    # One CPU second: on two free cores the spinning thread's CPU time
+    # counts too, and the match stops after half a second.
+    router = Router([route("http.request", consumer_a, path=SLOW_PATTERN)], timeout=1.0)
+
+    def slow_match() -> None:
+        with pytest.raises(RouteTimeout):
+            router.match(msg("http.request", path=SLOW_PATH))
+
+    elapsed, gap = worst_gap_while(slow_match)
+    assert elapsed >= 0.3
+    # The reactor thread would have gone without the GIL for at most this
+    # long; with re it is the whole match (see the next test).
+    assert gap < min(0.2, elapsed / 3), "another thread waited %.3fs of %.3fs" % (gap, elapsed)
+
+
+def test_the_gil_probe_sees_re_hold_the_gil() -> None:
+    # The control for the test above: re holds the GIL for all of a slow match.
+    pattern = re.compile(r"^/r/(?:a+)+$")
+
+    def slow_match() -> None:
+        n = 16
+        while True:
+            started = time.perf_counter()
+            assert pattern.match("/r/" + "a" * n + "!") is None
+            if time.perf_counter() - started > 0.2:
+                return
+            n += 1
+
+    _, gap = worst_gap_while(slow_match)
+    assert gap > 0.2
+
+
+# -- what the worker answers -----------------------------------------------------
+
+
+def timing_out_worker(channel: str) -> tuple[Worker, InMemoryChannelLayer]:
+    """A worker whose routing times out on ``SLOW_PATH``, driven by hand."""
+    layer = InMemoryChannelLayer()
+    routing = [route(channel, consumer_a, path=SLOW_PATTERN)]
+    wrapper = ChannelLayerWrapper(layer, "default", routing, Router(routing, timeout=0.1))
+    reactor = MemoryReactorClock()
+    return Worker(reactor, wrapper, WorkerPool(reactor, 1)), layer
+
+
+@pytest.mark.parametrize(
+    "channel, answer, outcome",
+    [
+        (
+            "http.request",
+            {
+                "status": 500,
+                "headers": [[b"content-type", b"text/plain; charset=utf-8"]],
+                "content": b"500 Internal Server Error\n",
+                "more_content": False,
+            },
+            "answered 500",
+        ),
+        ("websocket.connect", {"close": True}, "handshake refused (403)"),
+        ("websocket.receive", {"close": 1011}, "socket closed with 1011"),
+        ("websocket.disconnect", None, "message dropped"),
+        ("app.task", None, "message dropped"),
+    ],
+)
+def test_worker_answers_a_route_timeout(
+    channel: str, answer: dict[str, Any] | None, outcome: str
+) -> None:
+    worker, layer = timing_out_worker(channel)
+    with capturedLogs() as events:
+        worker.handle(channel, {"reply_channel": "srv.response!x", "path": SLOW_PATH})
+    received = layer.receive(["srv.response!"])
+    assert received == ((None, None) if answer is None else ("srv.response!x", answer))
+    [event] = [e for e in events if e.get("log_level") == LogLevel.error]
+    text = formatEvent(event)
+    for part in (channel, "path=%r" % SLOW_PATTERN, "consumer_a", "0.1s", outcome):
+        assert part in text
+    assert "log_failure" not in event  # no traceback: the pattern is at fault
+
+
+def test_a_route_timeout_answer_that_cannot_be_sent_is_logged() -> None:
+    worker, _ = timing_out_worker("http.request")
+    with capturedLogs() as events:
+        # A reply channel that is not a valid channel name: sending fails.
+        worker.handle("http.request", {"reply_channel": "bad name!", "path": SLOW_PATH})
+        worker.handle("http.request", {"path": SLOW_PATH})
+    texts = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+    assert "the answer could not be sent" in texts[0]
+    assert "no reply channel" in texts[1]

@@ -6,11 +6,12 @@ reactor running in a background thread (tests.support.reactor_thread).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from django.db import connections
+from django.test import override_settings
 from twisted.python import threadable
 
 from chanserv.asgi import ChannelLayerWrapper, channel_layers
@@ -21,7 +22,7 @@ from chanserv.routing import route
 from chanserv.service import ChanservService, LayerService
 from chanserv.signals import consumer_finished, consumer_started
 from chanserv.threads import WorkerPool
-from chanserv.worker import Worker, filter_channels
+from chanserv.worker import ReplyChannelLanes, Worker, filter_channels
 from tests.support import in_reactor, reactor_thread
 
 TIMEOUT = 10
@@ -45,6 +46,12 @@ class Recorder:
         assert ok, "only %d of %d calls arrived: %r" % (len(self.calls), n, self.calls)
         return list(self.calls)
 
+    def wait_until(self, predicate: Callable[[list[Any]], bool]) -> list[Any]:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: predicate(self.calls), timeout=TIMEOUT)
+        assert ok, "the calls never matched: %r" % (self.calls,)
+        return list(self.calls)
+
 
 @pytest.fixture
 def runtime() -> Iterator[Any]:
@@ -53,8 +60,12 @@ def runtime() -> Iterator[Any]:
     started: list[ChanservService] = []
     previous: list[Any] = []
 
-    def start(routing: list[Any], threads: int = 2, **worker_kw: Any) -> ChannelLayerWrapper:
-        layer = InMemoryChannelLayer()
+    workers: list[Worker] = []
+
+    def start(
+        routing: list[Any], threads: int = 2, capacity: int = 100, **worker_kw: Any
+    ) -> ChannelLayerWrapper:
+        layer = InMemoryChannelLayer(capacity=capacity)
         wrapper = ChannelLayerWrapper(layer, "default", routing)
         # Channel("...") and Group("...") resolve the "default" alias.
         previous.append(channel_layers.set("default", wrapper))
@@ -62,11 +73,15 @@ def runtime() -> Iterator[Any]:
         LayerService(reactor, wrapper).setServiceParent(root)
         pool = WorkerPool(reactor, threads)
         pool.setServiceParent(root)
-        Worker(reactor, wrapper, pool, **worker_kw).setServiceParent(root)
+        worker = Worker(reactor, wrapper, pool, **worker_kw)
+        worker.setServiceParent(root)
+        workers.append(worker)
         in_reactor(root.startService)
         started.append(root)
         return wrapper
 
+    # The Worker of the last start(), for the tests that look into it.
+    start.workers = workers  # type: ignore[attr-defined]
     yield start
     for root in started:
         in_reactor(root.stopService)
@@ -377,3 +392,327 @@ def test_free_thread_takes_the_next_message_without_the_reactor(runtime: Any) ->
         assert rec.wait_for(6) == [0, 1, 2, 3, 4, 5]
     finally:
         release_reactor.set()
+
+
+# -- one reply channel at a time, in order --------------------------------------
+
+
+def test_lanes_park_sort_release_and_forget() -> None:
+    woken: list[int] = []
+    lanes = ReplyChannelLanes(max_parked=10, on_room=lambda: woken.append(1))
+
+    def admit(reply: str | None, order: Any = None, channel: str = "websocket.receive") -> Any:
+        content: dict[str, Any] = {"n": (reply, order)}
+        if reply is not None:
+            content["reply_channel"] = reply
+        if order is not None:
+            content["order"] = order
+        with lanes.lock:
+            return lanes.admit_locked(channel, content)
+
+    assert admit(None) is None  # no reply channel: no lane
+    assert admit("r!a", 1) == "r!a"  # free: it holds the lane now
+    assert admit("r!b") == "r!b"
+    # Busy: parked, sorted by order; one without an order stays where it
+    # arrived, and no later message overtakes it.
+    assert admit("r!a", 4) is False
+    assert admit("r!a", 2) is False
+    assert admit("r!a", 3) is False
+    assert admit("r!a", "x") is False  # not an int: no order
+    assert admit("r!a", 6) is False
+    assert admit("r!a", 5) is False
+    assert lanes.parked == 6
+    assert len(lanes) == 2
+
+    def drain(reply: str) -> list[Any]:
+        ran = []
+        while (following := lanes.release(reply)) is not None:
+            ran.append(following[1]["n"][1])
+        return ran
+
+    assert drain("r!a") == [2, 3, 4, "x", 5, 6]
+    # Late: an order below one already started runs at once, outside the lane.
+    assert admit("r!b", 5) is False
+    assert lanes.release("r!b") is not None  # order 5 starts
+    assert admit("r!b", 4) is None
+    assert lanes.release("r!b") is None
+    assert len(lanes) == 0 and lanes.parked == 0 and lanes._queues == {}
+    assert woken == []
+    # A receive held back for the parked messages is resumed by the next start.
+    assert admit("r!c", 1) == "r!c"
+    assert admit("r!c", 2) is False
+    lanes.starved = True
+    assert lanes.release("r!c") is not None
+    assert woken == [1] and lanes.starved is False
+    assert lanes.release("r!c") is None
+    assert len(lanes) == 0
+
+
+class GatedConsumer:
+    """
+    A consumer recording ``("begin"|"end", reply_channel, order, thread)``;
+    a message whose ``(reply_channel, order)`` has a gate waits for it.
+    Counts two messages of one reply channel running at once.
+    """
+
+    def __init__(self) -> None:
+        self.rec = Recorder()
+        self.gates: dict[tuple[str, Any], threading.Event] = {}
+        self.overlaps = 0
+        self._active: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def gate(self, reply: str, order: Any) -> threading.Event:
+        event = self.gates[(reply, order)] = threading.Event()
+        return event
+
+    def __call__(self, message: Any) -> None:
+        reply = message["reply_channel"]
+        order = message.get("order")
+        with self._lock:
+            self._active[reply] = self._active.get(reply, 0) + 1
+            if self._active[reply] > 1:
+                self.overlaps += 1
+        thread = threading.current_thread().name
+        self.rec.add(("begin", reply, order, thread))
+        gate = self.gates.get((reply, order))
+        if gate is not None:
+            assert gate.wait(TIMEOUT)
+        with self._lock:
+            self._active[reply] -= 1
+        self.rec.add(("end", reply, order, thread))
+
+    def ran(self, reply: str) -> list[tuple[str, Any]]:
+        return [(kind, order) for kind, r, order, _ in self.rec.calls if r == reply]
+
+    def ended(self, reply: str, order: Any) -> Callable[[list[Any]], bool]:
+        return lambda calls: any(c[:3] == ("end", reply, order) for c in calls)
+
+
+def receive(layer: Any, reply: str, order: int | None) -> None:
+    content: dict[str, Any] = {"reply_channel": reply, "path": "/", "text": "x"}
+    if order is not None:
+        content["order"] = order
+    layer.send("websocket.receive", content)
+
+
+def stop_and_check_lanes(worker: Worker) -> None:
+    """Stop the worker (it waits for every consumer): no lane is left."""
+    in_reactor(worker.stopService)
+    lanes = worker.lanes
+    assert lanes is not None
+    assert len(lanes) == 0 and lanes.parked == 0 and lanes._queues == {}
+
+
+def test_one_reply_channel_runs_one_message_at_a_time_in_order(runtime: Any) -> None:
+    consumer = GatedConsumer()
+    layer = runtime([route("websocket.receive", consumer)], threads=4)
+    worker = runtime.workers[-1]
+    release = consumer.gate("r!a", 1)
+    for order in (1, 2, 3):
+        receive(layer, "r!a", order)
+    receive(layer, "r!b", 1)
+    # b runs meanwhile on another thread; a's next messages, taken off the
+    # layer before b, wait parked behind a's first.
+    consumer.rec.wait_until(consumer.ended("r!b", 1))
+    assert consumer.ran("r!a") == [("begin", 1)]
+    assert worker.lanes.parked == 2
+    release.set()
+    consumer.rec.wait_until(consumer.ended("r!a", 3))
+    assert consumer.ran("r!a") == [
+        ("begin", 1),
+        ("end", 1),
+        ("begin", 2),
+        ("end", 2),
+        ("begin", 3),
+        ("end", 3),
+    ]
+    assert consumer.overlaps == 0
+    # They ran right after one another, on the thread that finished the first.
+    assert len({c[3] for c in consumer.rec.calls if c[1] == "r!a"}) == 1
+    stop_and_check_lanes(worker)
+
+
+def test_parked_messages_run_sorted_by_order(runtime: Any) -> None:
+    consumer = GatedConsumer()
+    layer = runtime([route("websocket.receive", consumer)], threads=4)
+    release = consumer.gate("r!a", 1)
+    for order in (1, 4, 3, 2):
+        receive(layer, "r!a", order)
+    receive(layer, "r!b", 1)
+    consumer.rec.wait_until(consumer.ended("r!b", 1))
+    release.set()
+    consumer.rec.wait_until(consumer.ended("r!a", 4))
+    assert [o for kind, o in consumer.ran("r!a") if kind == "begin"] == [1, 2, 3, 4]
+    assert consumer.overlaps == 0
+    stop_and_check_lanes(runtime.workers[-1])
+
+
+def test_late_message_runs_at_once(runtime: Any) -> None:
+    # Order 1 taken after order 2 started (ConsumeLater put it back, say):
+    # waiting behind 2 would only deadlock enforce_ordering, which waits for 1.
+    consumer = GatedConsumer()
+    layer = runtime([route("websocket.receive", consumer)], threads=2)
+    release = consumer.gate("r!a", 2)
+    receive(layer, "r!a", 2)
+    consumer.rec.wait_until(lambda calls: len(calls) == 1)
+    receive(layer, "r!a", 1)
+    consumer.rec.wait_until(consumer.ended("r!a", 1))
+    assert consumer.ran("r!a") == [("begin", 2), ("begin", 1), ("end", 1)]
+    release.set()
+    consumer.rec.wait_until(consumer.ended("r!a", 2))
+    stop_and_check_lanes(runtime.workers[-1])
+
+
+def test_a_thread_taking_its_next_message_parks_it_too(runtime: Any) -> None:
+    # With the in-memory layer a thread that finished takes the next message
+    # itself; one for a busy reply channel is parked, and it takes another.
+    consumer = GatedConsumer()
+    layer = runtime([route("websocket.receive", consumer)], threads=2)
+    worker = runtime.workers[-1]
+    release_a = consumer.gate("r!a", 1)
+    release_c = consumer.gate("r!c", 1)
+    receive(layer, "r!a", 1)
+    receive(layer, "r!c", 1)
+    consumer.rec.wait_until(lambda calls: len(calls) == 2)
+    # Both threads busy: nothing more is taken by the reactor.
+    receive(layer, "r!a", 2)
+    receive(layer, "r!d", 1)
+    release_c.set()
+    consumer.rec.wait_until(consumer.ended("r!d", 1))
+    assert consumer.ran("r!a") == [("begin", 1)]
+    assert worker.lanes.parked == 1
+    release_a.set()
+    consumer.rec.wait_until(consumer.ended("r!a", 2))
+    assert consumer.ran("r!a") == [("begin", 1), ("end", 1), ("begin", 2), ("end", 2)]
+    stop_and_check_lanes(worker)
+
+
+def test_parked_messages_count_against_what_is_taken(runtime: Any) -> None:
+    consumer = GatedConsumer()
+    layer = runtime([route("websocket.receive", consumer)], threads=2, max_parked=2)
+    worker = runtime.workers[-1]
+    release = consumer.gate("r!a", 1)
+    receive(layer, "r!a", 1)
+    consumer.rec.wait_until(lambda calls: len(calls) == 1)
+    for order in range(2, 12):
+        receive(layer, "r!a", order)
+
+    def state() -> tuple[int, int]:
+        pending = layer.channel_statistics("websocket.receive")["messages_pending"]
+        return worker.lanes.parked, pending
+
+    # One thread is idle, but a flooding socket does not move its backlog
+    # into memory: at most max_parked wait here, the rest in the layer.
+    assert in_reactor(state) == (2, 8)
+    release.set()
+    consumer.rec.wait_until(consumer.ended("r!a", 11))
+    assert [o for kind, o in consumer.ran("r!a") if kind == "begin"] == list(range(1, 12))
+    assert consumer.overlaps == 0
+    stop_and_check_lanes(worker)
+
+
+def test_many_sockets_in_order_and_nothing_left_behind(runtime: Any) -> None:
+    consumer = GatedConsumer()
+    layer = runtime([route("websocket.receive", consumer)], threads=4)
+    # 90 messages: within the channel's capacity (100).
+    sockets = ["r!s%d" % i for i in range(30)]
+    for order in range(1, 4):
+        for reply in sockets:
+            receive(layer, reply, order)
+    consumer.rec.wait_for(2 * 3 * len(sockets))
+    for reply in sockets:
+        assert [o for kind, o in consumer.ran(reply) if kind == "begin"] == [1, 2, 3]
+    assert consumer.overlaps == 0
+    stop_and_check_lanes(runtime.workers[-1])
+
+
+def test_consume_later_does_not_stall_the_lane(runtime: Any) -> None:
+    rec = Recorder()
+
+    def consumer(message: Any) -> None:
+        rec.add((message["order"], message.get("__retries__", 0)))
+        if message["order"] == 1 and not message.get("__retries__"):
+            raise ConsumeLater()
+
+    layer = runtime([route("websocket.receive", consumer)], threads=2)
+    receive(layer, "r!a", 1)
+    receive(layer, "r!a", 2)
+    assert sorted(rec.wait_for(3)) == [(1, 0), (1, 1), (2, 0)]
+    stop_and_check_lanes(runtime.workers[-1])
+
+
+def test_messages_without_reply_channel_run_concurrently(runtime: Any) -> None:
+    both = threading.Barrier(2, timeout=TIMEOUT)
+    rec = Recorder()
+
+    def consumer(message: Any) -> None:
+        both.wait()  # BrokenBarrierError unless the other one runs meanwhile
+        rec.add(message["n"])
+
+    layer = runtime([route("test.plain", consumer)], threads=2)
+    layer.send("test.plain", {"n": 1})
+    layer.send("test.plain", {"n": 2})
+    assert sorted(rec.wait_for(2)) == [1, 2]
+
+
+@pytest.mark.parametrize("how", ["argument", "setting"])
+def test_ordering_off_runs_one_reply_channel_concurrently(runtime: Any, how: str) -> None:
+    both = threading.Barrier(2, timeout=TIMEOUT)
+    rec = Recorder()
+
+    def consumer(message: Any) -> None:
+        both.wait()
+        rec.add(message["order"])
+
+    routes = [route("websocket.receive", consumer)]
+    if how == "argument":
+        layer = runtime(routes, threads=2, ordered=False)
+    else:
+        with override_settings(CHANSERV_ORDERED_REPLY_CHANNELS=False):
+            layer = runtime(routes, threads=2)
+    assert runtime.workers[-1].lanes is None
+    receive(layer, "r!a", 1)
+    receive(layer, "r!a", 2)
+    assert sorted(rec.wait_for(2)) == [1, 2]
+
+
+def test_ordering_is_on_by_default(runtime: Any) -> None:
+    runtime([route("websocket.receive", lambda m: None)])
+    worker = runtime.workers[-1]
+    assert worker.ordered is True and worker.lanes is not None
+    # As many parked messages as the channel may hold in the layer.
+    assert worker.lanes.max_parked == 100
+
+
+def test_a_long_run_of_parked_messages_is_taken_without_recursing(runtime: Any) -> None:
+    # While the reactor is busy, 1,500 messages of one socket pile up in the
+    # layer.  Each one taken is parked, leaving the idle thread idle, so the
+    # worker takes the next at once: in a loop, not one call deeper each time.
+    reactor = reactor_thread()
+    consumer = GatedConsumer()
+    layer = runtime([route("websocket.receive", consumer)], threads=2, capacity=2000)
+    worker = runtime.workers[-1]
+    assert worker.lanes.max_parked == 2000  # the channel's capacity
+    release = consumer.gate("r!a", 1)
+    receive(layer, "r!a", 1)
+    consumer.rec.wait_until(lambda calls: len(calls) == 1)
+    reactor_blocked = threading.Event()
+    release_reactor = threading.Event()
+
+    def block() -> None:
+        reactor_blocked.set()
+        release_reactor.wait(TIMEOUT)
+
+    reactor.callFromThread(block)
+    assert reactor_blocked.wait(TIMEOUT)
+    try:
+        for order in range(2, 1502):
+            receive(layer, "r!a", order)
+    finally:
+        release_reactor.set()
+    assert in_reactor(lambda: worker.lanes.parked) == 1500
+    release.set()
+    consumer.rec.wait_until(consumer.ended("r!a", 1501))
+    assert [o for kind, o in consumer.ran("r!a") if kind == "begin"] == list(range(1, 1502))
+    stop_and_check_lanes(worker)

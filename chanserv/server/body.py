@@ -8,7 +8,9 @@ sends the rest there as ASGI 1.0 Request Body Chunks -- ``{"content",
 send at a time so chunks stay in order on any layer.  While the channel is
 full the connection is not read (its transport is paused, so TCP slows the
 client) until the layer says there is room again: a slow consumer slows the
-upload instead of filling memory.
+upload instead of filling memory.  Given a clock, the streamer also adds up
+how long it kept the connection paused, so that time is not held against
+the client by the request's deadline (:meth:`BodyStreamer.paused_seconds`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class BodyStreamer:
     :param started: send as soon as there is something to send; if False,
         only buffer until :meth:`start` (the request itself is not on the
         layer yet).
+    :param clock: an ``IReactorTime`` (``seconds()``) to time the pauses
+        with, or None not to time them.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class BodyStreamer:
         producer: Any,
         on_error: Any = None,
         started: bool = True,
+        clock: Any = None,
     ) -> None:
         self._layer = layer
         self.channel = channel
@@ -65,6 +70,9 @@ class BodyStreamer:
         self._pumping = False
         self._room: Deferred[None] | None = None
         self._paused = False
+        self._clock = clock
+        self._paused_at = 0.0  # when the current pause began
+        self._paused_total = 0.0  # seconds of the pauses that ended
         self._started = started
         #: True while the channel is full and the streamer waits for room.
         self.blocked = False
@@ -73,6 +81,22 @@ class BodyStreamer:
         """Begin sending (see ``started``)."""
         self._started = True
         self._pump()
+
+    @property
+    def paused(self) -> bool:
+        """True while the streamer keeps the connection from being read."""
+        return self._paused
+
+    def paused_seconds(self, now: float) -> float:
+        """
+        Seconds the streamer has kept the connection paused up to reactor
+        time ``now`` (0 without a clock).
+        """
+        if self._clock is None:
+            return 0.0
+        if self._paused:
+            return self._paused_total + max(0.0, now - self._paused_at)
+        return self._paused_total
 
     @property
     def finished(self) -> bool:
@@ -209,7 +233,11 @@ class BodyStreamer:
         want_pause = not self._done and (self.blocked or len(self._buffer) >= 2 * self._chunk_size)
         if want_pause and not self._paused:
             self._paused = True
+            if self._clock is not None:
+                self._paused_at = self._clock.seconds()
             self._producer.pauseProducing()
         elif not want_pause and self._paused:
             self._paused = False
+            if self._clock is not None:
+                self._paused_total += max(0.0, self._clock.seconds() - self._paused_at)
             self._producer.resumeProducing()

@@ -46,9 +46,24 @@ class ServerConfig:
         request to the end of its header section; *not* reset by each byte
         received, so a slowloris client is closed with 408.
 
+        ``request_timeout`` (60) and ``request_min_rate`` (1024 bytes/s): the
+        deadline for receiving a whole request, head and body.  It is counted
+        from the request's first byte (each request of a keep-alive
+        connection has its own) and is *not* reset by the bytes received;
+        instead each body byte received moves it ``1 / request_min_rate``
+        seconds later, and time the server itself spends not reading the
+        body (its body channel is full) does not count.  So a body that
+        arrives at ``request_min_rate`` or faster on average never meets
+        the deadline, while a trickle is cut ``request_timeout`` seconds
+        after it began: a request not complete by then gets 408 and its
+        connection closes (the head alone is held to the shorter of this and
+        ``header_timeout``).  ``request_min_rate`` 0 makes
+        ``request_timeout`` a strict total for the whole request.
+
         ``body_timeout`` (60): seconds a request body may go without a byte
         while the server is reading it (408, or ``{"closed": True}`` on the
-        body channel once streaming).
+        body channel once streaming); it catches an upload that stops dead
+        after building up a long allowance at speed.
 
         ``idle_timeout`` (60): seconds a keep-alive connection may sit between
         requests before it is closed.
@@ -72,6 +87,10 @@ class ServerConfig:
 
         ``access_log`` (``None``: off): a file path, or ``"-"`` for stdout.
 
+        ``http2`` (on): negotiate HTTP/2 (ALPN ``h2``) on TLS endpoints, when
+        Twisted's HTTP/2 support (``twisted[http2]``) is installed; off, TLS
+        endpoints speak HTTP/1.1 only.  Plain TCP is always HTTP/1.1.
+
     WebSocket (chanserv.server.websocket)
         ``websocket_timeout`` (86400, ``None``: no limit): a socket is closed
         (1000) after living this long.
@@ -79,8 +98,9 @@ class ServerConfig:
         ``websocket_connect_timeout`` (5): a handshake the application has not
         accepted within this long is rejected (403).
 
-        ``websocket_handshake_timeout`` (5): autobahn's
-        ``openHandshakeTimeout``.
+        ``websocket_handshake_timeout`` (5): the protocol part of a
+        WebSocket handshake, until ``websocket.connect`` is on the layer
+        (autobahn's ``openHandshakeTimeout``, applied by the sweep).
 
         ``ping_interval`` (20) / ``ping_timeout`` (30): ping an idle socket;
         close it when the pong does not come.
@@ -95,6 +115,12 @@ class ServerConfig:
         the socket is not read; if it stays full this long the socket is
         closed with 1013.
 
+        ``ws_send_queue_size`` (1 MiB): bytes of messages a WebSocket may
+        have waiting for a client that does not read (beyond what the
+        socket buffers hold).  Past it, or past the reply channel's
+        capacity in messages, for two seconds (or at once past four times
+        either), the socket is closed with 1013 and the drop counted.
+
     Shared
         ``graceful_timeout`` (30): on stop, seconds requests in flight get to
         finish before their connections are cut.
@@ -107,6 +133,8 @@ class ServerConfig:
 
     http_timeout: float = 120.0
     header_timeout: float = 15.0
+    request_timeout: float = 60.0
+    request_min_rate: int = 1024
     body_timeout: float = 60.0
     idle_timeout: float = 60.0
     max_body_size: int | None = 10 * MiB
@@ -115,6 +143,7 @@ class ServerConfig:
     root_path: str = ""
     proxy_headers: bool = False
     access_log: str | None = None
+    http2: bool = True
 
     websocket_timeout: float | None = 86400.0
     websocket_connect_timeout: float = 5.0
@@ -125,6 +154,7 @@ class ServerConfig:
     max_ws_message_size: int = 1 * MiB
     max_ws_frame_size: int = 1 * MiB
     ws_receive_full_timeout: float = 30.0
+    ws_send_queue_size: int = 1 * MiB
 
     graceful_timeout: float = 30.0
     sweep_interval: float = 1.0
@@ -142,6 +172,7 @@ class ServerConfig:
         for name in (
             "http_timeout",
             "header_timeout",
+            "request_timeout",
             "body_timeout",
             "idle_timeout",
             "websocket_connect_timeout",
@@ -161,10 +192,14 @@ class ServerConfig:
             "body_chunk_size",
             "max_ws_message_size",
             "max_ws_frame_size",
+            "ws_send_queue_size",
         ):
             _positive_int(name, getattr(self, name))
         if self.max_body_size is not None:
             _positive_int("max_body_size", self.max_body_size)
+        rate = self.request_min_rate
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
+            raise ValueError("request_min_rate must be an int >= 0, not %r" % (rate,))
         if not isinstance(self.root_path, str):
             raise ValueError("root_path must be a str, not %r" % (self.root_path,))
         # "/app/" and "/app" mean the same prefix; "/" means none.

@@ -30,6 +30,10 @@ body over ``max_body_size`` (CL up front; chunked as        413
 counted)
 head not complete within ``header_timeout`` of its first    408
 byte (not reset per byte: slowloris)
+head and body not complete within ``request_timeout`` of    408
+their first byte plus ``1 / request_min_rate`` s per body
+byte received (a trickled body; server pauses not counted)
+a body silent for ``body_timeout``                          408
 a client that reads nothing for ``http_timeout``, or lets   connection
 more than 64 MiB of response pile up (slow read)            cut
 ==========================================================  ============
@@ -43,21 +47,33 @@ A valid ``Upgrade: websocket`` request is handed to
 connection; anything else that asks for a WebSocket upgrade gets 400, and no
 plain request ever reaches autobahn.
 
+On a TLS listener the factory negotiates ALPN (``acceptableProtocols``):
+``http/1.1``, after any protocol in ``factory.alternative_protocols``, which
+takes the connection over once the handshake chose it (``h2``:
+:mod:`chanserv.server.http2`).
+
 Timeouts are checked by one periodic sweep (:meth:`HTTPFactory.check_timeouts`),
 never a timer per connection; Twisted's per-connection idle timer is off.
+Every close for a missed deadline is counted in
+``HTTPFactory.deadline_closes`` and logged once, at info level.
 Everything runs on the reactor thread.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IHandshakeListener, IProtocolNegotiationFactory
 from twisted.internet.protocol import connectionDone
 from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http
+from zope.interface import implementer
 
+from chanserv._compat.twisted import HookedHTTPChannel
 from chanserv.log import Logger
 from chanserv.server.proxy import address_pair
 from chanserv.server.request import WebRequest
@@ -110,13 +126,19 @@ class _ReadControl:
             transport.resumeProducing()
 
 
-class HTTPProtocol(http.HTTPChannel):
+@implementer(IHandshakeListener)
+class HTTPProtocol(HookedHTTPChannel):
     """
     One HTTP connection.  See the module docstring for what it refuses.
 
     Attributes the request and the WebSocket side use: ``factory``,
     ``persistent``, ``discarding`` (True once the connection reads nothing
     more), ``read_control`` (an ``IPushProducer`` pausing the transport).
+
+    Only public hooks of ``HTTPChannel`` and ``LineReceiver`` are used (the
+    one exception, Twisted's own refusals, comes through
+    :class:`~chanserv._compat.twisted.HookedHTTPChannel`); the parse state
+    the checks need is kept here.
     """
 
     requestFactory = WebRequest  # type: ignore[assignment]
@@ -130,6 +152,11 @@ class HTTPProtocol(http.HTTPChannel):
     _closing_since: float | None = None
     _write_blocked_since: float | None = None  # the client stopped reading
     unsent_while_blocked = 0
+    _reading = False  # inside our own LineReceiver.dataReceived
+    _handling = False  # from allContentReceived to requestDone: later bytes wait
+    _head_size = 0  # bytes of the current head's lines so far
+    _header_count = 0  # header lines of the current head accepted so far
+    _request_version = b""  # the current request line's HTTP version
 
     def __init__(self) -> None:
         super().__init__()
@@ -144,26 +171,46 @@ class HTTPProtocol(http.HTTPChannel):
         super().connectionLost(reason)
         self.factory.untrack(self)
 
+    def handshakeCompleted(self) -> None:
+        """
+        A TLS handshake is done (``IHandshakeListener``), before any request
+        byte is read: if ALPN chose a protocol other than ``http/1.1`` that
+        the factory serves (``factory.alternative_protocols``, e.g. ``h2``),
+        that protocol takes the connection over.
+        """
+        negotiated = getattr(self.transport, "negotiatedProtocol", None)
+        take_over = self.factory.alternative_protocols.get(negotiated) if negotiated else None
+        if take_over is not None:
+            take_over(self)
+
     # -- parsing hooks ---------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self.discarding:
             return
-        if self._head_started is None and self.line_mode and not self._handlingRequest:
+        if self._head_started is None and self.line_mode and not self._handling:
             self._head_started = self.factory.clock.seconds()
             self._idle_since = None
         # LineReceiver's, not HTTPChannel's: no per-read timer reset.
-        nested = self._busyReceiving  # replayed by requestDone inside our own read
-        basic.LineReceiver.dataReceived(self, data)
-        if nested or self.discarding or self.upgraded or not self.line_mode:
+        if self._reading:
+            # Pipelined bytes replayed by requestDone inside our own read:
+            # LineReceiver queues them for the read in progress.
+            basic.LineReceiver.dataReceived(self, data)
             return
-        if self._handlingRequest:
+        self._reading = True
+        try:
+            basic.LineReceiver.dataReceived(self, data)
+        finally:
+            self._reading = False
+        if self.discarding or self.upgraded or not self.line_mode or self._handling:
             return
-        pending = self._buffer
         # What LineReceiver keeps is the incomplete line: any LF in it has no
         # CR before it.  Twisted would wait for a CRLF that never comes.
+        pending = self.clearLineBuffer()
         if b"\n" in pending or b"\r" in pending[:-1]:
             self.reject(400, "Bare LF or CR in the request head")
+        elif pending:
+            basic.LineReceiver.dataReceived(self, pending)  # kept, still incomplete
 
     def lineReceived(self, line: bytes) -> None:
         if self.discarding:
@@ -180,15 +227,25 @@ class HTTPProtocol(http.HTTPChannel):
                     self._idle_since = self.factory.clock.seconds()
                 return
             problem = request_line_problem(line)
+            if problem is None and not line.endswith((b" HTTP/1.1", b" HTTP/1.0")):
+                problem = "Unsupported HTTP version"
             if problem is not None:
                 self.reject(400, problem)
                 return
+            if self._head_started is None:
+                # A stray CRLF earlier in the same read cleared it.
+                self._head_started = self.factory.clock.seconds()
+            queued = len(self.requests)
             super().lineReceived(line)
-            if self.discarding or not self.requests or not hasattr(self, "_command"):
-                return
+            if self.discarding or len(self.requests) == queued:
+                return  # refused by Twisted, or after the last request of the connection
+            method, target, version = line.split(b" ")
             self._in_head = True
+            self._head_size = len(line)
+            self._header_count = 0
+            self._request_version = version
             try:
-                self.requests[-1].request_line_received(self._command, self._path, self._version)
+                self.requests[-1].request_line_received(method, target, version)
             except TargetError as e:
                 self.reject(400, str(e))
             return
@@ -199,9 +256,10 @@ class HTTPProtocol(http.HTTPChannel):
         if line[:1] in (b" ", b"\t"):
             self.reject(400, "Obsolete line folding")
             return
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+        if self._head_size + len(line) > self.totalHeadersSize:
             self.reject(431, "Request header section too large")
             return
+        self._head_size += len(line)
         super().lineReceived(line)
 
     def headerReceived(self, line: bytes) -> bool:
@@ -215,12 +273,12 @@ class HTTPProtocol(http.HTTPChannel):
         if has_forbidden_value_byte(value):
             self.reject(400, "Control byte in a header value")
             return False
-        if self._receivedHeaderCount >= self.maxHeaders:
+        if self._header_count >= self.maxHeaders:
             self.reject(431, "Too many headers")
             return False
         name = name.lower()
         if name == b"transfer-encoding":
-            if self._version != b"HTTP/1.1" or value.lower() != b"chunked":
+            if self._request_version != b"HTTP/1.1" or value.lower() != b"chunked":
                 self.reject(400, "Unsupported Transfer-Encoding")
                 return False
         elif name == b"content-length" and len(value) > 18:
@@ -228,13 +286,14 @@ class HTTPProtocol(http.HTTPChannel):
             return False
         if not super().headerReceived(line):
             return False
+        self._header_count += 1
         self.requests[-1].header_pairs.append((name, value))
         return True
 
     def allHeadersReceived(self) -> None:
         if self.discarding:
             return
-        self._head_started = None
+        started, self._head_started = self._head_started, None
         request = self.requests[-1]
         problem = request.head_problem(self.length)
         if problem is not None:
@@ -245,11 +304,12 @@ class HTTPProtocol(http.HTTPChannel):
         super().allHeadersReceived()
         if self.factory.stopping:
             self.persistent = False
-        request.head_complete()
+        request.head_complete(self.factory.clock.seconds() if started is None else started)
 
     def allContentReceived(self) -> None:
         if self.discarding:
             return
+        self._handling = True
         super().allContentReceived()
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -258,9 +318,8 @@ class HTTPProtocol(http.HTTPChannel):
         else:
             self.reject(414, "Request line too long")
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's own refusals (bad request line, CL/TE conflicts, chunk
-        # framing) come here.
+    def twisted_refused(self) -> None:
+        # Twisted's own refusals (CL/TE conflicts, chunk framing) come here.
         self.reject(400, "Bad request")
 
     # -- refusing ----------------------------------------------------------------
@@ -291,6 +350,27 @@ class HTTPProtocol(http.HTTPChannel):
         self.factory.log_refusal(self, request, code)
         self.loseConnection()
 
+    def deadline_missed(self, kind: str, reason: str) -> None:
+        """
+        The request being read missed a deadline: count the close in
+        ``factory.deadline_closes[kind]``, log it once (info) and refuse the
+        request with 408 (see :meth:`reject`).  Nothing happens if the
+        connection is already refusing or closing.
+
+        :param kind: ``"head"``, ``"request"`` or ``"body_idle"``.
+        :param reason: the text of the 408 response.
+        """
+        if self.discarding or self._closing_since is not None:
+            return
+        self.factory.deadline_closes[kind] += 1
+        transport: Any = self.transport
+        log.info(
+            "{reason}: 408 to {peer}, connection closed",
+            reason=reason,
+            peer=transport.getPeer() if transport is not None else None,
+        )
+        self.reject(408, reason)
+
     def stop_reading(self) -> None:
         """Ignore everything the client sends from now on."""
         self.discarding = True
@@ -314,6 +394,8 @@ class HTTPProtocol(http.HTTPChannel):
         self._idle_since = self.factory.clock.seconds()
         if self.factory.stopping:
             self.persistent = False
+        if self.persistent:
+            self._handling = False  # the next request may be read (and replayed)
         super().requestDone(request)
 
     def pauseProducing(self) -> None:
@@ -378,8 +460,9 @@ class HTTPProtocol(http.HTTPChannel):
                 transport.abortConnection()
             return
         if self._head_started is not None:
-            if now - self._head_started >= config.header_timeout:
-                self.reject(408, "Request header timeout")
+            allowed = min(config.header_timeout, config.request_timeout)
+            if now - self._head_started >= allowed:
+                self.deadline_missed("head", "Request header timeout")
             return
         if self.requests:
             self.requests[0].check_timeouts(now)
@@ -391,6 +474,7 @@ class HTTPProtocol(http.HTTPChannel):
         return not self.requests and self._head_started is None
 
 
+@implementer(IProtocolNegotiationFactory)
 class HTTPFactory(http.HTTPFactory):
     """
     Builds :class:`HTTPProtocol` connections and tracks them.
@@ -428,6 +512,16 @@ class HTTPFactory(http.HTTPFactory):
         self.access_log = access_log
         self.websocket_factory = websocket_factory
         self.connections: set[HTTPProtocol] = set()
+        #: Protocols a TLS listener may negotiate (ALPN) besides
+        #: ``http/1.1``, in order of preference, each with the callable that
+        #: takes a connection over once its handshake chose it (see
+        #: :meth:`HTTPProtocol.handshakeCompleted`).  The interface server
+        #: adds ``h2`` (:func:`chanserv.server.http2.take_over`).
+        self.alternative_protocols: dict[bytes, Callable[[HTTPProtocol], None]] = {}
+        #: Connections closed (with 408) for a missed deadline, by kind:
+        #: ``"head"`` (``header_timeout``), ``"request"`` (``request_timeout``
+        #: with ``request_min_rate``), ``"body_idle"`` (``body_timeout``).
+        self.deadline_closes: Counter[str] = Counter()
         self.stopping = False
         self._drain_waiters: list[Deferred[None]] = []
 
@@ -436,6 +530,18 @@ class HTTPFactory(http.HTTPFactory):
         protocol.factory = self
         protocol.timeOut = None  # no per-connection idle timer: check_timeouts sweeps
         return protocol
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        The ALPN protocols of a TLS listener, in the server's order of
+        preference: :attr:`alternative_protocols`, then ``http/1.1``
+        (``IProtocolNegotiationFactory``).
+
+        Twisted's TLS asks the wrapped factory for these; one that names none
+        makes every handshake offering ALPN (every browser, curl) fail with
+        an internal-error alert.
+        """
+        return [*self.alternative_protocols, b"http/1.1"]
 
     def startFactory(self) -> None:
         # No log file and no per-second date timer: the access log is ours.

@@ -160,11 +160,35 @@ class ServerOptionsMixin:
             _seconds("ws-receive-full-timeout"),
         ],
         [
+            "ws-send-queue-size",
+            None,
+            _DEFAULTS.ws_send_queue_size,
+            "Bytes queued for a WebSocket client that does not read before it is "
+            "closed with 1013 (also K/M).",
+            _size("ws-send-queue-size"),
+        ],
+        [
             "header-timeout",
             None,
             _DEFAULTS.header_timeout,
             "Seconds a client has to send a request's headers (else 408).",
             _seconds("header-timeout"),
+        ],
+        [
+            "request-timeout",
+            None,
+            _DEFAULTS.request_timeout,
+            "Seconds from a request's first byte to the end of its body, extended "
+            "while the body keeps up --request-min-rate (else 408).",
+            _seconds("request-timeout"),
+        ],
+        [
+            "request-min-rate",
+            None,
+            _DEFAULTS.request_min_rate,
+            "Bytes/s a request body must average to be allowed past "
+            "--request-timeout; 0 makes that a strict total.",
+            _size("request-min-rate"),
         ],
         [
             "body-timeout",
@@ -187,6 +211,11 @@ class ServerOptionsMixin:
             "proxy-headers",
             None,
             "Trust X-Forwarded-For/-Port/-Proto from the proxy in front.",
+        ],
+        [
+            "no-http2",
+            None,
+            "Do not offer HTTP/2 (ALPN h2) on TLS endpoints: HTTP/1.1 only.",
         ],
     ]
 
@@ -266,6 +295,8 @@ def _check_endpoints(descriptions: tuple[str, ...]) -> None:
 _FLAGS = {
     "http_timeout": "--http-timeout",
     "header_timeout": "--header-timeout",
+    "request_timeout": "--request-timeout",
+    "request_min_rate": "--request-min-rate",
     "body_timeout": "--body-timeout",
     "idle_timeout": "--idle-timeout",
     "websocket_timeout": "--websocket-timeout",
@@ -278,6 +309,7 @@ _FLAGS = {
     "max_ws_message_size": "--max-ws-message-size",
     "max_ws_frame_size": "--max-ws-frame-size",
     "ws_receive_full_timeout": "--ws-receive-full-timeout",
+    "ws_send_queue_size": "--ws-send-queue-size",
     "ws_protocols": "--ws-protocol",
     "graceful_timeout": "--graceful-timeout",
     "access_log": "--access-log",
@@ -302,6 +334,8 @@ def server_config_from_options(opts: Mapping[str, Any]) -> ServerConfig:
         "endpoints": endpoints,
         "http_timeout": opts.get("http-timeout", _DEFAULTS.http_timeout),
         "header_timeout": opts.get("header-timeout", _DEFAULTS.header_timeout),
+        "request_timeout": opts.get("request-timeout", _DEFAULTS.request_timeout),
+        "request_min_rate": opts.get("request-min-rate", _DEFAULTS.request_min_rate),
         "body_timeout": opts.get("body-timeout", _DEFAULTS.body_timeout),
         "idle_timeout": opts.get("idle-timeout", _DEFAULTS.idle_timeout),
         "websocket_timeout": websocket_timeout,
@@ -316,6 +350,7 @@ def server_config_from_options(opts: Mapping[str, Any]) -> ServerConfig:
         "ws_protocols": tuple(opts.get("ws-protocol") or ()),
         "root_path": opts.get("root-path") or "",
         "proxy_headers": bool(opts.get("proxy-headers")),
+        "http2": not opts.get("no-http2"),
         "access_log": opts.get("access-log") or None,
         "max_body_size": max_body_size,
         "max_ws_message_size": opts.get("max-ws-message-size", _DEFAULTS.max_ws_message_size),
@@ -323,6 +358,7 @@ def server_config_from_options(opts: Mapping[str, Any]) -> ServerConfig:
         "ws_receive_full_timeout": opts.get(
             "ws-receive-full-timeout", _DEFAULTS.ws_receive_full_timeout
         ),
+        "ws_send_queue_size": opts.get("ws-send-queue-size", _DEFAULTS.ws_send_queue_size),
     }
     if opts.get("graceful-timeout") is not None:
         kwargs["graceful_timeout"] = opts["graceful-timeout"]

@@ -37,6 +37,7 @@ from chanserv.exceptions import ChannelFull, MessageTooLarge
 from chanserv.layers.base import random_string
 from chanserv.log import Logger
 from chanserv.server.body import BodyStreamer
+from chanserv.server.delivery import send_until_delivered
 from chanserv.server.proxy import address_pair, forwarded
 from chanserv.server.validate import BadReply, checked_content, checked_start, parse_target
 
@@ -52,6 +53,10 @@ BODY_CHANNEL_PATTERN = "http.request.body?"
 #: Request headers never forwarded to the application: daphne let clients set
 #: ``root_path`` through this one (security.md §1a).
 _UNTRUSTED_HEADERS = frozenset((b"daphne-root-path",))
+
+#: Reason phrases of RFC 9110 where Twisted still has older ones, so a
+#: refusal reads the same whether the channel or the request writes it.
+_REASONS = {408: b"Request Timeout", 413: b"Content Too Large"}
 
 #: Headers that may appear only once in a WebSocket upgrade (security.md §1a).
 _UNIQUE_UPGRADE_HEADERS = (b"origin", b"sec-websocket-key", b"sec-websocket-version")
@@ -84,6 +89,7 @@ class WebRequest(http.Request):
     head_done = False
     body_complete = False
     response_started = False
+    connection_lost = False  # connectionLost was called: nothing more can be written
     asgi_path = ""
     query_string = b""
     _streamer: BodyStreamer | None = None
@@ -91,6 +97,7 @@ class WebRequest(http.Request):
     _disconnect_sent = False
     _app_active_at = 0.0
     _body_active_at = 0.0
+    _started_at = 0.0  # the first byte of the request
 
     def __init__(self, channel: Any) -> None:
         super().__init__(channel, parsePOSTFormSubmission=False)
@@ -145,9 +152,15 @@ class WebRequest(http.Request):
             return 413, "Request body too large"
         return None
 
-    def head_complete(self) -> None:
-        """The head passed every check; the body (if any) follows."""
+    def head_complete(self, started: float) -> None:
+        """
+        The head passed every check; the body (if any) follows.
+
+        :param started: reactor time of the request's first byte, from which
+            its deadline (``request_timeout``) is counted.
+        """
         self.head_done = True
+        self._started_at = started
         self._body_active_at = self._factory.clock.seconds()
 
     def asgi_headers(self) -> list[list[bytes]]:
@@ -209,8 +222,14 @@ class WebRequest(http.Request):
             self._dispatch(streaming=False)
 
     def body_failed(self, code: int, reason: str) -> None:
-        """The body of a dispatched request went wrong (too large, malformed, too slow)."""
-        log.info(
+        """
+        The body of a dispatched request went wrong (too large, malformed, too
+        slow): the body channel gets ``{"closed": True}``, the client ``code``
+        (or a cut connection if the response has started).  Logged at debug
+        level, like the channel's other refusals (a missed deadline is logged
+        by the channel).
+        """
+        log.debug(
             "Request body on {channel} refused: {reason}", channel=self.reply_channel, reason=reason
         )
         if self._streamer is not None:
@@ -247,6 +266,7 @@ class WebRequest(http.Request):
                 channel.read_control,
                 on_error=self._body_send_failed,
                 started=False,
+                clock=factory.clock,
             )
             self._streamer.feed(rest)
         self.reply_channel = factory.replies.new_reply_channel()
@@ -272,7 +292,7 @@ class WebRequest(http.Request):
 
     def _request_sent(self, _: None) -> None:
         self.delivered = True
-        if self._disconnected or self.finished:
+        if self.connection_lost or self.finished:
             # Gone (or answered by a timeout) while the send was in flight.
             if self._streamer is not None:
                 self._streamer.stop()
@@ -326,7 +346,7 @@ class WebRequest(http.Request):
 
     def deliver(self, message: dict[str, Any]) -> None:
         """Write one Response or Response Chunk message (``ReplyConnection``)."""
-        if self.finished or self._disconnected:
+        if self.finished or self.connection_lost:
             return
         self._app_active_at = self._factory.clock.seconds()
         if not self.response_started:
@@ -402,14 +422,14 @@ class WebRequest(http.Request):
 
     def _respond_error(self, code: int, text: str) -> None:
         """Answer ``code`` with a plain-text body, or cut the connection if too late."""
-        if self.finished or self._disconnected:
+        if self.finished or self.connection_lost:
             return
         if self.startedWriting:
             self._abort_connection()
             return
         self.response_started = True
         self.responseHeaders = Headers()
-        self.setResponseCode(code)
+        self.setResponseCode(code, _REASONS.get(code))
         body = (text + "\n").encode("utf-8")
         self.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
         self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
@@ -469,24 +489,43 @@ class WebRequest(http.Request):
         if self._disconnect_sent or not self.delivered:
             return
         self._disconnect_sent = True
-        d = self._factory.layer.send_twisted(
-            "http.disconnect", {"reply_channel": self.reply_channel, "path": self.asgi_path}
+        factory = self._factory
+        d = send_until_delivered(
+            factory.layer,
+            factory.clock,
+            "http.disconnect",
+            {"reply_channel": self.reply_channel, "path": self.asgi_path},
+            factory.layer.expiry + 1,
         )
         d.addErrback(self._disconnect_failed)
 
     def _disconnect_failed(self, failure: Failure) -> None:
         if failure.check(ChannelFull):
-            log.debug("http.disconnect is full: dropped for {channel}", channel=self.reply_channel)
+            log.error(
+                "http.disconnect stayed full for the layer's expiry: lost for {channel}",
+                channel=self.reply_channel,
+            )
         elif failure.check(ConnectionError):
-            log.warn(
-                "Channel layer unavailable ({error}): http.disconnect dropped for {channel}",
+            log.error(
+                "Channel layer unavailable ({error}) for the layer's expiry: "
+                "http.disconnect lost for {channel}",
                 error=failure.value,
                 channel=self.reply_channel,
             )
         else:
             log.failure("Sending http.disconnect failed", failure)
 
+    def layer_state_lost(self) -> None:
+        """
+        The layer lost its state, and with it maybe this request's reply
+        (``ReplyConnection``): 503 if the response has not started, else
+        the connection is cut.
+        """
+        log.info("Channel layer lost its state: {path} answered 503", path=self.asgi_path)
+        self._respond_error(503, "Channel layer lost its state; please retry")
+
     def connectionLost(self, reason: Failure) -> None:
+        self.connection_lost = True
         if self.dispatched and not self.finished:
             self._unregister()
             if self._streamer is not None:
@@ -497,23 +536,46 @@ class WebRequest(http.Request):
             self._send_disconnect()
         super().connectionLost(reason)
 
+    def body_deadline(self, now: float) -> float:
+        """
+        Reactor time by which the body must be complete, as of ``now``:
+        ``request_timeout`` after the request's first byte, plus ``1 /
+        request_min_rate`` seconds per body byte received so far, plus the
+        time the server kept the connection paused (its body channel full).
+        """
+        config = self._factory.config
+        deadline = self._started_at + config.request_timeout
+        if config.request_min_rate:
+            deadline += self.body_received / config.request_min_rate
+        if self._streamer is not None:
+            deadline += self._streamer.paused_seconds(now)
+        return deadline
+
     def check_timeouts(self, now: float) -> None:
-        """Apply the body and application timeouts at reactor time ``now``."""
-        if self.finished or self._disconnected:
+        """
+        Apply the body deadline, the body idle timeout and the application
+        timeout at reactor time ``now`` (the periodic sweep's; reactor
+        thread).  A missed body deadline is answered by the channel
+        (``deadline_missed``): 408 and a closed connection, ``{"closed":
+        True}`` on the body channel of a streamed body.
+        """
+        if self.finished or self.connection_lost:
             return
         config = self._factory.config
-        if not self.dispatched:
-            if self.head_done and now - self._body_active_at >= config.body_timeout:
-                self.channel.reject(408, "Request body timeout")
-            return
-        streamer = self._streamer
-        if streamer is not None and not self.body_complete:
-            if streamer.blocked:
+        channel = self.channel
+        if self.head_done and not self.body_complete:
+            streamer = self._streamer
+            if streamer is not None and streamer.paused:
                 # The server stopped reading, not the client.
                 self._body_active_at = now
-            elif now - self._body_active_at >= config.body_timeout:
-                self.body_failed(408, "Request body timeout")
+            if now >= self.body_deadline(now):
+                channel.deadline_missed("request", "Request not received in time")
                 return
+            if now - self._body_active_at >= config.body_timeout:
+                channel.deadline_missed("body_idle", "Request body timeout")
+                return
+        if not self.dispatched:
+            return
         if now - self._app_active_at >= config.http_timeout:
             if not self.response_started:
                 log.info("No response for {path} in time: 503", path=self.asgi_path)

@@ -2,6 +2,10 @@
 The interface server as one service: reply dispatch, HTTP and WebSocket
 factories, listeners, the timeout sweep and the access log.
 
+On TLS endpoints (``ssl:...``) the HTTP factory negotiates ALPN: ``h2``
+(HTTP/2, :mod:`chanserv.server.http2`) when ``config.http2`` is on and
+Twisted's HTTP/2 support is installed, then ``http/1.1``.
+
 :class:`InterfaceServer` starts, in order, the reply registry (the layer's
 local receiver for this process's reply channels), the single timeout sweep,
 and one listener per endpoint.  ``stopService`` stops listening, lets
@@ -12,9 +16,10 @@ closes WebSockets with 1001, then stops the sweep and the reply dispatch.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
@@ -22,7 +27,8 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, mayb
 from chanserv.log import Logger
 from chanserv.server.accesslog import AccessLogWriter
 from chanserv.server.config import ServerConfig
-from chanserv.server.http import HTTPFactory
+from chanserv.server.http import HTTPFactory, HTTPProtocol
+from chanserv.server.listener import ListenerService
 from chanserv.server.replies import ReplyRegistry
 from chanserv.server.websocket import WebSocketFactory
 
@@ -59,6 +65,24 @@ def endpoint_from_string(reactor: Any, description: str) -> Any:
     return endpoints.serverFromString(reactor, description)
 
 
+def _is_tls(description: str) -> bool:
+    return description.split(":", 1)[0].strip().lower() == "ssl"
+
+
+def http2_take_over() -> Callable[[HTTPProtocol], None] | None:
+    """
+    What takes a TLS connection over once ALPN chose ``h2``
+    (:func:`chanserv.server.http2.take_over`), or None when Twisted's HTTP/2
+    support (``twisted[http2]``: the ``h2`` and ``priority`` packages) is
+    not installed.
+    """
+    try:
+        from chanserv.server.http2 import take_over
+    except ImportError:
+        return None
+    return take_over
+
+
 def _bounded(reactor: Any, d: Deferred[Any], timeout: float) -> Deferred[bool]:
     """Fires True when ``d`` fires, or False after ``timeout`` seconds."""
     result: Deferred[bool] = Deferred()
@@ -90,8 +114,9 @@ class InterfaceServer(MultiService):
     :param config: a :class:`~chanserv.server.config.ServerConfig`.
 
     Attributes: ``replies``, ``http_factory``, ``websocket_factory``,
-    ``listeners`` (the endpoint services; after start, each one's listening
-    port is in its ``_waitingForPort`` result -- use :meth:`listening_ports`).
+    ``listeners`` (a :class:`~chanserv.server.listener.ListenerService` per
+    endpoint; their ports: :meth:`listening_ports`).  A port that cannot be
+    bound fails ``startService`` (twistd exits).
     """
 
     name = "interface"
@@ -108,16 +133,22 @@ class InterfaceServer(MultiService):
         self.http_factory = HTTPFactory(
             reactor, layer, self.replies, config, websocket_factory=self.websocket_factory
         )
+        if config.http2:
+            take_over = http2_take_over()
+            if take_over is not None:
+                self.http_factory.alternative_protocols[b"h2"] = take_over
+            elif any(_is_tls(description) for description in config.endpoints):
+                log.warn(
+                    "HTTP/2 is not available (install twisted[http2]): "
+                    "TLS endpoints negotiate HTTP/1.1 only"
+                )
         self.sweeper = TimerService(config.sweep_interval, self._sweep)
         self.sweeper.clock = reactor
         self.sweeper.setServiceParent(self)
-        self.listeners: list[StreamServerEndpointService] = []
+        self.listeners: list[ListenerService] = []
         for description in config.endpoints:
-            listener = StreamServerEndpointService(
-                endpoint_from_string(reactor, description), self.http_factory
-            )
-            # Fail start-up (twistd exits) when a port cannot be bound.
-            listener._raiseSynchronously = True
+            endpoint = endpoint_from_string(reactor, description)
+            listener = ListenerService(endpoint, self.http_factory)
             listener.setServiceParent(self)
             self.listeners.append(listener)
 
@@ -135,13 +166,9 @@ class InterfaceServer(MultiService):
 
     def listening_ports(self) -> Deferred[list[Any]]:
         """The ``IListeningPort`` of every listener, once they listen."""
-        waiting = [
-            listener._waitingForPort
-            for listener in self.listeners
-            if listener._waitingForPort is not None
-        ]
+        waiting = [listener.listening_port() for listener in self.listeners]
         d = DeferredList(waiting, fireOnOneErrback=True, consumeErrors=True)
-        return d.addCallback(lambda results: [port for _, port in results])
+        return d.addCallback(lambda results: [port for _, port in results if port is not None])
 
     @inlineCallbacks
     def stopService(self) -> Any:

@@ -29,7 +29,18 @@ The connection then speaks ASGI 1.0 ``websocket.*``
   messages wait behind one in flight before reading pauses.
 - ``websocket.disconnect`` is sent for every connection whose
   ``websocket.connect`` reached the layer (also after a reject), after all of
-  its ``websocket.receive`` messages.  ``code`` is the close code this server
+  its ``websocket.receive`` messages; a full ``websocket.disconnect`` is
+  waited on (up to the layer's expiry), never dropped.
+- Replies wait in a per-socket queue while the client does not read (the
+  transport's write buffer is full and it paused this producer).  The queue
+  is bounded by the reply channel's capacity in messages and by
+  ``ws_send_queue_size`` in bytes.  If it stays past either bound for
+  :data:`OVERFLOW_GRACE` seconds (a burst a reading client drains is
+  fine), or ever grows past :data:`HARD_FACTOR` times it, its messages are
+  dropped, counted (the layer's ``channel_full_count`` for the reply
+  channel) and the socket closed with 1013, so the client reconnects and
+  resynchronises: never an open socket that silently missed a message.  When the layer has
+  lost its state, the socket is closed with 1012.  ``code`` is the close code this server
   sent if it started the close, else the client's (1005 when its close frame
   had none, 1006 when the TCP connection just went away).
 - A malformed reply (unknown key, both ``text`` and ``bytes``, wrong types, a
@@ -40,14 +51,16 @@ The connection then speaks ASGI 1.0 ``websocket.*``
   1009), UTF-8 and masking are checked (1007 / 1002), and protocol errors
   close with a close frame rather than a silent drop.
 
-Timeouts: ``websocket_handshake_timeout`` is autobahn's
-``openHandshakeTimeout`` and covers the protocol part of the handshake, until
-``websocket.connect`` is on the layer; the application's decision is then
-bounded by ``websocket_connect_timeout`` (403).  That, ``websocket_timeout``
-(close 1000), the idle ping and ``ws_receive_full_timeout`` are checked by
-:meth:`WebSocketFactory.check_timeouts`, called by the server's one periodic
-sweep; autobahn's own timers (ping and close-handshake timeouts) run on the
-injected reactor.
+Timeouts: ``websocket_handshake_timeout`` covers the protocol part of the
+handshake, until ``websocket.connect`` is on the layer (then the connection
+is dropped, as autobahn's ``openHandshakeTimeout`` would); the application's
+decision is then bounded by ``websocket_connect_timeout`` (403).  That,
+``websocket_timeout`` (close 1000), the idle ping and its ``ping_timeout``,
+:data:`CLOSE_HANDSHAKE_TIMEOUT` and ``ws_receive_full_timeout`` are all
+checked by :meth:`WebSocketFactory.check_timeouts`, called by the server's
+one periodic sweep.  autobahn's own timeouts are off, so it schedules no
+timer at all (its timers would go to txaio's global reactor, not the
+injected one).
 
 Everything here runs on the reactor thread.
 """
@@ -61,10 +74,11 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
-from txaio._common import _BatchedTimer
 
+from chanserv._compat.autobahn import forget_handshake_key
 from chanserv.exceptions import ChannelFull, MessageTooLarge, is_valid_close_code
 from chanserv.log import Logger
+from chanserv.server.delivery import send_until_delivered
 from chanserv.server.wshandshake import BadHandshake, build_connect, handshake_bytes, take_transport
 
 __all__ = ["WebSocketFactory", "WebSocketProtocol"]
@@ -78,6 +92,19 @@ MAX_EARLY_DATA = 64 * 1024
 #: Messages held behind a websocket.receive send still in flight (a layer
 #: with real round trips) before the socket stops being read.
 MAX_BACKLOG = 64
+
+#: Seconds a socket's outgoing queue may stay past its bound (the reply
+#: channel's capacity, ``ws_send_queue_size``) before the socket is closed
+#: with 1013: a reading client drains a burst well within it.
+OVERFLOW_GRACE = 2.0
+
+#: Past this many times its bound the queue overflows at once, whatever
+#: the grace: the memory one socket can hold stays bounded.
+HARD_FACTOR = 4
+
+#: Seconds a client gets to answer a close frame this server sent before the
+#: connection is dropped (autobahn's default ``closeHandshakeTimeout``).
+CLOSE_HANDSHAKE_TIMEOUT = 1.0
 
 _REPLY_KEYS = frozenset(("accept", "text", "bytes", "close", "subprotocol"))
 
@@ -96,7 +123,6 @@ _HANDSHAKE_ONLY = (
     "websocket_origin",
     "websocket_extensions",
     "websocket_protocols",
-    "_wskey",
     "_connect",
     "_handshake",
     "_connect_pending",
@@ -135,9 +161,16 @@ class WebSocketProtocol(WebSocketServerProtocol):
     _full_since: float | None = None
     _room: Deferred[None] | None = None  # when_capacity wait
     _disconnect_due: int | None = None  # disconnect code, once lost
+    _write_paused = False  # the transport's write buffer is full
+    _out: deque[tuple[bytes | None, Any]] | None = None  # replies waiting for the client
+    _out_bytes = 0
+    _out_limit = 0  # messages, the reply channel's capacity
+    _over_since: float | None = None  # when the queue went past its bound
     send_queue: Any = ()
     websocket_protocols: list[str] = []  # never mutated: autobahn assigns a new list
     openHandshakeTimeoutCall = None
+    _ping_sent_at: float | None = None  # a ping waits for its pong
+    _closing_since: float | None = None  # this server sent a close frame, unanswered
 
     # -- handshake -------------------------------------------------------------
 
@@ -169,9 +202,6 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self._connect_pending = False
         self.connect_sent = True
         # From here the application decides, within websocket_connect_timeout.
-        if self.openHandshakeTimeoutCall is not None:
-            self.openHandshakeTimeoutCall.cancel()
-            self.openHandshakeTimeoutCall = None
         if self.lost:
             self._maybe_disconnect()
         else:
@@ -214,8 +244,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.factory.log_action("rejected", self)
         super().failHandshake(reason, code, responseHeaders)
 
-    def _connectionMade(self) -> None:
-        super()._connectionMade()
+    def connectionMade(self) -> None:
+        super().connectionMade()
         # Only used by chopped or "sync" writes, which chanserv never makes:
         # the class-level empty tuple spares an idle socket a deque.
         del self.send_queue
@@ -228,6 +258,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         state = self.__dict__
         for name in _HANDSHAKE_ONLY:
             state.pop(name, None)
+        forget_handshake_key(self)
         self.__dict__ = dict(state)
         self.factory.log_action("connected", self)
 
@@ -271,19 +302,112 @@ class WebSocketProtocol(WebSocketServerProtocol):
                 self.reject(403, "Access denied")
                 return
         if self.state != self.STATE_OPEN:
-            return  # not accepted yet, or gone: nothing to send on
+            return  # not accepted yet, or closing: the client has its close code
         if text is not None:
-            self.sendMessage(text.encode("utf-8"), False)
+            self._send_reply(text.encode("utf-8"), False)
         elif data is not None:
-            self.sendMessage(data, True)
+            self._send_reply(data, True)
         if close:
-            self.close(_close_code(close, self.reply_channel))
+            code = _close_code(close, self.reply_channel)
+            if self._out is not None:
+                self._out.append((None, code))  # after what is queued
+            else:
+                self.close(code)
+
+    # -- the outgoing queue (IPushProducer of the transport's write side) ------
+
+    def _send_reply(self, payload: bytes, binary: bool) -> None:
+        if self._out is None and not self._write_paused:
+            self.sendMessage(payload, binary)
+            return
+        out = self._out
+        if out is None:
+            out = self._out = deque()
+            self._out_limit = self.factory.layer.get_capacity(self.reply_channel)
+        out.append((payload, binary))
+        self._out_bytes += len(payload)
+        if self._over_since is None:
+            if self._over_bound(1):
+                # Maybe only a burst that arrived in one reactor turn, before
+                # the transport could write any of it: the periodic check
+                # closes the socket if it is still over OVERFLOW_GRACE later.
+                self._over_since = self.factory.reactor.seconds()
+        elif self._over_bound(HARD_FACTOR):
+            self._overflow()
+
+    def _over_bound(self, factor: int) -> bool:
+        out = self._out
+        return out is not None and (
+            len(out) > factor * self._out_limit
+            or self._out_bytes > factor * self.factory.config.ws_send_queue_size
+        )
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full: queue replies from now on."""
+        self._write_paused = True
+
+    def resumeProducing(self) -> None:
+        """The transport's write buffer drained: send what is queued."""
+        self._write_paused = False
+        out = self._out
+        while out and not self._write_paused and self.state == self.STATE_OPEN:
+            payload, kind = out.popleft()
+            if payload is None:
+                self._out = None
+                self._out_bytes = 0
+                self.close(kind)
+                return
+            self._out_bytes -= len(payload)
+            self.sendMessage(payload, kind)
+        if not out:
+            self._out = None
+            self._out_bytes = 0
+        if self._over_since is not None and not self._over_bound(1):
+            self._over_since = None  # it reads: back within bounds
+
+    def stopProducing(self) -> None:
+        """The connection is going: drop the queue (its close code is sent)."""
+        self._out = None
+        self._out_bytes = 0
+
+    def _overflow(self) -> None:
+        # The client stopped reading: drop its queue, count it, close 1013.
+        out = self._out
+        dropped = sum(1 for payload, _ in out if payload is not None) if out else 0
+        self._out = None
+        self._out_bytes = 0
+        self._over_since = None
+        log.warn(
+            "WebSocket {channel} does not read its messages: {n} dropped, closing with 1013",
+            channel=self.reply_channel,
+            n=dropped,
+        )
+        self.factory.registry.overflowed(self.reply_channel, dropped)
+        self.close(1013)
+
+    def layer_state_lost(self) -> None:
+        """The layer lost its state (``ReplyConnection``): reject 503 or close 1012."""
+        if self._handshake is not None:
+            self.reject(503, "Channel layer lost its state")
+        elif self.state == self.STATE_OPEN:
+            self._out = None
+            self._out_bytes = 0
+            self.close(1012)
 
     def _default_subprotocol(self) -> str | None:
         for name in self.websocket_protocols:
             if name in self.factory.config.ws_protocols:
                 return name
         return None
+
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        # Every close frame goes out here, ours and autobahn's (protocol
+        # errors): one that starts the closing handshake is timed by check().
+        if not isReply and self.state == self.STATE_OPEN:
+            self._closing_since = self.factory.reactor.seconds()
+        super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def close(self, code: int) -> None:
         """Start a closing handshake with ``code`` (any valid code)."""
@@ -307,6 +431,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         else:
             message["text"] = payload.decode("utf-8")
         self.last_active = self.factory.reactor.seconds()
+        self._ping_sent_at = None  # a message shows the client is there, as a pong would
         if self._busy:
             backlog = self._backlog
             if backlog is None:
@@ -320,6 +445,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def onPong(self, payload: bytes) -> None:
         self.last_active = self.factory.reactor.seconds()
+        self._ping_sent_at = None
 
     def _send_receive(self, message: dict[str, Any]) -> None:
         self._busy = True
@@ -464,18 +590,28 @@ class WebSocketProtocol(WebSocketServerProtocol):
             "path": self.path,
             "order": self.delivered + 1,
         }
-        d = self.factory.layer.send_twisted("websocket.disconnect", message)
+        factory = self.factory
+        d = send_until_delivered(
+            factory.layer,
+            factory.reactor,
+            "websocket.disconnect",
+            message,
+            factory.layer.expiry + 1,
+        )
         d.addErrback(self._disconnect_failed)
-        d.addBoth(lambda _: self.factory.finished(self))
+        d.addBoth(lambda _: factory.finished(self))
 
     def _disconnect_failed(self, failure: Failure) -> None:
+        self.factory.disconnects_lost += 1
         if failure.check(ChannelFull):
-            log.warn(
-                "websocket.disconnect is full: dropped for {channel}", channel=self.reply_channel
+            log.error(
+                "websocket.disconnect stayed full for the layer's expiry: lost for {channel}",
+                channel=self.reply_channel,
             )
         elif failure.check(ConnectionError):
-            log.warn(
-                "Channel layer unavailable ({error}): websocket.disconnect dropped for {channel}",
+            log.error(
+                "Channel layer unavailable ({error}) for the layer's expiry: "
+                "websocket.disconnect lost for {channel}",
                 error=failure.value,
                 channel=self.reply_channel,
             )
@@ -486,10 +622,19 @@ class WebSocketProtocol(WebSocketServerProtocol):
         """The periodic timeout check for this connection (``check_timeouts``)."""
         config = self.factory.config
         age = now - self.opened_at
+        if self.state == self.STATE_CONNECTING and not self.connect_sent:
+            # The protocol part of the handshake (websocket.connect not on
+            # the layer yet): dropped, unclean, as autobahn's own timer would.
+            if age >= config.websocket_handshake_timeout:
+                self.onOpenHandshakeTimeout()
+            return
         if self._handshake is not None:
             if self.connect_sent and age >= config.websocket_connect_timeout:
                 log.info("WebSocket {path} not accepted in time: 403", path=self.path)
                 self.reject(403, "Access denied")
+            return
+        if self._over_since is not None and now - self._over_since >= OVERFLOW_GRACE:
+            self._overflow()
             return
         if (
             self._full_since is not None
@@ -501,18 +646,22 @@ class WebSocketProtocol(WebSocketServerProtocol):
             )
             self._give_up(1013)
             return
+        if self.state == self.STATE_CLOSING:
+            closing = self._closing_since
+            if closing is not None and now - closing >= CLOSE_HANDSHAKE_TIMEOUT:
+                self.onCloseHandshakeTimeout()  # our close frame was never answered
+            return
         if self.state != self.STATE_OPEN:
             return
         timeout = config.websocket_timeout
         if timeout is not None and age >= timeout:
             self.close(1000)
-        elif (
-            config.ping_interval
-            and now - self.last_active >= config.ping_interval
-            and not self.autoPingPending
-        ):
-            self.last_active = now
-            self._sendAutoPing()
+        elif self._ping_sent_at is not None:
+            if config.ping_timeout and now - self._ping_sent_at >= config.ping_timeout:
+                self.onAutoPingTimeout()  # no pong (nor message) in time: dropped
+        elif config.ping_interval and now - self.last_active >= config.ping_interval:
+            self.last_active = self._ping_sent_at = now
+            self.sendPing()
 
 
 def _close_code(close: Any, channel: str) -> int:
@@ -548,15 +697,13 @@ class WebSocketFactory(WebSocketServerFactory):
         self, reactor: Any, layer: Any, registry: Any, config: Any, access_log: Any
     ) -> None:
         super().__init__(server="chanserv", reactor=reactor)
-        # autobahn's timers would go to the global reactor: use ours.
-        self._batched_timer = _BatchedTimer(
-            200.0, 1000, seconds_provider=reactor.seconds, delayed_call_creator=reactor.callLater
-        )
         self.layer = layer
         self.registry = registry
         self.config = config
         self.access_log = access_log
         self.connections: set[WebSocketProtocol] = set()
+        #: websocket.disconnect messages that could not be sent in time.
+        self.disconnects_lost = 0
         self._closing = False
         self._drain_waiters: list[Deferred[None]] = []
         self.setProtocolOptions(
@@ -569,10 +716,13 @@ class WebSocketFactory(WebSocketServerFactory):
             maxFramePayloadSize=config.max_ws_frame_size,
             maxMessagePayloadSize=config.max_ws_message_size,
             failByDrop=False,  # close frames with 1002/1007/1009, not a silent drop
-            openHandshakeTimeout=config.websocket_handshake_timeout,
+            # Every timeout is applied by check_timeouts (the one sweep):
+            # autobahn's timers would run on txaio's global reactor.
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=0,
+            autoPingInterval=0,
+            autoPingTimeout=0,
             perMessageCompressionAccept=lambda offers: None,
-            autoPingInterval=0,  # pings come from check_timeouts
-            autoPingTimeout=config.ping_timeout,
             # Origin policy belongs to the application (origin validators).
             allowedOrigins=["*"],
             allowNullOrigin=True,
@@ -606,6 +756,9 @@ class WebSocketFactory(WebSocketServerFactory):
         transport, buffered = take_transport(request, protocol)
         protocol.opened_at = protocol.last_active = self.reactor.seconds()
         protocol.makeConnection(transport)
+        # Told when the client stops reading (write buffer full) and again
+        # when it caught up: replies queue, bounded, in between.
+        transport.registerProducer(protocol, True)
         resume: Any = IPushProducer(transport, None)
         if resume is not None:
             resume.resumeProducing()  # the channel may have paused it

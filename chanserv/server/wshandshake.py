@@ -121,20 +121,19 @@ def take_transport(request: Any, protocol: Any) -> tuple[Any, bytes]:
     ``makeConnection``).  Returns ``(transport, bytes the channel had read
     past the request)``; those belong to the WebSocket, in that order.
 
-    Works when called from inside the channel's ``dataReceived`` (the usual
-    case: the rest of that read is forwarded as the channel parses on) and
-    from outside it.
+    The request is handed over as soon as its head is parsed, from inside
+    the channel's ``dataReceived`` or its replay of pipelined bytes: the
+    channel holds nothing for a later request then, only the rest of the
+    current read, in its line buffer (``clearLineBuffer``, which also ends
+    the channel's parsing loop).  Anything the channel would still be given
+    goes to ``protocol``.
     """
     channel = request.channel
     transport: Any = channel.transport
     channel.transport = None
     channel.rawDataReceived = protocol.dataReceived
     channel.dataReceived = protocol.dataReceived
-    buffered = b"".join(getattr(channel, "_dataBuffer", ()))
-    channel._dataBuffer = []
-    if not getattr(channel, "_busyReceiving", False):
-        buffered += getattr(channel, "_buffer", b"")
-        channel._buffer = b""
+    buffered: bytes = channel.clearLineBuffer()
     if isinstance(transport, ProtocolWrapper):  # TLS
         transport.wrappedProtocol = protocol
     elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):

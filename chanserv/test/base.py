@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from django.db import close_old_connections
 from django.test.testcases import TestCase, TransactionTestCase
 
+from chanserv._compat.django import TestCaseHooks
 from chanserv.asgi import ChannelLayerWrapper, channel_layers
 from chanserv.channel import DEFAULT_CHANNEL_LAYER, Group
 from chanserv.layers import InMemoryChannelLayer
@@ -78,28 +78,19 @@ def _database_connections_kept() -> Iterator[None]:
             signal.connect(close_old_connections, dispatch_uid=uid)
 
 
-class _ClassOrInstanceMethod:
-    """
-    A method bound to the instance when looked up on one, else to the class:
-    Django 5.2 runs ``TransactionTestCase._pre_setup`` on the class (once,
-    eagerly, from ``setUpClass``) as well as on instances; Django 4.2 on
-    instances only.
-    """
-
-    def __init__(self, func: Callable[..., Any]) -> None:
-        self.__func__ = func
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]
-
-    def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        return types.MethodType(self.__func__, obj if obj is not None else objtype)
-
-
 def _restore_layers(saved: Mapping[str, ChannelLayerWrapper | None]) -> None:
     for alias, old in saved.items():
         channel_layers.set(alias, old)
 
 
-class ChannelTestCaseMixin:
+def _restore_saved_layers(owner: Any) -> None:
+    saved = owner.__dict__.get("_chanserv_saved_layers")
+    if saved is not None:
+        del owner._chanserv_saved_layers
+        _restore_layers(saved)
+
+
+class ChannelTestCaseMixin(TestCaseHooks):
     """
     Swaps, for each test, every alias of :attr:`test_channel_aliases` for a
     new :class:`~chanserv.layers.InMemoryChannelLayer` with the alias's
@@ -110,30 +101,29 @@ class ChannelTestCaseMixin:
     #: The layers to replace; customise to test several layers.
     test_channel_aliases: Sequence[str] = [DEFAULT_CHANNEL_LAYER]
 
-    @_ClassOrInstanceMethod
-    def _pre_setup(target: Any) -> None:  # the class or an instance
-        owner: Any = target if isinstance(target, type) else type(target)
+    @classmethod
+    def before_test_setup(cls) -> None:
+        # Before Django's own per-test setup, so fixtures and setUp already
+        # see the test layers.
         saved: dict[str, ChannelLayerWrapper | None] = {}
         try:
-            for alias in owner.test_channel_aliases:
+            for alias in cls.test_channel_aliases:
                 routing = channel_layers[alias].routing
                 if isinstance(routing, list):
                     routing = routing[:]
                 wrapper = ChannelLayerWrapper(InMemoryChannelLayer(), alias, routing)
                 saved[alias] = channel_layers.set(alias, wrapper)
-            super()._pre_setup()  # type: ignore[misc]
         except BaseException:
             _restore_layers(saved)
             raise
-        owner._chanserv_saved_layers = saved
+        cls._chanserv_saved_layers = saved  # type: ignore[attr-defined]
 
-    def _post_teardown(self) -> None:
-        owner = type(self)
-        saved = owner.__dict__.get("_chanserv_saved_layers")
-        if saved is not None:
-            del owner._chanserv_saved_layers  # type: ignore[attr-defined]
-            _restore_layers(saved)
-        super()._post_teardown()  # type: ignore[misc]
+    @classmethod
+    def undo_before_test_setup(cls) -> None:
+        _restore_saved_layers(cls)
+
+    def before_test_teardown(self) -> None:
+        _restore_saved_layers(type(self))
 
     def get_next_message(
         self, channel: str, alias: str = DEFAULT_CHANNEL_LAYER, require: bool = False

@@ -103,7 +103,10 @@ def test_one_socket_1000_messages_8_threads_recorded_in_order(tmp_path: Path) ->
     )
     assert migrated.returncode == 0, migrated.stderr
     port = free_port()
-    args = ["--threads", "8"]
+    # --no-ordering: by default the worker itself runs one socket's messages
+    # one at a time, each on the thread that finished the one before; here
+    # enforce_ordering alone must keep the order across threads.
+    args = ["--threads", "8", "--no-ordering"]
     with TwistdProcess(E2E_PROJECT, "e2eproj.settings", args=args, port=port, env=env) as proc:
         with ws(port, "/ordered/") as socket_:
             for n in range(1000):

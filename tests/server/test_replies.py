@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from chanserv.layers import base
 from chanserv.layers.inmemory import InMemoryChannelLayer
 from chanserv.server.replies import ReplyRegistry
 from tests.support import ClockReactor
@@ -111,6 +112,35 @@ def test_unregister(
     clock.run_pending()
     assert a.messages == []
     assert len(registry) == 0
+
+
+def test_connections_that_went_leave_nothing_in_the_layer(
+    registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
+) -> None:
+    """
+    A storm of connections -- each in a group, answered, some answered again
+    after it went -- leaves no trace: no counters, memberships or cached
+    names of its reply channel.
+    """
+    names_cached = len(base._valid_names), len(base._valid_receive_names)
+    for _ in range(3):
+        names = [registry.new_reply_channel() for _ in range(100)]
+        for name in names:
+            registry.register(name, Recorder())
+            layer.group_add("storm", name)
+            layer.send(name, {"accept": True})
+        clock.run_pending()
+        layer.send_group("storm", {"text": "hi"})  # reaches the first half late
+        for name in names[:50]:
+            registry.unregister(name)
+        clock.run_pending()
+        for name in names[50:]:
+            registry.unregister(name)
+    assert len(registry) == 0
+    assert registry.gone == 3 * 50
+    assert layer._counters == {}
+    assert layer.group_channels("storm") == []
+    assert (len(base._valid_names), len(base._valid_receive_names)) == names_cached
 
 
 def test_register_checks_names(registry: ReplyRegistry) -> None:

@@ -26,7 +26,12 @@ from chanserv.layers.inmemory import InMemoryChannelLayer
 from chanserv.server.config import ServerConfig
 from chanserv.server.http import HTTPFactory
 from chanserv.server.replies import ReplyRegistry
-from chanserv.server.websocket import MAX_BACKLOG, WebSocketFactory, WebSocketProtocol
+from chanserv.server.websocket import (
+    CLOSE_HANDSHAKE_TIMEOUT,
+    MAX_BACKLOG,
+    WebSocketFactory,
+    WebSocketProtocol,
+)
 from tests.server.wshelpers import (
     ACCEPT,
     BINARY,
@@ -564,7 +569,10 @@ def test_takeover_detaches_the_http_channel() -> None:
     client = h.connect()
     protocol = client.protocol
     assert isinstance(client.transport, StringTransport)
-    assert client.transport.producer is None  # the HTTP channel unregistered
+    # The HTTP channel unregistered; the WebSocket registered itself to
+    # hear when the client stops reading.
+    assert client.transport.producer is protocol
+    assert client.transport.streaming
     assert protocol.transport is client.transport
     assert protocol in h.factory.connections
 
@@ -578,6 +586,21 @@ def test_bytes_in_the_same_read_as_the_upgrade_wait_for_the_accept() -> None:
     h.reply(connect["reply_channel"], {"accept": True})
     assert [m["text"] for m in h.receive_all("websocket.receive")] == ["early"]
     assert client.status() == 101
+
+
+def test_upgrade_pipelined_behind_a_request_keeps_the_bytes_after_it() -> None:
+    h = Harness()
+    plain = b"GET /plain HTTP/1.1\r\nHost: example.com\r\n\r\n"
+    client = h.connect(plain + handshake_request() + frame(TEXT, b"early"))
+    request = h.receive("http.request")
+    assert request is not None and h.receive("websocket.connect") is None
+    h.reply(request["reply_channel"], {"status": 204, "more_content": False})
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], {"accept": True})
+    assert [m["text"] for m in h.receive_all("websocket.receive")] == ["early"]
+    response, upgrade = client.transport.value().split(b"\r\n\r\n", 2)[:2]
+    assert response.startswith(b"HTTP/1.1 204") and upgrade.startswith(b"HTTP/1.1 101")
 
 
 def test_early_bytes_are_never_parsed_as_a_second_handshake() -> None:
@@ -624,9 +647,45 @@ def test_factory_options() -> None:
     assert f.utf8validateIncoming and f.requireMaskedClientFrames
     assert f.perMessageCompressionAccept([object()]) is None
     assert f.trustXForwardedFor == 0
-    assert f.autoPingTimeout == 7 and f.autoPingInterval == 0
+    # Every timeout is the sweep's (autobahn's timers run on txaio's global reactor).
+    assert f.autoPingTimeout == 0 and f.autoPingInterval == 0
+    assert f.openHandshakeTimeout == 0 and f.closeHandshakeTimeout == 0
     assert f.server == "chanserv"
     assert f.versions == [13]
+
+
+def test_autobahn_schedules_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import txaio
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("autobahn scheduled a timer of its own")
+
+    class NoTimer:
+        call_later = staticmethod(refuse)
+
+    monkeypatch.setattr(txaio, "make_batched_timer", lambda *a, **k: NoTimer())
+    monkeypatch.setattr(txaio, "call_later", refuse)
+    h = Harness(ping_interval=5, ping_timeout=5, websocket_timeout=30)
+    client, _ = h.open()
+    h.tick(6)  # a ping
+    client.send(frame(PONG, b""))
+    h.tick(31)  # the lifetime's close, whose answer never comes
+    h.tick(2)
+    assert client.transport.disconnecting
+
+
+def test_unanswered_close_is_dropped_by_the_sweep() -> None:
+    h = Harness(ping_interval=0)
+    client, _ = h.open()
+    h.factory.close_all(1001)
+    assert [(op, close_code(p)) for op, p in client.frames()] == [(CLOSE, 1001)]
+    h.tick(CLOSE_HANDSHAKE_TIMEOUT - 0.1)
+    assert not client.transport.disconnecting
+    h.tick(0.1)  # unanswered for CLOSE_HANDSHAKE_TIMEOUT
+    assert client.transport.disconnecting
+    client.lose()
+    disconnect = h.receive("websocket.disconnect")
+    assert disconnect is not None and disconnect["code"] == 1001
 
 
 def test_idle_connection_memory() -> None:

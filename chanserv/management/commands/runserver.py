@@ -118,13 +118,13 @@ class Command(DjangoRunserver):
                 self.get_version(),
                 settings.SETTINGS_MODULE,
                 ", %d worker threads" % threads if mode == "all" else ", no workers",
-                "[%s]" % self.addr if self._raw_ipv6 else self.addr,
+                "[%s]" % self.addr if ":" in self.addr else self.addr,  # an IPv6 literal
                 self.port,
                 type(wrapper.channel_layer).__name__,
                 "CONTROL-C",
             )
         )
-        start_console_logging(verbosity, self.stdout._out)
+        start_console_logging(verbosity, self.stdout)
         root = build_service(
             reactor,
             mode=mode,

@@ -72,7 +72,7 @@ class Command(BaseCommand):
         if options["threads"] < 1:
             raise CommandError("--threads must be at least 1")
         verbosity = int(options.get("verbosity", 1))
-        start_console_logging(verbosity, self.stdout._out)
+        start_console_logging(verbosity, self.stdout)
         root = build_service(
             reactor,
             mode="worker",

@@ -6,8 +6,10 @@ whose messages are forwarded to a group (sent from outside the server).
 """
 
 import os
+import threading
+from collections import Counter
 
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
 
 from chanserv import Group
 from chanserv.handler import AsgiHandler
@@ -50,3 +52,53 @@ def echo_receive(message):
 def forward_to_group(message):
     """``e2e.forward``: ``{"group", "text"}`` sent on to the group."""
     Group(message["group"]).send({"text": message["text"]})
+
+
+# tests/e2e/test_redis_scale.py: WebSockets on /group/<name>/ are members of
+# Group(<name>) for exactly as long as they are open; /groupsize/<name>/
+# answers the group's size as the layer sees it, with how many connects and
+# disconnects of that group this process handled.
+
+_handled = Counter()
+_handled_lock = threading.Lock()
+
+
+def _count(event, group):
+    with _handled_lock:
+        _handled[event, group] += 1
+
+
+def group_connect(message, group):
+    """Join ``Group(group)``, then accept: an open socket is a member."""
+    Group(group).add(message.reply_channel)
+    message.reply_channel.send({"accept": True})
+    _count("connect", group)
+
+
+def group_receive(message, group):
+    """Everything a member says goes to the whole group, as it is."""
+    Group(group).send({"text": message.content["text"]})
+
+
+def group_disconnect(message, group):
+    Group(group).discard(message.reply_channel)
+    _count("disconnect", group)
+
+
+def group_size_http(message, group):
+    """
+    ``{"members", "connects", "disconnects", "disconnect_full"}`` of
+    ``Group(group)`` as JSON; the last one is how often websocket.disconnect
+    was found full (the interface then waited for room).
+    """
+    with _handled_lock:
+        connects, disconnects = _handled["connect", group], _handled["disconnect", group]
+    layer = Group(group).channel_layer
+    answer = {
+        "members": len(layer.group_channels(group)),
+        "connects": connects,
+        "disconnects": disconnects,
+        "disconnect_full": layer.channel_statistics("websocket.disconnect")["channel_full_count"],
+    }
+    for chunk in AsgiHandler.encode_response(JsonResponse(answer)):
+        message.reply_channel.send(chunk)

@@ -1,5 +1,5 @@
 from chanserv.routing import route
-from e2eproj import consumers, nodes, ordered
+from e2eproj import consumers, jitter, nodes, ordered
 
 channel_routing = [
     route("e2e.marker", consumers.write_marker),
@@ -14,4 +14,19 @@ channel_routing = [
     route("websocket.connect", nodes.echo_connect, path=r"^/echo/$"),
     route("websocket.receive", nodes.echo_receive, path=r"^/echo/$"),
     route("e2e.forward", nodes.forward_to_group),
+    # tests/e2e/test_routing_timeout.py: a filter that backtracks
+    # catastrophically on "/redos/" + "a" * 40 + "!" (with re and regex alike),
+    # and the one of the original report (catastrophic with re only).
+    route("http.request", nodes.whoami_http, path=r"^/redos/(?:a|a)+$"),
+    route("websocket.connect", nodes.echo_connect, path=r"^/redos/(?:a|a)+$"),
+    route("http.request", nodes.whoami_http, path=r"^/r/(?:a+)+$"),
+    # tests/e2e/test_ordering_per_socket.py: an echo after 0-2 ms of work.
+    route("websocket.connect", jitter.jitter_connect, path=r"^/jitter/$"),
+    route("websocket.receive", jitter.jitter_receive, path=r"^/jitter/$"),
+    # tests/e2e/test_redis_scale.py: group membership for as long as a socket
+    # is open, and the group's size over HTTP.
+    route("websocket.connect", nodes.group_connect, path=r"^/group/(?P<group>[a-z0-9-]+)/$"),
+    route("websocket.receive", nodes.group_receive, path=r"^/group/(?P<group>[a-z0-9-]+)/$"),
+    route("websocket.disconnect", nodes.group_disconnect, path=r"^/group/(?P<group>[a-z0-9-]+)/$"),
+    route("http.request", nodes.group_size_http, path=r"^/groupsize/(?P<group>[a-z0-9-]+)/$"),
 ]

@@ -54,6 +54,7 @@ elif _layer == "redis":
                 "hosts": os.environ["E2E_REDIS_URLS"].split(","),
                 "prefix": "e2e:",
                 "capacity": int(os.environ.get("E2E_CAPACITY", "100")),
+                "group_expiry": float(os.environ.get("E2E_GROUP_EXPIRY", "86400")),
                 "blpop_timeout": 1,
                 "connection_kwargs": {
                     "socket_timeout": 2,

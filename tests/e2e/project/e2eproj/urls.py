@@ -2,6 +2,7 @@ from django.http import HttpResponse
 from django.urls import path
 
 from chanserv import Channel
+from e2eproj.diag import diag
 
 
 def hello(request):
@@ -19,4 +20,4 @@ def marker(request):
     return HttpResponse("queued")
 
 
-urlpatterns = [path("hello/", hello), path("marker/", marker)]
+urlpatterns = [path("hello/", hello), path("marker/", marker), path("diag/", diag)]

@@ -1,0 +1,178 @@
+"""
+The private names of Django that chanserv uses.
+
+Django leaves parts of a request handler to its handlers (``WSGIRequest``,
+``ASGIRequest``, ``WSGIHandler``), which fill them in through private names;
+chanserv's handler is one more of them, and Channels 1.x used the same names.
+Checked on Django 4.2.30 to 5.2.19; ``tests/test_compat_pins.py`` pins each
+one.
+
+- :class:`StreamedRequest` -- ``HttpRequest._stream`` and ``_read_started``
+  (the body that ``read()``, ``body``, ``POST`` and ``FILES`` read: "set by a
+  corresponding request subclass", says Django), ``_set_content_type_params``
+  (``content_type``, ``content_params``, ``encoding`` from ``META``),
+  ``_load_post_and_files`` with ``_post`` / ``_files`` (lazy ``POST`` and
+  ``FILES``, as ``WSGIRequest`` has them), ``_get_scheme`` (what ``scheme``
+  asks the subclass).
+- :class:`Handler` -- ``BaseHandler._get_response``: the innermost step of
+  the middleware chain (URL resolution, view middleware, the view, template
+  rendering), the one place an exception from a view can be seen before
+  the middleware turns it into a 500.
+- :func:`set_response_handler` -- ``HttpResponseBase._handler_class``: the
+  sender of ``request_finished`` when the response is closed.
+- :func:`set_session_key` -- ``SessionBase._session_key``: a channel
+  session's key is derived from its reply channel, and a session store
+  forgets the key it was given when no such session exists yet.
+- :class:`TestCaseHooks` -- ``SimpleTestCase._pre_setup`` and
+  ``_post_teardown``: where a test case's own setup runs before the user's
+  ``setUp`` and fixtures (Django 5.2 also runs ``_pre_setup`` on the class,
+  from ``setUpClass``).
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable
+from typing import IO, Any
+
+from django import http
+from django.contrib.sessions.backends.base import SessionBase
+from django.core.handlers import base
+
+__all__ = [
+    "Handler",
+    "StreamedRequest",
+    "TestCaseHooks",
+    "set_response_handler",
+    "set_session_key",
+]
+
+
+class StreamedRequest(http.HttpRequest):
+    """
+    An ``HttpRequest`` whose body is a file-like object, as Django's own
+    request classes are.  A subclass builds ``META`` and ``method``, calls
+    :meth:`parse_content_type`, then :meth:`set_body`; it may override
+    :meth:`transport_scheme`.  Does not call ``HttpRequest.__init__`` (nor
+    do Django's subclasses).
+    """
+
+    def parse_content_type(self) -> None:
+        """Set ``content_type``, ``content_params`` and ``encoding`` from ``META``."""
+        self._set_content_type_params(self.META)
+
+    def set_body(self, stream: IO[bytes]) -> None:
+        """Make ``stream`` (not read yet) the body that every reader reads."""
+        self._stream = stream
+        self._read_started = False
+
+    @property
+    def body_stream(self) -> IO[bytes]:
+        """The body's file-like object (after ``body`` or ``POST``, a copy)."""
+        stream: IO[bytes] = self._stream
+        return stream
+
+    def transport_scheme(self) -> str:
+        """``http`` or ``https`` as the connection says (``scheme`` asks this)."""
+        return "http"
+
+    def _get_scheme(self) -> str:
+        return self.transport_scheme()
+
+    def _get_post(self) -> Any:
+        if not hasattr(self, "_post"):
+            self._load_post_and_files()
+        return self._post
+
+    def _set_post(self, post: Any) -> None:
+        self._post = post
+
+    def _get_files(self) -> Any:
+        if not hasattr(self, "_files"):
+            self._load_post_and_files()
+        return self._files
+
+    POST = property(_get_post, _set_post)
+    FILES = property(_get_files)
+
+
+class Handler(base.BaseHandler):
+    """
+    Django's ``BaseHandler`` with its innermost step,
+    :meth:`view_response`, open to subclasses.
+    """
+
+    def view_response(self, request: http.HttpRequest) -> http.HttpResponseBase:
+        """
+        Resolve the URL, run the view middleware and the view, render a
+        template response: Django's innermost handler step, inside every
+        middleware.  Worker thread.
+        """
+        response: http.HttpResponseBase = super()._get_response(request)
+        return response
+
+    def _get_response(self, request: http.HttpRequest) -> http.HttpResponseBase:
+        return self.view_response(request)
+
+
+def set_response_handler(response: http.HttpResponseBase, handler_class: type) -> None:
+    """Closing ``response`` sends ``request_finished`` from ``handler_class``."""
+    response._handler_class = handler_class
+
+
+def set_session_key(session: SessionBase, key: str) -> None:
+    """Give ``session`` the key ``key`` (its next ``save`` writes that key)."""
+    session._session_key = key
+
+
+class _ClassOrInstanceMethod:
+    """
+    A method bound to the instance when looked up on one, else to the class:
+    Django 5.2 runs ``TransactionTestCase._pre_setup`` on the class (once,
+    eagerly, from ``setUpClass``) as well as on instances; Django 4.2 on
+    instances only.
+    """
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.__func__ = func
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return types.MethodType(self.__func__, obj if obj is not None else objtype)
+
+
+class TestCaseHooks:
+    """
+    A mixin, before a Django test case class, whose class-level
+    :meth:`before_test_setup` runs before Django's per-test setup (the test
+    client, fixtures; then the user's ``setUp``), and
+    :meth:`before_test_teardown` before Django's per-test teardown (after the
+    user's ``tearDown``).  If Django's setup fails,
+    :meth:`undo_before_test_setup` runs and the error propagates.
+    """
+
+    @classmethod
+    def before_test_setup(cls) -> None:
+        """Runs first, once per test (on Django 5.2, maybe from ``setUpClass``)."""
+
+    @classmethod
+    def undo_before_test_setup(cls) -> None:
+        """Django's setup failed after :meth:`before_test_setup`."""
+
+    def before_test_teardown(self) -> None:
+        """Runs once per test, before Django's teardown."""
+
+    @_ClassOrInstanceMethod
+    def _pre_setup(target: Any) -> None:  # the class or an instance
+        owner: Any = target if isinstance(target, type) else type(target)
+        owner.before_test_setup()
+        try:
+            super()._pre_setup()  # type: ignore[misc]
+        except BaseException:
+            owner.undo_before_test_setup()
+            raise
+
+    def _post_teardown(self) -> None:
+        self.before_test_teardown()
+        super()._post_teardown()  # type: ignore[misc]

@@ -1,0 +1,596 @@
+"""
+HTTP/2 over TLS (ALPN ``h2``) on Twisted's own HTTP/2 connection, with the
+checks, limits, timeouts and access log of the HTTP/1.1 side.
+
+A TLS listener offers ``h2`` then ``http/1.1`` through ALPN
+(:meth:`~chanserv.server.http.HTTPFactory.acceptableProtocols`).  Every
+connection starts as an :class:`~chanserv.server.http.HTTPProtocol`; when
+the handshake chose ``h2``, :func:`take_over` hands the transport to an
+:class:`HTTP2Connection` before any request byte is read.  WebSockets stay
+on HTTP/1.1 (a browser opens ``wss://`` with ALPN ``http/1.1``; RFC 8441's
+WebSockets over HTTP/2 are not offered).
+
+Each stream carries one :class:`HTTP2Request`: the HTTP/1.1
+:class:`~chanserv.server.request.WebRequest`, so the application gets the
+same ``http.request`` message (``http_version`` ``"2"``), the body limit,
+streaming, deadlines and reply checks are the same, and the access log line
+reads ``"GET / HTTP/2" 200 ...``.  Its channel is a :class:`StreamChannel`,
+which answers what ``WebRequest`` asks of an ``HTTPProtocol`` for one
+stream.
+
+The ``h2`` package refuses much by itself -- uppercase or non-visible header
+names, NUL, CR or LF in a value, connection-specific headers, a second
+``Host``, missing pseudo-headers, a body that does not match its
+``content-length`` -- and Twisted answers that by ending the connection with
+``GOAWAY(PROTOCOL_ERROR)``.  What it lets through is refused per stream, as
+on HTTP/1.1 and before any message reaches the layer:
+
+==========================================================  ============
+input                                                       answer
+==========================================================  ============
+lowercase or malformed ``:method``; ``:path`` with bytes    400
+outside visible ASCII, a fragment, ``%00``, bad UTF-8;
+``CONNECT``
+header name not a token; a control byte or ``\\x85`` in     400
+a value; ``content-length`` not digits, or two differing
+(h2 4.x refuses these two itself)
+``:path`` over 16 KiB                                       414
+more than 500 headers, or over 16 KiB of them               431
+body over ``max_body_size`` (declared or counted)           413
+a new stream while the server drains                        503
+==========================================================  ============
+
+Differences from HTTP/1.1 follow from streams sharing a connection: a
+refusal, a timeout or an aborted response ends one stream, not the
+connection; a response finished before its request body is followed by
+``RST_STREAM(NO_ERROR)``, which asks the client to stop sending that body
+(RFC 9113 §8.1); a response the server cannot complete honestly (a broken
+reply, a client that reads nothing while 64 MiB pile up) is cut with
+``RST_STREAM(INTERNAL_ERROR)``.  Hop-by-hop response headers
+(``connection``, ``transfer-encoding``, ``keep-alive``, ...) are dropped, as
+HTTP/2 requires.  Draining lets the streams in flight finish, answers new
+ones 503, and sends ``GOAWAY`` once the connection is idle.  Timeouts are
+checked by the factory's sweep: a connection with no stream is closed after
+``idle_timeout`` (frames such as PING do not extend it), one whose client
+reads nothing for ``http_timeout`` is cut, and each stream's request has the
+deadlines of HTTP/1.1.
+
+Twisted's HTTP/2 lives in ``twisted.web._http2``, which calls itself private
+("currently considered private because it's in early draft form"); there is
+no public way to serve HTTP/2 with Twisted.  Everything chanserv uses of it
+is in this module: ``twisted.web.http.H2Connection`` (subclassed: its
+constructor's ``reactor``, its ``conn``, ``streams``, ``factory`` and
+``requestFactory`` attributes -- the last called as ``requestFactory(stream,
+queued=False)`` --, the overridden private ``_requestReceived(event)`` and
+``_requestDone(streamID)``, the private ``_tryToWriteControlData()``); and,
+of the ``H2Stream`` each request is given, ``streamID``, ``command``,
+``path``, ``producing`` and the transport and producer methods listed in
+:class:`StreamChannel`.  ``tests/server/test_tls_h2_pins.py`` pins each one,
+so an incompatible Twisted release fails there, by name.
+
+Everything here runs on the reactor thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
+from twisted.internet.error import ConnectionLost
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web.http import H2Connection
+from twisted.web.http_headers import Headers
+
+from chanserv.log import Logger
+from chanserv.server.http import ABORT_TIMEOUT, MAX_UNSENT_BYTES, HTTPProtocol
+from chanserv.server.request import WebRequest
+from chanserv.server.validate import (
+    TargetError,
+    has_forbidden_value_byte,
+    is_token,
+    request_line_problem,
+)
+
+__all__ = ["HTTP2Connection", "HTTP2Request", "StreamChannel", "take_over"]
+
+log = Logger()
+
+#: Response headers that are connection-specific in HTTP/2 (RFC 9113
+#: §8.2.2): never sent, whatever the application says.
+_HOP_BY_HOP = (
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"upgrade",
+    b"te",
+)
+
+
+def take_over(channel: HTTPProtocol) -> None:
+    """
+    Give ``channel``'s connection, whose TLS handshake has just chosen
+    ``h2``, to a new :class:`HTTP2Connection`.
+
+    Called by :meth:`HTTPProtocol.handshakeCompleted
+    <chanserv.server.http.HTTPProtocol.handshakeCompleted>`, before any
+    application byte is read: the TLS transport (a ``ProtocolWrapper``)
+    delivers every later byte to the new connection, and ``channel`` is
+    neither tracked nor touched again.  A transport that cannot change its
+    protocol is aborted (logged as an error): its client expects HTTP/2.
+    """
+    transport: Any = channel.transport
+    if not isinstance(transport, ProtocolWrapper):
+        log.error(
+            "h2 negotiated on {transport}, which cannot change protocol: connection aborted",
+            transport=type(transport).__name__,
+        )
+        transport.abortConnection()
+        return
+    wrapper: Any = transport
+    wrapper.unregisterProducer()  # the channel registered itself
+    connection = HTTP2Connection(channel.factory)
+    wrapper.wrappedProtocol = connection
+    connection.makeConnection(wrapper)  # tracked before the channel is untracked
+    channel.hand_over()
+    channel.transport = None
+    wrapper.registerProducer(connection, True)
+
+
+class HTTP2Connection(H2Connection):
+    """
+    One HTTP/2 connection: Twisted's, with :class:`HTTP2Request` requests,
+    the factory's bookkeeping and the sweep's timeouts (Twisted's own
+    per-connection timer is off).
+
+    It sits in ``factory.connections`` next to the HTTP/1.1 channels and
+    answers the factory the same way: :meth:`check_timeouts`,
+    :meth:`is_idle`, :meth:`loseConnection`, ``transport``, and
+    ``persistent`` (set to False when the server drains: new streams get
+    503, and the connection closes once its last stream is done).
+
+    :param factory: the :class:`~chanserv.server.http.HTTPFactory`.
+    """
+
+    timeOut = None  # no TimeoutMixin timer: the factory's sweep checks
+
+    def __init__(self, factory: Any) -> None:
+        super().__init__(factory.clock)
+        self.factory: Any = factory
+        self.requestFactory = self._new_request
+        #: False once the server drains (``HTTPFactory.drain``).
+        self.persistent = True
+        self._channels: dict[int, StreamChannel] = {}
+        self._idle_since: float | None = None
+        self._closing_since: float | None = None
+        self._write_blocked_since: float | None = None
+        self._lost = False
+        self._names_dropped = False
+
+    # -- IProtocol ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._idle_since = self.factory.clock.seconds()
+        self.factory.track(self)
+
+    def connectionLost(self, reason: Failure = connectionDone, *args: Any, **kw: Any) -> None:
+        # Twisted calls this itself (on GOAWAY, on a protocol error), then the
+        # transport calls it again: both are fine.
+        self._lost = True
+        super().connectionLost(reason, *args, **kw)
+        self.factory.untrack(self)
+
+    # -- streams -----------------------------------------------------------------
+
+    def _new_request(self, stream: Any, queued: bool = False) -> HTTP2Request:
+        # Twisted's H2Stream calls its requestFactory from its constructor,
+        # before the stream is registered (nothing can be written yet).
+        channel = StreamChannel(self, stream)
+        self._channels[stream.streamID] = channel
+        if self._names_dropped:
+            channel.request.bad_header_name = True
+        return channel.request
+
+    def _requestReceived(self, event: Any) -> None:
+        # h2 lets through header names that are not tokens ("foo(bar"), on
+        # which twisted.web's Headers raises out of dataReceived: the
+        # connection would drop with a traceback.  They are left out of the
+        # stream, and its request is refused with 400.
+        headers = event.headers
+        self._names_dropped = any(n[:1] != b":" and not is_token(n) for n, _ in headers)
+        if self._names_dropped:
+            event.headers = [(n, v) for n, v in headers if n[:1] == b":" or is_token(n)]
+        try:
+            super()._requestReceived(event)
+        finally:
+            self._names_dropped = False
+        self._idle_since = None
+        channel = self._channels.get(event.stream_id)
+        if channel is not None:
+            # The stream is registered: a refusal can be written now.
+            channel.request.begin()
+
+    def _requestDone(self, streamID: int) -> None:
+        super()._requestDone(streamID)
+        self._channels.pop(streamID, None)
+        if self._lost:
+            return
+        state = self.conn.streams.get(streamID)
+        if state is not None and not state.closed:
+            # The response is complete but the request is not: ask the
+            # client to stop sending it (RFC 9113 §8.1).  Without this, its
+            # next DATA frame would name a stream Twisted has forgotten.
+            self.conn.reset_stream(streamID, ErrorCodes.NO_ERROR)
+            self._tryToWriteControlData()
+        if not self.streams:
+            self._idle_since = self.factory.clock.seconds()
+            if not self.persistent:
+                self.loseConnection()
+
+    def reset_stream(self, stream_id: int, error_code: int = ErrorCodes.INTERNAL_ERROR) -> None:
+        """
+        End stream ``stream_id`` now with ``RST_STREAM(error_code)``; its
+        request is told its connection is lost.  Nothing happens if the
+        stream is already done.
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None or self._lost:
+            return
+        if not stream.producing:
+            # Hand back the flow-control window of what it held back.
+            stream.resumeProducing()
+        self.conn.reset_stream(stream_id, error_code)
+        if self._tryToWriteControlData():
+            stream.connectionLost(Failure(ConnectionLost("Stream reset by the server")))
+            self._requestDone(stream_id)
+
+    # -- write side ----------------------------------------------------------------
+
+    @property
+    def write_blocked(self) -> bool:
+        """True while the transport's buffer is full (the client is not reading)."""
+        return self._write_blocked_since is not None
+
+    def pauseProducing(self) -> None:
+        if self._write_blocked_since is None:
+            self._write_blocked_since = self.factory.clock.seconds()
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._write_blocked_since = None
+        for channel in self._channels.values():
+            channel.unsent_while_blocked = 0
+        super().resumeProducing()
+
+    # -- what the factory asks ---------------------------------------------------
+
+    def is_idle(self) -> bool:
+        """No stream is open."""
+        return not self.streams
+
+    def loseConnection(self) -> None:
+        """Send ``GOAWAY`` and close (once); streams still open are cut."""
+        transport: Any = self.transport
+        if self._closing_since is not None or transport is None:
+            return
+        self._closing_since = self.factory.clock.seconds()
+        try:
+            self.conn.close_connection()
+        except ProtocolError:
+            pass  # the h2 state machine is closed already
+        else:
+            transport.write(self.conn.data_to_send())
+        transport.loseConnection()
+
+    def check_timeouts(self, now: float) -> None:
+        """Apply this connection's and its requests' timeouts at reactor time ``now``."""
+        config = self.factory.config
+        transport: Any = self.transport
+        if transport is None:
+            return
+        blocked = self._write_blocked_since
+        if blocked is not None and now - blocked >= config.http_timeout:
+            log.info("Client read nothing for {seconds}s: connection cut", seconds=now - blocked)
+            transport.abortConnection()
+            return
+        if self._closing_since is not None:
+            if now - self._closing_since >= ABORT_TIMEOUT:
+                transport.abortConnection()
+            return
+        for channel in list(self._channels.values()):
+            channel.request.check_timeouts(now)
+        idle = self._idle_since
+        if not self.streams and idle is not None and now - idle >= config.idle_timeout:
+            self.loseConnection()
+
+
+class _StreamReading:
+    """``IPushProducer`` pausing the request body of one stream (flow control)."""
+
+    __slots__ = ("_connection", "_stream")
+
+    def __init__(self, connection: HTTP2Connection, stream: Any) -> None:
+        self._connection = connection
+        self._stream = stream
+
+    def _active(self) -> bool:
+        return self._connection.streams.get(self._stream.streamID) is self._stream
+
+    def pauseProducing(self) -> None:
+        if self._active():
+            self._stream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._active() and not self._stream.producing:
+            self._stream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class StreamChannel:
+    """
+    What :class:`~chanserv.server.request.WebRequest` asks of its channel
+    (an :class:`~chanserv.server.http.HTTPProtocol` on HTTP/1.1), for one
+    HTTP/2 stream: ``factory``, ``persistent``, ``discarding``,
+    ``read_control``, :meth:`reject`, :meth:`deadline_missed`,
+    :meth:`stop_reading`, :meth:`loseConnection` (ends the stream, not the
+    connection), :meth:`written_while_blocked`, and the transport methods
+    ``twisted.web.http.Request`` writes through.
+
+    :param connection: the :class:`HTTP2Connection`.
+    :param stream: Twisted's ``H2Stream``.
+    """
+
+    #: A stream has no transport of its own (as Twisted's ``H2Stream``).
+    transport = None
+    #: Per stream, so nothing to keep or close: set by the request, unused.
+    persistent = True
+    #: True once the stream's request body is ignored.
+    discarding = False
+
+    def __init__(self, connection: HTTP2Connection, stream: Any) -> None:
+        self.connection = connection
+        self.stream = stream
+        self.factory: Any = connection.factory
+        self.read_control = _StreamReading(connection, stream)
+        self.unsent_while_blocked = 0
+        self.request = HTTP2Request(self)
+
+    # -- what the request asks ---------------------------------------------------
+
+    def reject(self, code: int, reason: str) -> None:
+        """
+        Refuse the stream's request with ``code``: a plain-text response on
+        the stream (access-logged), the rest of its body ignored.  A request
+        already dispatched is told through ``body_failed`` instead.
+        """
+        if self.discarding:
+            return
+        self.stop_reading()
+        request = self.request
+        if request.dispatched:
+            request.body_failed(code, reason)
+            return
+        log.debug(
+            "HTTP/2 {code} to {peer}: {reason}",
+            code=code,
+            peer=self.stream.getPeer(),
+            reason=reason,
+        )
+        request.refuse(code, reason)
+
+    def deadline_missed(self, kind: str, reason: str) -> None:
+        """
+        The request missed a deadline: counted in
+        ``factory.deadline_closes[kind]``, logged once (info), answered 408
+        (see :meth:`reject`).  Nothing happens once the stream is refusing.
+        """
+        if self.discarding or self.request.finished:
+            return
+        self.factory.deadline_closes[kind] += 1
+        log.info(
+            "{reason}: 408 to {peer} (HTTP/2 stream {stream})",
+            reason=reason,
+            peer=self.stream.getPeer(),
+            stream=self.stream.streamID,
+        )
+        self.reject(408, reason)
+
+    def stop_reading(self) -> None:
+        """Ignore the rest of the request body (the stream is reset once answered)."""
+        self.discarding = True
+        self.read_control.resumeProducing()  # frees what the stream held back
+
+    def loseConnection(self) -> None:
+        """Cut this stream (``RST_STREAM(INTERNAL_ERROR)``); the connection stays."""
+        self.discarding = True
+        self.connection.reset_stream(self.stream.streamID, ErrorCodes.INTERNAL_ERROR)
+
+    def written_while_blocked(self, size: int) -> bool:
+        """
+        Account ``size`` response bytes written; False (and the stream is
+        cut) once a client that is not reading -- the connection's transport
+        is full, or the stream's flow-control window is exhausted -- has more
+        than :data:`~chanserv.server.http.MAX_UNSENT_BYTES` waiting.
+        """
+        if not self.connection.write_blocked and self._window_open():
+            self.unsent_while_blocked = 0
+            return True
+        self.unsent_while_blocked += size
+        if self.unsent_while_blocked <= MAX_UNSENT_BYTES:
+            return True
+        log.info(
+            "Client not reading {count} response bytes on HTTP/2 stream {stream}: stream cut",
+            count=self.unsent_while_blocked,
+            stream=self.stream.streamID,
+        )
+        self.loseConnection()
+        return False
+
+    def _window_open(self) -> bool:
+        try:
+            return bool(self.connection.conn.local_flow_control_window(self.stream.streamID) > 0)
+        except ProtocolError:  # the stream is closed in h2
+            return True
+
+    # -- what twisted.web.http.Request writes through ---------------------------
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        for name in _HOP_BY_HOP:
+            headers.removeHeader(name)
+        self.stream.writeHeaders(version, code, reason, headers)
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.stream.writeSequence(data)
+
+    def requestDone(self, request: Any) -> None:
+        self.stream.requestDone(request)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.stream.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.stream.unregisterProducer()
+
+    def getPeer(self) -> Any:
+        return self.stream.getPeer()
+
+    def getHost(self) -> Any:
+        return self.stream.getHost()
+
+    def isSecure(self) -> bool:
+        return bool(self.stream.isSecure())
+
+
+class HTTP2Request(WebRequest):
+    """
+    The request of one HTTP/2 stream: a
+    :class:`~chanserv.server.request.WebRequest` whose head comes from the
+    stream's header block and is checked as the module docstring says.
+
+    Twisted's ``H2Stream`` builds it, adds the headers (``:authority`` as
+    ``Host``), then calls :meth:`parseCookies`, where the head is checked --
+    before Twisted would answer ``Expect: 100-continue``, so a refused body
+    is never invited.  :meth:`begin` follows once the stream can carry a
+    response: it answers a refused head or starts the body deadlines.
+    """
+
+    channel: Any  # a StreamChannel; None once the stream is gone
+
+    #: Set when the stream had a header name that is not a token (refused).
+    bad_header_name = False
+    _checked = False
+    _problem: tuple[int, str] | None = None
+
+    def __init__(self, channel: StreamChannel) -> None:
+        super().__init__(channel)
+        self._received_at = self._factory.clock.seconds()
+
+    def parseCookies(self) -> None:
+        super().parseCookies()
+        if self.check_head() is not None:
+            self.requestHeaders.removeHeader(b"expect")
+
+    def check_head(self) -> tuple[int, str] | None:
+        """``(status, reason)`` if the head must be refused, else None (checked once)."""
+        if not self._checked:
+            self._checked = True
+            self._problem = self._head_problem()
+        return self._problem
+
+    def begin(self) -> None:
+        """The stream is registered: refuse its head, or let its body come."""
+        problem = self.check_head()
+        if problem is not None:
+            self.channel.reject(*problem)
+        else:
+            self.head_complete(self._received_at)
+
+    def refuse(self, code: int, reason: str) -> None:
+        """Answer ``code`` with ``reason`` as plain text (the stream's refusal)."""
+        self._respond_error(code, reason)
+
+    def _reading(self) -> bool:
+        # DATA may still come after the response is finished (the channel
+        # is gone then) or refused, until the stream is reset.
+        channel = getattr(self, "channel", None)
+        return (
+            channel is not None
+            and not channel.discarding
+            and not self.finished
+            and self.check_head() is None
+        )
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._reading():
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # Twisted's H2Stream calls this at the end of the stream's body.
+        if self._reading():
+            super().requestReceived(command, path, version)
+
+    def _head_problem(self) -> tuple[int, str] | None:
+        stream = self.channel.stream
+        method, target = stream.command, stream.path
+        self.clientproto = b"HTTP/2"
+        if method is None or target is None:
+            # h2 lets CONNECT through without :path.
+            self.method, self.uri = method or b"-", b"-"
+            return 400, "CONNECT is not served"
+        self.method, self.uri = method, target
+        if len(target) > HTTPProtocol.MAX_LENGTH:
+            return 414, "Request target too long"
+        line_problem = request_line_problem(b"%s %s HTTP/2" % (method, target))
+        if line_problem is not None:
+            return 400, line_problem
+        try:
+            self.request_line_received(method, target, b"HTTP/2")
+        except TargetError as e:
+            return 400, str(e)
+        if self.bad_header_name:
+            return 400, "Malformed header name"
+        pairs: list[tuple[bytes, bytes]] = []
+        size = 0
+        lengths: set[bytes] = set()
+        for raw_name, values in self.requestHeaders.getAllRawHeaders():
+            name = raw_name.lower()
+            if name == b"host":
+                # :authority, and a Host header h2 has checked is the same.
+                values = list(dict.fromkeys(values))
+            if not is_token(name):
+                return 400, "Malformed header name"
+            for value in values:
+                if has_forbidden_value_byte(value):
+                    return 400, "Control byte in a header value"
+                size += len(name) + len(value) + 2
+                pairs.append((name, value))
+            if name == b"content-length":
+                lengths.update(values)
+        if len(pairs) > HTTPProtocol.maxHeaders:
+            return 431, "Too many headers"
+        if size > HTTPProtocol.totalHeadersSize:
+            return 431, "Request header section too large"
+        self.header_pairs = pairs
+        length = None
+        if lengths:
+            value = lengths.pop()
+            if lengths or not value.isdigit():
+                return 400, "Malformed Content-Length"
+            if len(value) > 18:
+                return 413, "Request body too large"
+            length = int(value)
+        problem = self.head_problem(length)
+        if problem is not None:
+            return problem
+        if self._factory.stopping:
+            return 503, "Server shutting down"
+        return None

@@ -1,0 +1,96 @@
+"""
+One listening endpoint as a service.
+
+:class:`ListenerService` is Twisted's ``StreamServerEndpointService`` with
+the two things chanserv needs from it made public: a port that cannot be
+bound fails the start (so ``twistd`` exits with the error rather than
+serving without that port), and the listening port can be waited for
+(:meth:`ListenerService.listening_port`).  Reactor thread only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.python.failure import Failure
+
+from chanserv.log import Logger
+
+__all__ = ["ListenerService"]
+
+log = Logger()
+
+
+class ListenerService(Service):
+    """
+    Listens with ``factory`` on ``endpoint`` (an ``IStreamServerEndpoint``)
+    while running.
+
+    The port is bound in ``privilegedStartService`` (before ``twistd`` drops
+    privileges) or else in ``startService``.  A failure the endpoint reports
+    at once is raised from there; one it reports later is logged.
+    ``stopService`` stops listening (or cancels a pending listen) and
+    returns a Deferred that fires once the port is closed.
+    """
+
+    def __init__(self, endpoint: Any, factory: Any) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self._listening: Deferred[Any] | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        starting = True
+        failed: list[Failure] = []
+
+        def not_listening(failure: Failure) -> None:
+            if starting:
+                failed.append(failure)
+            elif not failure.check(CancelledError):
+                log.failure("Cannot listen on {endpoint}", failure, endpoint=self.endpoint)
+
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addErrback(not_listening)
+        starting = False
+        if failed:
+            self._listening = None
+            failed[0].raiseException()
+
+    def listening_port(self) -> Deferred[Any]:
+        """
+        Fires with the ``IListeningPort`` once listening; with None if the
+        service is not started or listening failed.
+        """
+        listening = self._listening
+        if listening is None:
+            return succeed(None)
+        result: Deferred[Any] = Deferred()
+
+        def relay(port: Any) -> Any:
+            result.callback(port)
+            return port
+
+        listening.addCallback(relay)
+        return result
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        listening, self._listening = self._listening, None
+        if listening is None:
+            return succeed(None)
+        listening.cancel()
+
+        def stop(port: Any) -> Any:
+            return None if port is None else port.stopListening()
+
+        return listening.addCallback(stop)

@@ -1,0 +1,551 @@
+"""
+HTTP/2 after an ALPN ``h2`` handshake, over memory transports with the
+clock: the hand-over from the HTTP/1.1 channel, the ``http.request`` message,
+the per-stream refusals of the HTTP/1.1 side, body limits, timeouts, the
+drain, and the stream resets that keep a connection usable.
+
+The TLS layer is a ``ProtocolWrapper`` that says ``h2`` was negotiated; the
+real handshake is in test_tls.py.  The client is the ``h2`` package, with its
+own checks off where a test sends what a hostile client would.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from h2.errors import ErrorCodes
+from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface.verify import verifyObject
+
+from chanserv.server import http2
+from chanserv.server.http import HTTPFactory
+from chanserv.server.http2 import HTTP2Connection, take_over
+from tests.server.http_helpers import Server
+
+
+class NegotiatedTLS(ProtocolWrapper):
+    """Stands for Twisted's TLS protocol once its handshake chose ``h2``."""
+
+    negotiatedProtocol = b"h2"
+
+
+class Client:
+    """An HTTP/2 client connection to ``server`` through :class:`NegotiatedTLS`."""
+
+    def __init__(self, server: Server, validate: bool = True) -> None:
+        self.server = server
+        self.transport = StringTransport()
+        channel = server.factory.buildProtocol(None)
+        self.tls = NegotiatedTLS(WrappingFactory(server.factory), channel)
+        self.tls.makeConnection(self.transport)
+        channel.handshakeCompleted()
+        self.connection: HTTP2Connection = self.tls.wrappedProtocol  # type: ignore[assignment]
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=validate,
+            normalize_outbound_headers=validate,
+        )
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.initiate_connection()
+        self.events: list[Any] = []
+        self.flush()
+
+    def flush(self) -> None:
+        """Exchange what both sides have to send, until neither has anything."""
+        for _ in range(100):
+            self.server.run()
+            outgoing = self.h2.data_to_send()
+            if outgoing:
+                self.tls.dataReceived(outgoing)
+            incoming = self.transport.value()
+            self.transport.clear()
+            if incoming:
+                self.events += self.h2.receive_data(incoming)
+            if not outgoing and not incoming:
+                return
+
+    def request(
+        self,
+        path: bytes = b"/",
+        method: bytes = b"GET",
+        headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+        body: bytes | None = None,
+        end: bool = True,
+    ) -> int:
+        """Send a request on a new stream; returns its id."""
+        stream_id = self.h2.get_next_available_stream_id()
+        head = [
+            (b":method", method),
+            (b":path", path),
+            (b":scheme", b"https"),
+            (b":authority", b"example.com"),
+            *headers,
+        ]
+        self.h2.send_headers(stream_id, head, end_stream=end and body is None)
+        self.flush()
+        if body is not None:
+            self.send_data(stream_id, body, end)
+        return stream_id
+
+    def send_data(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        """Send ``data`` in frames the flow-control window allows, as a client must."""
+        while True:
+            room = min(
+                self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size
+            )
+            if room <= 0:
+                raise AssertionError("the server stopped reading the body")
+            frame, data = data[:room], data[room:]
+            self.h2.send_data(stream_id, frame, end_stream=end and not data)
+            self.flush()
+            if not data:
+                return
+
+    def response(self, stream_id: int) -> tuple[int | None, dict[bytes, bytes], bytes, bool]:
+        """``(status, headers, body, ended)`` received on ``stream_id``."""
+        status, headers, body, ended = None, {}, b"", False
+        for event in self.events:
+            if getattr(event, "stream_id", None) != stream_id:
+                continue
+            if isinstance(event, h2.events.ResponseReceived):
+                headers = dict(event.headers)
+                status = int(headers.pop(b":status"))
+            elif isinstance(event, h2.events.DataReceived):
+                body += event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended = True
+        return status, headers, body, ended
+
+    def reset_code(self, stream_id: int) -> int | None:
+        """The error code of the server's RST_STREAM on ``stream_id``, if any."""
+        for event in self.events:
+            if isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
+                return int(event.error_code)
+        return None
+
+    def terminated(self) -> Any:
+        """The server's GOAWAY event, if any."""
+        for event in self.events:
+            if isinstance(event, h2.events.ConnectionTerminated):
+                return event
+        return None
+
+
+@pytest.fixture
+def server() -> Server:
+    return Server()
+
+
+def refused(client: Client, stream_id: int) -> int | None:
+    status, _, _, ended = client.response(stream_id)
+    assert ended
+    return status
+
+
+def still_serves(server: Server, client: Client) -> None:
+    stream_id = client.request(b"/next")
+    request = server.request()
+    assert request["path"] == "/next"
+    server.reply(request, status=200, content=b"next")
+    client.flush()
+    assert client.response(stream_id) == (200, {}, b"next", True)
+
+
+# -- negotiation and hand-over --------------------------------------------------
+
+
+def test_factory_offers_h2_first_when_served(server: Server) -> None:
+    factory = server.factory
+    assert verifyObject(IProtocolNegotiationFactory, factory)
+    assert factory.acceptableProtocols() == [b"http/1.1"]
+    factory.alternative_protocols[b"h2"] = take_over
+    assert factory.acceptableProtocols() == [b"h2", b"http/1.1"]
+
+
+def test_interface_server_serves_h2_unless_turned_off() -> None:
+    from chanserv.layers.inmemory import InMemoryChannelLayer
+    from chanserv.server.config import ServerConfig
+    from chanserv.server.site import InterfaceServer
+    from tests.support import ClockReactor
+
+    reactor, layer = ClockReactor(), InMemoryChannelLayer()
+    on = InterfaceServer(reactor, layer, ServerConfig())
+    off = InterfaceServer(reactor, layer, ServerConfig(http2=False))
+    assert on.http_factory.acceptableProtocols() == [b"h2", b"http/1.1"]
+    assert off.http_factory.acceptableProtocols() == [b"http/1.1"]
+
+
+def test_without_twisted_http2_tls_offers_http11(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chanserv.layers.inmemory import InMemoryChannelLayer
+    from chanserv.server.config import ServerConfig
+    from chanserv.server.site import InterfaceServer, http2_take_over
+    from tests.support import ClockReactor
+
+    monkeypatch.setitem(sys.modules, "chanserv.server.http2", None)  # as if h2 were missing
+    assert http2_take_over() is None
+    server = InterfaceServer(ClockReactor(), InMemoryChannelLayer(), ServerConfig())
+    assert server.http_factory.acceptableProtocols() == [b"http/1.1"]
+
+
+def test_no_http2_flag() -> None:
+    from tests.server.test_options import parse
+
+    assert parse().http2 is True
+    assert parse("--no-http2").http2 is False
+
+
+def test_handshake_without_h2_keeps_http11(server: Server) -> None:
+    server.factory.alternative_protocols[b"h2"] = take_over
+    channel = server.factory.buildProtocol(None)
+    tls = ProtocolWrapper(WrappingFactory(server.factory), channel)
+    tls.makeConnection(StringTransport())
+    channel.handshakeCompleted()  # no negotiatedProtocol: HTTP/1.1
+    assert tls.wrappedProtocol is channel
+    assert server.factory.connections == {channel}
+
+
+def test_h2_replaces_the_channel(server: Server) -> None:
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    assert isinstance(client.connection, HTTP2Connection)
+    assert server.factory.connections == {client.connection}
+    settings = [e for e in client.events if isinstance(e, h2.events.RemoteSettingsChanged)]
+    assert settings, "the server's HTTP/2 preface"
+
+
+def test_a_transport_that_cannot_switch_is_aborted(server: Server) -> None:
+    errors: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") == LogLevel.error:
+            errors.append(event)
+
+    transport = StringTransport()
+    channel = server.factory.buildProtocol(None)
+    channel.makeConnection(transport)
+    globalLogPublisher.addObserver(observe)
+    try:
+        take_over(channel)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert transport.disconnecting
+    assert errors and "cannot change protocol" in errors[0]["log_format"]
+
+
+# -- requests -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(server: Server) -> Client:
+    server.factory.alternative_protocols[b"h2"] = take_over
+    return Client(server)
+
+
+def test_get_becomes_the_same_http_request(server: Server, client: Client) -> None:
+    stream_id = client.request(
+        b"/caf%C3%A9?q=1",
+        headers=[(b"x-one", b"1"), (b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"x_auth", b"no")],
+    )
+    request = server.request()
+    assert request["http_version"] == "2"
+    assert request["method"] == "GET"
+    assert request["path"] == "/café"
+    assert request["query_string"] == b"q=1"
+    assert request["scheme"] == "http"  # the stand-in transport is not TLS
+    headers = request["headers"]
+    assert [b"host", b"example.com"] in headers
+    assert [b"x-one", b"1"] in headers
+    assert [b"cookie", b"a=1; b=2"] in headers  # split cookies joined (RFC 9113 §8.2.3)
+    assert not [name for name, _ in headers if name.startswith(b":") or b"_" in name]
+    assert request["body"] == b""
+    server.reply(
+        request,
+        status=201,
+        headers=[
+            [b"content-type", b"text/plain"],
+            [b"connection", b"close"],
+            [b"transfer-encoding", b"chunked"],
+            [b"te", b"gzip"],
+        ],
+        content=b"made",
+    )
+    client.flush()
+    status, response_headers, body, ended = client.response(stream_id)
+    assert (status, body, ended) == (201, b"made", True)
+    assert response_headers == {b"content-type": b"text/plain"}
+    assert server.request("http.disconnect")["reply_channel"] == request["reply_channel"]
+    assert '"GET /caf%C3%A9?q=1 HTTP/2" 201 4' in server.access.getvalue()
+    assert client.terminated() is None
+    assert server.factory.connections == {client.connection}
+
+
+def test_streams_are_served_side_by_side(server: Server, client: Client) -> None:
+    first, second = client.request(b"/1"), client.request(b"/2")
+    one, two = server.request(), server.request()
+    server.reply(two, status=200, content=b"two")
+    server.reply(one, status=200, content=b"one")
+    client.flush()
+    assert client.response(first)[2] == b"one"
+    assert client.response(second)[2] == b"two"
+
+
+def test_post_body_inline_and_streamed(client: Client) -> None:
+    server = client.server
+    stream_id = client.request(b"/small", b"POST", [(b"content-length", b"3")], b"abc")
+    assert server.request()["body"] == b"abc"
+    big = b"x" * (server.config.body_inline_size + 10)
+    stream_id = client.request(b"/big", b"POST", body=big[:30000], end=False)
+    assert server.receive() is None
+    client.send_data(stream_id, big[30000:60000])
+    client.send_data(stream_id, big[60000:], end=True)
+    request = server.request()
+    assert request["body"] == big[: server.config.body_inline_size]
+    chunks = b""
+    while (chunk := server.receive(request["body_channel"])) is not None:
+        chunks += chunk["content"]
+    assert request["body"] + chunks == big
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "headers", "status"),
+    [
+        (b"/", b"get", [], 400),
+        (b"/a%00b", b"GET", [], 400),
+        (b"/a b", b"GET", [], 400),
+        (b"/\xc3\xa4", b"GET", [], 400),
+        (b"/x#frag", b"GET", [], 400),
+        (b"/", b"GET", [(b"foo(bar", b"1")], 400),
+        (b"/", b"GET", [(b"x-padding", b"innocent\x0bx-secret-auth: admin")], 400),
+        (b"/", b"GET", [(b"x-nel", b"a\xc2\x85b")], 400),
+        (b"/", b"POST", [(b"content-length", b"99999999999")], 413),
+        (b"/" + b"a" * 17000, b"GET", [], 414),
+        (b"/", b"GET", [(b"x-big", b"a" * 17000)], 431),
+        (b"/", b"GET", [(b"x-h%d" % i, b"1") for i in range(501)], 431),
+    ],
+)
+def test_what_http11_refuses_is_refused_per_stream(
+    path: bytes, method: bytes, headers: list[tuple[bytes, bytes]], status: int
+) -> None:
+    server = Server(max_body_size=1000)
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server, validate=False)
+    stream_id = client.request(path, method, headers, end=method == b"GET")
+    assert refused(client, stream_id) == status
+    assert server.receive() is None
+    assert client.terminated() is None
+    assert '" %d ' % status in server.access.getvalue()
+    assert "HTTP/2" in server.access.getvalue()
+    still_serves(server, client)
+
+
+def test_refused_body_is_not_invited() -> None:
+    server = Server(max_body_size=1000)
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    headers = [(b"content-length", b"5000"), (b"expect", b"100-continue")]
+    stream_id = client.request(b"/up", b"POST", headers, end=False)
+    assert refused(client, stream_id) == 413
+    assert not [e for e in client.events if isinstance(e, h2.events.InformationalResponseReceived)]
+
+
+def test_connect_is_refused(server: Server) -> None:
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    stream_id = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(
+        stream_id, [(b":method", b"CONNECT"), (b":authority", b"example.com:443")]
+    )
+    client.flush()
+    assert client.response(stream_id)[0] == 400
+    assert server.receive() is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"transfer-encoding", b"chunked")],
+        [(b"host", b"a.example"), (b"host", b"b.example")],
+        [(b"x-nul", b"a\x00b")],
+        [(b"content-length", b"+5")],
+        [(b"content-length", b"5"), (b"content-length", b"6")],
+    ],
+)
+def test_what_h2_refuses_ends_the_connection(
+    server: Server, headers: list[tuple[bytes, bytes]]
+) -> None:
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server, validate=False)
+    client.request(b"/", b"POST", headers)
+    assert client.terminated().error_code == ErrorCodes.PROTOCOL_ERROR
+    assert server.receive() is None
+    assert server.factory.connections == set()
+
+
+def test_body_over_the_limit_mid_stream_gets_413_and_a_reset() -> None:
+    server = Server(max_body_size=1000)
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    stream_id = client.request(b"/up", b"POST", body=b"x" * 600, end=False)
+    # The server answers and resets the stream while more of the body is
+    # still on its way: it is ignored and the connection stays.
+    client.h2.send_data(stream_id, b"x" * 600)
+    client.tls.dataReceived(client.h2.data_to_send())
+    server.run()
+    client.h2.send_data(stream_id, b"late")
+    client.flush()
+    assert client.response(stream_id)[0] == 413
+    assert client.reset_code(stream_id) == ErrorCodes.NO_ERROR
+    assert server.receive() is None
+    assert client.terminated() is None
+    still_serves(server, client)
+
+
+def test_response_before_the_body_ends_resets_the_stream(client: Client) -> None:
+    server = client.server
+    stream_id = client.request(b"/early", b"POST", body=b"x" * 100_000, end=False)
+    request = server.request()
+    assert request["body_channel"]
+    server.reply(request, status=200, content=b"early")
+    client.flush()
+    assert client.response(stream_id) == (200, {}, b"early", True)
+    assert client.reset_code(stream_id) == ErrorCodes.NO_ERROR
+    still_serves(server, client)
+
+
+def test_client_reset_sends_disconnect(client: Client) -> None:
+    server = client.server
+    stream_id = client.request(b"/gone")
+    request = server.request()
+    client.h2.reset_stream(stream_id)
+    client.flush()
+    assert server.request("http.disconnect")["reply_channel"] == request["reply_channel"]
+    assert len(server.replies) == 0
+    server.reply(request, status=200, content=b"too late")  # dropped quietly
+    still_serves(server, client)
+
+
+def test_bad_reply_resets_the_stream_once_started(client: Client) -> None:
+    server = client.server
+    stream_id = client.request(b"/broken")
+    request = server.request()
+    server.reply(request, status=200, content=b"part", more_content=True)
+    server.reply(request, status=200, content=b"second status")
+    client.flush()
+    assert client.reset_code(stream_id) == ErrorCodes.INTERNAL_ERROR
+    assert server.request("http.disconnect")["reply_channel"] == request["reply_channel"]
+    still_serves(server, client)
+
+
+# -- timeouts, slow readers, drain ---------------------------------------------------------
+
+
+def test_no_response_in_time_gives_503() -> None:
+    server = Server(http_timeout=10)
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    stream_id = client.request(b"/slow")
+    server.request()
+    server.advance(11)
+    client.flush()
+    status, _, body, ended = client.response(stream_id)
+    assert (status, ended) == (503, True)
+    assert body == b"Worker server failed to respond within time limit.\n"
+
+
+def test_stalled_body_gets_408() -> None:
+    server = Server(body_timeout=5, request_timeout=100)
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    stream_id = client.request(b"/up", b"POST", [(b"content-length", b"10")], b"abc", end=False)
+    server.advance(6)
+    client.flush()
+    assert client.response(stream_id)[0] == 408
+    assert server.factory.deadline_closes["body_idle"] == 1
+    assert server.receive() is None
+    still_serves(server, client)
+
+
+def test_idle_connection_is_closed_despite_pings() -> None:
+    server = Server(idle_timeout=10)
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    for _ in range(3):
+        server.advance(3)
+        client.h2.ping(b"12345678")
+        client.flush()
+    assert client.terminated() is None
+    server.advance(2)
+    client.flush()
+    assert client.terminated().error_code == ErrorCodes.NO_ERROR
+    assert client.transport.disconnecting
+
+
+def test_client_that_reads_nothing_is_cut() -> None:
+    server = Server(http_timeout=10)
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    client.connection.pauseProducing()  # the transport's buffer is full
+    server.advance(11)
+    assert client.transport.disconnected  # aborted
+
+
+def test_unread_response_over_the_cap_cuts_the_stream(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http2, "MAX_UNSENT_BYTES", 1000)
+    server = client.server
+    stream_id = client.request(b"/download")
+    request = server.request()
+    client.connection.pauseProducing()
+    server.reply(request, status=200, content=b"x" * 600, more_content=True)
+    assert client.reset_code(stream_id) is None
+    server.reply(request, content=b"x" * 600, more_content=True)
+    client.connection.resumeProducing()
+    client.flush()
+    assert client.reset_code(stream_id) == ErrorCodes.INTERNAL_ERROR
+    assert server.request("http.disconnect")["reply_channel"] == request["reply_channel"]
+
+
+def test_drain_finishes_streams_refuses_new_ones_then_closes(client: Client) -> None:
+    server = client.server
+    first = client.request(b"/in-flight")
+    request = server.request()
+    drained = server.factory.drain()
+    assert not drained.called
+    late = client.request(b"/late")
+    assert client.response(late)[0] == 503
+    assert server.receive() is None
+    server.reply(request, status=200, content=b"done")
+    client.flush()
+    assert client.response(first)[2] == b"done"
+    assert client.terminated().error_code == ErrorCodes.NO_ERROR
+    assert client.transport.disconnecting
+    client.tls.connectionLost(None)  # type: ignore[arg-type]
+    assert drained.called
+
+
+def test_idle_connection_closes_at_once_on_drain(client: Client) -> None:
+    drained = client.server.factory.drain()
+    client.flush()
+    assert client.terminated() is not None
+    client.tls.connectionLost(None)  # type: ignore[arg-type]
+    assert drained.called
+
+
+def test_plain_factory_offers_only_http11() -> None:
+    from chanserv.layers.inmemory import InMemoryChannelLayer
+    from chanserv.server.config import ServerConfig
+    from tests.support import ClockReactor
+
+    factory = HTTPFactory(ClockReactor(), InMemoryChannelLayer(), None, ServerConfig())
+    assert factory.acceptableProtocols() == [b"http/1.1"]

@@ -1,0 +1,99 @@
+"""
+Pins of the private Twisted HTTP/2 API that chanserv.server.http2 uses.
+
+``twisted.web._http2`` says it is private; chanserv relies on the names
+below (listed in the module docstring of ``chanserv.server.http2``).  Each
+test names what it pins, so an incompatible Twisted release fails here,
+clearly, rather than somewhere deep in a request.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.web.http import H2Connection
+
+from chanserv.server.http2 import take_over
+from tests.server.http_helpers import Server
+from tests.server.test_tls_h2 import Client
+
+
+def test_h2connection_is_exported_by_twisted_web_http() -> None:
+    from twisted.web import _http2, http
+
+    assert http.H2_ENABLED, "twisted.web.http.H2_ENABLED: is twisted[http2] installed?"
+    assert http.H2Connection is _http2.H2Connection
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters"),
+    [
+        ("__init__", ["self", "reactor"]),
+        ("_requestReceived", ["self", "event"]),
+        ("_requestDone", ["self", "streamID"]),
+        ("_tryToWriteControlData", ["self"]),
+        ("endRequest", ["self", "streamID"]),
+        ("pauseProducing", ["self"]),
+        ("resumeProducing", ["self"]),
+    ],
+)
+def test_h2connection_methods(name: str, parameters: list[str]) -> None:
+    method = getattr(H2Connection, name, None)
+    assert method is not None, "twisted.web.http.H2Connection.%s is gone" % name
+    assert list(inspect.signature(method).parameters)[: len(parameters)] == parameters, (
+        "twisted.web.http.H2Connection.%s%s changed" % (name, inspect.signature(method))
+    )
+
+
+def test_h2connection_instance_attributes() -> None:
+    connection = H2Connection(Clock())
+    for name in ("conn", "streams", "factory"):
+        assert hasattr(connection, name), "H2Connection().%s is gone" % name
+    assert connection.streams == {}
+    # Streams are built with the connection's requestFactory attribute.
+    assert "self.requestFactory" in inspect.getsource(H2Connection._requestReceived)
+
+
+def test_h2stream_builds_its_request_with_the_request_factory() -> None:
+    from twisted.web._http2 import H2Stream
+
+    parameters = list(inspect.signature(H2Stream.__init__).parameters)
+    assert parameters == [
+        "self",
+        "streamID",
+        "connection",
+        "headers",
+        "requestFactory",
+        "site",
+        "factory",
+    ], "H2Stream(...) changed: %s" % (inspect.signature(H2Stream.__init__),)
+    assert "requestFactory(self, queued=False)" in inspect.getsource(H2Stream.__init__)
+
+
+def test_h2stream_attributes_and_methods_on_a_live_stream() -> None:
+    server = Server()
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    client.request(b"/pinned", b"POST", end=False)
+    [channel] = client.connection._channels.values()
+    stream = channel.stream
+    assert (stream.streamID, stream.command, stream.path) == (1, b"POST", b"/pinned")
+    assert stream.producing is True
+    for name in (
+        "pauseProducing",
+        "resumeProducing",
+        "connectionLost",
+        "writeHeaders",
+        "write",
+        "writeSequence",
+        "requestDone",
+        "registerProducer",
+        "unregisterProducer",
+        "getPeer",
+        "getHost",
+        "isSecure",
+    ):
+        assert callable(getattr(stream, name, None)), "H2Stream.%s is gone" % name
+    assert client.connection.streams[1] is stream

@@ -1,0 +1,272 @@
+"""
+Pins of every private name of Twisted, autobahn and Django that chanserv
+uses (``chanserv._compat``; Twisted's HTTP/2 has its own pins in
+``tests/server/test_tls_h2_pins.py``).
+
+Each test checks that the name still exists and still does what chanserv
+relies on; a failure names the dependency, its installed version and the
+compat function to revisit, so an incompatible release fails here, clearly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import signal
+import unittest
+from importlib.metadata import version
+from typing import Any
+
+from django.core.signals import request_finished
+from django.http import HttpResponse
+from django.test import RequestFactory, SimpleTestCase
+from twisted.internet import base as reactor_base
+from twisted.internet.testing import StringTransport
+from twisted.web import http
+
+from chanserv._compat import autobahn as autobahn_compat
+from chanserv._compat import django as django_compat
+from chanserv._compat import twisted as twisted_compat
+from tests.server.wshelpers import Harness
+
+
+def pinned(condition: object, dependency: str, what: str, where: str) -> None:
+    """Fail, naming ``dependency`` and its version, unless ``condition``."""
+    assert condition, "%s %s: %s -- revisit %s" % (dependency, version(dependency), what, where)
+
+
+# -- Twisted --------------------------------------------------------------------------
+
+
+class RefusalRecorder(twisted_compat.HookedHTTPChannel):
+    refused = 0
+
+    def twisted_refused(self) -> None:
+        self.refused += 1
+        super().twisted_refused()
+
+
+def _feed(data: bytes) -> tuple[RefusalRecorder, StringTransport]:
+    channel = RefusalRecorder()
+    channel.requestFactory = http.Request  # type: ignore[assignment]
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(data)
+    return channel, transport
+
+
+def test_twisted_refuses_a_malformed_chunked_body_through_the_hooked_method() -> None:
+    channel, transport = _feed(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    )
+    pinned(
+        channel.refused == 1,
+        "twisted",
+        "a malformed chunk no longer reaches HTTPChannel._respondToBadRequestAndDisconnect",
+        "chanserv._compat.twisted.HookedHTTPChannel",
+    )
+    pinned(
+        transport.value().startswith(b"HTTP/1.1 400 ") and transport.disconnecting,
+        "twisted",
+        "HTTPChannel._respondToBadRequestAndDisconnect no longer answers 400 and closes",
+        "chanserv._compat.twisted.HookedHTTPChannel.twisted_refused",
+    )
+
+
+def test_twisted_refuses_conflicting_framing_through_the_hooked_method() -> None:
+    channel, _ = _feed(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+    )
+    pinned(
+        channel.refused == 1,
+        "twisted",
+        "two Content-Length headers no longer reach _respondToBadRequestAndDisconnect",
+        "chanserv._compat.twisted.HookedHTTPChannel",
+    )
+
+
+def test_twisted_records_the_signal_that_stopped_the_reactor() -> None:
+    class Reactor:
+        _exitSignal = reactor_base.ReactorBase._exitSignal
+        callFromThread = staticmethod(lambda f, *a: None)
+        stop = None
+
+    reactor = Reactor()
+    reactor_base.ReactorBase.sigTerm(reactor, signal.SIGTERM)  # type: ignore[arg-type]
+    pinned(
+        reactor._exitSignal == signal.SIGTERM,
+        "twisted",
+        "ReactorBase.sigTerm no longer records the signal in _exitSignal",
+        "chanserv._compat.twisted.forget_exit_signal",
+    )
+    from twisted.application import app
+
+    pinned(
+        "reactor._exitSignal" in inspect.getsource(app),
+        "twisted",
+        "twistd no longer reads reactor._exitSignal to re-raise the signal",
+        "chanserv._compat.twisted.forget_exit_signal",
+    )
+    assert twisted_compat.forget_exit_signal(reactor, (signal.SIGTERM,))
+    assert reactor._exitSignal is None
+    assert not twisted_compat.forget_exit_signal(reactor, (signal.SIGTERM,))
+
+
+# -- autobahn -------------------------------------------------------------------------
+
+
+def test_autobahn_keeps_the_handshake_key_only_until_the_101() -> None:
+    h = Harness()
+    client = h.connect()
+    protocol: Any = client.protocol
+    pinned(
+        autobahn_compat.HANDSHAKE_KEY_ATTRIBUTE in protocol.__dict__,
+        "autobahn",
+        "the client's Sec-WebSocket-Key is no longer kept in %r"
+        % (autobahn_compat.HANDSHAKE_KEY_ATTRIBUTE,),
+        "chanserv._compat.autobahn.forget_handshake_key",
+    )
+    connect = h.receive("websocket.connect")
+    assert connect is not None
+    h.reply(connect["reply_channel"], {"accept": True})
+    assert client.status() == 101
+    assert autobahn_compat.HANDSHAKE_KEY_ATTRIBUTE not in protocol.__dict__
+    client.text("still works")
+    assert [m["text"] for m in h.receive_all("websocket.receive")] == ["still works"]
+
+
+# -- Django ---------------------------------------------------------------------------
+
+
+class FormRequest(django_compat.StreamedRequest):
+    def __init__(self, body: bytes) -> None:
+        self.method = "POST"
+        self.path = self.path_info = "/"
+        self.META = {
+            "CONTENT_TYPE": "application/x-www-form-urlencoded; charset=utf-8",
+            "CONTENT_LENGTH": str(len(body)),
+        }
+        self.parse_content_type()
+        self.set_body(io.BytesIO(body))
+
+    def transport_scheme(self) -> str:
+        return "https"
+
+
+def test_django_request_subclasses_provide_the_body_stream() -> None:
+    where = "chanserv._compat.django.StreamedRequest"
+    request = FormRequest(b"a=1&b=2")
+    pinned(
+        request.content_type == "application/x-www-form-urlencoded",
+        "django",
+        "HttpRequest._set_content_type_params no longer sets content_type",
+        where,
+    )
+    pinned(
+        request.POST.dict() == {"a": "1", "b": "2"} and not request.FILES,
+        "django",
+        "HttpRequest._load_post_and_files no longer fills _post/_files from _stream",
+        where,
+    )
+    pinned(
+        request.scheme == "https", "django", "HttpRequest.scheme no longer asks _get_scheme", where
+    )
+    streamed = FormRequest(b"raw")
+    pinned(
+        streamed.read() == b"raw" and streamed._read_started,
+        "django",
+        "HttpRequest.read no longer reads _stream and sets _read_started",
+        where,
+    )
+
+
+def test_django_runs_the_innermost_handler_step_through_get_response() -> None:
+    seen: list[str] = []
+
+    class Recorder(django_compat.Handler):
+        def view_response(self, request: Any) -> Any:
+            seen.append(request.path)
+            return super().view_response(request)
+
+    handler = Recorder()
+    handler.load_middleware()
+    response = handler.get_response(RequestFactory().get("/no-such-page/"))
+    pinned(
+        seen == ["/no-such-page/"],
+        "django",
+        "BaseHandler.load_middleware no longer calls _get_response innermost",
+        "chanserv._compat.django.Handler",
+    )
+    assert response.status_code == 404
+    response.close()
+
+
+def test_django_sends_request_finished_from_the_response_handler_class() -> None:
+    senders: list[Any] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        senders.append(sender)
+
+    request_finished.connect(receiver)
+    try:
+        response = HttpResponse()
+        django_compat.set_response_handler(response, FormRequest)
+        response.close()
+    finally:
+        request_finished.disconnect(receiver)
+    pinned(
+        senders == [FormRequest],
+        "django",
+        "HttpResponseBase.close no longer sends request_finished from _handler_class",
+        "chanserv._compat.django.set_response_handler",
+    )
+
+
+def test_django_sessions_take_a_chosen_key() -> None:
+    from django.contrib.sessions.backends.cache import SessionStore
+
+    session = SessionStore(session_key="chn" + "0" * 29)
+    session.keys()  # loads: an unknown key is forgotten
+    assert session.session_key is None
+    django_compat.set_session_key(session, "chn" + "0" * 29)
+    session["x"] = 1
+    session.save(must_create=True)  # as channel_session does for a new socket
+    pinned(
+        session.session_key == "chn" + "0" * 29 and session.exists("chn" + "0" * 29),
+        "django",
+        "SessionBase._session_key no longer sets the key a save writes",
+        "chanserv._compat.django.set_session_key",
+    )
+    session.delete()
+
+
+def test_django_test_cases_run_the_hooks_around_each_test() -> None:
+    events: list[str] = []
+
+    class Case(django_compat.TestCaseHooks, SimpleTestCase):
+        @classmethod
+        def before_test_setup(cls) -> None:
+            events.append("before setup")
+
+        def setUp(self) -> None:
+            events.append("setUp")
+
+        def test_it(self) -> None:
+            events.append("test")
+
+        def tearDown(self) -> None:
+            events.append("tearDown")
+
+        def before_test_teardown(self) -> None:
+            events.append("before teardown")
+
+    result = unittest.TestResult()
+    Case("test_it")(result)
+    assert result.wasSuccessful(), result.errors + result.failures
+    pinned(
+        events == ["before setup", "setUp", "test", "tearDown", "before teardown"],
+        "django",
+        "SimpleTestCase no longer runs _pre_setup before setUp and _post_teardown after "
+        "tearDown (got %r)" % (events,),
+        "chanserv._compat.django.TestCaseHooks",
+    )
