@@ -294,7 +294,12 @@ def get_channel_layer(alias: str = "default") -> Any:
     The raw layer (not the wrapper) of ``alias``, after ``django.setup()``:
     for code outside a Django process that needs a layer.
     """
-    import django
+    from django.apps import apps
 
-    django.setup(set_prefix=False)
+    if not apps.ready:
+        # Once: every django.setup() configures logging again, which costs
+        # memory each time in a process that calls this per request.
+        import django
+
+        django.setup(set_prefix=False)
     return channel_layers[alias].channel_layer

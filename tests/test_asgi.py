@@ -372,6 +372,15 @@ def test_changing_the_setting_drops_the_cache() -> None:
     assert isinstance(after.channel_layer, type(outside.channel_layer))
 
 
+def test_get_channel_layer_sets_django_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import django
+
+    calls: list[object] = []
+    monkeypatch.setattr(django, "setup", lambda **kwargs: calls.append(kwargs))
+    assert get_channel_layer() is channel_layers["default"].channel_layer
+    assert calls == []  # the apps are ready: logging is not configured again
+
+
 def test_get_channel_layer_returns_the_raw_layer() -> None:
     layer = get_channel_layer()
     assert layer is channel_layers["default"].channel_layer

@@ -166,9 +166,10 @@ async def storm(port: int, first: int) -> None:
 def server(tmp_path: Path) -> Iterator[TwistdProcess]:
     raise_fd_limit(4 * BATCH + 256)
     env = {"E2E_DB": str(tmp_path / "db.sqlite3"), "E2E_CAPACITY": "1000"}
-    proc = TwistdProcess(
-        PROJECT, "e2eproj.settings", args=["--mode=all"], port=free_port(), env=env
-    )
+    # A loaded machine (or tracemalloc) must not turn a slow accept into a 403:
+    # this test is about memory, not timeouts.
+    args = ["--mode=all", "--websocket-connect-timeout=%d" % TIMEOUT]
+    proc = TwistdProcess(PROJECT, "e2eproj.settings", args=args, port=free_port(), env=env)
     with proc:
         yield proc
         assert proc.stop() == 0
@@ -224,6 +225,7 @@ def test_memory_returns_after_storms(server: TwistdProcess) -> None:
     assert {k: final[k] for k in PER_CHANNEL} == {k: first[k] for k in PER_CHANNEL}
     assert final["objects"] == baseline["objects"]
     assert final["disconnects_lost"] == 0
-    # One object kept per connection would be 4,000 blocks more.
-    assert blocks[-1] - blocks[0] < (ROUNDS - 1) * PER_ROUND // 4, blocks
+    if not tracing:  # (its snapshots are live allocations too)
+        # One object kept per connection would be 4,000 blocks more.
+        assert blocks[-1] - blocks[0] < (ROUNDS - 1) * PER_ROUND // 4, blocks
     assert rss[-1] <= 1.10 * rss[0], "resident KiB after each round: %r" % (rss,)

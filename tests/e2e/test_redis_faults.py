@@ -349,7 +349,9 @@ def test_redis_restarted_mid_traffic(tmp_path: Path) -> None:
             assert len(tokens) == len(set(tokens)), tokens
             assert set(tokens) <= set(e.sent), (tokens, e.sent)
             assert tokens == sorted(tokens, key=e.sent.index)
-            assert e.closed_with in (None, 1011), e.closed_with
+            # 1011: a send failed while Redis was down; 1012: the interface
+            # noticed that Redis came back empty and asked it to reconnect.
+            assert e.closed_with in (None, 1011, 1012), e.closed_with
         # Everything works again, the chat included.
         reply = http_get(port, "/whoami/?after")
         assert reply[:2] == (200, "after %d" % pid(worker))
@@ -403,5 +405,44 @@ def test_sigterm_worker_finishes_in_flight_interface_closes_1001(tmp_path: Path)
         assert interface_stopped == [0]
         assert "chanserv stopped" in interface.output()
         assert "Traceback" not in interface.output()
+    finally:
+        cluster.close()
+
+
+def test_frozen_redis_answers_503_within_5s_and_recovers_within_5s(tmp_path: Path) -> None:
+    """
+    ``kill -STOP`` of Redis: the interface stops waiting on it and answers
+    new requests 503 within 5 s (not after its HTTP timeout); once Redis
+    runs again, requests are served within 5 s.
+    """
+    cluster = Cluster(tmp_path)
+    try:
+        interface = cluster.node("interface", "--http-timeout=60")
+        worker = cluster.node("worker", "--threads=4")
+        start_all([interface, worker])
+        port = interface.port
+        assert port is not None
+        assert http_get(port, "/whoami/?before").status == 200
+        cluster.redis.freeze()
+        frozen = time.monotonic()
+        try:
+            reply = wait_for(
+                lambda: (r := http_get(port, "/whoami/?frozen", timeout=10)).status == 503 and r,
+                timeout=15,
+                what="a 503 while Redis is frozen",
+            )
+            assert reply.status == 503
+            # Requests made meanwhile waited for the detection, not for the
+            # HTTP timeout: the first 503 came within 5 s of the freeze.
+            assert time.monotonic() - frozen < 5.0, reply
+        finally:
+            cluster.redis.thaw()
+        thawed = time.monotonic()
+        wait_for(
+            lambda: http_get(port, "/whoami/?thawed", timeout=10).status == 200,
+            timeout=15,
+            what="service again after the thaw",
+        )
+        assert time.monotonic() - thawed < 5.0
     finally:
         cluster.close()
