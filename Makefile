@@ -1,6 +1,10 @@
 # The two commands of the README's quick start:
 #   make chat   install chanserv into .venv and run the tutorial's chat example
 #   make test   install, then lint, type-check and run the whole test suite
+#               (on the newest dependencies and Django 5.2), then the fast
+#               suite again on the lowest supported ones and Django 4.2
+#               (noxfile.py's "lowest" session, in .nox/; plain `nox` runs
+#               the whole matrix)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -30,3 +34,4 @@ test: lint
 	scripts/ensure-system-deps
 	$(BIN)/python -m pip install -q --no-deps --force-reinstall .
 	$(BIN)/python -m pytest -q
+	$(BIN)/nox -s lowest

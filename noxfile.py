@@ -1,5 +1,6 @@
 """
-The dependency matrix, run by ``make test`` after the main suite.
+The dependency matrix.  ``make test`` runs ``lowest`` after the main suite
+(which runs on the newest releases, with Django 5.2); ``nox`` runs it all.
 
 - ``lowest``: every floor of ``install_requires`` in ``setup.cfg``, pinned
   exactly (Twisted, autobahn, Django, txredisapi, ...), so a floor that no

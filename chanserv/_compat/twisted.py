@@ -2,7 +2,7 @@
 The private names of Twisted that chanserv uses (HTTP/2 aside: see
 :mod:`chanserv.server.http2`).
 
-Checked on Twisted 24.7.0 to 26.10.0; ``tests/test_compat_pins.py`` pins
+Checked on Twisted 26.4.0 to 26.10.0; ``tests/test_compat_pins.py`` pins
 each one.
 
 - ``HTTPChannel._respondToBadRequestAndDisconnect()``: where Twisted's

@@ -431,7 +431,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         else:
             message["text"] = payload.decode("utf-8")
         self.last_active = self.factory.reactor.seconds()
-        self._ping_sent_at = None  # a message shows the client is there, as a pong would
+        if self._ping_sent_at is not None:
+            self._ping_sent_at = None  # a message shows the client is there, as a pong would
         if self._busy:
             backlog = self._backlog
             if backlog is None:
