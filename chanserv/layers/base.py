@@ -261,6 +261,12 @@ class BaseChannelLayer:
             return name[: name.find("!") + 1]
         return name
 
+    def _check_local_prefix(self, prefix: Any) -> None:
+        """:raises TypeError: ``prefix`` is not a valid name ending with ``!``."""
+        self.valid_channel_name(prefix, receive=True)
+        if not prefix.endswith("!"):
+            raise TypeError("A local receiver's prefix ends with '!', not %r" % (prefix,))
+
     def _check_new_channel_pattern(self, pattern: Any) -> None:
         if not isinstance(pattern, str) or not pattern.endswith("?"):
             raise TypeError(

@@ -731,9 +731,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         :raises ValueError: ``prefix`` has a receiver already.
         """
         self._require_reactor()
-        self.valid_channel_name(prefix, receive=True)
-        if not prefix.endswith("!"):
-            raise TypeError("A local receiver's prefix ends with '!', not %r" % (prefix,))
+        self._check_local_prefix(prefix)
         with self._lock:
             if prefix in self._receivers:
                 raise ValueError("%r has a local receiver already" % (prefix,))

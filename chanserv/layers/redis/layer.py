@@ -547,9 +547,7 @@ class RedisChannelLayer(BaseChannelLayer):
         :raises ValueError: ``prefix`` has a receiver already.
         """
         self._require_attached()
-        self.valid_channel_name(prefix, receive=True)
-        if not prefix.endswith("!"):
-            raise TypeError("A local receiver's prefix ends with '!', not %r" % (prefix,))
+        self._check_local_prefix(prefix)
         if prefix in self._local:
             raise ValueError("%r has a local receiver already" % (prefix,))
         shard = self.shards[self.consistent_hash(prefix)]
