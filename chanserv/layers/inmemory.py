@@ -216,15 +216,30 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 return
 
     def _removed_locked(self, ch: ChannelState) -> None:
-        """Messages left ``ch``: tell whoever waits for room."""
-        if (ch.space_waiters or ch.sync_space_waiting) and (
-            ch.counts is not None or len(ch.queue) < ch.capacity
-        ):
-            if ch.space_waiters:
-                self._post.append((self._fire_space, (ch.space_waiters,)))
-                ch.space_waiters = []
-            if ch.sync_space_waiting:
-                self._space_cond.notify_all()
+        """
+        Messages left ``ch``: tell whoever waits for room.  Of the reactor
+        face's waiters, only as many as there is room for are woken, oldest
+        first: with thousands waiting on a full channel, one freed slot must
+        not make all of them retry (and all but one wait again).  A process
+        channel (per-name counts) wakes them all: its room is per name.
+        """
+        if not (ch.space_waiters or ch.sync_space_waiting):
+            return
+        if ch.counts is not None:
+            room = len(ch.space_waiters)
+        else:
+            room = ch.capacity - len(ch.queue)
+            if room <= 0:
+                return
+        waiters = ch.space_waiters
+        if waiters:
+            if room >= len(waiters):
+                woken, ch.space_waiters = waiters, []
+            else:
+                woken, ch.space_waiters = waiters[:room], waiters[room:]
+            self._post.append((self._fire_space, (woken,)))
+        if ch.sync_space_waiting:
+            self._space_cond.notify_all()
 
     def _take_locked(self, keys: list[str], limit: int) -> list[tuple[str, Prepared]]:
         # Round robin over the keys, starting one further on every call, so a

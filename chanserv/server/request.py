@@ -6,7 +6,11 @@ One HTTP request's life as ASGI 1.0 messages (reference §2.1).
 head is parsed and checked it sends ``http.request`` on the layer (``503
 Request queue full.`` on ``ChannelFull``), takes the application's Response
 and Response Chunk messages from its reply channel, writes them, and sends
-``http.disconnect`` when the response is complete or the client goes away.
+``http.disconnect`` when the response is complete or the client goes away --
+if the project routes that channel to a consumer (the layer wrapper's
+``router``; no default route takes it).  Unrouted, nothing would ever read
+it: each one would sit in the layer until it expired, and a busy site would
+keep the channel full and every later disconnect waiting for room.
 
 Replies are checked before anything reaches the wire: the first needs an int
 ``status`` in 200-599, ``headers`` a list of ``[name, value]`` bytes pairs
@@ -490,6 +494,9 @@ class WebRequest(http.Request):
             return
         self._disconnect_sent = True
         factory = self._factory
+        router = getattr(factory.layer, "router", None)
+        if router is not None and "http.disconnect" not in router.channels:
+            return  # no consumer takes it (see the module docstring)
         d = send_until_delivered(
             factory.layer,
             factory.clock,

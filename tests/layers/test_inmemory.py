@@ -366,6 +366,35 @@ class InMemorySpecifics(unittest.TestCase):
         layer.flush()
         self.assertIsNone(self.result(d))
 
+    def test_freed_room_wakes_only_as_many_waiters_as_it_holds(self) -> None:
+        # 1,000 senders wait on a full channel: each freed slot wakes one of
+        # them, oldest first -- not all 1,000 to retry and wait again.
+        layer = self.attached(capacity=2)
+        layer.send("fw", {"n": 0})
+        layer.send("fw", {"n": 1})
+        waiters = [layer.when_capacity_twisted("fw") for _ in range(1000)]
+        self.assertFalse(any(d.called for d in waiters))
+        layer.receive(["fw"])
+        self.reactor.advance(0)
+        self.assertEqual([d.called for d in waiters[:2]], [True, False])
+        self.assertEqual(sum(d.called for d in waiters), 1)
+        layer.send("fw", {"n": 2})  # the woken one takes the room
+        layer.receive(["fw"])  # one slot free: one more woken
+        self.reactor.advance(0)
+        self.assertEqual(sum(d.called for d in waiters), 2)
+        layer.receive(["fw"])  # empty: room for two
+        self.reactor.advance(0)
+        self.assertEqual(sum(d.called for d in waiters), 4)
+        self.assertTrue(all(d.called for d in waiters[:4]))
+        # A cancelled waiter leaves the line; the next one is woken instead.
+        waiters[4].cancel()
+        layer.send("fw", {"n": 3})
+        layer.send("fw", {"n": 4})
+        layer.receive(["fw"])
+        self.reactor.advance(0)
+        self.assertTrue(waiters[5].called)
+        self.assertEqual(sum(d.called for d in waiters[6:]), 0)
+
     def test_when_capacity_of_a_local_receiver_prefix(self) -> None:
         layer = self.attached(capacity=1)
         layer.add_local_receiver("wl!", lambda batch: None)

@@ -423,3 +423,26 @@ def test_layer_outage_gives_503_not_500(monkeypatch: pytest.MonkeyPatch) -> None
     assert conn.written().startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert conn.written().endswith(b"Channel layer unavailable.\n")
     assert len(server.replies) == 0
+
+
+@pytest.mark.parametrize("routed", [True, False])
+def test_http_disconnect_is_sent_only_when_routed(routed: bool) -> None:
+    from chanserv.asgi import ChannelLayerWrapper
+    from chanserv.routing import route
+
+    routing = [route("http.request", lambda message: None)]
+    if routed:
+        routing.append(route("http.disconnect", lambda message: None))
+    server = Server()
+    server.factory.layer = ChannelLayerWrapper(server.layer, "default", routing)
+    conn = server.connect()
+    conn.send(simple_request())
+    request = server.request()
+    server.reply(request, status=200, content=b"ok")
+    assert conn.written().startswith(b"HTTP/1.1 200 OK\r\n")
+    sent = server.receive("http.disconnect")
+    if routed:
+        assert sent == {"reply_channel": request["reply_channel"], "path": "/"}
+    else:
+        # Nothing would read it: it is not left to fill the channel.
+        assert sent is None
