@@ -555,6 +555,27 @@ print("sent")
         with self.assertRaises(ChannelFull):
             layer.send("wc", {})
 
+    def test_when_capacity_wakes_only_as_many_as_there_is_room_for(self) -> None:
+        layer = self.layer(capacity=2)
+        layer.send("wr", {})
+        layer.send("wr", {})
+
+        def waiter() -> Deferred[None]:
+            # As a real sender does: once woken, take the room.
+            d = layer.when_capacity_twisted("wr")
+            d.addCallback(lambda _: layer.send_twisted("wr", {}))
+            d.addErrback(lambda f: f.trap(CancelledError, ChannelFull))
+            return d
+
+        waiters = in_reactor(lambda: [waiter() for _ in range(50)])
+        self.assertEqual(layer.receive(["wr"])[0], "wr")  # one slot free
+        in_reactor(lambda: waiters[0])
+        time.sleep(0.3)  # rechecks run; the slot was taken again
+        # Before, all 50 were woken to retry.  A recheck racing the woken
+        # sender's send may wake one more, who finds the channel full.
+        self.assertLessEqual(in_reactor(lambda: sum(d.called for d in waiters)), 2)
+        in_reactor(lambda: [d.cancel() for d in waiters])
+
     def test_send_prepared_wait(self) -> None:
         layer = self.layer(capacity=1)
         layer.send("spw", {"n": 1})

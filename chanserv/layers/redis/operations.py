@@ -579,13 +579,13 @@ class RedisOperations:
             error=unwrap(failure).getErrorMessage(),
         )
 
-    def has_room(self, channel: str) -> Deferred[bool]:
-        """Whether ``channel`` holds fewer messages than its capacity."""
+    def room(self, channel: str) -> Deferred[int]:
+        """How many more messages ``channel`` can take now (0: full)."""
         name = _non_local(channel)
         d = self.shard_of(name).eval(
             ROOM, [self.prefix + name, self.count_key(name)], [self.prefix, channel]
         )
-        return d.addCallback(lambda length: int(length) < self.get_capacity(channel))
+        return d.addCallback(lambda length: max(0, self.get_capacity(channel) - int(length)))
 
     # -- decoding ------------------------------------------------------------------
 

@@ -469,7 +469,8 @@ class CapacityWatch:
     Redis tells nobody when a list gets shorter, so room is checked right
     away, again after every receive of this channel by this process, and
     otherwise on a timer backing off from 50 ms to 1 s -- a bounded
-    recheck, one timer per watched channel, stopped once nobody waits.
+    recheck, one timer per watched channel, stopped once nobody waits.  A
+    check wakes as many waiters as there is room for, oldest first.
     """
 
     delays = (0.05, 0.1, 0.2, 0.5, 1.0)
@@ -507,7 +508,7 @@ class CapacityWatch:
             self._timer.cancel()
         self._timer = None
         self._checking = True
-        d = self._ops.has_room(self.channel).addBoth(self._checked)
+        d = self._ops.room(self.channel).addBoth(self._checked)
         d.addErrback(lambda f: log.failure("Capacity watch of {c}", f, c=self.channel))
 
     def _checked(self, result: Any) -> None:
@@ -515,7 +516,9 @@ class CapacityWatch:
         if isinstance(result, Failure):
             log.debug("Capacity check of {channel} failed: {f}", channel=self.channel, f=result)
         elif result:
-            waiters, self.waiters = self.waiters, []
+            # Only as many as there is room for, oldest first: a freed slot
+            # must not make every waiter retry (and all but one wait again).
+            waiters, self.waiters = self.waiters[:result], self.waiters[result:]
             for d in waiters:
                 d.callback(None)
         if not self.waiters:
