@@ -113,6 +113,22 @@ def diag(port: int, query: str = "") -> dict[str, Any]:
     return answer
 
 
+def diag_settled(port: int, query: str, lanes: int) -> dict[str, Any]:
+    """
+    ``/diag/`` once the previous diagnostic request has let go of its
+    worker lane: a request's lane is released after its consumer returns,
+    which is after its response went out, so the next request can see it
+    for an instant.  Polls until ``worker_lanes`` is ``lanes`` (what one
+    request in flight, this one, holds).
+    """
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        state = diag(port, query)
+        if state["worker_lanes"] == lanes or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
 def wait_quiet(port: int, baseline: dict[str, Any]) -> dict[str, Any]:
     """
     Poll ``/diag/`` until no connection of the storm is left and every
@@ -193,7 +209,7 @@ def test_memory_returns_after_storms(server: TwistdProcess) -> None:
     report = os.environ.get("E2E_STORM_REPORT") == "1"
     trim = os.environ.get("E2E_STORM_TRIM") == "1"
     tracing = int(os.environ.get("E2E_STORM_TRACEMALLOC", "0"))
-    baseline = diag(port, "?objects=1")
+    baseline = diag_settled(port, "?objects=1", 1)  # the diagnostic request's own lane
     if tracing:
         diag(port, "?tracemalloc=start&frames=%d" % tracing)
     started = time.monotonic()
@@ -215,7 +231,7 @@ def test_memory_returns_after_storms(server: TwistdProcess) -> None:
         if trim:
             state = diag(port, "?trim=1&pymalloc=1")
             print("   after malloc_trim(0): %d KiB" % state["rss_kb_trimmed"], state["pymalloc"])
-    final = diag(port, "?objects=1")
+    final = diag_settled(port, "?objects=1", baseline["worker_lanes"])
     if report:
         print("before  ", baseline)
         print("round 1 ", first)

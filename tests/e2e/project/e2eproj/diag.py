@@ -4,6 +4,8 @@
 Answers JSON with the process's resident memory, the sizes of every
 per-connection structure of the interface server, the in-memory layer and
 the worker (read on the reactor thread, so nothing changes under the count),
+the counts of WebSockets closed because their client did not read (and of
+the messages dropped with them, also the layer's ``channel_full_count``),
 and the number of live objects of the classes a connection creates.
 
 ``?tracemalloc=start&frames=n`` starts ``tracemalloc`` (n frames per
@@ -92,6 +94,7 @@ def _sizes() -> dict[str, Any]:
             "chat_members": len(groups._members.get("chat", ())),
         }
     sizes.update(
+        layer_full_count=layer.global_statistics()["channel_full_count"],
         valid_names=len(base._valid_names),
         valid_receive_names=len(base._valid_receive_names),
         capacity_cache=len(layer._capacity_cache),
@@ -106,6 +109,10 @@ def _sizes() -> dict[str, Any]:
             replies=len(server.replies),
             replies_gone=server.replies.gone,
             disconnects_lost=server.websocket_factory.disconnects_lost,
+            # WebSockets closed with 1013 because their client did not read,
+            # and the messages dropped with them (tests/e2e/test_slow_readers.py).
+            overflow_closes=server.replies.overflow_closes,
+            overflow_dropped=server.replies.dropped,
         )
     if worker is not None and worker.lanes is not None:
         sizes["worker_lanes"] = len(worker.lanes)

@@ -102,3 +102,16 @@ def group_size_http(message, group):
     }
     for chunk in AsgiHandler.encode_response(JsonResponse(answer)):
         message.reply_channel.send(chunk)
+
+
+# tests/e2e/test_slow_readers.py: a WebSocket on /broadcast/<name>/ is not a
+# member of Group(<name>); what it says goes to the group (group_receive).
+
+
+def broadcast_connect(message, group):
+    """Accept without joining ``Group(group)``: the socket only talks to it."""
+    message.reply_channel.send({"accept": True})
+
+
+def broadcast_disconnect(message, group):
+    """Nothing to leave."""

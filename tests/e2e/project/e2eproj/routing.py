@@ -1,6 +1,8 @@
 from chanserv.routing import route
 from e2eproj import consumers, jitter, nodes, ordered
 
+_BROADCAST = r"^/broadcast/(?P<group>[a-z0-9-]+)/$"
+
 channel_routing = [
     route("e2e.marker", consumers.write_marker),
     route("http.request", consumers.slow_http, path=r"^/slow/$"),
@@ -29,4 +31,9 @@ channel_routing = [
     route("websocket.receive", nodes.group_receive, path=r"^/group/(?P<group>[a-z0-9-]+)/$"),
     route("websocket.disconnect", nodes.group_disconnect, path=r"^/group/(?P<group>[a-z0-9-]+)/$"),
     route("http.request", nodes.group_size_http, path=r"^/groupsize/(?P<group>[a-z0-9-]+)/$"),
+    # tests/e2e/test_slow_readers.py: a socket that broadcasts to a group
+    # without being a member of it.
+    route("websocket.connect", nodes.broadcast_connect, path=_BROADCAST),
+    route("websocket.receive", nodes.group_receive, path=_BROADCAST),
+    route("websocket.disconnect", nodes.broadcast_disconnect, path=_BROADCAST),
 ]
