@@ -38,6 +38,18 @@ class ChannelFull(Exception):
     """
 
 
+class ChannelBlocked(ChannelFull):
+    """
+    The channel is paused by the interface server it is local to: its
+    client takes the response more slowly than the application sends it.
+
+    A :class:`ChannelFull` (capacity semantics: the message was not sent),
+    raised by ``send`` while the block lasts.  It ends when the client has
+    caught up (the interface unblocks the channel) or is gone (the channel
+    is discarded, and what is sent to it then is counted as gone).
+    """
+
+
 class MessageTooLarge(Exception):
     """
     The message serialises to more than the layer's ``max_message_size``.

@@ -41,6 +41,7 @@ from chanserv._compat.django import Handler, StreamedRequest, set_response_handl
 from chanserv.exceptions import RequestAborted, RequestTimeout
 from chanserv.exceptions import ResponseLater as _ResponseLater
 from chanserv.log import Logger
+from chanserv.message import BLOCKED_TIMEOUT, send_waiting
 
 __all__ = ["AsgiHandler", "AsgiRequest", "ViewConsumer"]
 
@@ -455,12 +456,27 @@ class ViewConsumer:
     else retrying with a short bounded back-off -- for at most
     :attr:`send_timeout` seconds per message; then the client is taken to be
     gone, the rest of the response is dropped and an error is logged.
+
+    A reply channel its interface server *blocked*
+    (:class:`~chanserv.exceptions.ChannelBlocked`: the client takes the
+    response more slowly than it is made) is waited on for up to
+    :attr:`blocked_timeout` seconds instead: the interface unblocks it as
+    the client catches up, so the response is made at the client's pace,
+    and discards it when the client is gone (``--http-timeout``), which
+    ends the wait -- the rest then goes to a gone channel, where the
+    interface counts it.
     """
 
     handler_class: type[AsgiHandler] = AsgiHandler
 
     #: Seconds one reply message may wait for room on a full reply channel.
     send_timeout: float = 10.0
+
+    #: Seconds one reply message may wait on a reply channel that its
+    #: interface server blocked.  A safety net above the interface's
+    #: ``--http-timeout`` (120), by which it cuts a client that reads
+    #: nothing and so ends the block.
+    blocked_timeout: float = BLOCKED_TIMEOUT
 
     def __init__(self) -> None:
         self.handler = self.handler_class()
@@ -476,10 +492,9 @@ class ViewConsumer:
             for reply in replies:
                 if not self._send(layer, reply_channel.name, reply):
                     log.error(
-                        "Reply channel {channel} stayed full for {timeout}s; the "
+                        "Reply channel {channel} stayed full or blocked too long; the "
                         "client is gone, the rest of its response was dropped",
                         channel=reply_channel.name,
-                        timeout=self.send_timeout,
                     )
                     return
         finally:
@@ -489,18 +504,17 @@ class ViewConsumer:
         """Send ``reply`` now, or wait a bounded time for room; False if full."""
         layer.valid_channel_name(channel)
         data = layer.prepare(reply)
+        if getattr(layer, "send_prepared_wait", None) is not None:
+            try:
+                send_waiting(layer, channel, data, self.send_timeout, self.blocked_timeout)
+                return True
+            except layer.ChannelFull:
+                return False
         try:
             layer.send_prepared(channel, data)
             return True
         except layer.ChannelFull:
             pass
-        wait = getattr(layer, "send_prepared_wait", None)
-        if wait is not None:
-            try:
-                wait(channel, data, self.send_timeout)
-                return True
-            except layer.ChannelFull:
-                return False
         deadline = time.monotonic() + self.send_timeout
         delay = 0.005
         pause = threading.Event()

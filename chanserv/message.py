@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from chanserv.exceptions import ChannelFull
+from chanserv.exceptions import ChannelBlocked, ChannelFull
 from chanserv.log import Logger
 
 if TYPE_CHECKING:
@@ -25,7 +26,14 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-__all__ = ["Message", "PendingMessageStore", "pending_message_store"]
+__all__ = ["BLOCKED_TIMEOUT", "Message", "PendingMessageStore", "pending_message_store"]
+
+#: Seconds a send may wait on a channel its interface server blocked
+#: (``ChannelBlocked``: the client takes its messages slowly).  The
+#: interface ends a block when the client catches up, and when it cuts a
+#: client that reads nothing (``--http-timeout``, 120 s): this is only the
+#: safety net above that.
+BLOCKED_TIMEOUT = 300.0
 
 
 class Message:
@@ -88,10 +96,13 @@ class PendingMessageStore:
     running a consumer, :meth:`append` returns False and the caller sends at
     once.  A flush that meets ``ChannelFull`` waits for room (pushed by the
     layer, not polled) up to :attr:`full_timeout` seconds per message, then
-    logs the message as lost and goes on with the rest.
+    logs the message as lost and goes on with the rest; a channel its
+    interface server blocked (a slow client) is waited on up to
+    :attr:`blocked_timeout` (see :func:`send_waiting`).
     """
 
     full_timeout = 2.0
+    blocked_timeout = BLOCKED_TIMEOUT
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -134,7 +145,7 @@ class PendingMessageStore:
 
     def _send(self, layer: BaseChannelLayer, name: str, data: Prepared) -> None:
         try:
-            send_waiting(layer, name, data, self.full_timeout)
+            send_waiting(layer, name, data, self.full_timeout, self.blocked_timeout)
         except ChannelFull:
             log.error(
                 "Channel {channel} stayed full for {timeout}s; a message "
@@ -144,21 +155,37 @@ class PendingMessageStore:
             )
 
 
-def send_waiting(layer: Any, channel: str, data: Prepared, timeout: float) -> None:
+def send_waiting(
+    layer: Any,
+    channel: str,
+    data: Prepared,
+    timeout: float,
+    blocked_timeout: float = BLOCKED_TIMEOUT,
+) -> None:
     """
-    Send a prepared message; if ``channel`` is full, wait up to ``timeout``
-    seconds for room (pushed by the layer's ``send_prepared_wait`` where it
-    has one) before giving up.  A worker thread: it may block.
+    Send a prepared message, through the layer's ``send_prepared_wait``
+    where it has one (woken by the layer, not polled; it also paces a
+    thread that runs ahead of the interface server): if ``channel`` is
+    full, wait up to ``timeout`` seconds for room; while its interface
+    server keeps it blocked (:class:`~chanserv.exceptions.ChannelBlocked`:
+    its client is slow, not gone), wait on, up to ``blocked_timeout``
+    seconds in all.  A worker thread: it may block.
 
-    :raises ChannelFull: still full after ``timeout``.
+    :raises ChannelFull: still full after ``timeout`` (ChannelBlocked:
+        still blocked after ``blocked_timeout``).
     """
-    try:
+    wait = getattr(layer, "send_prepared_wait", None)
+    if wait is None:
         layer.send_prepared(channel, data)
-    except ChannelFull:
-        wait = getattr(layer, "send_prepared_wait", None)
-        if wait is None:
-            raise
-        wait(channel, data, timeout)
+        return
+    started = time.monotonic()
+    while True:
+        try:
+            wait(channel, data, timeout)
+            return
+        except ChannelBlocked:
+            if time.monotonic() - started >= blocked_timeout:
+                raise
 
 
 pending_message_store = PendingMessageStore()

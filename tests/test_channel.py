@@ -337,6 +337,29 @@ def test_flush_waits_for_room_in_a_full_channel(monkeypatch: pytest.MonkeyPatch)
     assert finished.is_set()
 
 
+def test_flush_waits_on_a_blocked_channel_past_full_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its interface blocked the reply channel: the client is slow, not
+    # gone.  A held chunk must not be dropped (a hole in the response).
+    layer = InMemoryChannelLayer()
+    monkeypatch.setattr(pending_message_store, "full_timeout", 0.01)
+    layer.block_local_channel("http.response.x!a")
+    finished = threading.Event()
+
+    def worker_thread() -> None:
+        run_consumer(lambda: Channel("http.response.x!a", channel_layer=layer).send({"n": 1}))
+        finished.set()
+
+    worker = threading.Thread(target=worker_thread)
+    worker.start()
+    assert not finished.wait(0.3)  # many full_timeouts later, still waiting
+    layer.unblock_local_channel("http.response.x!a")
+    worker.join(30)
+    assert finished.is_set()
+    assert drain(layer, "http.response.x!") == [{"n": 1}]
+
+
 def test_flush_drops_and_logs_a_message_that_finds_no_room(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

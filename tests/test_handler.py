@@ -653,6 +653,38 @@ def test_view_consumer_gives_up_on_a_gone_client(layer):
     assert len(replies(full_layer)) == 1
 
 
+def test_view_consumer_waits_on_a_blocked_reply_channel_past_send_timeout(layer):
+    # The interface blocked the channel: its client is slow, not gone.
+    blocked_layer = InMemoryChannelLayer()
+    message = http_request(blocked_layer, "/big/")
+    channel = message.reply_channel.name
+    blocked_layer.block_local_channel(channel)
+    consumer = ViewConsumer()
+    consumer.send_timeout = 0.01  # each wait ends at once, and is renewed
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (consumer(message), done.set()))
+    thread.start()
+    assert not done.wait(0.3)  # still waiting, many send_timeouts later
+    assert replies(blocked_layer) == []
+    blocked_layer.unblock_local_channel(channel)  # the client caught up
+    thread.join(30)
+    assert done.is_set()
+    assert [len(m["content"]) for m in replies(blocked_layer)] == [CHUNK, CHUNK, 10]
+
+
+def test_view_consumer_gives_up_on_a_channel_blocked_too_long(layer):
+    blocked_layer = InMemoryChannelLayer()
+    message = http_request(blocked_layer, "/big/")
+    blocked_layer.block_local_channel(message.reply_channel.name)
+    consumer = ViewConsumer()
+    consumer.send_timeout = 0.01
+    consumer.blocked_timeout = 0.05
+    with SignalCounter(signals.request_finished) as finished:
+        consumer(message)
+    assert len(finished.calls) == 1
+    assert replies(blocked_layer) == []
+
+
 def test_view_consumer_without_wait_support_backs_off(layer):
     class NoWait(InMemoryChannelLayer):
         send_prepared_wait = None  # type: ignore[assignment]

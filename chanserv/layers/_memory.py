@@ -92,13 +92,17 @@ class Waiter:
 
 
 class Receiver:
-    """A local receiver: its callback and the batch waiting for the reactor."""
+    """
+    A local receiver: its callback and the batch waiting for the reactor,
+    with the bytes of that batch's direct sends per channel.
+    """
 
-    __slots__ = ("active", "callback", "pending", "scheduled")
+    __slots__ = ("active", "callback", "pending", "pending_bytes", "scheduled")
 
     def __init__(self, callback: LocalReceiver) -> None:
         self.callback = callback
         self.pending: Batch = []
+        self.pending_bytes: dict[str, int] = {}
         self.scheduled = False
         self.active = True
 

@@ -31,7 +31,7 @@ from typing import Any
 import msgpack
 from twisted.internet.defer import Deferred
 
-from chanserv.exceptions import ChannelFull, MessageTooLarge
+from chanserv.exceptions import ChannelBlocked, ChannelFull, MessageTooLarge
 
 __all__ = ["BaseChannelLayer", "LocalReceiver", "Prepared"]
 
@@ -97,6 +97,7 @@ class BaseChannelLayer:
     cheap_receive = False
 
     ChannelFull = ChannelFull
+    ChannelBlocked = ChannelBlocked
     MessageTooLarge = MessageTooLarge
 
     def __init__(
@@ -267,6 +268,14 @@ class BaseChannelLayer:
         if not prefix.endswith("!"):
             raise TypeError("A local receiver's prefix ends with '!', not %r" % (prefix,))
 
+    def _check_local_channel(self, channel: Any) -> None:
+        """:raises TypeError: ``channel`` is not a valid ``prefix!local`` name."""
+        self.valid_channel_name(channel)
+        bang = channel.find("!")
+        if bang < 0 or bang == len(channel) - 1:
+            raise TypeError("%r is not a process-local 'prefix!local' channel" % (channel,))
+        self._check_local_prefix(channel[: bang + 1])
+
     def _check_new_channel_pattern(self, pattern: Any) -> None:
         if not isinstance(pattern, str) or not pattern.endswith("?"):
             raise TypeError(
@@ -428,4 +437,32 @@ class BaseChannelLayer:
 
     def when_capacity_twisted(self, channel: str) -> Deferred[None]:
         """A Deferred firing once ``channel`` has room for another message."""
+        raise NotImplementedError()
+
+    def block_local_channel(self, channel: str) -> None:
+        """
+        Pause sends to ``channel``, a ``prefix!local`` channel of this
+        process: until :meth:`unblock_local_channel` (or
+        ``discard_local_channel``, when its connection goes), ``send`` to it
+        raises :class:`~chanserv.exceptions.ChannelBlocked` (a
+        ``ChannelFull``), ``send_prepared_wait`` waits, and
+        ``when_capacity_twisted`` fires only once it is unblocked.  Messages
+        sent before still arrive.  The interface server blocks a response's
+        reply channel while its client is not taking what was written, so
+        the application slows to the client's pace.  Idempotent; refusals
+        while blocked are not counted in ``channel_full_count`` (nothing is
+        lost).  A mark never outlives the process that set it.
+
+        :raises TypeError: ``channel`` is not a valid ``prefix!local`` name.
+        """
+        raise NotImplementedError()
+
+    def unblock_local_channel(self, channel: str) -> None:
+        """
+        End :meth:`block_local_channel`: sends to ``channel`` go through
+        again and whoever waits for room on it is woken.  No-op if it is
+        not blocked.
+
+        :raises TypeError: ``channel`` is not a valid ``prefix!local`` name.
+        """
         raise NotImplementedError()

@@ -24,7 +24,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from chanserv.exceptions import ChannelFull
+from chanserv.exceptions import ChannelBlocked, ChannelFull
 from chanserv.layers._memory import (
     HOUSEKEEPING_INTERVAL,
     IDLE_RETENTION,
@@ -74,6 +74,14 @@ class InMemoryChannelLayer(BaseChannelLayer):
     #: Seconds between expiry sweeps while a reactor is attached.
     sweep_interval = 1.0
 
+    #: Bytes sent to one channel served by a local receiver that may wait
+    #: for the reactor before :meth:`send_prepared_wait` waits too: a
+    #: worker thread streaming a response runs ahead of the interface by at
+    #: most this much (plus one message), however threads are scheduled --
+    #: without it, one scheduling slice can put megabytes in one batch, past
+    #: any bound on what a connection holds.  ``send`` is never held back.
+    max_in_flight_bytes = 256 * 1024
+
     def __init__(
         self,
         expiry: float = 60,
@@ -95,6 +103,11 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._expiry_heap: list[tuple[float, str]] = []
         self._groups = GroupIndex(group_expiry, self._is_connected)
         self._receivers: dict[str, Receiver] = {}
+        # Blocked local channels (block_local_channel), each with the
+        # reactor face's waiters for it; bytes sent to served local
+        # channels not yet handed to their receiver.
+        self._blocked: dict[str, list[Deferred[None]]] = {}
+        self._in_flight: dict[str, int] = {}
         self._sent = Rate()
         self._full = Rate()
         self._rotation = 0
@@ -324,6 +337,52 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
         :raises ChannelFull: the channel (for ``prefix!local``, the prefix)
             holds ``get_capacity(channel)`` messages already.
+        :raises ChannelBlocked: the channel is blocked
+            (:meth:`block_local_channel`).
+        """
+        refused = self._offer(channel, data, pace=False)
+        if refused is not None:
+            raise self._refusal(channel, refused)
+
+    def send_prepared_wait(self, channel: str, data: Prepared, timeout: float) -> None:
+        """
+        :meth:`send_prepared`, waiting up to ``timeout`` real seconds for room
+        if the channel is full or blocked -- and, for a channel served by a
+        local receiver, while :attr:`max_in_flight_bytes` sent to it still
+        wait for the reactor (past ``timeout`` it is sent all the same).  A
+        worker thread only: it blocks.
+
+        :raises ChannelFull: the channel stayed full for ``timeout`` seconds;
+            :class:`~chanserv.exceptions.ChannelBlocked` if it was blocked at
+            the end.
+        """
+        deadline = time.monotonic() + timeout
+        key = queue_key(channel)
+        while True:
+            remaining = deadline - time.monotonic()
+            refused = self._offer(channel, data, pace=remaining > 0)
+            if refused is None:
+                return
+            if remaining <= 0:
+                raise self._refusal(channel, refused, timeout)
+            with self._lock:
+                now = self._begin_locked()
+                ch = self._channel_locked(key, now)
+                remaining = deadline - time.monotonic()
+                if remaining > 0 and self._must_wait_locked(ch, key, channel):
+                    ch.sync_space_waiting += 1
+                    try:
+                        self._space_cond.wait(remaining)
+                    finally:
+                        ch.sync_space_waiting -= 1
+                post = self._take_post_locked()
+            self._run_post(post)
+
+    def _offer(self, channel: str, data: Prepared, pace: bool) -> str | None:
+        """
+        Send ``data`` to ``channel``; None if sent, else why not: ``"full"``,
+        ``"blocked"``, or (only with ``pace``) ``"busy"``: too many bytes
+        for its local receiver still wait for the reactor.
         """
         key = queue_key(channel)
         message = None
@@ -333,53 +392,48 @@ class InMemoryChannelLayer(BaseChannelLayer):
             now = self._begin_locked()
             ch = self._channel_locked(key, now)
             receiver = self._receivers.get(key)
-            if receiver is not None:
-                if message is None:
-                    message = self.unpack(data)
-                self._deliver_locked(receiver, ch, channel, message, now)
-                sent = True
-            else:
-                sent = self._enqueue_locked(ch, key, channel, data, now)
+            refused: str | None = None
+            if self._blocked and channel in self._blocked:
+                refused = "blocked"  # flow control, not a full queue: not counted
+            elif receiver is not None:
+                in_flight = self._in_flight.get(channel, 0)
+                if pace and in_flight >= self.max_in_flight_bytes:
+                    refused = "busy"
+                else:
+                    if message is None:
+                        message = self.unpack(data)
+                    self._deliver_locked(receiver, ch, channel, message, now)
+                    size = len(data)
+                    receiver.pending_bytes[channel] = receiver.pending_bytes.get(channel, 0) + size
+                    self._in_flight[channel] = in_flight + size
+            elif not self._enqueue_locked(ch, key, channel, data, now):
+                refused = "full"
             post = self._take_post_locked()
         self._run_post(post)
-        if not sent:
-            raise ChannelFull(
-                "Channel %r is full (capacity %d)" % (channel, self.get_capacity(channel))
+        return refused
+
+    def _must_wait_locked(self, ch: ChannelState, key: str, channel: str) -> bool:
+        # Whether a paced send to ``channel`` would be refused now.
+        if self._blocked and channel in self._blocked:
+            return True
+        if key in self._receivers:
+            return self._in_flight.get(channel, 0) >= self.max_in_flight_bytes
+        return self._full_locked(ch, key, channel)
+
+    def _refusal(self, channel: str, refused: str, waited: float | None = None) -> ChannelFull:
+        if refused == "blocked":
+            return ChannelBlocked(
+                "Channel %r is blocked by its interface server%s"
+                % (channel, "" if waited is None else " (waited %ss)" % (waited,))
             )
-
-    def send_prepared_wait(self, channel: str, data: Prepared, timeout: float) -> None:
-        """
-        :meth:`send_prepared`, waiting up to ``timeout`` real seconds for room
-        if the channel is full.  A worker thread only: it blocks.
-
-        :raises ChannelFull: the channel stayed full for ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        key = queue_key(channel)
-        while True:
-            try:
-                self.send_prepared(channel, data)
-                return
-            except ChannelFull:
-                pass
-            with self._lock:
-                now = self._begin_locked()
-                ch = self._channel_locked(key, now)
-                full = self._full_locked(ch, key, channel)
-                remaining = deadline - time.monotonic()
-                if full and remaining > 0:
-                    ch.sync_space_waiting += 1
-                    try:
-                        self._space_cond.wait(remaining)
-                    finally:
-                        ch.sync_space_waiting -= 1
-                post = self._take_post_locked()
-            self._run_post(post)
-            if full and remaining <= 0:
-                raise ChannelFull(
-                    "Channel %r stayed full for %ss (capacity %d)"
-                    % (channel, timeout, self.get_capacity(channel))
-                )
+        return ChannelFull(
+            "Channel %r %s (capacity %d)"
+            % (
+                channel,
+                "is full" if waited is None else "stayed full for %ss" % (waited,),
+                self.get_capacity(channel),
+            )
+        )
 
     def receive(
         self, channels: Sequence[str], block: bool = False
@@ -492,8 +546,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     def flush(self) -> None:
         """
-        Drop every message, group and statistic.  Waiting receivers are not
-        cancelled: they go on waiting.  Done when it returns.
+        Drop every message, group, statistic and block mark.  Waiting
+        receivers are not cancelled: they go on waiting.  Done when it
+        returns.
         """
         with self._lock:
             for ch in self._channels.values():
@@ -509,6 +564,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
             self._groups.clear()
             for receiver in self._receivers.values():
                 receiver.pending = []
+                self._landed_locked(receiver.pending_bytes)
+                receiver.pending_bytes = {}
+            for channel in list(self._blocked):
+                self._unblock_locked(channel)
             self._sent = Rate()
             self._full = Rate()
             post = self._take_post_locked()
@@ -594,8 +653,41 @@ class InMemoryChannelLayer(BaseChannelLayer):
             # Reply channel names are never reused: counters kept for their
             # idle retention would grow with the rate of connections.
             self._counters.pop(channel, None)
+            if self._blocked:
+                self._unblock_locked(channel)
             post = self._take_post_locked()
         self._run_post(post)
+
+    def block_local_channel(self, channel: str) -> None:
+        """
+        Refuse sends to ``channel`` with ChannelBlocked until
+        :meth:`unblock_local_channel` or :meth:`discard_local_channel`
+        (see :meth:`BaseChannelLayer.block_local_channel
+        <chanserv.layers.base.BaseChannelLayer.block_local_channel>`).  Takes
+        effect at once: every send that returned before still arrives, none
+        after is accepted.  Any thread.
+        """
+        self._check_local_channel(channel)
+        with self._lock:
+            self._blocked.setdefault(channel, [])
+
+    def unblock_local_channel(self, channel: str) -> None:
+        """Accept sends to ``channel`` again and wake its waiters.  Any thread."""
+        self._check_local_channel(channel)
+        with self._lock:
+            self._unblock_locked(channel)
+            post = self._take_post_locked()
+        self._run_post(post)
+
+    def _unblock_locked(self, channel: str) -> None:
+        waiters = self._blocked.pop(channel, None)
+        if waiters is None:
+            return
+        if waiters:
+            self._post.append((self._fire_space, (waiters,)))
+        ch = self._channels.get(queue_key(channel))
+        if ch is not None and ch.sync_space_waiting:
+            self._space_cond.notify_all()
 
     # -- reactor face (reactor thread only) -------------------------------------
 
@@ -736,7 +828,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         (read-only).  Messages already queued for ``prefix`` are handed
         over too.  The receiver owns each channel's capacity from then on
         (the interface server's per-connection queue, which closes a
-        connection that overflows and reports it with :meth:`count_full`).
+        connection that overflows and reports it with :meth:`count_full`,
+        and :meth:`block_local_channel` for a client that reads slowly);
+        :meth:`send_prepared_wait` paces a sender to the reactor
+        (:attr:`max_in_flight_bytes`).
         Memberships of the prefix's channels no longer lapse by time; they
         end with :meth:`discard_local_channel`.  ``on_lost`` is accepted
         for the reply dispatch contract and never called: this layer's
@@ -772,12 +867,21 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if receiver is not None:
                 receiver.active = False
                 receiver.pending = []
+                self._landed_locked(receiver.pending_bytes)
+                receiver.pending_bytes = {}
+            # Its connections are gone with it: nothing stays blocked.
+            for channel in [c for c in self._blocked if queue_key(c) == prefix]:
+                self._unblock_locked(channel)
+            post = self._take_post_locked()
+        self._run_post(post)
 
     def _deliver(self, receiver: Receiver) -> None:
         # Reactor thread, via the batcher.
         with self._lock:
             batch = receiver.pending
+            sizes = receiver.pending_bytes
             receiver.pending = []
+            receiver.pending_bytes = {}
             receiver.scheduled = False
             active = receiver.active
         if active and batch:
@@ -785,12 +889,32 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 receiver.callback(batch)
             except Exception:
                 log.failure("A local receiver failed on {count} messages", count=len(batch))
+        if sizes:
+            # Handled (written, for a response): paced senders may go on.
+            with self._lock:
+                self._landed_locked(sizes)
+
+    def _landed_locked(self, sizes: dict[str, int]) -> None:
+        """The direct sends of ``sizes`` left the layer: no longer in flight."""
+        in_flight = self._in_flight
+        waiting = False
+        for name, size in sizes.items():
+            left = in_flight.get(name, 0) - size
+            if left > 0:
+                in_flight[name] = left
+            else:
+                in_flight.pop(name, None)
+            if not waiting:
+                ch = self._channels.get(queue_key(name))
+                waiting = ch is not None and ch.sync_space_waiting > 0
+        if waiting:
+            self._space_cond.notify_all()
 
     def when_capacity_twisted(self, channel: str) -> Deferred[None]:
         """
         A Deferred firing (on the reactor thread) once ``channel`` holds fewer
-        messages than its capacity: already fired if it does now.  Room comes
-        from receives, expiry and flush.
+        messages than its capacity and is not blocked: already fired if so
+        now.  Room comes from receives, expiry, flush and unblocking.
         """
         try:
             self._require_reactor()
@@ -802,7 +926,11 @@ class InMemoryChannelLayer(BaseChannelLayer):
         with self._lock:
             self._begin_locked()
             ch = self._channels.get(key)
-            if (
+            blocked = self._blocked.get(channel) if self._blocked else None
+            if blocked is not None:
+                d = Deferred(lambda cancelled: self._cancel_blocked(channel, cancelled))
+                blocked.append(d)
+            elif (
                 key not in self._receivers
                 and ch is not None
                 and self._full_locked(ch, key, channel)
@@ -812,6 +940,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
             post = self._take_post_locked()
         self._run_post(post)
         return d if d is not None else succeed(None)
+
+    def _cancel_blocked(self, channel: str, d: Deferred[None]) -> None:
+        with self._lock:
+            waiters = self._blocked.get(channel)
+            if waiters is not None and d in waiters:
+                waiters.remove(d)
 
     def _cancel_space(self, key: str, d: Deferred[None]) -> None:
         with self._lock:

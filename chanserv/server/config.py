@@ -41,6 +41,8 @@ class ServerConfig:
         ("Worker server failed to respond within time limit", as daphne); a
         started response that stays silent that long is cut (the connection
         closes).  Unlike daphne, a response that keeps sending is never cut.
+        It is also how long a client may read nothing of its response before
+        the connection is cut.
 
         ``header_timeout`` (15): total seconds from the first byte of a
         request to the end of its header section; *not* reset by each byte
@@ -67,6 +69,18 @@ class ServerConfig:
 
         ``idle_timeout`` (60): seconds a keep-alive connection may sit between
         requests before it is closed.
+
+        ``http_send_queue_size`` (1 MiB): bytes of a response that may wait
+        for a client that takes them more slowly than the application sends
+        them (beyond what the socket buffers hold; per HTTP/2 stream, what
+        its flow control holds back).  Past it the reply channel is blocked
+        (``ChannelBlocked``), so the application waits and the response
+        goes at the client's pace; once the client has caught up it is
+        unblocked.  What was already on its way still gets written; past
+        four times this (a second after the block, when only replies that
+        get past it can add more) the connection (HTTP/2: the stream) is
+        cut and the drop counted, as for a WebSocket.  A client that reads
+        nothing is cut after ``http_timeout``.
 
         ``max_body_size`` (10 MiB, ``None``: no limit): larger bodies get 413
         before any consumer runs (``Content-Length`` checked up front; chunked
@@ -140,6 +154,7 @@ class ServerConfig:
     max_body_size: int | None = 10 * MiB
     body_inline_size: int = 64 * KiB
     body_chunk_size: int = 64 * KiB
+    http_send_queue_size: int = 1 * MiB
     root_path: str = ""
     proxy_headers: bool = False
     access_log: str | None = None
@@ -190,6 +205,7 @@ class ServerConfig:
         for name in (
             "body_inline_size",
             "body_chunk_size",
+            "http_send_queue_size",
             "max_ws_message_size",
             "max_ws_frame_size",
             "ws_send_queue_size",

@@ -35,8 +35,14 @@ their first byte plus ``1 / request_min_rate`` s per body
 byte received (a trickled body; server pauses not counted)
 a body silent for ``body_timeout``                          408
 a client that reads nothing for ``http_timeout``, or lets   connection
-more than 64 MiB of response pile up (slow read)            cut
+four times ``http_send_queue_size`` of response pile up     cut
 ==========================================================  ============
+
+A client that takes its response more slowly than the application sends it
+slows the application down instead: once more than ``http_send_queue_size``
+bytes wait for it beyond what the transport buffers (the transport paused
+this channel), the request blocks its reply channel (see
+:mod:`chanserv.server.request`) until the transport has drained.
 
 Pipelined requests are handled one at a time in arrival order (Twisted
 buffers the next ones, pausing the transport past 16 KiB), so responses go
@@ -91,13 +97,6 @@ log = Logger()
 #: Seconds a connection being closed may take to flush before it is aborted.
 ABORT_TIMEOUT = 15.0
 
-#: Response bytes the application may hand over while the client is not
-#: reading (the transport's buffer is full) before the connection is cut.
-#: ASGI 1.0 has no way to slow the application down, so this bounds the
-#: memory a slow reader can pin; it is generous so that real downloads over
-#: slow links are not cut.
-MAX_UNSENT_BYTES = 64 * 1024 * 1024
-
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
@@ -133,7 +132,8 @@ class HTTPProtocol(HookedHTTPChannel):
 
     Attributes the request and the WebSocket side use: ``factory``,
     ``persistent``, ``discarding`` (True once the connection reads nothing
-    more), ``read_control`` (an ``IPushProducer`` pausing the transport).
+    more), ``read_control`` (an ``IPushProducer`` pausing the transport);
+    and :meth:`account_written`, :meth:`unsent_bytes`, :meth:`abort`.
 
     Only public hooks of ``HTTPChannel`` and ``LineReceiver`` are used (the
     one exception, Twisted's own refusals, comes through
@@ -399,33 +399,34 @@ class HTTPProtocol(HookedHTTPChannel):
         super().requestDone(request)
 
     def pauseProducing(self) -> None:
-        # The transport's write buffer is full: the client is not reading.
+        # The transport's write buffer is full: the client is not keeping up.
         if self._write_blocked_since is None:
             self._write_blocked_since = self.factory.clock.seconds()
         super().pauseProducing()
 
     def resumeProducing(self) -> None:
+        # The transport's write buffer drained: the client took it all.
         self._write_blocked_since = None
         self.unsent_while_blocked = 0
         super().resumeProducing()
+        for request in list(self.requests):
+            request.resume_replies()
 
-    def written_while_blocked(self, size: int) -> bool:
+    def account_written(self, size: int) -> int:
         """
-        Account ``size`` response bytes written; False (and the connection
-        is cut) if a client that is not reading has more than
-        :data:`MAX_UNSENT_BYTES` waiting.
+        Account ``size`` response bytes about to be written; return the
+        bytes then waiting for the client beyond what the transport buffers:
+        those written since the transport paused this channel (0 while it
+        keeps up).
         """
         if self._write_blocked_since is None:
-            return True
+            return 0
         self.unsent_while_blocked += size
-        if self.unsent_while_blocked <= MAX_UNSENT_BYTES:
-            return True
-        log.info(
-            "Client not reading {count} response bytes: connection cut",
-            count=self.unsent_while_blocked,
-        )
-        self.abort()
-        return False
+        return self.unsent_while_blocked
+
+    def unsent_bytes(self) -> int:
+        """What :meth:`account_written` last returned, until the transport drains."""
+        return self.unsent_while_blocked
 
     def abort(self) -> None:
         """Cut the connection now, discarding unsent data."""

@@ -45,8 +45,12 @@ refusal, a timeout or an aborted response ends one stream, not the
 connection; a response finished before its request body is followed by
 ``RST_STREAM(NO_ERROR)``, which asks the client to stop sending that body
 (RFC 9113 §8.1); a response the server cannot complete honestly (a broken
-reply, a client that reads nothing while 64 MiB pile up) is cut with
-``RST_STREAM(INTERNAL_ERROR)``.  Hop-by-hop response headers
+reply, a client that takes nothing while four times
+``http_send_queue_size`` piles up) is cut with ``RST_STREAM(INTERNAL_ERROR)``.
+A response goes at its stream's pace: what waits for the client is the
+stream's queue behind flow control (and behind the connection's transport),
+and the reply channel is blocked and unblocked on it as on HTTP/1.1 (see
+:mod:`chanserv.server.request`), per stream.  Hop-by-hop response headers
 (``connection``, ``transfer-encoding``, ``keep-alive``, ...) are dropped, as
 HTTP/2 requires.  Draining lets the streams in flight finish, answers new
 ones 503, and sends ``GOAWAY`` once the connection is idle.  Timeouts are
@@ -62,10 +66,13 @@ is in this module: ``twisted.web.http.H2Connection`` (subclassed: its
 constructor's ``reactor``, its ``conn``, ``streams``, ``factory`` and
 ``requestFactory`` attributes -- the last called as ``requestFactory(stream,
 queued=False)`` --, the overridden private ``_requestReceived(event)`` and
-``_requestDone(streamID)``, the private ``_tryToWriteControlData()``); and,
-of the ``H2Stream`` each request is given, ``streamID``, ``command``,
-``path``, ``producing`` and the transport and producer methods listed in
-:class:`StreamChannel`.  ``tests/server/test_tls_h2_pins.py`` pins each one,
+``_requestDone(streamID)``, the private ``_tryToWriteControlData()``, and
+``remainingOutboundWindow(streamID)``: the stream's window less what is
+queued for it); and, of the ``H2Stream`` each request is given,
+``streamID``, ``command``, ``path``, ``producing``, ``producer`` and the
+transport and producer methods listed in :class:`StreamChannel` (its
+``registerProducer`` gets the push producer that hears of its window
+opening).  ``tests/server/test_tls_h2_pins.py`` pins each one,
 so an incompatible Twisted release fails there, by name.
 
 Everything here runs on the reactor thread.
@@ -85,7 +92,7 @@ from twisted.web.http import H2Connection
 from twisted.web.http_headers import Headers
 
 from chanserv.log import Logger
-from chanserv.server.http import ABORT_TIMEOUT, MAX_UNSENT_BYTES, HTTPProtocol
+from chanserv.server.http import ABORT_TIMEOUT, HTTPProtocol
 from chanserv.server.request import WebRequest
 from chanserv.server.validate import (
     TargetError,
@@ -250,11 +257,6 @@ class HTTP2Connection(H2Connection):
 
     # -- write side ----------------------------------------------------------------
 
-    @property
-    def write_blocked(self) -> bool:
-        """True while the transport's buffer is full (the client is not reading)."""
-        return self._write_blocked_since is not None
-
     def pauseProducing(self) -> None:
         if self._write_blocked_since is None:
             self._write_blocked_since = self.factory.clock.seconds()
@@ -262,9 +264,9 @@ class HTTP2Connection(H2Connection):
 
     def resumeProducing(self) -> None:
         self._write_blocked_since = None
-        for channel in self._channels.values():
-            channel.unsent_while_blocked = 0
         super().resumeProducing()
+        for channel in list(self._channels.values()):
+            channel.request.resume_replies()
 
     # -- what the factory asks ---------------------------------------------------
 
@@ -332,14 +334,36 @@ class _StreamReading:
         pass
 
 
+class _StreamWriting:
+    """
+    The ``IPushProducer`` a stream's response registers with its
+    ``H2Stream``: told when the stream's flow-control window opens again.
+    """
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: StreamChannel) -> None:
+        self._channel = channel
+
+    def pauseProducing(self) -> None:
+        pass  # the window is full: the request sees it in what is queued
+
+    def resumeProducing(self) -> None:
+        self._channel.request.resume_replies()
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class StreamChannel:
     """
     What :class:`~chanserv.server.request.WebRequest` asks of its channel
     (an :class:`~chanserv.server.http.HTTPProtocol` on HTTP/1.1), for one
     HTTP/2 stream: ``factory``, ``persistent``, ``discarding``,
     ``read_control``, :meth:`reject`, :meth:`deadline_missed`,
-    :meth:`stop_reading`, :meth:`loseConnection` (ends the stream, not the
-    connection), :meth:`written_while_blocked`, and the transport methods
+    :meth:`stop_reading`, :meth:`loseConnection` and :meth:`abort` (end the
+    stream, not the connection), :meth:`account_written`,
+    :meth:`unsent_bytes`, and the transport methods
     ``twisted.web.http.Request`` writes through.
 
     :param connection: the :class:`HTTP2Connection`.
@@ -358,7 +382,7 @@ class StreamChannel:
         self.stream = stream
         self.factory: Any = connection.factory
         self.read_control = _StreamReading(connection, stream)
-        self.unsent_while_blocked = 0
+        self._writing: _StreamWriting | None = None
         self.request = HTTP2Request(self)
 
     # -- what the request asks ---------------------------------------------------
@@ -411,32 +435,36 @@ class StreamChannel:
         self.discarding = True
         self.connection.reset_stream(self.stream.streamID, ErrorCodes.INTERNAL_ERROR)
 
-    def written_while_blocked(self, size: int) -> bool:
-        """
-        Account ``size`` response bytes written; False (and the stream is
-        cut) once a client that is not reading -- the connection's transport
-        is full, or the stream's flow-control window is exhausted -- has more
-        than :data:`~chanserv.server.http.MAX_UNSENT_BYTES` waiting.
-        """
-        if not self.connection.write_blocked and self._window_open():
-            self.unsent_while_blocked = 0
-            return True
-        self.unsent_while_blocked += size
-        if self.unsent_while_blocked <= MAX_UNSENT_BYTES:
-            return True
-        log.info(
-            "Client not reading {count} response bytes on HTTP/2 stream {stream}: stream cut",
-            count=self.unsent_while_blocked,
-            stream=self.stream.streamID,
-        )
+    def abort(self) -> None:
+        """Cut this stream now (as :meth:`loseConnection`: what it queued goes)."""
         self.loseConnection()
-        return False
 
-    def _window_open(self) -> bool:
+    def account_written(self, size: int) -> int:
+        """
+        ``size`` response bytes are about to be written: the bytes then
+        waiting for the client on this stream (see :meth:`unsent_bytes`).
+        """
+        if self._writing is None:
+            # From the first write on, the stream tells us when its window
+            # opens (Twisted's H2Stream, through its producer).
+            self._writing = _StreamWriting(self)
+            self.stream.registerProducer(self._writing, True)
+        return self.unsent_bytes() + size
+
+    def unsent_bytes(self) -> int:
+        """
+        Response bytes queued on this stream and not yet sent: held back by
+        its flow-control window, or by the connection's transport (which
+        Twisted only writes to while it is not paused).  0 once it is closed.
+        """
+        stream_id = self.stream.streamID
+        connection = self.connection
         try:
-            return bool(self.connection.conn.local_flow_control_window(self.stream.streamID) > 0)
-        except ProtocolError:  # the stream is closed in h2
-            return True
+            window = connection.conn.local_flow_control_window(stream_id)
+            queued = window - connection.remainingOutboundWindow(stream_id)
+        except (KeyError, ProtocolError):  # the stream is done
+            return 0
+        return max(0, int(queued))
 
     # -- what twisted.web.http.Request writes through ---------------------------
 

@@ -139,6 +139,15 @@ class ServerOptionsMixin:
             _size("max-body-size"),
         ],
         [
+            "http-send-queue-size",
+            None,
+            _DEFAULTS.http_send_queue_size,
+            "Bytes of a response queued for an HTTP client that does not keep up "
+            "before the application is slowed to its pace; cut at four times this "
+            "(also K/M).",
+            _size("http-send-queue-size"),
+        ],
+        [
             "max-ws-message-size",
             None,
             _DEFAULTS.max_ws_message_size,
@@ -306,6 +315,7 @@ _FLAGS = {
     "ping_timeout": "--ping-timeout",
     "root_path": "--root-path",
     "max_body_size": "--max-body-size",
+    "http_send_queue_size": "--http-send-queue-size",
     "max_ws_message_size": "--max-ws-message-size",
     "max_ws_frame_size": "--max-ws-frame-size",
     "ws_receive_full_timeout": "--ws-receive-full-timeout",
@@ -353,6 +363,7 @@ def server_config_from_options(opts: Mapping[str, Any]) -> ServerConfig:
         "http2": not opts.get("no-http2"),
         "access_log": opts.get("access-log") or None,
         "max_body_size": max_body_size,
+        "http_send_queue_size": opts.get("http-send-queue-size", _DEFAULTS.http_send_queue_size),
         "max_ws_message_size": opts.get("max-ws-message-size", _DEFAULTS.max_ws_message_size),
         "max_ws_frame_size": opts.get("max-ws-frame-size", _DEFAULTS.max_ws_frame_size),
         "ws_receive_full_timeout": opts.get(

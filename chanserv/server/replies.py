@@ -17,6 +17,12 @@ connection is told (``layer_state_lost``: WebSockets close with 1012,
 requests still waiting answer 503).  A connection that goes leaves every
 group at once (``discard_local_channel``), so memberships live exactly as
 long as their connection.
+
+A connection whose client takes its replies more slowly than they come may
+have its channel blocked (:meth:`ReplyRegistry.block`): the layer then
+refuses sends to it (``ChannelBlocked``) until :meth:`ReplyRegistry.unblock`
+or until the connection goes, so its producer waits instead of filling the
+server's memory.
 """
 
 from __future__ import annotations
@@ -99,8 +105,9 @@ class ReplyRegistry(Service):
 
     def unregister(self, name: str) -> None:
         """
-        Forget ``name``: its connection is gone.  It leaves every group now;
-        later replies on it are counted in :attr:`gone`.  No-op if unknown.
+        Forget ``name``: its connection is gone.  It leaves every group now
+        and is no longer blocked; later replies on it are counted in
+        :attr:`gone`.  No-op if unknown.
         """
         if self._connections.pop(name, None) is not None:
             self._discard(name)
@@ -112,6 +119,31 @@ class ReplyRegistry(Service):
                 discard(name)
             except Exception:
                 log.failure("Removing {channel} from its groups failed", channel=name)
+
+    def block(self, name: str) -> bool:
+        """
+        Have the layer refuse sends to ``name`` (``block_local_channel``)
+        until :meth:`unblock` or :meth:`unregister`; False if it cannot
+        (then only the connection's own cap bounds what it holds).
+        """
+        return self._call_layer("block_local_channel", name, "Blocking {channel} failed")
+
+    def unblock(self, name: str) -> None:
+        """End :meth:`block` for ``name`` (``unblock_local_channel``)."""
+        self._call_layer("unblock_local_channel", name, "Unblocking {channel} failed")
+
+    def _call_layer(self, method: str, name: str, failed: str) -> bool:
+        call = getattr(self._layer, method, None)
+        if call is None:
+            return False
+        try:
+            call(name)
+        except NotImplementedError:
+            return False
+        except Exception:
+            log.failure(failed, channel=name)
+            return False
+        return True
 
     def overflowed(self, name: str, dropped: int) -> None:
         """

@@ -22,6 +22,27 @@ is cut (the response cannot be completed honestly).  Framing is the server's:
 an application ``Transfer-Encoding`` header is dropped, and a response
 shorter than its ``Content-Length`` closes the connection after it.
 
+A response goes at its client's pace.  When more than
+``http_send_queue_size`` bytes wait for the client (as its channel counts
+them: written since the transport paused on HTTP/1.1, queued behind flow
+control on an HTTP/2 stream), the reply channel is blocked in the layer
+(:meth:`~chanserv.server.replies.ReplyRegistry.block`): the application's
+next send gets ``ChannelBlocked`` and waits.  Once the client has taken
+what was queued (the transport drained; the stream's queue is down to half
+the cap, checked when its flow-control window opens, when the connection's
+transport drains and at every sweep) the channel is unblocked.  Chunks
+already on their way when it was blocked are written all the same -- for
+:data:`BLOCK_GRACE` seconds, whatever they add up to: a batch the layer
+held (a burst a fast client drains at once) must not cost a connection.
+Past that, or at once if the layer cannot block, more than
+:data:`HARD_FACTOR` times the cap waiting cuts the connection (the HTTP/2
+stream), counted as a WebSocket overflow is (``ReplyRegistry.overflowed``)
+and logged: replies keep coming although the channel is blocked (group
+sends, which a block does not hold back; a layer whose block failed).  A
+blocked response is not the application's silence: it is cut only when
+the client takes nothing for ``http_timeout``; its channel is discarded
+then, which ends the application's wait.
+
 Everything here runs on the reactor thread.
 """
 
@@ -45,9 +66,19 @@ from chanserv.server.delivery import send_until_delivered
 from chanserv.server.proxy import address_pair, forwarded
 from chanserv.server.validate import BadReply, checked_content, checked_start, parse_target
 
-__all__ = ["BODY_CHANNEL_PATTERN", "WebRequest"]
+__all__ = ["BLOCK_GRACE", "BODY_CHANNEL_PATTERN", "HARD_FACTOR", "WebRequest"]
 
 log = Logger()
+
+#: Past this many times ``http_send_queue_size`` waiting for its client, a
+#: response's connection is cut (see :data:`BLOCK_GRACE`).
+HARD_FACTOR = 4
+
+#: Seconds after its reply channel is blocked during which what was already
+#: on its way (sent before the block took effect) is written, however much:
+#: the in-memory layer paces a sender to the reactor, but a Redis inbox may
+#: hold a backlog of the channel's messages when the block lands.
+BLOCK_GRACE = 1.0
 
 #: ``new_channel`` pattern of body channels (a CSPRNG suffix is added here,
 #: as the layers' ``new_channel`` does, without a call to the layer's
@@ -99,6 +130,8 @@ class WebRequest(http.Request):
     _streamer: BodyStreamer | None = None
     _declared_length: int | None = None
     _disconnect_sent = False
+    _replies_blocked_since: float | None = None  # reply channel blocked: the client is behind
+    _replies_block_held = False  # ... and the layer holds the application back
     _app_active_at = 0.0
     _body_active_at = 0.0
     _started_at = 0.0  # the first byte of the request
@@ -385,9 +418,10 @@ class WebRequest(http.Request):
                 )
                 self._abort_connection()
                 return
-        if content and not self._write_checked(content):
+        more = message.get("more_content", False)
+        if content and not self._write_checked(content, more):
             return
-        if not message.get("more_content", False):
+        if not more:
             self._finish_response()
 
     def _start_response(
@@ -409,8 +443,14 @@ class WebRequest(http.Request):
         if not self.body_complete or not self.channel.persistent:
             self.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
-    def _write_checked(self, content: bytes) -> bool:
-        if not self.channel.written_while_blocked(len(content)):
+    def _write_checked(self, content: bytes, more: bool) -> bool:
+        channel = self.channel
+        queued = channel.account_written(len(content))
+        limit = self._factory.config.http_send_queue_size
+        if queued > limit and more:
+            self._block_replies()
+        if queued > HARD_FACTOR * limit and not self._in_block_grace():
+            self._overflow(queued, limit)
             return False
         declared = self._declared_length
         if declared is not None and self.sentLength + len(content) > declared:
@@ -423,6 +463,55 @@ class WebRequest(http.Request):
             return False
         self.write(content)
         return True
+
+    def _overflow(self, queued: int, limit: int) -> None:
+        # The reply channel was blocked long ago (or cannot be) and still
+        # the response piles up: cut, count, log once.
+        log.warn(
+            "Client of {path} does not take its response: {queued} bytes waiting, over "
+            "{factor} x {limit}: connection cut",
+            path=self.asgi_path,
+            queued=queued,
+            factor=HARD_FACTOR,
+            limit=limit,
+        )
+        if self.reply_channel is not None:
+            self._factory.replies.overflowed(self.reply_channel, 1)
+        self.channel.abort()
+
+    def _block_replies(self) -> None:
+        """The client is behind: the application waits (reply channel blocked)."""
+        if self._replies_blocked_since is not None or self.reply_channel is None:
+            return
+        self._replies_blocked_since = self._factory.clock.seconds()
+        self._replies_block_held = self._factory.replies.block(self.reply_channel)
+
+    def _in_block_grace(self) -> bool:
+        # What arrives this soon after a block was sent before it took effect.
+        since = self._replies_blocked_since
+        return (
+            since is not None
+            and self._replies_block_held
+            and self._factory.clock.seconds() - since < BLOCK_GRACE
+        )
+
+    def resume_replies(self) -> None:
+        """
+        The client may have caught up (called by the channel when its
+        transport drains or an HTTP/2 stream may send again, and by the
+        sweep): unblock the reply channel if at most half of
+        ``http_send_queue_size`` still waits for the client.
+        """
+        if self._replies_blocked_since is None:
+            return
+        channel = getattr(self, "channel", None)
+        if channel is None:
+            return
+        if channel.unsent_bytes() > self._factory.config.http_send_queue_size // 2:
+            return
+        self._replies_blocked_since = None
+        if self.reply_channel is not None and self.reply_channel in self._factory.replies:
+            self._factory.replies.unblock(self.reply_channel)
 
     def _respond_error(self, code: int, text: str) -> None:
         """Answer ``code`` with a plain-text body, or cut the connection if too late."""
@@ -486,6 +575,8 @@ class WebRequest(http.Request):
     # -- the end -----------------------------------------------------------------
 
     def _unregister(self) -> None:
+        # The layer forgets the channel, block included (discard_local_channel).
+        self._replies_blocked_since = None
         if self.reply_channel is not None:
             self._factory.replies.unregister(self.reply_channel)
 
@@ -583,6 +674,22 @@ class WebRequest(http.Request):
                 return
         if not self.dispatched:
             return
+        if self._replies_blocked_since is not None:
+            self.resume_replies()  # an HTTP/2 stream may have drained without a signal
+        blocked = self._replies_blocked_since
+        if blocked is not None:
+            if now - blocked >= config.http_timeout:
+                # On HTTP/1.1 the channel's own check (the transport paused
+                # for that long) comes first; this is for an HTTP/2 stream
+                # whose window the client never opens again.
+                log.info(
+                    "Client took nothing of {path} for {seconds}s: connection cut",
+                    path=self.asgi_path,
+                    seconds=now - blocked,
+                )
+                channel.abort()
+                return
+            self._app_active_at = now  # the client is slow, not the application
         if now - self._app_active_at >= config.http_timeout:
             if not self.response_started:
                 log.info("No response for {path} in time: 503", path=self.asgi_path)

@@ -47,7 +47,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
-from chanserv.exceptions import ChannelFull, MessageTooLarge
+from chanserv.exceptions import ChannelBlocked, ChannelFull, MessageTooLarge
 
 __all__ = ["LayerContractTests"]
 
@@ -878,3 +878,74 @@ class LayerContractTests:
         self.receive(["wc!"])
         self.assertIsNone(self.result_of(d))
         layer.send("wc!x", {})  # the room that was announced is really there
+
+    # -- blocking a local channel (the interface server's flow control) ---------
+
+    def test_blocked_local_channel_refuses_sends_until_unblocked(self) -> None:
+        layer = self.layer
+        calls = self.local_receiver(layer, "blk!")
+        layer.send("blk!a", {"n": 0})
+        self.run_reactor_face(layer.block_local_channel, "blk!a")
+        self.run_reactor_face(layer.block_local_channel, "blk!a")  # idempotent
+        with self.assertRaises(ChannelBlocked) as caught:
+            layer.send("blk!a", {"n": 1})
+        self.assertIsInstance(caught.exception, layer.ChannelFull)  # capacity semantics
+        self.assertIs(layer.ChannelBlocked, ChannelBlocked)
+        with self.assertRaises(ChannelBlocked):
+            self.run_reactor_face(layer.send_twisted, "blk!a", {"n": 1})
+        layer.send("blk!b", {"n": 2})  # its neighbours are not blocked
+        room = self.start_reactor_face(layer.when_capacity_twisted, "blk!a")
+        self.settle()
+        self.assertFalse(room.called)
+        self.run_reactor_face(layer.unblock_local_channel, "blk!a")
+        self.assertIsNone(self.result_of(room))
+        layer.send("blk!a", {"n": 3})
+        self.wait_for(lambda: sum(len(batch) for batch in calls) >= 3)
+        self.assertEqual(sorted(m["n"] for batch in calls for _, m in batch), [0, 2, 3])
+        # Flow control, not a full queue: nothing counted.
+        self.assertEqual(layer.channel_statistics("blk!a")["channel_full_count"], 0)
+        self.run_reactor_face(layer.unblock_local_channel, "blk!zz")  # not blocked: no-op
+
+    def test_discard_local_channel_ends_a_block(self) -> None:
+        layer = self.layer
+        self.local_receiver(layer, "bld!")
+        self.run_reactor_face(layer.block_local_channel, "bld!a")
+        self.run_reactor_face(layer.block_local_channel, "bld!b")
+        room = self.start_reactor_face(layer.when_capacity_twisted, "bld!a")
+        self.run_reactor_face(layer.discard_local_channel, "bld!a")  # its connection went
+        self.assertIsNone(self.result_of(room))
+        layer.send("bld!a", {"n": 1})
+        with self.assertRaises(ChannelBlocked):
+            layer.send("bld!b", {"n": 2})
+
+    def test_send_prepared_wait_waits_while_blocked(self) -> None:
+        layer = self.layer
+        self.local_receiver(layer, "blw!")
+        self.run_reactor_face(layer.block_local_channel, "blw!a")
+        data = layer.prepare({"n": 1})
+        with self.assertRaises(ChannelBlocked):
+            layer.send_prepared_wait("blw!a", data, 0.05)
+        errors: list[BaseException] = []
+
+        def wait_and_send() -> None:
+            try:
+                layer.send_prepared_wait("blw!a", data, 60)
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        sender = threading.Thread(target=wait_and_send)
+        sender.start()
+        sender.join(0.3)
+        self.assertTrue(sender.is_alive())  # blocked: it cannot have sent
+        self.run_reactor_face(layer.unblock_local_channel, "blw!a")
+        sender.join(30)
+        self.assertFalse(sender.is_alive())
+        self.assertEqual(errors, [])
+
+    def test_block_takes_process_local_names_only(self) -> None:
+        layer = self.layer
+        for name in ("plain", "pl!", "pl?x", "bad name!x", 5):
+            with self.assertRaises(TypeError, msg=repr(name)):
+                self.run_reactor_face(layer.block_local_channel, name)
+            with self.assertRaises(TypeError, msg=repr(name)):
+                self.run_reactor_face(layer.unblock_local_channel, name)

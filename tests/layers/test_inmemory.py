@@ -403,6 +403,74 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertTrue(layer.when_capacity_twisted("wl!c").called)
         layer.remove_local_receiver("wl!")
 
+    def _waiting_sender(
+        self, layer: InMemoryChannelLayer, channel: str, data: bytes
+    ) -> tuple[threading.Thread, list[BaseException]]:
+        """A thread in send_prepared_wait, returned once it waits for room."""
+        cond = layer._space_cond = NotifyingCondition(layer._lock)
+        errors: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                layer.send_prepared_wait(channel, data, 120)
+            except BaseException as e:  # pragma: no cover - reported by the test
+                errors.append(e)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        self.assertTrue(cond.waiting.wait(30))
+        return sender, errors
+
+    def test_send_prepared_wait_paces_a_thread_to_the_reactor(self) -> None:
+        """
+        A worker thread cannot run further ahead of the reactor than
+        max_in_flight_bytes per local channel: one scheduling slice cannot
+        pile a whole response into one batch.
+        """
+        layer = self.attached()
+        layer.max_in_flight_bytes = 1000
+        batches: list[list[Any]] = []
+        layer.add_local_receiver("pace!", batches.append)
+        chunk = layer.prepare({"content": b"x" * 600})
+        layer.send_prepared_wait("pace!a", chunk, 120)
+        layer.send_prepared_wait("pace!a", chunk, 120)  # 600 bytes were in flight
+        layer.send_prepared_wait("pace!b", chunk, 120)  # per channel
+        sender, errors = self._waiting_sender(layer, "pace!a", chunk)  # 1,200 in flight
+        layer.send("pace!a", {"content": b"x" * 600})  # send itself is never held back
+        self.reactor.run_pending()  # the reactor takes the batch: room again
+        sender.join(30)
+        self.assertFalse(sender.is_alive())
+        self.assertEqual(errors, [])
+        self.reactor.run_pending()
+        self.assertEqual([len(batch) for batch in batches], [4, 1])
+        # Past its timeout a paced send goes through all the same.
+        for _ in range(3):
+            layer.send_prepared_wait("pace!c", chunk, 0)
+        layer.remove_local_receiver("pace!")
+
+    def test_a_waiting_sender_is_released_when_the_connection_goes(self) -> None:
+        layer = self.attached()
+        layer.add_local_receiver("rel!", lambda batch: None)
+        data = layer.prepare({"n": 1})
+        for release in (
+            lambda: layer.discard_local_channel("rel!a"),
+            lambda: layer.remove_local_receiver("rel!"),
+        ):
+            layer.block_local_channel("rel!a")
+            sender, errors = self._waiting_sender(layer, "rel!a", data)
+            release()
+            sender.join(30)
+            self.assertFalse(sender.is_alive())
+            self.assertEqual(errors, [])
+
+    def test_flush_drops_block_marks(self) -> None:
+        layer = self.attached()
+        layer.block_local_channel("fl!a")
+        room = layer.when_capacity_twisted("fl!a")
+        layer.flush()
+        self.assertIsNone(self.result(room))
+        layer.send("fl!a", {})
+
     def test_attach_twice_is_refused_and_detach_ends_the_reactor_face(self) -> None:
         layer = self.attached()
         with self.assertRaises(RuntimeError):

@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
 
-from chanserv.exceptions import ChannelFull
+from chanserv.exceptions import ChannelBlocked, ChannelFull
 from chanserv.layers.redis import RedisChannelLayer, RedisTimeout, RedisUnavailable
 from chanserv.layers.redis.config import glob_to_lua, parse_hosts
 from tests.layers.contract import LayerContractTests
@@ -589,6 +589,63 @@ print("sent")
         t.join(10)
         self.assertTrue(done.is_set())
         self.assertEqual(layer.receive(["spw"]), ("spw", {"n": 2}))
+
+    def test_blocking_costs_one_command_per_transition_none_per_send(self) -> None:
+        redis = server("a")
+        layer = self.layer([redis.url])
+        layer.send("bk!a", {"warm": "up"})  # loads the scripts
+
+        def barrier() -> Deferred[Any]:
+            # The layer's commands go in order on one connection.
+            return layer.shards[0].execute("PING")
+
+        with redis.monitor() as commands:
+            in_reactor(layer.block_local_channel, "bk!a")
+            in_reactor(barrier)
+        self.assertEqual(commands, ["evalsha", "ping"])
+        with redis.monitor() as commands:
+            with self.assertRaises(ChannelBlocked):
+                layer.send("bk!a", {"n": 1})
+            layer.send("bk!b", {"n": 2})
+        self.assertEqual(commands, ["evalsha", "evalsha"])
+        # The mark is a field of the process's count hash, which expires.
+        counts = layer.prefix + ":count:bk!"
+        self.assertEqual(redis.cli("HGET", counts, "bk!a blocked"), "1")
+        self.assertTrue(0 < int(redis.cli("PTTL", counts)) <= layer.operations.list_ttl_ms)
+        with redis.monitor() as commands:
+            in_reactor(layer.unblock_local_channel, "bk!a")
+            in_reactor(barrier)
+        self.assertEqual(commands, ["evalsha", "ping"])
+        self.assertEqual(redis.cli("HGET", counts, "bk!a blocked"), "")
+        layer.send("bk!a", {"n": 3})
+        self.assertEqual(
+            [m for _, m in self.drain(layer, ["bk!"])], [{"warm": "up"}, {"n": 2}, {"n": 3}]
+        )
+
+    def test_block_mark_never_outlives_its_connection_or_process(self) -> None:
+        redis = server("a")
+        layer = self.layer([redis.url], expiry=0.5)  # the inbox's keys live 2 s
+        for name in ("bo!a", "bo!b", "bo!c"):
+            in_reactor(layer.block_local_channel, name)
+        # The connection goes: discard_local_channel.
+        in_reactor(layer.discard_local_channel, "bo!a")
+        in_reactor(lambda: layer.shards[0].execute("PING"))
+        layer.send("bo!a", {"n": 1})
+        with self.assertRaises(ChannelBlocked):
+            layer.send("bo!b", {"n": 2})
+        # The process dies: every key it held goes, its marks too.
+        self.assertTrue(in_reactor(layer.operations.heartbeat, "bo!", 5, True, False))
+        in_reactor(layer.operations.unregister, "bo!")
+        layer.send("bo!b", {"n": 3})
+        # Nothing sent to the process for longer than its inbox lives: gone too.
+        in_reactor(layer.block_local_channel, "bo!c")
+        in_reactor(lambda: layer.shards[0].execute("PING"))
+        with self.assertRaises(ChannelBlocked):
+            layer.send("bo!c", {"n": 4})
+        self.drain(layer, ["bo!"])
+        time.sleep(layer.operations.list_ttl_ms / 1000 + 0.2)
+        self.assertEqual(self.keys(layer), [])
+        layer.send("bo!c", {"n": 5})
 
 
 class TestRedisFaults(RedisTestCase):

@@ -6,10 +6,14 @@ graceful drain.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
+from chanserv.exceptions import ChannelBlocked, ChannelFull
+from chanserv.server.request import BLOCK_GRACE
+from tests.layers.test_inmemory import NotifyingCondition
 from tests.server.http_helpers import Server, simple_request
 
 
@@ -112,24 +116,132 @@ def test_slow_inline_body_times_out() -> None:
     assert server.receive() is None
 
 
-def test_client_that_reads_nothing_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
-    from chanserv.server import http
-
-    monkeypatch.setattr(http, "MAX_UNSENT_BYTES", 1000)
-    server = Server()
-    conn = server.connect()
+def _stream(server: Server, conn: Any, first: bytes = b"x" * 600) -> str:
+    """Start a streamed response on ``conn``; its reply channel."""
     conn.send(simple_request())
     request = server.request()
-    server.reply(request, status=200, content=b"x" * 600, more_content=True)
+    server.reply(request, status=200, content=first, more_content=True)
+    return str(request["reply_channel"])
+
+
+def test_client_that_falls_behind_blocks_its_reply_channel() -> None:
+    server = Server(http_send_queue_size=1000)
+    conn = server.connect()
+    reply = _stream(server, conn)
     conn.protocol.pauseProducing()  # what the transport does when its buffer is full
-    server.reply(request, content=b"x" * 600, more_content=True)
+    server.reply({"reply_channel": reply}, content=b"x" * 600, more_content=True)
+    server.layer.send(reply, {"content": b"x" * 500, "more_content": True})  # 1,100 > 1,000
+    server.run()
+    with pytest.raises(ChannelBlocked):
+        server.layer.send(reply, {"content": b"late", "more_content": True})
+    assert issubclass(ChannelBlocked, ChannelFull)  # capacity semantics
+    # The application waits for room: a worker thread in send_prepared_wait...
+    data = server.layer.prepare({"content": b"y" * 100, "more_content": True})
+    cond = server.layer._space_cond = NotifyingCondition(server.layer._lock)
+    waiter = threading.Thread(target=server.layer.send_prepared_wait, args=(reply, data, 30))
+    waiter.start()
+    assert cond.waiting.wait(30)
+    # ... and the reactor face.
+    room = server.layer.when_capacity_twisted(reply)
+    assert not room.called
+    conn.protocol.resumeProducing()  # the client took it all
+    waiter.join(10)
+    assert not waiter.is_alive()
+    server.run()
+    assert room.called
+    assert conn.written().endswith(b"y" * 100 + b"\r\n")
+    server.layer.send(reply, {"content": b"z", "more_content": True})
+    # Nothing was refused for a full queue, nothing dropped.
+    assert server.layer.channel_statistics(reply)["channel_full_count"] == 0
+    assert server.replies.overflow_closes == 0
     assert not conn.transport.disconnected
-    conn.protocol.resumeProducing()  # the client read it
+
+
+def test_client_that_keeps_up_is_never_blocked() -> None:
+    blocked: list[str] = []
+    server = Server(http_send_queue_size=1000)
+    server.layer.block_local_channel = blocked.append  # type: ignore[method-assign]
+    conn = server.connect()
+    reply = _stream(server, conn)
+    for _ in range(50):
+        server.layer.send(reply, {"content": b"x" * 900, "more_content": True})
+        server.run()
+        conn.protocol.pauseProducing()  # a burst fills the transport's buffer...
+        conn.protocol.resumeProducing()  # ... and it drains
+    server.layer.send(reply, {"content": b"", "more_content": False})
+    server.run()
+    assert blocked == []
+    assert conn.written().count(b"x" * 900) == 50
+
+
+def _cannot_block(channel: str) -> None:
+    raise NotImplementedError()
+
+
+def test_response_piling_up_past_four_times_the_cap_is_cut_and_counted() -> None:
+    server = Server(http_send_queue_size=1000)
+    server.layer.block_local_channel = _cannot_block  # type: ignore[method-assign]
+    conn = server.connect()
+    reply = _stream(server, conn)
     conn.protocol.pauseProducing()
-    server.reply(request, content=b"x" * 900, more_content=True)
-    assert not conn.transport.disconnected
-    server.reply(request, content=b"x" * 200, more_content=True)
+    for _ in range(5):
+        server.layer.send(reply, {"content": b"x" * 900, "more_content": True})
+    server.run()
     assert conn.transport.disconnected  # aborted: nothing more is buffered
+    assert conn.written().count(b"x" * 900) == 4
+    assert server.replies.overflow_closes == 1
+    assert server.replies.dropped == 1
+    assert server.layer.channel_statistics(reply)["channel_full_count"] == 1
+    # Once the connection is gone its channel is not served.
+    conn.lose()
+    server.layer.send(reply, {"content": b"after", "more_content": True})
+    server.run()
+    assert server.replies.gone == 1
+
+
+def test_burst_on_its_way_when_blocked_is_written_then_the_cap_holds() -> None:
+    server = Server(http_send_queue_size=1000)
+    conn = server.connect()
+    reply = _stream(server, conn)
+    conn.protocol.pauseProducing()
+    # Sent before the block could take effect (a layer's backlog): written
+    # whatever it adds up to, within the grace.
+    for _ in range(5):
+        server.layer.send(reply, {"content": b"x" * 900, "more_content": True})
+    server.run()
+    assert conn.written().count(b"x" * 900) == 5
+    assert not conn.transport.disconnected
+    with pytest.raises(ChannelBlocked):
+        server.layer.send(reply, {"content": b"x", "more_content": True})
+    # Past the grace, replies that get past the block (a group send does)
+    # and pile up beyond four times the cap cut the connection.
+    server.layer.group_add("news", reply)
+    server.advance(BLOCK_GRACE + 0.5)
+    server.layer.send_group("news", {"content": b"x" * 900, "more_content": True})
+    server.run()
+    assert conn.transport.disconnected
+    assert server.replies.overflow_closes == 1
+
+
+def test_client_that_reads_nothing_is_cut_and_its_channel_released() -> None:
+    server = Server(http_send_queue_size=1000, http_timeout=10)
+    conn = server.connect()
+    reply = _stream(server, conn)
+    conn.protocol.pauseProducing()
+    server.reply({"reply_channel": reply}, content=b"x" * 1200, more_content=True)
+    room = server.layer.when_capacity_twisted(reply)
+    server.advance(9)
+    assert not conn.transport.disconnected
+    assert not room.called  # the application waits: it is not "stalled"
+    server.advance(2)
+    assert conn.transport.disconnected
+    conn.lose()  # what the transport does after abortConnection
+    server.run()
+    assert room.called  # released: its sends now go to a gone channel
+    server.layer.send(reply, {"content": b"x", "more_content": True})
+    server.run()
+    assert server.replies.gone == 1
+    assert server.request("http.disconnect")["reply_channel"] == reply
 
 
 def test_client_blocked_for_http_timeout_is_cut() -> None:

@@ -38,6 +38,7 @@ def test_defaults() -> None:
     assert (config.websocket_connect_timeout, config.websocket_handshake_timeout) == (5, 5)
     assert (config.ping_interval, config.ping_timeout) == (20, 30)
     assert config.ws_protocols == ()
+    assert config.http_send_queue_size == config.ws_send_queue_size == 1024 * 1024
     assert config.root_path == "" and not config.proxy_headers and config.access_log is None
 
 
@@ -96,6 +97,8 @@ def test_all_knobs() -> None:
         "65536",
         "--ws-receive-full-timeout",
         "12",
+        "--http-send-queue-size",
+        "256K",
         "--header-timeout",
         "4",
         "--body-timeout",
@@ -119,6 +122,7 @@ def test_all_knobs() -> None:
     assert config.max_ws_message_size == 512 * 1024
     assert config.max_ws_frame_size == 65536
     assert config.ws_receive_full_timeout == 12
+    assert config.http_send_queue_size == 256 * 1024
     assert (config.header_timeout, config.body_timeout, config.idle_timeout) == (4, 8, 16)
     assert config.graceful_timeout == 2.5
 
@@ -142,6 +146,7 @@ def test_no_body_limit() -> None:
         (["--ping-interval", "-1"], "--ping-interval"),
         (["--max-body-size", "0"], "--max-body-size"),
         (["--max-body-size", "lots"], "max-body-size"),
+        (["--http-send-queue-size", "0"], "--http-send-queue-size"),
         (["--root-path", "app"], "--root-path"),
         (["--ws-protocol", "bad/token"], "--ws-protocol"),
         (["--graceful-timeout", "-1"], "--graceful-timeout"),

@@ -25,6 +25,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface.verify import verifyObject
 
+from chanserv.exceptions import ChannelBlocked
 from chanserv.server import http2
 from chanserv.server.http import HTTPFactory
 from chanserv.server.http2 import HTTP2Connection, take_over
@@ -499,21 +500,115 @@ def test_client_that_reads_nothing_is_cut() -> None:
     assert client.transport.disconnected  # aborted
 
 
-def test_unread_response_over_the_cap_cuts_the_stream(
-    client: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(http2, "MAX_UNSENT_BYTES", 1000)
-    server = client.server
+def test_stream_behind_a_paused_connection_blocks_its_reply_channel() -> None:
+    server = Server(http_send_queue_size=10_000)
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
     stream_id = client.request(b"/download")
     request = server.request()
-    client.connection.pauseProducing()
-    server.reply(request, status=200, content=b"x" * 600, more_content=True)
+    reply = request["reply_channel"]
+    server.reply(request, status=200, content=b"x" * 6000, more_content=True)
+    client.flush()
+    client.connection.pauseProducing()  # the transport is full: frames wait in the stream
+    server.reply(request, content=b"x" * 6000, more_content=True)
+    server.layer.send(reply, {"content": b"x" * 6000, "more_content": True})  # 12 KB queued
+    server.run()
+    with pytest.raises(ChannelBlocked):
+        server.layer.send(reply, {"content": b"late", "more_content": True})
+    room = server.layer.when_capacity_twisted(reply)
+    client.connection.resumeProducing()  # the client reads again
+    client.flush()
+    server.advance(1)  # the sweep sees the stream's queue drained
+    assert room.called
+    server.layer.send(reply, {"content": b"y", "more_content": False})
+    client.flush()
+    assert client.response(stream_id)[2:] == (b"x" * 18_000 + b"y", True)
     assert client.reset_code(stream_id) is None
-    server.reply(request, content=b"x" * 600, more_content=True)
+    assert server.replies.overflow_closes == 0
+
+
+def test_stream_drained_without_a_signal_is_unblocked_by_the_sweep() -> None:
+    server = Server(http_send_queue_size=1000)
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    stream_id = client.request(b"/download")
+    request = server.request()
+    client.connection.pauseProducing()  # the transport is full: frames wait
+    server.reply(request, status=200, content=b"x" * 1500, more_content=True)
+    with pytest.raises(ChannelBlocked):
+        server.layer.send(request["reply_channel"], {"content": b"y"})
+    client.connection.resumeProducing()
+    client.flush()  # all 1,500 bytes sent, with no window event
+    assert client.response(stream_id)[2] == b"x" * 1500
+    server.advance(1)
+    server.layer.send(request["reply_channel"], {"content": b"y"})
+    client.flush()
+    assert client.response(stream_id)[2:] == (b"x" * 1500 + b"y", True)
+
+
+def test_unread_response_over_four_times_the_cap_cuts_the_stream() -> None:
+    server = Server(http_send_queue_size=1000)
+    server.factory.alternative_protocols[b"h2"] = take_over
+
+    def cannot_block(channel: str) -> None:
+        raise NotImplementedError()
+
+    server.layer.block_local_channel = cannot_block  # type: ignore[method-assign]
+    client = Client(server)
+    stream_id = client.request(b"/download")
+    request = server.request()
+    reply = request["reply_channel"]
+    server.reply(request, status=200, content=b"", more_content=True)
+    client.connection.pauseProducing()
+    # A layer that cannot block: only the cap on what piles up holds.
+    for _ in range(5):
+        server.layer.send(reply, {"content": b"x" * 900, "more_content": True})
+    server.run()
     client.connection.resumeProducing()
     client.flush()
     assert client.reset_code(stream_id) == ErrorCodes.INTERNAL_ERROR
-    assert server.request("http.disconnect")["reply_channel"] == request["reply_channel"]
+    assert server.replies.overflow_closes == 1
+    assert server.layer.global_statistics()["channel_full_count"] == 1
+    assert server.request("http.disconnect")["reply_channel"] == reply
+    still_serves(server, client)
+
+
+def test_stream_whose_client_takes_nothing_is_cut_after_http_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = Server(http_send_queue_size=1000, http_timeout=10)
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    stream_id = client.request(b"/download")
+    request = server.request()
+    reply = request["reply_channel"]
+    # A stream whose window the client never opens again: its data stays
+    # queued (the connection itself keeps serving other streams).
+    monkeypatch.setattr(http2.StreamChannel, "unsent_bytes", lambda self: 1500)
+    server.reply(request, status=200, content=b"x" * 600, more_content=True)
+    room = server.layer.when_capacity_twisted(reply)
+    server.advance(9)
+    assert client.reset_code(stream_id) is None
+    assert not room.called  # blocked, not a stalled application
+    server.advance(2)
+    client.flush()
+    assert client.reset_code(stream_id) == ErrorCodes.INTERNAL_ERROR
+    assert room.called  # the application's wait ends
+    monkeypatch.undo()
+    still_serves(server, client)
+
+
+def test_stream_tells_its_request_when_its_window_opens(client: Client) -> None:
+    server = client.server
+    client.request(b"/download")
+    request = server.request()
+    server.reply(request, status=200, content=b"x", more_content=True)
+    [channel] = client.connection._channels.values()
+    assert isinstance(channel.stream.producer, http2._StreamWriting)
+    calls: list[str] = []
+    channel.request.resume_replies = lambda: calls.append("resume")  # type: ignore[method-assign]
+    channel.stream.producer.resumeProducing()  # what H2Stream.windowUpdated calls
+    assert calls == ["resume"]
 
 
 def test_drain_finishes_streams_refuses_new_ones_then_closes(client: Client) -> None:

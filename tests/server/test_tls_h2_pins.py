@@ -37,6 +37,7 @@ def test_h2connection_is_exported_by_twisted_web_http() -> None:
         ("endRequest", ["self", "streamID"]),
         ("pauseProducing", ["self"]),
         ("resumeProducing", ["self"]),
+        ("remainingOutboundWindow", ["self", "streamID"]),
     ],
 )
 def test_h2connection_methods(name: str, parameters: list[str]) -> None:
@@ -97,3 +98,23 @@ def test_h2stream_attributes_and_methods_on_a_live_stream() -> None:
     ):
         assert callable(getattr(stream, name, None)), "H2Stream.%s is gone" % name
     assert client.connection.streams[1] is stream
+
+
+def test_h2stream_tells_its_producer_of_its_window() -> None:
+    # chanserv.server.http2 registers a push producer with each responding
+    # stream to hear when its flow-control window opens (windowUpdated) and
+    # fills (flowControlBlocked).
+    from twisted.web._http2 import H2Stream
+
+    assert "self.producer.resumeProducing()" in inspect.getsource(H2Stream.windowUpdated)
+    assert "self.producer.pauseProducing()" in inspect.getsource(H2Stream.flowControlBlocked)
+    server = Server()
+    server.factory.alternative_protocols[b"h2"] = take_over
+    client = Client(server)
+    client.request(b"/pinned")
+    [channel] = client.connection._channels.values()
+    assert channel.stream.producer is None
+    connection = client.connection
+    # The window less what is queued: nothing queued yet.
+    window = connection.conn.local_flow_control_window(1)
+    assert connection.remainingOutboundWindow(1) == window

@@ -260,7 +260,11 @@ class RedisChannelLayer(BaseChannelLayer):
         self._sync(self._send_payload, channel, self._codec.encode(data))
 
     def send_prepared_wait(self, channel: str, data: Prepared, timeout: float) -> None:
-        """:meth:`send_prepared`, waiting up to ``timeout`` s for room if full."""
+        """
+        :meth:`send_prepared`, waiting up to ``timeout`` s for room if full
+        or blocked (:class:`~chanserv.exceptions.ChannelBlocked` if it still
+        was at the end).
+        """
         self.valid_channel_name(channel)
         payload = self._codec.encode(data)
         self._sync(self._send_wait, channel, payload, timeout, timeout=timeout + self.sync_timeout)
@@ -583,9 +587,9 @@ class RedisChannelLayer(BaseChannelLayer):
     def discard_local_channel(self, channel: str) -> None:
         """
         The connection of local channel ``channel`` is gone: remove it from
-        every group now (fire and forget; a failure is logged, and the
-        membership then ends at the latest with its process).  Reactor
-        thread.
+        every group and unblock it, now (fire and forget; a failure is
+        logged, and the membership then ends at the latest with its
+        process).  Reactor thread.
         """
         if self.reactor is None or self._detaching:
             return
@@ -593,6 +597,47 @@ class RedisChannelLayer(BaseChannelLayer):
         d.addErrback(
             lambda f: log.info(
                 "Could not remove {channel} from its groups: {error}",
+                channel=channel,
+                error=unwrap(f).getErrorMessage(),
+            )
+        )
+
+    def block_local_channel(self, channel: str) -> None:
+        """
+        Refuse sends to ``channel`` with ChannelBlocked, from every process,
+        until :meth:`unblock_local_channel` or :meth:`discard_local_channel`
+        (see :meth:`BaseChannelLayer.block_local_channel
+        <chanserv.layers.base.BaseChannelLayer.block_local_channel>`): one
+        command, fire and forget (a failure is logged; the interface's cap
+        on what a connection holds still applies).  Sends already on their
+        way to Redis still arrive.  The mark goes with the process's other
+        keys (see :mod:`~chanserv.layers.redis.scripts`).  Reactor thread.
+
+        :raises TypeError: ``channel`` is not a valid ``prefix!local`` name.
+        """
+        self._check_local_channel(channel)
+        self._set_blocked(channel, True)
+
+    def unblock_local_channel(self, channel: str) -> None:
+        """
+        End :meth:`block_local_channel`: one command, fire and forget.
+        Waiting senders see it at their next room check (within a second,
+        see :class:`~chanserv.layers.redis.receive.CapacityWatch`).  Reactor
+        thread.
+
+        :raises TypeError: ``channel`` is not a valid ``prefix!local`` name.
+        """
+        self._check_local_channel(channel)
+        self._set_blocked(channel, False)
+
+    def _set_blocked(self, channel: str, blocked: bool) -> None:
+        if self.reactor is None or self._detaching:
+            return
+        d = self.operations.set_blocked(channel, blocked)
+        d.addErrback(
+            lambda f: log.info(
+                "Could not {what} {channel}: {error}",
+                what="block" if blocked else "unblock",
                 channel=channel,
                 error=unwrap(f).getErrorMessage(),
             )

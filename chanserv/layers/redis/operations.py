@@ -20,13 +20,14 @@ import txredisapi
 from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks
 from twisted.python.failure import Failure
 
-from chanserv.exceptions import ChannelFull
+from chanserv.exceptions import ChannelBlocked, ChannelFull
 from chanserv.layers.base import random_string
 from chanserv.layers.redis.codec import MessageCodec
 from chanserv.layers.redis.config import consistent_hash
 from chanserv.layers.redis.connection import RedisShard
 from chanserv.layers.redis.errors import RedisUnavailable
 from chanserv.layers.redis.scripts import (
+    BLOCK,
     CHANNEL_STATS,
     COUNT_FULL,
     GROUP_ADD,
@@ -93,11 +94,15 @@ def unwrap(failure: Failure) -> Failure:
     return failure
 
 
-def _is_full(error: Any) -> bool:
-    # The script's error_reply("full"); Redis 7 sends it as "ERR full", and
+def _is_error(error: Any, reply: str) -> bool:
+    # A script's error_reply(reply); Redis 7 sends "full" as "ERR full", and
     # txredisapi only strips an "ERR" prefix not followed by a space.
     text = str(error)
-    return text == "full" or text.startswith(("ERR full", "full"))
+    return text == reply or text.startswith(("ERR " + reply, reply))
+
+
+def _blocked(channel: str) -> ChannelBlocked:
+    return ChannelBlocked("Channel %r is blocked by its interface server" % (channel,))
 
 
 def _glob_escape(text: str) -> str:
@@ -252,9 +257,12 @@ class RedisOperations:
             sent = shard.eval(SEND_MANY, [], args)
 
         def done(results: list[Any]) -> None:
-            for (channel, _, _, capacity, _, d), ok in zip(entries, results, strict=True):
-                if int(ok):
+            for (channel, _, _, capacity, _, d), outcome in zip(entries, results, strict=True):
+                outcome = int(outcome)
+                if outcome == 1:
                     d.callback(None)
+                elif outcome == 2:
+                    d.errback(_blocked(channel))
                 else:
                     d.errback(ChannelFull("Channel %r is full (capacity %d)" % (channel, capacity)))
 
@@ -296,8 +304,10 @@ class RedisOperations:
 
         def failed(failure: Failure) -> Any:
             failure.trap(txredisapi.ResponseError)
-            if _is_full(failure.value):
+            if _is_error(failure.value, "full"):
                 raise ChannelFull("Channel %r is full (capacity %d)" % (channel, capacity))
+            if _is_error(failure.value, "blocked"):
+                raise _blocked(channel)
             return failure
 
         d = self.shard_of(channel).eval(SEND, keys, args)
@@ -380,8 +390,16 @@ class RedisOperations:
         return d.addCallback(lambda _: None)
 
     def leave_all(self, channel: str) -> Deferred[None]:
-        """``channel`` is gone: remove it from every group."""
+        """``channel`` is gone: remove it from every group (and unblock it)."""
         d = self.shard_of(channel).eval(LEAVE_ALL, [], [channel, self.prefix])
+        return d.addCallback(lambda _: None)
+
+    def set_blocked(self, channel: str, blocked: bool) -> Deferred[None]:
+        """Block or unblock local channel ``channel`` (a checked ``P!x`` name)."""
+        process = _non_local(channel)
+        d = self.shard_of(channel).eval(
+            BLOCK, [self.count_key(process)], [channel, "1" if blocked else "0", self.list_ttl_ms]
+        )
         return d.addCallback(lambda _: None)
 
     def group_channels(self, group: str) -> Deferred[list[str]]:
@@ -580,12 +598,16 @@ class RedisOperations:
         )
 
     def room(self, channel: str) -> Deferred[int]:
-        """How many more messages ``channel`` can take now (0: full)."""
+        """How many more messages ``channel`` can take now (0: full or blocked)."""
         name = _non_local(channel)
         d = self.shard_of(name).eval(
             ROOM, [self.prefix + name, self.count_key(name)], [self.prefix, channel]
         )
-        return d.addCallback(lambda length: max(0, self.get_capacity(channel) - int(length)))
+        return d.addCallback(self._room_left, channel)
+
+    def _room_left(self, length: Any, channel: str) -> int:
+        queued = int(length)
+        return 0 if queued < 0 else max(0, self.get_capacity(channel) - queued)
 
     # -- decoding ------------------------------------------------------------------
 
@@ -627,7 +649,11 @@ class RedisOperations:
         reactor: Any,
         when_capacity: Callable[[str], Deferred[None]],
     ) -> Deferred[None]:
-        """:meth:`send`, waiting up to ``timeout`` seconds for room if full."""
+        """
+        :meth:`send`, waiting up to ``timeout`` seconds for room if full or
+        blocked; then it fails with the last refusal (ChannelBlocked if the
+        channel was blocked).
+        """
         deadline = reactor.seconds() + timeout
 
         def attempt() -> Deferred[None]:

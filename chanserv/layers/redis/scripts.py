@@ -11,7 +11,8 @@ Keys (``prefix`` defaults to ``asgi:``, ``stats_prefix`` to ``asgi-meta:``;
     <prefix><P!>                 the inbox of process P: one list for all its
                                  local channels, PX 2 * expiry + 1 s
     <prefix>:count:<P!>          hash P!x -> direct sends to P!x waiting in
-                                 the inbox (capacity is per channel)
+                                 the inbox (capacity is per channel), and
+                                 "P!x blocked" -> 1 while P blocks P!x
     <prefix>:group:<g>           zset: non-local member -> time of last add
     <prefix>:group:<g>:<P!>      zset: local member P!x -> time of last add
     <prefix>:procs:<g>           zset: processes with local members in g
@@ -35,6 +36,15 @@ The inbox is a transport, not a capacity: each local channel's capacity is
 counted on its own -- direct sends in ``count:<P!>`` here, and every
 delivery in the interface server's per-connection queue.
 
+**Blocked channels.**  An interface blocks the reply channel of a client
+that reads slowly (``block_local_channel``): a ``P!x blocked`` field in the
+same ``count:<P!>`` hash, which the send scripts read with the count they
+read anyway (one ``HMGET``, no extra command per message).  It is set and
+cleared by one command on each transition, removed with the channel's
+memberships when the connection goes (``leave_all``), and lives no longer
+than the hash: deleted with everything else of a dead process, and expiring
+with the inbox when nothing is sent to the process.
+
 **Membership lifetime.**  A non-local member lapses ``group_expiry`` after
 its last add, as in ASGI.  A local member of a *registered* process (an
 interface server, which heartbeats) never lapses by time: its interface
@@ -56,6 +66,7 @@ from chanserv.layers.redis.connection import Script
 
 __all__ = [
     "ALL_SCRIPTS",
+    "BLOCK",
     "CHANNEL_STATS",
     "COUNT_FULL",
     "GROUP_ADD",
@@ -117,6 +128,7 @@ local function process_of(channel)
   if bang then return string.sub(channel, 1, bang) end
   return nil
 end
+local function blocked_field(channel) return channel .. ' blocked' end
 local function uncount(prefix, process, channel)
   local counts = prefix .. ':count:' .. process
   if redis.call('HINCRBY', counts, channel, -1) <= 0 then
@@ -223,7 +235,8 @@ end
 #: channel).  ARGV: body, expiry (ms), capacity, reference, channel stat
 #: ttl, global stat ttl, key prefix, list ttl (ms), "1" to keep the
 #: channel's own counters (not for single-use ``?`` channels), channel.
-#: Returns 1, or the error "full".
+#: Returns 1, or the error "full" or (a blocked local channel, not
+#: counted) "blocked".
 SEND = Script(
     "send",
     _NOW
@@ -235,7 +248,9 @@ local inbox = is_inbox(KEYS[2])
 purge(ARGV[7], KEYS[2])
 local queued
 if inbox then
-  queued = tonumber(redis.call('HGET', KEYS[7], ARGV[10]) or '0')
+  local fields = redis.call('HMGET', KEYS[7], ARGV[10], blocked_field(ARGV[10]))
+  if fields[2] then return redis.error_reply('blocked') end
+  queued = tonumber(fields[1] or '0')
 else
   queued = redis.call('LLEN', KEYS[2])
 end
@@ -261,8 +276,8 @@ return 1
 #: ARGV: key prefix, stats prefix, expiry (ms), list ttl (ms), channel stat
 #: ttl, global stat ttl, then per message: channel, body key, body,
 #: capacity, "1" to keep the channel's own counters.  Each message gets the
-#: capacity check and push of SEND, in order.  Returns one 1 (sent) or 0
-#: (full) per message.
+#: capacity check and push of SEND, in order.  Returns one 1 (sent), 0
+#: (full) or 2 (a blocked local channel, not counted) per message.
 SEND_MANY = Script(
     "send_many",
     _NOW
@@ -281,13 +296,18 @@ for i = 7, #ARGV, 5 do
   local list = prefix .. (process or channel)
   purge(prefix, list)
   local queued
+  local blocked = false
   local counts = prefix .. ':count:' .. (process or '')
   if local_name then
-    queued = tonumber(redis.call('HGET', counts, channel) or '0')
+    local fields = redis.call('HMGET', counts, channel, blocked_field(channel))
+    blocked = fields[2] ~= false
+    queued = tonumber(fields[1] or '0')
   else
     queued = redis.call('LLEN', list)
   end
-  if queued >= capacity then
+  if blocked then
+    out[#out + 1] = 2
+  elseif queued >= capacity then
     out[#out + 1] = 0
     full = full + 1
     if own then bump(sprefix .. channel .. ':channel_full_count', 1, ARGV[5], true) end
@@ -539,12 +559,34 @@ return 1
 """,
 )
 
-#: ARGV: channel, key prefix.  The channel is gone: it leaves every group.
+#: ARGV: channel, key prefix.  The channel is gone: it leaves every group,
+#: and a local channel is no longer blocked.
 LEAVE_ALL = Script(
     "leave_all",
     _GROUPS
     + """
 evict(ARGV[2], ARGV[1])
+local process = process_of(ARGV[1])
+if process then
+  redis.call('HDEL', ARGV[2] .. ':count:' .. process, blocked_field(ARGV[1]))
+end
+return 1
+""",
+)
+
+#: KEYS: the process's count hash.  ARGV: local channel, "1" to block it
+#: or "0" to unblock it, list ttl (ms).  A block mark expires with the
+#: hash, whose expiry it refreshes.
+BLOCK = Script(
+    "block",
+    _GROUPS
+    + """
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], blocked_field(ARGV[1]), '1')
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+else
+  redis.call('HDEL', KEYS[1], blocked_field(ARGV[1]))
+end
 return 1
 """,
 )
@@ -667,14 +709,16 @@ return {
 
 #: KEYS: list, the inbox's count hash.  ARGV: key prefix, channel.  Drops
 #: expired references at the head of the list (evicting their channels);
-#: returns the messages queued for the channel.
+#: returns the messages queued for the channel, or -1 if it is blocked.
 ROOM = Script(
     "room",
     _GROUPS
     + """
 purge(ARGV[1], KEYS[1])
 if is_inbox(KEYS[1]) then
-  return tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+  local fields = redis.call('HMGET', KEYS[2], ARGV[2], blocked_field(ARGV[2]))
+  if fields[2] then return -1 end
+  return tonumber(fields[1] or '0')
 end
 return redis.call('LLEN', KEYS[1])
 """,
@@ -718,4 +762,5 @@ ALL_SCRIPTS = (
     CHANNEL_STATS,
     ROOM,
     LISTS_STATS,
+    BLOCK,
 )

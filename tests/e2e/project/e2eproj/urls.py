@@ -1,4 +1,6 @@
-from django.http import HttpResponse
+import struct
+
+from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import path
 
 from chanserv import Channel
@@ -20,4 +22,25 @@ def marker(request):
     return HttpResponse("queued")
 
 
-urlpatterns = [path("hello/", hello), path("marker/", marker), path("diag/", diag)]
+def stream_chunk(index, size):
+    """Chunk ``index`` of /stream/: its number over and over, so order shows."""
+    return struct.pack(">Q", index) * (size // 8)
+
+
+def stream(request):
+    """``?chunks=N&size=S``: N chunks of S bytes (S a multiple of 8), streamed."""
+    chunks = int(request.GET.get("chunks", "1024"))
+    size = int(request.GET.get("size", "65536"))
+    response = StreamingHttpResponse(
+        (stream_chunk(i, size) for i in range(chunks)), content_type="application/octet-stream"
+    )
+    response["Content-Length"] = str(chunks * size)
+    return response
+
+
+urlpatterns = [
+    path("hello/", hello),
+    path("marker/", marker),
+    path("diag/", diag),
+    path("stream/", stream),
+]
