@@ -93,16 +93,20 @@ class Waiter:
 
 class Receiver:
     """
-    A local receiver: its callback and the batch waiting for the reactor,
-    with the bytes of that batch's direct sends per channel.
+    A local receiver of prefix ``key``: its callback and the batch waiting
+    for the reactor.  ``pending_bytes`` counts the bytes of that batch's
+    direct sends; ``in_flight`` those and the bytes of the batch the
+    reactor is handling now (what paced senders wait on).
     """
 
-    __slots__ = ("active", "callback", "pending", "pending_bytes", "scheduled")
+    __slots__ = ("active", "callback", "in_flight", "key", "pending", "pending_bytes", "scheduled")
 
-    def __init__(self, callback: LocalReceiver) -> None:
+    def __init__(self, key: str, callback: LocalReceiver) -> None:
+        self.key = key
         self.callback = callback
         self.pending: Batch = []
-        self.pending_bytes: dict[str, int] = {}
+        self.pending_bytes = 0
+        self.in_flight = 0
         self.scheduled = False
         self.active = True
 

@@ -74,10 +74,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
     #: Seconds between expiry sweeps while a reactor is attached.
     sweep_interval = 1.0
 
-    #: Bytes sent to one channel served by a local receiver that may wait
-    #: for the reactor before :meth:`send_prepared_wait` waits too: a
-    #: worker thread streaming a response runs ahead of the interface by at
-    #: most this much (plus one message), however threads are scheduled --
+    #: Bytes sent to the channels of one local receiver that may wait for
+    #: the reactor before :meth:`send_prepared_wait` waits too: worker
+    #: threads streaming responses run ahead of the interface by at most
+    #: this much (plus one message each), however threads are scheduled --
     #: without it, one scheduling slice can put megabytes in one batch, past
     #: any bound on what a connection holds.  ``send`` is never held back.
     max_in_flight_bytes = 256 * 1024
@@ -107,7 +107,6 @@ class InMemoryChannelLayer(BaseChannelLayer):
         # reactor face's waiters for it; bytes sent to served local
         # channels not yet handed to their receiver.
         self._blocked: dict[str, list[Deferred[None]]] = {}
-        self._in_flight: dict[str, int] = {}
         self._sent = Rate()
         self._full = Rate()
         self._rotation = 0
@@ -348,9 +347,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         :meth:`send_prepared`, waiting up to ``timeout`` real seconds for room
         if the channel is full or blocked -- and, for a channel served by a
-        local receiver, while :attr:`max_in_flight_bytes` sent to it still
-        wait for the reactor (past ``timeout`` it is sent all the same).  A
-        worker thread only: it blocks.
+        local receiver, while :attr:`max_in_flight_bytes` sent to that
+        receiver's channels still wait for the reactor (past ``timeout`` it
+        is sent all the same).  A worker thread only: it blocks.
 
         :raises ChannelFull: the channel stayed full for ``timeout`` seconds;
             :class:`~chanserv.exceptions.ChannelBlocked` if it was blocked at
@@ -396,16 +395,15 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if self._blocked and channel in self._blocked:
                 refused = "blocked"  # flow control, not a full queue: not counted
             elif receiver is not None:
-                in_flight = self._in_flight.get(channel, 0)
-                if pace and in_flight >= self.max_in_flight_bytes:
+                if pace and receiver.in_flight >= self.max_in_flight_bytes:
                     refused = "busy"
                 else:
                     if message is None:
                         message = self.unpack(data)
                     self._deliver_locked(receiver, ch, channel, message, now)
                     size = len(data)
-                    receiver.pending_bytes[channel] = receiver.pending_bytes.get(channel, 0) + size
-                    self._in_flight[channel] = in_flight + size
+                    receiver.pending_bytes += size
+                    receiver.in_flight += size
             elif not self._enqueue_locked(ch, key, channel, data, now):
                 refused = "full"
             post = self._take_post_locked()
@@ -416,8 +414,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         # Whether a paced send to ``channel`` would be refused now.
         if self._blocked and channel in self._blocked:
             return True
-        if key in self._receivers:
-            return self._in_flight.get(channel, 0) >= self.max_in_flight_bytes
+        receiver = self._receivers.get(key)
+        if receiver is not None:
+            return receiver.in_flight >= self.max_in_flight_bytes
         return self._full_locked(ch, key, channel)
 
     def _refusal(self, channel: str, refused: str, waited: float | None = None) -> ChannelFull:
@@ -564,8 +563,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
             self._groups.clear()
             for receiver in self._receivers.values():
                 receiver.pending = []
-                self._landed_locked(receiver.pending_bytes)
-                receiver.pending_bytes = {}
+                self._landed_locked(receiver, receiver.pending_bytes)
+                receiver.pending_bytes = 0
             for channel in list(self._blocked):
                 self._unblock_locked(channel)
             self._sent = Rate()
@@ -846,7 +845,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if prefix in self._receivers:
                 raise ValueError("%r has a local receiver already" % (prefix,))
             now = self._begin_locked()
-            receiver = self._receivers[prefix] = Receiver(callback)
+            receiver = self._receivers[prefix] = Receiver(prefix, callback)
             ch = self._channels.get(prefix)
             if ch is not None and ch.queue:
                 for _, name, data in ch.queue:
@@ -867,8 +866,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if receiver is not None:
                 receiver.active = False
                 receiver.pending = []
-                self._landed_locked(receiver.pending_bytes)
-                receiver.pending_bytes = {}
+                self._landed_locked(receiver, receiver.pending_bytes)
+                receiver.pending_bytes = 0
             # Its connections are gone with it: nothing stays blocked.
             for channel in [c for c in self._blocked if queue_key(c) == prefix]:
                 self._unblock_locked(channel)
@@ -879,9 +878,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         # Reactor thread, via the batcher.
         with self._lock:
             batch = receiver.pending
-            sizes = receiver.pending_bytes
+            size = receiver.pending_bytes
             receiver.pending = []
-            receiver.pending_bytes = {}
+            receiver.pending_bytes = 0
             receiver.scheduled = False
             active = receiver.active
         if active and batch:
@@ -889,25 +888,16 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 receiver.callback(batch)
             except Exception:
                 log.failure("A local receiver failed on {count} messages", count=len(batch))
-        if sizes:
+        if size:
             # Handled (written, for a response): paced senders may go on.
             with self._lock:
-                self._landed_locked(sizes)
+                self._landed_locked(receiver, size)
 
-    def _landed_locked(self, sizes: dict[str, int]) -> None:
-        """The direct sends of ``sizes`` left the layer: no longer in flight."""
-        in_flight = self._in_flight
-        waiting = False
-        for name, size in sizes.items():
-            left = in_flight.get(name, 0) - size
-            if left > 0:
-                in_flight[name] = left
-            else:
-                in_flight.pop(name, None)
-            if not waiting:
-                ch = self._channels.get(queue_key(name))
-                waiting = ch is not None and ch.sync_space_waiting > 0
-        if waiting:
+    def _landed_locked(self, receiver: Receiver, size: int) -> None:
+        """``size`` bytes of direct sends to ``receiver`` left the layer."""
+        receiver.in_flight -= size
+        ch = self._channels.get(receiver.key)
+        if ch is not None and ch.sync_space_waiting > 0:
             self._space_cond.notify_all()
 
     def when_capacity_twisted(self, channel: str) -> Deferred[None]:

@@ -423,8 +423,8 @@ class InMemorySpecifics(unittest.TestCase):
 
     def test_send_prepared_wait_paces_a_thread_to_the_reactor(self) -> None:
         """
-        A worker thread cannot run further ahead of the reactor than
-        max_in_flight_bytes per local channel: one scheduling slice cannot
+        Worker threads cannot run further ahead of the reactor than
+        max_in_flight_bytes per local receiver: one scheduling slice cannot
         pile a whole response into one batch.
         """
         layer = self.attached()
@@ -433,8 +433,7 @@ class InMemorySpecifics(unittest.TestCase):
         layer.add_local_receiver("pace!", batches.append)
         chunk = layer.prepare({"content": b"x" * 600})
         layer.send_prepared_wait("pace!a", chunk, 120)
-        layer.send_prepared_wait("pace!a", chunk, 120)  # 600 bytes were in flight
-        layer.send_prepared_wait("pace!b", chunk, 120)  # per channel
+        layer.send_prepared_wait("pace!b", chunk, 120)  # 600 bytes were in flight
         sender, errors = self._waiting_sender(layer, "pace!a", chunk)  # 1,200 in flight
         layer.send("pace!a", {"content": b"x" * 600})  # send itself is never held back
         self.reactor.run_pending()  # the reactor takes the batch: room again
@@ -442,7 +441,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertFalse(sender.is_alive())
         self.assertEqual(errors, [])
         self.reactor.run_pending()
-        self.assertEqual([len(batch) for batch in batches], [4, 1])
+        self.assertEqual([len(batch) for batch in batches], [3, 1])
         # Past its timeout a paced send goes through all the same.
         for _ in range(3):
             layer.send_prepared_wait("pace!c", chunk, 0)
