@@ -61,7 +61,9 @@ class ChanservService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        log.info("{message}", message=self.ready_message)
+        # Not a "message" field: Twisted's legacy log observers replace that
+        # key in the shared event with (), and the line would read "()".
+        log.info("{ready_message}", ready_message=self.ready_message)
 
     @inlineCallbacks
     def stopService(self) -> Any:

@@ -1,10 +1,11 @@
 """
 Test support shared by chanserv's own tests.
 
-- :class:`ClockReactor`: a ``task.Clock`` that also takes ``callFromThread``
-  (queued as ``callLater(0)``), for unit tests of code that crosses threads
-  through :class:`chanserv.threads.ReactorBatcher`; ``advance(0)`` runs what
-  was handed over.
+- :class:`ClockReactor`: :class:`chanserv.testing.ClockReactor`, a memory
+  reactor with a clock that also takes ``callFromThread`` (queued as
+  ``callLater(0)``), for unit tests of code that crosses threads through
+  :class:`chanserv.threads.ReactorBatcher`; ``advance(0)`` or
+  ``run_pending()`` runs what was handed over.
 - :func:`reactor_thread`: the global reactor running in a daemon thread for
   the rest of the test session, for tests that need real sockets (Redis,
   the worker pool).  :func:`in_reactor` runs a function on it and waits.
@@ -17,22 +18,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from chanserv.testing import ClockReactor
 
-class ClockReactor(task.Clock):
-    """A ``task.Clock`` with ``callFromThread``: queued like ``callLater(0)``."""
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        self.callLater(0, f, *args, **kw)
-
-    def run_pending(self, rounds: int = 50) -> None:
-        """Run everything due now, including calls queued by those calls."""
-        for _ in range(rounds):
-            if not any(c.getTime() <= self.seconds() for c in self.getDelayedCalls()):
-                return
-            self.advance(0)
+__all__ = ["ClockReactor", "in_reactor", "reactor_thread"]
 
 
 _started = threading.Event()

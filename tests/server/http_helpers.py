@@ -1,6 +1,11 @@
 """
-An HTTP factory on a ``task.Clock`` with the in-memory layer, for protocol
-tests over ``StringTransport``.
+The HTTP protocol tests' names for :class:`chanserv.testing.InterfaceHarness`:
+:class:`Server` is a harness whose HTTP factory is the one under test
+(``server.factory``), on a clock that starts at :data:`START`, with an
+access log in ``server.access``; a :class:`Connection` is an
+:class:`~chanserv.testing.HTTPClient` whose sends leave the reactor alone
+(``server.run()`` runs what they scheduled) and whose closes wait for
+:meth:`Connection.lose`.
 """
 
 from __future__ import annotations
@@ -8,36 +13,23 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from twisted.internet import address, task
-from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
+from twisted.internet import address
 
 from chanserv.layers.inmemory import InMemoryChannelLayer
 from chanserv.server.accesslog import AccessLogWriter
 from chanserv.server.config import ServerConfig
-from chanserv.server.http import HTTPFactory, HTTPProtocol
-from chanserv.server.replies import ReplyRegistry
-from tests.support import ClockReactor
+from chanserv.testing import ClockReactor, HTTPClient, InterfaceHarness
 
 # 2025-11-21 13:55:36 UTC: a fixed, readable access-log time.
 START = 1763733336.0
 
 
-class Connection:
+class Connection(HTTPClient):
     """One client connection: feed bytes in, read what the server wrote."""
 
-    def __init__(self, server: Server, peer: Any = None, host: Any = None) -> None:
-        self.server = server
-        self.transport = StringTransport(peerAddress=peer, hostAddress=host)
-        self.protocol: HTTPProtocol = server.factory.buildProtocol(None)
-        self.protocol.makeConnection(self.transport)
-
     def send(self, data: bytes) -> None:
+        """Bytes from the client; what they schedule waits for ``server.run()``."""
         self.protocol.dataReceived(data)
-
-    def written(self) -> bytes:
-        return self.transport.value()
 
     def status(self) -> int | None:
         """Status code of the first response written, or None."""
@@ -46,17 +38,17 @@ class Connection:
             return None
         return int(data[9:12])
 
-    @property
-    def closing(self) -> bool:
-        return bool(self.transport.disconnecting)
-
     def lose(self) -> None:
         """The client goes away."""
-        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.transport.lose()
 
 
-class Server:
-    """Factory, in-memory layer, reply registry and clock wired together."""
+class Server(InterfaceHarness):
+    """
+    Factory, in-memory layer, reply registry and clock wired together.
+    ``websocket_factory`` is what the HTTP side hands upgrades to (None:
+    refused with 400); no ALPN alternative is offered until a test adds one.
+    """
 
     def __init__(
         self,
@@ -66,51 +58,40 @@ class Server:
         websocket_factory: Any = None,
         **config_changes: Any,
     ) -> None:
-        self.clock = ClockReactor()
-        self.clock.advance(START)
-        self.layer = InMemoryChannelLayer(
-            clock=self.clock, capacity=capacity, channel_capacity=channel_capacity
-        )
-        self.layer.attach_reactor(self.clock)
-        self.config = (config or ServerConfig()).replace(**config_changes)
-        self.replies = ReplyRegistry(self.layer)
-        self.replies.startService()
+        clock = ClockReactor()
+        clock.advance(START)
         self.access = io.StringIO()
-        self.factory = HTTPFactory(
-            self.clock,
-            self.layer,
-            self.replies,
-            self.config,
-            access_log=AccessLogWriter(self.access, self.clock),
-            websocket_factory=websocket_factory,
+        super().__init__(
+            (config or ServerConfig()).replace(**config_changes),
+            reactor=clock,
+            layer=InMemoryChannelLayer(
+                clock=clock, capacity=capacity, channel_capacity=channel_capacity
+            ),
+            complete_closes=False,
         )
-        self.sweep = task.LoopingCall(lambda: self.factory.check_timeouts(self.clock.seconds()))
-        self.sweep.clock = self.clock
-        self.sweep.start(self.config.sweep_interval, now=False)
+        self.clock = clock
+        self.factory = self.http_factory
+        self.factory.websocket_factory = websocket_factory
+        self.factory.alternative_protocols.clear()
+        self.factory.access_log = AccessLogWriter(self.access, self.clock)
 
-    def connect(self, peer: Any = None, host: Any = None) -> Connection:
-        return Connection(self, peer, host)
+    def connect(self, peer: Any = None, host: Any = None, secure: bool = False) -> Connection:
+        client = super().connect(peer, host, secure)
+        return Connection(self, client.transport, client.protocol)
 
     def unix_connect(self) -> Connection:
-        return Connection(self, address.UNIXAddress(None), address.UNIXAddress("/tmp/s.sock"))
+        return self.connect(address.UNIXAddress(None), address.UNIXAddress("/tmp/s.sock"))
 
     def receive(self, channel: str = "http.request") -> dict[str, Any] | None:
         """The next message on ``channel``, or None."""
-        _, message = self.layer.receive([channel])
-        return message
+        return super().receive(channel)
 
     def request(self, channel: str = "http.request") -> dict[str, Any]:
-        message = self.receive(channel)
-        assert message is not None, "nothing on %s" % (channel,)
-        return message
+        return self.expect(channel)
 
-    def reply(self, request: dict[str, Any], **message: Any) -> None:
+    def reply(self, request: Any, **message: Any) -> None:  # type: ignore[override]
         """Send a reply for ``request`` and deliver it."""
-        self.layer.send(request["reply_channel"], message)
-        self.clock.run_pending()
-
-    def run(self) -> None:
-        self.clock.run_pending()
+        super().reply(request, message)
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass, one second at a time (the sweep runs each)."""

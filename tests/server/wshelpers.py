@@ -1,35 +1,69 @@
 """
-Test plumbing for the WebSocket protocol tests: a factory wired to the
-in-memory layer and a ``ClockReactor``, upgrade requests parsed by the real
-HTTP side (``HTTPFactory``) over a ``StringTransport``, and a minimal client
-that builds masked frames with ``struct`` and reads the server's frames back.
+The WebSocket protocol tests' names for :class:`chanserv.testing.InterfaceHarness`:
+:class:`Harness` is a harness whose WebSocket factory is the one under test
+(``h.factory``), upgrade requests parsed by the real HTTP side, timeouts
+applied only by :meth:`Harness.tick`, and WebSocket events recorded in
+``h.access_log``; a :class:`Client` is a
+:class:`~chanserv.testing.WebSocketClient` whose closes wait for
+:meth:`Client.lose`.  Frames are built and read with
+:func:`chanserv.testing.encode_frame` and
+:func:`~chanserv.testing.decode_frames`.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import struct
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 
 from chanserv.layers.inmemory import InMemoryChannelLayer
 from chanserv.server.config import ServerConfig
-from chanserv.server.http import HTTPFactory
-from chanserv.server.replies import ReplyRegistry
-from chanserv.server.websocket import WebSocketFactory, WebSocketProtocol
-from tests.support import ClockReactor
+from chanserv.server.websocket import WebSocketProtocol
+from chanserv.testing import (
+    WEBSOCKET_KEY,
+    ClockReactor,
+    InterfaceHarness,
+    Opcode,
+    WebSocketClient,
+    close_code,
+    decode_frames,
+    encode_frame,
+    websocket_accept,
+    websocket_request,
+)
 
-KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
-ACCEPT = base64.b64encode(
-    hashlib.sha1(KEY + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
-).decode()
+__all__ = [
+    "ACCEPT",
+    "BINARY",
+    "CLOSE",
+    "CONTINUATION",
+    "KEY",
+    "PING",
+    "PONG",
+    "TEXT",
+    "AccessLog",
+    "Client",
+    "Harness",
+    "close_code",
+    "frame",
+    "handshake_request",
+    "parse_frames",
+]
 
-TEXT, BINARY, CLOSE, PING, PONG, CONTINUATION = 1, 2, 8, 9, 10, 0
+KEY = WEBSOCKET_KEY
+ACCEPT = websocket_accept(KEY).decode()
+
+TEXT, BINARY, CLOSE, PING, PONG, CONTINUATION = (
+    Opcode.TEXT,
+    Opcode.BINARY,
+    Opcode.CLOSE,
+    Opcode.PING,
+    Opcode.PONG,
+    Opcode.CONTINUATION,
+)
+
+frame = encode_frame
+parse_frames = decode_frames
 
 
 def handshake_request(
@@ -37,78 +71,12 @@ def handshake_request(
     headers: list[tuple[bytes, bytes]] | None = None,
     extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
 ) -> bytes:
-    """Raw bytes of an upgrade request."""
+    """Raw bytes of an upgrade request: ``headers`` replace the valid ones."""
     if headers is None:
-        headers = [
-            (b"Host", b"example.com"),
-            (b"Upgrade", b"websocket"),
-            (b"Connection", b"Upgrade"),
-            (b"Sec-WebSocket-Key", KEY),
-            (b"Sec-WebSocket-Version", b"13"),
-        ]
+        return websocket_request(path, extra, host=b"example.com")
     lines = [b"GET " + path + b" HTTP/1.1"]
     lines += [name + b": " + value for name, value in list(headers) + list(extra)]
     return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-def frame(
-    opcode: int,
-    payload: bytes = b"",
-    fin: bool = True,
-    masked: bool = True,
-    rsv: int = 0,
-    length: int | None = None,
-) -> bytes:
-    """One client frame; ``length`` overrides the encoded payload length."""
-    n = len(payload) if length is None else length
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    mask_bit = 0x80 if masked else 0
-    if n < 126:
-        header = struct.pack("!BB", first, mask_bit | n)
-    elif n < 65536:
-        header = struct.pack("!BBH", first, mask_bit | 126, n)
-    else:
-        header = struct.pack("!BBQ", first, mask_bit | 127, n)
-    if not masked:
-        return header + payload
-    key = b"\x37\xfa\x21\x3d"
-    stream = (key * (len(payload) // 4 + 1))[: len(payload)]
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(
-        len(payload), "big"
-    )
-    return header + key + body
-
-
-def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """``(opcode, payload)`` of each complete server frame in ``data``."""
-    frames = []
-    while len(data) >= 2:
-        opcode = data[0] & 0x0F
-        n = data[1] & 0x7F
-        i = 2
-        if n == 126:
-            (n,) = struct.unpack("!H", data[2:4])
-            i = 4
-        elif n == 127:
-            (n,) = struct.unpack("!Q", data[2:10])
-            i = 10
-        assert not data[1] & 0x80, "server frames are never masked"
-        frames.append((opcode, data[i : i + n]))
-        data = data[i + n :]
-    return frames
-
-
-def close_code(payload: bytes) -> int | None:
-    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-
-
-class Transport(StringTransport):
-    """A StringTransport that, like TCP transports, lets any caller
-    unregister a producer when there is none."""
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-        self.streaming = None
 
 
 class AccessLog:
@@ -125,34 +93,30 @@ class AccessLog:
         return [action for action, _ in self.entries]
 
 
-class Client:
+class Client(WebSocketClient):
     """The client end of one connection."""
-
-    def __init__(self, harness: Harness, transport: StringTransport) -> None:
-        self.harness = harness
-        self.transport = transport
 
     @property
     def protocol(self) -> WebSocketProtocol:
-        protocol = self.transport.protocol  # type: ignore[attr-defined]
+        protocol = self.transport.protocol
         assert isinstance(protocol, WebSocketProtocol)
         return protocol
 
     def send(self, data: bytes) -> None:
         """Bytes from the client, through whatever reads the transport now."""
-        self.transport.protocol.dataReceived(data)  # type: ignore[attr-defined]
-        self.harness.reactor.run_pending()
+        self.transport.protocol.dataReceived(data)  # type: ignore[union-attr]
+        self.harness.run()
 
     def text(self, value: str) -> None:
-        self.send(frame(TEXT, value.encode("utf-8")))
+        self.send_text(value)
 
     def binary(self, value: bytes) -> None:
-        self.send(frame(BINARY, value))
+        self.send_bytes(value)
 
     def close(self, code: int | None = 1000) -> None:
-        self.send(frame(CLOSE, b"" if code is None else struct.pack("!H", code)))
+        self.send_close(code)
 
-    def status(self) -> int:
+    def status(self) -> int:  # type: ignore[override]
         """The HTTP status of the server's handshake response."""
         line = self.transport.value().split(b"\r\n", 1)[0]
         return int(line.split()[1])
@@ -165,39 +129,38 @@ class Client:
             result[name.strip().lower()] = value.strip()
         return result
 
-    def frames(self) -> list[tuple[int, bytes]]:
+    def frames(self) -> list[Any]:  # type: ignore[override]
         data = self.transport.value()
         assert data.startswith(b"HTTP/1.1 101"), data[:200]
-        return parse_frames(data.split(b"\r\n\r\n", 1)[1])
+        return super().frames()
 
     def lose(self) -> None:
         """The TCP connection goes away (after a loseConnection, or not)."""
-        self.protocol.connectionLost(Failure(ConnectionDone()))
-        self.harness.reactor.run_pending()
+        self.transport.lose()
+        self.harness.run()
 
 
-class Harness:
+class Harness(InterfaceHarness):
     """A WebSocketFactory on the in-memory layer and a ClockReactor."""
 
     def __init__(self, capacity: int = 100, channel_capacity: Any = None, **config: Any) -> None:
-        self.reactor = ClockReactor()
-        self.reactor.advance(1000)
-        self.layer = InMemoryChannelLayer(
-            capacity=capacity, channel_capacity=channel_capacity, clock=self.reactor
+        reactor = ClockReactor()
+        reactor.advance(1000)
+        super().__init__(
+            ServerConfig(**config),
+            reactor=reactor,
+            layer=InMemoryChannelLayer(
+                capacity=capacity, channel_capacity=channel_capacity, clock=reactor
+            ),
+            sweep=False,
+            complete_closes=False,
         )
-        self.layer.attach_reactor(self.reactor)
-        self.registry = ReplyRegistry(self.layer)
-        self.registry.startService()
-        self.config = ServerConfig(**config)
+        self.registry = self.replies
         self.access_log = AccessLog()
-        self.factory = WebSocketFactory(
-            self.reactor, self.layer, self.registry, self.config, self.access_log
-        )
-        self.http_factory = HTTPFactory(
-            self.reactor, self.layer, self.registry, self.config, websocket_factory=self.factory
-        )
+        self.factory = self.websocket_factory
+        self.factory.access_log = self.access_log
 
-    def connect(
+    def connect(  # type: ignore[override]
         self, request: bytes | None = None, secure: bool = False, header_limit: int = 16384
     ) -> Client:
         """
@@ -206,31 +169,18 @@ class Harness:
         side's header-size limits, to reach the WebSocket side with inputs
         it would refuse first.
         """
-        transport = Transport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 8000),
-            peerAddress=IPv4Address("TCP", "10.1.2.3", 52000),
+        http = super().connect(
+            peer=IPv4Address("TCP", "10.1.2.3", 52000),
+            host=IPv4Address("TCP", "127.0.0.1", 8000),
+            secure=secure,
         )
-        channel = self.http_factory.buildProtocol(transport.getPeer())
-        channel.totalHeadersSize = channel.MAX_LENGTH = header_limit
-        if secure:
-            channel.isSecure = lambda: True  # type: ignore[method-assign]
-        channel.makeConnection(transport)
-        channel.dataReceived(handshake_request() if request is None else request)
-        self.reactor.run_pending()
-        return Client(self, transport)
-
-    def receive(self, channel: str) -> dict[str, Any] | None:
-        """The next message on ``channel``, or None."""
-        _, message = self.layer.receive([channel])
-        return message
+        http.protocol.totalHeadersSize = http.protocol.MAX_LENGTH = header_limit
+        client = Client(self, http.transport)
+        client.send(handshake_request() if request is None else request)
+        return client
 
     def receive_all(self, channel: str) -> list[dict[str, Any]]:
-        messages = []
-        while True:
-            message = self.receive(channel)
-            if message is None:
-                return messages
-            messages.append(message)
+        return super().receive_all(channel)
 
     def consumer_messages(self) -> list[tuple[str, dict[str, Any]]]:
         """Everything queued on the three websocket.* channels."""
@@ -239,16 +189,11 @@ class Harness:
             result += [(name, m) for m in self.receive_all(name)]
         return result
 
-    def reply(self, reply_channel: str, message: dict[str, Any]) -> None:
-        self.layer.send(reply_channel, message)
-        self.reactor.run_pending()
-
     def open(self, request: bytes | None = None) -> tuple[Client, dict[str, Any]]:
         """A connection accepted by the application; returns it and its connect."""
         client = self.connect(request)
-        connect = self.receive("websocket.connect")
-        assert connect is not None
-        self.reply(connect["reply_channel"], {"accept": True})
+        connect = self.expect("websocket.connect")
+        self.reply(connect, {"accept": True})
         assert client.status() == 101
         return client, connect
 

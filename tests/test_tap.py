@@ -1,0 +1,213 @@
+"""
+Unit tests of chanserv.tap: ``twistd chanserv``'s options (every refusal a
+usage error, before anything serves) and the service tree
+:func:`~chanserv.tap.build_service` makes for each mode -- started and
+stopped on a memory reactor where no thread is involved.  (The same
+refusals through a real ``twistd`` process: tests/e2e/test_core.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from chanserv import tap
+from chanserv.asgi import ChannelLayerWrapper, channel_layers
+from chanserv.layers.inmemory import InMemoryChannelLayer
+from chanserv.log import set_verbosity
+from chanserv.server.config import ServerConfig
+from chanserv.server.site import InterfaceServer
+from chanserv.service import ChanservService, LayerService
+from chanserv.testing import ClockReactor
+from chanserv.threads import WorkerPool
+from chanserv.worker import Worker
+
+
+class CrossingLayer(InMemoryChannelLayer):
+    """Claims to cross processes, so that the split modes accept it."""
+
+    local_only = False
+
+
+def wrapper(layer: Any = None, alias: str = "default") -> ChannelLayerWrapper:
+    return ChannelLayerWrapper(layer if layer is not None else InMemoryChannelLayer(), alias, [])
+
+
+class OptionsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        # Parsing puts folders on sys.path and sets DJANGO_SETTINGS_MODULE.
+        self.patch(sys, "path", list(sys.path))
+        self.addCleanup(os.environ.__setitem__, "DJANGO_SETTINGS_MODULE", "tests.settings")
+        previous = channel_layers.set("crossing", wrapper(CrossingLayer(), "crossing"))
+        self.addCleanup(channel_layers.set, "crossing", previous)
+
+    def parse(self, *argv: str) -> tap.Options:
+        options = tap.Options()
+        options.parseOptions(["--settings=tests.settings", *argv])
+        return options
+
+    def assert_usage_error(self, *argv: str, says: str) -> None:
+        error = self.assertRaises(usage.UsageError, self.parse, *argv)
+        self.assertIn(says, str(error))
+
+    def test_defaults(self) -> None:
+        """No options: mode all, the default layer, 16 threads, the default server config."""
+        options = self.parse()
+        self.assertEqual(
+            (options["mode"], options["threads"], options["verbosity"]),
+            ("all", tap.DEFAULT_THREADS, 1),
+        )
+        self.assertIs(options["channel_layer"], channel_layers["default"])
+        self.assertEqual(options["server_config"], ServerConfig())
+        self.assertEqual((options["only_channels"], options["exclude_channels"]), ([], []))
+        self.assertFalse(options["no-ordering"])
+
+    def test_each_mode_with_a_crossing_layer(self) -> None:
+        """all, interface and worker are accepted with a layer that crosses processes."""
+        for mode in tap.MODES:
+            options = self.parse("--mode=" + mode, "--layer=crossing")
+            self.assertEqual(options["mode"], mode)
+            self.assertEqual(options["channel_layer"].alias, "crossing")
+
+    def test_split_modes_refuse_the_in_process_layer(self) -> None:
+        """interface and worker with the in-memory layer: a usage error naming the mode."""
+        for mode in ("interface", "worker"):
+            self.assert_usage_error(
+                "--mode=" + mode,
+                says="--mode=%s needs a channel layer that crosses processes" % (mode,),
+            )
+
+    def test_unknown_mode(self) -> None:
+        """A mode that does not exist is a usage error listing the modes."""
+        self.assert_usage_error("--mode=both", says="--mode must be one of all, interface, worker")
+
+    def test_channel_filters_repeat(self) -> None:
+        """--only-channels and --exclude-channels collect every value, in order."""
+        options = self.parse(
+            "--only-channels=http.*", "--only-channels=websocket.*", "--exclude-channels=*.x"
+        )
+        self.assertEqual(options["only_channels"], ["http.*", "websocket.*"])
+        self.assertEqual(options["exclude_channels"], ["*.x"])
+
+    def test_pythonpath_goes_first_on_sys_path(self) -> None:
+        """The current folder, then --pythonpath folders, go first on sys.path, absolute."""
+        sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
+        self.parse("--pythonpath=some/project")
+        self.assertEqual(sys.path[:2], [os.getcwd(), os.path.abspath("some/project")])
+
+    def test_bad_values(self) -> None:
+        """Out-of-range numbers are usage errors naming the option."""
+        for argv, says in [
+            (["--threads=0"], "--threads must be at least 1"),
+            (["--threads=many"], "many"),
+            (["--verbosity=3"], "--verbosity must be 0, 1 or 2"),
+            (["--graceful-timeout=-1"], "--graceful-timeout must not be negative"),
+        ]:
+            with self.subTest(argv=argv):
+                self.assert_usage_error(*argv, says=says)
+
+    def test_unknown_layer(self) -> None:
+        """A layer alias missing from CHANNEL_LAYERS is a usage error."""
+        self.assert_usage_error("--layer=nope", says="nope")
+
+    def test_settings_problems(self) -> None:
+        """No settings at all, or a module that cannot be imported: usage errors."""
+        options = tap.Options()
+        self.patch(
+            os, "environ", {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+        )
+        error = self.assertRaises(usage.UsageError, options.parseOptions, [])
+        self.assertIn("No Django settings", str(error))
+        self.assert_usage_error("--settings=tests.no_such_settings", says="Cannot import")
+
+    def test_make_service_passes_the_options_on(self) -> None:
+        """makeService hands every option to build_service, --no-ordering as ordered=False."""
+        calls: list[dict[str, Any]] = []
+        self.patch(tap, "build_service", lambda reactor, **kwargs: calls.append(kwargs))
+        self.addCleanup(set_verbosity, 1)
+        options = self.parse(
+            "--layer=crossing",
+            "--mode=worker",
+            "--threads=3",
+            "--only-channels=a",
+            "--graceful-timeout=7",
+            "--no-ordering",
+            "--verbosity=0",
+        )
+        tap.makeService(options)
+        [kwargs] = calls
+        self.assertEqual(
+            {k: kwargs[k] for k in ("mode", "threads", "only_channels", "ordered")},
+            {"mode": "worker", "threads": 3, "only_channels": ["a"], "ordered": False},
+        )
+        self.assertEqual((kwargs["graceful_timeout"], kwargs["verbosity"]), (7.0, 0))
+        self.assertIs(kwargs["channel_layer"], options["channel_layer"])
+
+
+class BuildServiceTests(SynchronousTestCase):
+    def build(self, mode: str, **kwargs: Any) -> tuple[ChanservService, list[Any]]:
+        kwargs.setdefault("channel_layer", wrapper())
+        kwargs.setdefault("server_config", ServerConfig(endpoints=("tcp:8123",)))
+        root = tap.build_service(ClockReactor(), mode=mode, **kwargs)
+        return root, list(root)
+
+    def test_all_runs_every_service_in_start_order(self) -> None:
+        """mode=all: the layer, the pool, the worker, the interface server, in that order."""
+        root, children = self.build("all", threads=4)
+        verifyObject(IService, root)
+        self.assertEqual(
+            [type(child) for child in children],
+            [LayerService, WorkerPool, Worker, InterfaceServer],
+        )
+        self.assertEqual(children[1].size, 4)
+        self.assertEqual(
+            root.ready_message,
+            "chanserv ready: mode=all, layer='default' (InMemoryChannelLayer), threads=4",
+        )
+
+    def test_worker_has_no_interface_server(self) -> None:
+        """mode=worker: layer, pool and worker; consuming only the channels asked for."""
+        layer = wrapper()
+        _, children = self.build(
+            "worker",
+            channel_layer=layer,
+            only_channels=["websocket.*"],
+            exclude_channels=["*.disconnect"],
+        )
+        self.assertEqual([type(child) for child in children], [LayerService, WorkerPool, Worker])
+        self.assertEqual(children[2].channels, ["websocket.connect", "websocket.receive"])
+        self.assertIn("http.request", layer.router.channels, "default routes were added")
+
+    def test_interface_has_no_worker_and_no_thread(self) -> None:
+        """mode=interface: the layer and the interface server; 0 threads announced."""
+        root, children = self.build("interface")
+        self.assertEqual([type(child) for child in children], [LayerService, InterfaceServer])
+        self.assertTrue(root.ready_message.endswith("threads=0"))
+
+    def test_unknown_mode(self) -> None:
+        """build_service refuses a mode it does not know with ValueError."""
+        self.assertRaises(ValueError, self.build, "both")
+
+    def test_interface_tree_starts_and_stops_in_memory(self) -> None:
+        """The interface tree listens on its endpoint, says it is ready, and stops cleanly."""
+        reactor = ClockReactor()
+        layer = InMemoryChannelLayer()
+        root = tap.build_service(
+            reactor,
+            mode="interface",
+            channel_layer=wrapper(layer),
+            server_config=ServerConfig(endpoints=("tcp:8123",)),
+        )
+        with capturedLogs() as events:
+            root.startService()
+        self.assertEqual([port for port, *_ in reactor.tcpServers], [8123])
+        self.assertIn(root.ready_message, [formatEvent(e) for e in events])
+        self.assertIsNone(self.successResultOf(root.stopService()))
+        layer.attach_reactor(reactor)  # detached again by the layer service
