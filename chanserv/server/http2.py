@@ -50,14 +50,16 @@ reply, a client that takes nothing while four times
 A response goes at its stream's pace: what waits for the client is the
 stream's queue behind flow control (and behind the connection's transport),
 and the reply channel is blocked and unblocked on it as on HTTP/1.1 (see
-:mod:`chanserv.server.request`), per stream.  Hop-by-hop response headers
-(``connection``, ``transfer-encoding``, ``keep-alive``, ...) are dropped, as
-HTTP/2 requires.  Draining lets the streams in flight finish, answers new
-ones 503, and sends ``GOAWAY`` once the connection is idle.  Timeouts are
-checked by the factory's sweep: a connection with no stream is closed after
-``idle_timeout`` (frames such as PING do not extend it), one whose client
-reads nothing for ``http_timeout`` is cut, and each stream's request has the
-deadlines of HTTP/1.1.
+:mod:`chanserv.server.request`), per stream.  A stream whose flow-control
+window (or the connection's) is exhausted waits, costing nothing, until a
+frame from the client opens it (Twisted's own send loop would spin on it).
+Hop-by-hop response headers (``connection``, ``transfer-encoding``,
+``keep-alive``, ...) are dropped, as HTTP/2 requires.  Draining lets the
+streams in flight finish, answers new ones 503, and sends ``GOAWAY`` once
+the connection is idle.  Timeouts are checked by the factory's sweep: a
+connection with no stream is closed after ``idle_timeout`` (frames such as
+PING do not extend it), one whose client reads nothing for ``http_timeout``
+is cut, and each stream's request has the deadlines of HTTP/1.1.
 
 Twisted's HTTP/2 lives in ``twisted.web._http2``, which calls itself private
 ("currently considered private because it's in early draft form"); there is
@@ -66,9 +68,13 @@ is in this module: ``twisted.web.http.H2Connection`` (subclassed: its
 constructor's ``reactor``, its ``conn``, ``streams``, ``factory`` and
 ``requestFactory`` attributes -- the last called as ``requestFactory(stream,
 queued=False)`` --, the overridden private ``_requestReceived(event)`` and
-``_requestDone(streamID)``, the private ``_tryToWriteControlData()``, and
+``_requestDone(streamID)``, the private ``_tryToWriteControlData()``,
 ``remainingOutboundWindow(streamID)``: the stream's window less what is
-queued for it); and, of the ``H2Stream`` each request is given,
+queued for it, its ``priority`` tree (a ``priority.PriorityTree``, replaced
+by a :class:`_SendablePriority`) from which its private send loop
+``_sendPrioritisedData`` takes ``next(self.priority)``, waiting on
+``priority.DeadlockError`` in its private ``_sendingDeferred``, which is
+fired to restart it); and, of the ``H2Stream`` each request is given,
 ``streamID``, ``command``, ``path``, ``producing``, ``producer`` and the
 transport and producer methods listed in :class:`StreamChannel` (its
 ``registerProducer`` gets the push producer that hears of its window
@@ -80,8 +86,10 @@ Everything here runs on the reactor thread.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import priority
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from twisted.internet.error import ConnectionLost
@@ -159,6 +167,15 @@ class HTTP2Connection(H2Connection):
     ``persistent`` (set to False when the server drains: new streams get
     503, and the connection closes once its last stream is done).
 
+    Twisted's send loop (``_sendPrioritisedData``) sends a frame of the
+    stream ``next(self.priority)`` names, then runs again at
+    ``callLater(0)``; it waits on ``_sendingDeferred`` only once the
+    priority tree has no unblocked stream.  A stream with data queued and no
+    flow-control window left is not blocked by Twisted, so the loop would
+    spin on it until its client sends ``WINDOW_UPDATE``: here the tree
+    blocks it instead (:meth:`_sendable`), and :meth:`dataReceived`
+    unblocks it and restarts the loop once a frame has opened its window.
+
     :param factory: the :class:`~chanserv.server.http.HTTPFactory`.
     """
 
@@ -176,6 +193,9 @@ class HTTP2Connection(H2Connection):
         self._write_blocked_since: float | None = None
         self._lost = False
         self._names_dropped = False
+        #: Streams blocked in ``priority`` for want of a flow-control window.
+        self._stalled: set[int] = set()
+        self.priority = _SendablePriority(self._sendable)
 
     # -- IProtocol ---------------------------------------------------------------
 
@@ -183,6 +203,14 @@ class HTTP2Connection(H2Connection):
         super().connectionMade()
         self._idle_since = self.factory.clock.seconds()
         self.factory.track(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self._stalled:
+            # The frames may have opened windows: WINDOW_UPDATE on a stream
+            # or the connection, or SETTINGS_INITIAL_WINDOW_SIZE (which
+            # Twisted does not look at).
+            self._wake_stalled()
 
     def connectionLost(self, reason: Failure = connectionDone, *args: Any, **kw: Any) -> None:
         # Twisted calls this itself (on GOAWAY, on a protocol error), then the
@@ -224,6 +252,7 @@ class HTTP2Connection(H2Connection):
     def _requestDone(self, streamID: int) -> None:
         super()._requestDone(streamID)
         self._channels.pop(streamID, None)
+        self._stalled.discard(streamID)
         if self._lost:
             return
         state = self.conn.streams.get(streamID)
@@ -256,6 +285,40 @@ class HTTP2Connection(H2Connection):
             self._requestDone(stream_id)
 
     # -- write side ----------------------------------------------------------------
+
+    def _sendable(self, stream_id: int) -> bool:
+        """
+        Whether the send loop, to which the priority tree is about to hand
+        stream ``stream_id``, can make progress on it.  Not when its window
+        (or the connection's) is exhausted while data is queued for it: the
+        stream is then remembered as stalled, for :meth:`_wake_stalled`.
+        The end of a stream carries no data, and goes with no window.
+        """
+        window = self.conn.local_flow_control_window(stream_id)
+        if window > 0 or self.remainingOutboundWindow(stream_id) >= window:
+            self._stalled.discard(stream_id)
+            return True
+        self._stalled.add(stream_id)
+        return False
+
+    def _wake_stalled(self) -> None:
+        """
+        Unblock the stalled streams whose window is open again, and restart
+        the send loop if it waits for a stream to send (as Twisted's
+        ``writeDataToStream`` and ``endRequest`` do).
+        """
+        woken = False
+        for stream_id in list(self._stalled):
+            if self.conn.local_flow_control_window(stream_id) > 0:
+                # Its data is still queued: only the loop takes it, and the
+                # loop has not been given the stream since it stalled.
+                self._stalled.discard(stream_id)
+                self.priority.unblock(stream_id)
+                woken = True
+        sending = self._sendingDeferred
+        if woken and sending is not None:
+            self._sendingDeferred = None
+            sending.callback(None)
 
     def pauseProducing(self) -> None:
         if self._write_blocked_since is None:
@@ -308,6 +371,29 @@ class HTTP2Connection(H2Connection):
         idle = self._idle_since
         if not self.streams and idle is not None and now - idle >= config.idle_timeout:
             self.loseConnection()
+
+
+class _SendablePriority(priority.PriorityTree):
+    """
+    An ``H2Connection``'s priority tree that never hands its send loop a
+    stream the loop cannot send on: such a stream is blocked, and the next
+    one is chosen (``priority.DeadlockError`` when none is left, on which
+    the loop waits).
+
+    :param sendable: called with the stream id the tree chose; False if the
+        stream must be blocked.
+    """
+
+    def __init__(self, sendable: Callable[[int], bool]) -> None:
+        super().__init__()
+        self._sendable = sendable
+
+    def __next__(self) -> int:
+        while True:
+            stream_id: int = super().__next__()
+            if self._sendable(stream_id):
+                return stream_id
+            self.block(stream_id)
 
 
 class _StreamReading:

@@ -611,6 +611,194 @@ def test_stream_tells_its_request_when_its_window_opens(client: Client) -> None:
     assert calls == ["resume"]
 
 
+# -- flow control: a client that does not open its window ------------------------
+
+
+class SendLoop:
+    """
+    Counts the runs of ``connection``'s send loop (Twisted's private
+    ``_sendPrioritisedData``) from now on, and stops it past ``limit``: a
+    loop that spins on ``callLater(0)`` would keep ``Clock.advance`` busy
+    forever; this way it fails an assertion instead.
+    """
+
+    def __init__(self, connection: HTTP2Connection, limit: int = 100) -> None:
+        self.connection = connection
+        self.limit = limit
+        self.runs = 0
+        run = connection._sendPrioritisedData
+
+        def counted(*args: Any) -> None:
+            self.runs += 1
+            if self.runs <= limit:
+                run(*args)
+
+        self._counted = counted
+        connection._sendPrioritisedData = counted  # type: ignore[method-assign]
+
+    def scheduled(self) -> int:
+        """How many runs of the loop are waiting on the clock."""
+        calls = self.connection.factory.clock.getDelayedCalls()
+        return sum(1 for call in calls if call.func is self._counted)
+
+    def assert_parked(self) -> None:
+        """The loop waits for a stream to send (not on the clock), and never spun."""
+        assert self.runs <= self.limit, "the send loop spun: %d runs" % self.runs
+        assert self.scheduled() == 0, "the send loop is still scheduled"
+        assert self.connection._sendingDeferred is not None
+
+
+def received(client: Client, stream_id: int) -> tuple[int, bool]:
+    """
+    ``(bytes, ended)`` received on ``stream_id`` so far, without giving the
+    flow-control window back (as :meth:`Client.response` does).
+    """
+    size, ended = 0, False
+    for event in client.events:
+        if getattr(event, "stream_id", None) != stream_id:
+            continue
+        if isinstance(event, h2.events.DataReceived):
+            size += len(event.data)
+        elif isinstance(event, h2.events.StreamEnded):
+            ended = True
+    return size, ended
+
+
+def body_of(client: Client, stream_id: int) -> bytes:
+    return b"".join(
+        e.data
+        for e in client.events
+        if isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id
+    )
+
+
+def open_window(client: Client, increment: int, stream_id: int | None = None) -> None:
+    """The client sends WINDOW_UPDATE (for the connection when ``stream_id`` is None)."""
+    client.h2.increment_flow_control_window(increment, stream_id=stream_id)
+    client.flush()
+
+
+WINDOW = 65_535  # the initial flow-control window, of each stream and the connection
+
+
+def test_exhausted_stream_window_parks_the_send_loop_until_opened(client: Client) -> None:
+    server = client.server
+    open_window(client, 10_000)  # the connection's window: 75,535
+    loop = SendLoop(client.connection)
+    stream_id = client.request(b"/big")
+    body = bytes(range(256)) * 800  # 204,800 bytes
+    server.reply(server.request(), status=200, content=body)
+    client.flush()
+    assert received(client, stream_id) == (WINDOW, False)
+    loop.assert_parked()
+    runs = loop.runs
+    server.advance(5)
+    assert loop.runs == runs, "the send loop ran with nothing to send"
+    assert client.transport.value() == b""  # nothing more written
+
+    open_window(client, 5000, stream_id)  # the stream's window is the limit
+    assert received(client, stream_id) == (WINDOW + 5000, False)
+    loop.assert_parked()
+
+    open_window(client, 500_000, stream_id)  # now the connection's (5,000 left) is
+    assert received(client, stream_id) == (WINDOW + 10_000, False)
+    assert client.connection.conn.local_flow_control_window(stream_id) == 0
+    loop.assert_parked()
+
+    open_window(client, 500_000)  # the connection's window opens: the rest goes
+    assert received(client, stream_id) == (len(body), True)
+    assert body_of(client, stream_id) == body
+    assert loop.runs <= loop.limit
+    assert client.reset_code(stream_id) is None
+    still_serves(server, client)
+
+
+def test_flow_blocked_stream_does_not_hold_back_another(client: Client) -> None:
+    server = client.server
+    open_window(client, 1_000_000)  # only the streams' windows limit
+    loop = SendLoop(client.connection)
+    blocked, free = client.request(b"/big"), client.request(b"/small")
+    big_request, small_request = server.request(), server.request()
+    server.reply(big_request, status=200, content=b"b" * 200_000)
+    client.flush()
+    assert received(client, blocked) == (WINDOW, False)
+    loop.assert_parked()
+    # The other stream has a window of its own: its response goes whole.
+    server.reply(small_request, status=200, content=b"s" * 50_000)
+    client.flush()
+    assert received(client, free) == (50_000, True)
+    assert body_of(client, free) == b"s" * 50_000
+    assert received(client, blocked) == (WINDOW, False)
+    loop.assert_parked()
+    open_window(client, 1_000_000, blocked)
+    assert received(client, blocked) == (200_000, True)
+
+
+def test_exhausted_connection_window_wakes_every_stream_when_opened(client: Client) -> None:
+    server = client.server
+    loop = SendLoop(client.connection)
+    first, second = client.request(b"/1"), client.request(b"/2")
+    one, two = server.request(), server.request()
+    server.reply(one, status=200, content=b"1" * 40_000)
+    server.reply(two, status=200, content=b"2" * 40_000)
+    client.flush()
+    # 65,535 bytes in all, shared: then nothing can go on either stream.
+    sent = received(client, first)[0] + received(client, second)[0]
+    assert sent == WINDOW
+    loop.assert_parked()
+    runs = loop.runs
+    server.advance(5)
+    assert loop.runs == runs
+    assert client.transport.value() == b""
+    # Both streams' own windows are open (each took < 65,535): the
+    # connection's WINDOW_UPDATE lets both finish.
+    open_window(client, 1_000_000)
+    assert received(client, first) == (40_000, True)
+    assert received(client, second) == (40_000, True)
+    assert body_of(client, first) == b"1" * 40_000
+    assert body_of(client, second) == b"2" * 40_000
+    assert loop.runs <= loop.limit
+
+
+def test_larger_initial_window_setting_wakes_a_parked_stream(client: Client) -> None:
+    from h2.settings import SettingCodes
+
+    server = client.server
+    open_window(client, 1_000_000)
+    loop = SendLoop(client.connection)
+    stream_id = client.request(b"/big")
+    server.reply(server.request(), status=200, content=b"x" * 100_000)
+    client.flush()
+    assert received(client, stream_id) == (WINDOW, False)
+    loop.assert_parked()
+    # SETTINGS_INITIAL_WINDOW_SIZE opens every stream's window (RFC 9113
+    # §6.9.2) without a WINDOW_UPDATE.
+    client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1_000_000})
+    client.flush()
+    assert received(client, stream_id) == (100_000, True)
+
+
+def test_end_of_stream_goes_with_an_exhausted_window(client: Client) -> None:
+    # END_STREAM carries no data: neither window holds it back.
+    server = client.server
+    loop = SendLoop(client.connection)
+    whole = client.request(b"/whole")
+    server.reply(server.request(), status=200, content=b"w" * WINDOW)
+    client.flush()
+    assert received(client, whole) == (WINDOW, True)
+    open_window(client, WINDOW)
+    later = client.request(b"/later")
+    request = server.request()
+    server.reply(request, status=200, content=b"l" * WINDOW, more_content=True)
+    client.flush()
+    assert received(client, later) == (WINDOW, False)
+    server.reply(request, content=b"", more_content=False)
+    client.flush()
+    assert received(client, later) == (WINDOW, True)
+    assert loop.runs <= loop.limit
+    assert loop.scheduled() == 0
+
+
 def test_drain_finishes_streams_refuses_new_ones_then_closes(client: Client) -> None:
     server = client.server
     first = client.request(b"/in-flight")

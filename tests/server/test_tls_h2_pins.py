@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import inspect
 
+import priority
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.http import H2Connection
 
@@ -38,6 +40,7 @@ def test_h2connection_is_exported_by_twisted_web_http() -> None:
         ("pauseProducing", ["self"]),
         ("resumeProducing", ["self"]),
         ("remainingOutboundWindow", ["self", "streamID"]),
+        ("_sendPrioritisedData", ["self", "args"]),
     ],
 )
 def test_h2connection_methods(name: str, parameters: list[str]) -> None:
@@ -118,3 +121,40 @@ def test_h2stream_tells_its_producer_of_its_window() -> None:
     # The window less what is queued: nothing queued yet.
     window = connection.conn.local_flow_control_window(1)
     assert connection.remainingOutboundWindow(1) == window
+
+
+def test_h2connection_send_loop_takes_streams_from_its_priority_tree() -> None:
+    # chanserv.server.http2 replaces H2Connection.priority with a
+    # priority.PriorityTree that blocks the streams without a flow-control
+    # window, and restarts the send loop by firing _sendingDeferred.
+    clock = Clock()
+    connection = H2Connection(clock)
+    assert isinstance(connection.priority, priority.PriorityTree), (
+        "H2Connection().priority is no longer a priority.PriorityTree: %r" % connection.priority
+    )
+    assert connection._sendingDeferred is None, "H2Connection()._sendingDeferred is gone"
+    source = inspect.getsource(H2Connection._sendPrioritisedData)
+    for needle in ("next(self.priority)", "priority.DeadlockError"):
+        assert needle in source, "H2Connection._sendPrioritisedData: no %s" % needle
+    assert "self._sendingDeferred = None" in inspect.getsource(H2Connection.writeDataToStream), (
+        "H2Connection.writeDataToStream no longer restarts the send loop through _sendingDeferred"
+    )
+    clock.advance(0)  # the loop's first run: no stream, so it waits
+    assert isinstance(connection._sendingDeferred, Deferred), (
+        "H2Connection._sendPrioritisedData no longer waits on _sendingDeferred "
+        "when its priority tree has no stream to send"
+    )
+    assert clock.getDelayedCalls() == []
+
+
+def test_priority_tree_blocks_and_deadlocks() -> None:
+    tree = priority.PriorityTree()
+    with pytest.raises(priority.DeadlockError):
+        next(tree)
+    tree.insert_stream(1)
+    assert next(tree) == 1
+    tree.block(1)
+    with pytest.raises(priority.DeadlockError):
+        next(tree)
+    tree.unblock(1)
+    assert next(tree) == 1
