@@ -195,7 +195,7 @@ class HTTP2Connection(H2Connection):
         self._names_dropped = False
         #: Streams blocked in ``priority`` for want of a flow-control window.
         self._stalled: set[int] = set()
-        self.priority = _SendablePriority(self._sendable)
+        self.priority = _SendablePriority(self._sendable, self._sent_on)
 
     # -- IProtocol ---------------------------------------------------------------
 
@@ -301,6 +301,20 @@ class HTTP2Connection(H2Connection):
         self._stalled.add(stream_id)
         return False
 
+    def _sent_on(self, stream_id: int) -> None:
+        """
+        The send loop wrote a frame of stream ``stream_id``'s queue: if its
+        reply channel was blocked for a client that fell behind, the queue
+        may now be short enough to let the application go on.  Without
+        this, a stream whose client keeps up -- its window open, the
+        transport never paused -- would wait for the next sweep: Twisted
+        writes one frame per reactor turn, so a fast application fills the
+        queue whatever the client's speed.
+        """
+        channel = self._channels.get(stream_id)
+        if channel is not None:
+            channel.request.resume_replies()
+
     def _wake_stalled(self) -> None:
         """
         Unblock the stalled streams whose window is open again, and restart
@@ -378,20 +392,30 @@ class _SendablePriority(priority.PriorityTree):
     An ``H2Connection``'s priority tree that never hands its send loop a
     stream the loop cannot send on: such a stream is blocked, and the next
     one is chosen (``priority.DeadlockError`` when none is left, on which
-    the loop waits).
+    the loop waits).  The loop asks for the next stream after writing a
+    frame of the one it was given: ``sent_on`` hears of that stream then.
 
     :param sendable: called with the stream id the tree chose; False if the
         stream must be blocked.
+    :param sent_on: called with the stream id handed out last, once the
+        loop asks for the next one (it has written that stream's frame).
     """
 
-    def __init__(self, sendable: Callable[[int], bool]) -> None:
+    def __init__(self, sendable: Callable[[int], bool], sent_on: Callable[[int], None]) -> None:
         super().__init__()
         self._sendable = sendable
+        self._sent_on = sent_on
+        self._last: int | None = None
 
     def __next__(self) -> int:
+        last = self._last
+        if last is not None:
+            self._last = None
+            self._sent_on(last)
         while True:
             stream_id: int = super().__next__()
             if self._sendable(stream_id):
+                self._last = stream_id
                 return stream_id
             self.block(stream_id)
 

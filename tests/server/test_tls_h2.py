@@ -527,23 +527,28 @@ def test_stream_behind_a_paused_connection_blocks_its_reply_channel() -> None:
     assert server.replies.overflow_closes == 0
 
 
-def test_stream_drained_without_a_signal_is_unblocked_by_the_sweep() -> None:
+def test_stream_drained_by_the_send_loop_unblocks_its_reply_channel() -> None:
+    # The client keeps up: no window event, no transport pause once resumed
+    # -- only Twisted's send loop, one frame (16 KiB at most) per reactor
+    # turn, drains the queue.
     server = Server(http_send_queue_size=1000)
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
     stream_id = client.request(b"/download")
     request = server.request()
     client.connection.pauseProducing()  # the transport is full: frames wait
-    server.reply(request, status=200, content=b"x" * 1500, more_content=True)
+    server.reply(request, status=200, content=b"x" * 40000, more_content=True)
     with pytest.raises(ChannelBlocked):
         server.layer.send(request["reply_channel"], {"content": b"y"})
-    client.connection.resumeProducing()
-    client.flush()  # all 1,500 bytes sent, with no window event
-    assert client.response(stream_id)[2] == b"x" * 1500
-    server.advance(1)
+    client.connection.resumeProducing()  # one frame goes at once: still behind
+    with pytest.raises(ChannelBlocked):
+        server.layer.send(request["reply_channel"], {"content": b"y"})
+    client.flush()  # the loop sends the rest, a frame per turn
+    assert client.response(stream_id)[2] == b"x" * 40000
+    # Unblocked by the loop itself: no sweep (the clock has not moved).
     server.layer.send(request["reply_channel"], {"content": b"y"})
     client.flush()
-    assert client.response(stream_id)[2:] == (b"x" * 1500 + b"y", True)
+    assert client.response(stream_id)[2:] == (b"x" * 40000 + b"y", True)
 
 
 def test_unread_response_over_four_times_the_cap_cuts_the_stream() -> None:
