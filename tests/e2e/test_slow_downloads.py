@@ -16,13 +16,11 @@ import socket
 import struct
 import threading
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.e2e.harness import TwistdProcess, free_port
 from tests.e2e.redis_support import Cluster, start_all, stop_cleanly
-from tests.e2e.test_slow_clients import wait_for_port
+from tests.e2e.test_slow_clients import Probe, wait_for_port
 
 PROJECT = Path(__file__).parent / "project"
 
@@ -110,26 +108,6 @@ class Download:
         self.sock.close()
 
 
-@dataclass
-class Probe:
-    """GETs ``/hello/`` over and over until stopped, on its own thread."""
-
-    port: int
-    answers: list[tuple[int, bytes]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        url = "http://127.0.0.1:%d/hello/" % self.port
-        while not self.stop.is_set():
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    self.answers.append((response.status, response.read()))
-            except Exception as e:
-                self.failures.append(repr(e))
-            self.stop.wait(0.2)
-
-
 def check_downloads(port: int, pid: int) -> None:
     """
     The stalled download, the paced one and the probe against the server
@@ -171,7 +149,7 @@ def check_downloads(port: int, pid: int) -> None:
     assert paced.digest.hexdigest() == expected_digest(PACED_CHUNKS)
     assert not probe.failures, probe.failures[:5]
     assert len(probe.answers) >= 10
-    assert all(answer == (200, b"Hello world") for answer in probe.answers)
+    assert all(status == 200 and body == b"Hello world" for _, status, body in probe.answers)
 
 
 def check_log(output: str) -> None:
