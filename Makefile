@@ -1,6 +1,7 @@
 # The two commands of the README's quick start:
 #   make chat   install chanserv into .venv and run the tutorial's chat example
-#   make test   install, then lint, type-check and run the whole test suite
+#   make test   install, then lint, type-check, check the direction of imports
+#               (lint-imports, contracts in setup.cfg) and run the whole test suite
 #               (on the newest dependencies and Django 5.2), then the fast
 #               suite again on the lowest supported ones and Django 4.2
 #               (noxfile.py's "lowest" session, in .nox/; plain `nox` runs
@@ -29,6 +30,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	scripts/ensure-system-deps

@@ -3,12 +3,20 @@ chanserv: the Django Channels 1.x programming model on one Twisted
 application server.
 
 The public names are the Channels 1.x ones, so that tutorial code runs with
-``channels`` replaced by ``chanserv`` in its imports.
+``channels`` replaced by ``chanserv`` in its imports.  They are loaded on
+first use (PEP 562): importing a submodule such as :mod:`chanserv.layers`
+loads neither Django nor the rest of the package.
 """
 
-from chanserv.asgi import channel_layers
-from chanserv.channel import DEFAULT_CHANNEL_LAYER, Channel, Group
-from chanserv.routing import include, route, route_class
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chanserv.asgi import channel_layers
+    from chanserv.channel import DEFAULT_CHANNEL_LAYER, Channel, Group
+    from chanserv.routing import include, route, route_class
 
 __version__ = "0.1.0"
 
@@ -21,3 +29,25 @@ __all__ = [
     "route",
     "route_class",
 ]
+
+# Each public name and the module that defines it.
+_HOMES = {
+    "DEFAULT_CHANNEL_LAYER": "chanserv.channel",
+    "Channel": "chanserv.channel",
+    "Group": "chanserv.channel",
+    "channel_layers": "chanserv.asgi",
+    "include": "chanserv.routing",
+    "route": "chanserv.routing",
+    "route_class": "chanserv.routing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    return getattr(importlib.import_module(home), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

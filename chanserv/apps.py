@@ -15,7 +15,8 @@ class ChanservConfig(AppConfig):
         # has it, and django.contrib.staticfiles (usually listed first) ships
         # its own WSGI runserver.  chanserv serves static files itself (see
         # chanserv.staticfiles), so its runserver stands in for that one
-        # wherever the apps are listed -- as Channels 1.x did.
+        # wherever the apps are listed -- as Channels 1.x did.  Both commands
+        # are imported only then: staticfiles is an optional app.
         if apps.is_installed("django.contrib.staticfiles"):
             from django.contrib.staticfiles.management.commands import runserver
 

@@ -25,8 +25,10 @@ Without a ``CHANNEL_LAYERS`` setting there is one layer, ``"default"``, an
 :class:`~chanserv.layers.InMemoryChannelLayer` with an empty routing.  Default
 routes are never added here: whoever serves a layer -- the server and the
 worker, at start-up, as Channels 1.x's ``runserver`` and ``runworker`` did --
-calls ``wrapper.router.check_default()``, which appends the fallbacks after
-the user's routes (``http.request`` to the Django views, WebSockets accepted).
+calls ``wrapper.router.check_default(default_http_consumer())``, which
+appends the fallbacks after the user's routes (``http.request`` to the Django
+views of :func:`chanserv.staticfiles.default_http_consumer`, WebSockets
+accepted).
 So with no setting at all the project is served by its views.
 """
 
@@ -36,11 +38,14 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import django
+from django.apps import apps
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from chanserv.exceptions import InvalidChannelLayerError
+from chanserv.layers.base import BaseChannelLayer
 from chanserv.routing import Router
 
 __all__ = [
@@ -120,8 +125,6 @@ def load_backend(path: Any, setting: str) -> type:
     :raises InvalidChannelLayerError: not a string, cannot be imported, or not
         a :class:`~chanserv.layers.base.BaseChannelLayer` subclass.
     """
-    from chanserv.layers.base import BaseChannelLayer
-
     if not isinstance(path, str):
         raise InvalidChannelLayerError(
             "%s must be the dotted path of a channel layer class, not %r" % (setting, path)
@@ -294,12 +297,8 @@ def get_channel_layer(alias: str = "default") -> Any:
     The raw layer (not the wrapper) of ``alias``, after ``django.setup()``:
     for code outside a Django process that needs a layer.
     """
-    from django.apps import apps
-
     if not apps.ready:
         # Once: every django.setup() configures logging again, which costs
         # memory each time in a process that calls this per request.
-        import django
-
         django.setup(set_prefix=False)
     return channel_layers[alias].channel_layer

@@ -25,13 +25,8 @@ from typing import Any, TypeVar
 from django.contrib import auth
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 
-from chanserv.message import Message
-from chanserv.sessions import (
-    channel_and_http_session,
-    channel_session,
-    find_message,
-    http_session,
-)
+from chanserv.message import Message, find_message
+from chanserv.sessions import channel_and_http_session, channel_session, http_session
 
 __all__ = [
     "channel_and_http_session_user_from_http",
@@ -66,6 +61,8 @@ class _SessionRequest:
 
 def _user_from(session: Any) -> Any:
     if session is None:
+        # Imported here: auth's models need the app registry, which a module
+        # that routing imports may not have yet.
         from django.contrib.auth.models import AnonymousUser
 
         return AnonymousUser()

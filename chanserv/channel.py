@@ -1,29 +1,57 @@
 """
-:class:`Channel` and :class:`Group`: the public way to send.
+:class:`Channel` and :class:`Group`: the public way to send; and the
+per-thread store that holds a consumer's sends until it finishes.
 
 Both resolve their layer from :data:`chanserv.channel_layers` by alias
-(``"default"``) unless given one.  Inside a consumer, sends are held until
-the consumer finishes (see :mod:`chanserv.message`); ``immediately=True``
-sends at once.  Names and messages are checked when ``send`` is called, in
-the caller's thread.
+(``"default"``) unless given one.  Names and messages are checked when
+``send`` is called, in the caller's thread.
+
+Consumer atomicity (as in Channels 1.x): between ``consumer_started`` and
+``consumer_finished`` in one thread, ``Channel.send`` and ``Group.send``
+validate and serialise the message at once -- so a bad message raises in the
+consumer -- but hold it back in :data:`pending_message_store`; when the
+consumer returns *or raises*, the held messages are sent in order.
+``immediately=True`` bypasses the store.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import time
+from typing import TYPE_CHECKING, Any
 
-from chanserv.message import pending_message_store
+from chanserv.asgi import channel_layers
+from chanserv.exceptions import ChannelBlocked, ChannelFull
+from chanserv.log import Logger
 
-__all__ = ["DEFAULT_CHANNEL_LAYER", "Channel", "Group"]
+if TYPE_CHECKING:
+    from chanserv.layers.base import BaseChannelLayer, Prepared
+
+log = Logger()
+
+__all__ = [
+    "BLOCKED_TIMEOUT",
+    "DEFAULT_CHANNEL_LAYER",
+    "Channel",
+    "Group",
+    "PendingMessageStore",
+    "pending_message_store",
+    "send_waiting",
+]
 
 DEFAULT_CHANNEL_LAYER = "default"
+
+#: Seconds a send may wait on a channel its interface server blocked
+#: (``ChannelBlocked``: the client takes its messages slowly).  The
+#: interface ends a block when the client catches up, and when it cuts a
+#: client that reads nothing (``--http-timeout``, 120 s): this is only the
+#: safety net above that.
+BLOCKED_TIMEOUT = 300.0
 
 
 def _resolve(alias: str, channel_layer: Any) -> Any:
     if channel_layer is not None:
         return channel_layer
-    from chanserv.asgi import channel_layers
-
     return channel_layers[alias]
 
 
@@ -121,3 +149,107 @@ class Group(_Named):
 
     def __repr__(self) -> str:
         return "<Group %s>" % (self.name,)
+
+
+class PendingMessageStore:
+    """
+    Sends held back per thread while a consumer runs.
+
+    :meth:`activate` and :meth:`send_and_flush` are connected to
+    ``consumer_started`` and ``consumer_finished``; in a thread that is not
+    running a consumer, :meth:`append` returns False and the caller sends at
+    once.  A flush that meets ``ChannelFull`` waits for room (pushed by the
+    layer, not polled) up to :attr:`full_timeout` seconds per message, then
+    logs the message as lost and goes on with the rest; a channel its
+    interface server blocked (a slow client) is waited on up to
+    :attr:`blocked_timeout` (see :func:`send_waiting`).
+    """
+
+    full_timeout = 2.0
+    blocked_timeout = BLOCKED_TIMEOUT
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def activate(self, **kwargs: Any) -> None:
+        self._local.active = True
+        self._local.pending = []
+
+    def is_active(self) -> bool:
+        return getattr(self._local, "active", False)
+
+    def append(self, layer: BaseChannelLayer, kind: str, name: str, data: Prepared) -> bool:
+        """Hold a prepared send (``kind`` is "channel" or "group")."""
+        if not getattr(self._local, "active", False):
+            return False
+        self._local.pending.append((layer, kind, name, data))
+        return True
+
+    def send_and_flush(self, **kwargs: Any) -> None:
+        """
+        Send this thread's held messages, in order, and stop holding.  A send
+        that fails (the channel stayed full, the layer is unreachable) is
+        logged and the rest are still sent; nothing is raised.
+        """
+        pending = getattr(self._local, "pending", [])
+        self._local.active = False
+        self._local.pending = []
+        for layer, kind, name, data in pending:
+            try:
+                if kind == "group":
+                    layer.send_group_prepared(name, data)
+                else:
+                    self._send(layer, name, data)
+            except Exception:
+                log.failure(
+                    "A message the consumer sent to {kind} {name} could not be sent",
+                    kind=kind,
+                    name=name,
+                )
+
+    def _send(self, layer: BaseChannelLayer, name: str, data: Prepared) -> None:
+        try:
+            send_waiting(layer, name, data, self.full_timeout, self.blocked_timeout)
+        except ChannelFull:
+            log.error(
+                "Channel {channel} stayed full for {timeout}s; a message "
+                "sent by the consumer was dropped",
+                channel=name,
+                timeout=self.full_timeout,
+            )
+
+
+def send_waiting(
+    layer: Any,
+    channel: str,
+    data: Prepared,
+    timeout: float,
+    blocked_timeout: float = BLOCKED_TIMEOUT,
+) -> None:
+    """
+    Send a prepared message, through the layer's ``send_prepared_wait``
+    where it has one (woken by the layer, not polled; it also paces a
+    thread that runs ahead of the interface server): if ``channel`` is
+    full, wait up to ``timeout`` seconds for room; while its interface
+    server keeps it blocked (:class:`~chanserv.exceptions.ChannelBlocked`:
+    its client is slow, not gone), wait on, up to ``blocked_timeout``
+    seconds in all.  A worker thread: it may block.
+
+    :raises ChannelFull: still full after ``timeout`` (ChannelBlocked:
+        still blocked after ``blocked_timeout``).
+    """
+    wait = getattr(layer, "send_prepared_wait", None)
+    if wait is None:
+        layer.send_prepared(channel, data)
+        return
+    started = time.monotonic()
+    while True:
+        try:
+            wait(channel, data, timeout)
+            return
+        except ChannelBlocked:
+            if time.monotonic() - started >= blocked_timeout:
+                raise
+
+
+pending_message_store = PendingMessageStore()

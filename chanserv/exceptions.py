@@ -6,14 +6,28 @@ Consumers raise these to steer the worker (:class:`ConsumeLater`,
 the request ones.  Channel layers expose :class:`ChannelFull` and
 :class:`MessageTooLarge` as attributes too (``layer.ChannelFull``), as ASGI 1.0
 requires.
+
+This module imports nothing of chanserv: every other module may use it.
+What the exceptions need of a message is stated as a :class:`Replyable`
+protocol, which :class:`~chanserv.message.Message` provides.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from chanserv.message import Message
+
+class Sender(Protocol):
+    """What the exceptions send replies through: a reply channel."""
+
+    def send(self, content: dict[str, Any], immediately: bool = False) -> None: ...
+
+
+class Replyable(Protocol):
+    """What the exceptions answer: a message, through its reply channel."""
+
+    @property
+    def reply_channel(self) -> Sender | None: ...
 
 
 #: Close codes of RFC 6455 §7.4.1 that an application may send from the
@@ -105,7 +119,7 @@ class ChannelSocketException(Exception):
     ``run(message)`` when a consumer raises one.
     """
 
-    def run(self, message: Message) -> None:
+    def run(self, message: Replyable) -> None:
         raise NotImplementedError()
 
 
@@ -128,7 +142,7 @@ class WebsocketCloseException(ChannelSocketException):
         super().__init__(code)
         self._code = code
 
-    def run(self, message: Message) -> None:
+    def run(self, message: Replyable) -> None:
         if message.reply_channel is None:
             raise ValueError("WebsocketCloseException raised for a message with no reply channel")
         close: Any = True if self._code is None else self._code
@@ -168,7 +182,7 @@ class RouteTimeout(Exception):
             % (self.channel, self.timeout, self.key, self.pattern, self.route)
         )
 
-    def answer(self, message: Message) -> str:
+    def answer(self, message: Replyable) -> str:
         """
         Tell the client, as far as one is waiting, and say how:
 

@@ -38,10 +38,10 @@ from django.urls import set_script_prefix
 from django.utils.functional import cached_property
 
 from chanserv._compat.django import Handler, StreamedRequest, set_response_handler
+from chanserv.channel import BLOCKED_TIMEOUT, send_waiting
 from chanserv.exceptions import RequestAborted, RequestTimeout
 from chanserv.exceptions import ResponseLater as _ResponseLater
 from chanserv.log import Logger
-from chanserv.message import BLOCKED_TIMEOUT, send_waiting
 
 __all__ = ["AsgiHandler", "AsgiRequest", "ViewConsumer"]
 

@@ -1,12 +1,14 @@
 """
-Per-reply-channel coordination between the worker threads of one process.
+The in-process mechanism of turn-taking on a reply channel:
+:class:`SocketLocks`, a re-entrant lock per name with ordered waiting.
 
 Session backends are not transactional: two threads that load, change and
 save the session of one WebSocket at the same time lose one of the updates.
-:data:`socket_locks` makes the consumers of one reply channel that use the
-session decorators run one at a time in this process (re-entrant, so nested
-decorators do not deadlock), and lets :func:`~chanserv.ordering.enforce_ordering`
-wait, in its thread, for the message before its own.
+A :class:`SocketLocks` makes the threads of one process that hold a name run
+one at a time (re-entrant, so nested decorators do not deadlock), and lets a
+thread wait for the one before its own ``order``.  It knows nothing of
+messages, sessions or Django: :mod:`chanserv.ordering` owns the process's
+instance (``socket_locks``) and decides whose turn it is.
 
 Records exist only while a thread uses them: an idle socket costs nothing.
 Worker threads only; never the reactor thread (it blocks).
@@ -20,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["MAX_GAP_WATCHERS", "SocketLocks", "SocketState", "Turn", "socket_locks"]
+__all__ = ["MAX_GAP_WATCHERS", "SocketLocks", "SocketState", "Turn"]
 
 #: Threads per process that may each wait out a whole gap timeout.
 MAX_GAP_WATCHERS = 2
@@ -57,7 +59,8 @@ class Turn:
 class SocketLocks:
     """
     Per-reply-channel mutual exclusion between the threads of this process,
-    re-entrant per thread, with ordered waiting for :func:`enforce_ordering`.
+    re-entrant per thread, with ordered waiting for
+    :func:`~chanserv.ordering.enforce_ordering`.
     Records exist only while a thread uses them.  Worker threads only.
     """
 
@@ -191,7 +194,3 @@ class SocketLocks:
         with self._lock:
             state.closed = True
             state.cond.notify_all()
-
-
-#: The process's per-reply-channel locks, shared by the session decorators.
-socket_locks = SocketLocks()

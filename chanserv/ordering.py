@@ -4,12 +4,21 @@
 thread or process takes them off the layer.  Import it from
 :mod:`chanserv.sessions`, as in Channels 1.x.
 
+This module owns turn-taking on a reply channel: :data:`socket_locks`, the
+process's per-reply-channel turns, which the session decorators of
+:mod:`chanserv.sessions` hold too (so that two threads never load and save
+one channel session at once); the ordered waiting, the wait channel and its
+requeue.  It builds on the channel session store of
+:mod:`chanserv.session_store` and on the in-process mechanism of
+:mod:`chanserv.locks`; :mod:`chanserv.sessions` builds on it, never the
+reverse.
+
 The next expected order is kept in the channel session under
 ``__channels_next_order``.  Only the consumer of the message whose order it
 is writes it, so a stale copy can never overwrite a newer one.
 
 **Within one process** the threads handling one socket coordinate through
-:data:`chanserv.locks.socket_locks`:
+:data:`socket_locks`:
 
 - a message whose predecessor is being handled by another thread of this
   process waits for it, with no time limit, since that thread will finish;
@@ -71,16 +80,21 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError
 
+from chanserv.channel import pending_message_store, send_waiting
 from chanserv.exceptions import ChannelFull, ConsumeLater
 from chanserv.layers.base import MAX_NAME_LENGTH
-from chanserv.locks import SocketState, Turn, socket_locks
+from chanserv.locks import SocketLocks, SocketState, Turn
 from chanserv.log import Logger
-from chanserv.message import send_waiting
+from chanserv.message import Message, find_message
+from chanserv.session_store import (
+    keyed_session,
+    open_channel_session,
+    save_if_changed,
+    session_for_reply_channel,
+)
 
 if TYPE_CHECKING:
     from django.contrib.sessions.backends.base import SessionBase
-
-    from chanserv.message import Message
 
 __all__ = [
     "DEFAULT_GAP_TIMEOUT",
@@ -89,10 +103,16 @@ __all__ = [
     "REMOTE_WAIT",
     "enforce_ordering",
     "requeue_messages",
+    "socket_locks",
     "wait_channel_name",
 ]
 
 log = Logger()
+
+#: The process's per-reply-channel turns: held by the session decorators
+#: (one consumer of a socket at a time) and by :func:`enforce_ordering`
+#: (in ``order``).
+socket_locks = SocketLocks()
 
 #: Channel-session key of the next order to consume (the Channels 1.x name).
 ORDER_KEY = "__channels_next_order"
@@ -195,8 +215,6 @@ _RAN, _EARLY, _STALE = "ran", "early", "stale"
 
 
 def _consume_in_order(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    from chanserv.sessions import find_message
-
     message = find_message(args, "enforce_ordering")
     if message.reply_channel is None:
         raise ValueError("enforce_ordering only works with messages that have a reply_channel.")
@@ -229,11 +247,10 @@ def _consume_in_order(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
 def _attempt(
     turn: Turn, message: Message, order: int, func: Callable[..., Any], args: Any, kwargs: Any
 ) -> tuple[str, Any]:
-    from chanserv.sessions import channel_session_scope, save_if_changed
-
     advanced = False
     try:
-        with channel_session_scope(message) as session:
+        # This thread holds the socket's turn (hold_in_order).
+        with open_channel_session(message) as session:
             stored = _stored_next(session)
             # Without an ordered connect consumer, order 1 starts the sequence.
             expected = stored if stored is not None else (1 if order == 1 else 0)
@@ -276,16 +293,12 @@ def _attempt(
 
 def _flush_pending_sends() -> None:
     # Send the consumer's held messages before the next message may run.
-    from chanserv.message import pending_message_store
-
     if pending_message_store.is_active():
         pending_message_store.send_and_flush()
         pending_message_store.activate()
 
 
 def _gap_record(name: str) -> SessionBase:
-    from chanserv.sessions import keyed_session
-
     return keyed_session("chw", name)
 
 
@@ -345,8 +358,6 @@ def _park(turn: Turn, message: Message, order: int, expected: int, gap_timeout: 
         return
     # The message that was due may have run, and emptied the wait channel,
     # between our reading the order and our send: read it again, from the store.
-    from chanserv.sessions import session_for_reply_channel
-
     now_next = _stored_next(session_for_reply_channel(name))
     if now_next is not None and now_next != expected:
         socket_locks.learn(turn.state, now_next)

@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import regex
+from django.conf import settings
 
 from chanserv.exceptions import RouteTimeout
 
@@ -161,8 +162,6 @@ def route_timeout() -> float:
 
     :raises ValueError: the setting is not a positive number.
     """
-    from django.conf import settings
-
     value: Any = DEFAULT_ROUTE_TIMEOUT
     if settings.configured:
         value = getattr(settings, "CHANSERV_ROUTE_TIMEOUT", DEFAULT_ROUTE_TIMEOUT)
@@ -619,15 +618,16 @@ class Router:
         finally:
             _matching.deadline = None
 
-    def check_default(self, http_consumer: Callable[..., Any] | None = None) -> None:
+    def check_default(self, http_consumer: Callable[..., Any]) -> None:
         """
         Append the fallback routes, tried after every user route: so an
-        ``http.request`` no user route takes goes to the Django views, and
+        ``http.request`` no user route takes goes to ``http_consumer``, and
         WebSockets are accepted and their frames consumed.
 
-        - ``http.request`` -> ``http_consumer``, by default the Django views
-          (``chanserv.handler.ViewConsumer``), behind static files when
-          ``DEBUG`` is on and staticfiles is installed, as ``runserver``;
+        - ``http.request`` -> ``http_consumer``: whoever serves the layer
+          passes the Django views (``chanserv.staticfiles.default_http_consumer()``,
+          behind static files when ``DEBUG`` is on, as ``runserver``); routing
+          itself knows nothing of Django's views;
         - ``websocket.connect`` -> :func:`connect_consumer` (accept);
         - ``websocket.receive``, ``websocket.disconnect`` -> :func:`null_consumer`.
 
@@ -636,10 +636,6 @@ class Router:
         """
         if self._defaults_added:
             return
-        if http_consumer is None:
-            from chanserv.staticfiles import default_http_consumer
-
-            http_consumer = default_http_consumer()
         self.add_route(Route("http.request", http_consumer))
         self.add_route(Route("websocket.connect", connect_consumer))
         self.add_route(Route("websocket.receive", null_consumer))

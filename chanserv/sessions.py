@@ -9,44 +9,46 @@ Django sessions for channel consumers: the Channels 1.x decorators.
 - :func:`channel_and_http_session` remembers the HTTP session key in the
   channel session on connect and brings the HTTP session back on later
   messages;
-- :func:`enforce_ordering` (in :mod:`chanserv.ordering`) runs a socket's
-  messages in their ``order``.
+- :func:`enforce_ordering` runs a socket's messages in their ``order``; it
+  lives in :mod:`chanserv.ordering` and is importable from here, its
+  Channels 1.x home, as are :func:`requeue_messages` and
+  :func:`session_for_reply_channel` (from :mod:`chanserv.session_store`).
 
 Every decorator finds the :class:`~chanserv.message.Message` among the first
 two positional arguments, so it works on functions and on methods alike, and
 every one is idempotent when nested.  They run in worker threads.
 
-Unlike Channels 1.x, a change made *in place* to a nested value
-(``message.channel_session["prefs"]["theme"] = "dark"``) is saved too: the
-session's content is serialised (with the session's own serializer) when it
-is loaded and compared with its content after the consumer, and the session
-is saved when it differs or when ``modified`` is set.
+A change made *in place* to a nested value is saved too (see
+:mod:`chanserv.session_store`).
 
 Within one process, the consumers of one reply channel that use
-:func:`channel_session` run one at a time (a per-reply-channel lock, re-entrant
-for nested decorators): session backends are not transactional, and two
-threads saving the same session would otherwise lose one of the updates.
+:func:`channel_session` run one at a time (they hold the reply channel's
+turn, :data:`chanserv.ordering.socket_locks`, re-entrant for nested
+decorators): session backends are not transactional, and two threads saving
+the same session would otherwise lose one of the updates.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import import_module
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.contrib.sessions.backends.base import CreateError, SessionBase
+from django.contrib.sessions.backends.base import SessionBase
 
-from chanserv._compat.django import set_session_key
-from chanserv.channel import Channel
-from chanserv.exceptions import ConsumeLater
-from chanserv.locks import socket_locks
-from chanserv.log import Logger
-from chanserv.message import Message
-from chanserv.ordering import enforce_ordering, requeue_messages
+from chanserv.handler import AsgiRequest
+from chanserv.message import Message, find_message
+from chanserv.ordering import enforce_ordering, requeue_messages, socket_locks
+from chanserv.session_store import (
+    open_channel_session,
+    reply_channel_name,
+    save_if_changed,
+    session_for_reply_channel,
+    track,
+)
 
 __all__ = [
     "channel_and_http_session",
@@ -57,124 +59,10 @@ __all__ = [
     "session_for_reply_channel",
 ]
 
-log = Logger()
-
 F = TypeVar("F", bound=Callable[..., Any])
 
-SIGNED_COOKIES = "django.contrib.sessions.backends.signed_cookies"
-
-# Markers on the Message: how deep the decorators are nested right now.
-_CHANNEL_DEPTH = "_chanserv_channel_session_depth"
+# Marker on the Message: how deep the HTTP session decorators are nested now.
 _HTTP_DEPTH = "_chanserv_http_session_depth"
-# Marker on a session: its serialised content when it was last loaded or saved.
-_SNAPSHOT = "_chanserv_snapshot"
-
-
-def find_message(args: tuple[Any, ...], decorator: str) -> Message:
-    """
-    The :class:`Message` among the first two positional ``args`` (a
-    function's ``message``, or a method's after ``self``).
-
-    :raises ValueError: there is none.
-    """
-    for arg in args[:2]:
-        if isinstance(arg, Message):
-            return arg
-    raise ValueError("%s called without a Message instance" % (decorator,))
-
-
-# -- the channel session store -------------------------------------------------
-
-
-def _channel_session_engine() -> Any:
-    if getattr(settings, "CHANNEL_SESSION_ENGINE", None):
-        setting, path = "CHANNEL_SESSION_ENGINE", settings.CHANNEL_SESSION_ENGINE
-    else:
-        setting, path = "SESSION_ENGINE", settings.SESSION_ENGINE
-    engine = import_module(path)
-    signed = import_module(SIGNED_COOKIES)
-    if engine is signed or issubclass(engine.SessionStore, signed.SessionStore):
-        raise ValueError(
-            "Channel sessions cannot use signed cookie sessions: %s = %r keeps the "
-            "data in the browser's cookie, and only an HTTP response can change it. "
-            "Set CHANNEL_SESSION_ENGINE to a backend that stores data on the server, "
-            "e.g. 'django.contrib.sessions.backends.db' or "
-            "'django.contrib.sessions.backends.cache'." % (setting, path)
-        )
-    return engine
-
-
-def keyed_session(prefix: str, name: str) -> SessionBase:
-    """
-    The channel-session-engine session ``prefix + sha1(name)[:29]``, loaded.
-
-    The key is fixed: after the load (which forgets the key of a session that
-    does not exist yet) it is set again, so a later ``save`` writes this key.
-    """
-    engine = _channel_session_engine()
-    key = prefix + hashlib.sha1(name.encode("utf-8")).hexdigest()[:29]
-    session = engine.SessionStore(session_key=key)
-    session.keys()  # load now, not on first access
-    set_session_key(session, key)
-    return session
-
-
-def session_for_reply_channel(reply_channel: str | Channel) -> SessionBase:
-    """
-    The session of a reply channel (a name or a :class:`Channel`), loaded.
-
-    Its key is ``"chn"`` + the first 29 hex digits of the SHA-1 of the name
-    (32 characters); the engine is ``CHANNEL_SESSION_ENGINE``, or
-    ``SESSION_ENGINE`` when that is not set.  Nothing is written: the session
-    may not exist in the store yet.
-
-    :raises ValueError: the engine is (a subclass of) the signed-cookies one;
-        the message names the setting to change.
-    """
-    name = reply_channel.name if isinstance(reply_channel, Channel) else reply_channel
-    return keyed_session("chn", name)
-
-
-# -- change tracking -----------------------------------------------------------
-
-
-def _serialised(session: SessionBase) -> bytes | None:
-    try:
-        data: bytes = session.serializer().dumps(dict(session.items()))
-        return data
-    except Exception:
-        return None  # unserialisable: saving will raise the real error
-
-
-def track(session: SessionBase) -> None:
-    """Remember ``session``'s content now, to detect in-place changes later."""
-    setattr(session, _SNAPSHOT, _serialised(session))
-
-
-def save_if_changed(session: SessionBase | None) -> bool:
-    """
-    Save ``session`` if ``modified`` is set or its serialised content differs
-    from the one :func:`track` remembered; return whether it was saved.
-
-    Never saves a session without a key -- one that was flushed, or an HTTP
-    session whose key does not exist in the store -- so a new session is
-    never created here.  After saving, ``modified`` is reset and the content
-    remembered again, so nested decorators do not save twice.
-    """
-    if session is None:
-        return False
-    changed = session.modified
-    if not changed and getattr(session, "accessed", False):
-        before = getattr(session, _SNAPSHOT, None)
-        changed = before is None or _serialised(session) != before
-    if not changed:
-        return False
-    if session.session_key is None or session.is_empty():
-        return False
-    session.save()
-    session.modified = False
-    track(session)
-    return True
 
 
 # -- channel_session -----------------------------------------------------------
@@ -186,54 +74,16 @@ def channel_session_scope(message: Message) -> Iterator[SessionBase]:
     ``message.channel_session`` for the duration of the ``with`` block: the
     body of :func:`channel_session`, for code that needs it around a block.
 
-    The outermost scope of a message takes the reply channel's lock, loads
-    the session (creating it with ``save(must_create=True)`` when it does not
-    exist, except for a ``websocket.disconnect``), and on exit -- also when the block raises -- saves it if it
-    changed.  A nested scope only yields the session.
+    Holds the reply channel's turn in this process (re-entrant) while the
+    session is loaded, used and saved; see
+    :func:`~chanserv.session_store.open_channel_session`.
 
     :raises ValueError: the message has no reply channel.
     :raises ConsumeLater: another consumer created the session at the same
-        moment (``CreateError``); the worker consumes the message again.
+        moment; the worker consumes the message again.
     """
-    depth = getattr(message, _CHANNEL_DEPTH, None)
-    if depth:
-        setattr(message, _CHANNEL_DEPTH, depth + 1)
-        try:
-            yield message.channel_session  # type: ignore[attr-defined]
-        finally:
-            setattr(message, _CHANNEL_DEPTH, depth)
-        return
-    if message.reply_channel is None:
-        raise ValueError(
-            "No reply_channel sent with the message; channel_session only works "
-            "with messages that have a reply_channel."
-        )
-    name = message.reply_channel.name
-    with socket_locks.hold(name):
-        # A session set on the message by other code (not by this scope) is
-        # used as it is, as Channels 1.x did.
-        session = getattr(message, "channel_session", None) if depth is None else None
-        if session is None:
-            session = session_for_reply_channel(name)
-            # A websocket.disconnect of a socket that never had a session
-            # (a refused handshake, say) creates none: nothing could read it.
-            if (
-                message.channel.name != "websocket.disconnect"
-                and not session.keys()
-                and not session.exists(session.session_key)
-            ):
-                try:
-                    session.save(must_create=True)
-                except CreateError:
-                    raise ConsumeLater() from None
-            message.channel_session = session  # type: ignore[attr-defined]
-        track(session)
-        setattr(message, _CHANNEL_DEPTH, 1)
-        try:
-            yield session
-        finally:
-            setattr(message, _CHANNEL_DEPTH, 0)
-            save_if_changed(message.channel_session)  # type: ignore[attr-defined]
+    with socket_locks.hold(reply_channel_name(message)), open_channel_session(message) as session:
+        yield session
 
 
 def channel_session(func: F) -> F:
@@ -261,8 +111,6 @@ def channel_session(func: F) -> F:
 
 
 def _request_for(message: Message) -> Any:
-    from chanserv.handler import AsgiRequest
-
     # Only the headers and the query string matter; the body (and its
     # channel, which would be drained) is left out.
     content = {k: v for k, v in message.content.items() if k not in ("body", "body_channel")}

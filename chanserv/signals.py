@@ -5,7 +5,7 @@ The signals of the consumer lifecycle.
 the pool thread that runs it.  Django's ``close_old_connections`` is connected
 to both, so a worker thread never reuses a database connection that went stale
 or is past ``CONN_MAX_AGE``; the thread's buffered sends are flushed on
-``consumer_finished`` (see :mod:`chanserv.message`).
+``consumer_finished`` (see :mod:`chanserv.channel`).
 
 ``worker_ready`` is sent, from the reactor thread, when the worker dispatcher
 starts taking messages; ``worker_process_ready`` once per process before that.
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from django.db import close_old_connections
 from django.dispatch import Signal
+
+from chanserv.channel import pending_message_store
 
 
 def _cached_signal() -> Signal:
@@ -38,17 +40,7 @@ consumer_started.connect(
 consumer_finished.connect(
     close_old_connections, dispatch_uid="chanserv.close_old_connections.finished"
 )
-
-
-def _connect_pending_store() -> None:
-    from chanserv.message import pending_message_store
-
-    consumer_started.connect(
-        pending_message_store.activate, dispatch_uid="chanserv.pending.activate"
-    )
-    consumer_finished.connect(
-        pending_message_store.send_and_flush, dispatch_uid="chanserv.pending.flush"
-    )
-
-
-_connect_pending_store()
+consumer_started.connect(pending_message_store.activate, dispatch_uid="chanserv.pending.activate")
+consumer_finished.connect(
+    pending_message_store.send_and_flush, dispatch_uid="chanserv.pending.flush"
+)

@@ -18,8 +18,12 @@ from typing import Any
 
 from twisted.python import usage
 
+from chanserv.asgi import channel_layers
+from chanserv.exceptions import InvalidChannelLayerError
+from chanserv.log import set_verbosity
 from chanserv.server.options import ServerOptionsMixin, server_config_from_options
-from chanserv.service import ChanservService
+from chanserv.service import ChanservService, LayerService
+from chanserv.threads import WorkerPool
 
 __all__ = ["DEFAULT_THREADS", "Options", "build_service", "makeService"]
 
@@ -138,9 +142,6 @@ class Options(ServerOptionsMixin, usage.Options):
             raise usage.UsageError("Django setup failed: %s: %s" % (type(e).__name__, e))
 
     def _load_layer(self) -> None:
-        from chanserv.asgi import channel_layers
-        from chanserv.exceptions import InvalidChannelLayerError
-
         alias = self["layer"]
         try:
             wrapper = channel_layers[alias]
@@ -160,8 +161,6 @@ class Options(ServerOptionsMixin, usage.Options):
 def makeService(options: Options) -> ChanservService:
     """Build the service tree for ``options`` (already checked)."""
     from twisted.internet import reactor
-
-    from chanserv.log import set_verbosity
 
     set_verbosity(options["verbosity"])
     return build_service(
@@ -197,9 +196,11 @@ def build_service(
     server.  Used by ``twistd chanserv`` and the ``runserver`` /
     ``runworker`` management commands.
     """
+    # Deferred, downward, for their cost: the worker and the Django views
+    # load Django, the interface server twisted.web and autobahn; a mode
+    # uses only some, and Options (twistd chanserv --help) needs none.
     from chanserv.server.site import InterfaceServer
-    from chanserv.service import LayerService
-    from chanserv.threads import WorkerPool
+    from chanserv.staticfiles import default_http_consumer
     from chanserv.worker import Worker
 
     if mode not in MODES:
@@ -212,7 +213,7 @@ def build_service(
     )
     LayerService(reactor, channel_layer).setServiceParent(root)
     if mode in ("all", "worker"):
-        channel_layer.router.check_default()
+        channel_layer.router.check_default(default_http_consumer())
         pool = WorkerPool(reactor, threads)
         pool.setServiceParent(root)
         Worker(

@@ -23,10 +23,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from django.conf import settings
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
+from chanserv.channel import send_waiting
 from chanserv.exceptions import (
     ChannelFull,
     ChannelSocketException,
@@ -35,7 +37,7 @@ from chanserv.exceptions import (
     RouteTimeout,
 )
 from chanserv.log import Logger
-from chanserv.message import Message, send_waiting
+from chanserv.message import Message
 from chanserv.signals import consumer_finished, consumer_started, worker_ready
 from chanserv.threads import WorkerPool, batcher_for
 
@@ -60,8 +62,6 @@ ORDERING_SETTING = "CHANSERV_ORDERED_REPLY_CHANNELS"
 
 def _ordering_setting() -> bool:
     """``settings.CHANSERV_ORDERED_REPLY_CHANNELS`` (True when unset or unconfigured)."""
-    from django.conf import settings
-
     if not settings.configured:
         return True
     return bool(getattr(settings, ORDERING_SETTING, True))

@@ -10,10 +10,11 @@ import pytest
 from twisted.logger import capturedLogs
 
 from chanserv import DEFAULT_CHANNEL_LAYER, Channel, Group, channel_layers
+from chanserv.channel import pending_message_store
 from chanserv.exceptions import ChannelFull, MessageTooLarge
 from chanserv.layers import InMemoryChannelLayer
 from chanserv.layers.base import BaseChannelLayer
-from chanserv.message import Message, pending_message_store
+from chanserv.message import Message
 from chanserv.signals import consumer_finished, consumer_started
 
 

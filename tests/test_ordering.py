@@ -14,11 +14,11 @@ from django.test import override_settings
 
 from chanserv import locks, ordering
 from chanserv.asgi import ChannelLayerWrapper, channel_layers
+from chanserv.channel import pending_message_store
 from chanserv.exceptions import ConsumeLater
 from chanserv.layers import InMemoryChannelLayer
-from chanserv.locks import socket_locks
-from chanserv.message import Message, pending_message_store
-from chanserv.ordering import ORDER_KEY, wait_channel_name
+from chanserv.message import Message
+from chanserv.ordering import ORDER_KEY, socket_locks, wait_channel_name
 from chanserv.routing import route
 from chanserv.service import ChanservService, LayerService
 from chanserv.sessions import channel_session, enforce_ordering, session_for_reply_channel

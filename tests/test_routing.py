@@ -521,11 +521,12 @@ def test_check_default_keeps_user_websocket_routes_first() -> None:
     assert router.match(msg("websocket.connect")) == (consumer_a, {})
 
 
-def test_check_default_uses_the_view_consumer() -> None:
+def test_check_default_with_the_default_http_consumer_serves_the_views() -> None:
     from chanserv.handler import ViewConsumer
+    from chanserv.staticfiles import default_http_consumer
 
     router = Router([])
-    router.check_default()
+    router.check_default(default_http_consumer())
     result = router.match(msg("http.request", path="/"))
     assert result is not None
     assert type(result[0]) is ViewConsumer
@@ -533,10 +534,10 @@ def test_check_default_uses_the_view_consumer() -> None:
 
 @override_settings(DEBUG=True)
 def test_check_default_serves_static_files_under_debug() -> None:
-    from chanserv.staticfiles import StaticFilesConsumer
+    from chanserv.staticfiles import StaticFilesConsumer, default_http_consumer
 
     router = Router([])
-    router.check_default()
+    router.check_default(default_http_consumer())
     result = router.match(msg("http.request", path="/static/x.css"))
     assert result is not None
     assert isinstance(result[0], StaticFilesConsumer)

@@ -24,8 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from chanserv.auth import channel_session_user
 from chanserv.message import Message
 from chanserv.routing import RouteClass, route_class
+from chanserv.sessions import channel_session
 
 __all__ = ["BaseConsumer"]
 
@@ -102,15 +104,9 @@ class BaseConsumer:
                 % (type(self).__name__, name, ", ".join(sorted(self.method_mapping)) or "nothing")
             ) from None
         handler: Callable[..., Any] = getattr(self, method_name)
-        # Imported here: the session machinery is only needed when a
-        # consumer runs, not when a routing module imports the class.
         if self.channel_session_user:
-            from chanserv.auth import channel_session_user
-
             return channel_session_user(handler)
         if self.channel_session:
-            from chanserv.sessions import channel_session
-
             return channel_session(handler)
         return handler
 

@@ -44,10 +44,12 @@ from typing import Any, ClassVar
 
 from django.core.serializers.json import DjangoJSONEncoder
 
+from chanserv.auth import channel_and_http_session_user_from_http, channel_session_user_from_http
 from chanserv.channel import Channel, Group
 from chanserv.exceptions import SendNotAvailableOnDemultiplexer
 from chanserv.generic.base import BaseConsumer
 from chanserv.message import Message
+from chanserv.sessions import enforce_ordering
 
 __all__ = [
     "JsonWebsocketConsumer",
@@ -117,16 +119,10 @@ class WebsocketConsumer(BaseConsumer):
         self.path = message.get("path")
         handler = super().get_handler(message, **kwargs)
         if self.http_user_and_session:
-            from chanserv.auth import channel_and_http_session_user_from_http
-
             handler = channel_and_http_session_user_from_http(handler)
         elif self.http_user:
-            from chanserv.auth import channel_session_user_from_http
-
             handler = channel_session_user_from_http(handler)
         if self.strict_ordering:
-            from chanserv.sessions import enforce_ordering
-
             return enforce_ordering(handler)
         if self.slight_ordering:
             raise ValueError(

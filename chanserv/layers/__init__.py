@@ -1,20 +1,38 @@
 """
 Channel layers: the in-reactor :class:`InMemoryChannelLayer` (the embedded
-default) and the Redis-backed ``RedisChannelLayer`` (imported on first use,
-so that txredisapi is only loaded by sites that use it).
+default) and the Redis-backed ``RedisChannelLayer``.
+
+The names are loaded on first use (PEP 562), so that importing one layer's
+module loads neither the other layer (txredisapi is only loaded by sites that
+use Redis) nor Django.
 """
 
-from typing import Any
+from __future__ import annotations
 
-from chanserv.layers.base import BaseChannelLayer
-from chanserv.layers.inmemory import InMemoryChannelLayer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chanserv.layers.base import BaseChannelLayer
+    from chanserv.layers.inmemory import InMemoryChannelLayer
+    from chanserv.layers.redis import RedisChannelLayer
 
 __all__ = ["BaseChannelLayer", "InMemoryChannelLayer", "RedisChannelLayer"]
 
+# Each public name and the module that defines it.
+_HOMES = {
+    "BaseChannelLayer": "chanserv.layers.base",
+    "InMemoryChannelLayer": "chanserv.layers.inmemory",
+    "RedisChannelLayer": "chanserv.layers.redis",
+}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "RedisChannelLayer":
-        from chanserv.layers.redis import RedisChannelLayer
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    return getattr(importlib.import_module(home), name)
 
-        return RedisChannelLayer
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,5 +1,5 @@
 """
-One listening endpoint as a service.
+One listening endpoint as a service, and the endpoint descriptions it takes.
 
 :class:`ListenerService` is Twisted's ``StreamServerEndpointService`` with
 the two things chanserv needs from it made public: a port that cannot be
@@ -10,17 +10,44 @@ serving without that port), and the listening port can be waited for
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 
 from chanserv.log import Logger
 
-__all__ = ["ListenerService"]
+__all__ = ["ListenerService", "endpoint_from_string"]
 
 log = Logger()
+
+
+def endpoint_from_string(reactor: Any, description: str) -> Any:
+    """
+    A server endpoint for ``description``: any ``serverFromString`` string,
+    or ``fd:fileno=N`` (also ``fd:N``) for an inherited listening socket,
+    whose address family is read from the socket itself.
+
+    :raises ValueError: a malformed description or an unusable descriptor.
+    """
+    if description.startswith("fd:"):
+        argument = description[3:]
+        if argument.startswith("fileno="):
+            argument = argument[len("fileno=") :]
+        if not argument.isdigit():
+            raise ValueError("fd endpoint needs fileno=N, not %r" % (description,))
+        fileno = int(argument)
+        try:
+            probe = socket.socket(fileno=fileno)
+        except OSError as e:
+            raise ValueError("file descriptor %d is not a socket: %s" % (fileno, e)) from None
+        family = probe.family
+        probe.detach()
+        return endpoints.AdoptedStreamServerEndpoint(reactor, fileno, family)
+    return endpoints.serverFromString(reactor, description)
 
 
 class ListenerService(Service):

@@ -29,6 +29,7 @@ from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 
 from chanserv.server.config import DEFAULT_ENDPOINT, ServerConfig
+from chanserv.server.listener import endpoint_from_string
 
 __all__ = ["ServerOptionsMixin", "server_config_from_options", "tcp_endpoint"]
 
@@ -290,8 +291,6 @@ def _endpoints(opts: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _check_endpoints(descriptions: tuple[str, ...]) -> None:
-    from chanserv.server.site import endpoint_from_string
-
     for description in descriptions:
         try:
             # No reactor needed to build (not listen on) an endpoint; this

@@ -15,54 +15,27 @@ closes WebSockets with 1001, then stops the sweep and the reply dispatch.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 
 from chanserv.log import Logger
 from chanserv.server.accesslog import AccessLogWriter
 from chanserv.server.config import ServerConfig
 from chanserv.server.http import HTTPFactory, HTTPProtocol
-from chanserv.server.listener import ListenerService
+from chanserv.server.listener import ListenerService, endpoint_from_string
 from chanserv.server.replies import ReplyRegistry
 from chanserv.server.websocket import WebSocketFactory
 
-__all__ = ["InterfaceServer", "endpoint_from_string"]
+__all__ = ["InterfaceServer"]
 
 log = Logger()
 
 #: Seconds to wait for aborted connections to be gone.
 ABORT_GRACE = 5.0
-
-
-def endpoint_from_string(reactor: Any, description: str) -> Any:
-    """
-    A server endpoint for ``description``: any ``serverFromString`` string,
-    or ``fd:fileno=N`` (also ``fd:N``) for an inherited listening socket,
-    whose address family is read from the socket itself.
-
-    :raises ValueError: a malformed description or an unusable descriptor.
-    """
-    if description.startswith("fd:"):
-        argument = description[3:]
-        if argument.startswith("fileno="):
-            argument = argument[len("fileno=") :]
-        if not argument.isdigit():
-            raise ValueError("fd endpoint needs fileno=N, not %r" % (description,))
-        fileno = int(argument)
-        try:
-            probe = socket.socket(fileno=fileno)
-        except OSError as e:
-            raise ValueError("file descriptor %d is not a socket: %s" % (fileno, e)) from None
-        family = probe.family
-        probe.detach()
-        return endpoints.AdoptedStreamServerEndpoint(reactor, fileno, family)
-    return endpoints.serverFromString(reactor, description)
 
 
 def _is_tls(description: str) -> bool:
@@ -76,6 +49,7 @@ def http2_take_over() -> Callable[[HTTPProtocol], None] | None:
     support (``twisted[http2]``: the ``h2`` and ``priority`` packages) is
     not installed.
     """
+    # Imported here: h2 and priority are an optional dependency.
     try:
         from chanserv.server.http2 import take_over
     except ImportError:

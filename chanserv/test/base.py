@@ -41,6 +41,7 @@ from chanserv.layers.base import random_string
 from chanserv.message import Message
 from chanserv.routing import Match, Router, include
 from chanserv.signals import consumer_finished, consumer_started
+from chanserv.staticfiles import default_http_consumer
 from chanserv.worker import run_consumer
 
 __all__ = [
@@ -183,7 +184,7 @@ class Client:
         if match is None:
             if self._default_router is None:
                 router = Router([])
-                router.check_default()
+                router.check_default(default_http_consumer())
                 self._default_router = router
             match = self._default_router.match(message)
         return match

@@ -32,6 +32,7 @@ from django.apps import apps
 from django.conf import settings
 
 from chanserv.channel import DEFAULT_CHANNEL_LAYER
+from chanserv.sessions import session_for_reply_channel
 from chanserv.test.base import Client
 
 __all__ = ["WSClient"]
@@ -133,8 +134,6 @@ class WSClient(Client):
         if not apps.is_installed("django.contrib.sessions"):
             raise OSError("Add django.contrib.sessions to the INSTALLED_APPS to use session")
         if self._session is None:
-            from chanserv.sessions import session_for_reply_channel
-
             session = session_for_reply_channel(self.reply_channel)
             if not session.exists(session.session_key):
                 # Stored now, so that writing to it and saving works (a

@@ -17,7 +17,8 @@ from websockets.sync.client import connect as ws_connect
 
 from chanserv.layers.inmemory import InMemoryChannelLayer
 from chanserv.server.config import ServerConfig
-from chanserv.server.site import InterfaceServer, endpoint_from_string
+from chanserv.server.listener import endpoint_from_string
+from chanserv.server.site import InterfaceServer
 from tests.support import in_reactor, reactor_thread
 
 Start = Callable[..., tuple[InterfaceServer, list[Any]]]

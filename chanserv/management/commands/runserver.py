@@ -17,6 +17,11 @@ from django.conf import settings
 from django.core.management.base import CommandError
 from django.core.management.commands.runserver import Command as DjangoRunserver
 
+# chanserv's imports are deferred, downward, into the methods: this module is
+# imported by ChanservConfig.ready() at every django.setup() of a project with
+# staticfiles, and the server and the worker cost much more to load than a
+# command that is not run.
+
 
 class Command(DjangoRunserver):
     help = (

@@ -11,7 +11,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from chanserv.tap import DEFAULT_THREADS
+from chanserv.asgi import channel_layers
+from chanserv.exceptions import InvalidChannelLayerError
+from chanserv.management.runner import run_in_foreground, start_console_logging
+from chanserv.tap import DEFAULT_THREADS, build_service
 
 
 class Command(BaseCommand):
@@ -52,11 +55,6 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         from twisted.internet import reactor
-
-        from chanserv.asgi import channel_layers
-        from chanserv.exceptions import InvalidChannelLayerError
-        from chanserv.management.runner import run_in_foreground, start_console_logging
-        from chanserv.tap import build_service
 
         try:
             wrapper = channel_layers[options["layer"]]
