@@ -72,7 +72,7 @@ def _user_from(session: Any) -> Any:
 def _set_user(message: Message, attribute: str) -> None:
     if not hasattr(message, attribute):
         raise ValueError("Did not see a %s to get auth from" % (attribute.replace("_", " "),))
-    message.user = _user_from(getattr(message, attribute))  # type: ignore[attr-defined]
+    message.user = _user_from(getattr(message, attribute))
 
 
 def _transfer(message: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chanserv.channel import (
     BLOCKED_TIMEOUT,
@@ -19,6 +19,11 @@ from chanserv.channel import (
     pending_message_store,
     send_waiting,
 )
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+    from django.contrib.sessions.backends.base import SessionBase
 
 __all__ = [
     "BLOCKED_TIMEOUT",
@@ -38,8 +43,20 @@ class Message:
     Dict-like for reading: ``message["text"]``, ``"text" in message``,
     ``.get``, ``.keys``, ``.values``, ``.items``.  ``reply_channel`` is a
     :class:`~chanserv.channel.Channel` for the content's ``reply_channel``,
-    or None.  Decorators add attributes (``channel_session``, ``user``...).
+    or None.  Decorators add the attributes declared below; each is absent
+    until its decorator runs (``hasattr`` tells), so they have no default.
     """
+
+    #: The channel session: :func:`~chanserv.sessions.channel_session`.
+    channel_session: SessionBase
+    #: The HTTP session, or None without a session key:
+    #: :func:`~chanserv.sessions.http_session`.
+    http_session: SessionBase | None
+    #: The user: :func:`~chanserv.auth.channel_session_user`,
+    #: :func:`~chanserv.auth.http_session_user` and the like.
+    user: AbstractBaseUser | AnonymousUser
+    #: True on the last run a ``ConsumeLater`` may requeue (set by the worker).
+    __doomed__: bool
 
     def __init__(self, content: dict[str, Any], channel_name: str, channel_layer: Any) -> None:
         self.content = content

@@ -169,7 +169,7 @@ def open_channel_session(message: Message) -> Iterator[SessionBase]:
     if depth:
         setattr(message, _CHANNEL_DEPTH, depth + 1)
         try:
-            yield message.channel_session  # type: ignore[attr-defined]
+            yield message.channel_session
         finally:
             setattr(message, _CHANNEL_DEPTH, depth)
         return
@@ -190,11 +190,11 @@ def open_channel_session(message: Message) -> Iterator[SessionBase]:
                 session.save(must_create=True)
             except CreateError:
                 raise ConsumeLater() from None
-        message.channel_session = session  # type: ignore[attr-defined]
+        message.channel_session = session
     track(session)
     setattr(message, _CHANNEL_DEPTH, 1)
     try:
         yield session
     finally:
         setattr(message, _CHANNEL_DEPTH, 0)
-        save_if_changed(message.channel_session)  # type: ignore[attr-defined]
+        save_if_changed(message.channel_session)

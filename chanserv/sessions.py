@@ -167,13 +167,13 @@ def http_session_scope(message: Message) -> Iterator[SessionBase | None]:
     if depth:
         setattr(message, _HTTP_DEPTH, depth + 1)
         try:
-            yield message.http_session  # type: ignore[attr-defined]
+            yield message.http_session
         finally:
             setattr(message, _HTTP_DEPTH, depth)
         return
     key = http_session_key(message)
     session = http_session_for_key(key) if key else None
-    message.http_session = session  # type: ignore[attr-defined]
+    message.http_session = session
     setattr(message, _HTTP_DEPTH, 1)
     try:
         yield session
@@ -182,7 +182,7 @@ def http_session_scope(message: Message) -> Iterator[SessionBase | None]:
         raise
     setattr(message, _HTTP_DEPTH, 0)
     # Whatever is there now: channel_and_http_session may have put it there.
-    save_if_changed(message.http_session)  # type: ignore[attr-defined]
+    save_if_changed(message.http_session)
 
 
 def http_session(func: F) -> F:
@@ -221,12 +221,12 @@ def channel_and_http_session(func: F) -> F:
     def inner(*args: Any, **kwargs: Any) -> Any:
         message = find_message(args, "channel_and_http_session")
         with http_session_scope(message), channel_session_scope(message) as channel:
-            http = message.http_session  # type: ignore[attr-defined]
+            http = message.http_session
             name = settings.SESSION_COOKIE_NAME
             if http is not None and name not in channel:
                 channel[name] = http.session_key
             elif http is None and isinstance(channel.get(name), str):
-                message.http_session = http_session_for_key(channel[name])  # type: ignore[attr-defined]
+                message.http_session = http_session_for_key(channel[name])
             return func(*args, **kwargs)
 
     return inner  # type: ignore[return-value]

@@ -227,5 +227,12 @@ def build_service(
             ordered=ordered,
         ).setServiceParent(root)
     if mode in ("all", "interface"):
-        InterfaceServer(reactor, channel_layer, server_config).setServiceParent(root)
+        # The server takes the layer itself; what it needs of the routing
+        # (is http.disconnect read?) it is told.
+        InterfaceServer(
+            reactor,
+            channel_layer.channel_layer,
+            server_config,
+            routed_channels=frozenset(channel_layer.router.channels),
+        ).setServiceParent(root)
     return root

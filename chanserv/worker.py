@@ -26,6 +26,7 @@ from typing import Any, Literal
 from django.conf import settings
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.channel import send_waiting
@@ -227,7 +228,7 @@ class Worker(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         channel_layer: Any,
         pool: WorkerPool,
         only_channels: Sequence[str] | None = None,
@@ -577,7 +578,7 @@ def run_consumer(
     channel = message.channel.name
     content = message.content
     if content.get("__retries__", 0) == message_retries:
-        message.__doomed__ = True  # type: ignore[attr-defined]
+        message.__doomed__ = True
     consumer_started.send(sender=sender, environ={})
     try:
         return consumer(message, **kwargs)

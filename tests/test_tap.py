@@ -191,6 +191,15 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual([type(child) for child in children], [LayerService, InterfaceServer])
         self.assertTrue(root.ready_message.endswith("threads=0"))
 
+    def test_interface_server_takes_the_layer_and_the_routed_channels(self) -> None:
+        """The server gets the layer itself, not its wrapper, and the router's channels."""
+        layer = wrapper()
+        _, children = self.build("all", channel_layer=layer)
+        server = children[-1]
+        self.assertIs(server.layer, layer.channel_layer)
+        self.assertIs(server.http_factory.layer, layer.channel_layer)
+        self.assertEqual(server.http_factory.routed_channels, layer.router.channels)
+
     def test_unknown_mode(self) -> None:
         """build_service refuses a mode it does not know with ValueError."""
         self.assertRaises(ValueError, self.build, "both")

@@ -7,7 +7,10 @@ The synchronous face (``send``, ``receive``, ``group_*``, ``flush``, ...) is
 the ASGI 1.0 API used by consumers and users' code; it is thread-safe.  The
 reactor face (``*_twisted``, ``add_local_receiver``) is used by the interface
 server and the worker dispatcher and may be called **only on the reactor
-thread**.
+thread**.  The contract of each face is stated in :mod:`chanserv.interfaces`
+(:class:`~chanserv.interfaces.IChannelLayer`,
+:class:`~chanserv.interfaces.IReactorChannelLayer`); the docstrings here
+say only what this class adds.
 
 Messages cross a layer in prepared form: :meth:`BaseChannelLayer.prepare`
 validates a message and serialises it with msgpack, which is both the copy
@@ -32,15 +35,12 @@ import msgpack
 from twisted.internet.defer import Deferred
 
 from chanserv.exceptions import ChannelBlocked, ChannelFull, MessageTooLarge
+from chanserv.interfaces import LocalReceiver
 
 __all__ = ["BaseChannelLayer", "LocalReceiver", "Prepared"]
 
 #: The serialised form of a message, as returned by ``prepare``.
 Prepared = bytes
-
-#: ``callback(batch)``: ``batch`` is a list of ``(channel, message)`` pairs,
-#: delivered on the reactor thread.
-LocalReceiver = Callable[[list[tuple[str, dict[str, Any]]]], None]
 
 CapacityPattern = str | Pattern[str]
 
@@ -179,13 +179,8 @@ class BaseChannelLayer:
     @staticmethod
     def valid_channel_name(name: Any, receive: bool = False) -> bool:
         """
-        Check a channel name; return True or raise :class:`TypeError`.
-
-        A name is a ``str`` shorter than 100 characters of ASCII letters,
-        digits, ``-``, ``_`` and ``.``, with at most one ``?`` (single-reader)
-        or ``!`` (process-local) type character.  A ``?`` name needs a part
-        after the ``?``.  With ``receive=True`` a ``!`` name must end at the
-        ``!``: readers receive on the prefix.
+        Check a channel name; return True or raise :class:`TypeError`.  The
+        rules: :meth:`chanserv.interfaces.IChannelLayer.valid_channel_name`.
         """
         # Names recur (the worker's channel list, the channels consumers send
         # to): skip the checks for a name already found valid.  Bounded.
@@ -422,14 +417,13 @@ class BaseChannelLayer:
     def send_group_twisted(self, group: str, message: dict[str, Any]) -> Deferred[None]:
         raise NotImplementedError()
 
-    def add_local_receiver(self, prefix: str, callback: LocalReceiver) -> None:
-        """
-        Deliver every message for ``prefix``-``local`` names to ``callback``.
-
-        ``prefix`` ends with ``!``.  Messages go to the callback in batches on
-        the reactor thread instead of a queue; this is how an interface
-        server's replies reach their connections without polling.
-        """
+    def add_local_receiver(
+        self,
+        prefix: str,
+        callback: LocalReceiver,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        """See :meth:`chanserv.interfaces.IReactorChannelLayer.add_local_receiver`."""
         raise NotImplementedError()
 
     def remove_local_receiver(self, prefix: str) -> None:
@@ -440,29 +434,9 @@ class BaseChannelLayer:
         raise NotImplementedError()
 
     def block_local_channel(self, channel: str) -> None:
-        """
-        Pause sends to ``channel``, a ``prefix!local`` channel of this
-        process: until :meth:`unblock_local_channel` (or
-        ``discard_local_channel``, when its connection goes), ``send`` to it
-        raises :class:`~chanserv.exceptions.ChannelBlocked` (a
-        ``ChannelFull``), ``send_prepared_wait`` waits, and
-        ``when_capacity_twisted`` fires only once it is unblocked.  Messages
-        sent before still arrive.  The interface server blocks a response's
-        reply channel while its client is not taking what was written, so
-        the application slows to the client's pace.  Idempotent; refusals
-        while blocked are not counted in ``channel_full_count`` (nothing is
-        lost).  A mark never outlives the process that set it.
-
-        :raises TypeError: ``channel`` is not a valid ``prefix!local`` name.
-        """
+        """See :meth:`chanserv.interfaces.IReactorChannelLayer.block_local_channel`."""
         raise NotImplementedError()
 
     def unblock_local_channel(self, channel: str) -> None:
-        """
-        End :meth:`block_local_channel`: sends to ``channel`` go through
-        again and whoever waits for room on it is woken.  No-op if it is
-        not blocked.
-
-        :raises TypeError: ``channel`` is not a valid ``prefix!local`` name.
-        """
+        """See :meth:`chanserv.interfaces.IReactorChannelLayer.unblock_local_channel`."""
         raise NotImplementedError()

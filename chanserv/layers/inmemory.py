@@ -23,8 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from zope.interface import implementer
 
 from chanserv.exceptions import ChannelBlocked, ChannelFull
+from chanserv.interfaces import IChannelLayer, IReactorChannelLayer
 from chanserv.layers._memory import (
     HOUSEKEEPING_INTERVAL,
     IDLE_RETENTION,
@@ -52,6 +55,7 @@ __all__ = ["InMemoryChannelLayer"]
 log = Logger()
 
 
+@implementer(IChannelLayer, IReactorChannelLayer)
 class InMemoryChannelLayer(BaseChannelLayer):
     """
     The in-reactor channel layer (``local_only``: one process only).
@@ -91,7 +95,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         | Sequence[tuple[CapacityPattern, int]]
         | None = None,
         max_message_size: int = 1024 * 1024,
-        clock: Any = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__(expiry, group_expiry, capacity, channel_capacity, max_message_size)
         self._seconds: Callable[[], float] = clock.seconds if clock is not None else time.monotonic
@@ -115,7 +119,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._post: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self._batcher: ReactorBatcher | None = None
         self._reactor: Any = None
-        self._sweep_call: Any = None  # an IDelayedCall
+        self._sweep_call: IDelayedCall | None = None
 
     # -- internals (the _locked ones need self._lock held) --------------------
 
@@ -661,8 +665,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         Refuse sends to ``channel`` with ChannelBlocked until
         :meth:`unblock_local_channel` or :meth:`discard_local_channel`
-        (see :meth:`BaseChannelLayer.block_local_channel
-        <chanserv.layers.base.BaseChannelLayer.block_local_channel>`).  Takes
+        (see :meth:`IReactorChannelLayer.block_local_channel
+        <chanserv.interfaces.IReactorChannelLayer.block_local_channel>`).  Takes
         effect at once: every send that returned before still arrives, none
         after is accepted.  Any thread.
         """

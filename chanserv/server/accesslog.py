@@ -21,6 +21,8 @@ import time
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.interfaces import IReactorTime
+
 __all__ = ["AccessLogWriter", "redact_query"]
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -87,13 +89,13 @@ class AccessLogWriter:
     :param reactor: anything with ``seconds()``: the time of each line.
     """
 
-    def __init__(self, stream: IO[str], reactor: Any, owned: bool = False) -> None:
+    def __init__(self, stream: IO[str], reactor: IReactorTime, owned: bool = False) -> None:
         self._stream = stream
         self._reactor = reactor
         self._owned = owned
 
     @classmethod
-    def open(cls, target: str, reactor: Any) -> AccessLogWriter:
+    def open(cls, target: str, reactor: IReactorTime) -> AccessLogWriter:
         """A writer for ``target``: ``"-"`` for stdout, else a file path (appended to)."""
         if target == "-":
             return cls(sys.stdout, reactor)

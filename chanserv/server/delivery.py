@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
@@ -23,7 +24,7 @@ RETRY_DELAY = 0.5
 
 
 def send_until_delivered(
-    layer: Any, reactor: Any, channel: str, message: dict[str, Any], timeout: float
+    layer: Any, reactor: IReactorTime, channel: str, message: dict[str, Any], timeout: float
 ) -> Deferred[None]:
     """
     Send ``message`` to ``channel`` with the layer's reactor face; while

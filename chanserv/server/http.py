@@ -68,11 +68,15 @@ Everything runs on the reactor thread.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IHandshakeListener, IProtocolNegotiationFactory
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.protocols import basic
 from twisted.python.failure import Failure
@@ -115,12 +119,14 @@ class _ReadControl:
         self._channel = channel
 
     def pauseProducing(self) -> None:
-        transport = self._channel.transport
+        # A TCP or TLS transport: its producer half and ``disconnecting``
+        # belong to no single Twisted interface.
+        transport: Any = self._channel.transport
         if transport is not None and not transport.disconnecting:
             transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        transport = self._channel.transport
+        transport: Any = self._channel.transport
         if transport is not None and not transport.disconnecting:
             transport.resumeProducing()
 
@@ -488,6 +494,9 @@ class HTTPFactory(http.HTTPFactory):
         or None (may be set later).
     :param websocket_factory: what takes upgrade requests over
         (``upgrade(request)``), or None to refuse them (400).
+    :param routed_channels: the channels a consumer takes (the router's),
+        or None if unknown: then every message is sent.  ``http.disconnect``
+        is sent only if it is routed.
 
     Reactor thread only.
     """
@@ -497,21 +506,23 @@ class HTTPFactory(http.HTTPFactory):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         layer: Any,
         replies: Any,
         config: Any,
         access_log: Any = None,
         websocket_factory: Any = None,
+        routed_channels: Collection[str] | None = None,
     ) -> None:
         super().__init__(timeout=None, reactor=reactor)  # type: ignore[arg-type]
         #: The reactor, for its clock (``seconds()``).
-        self.clock: Any = reactor
+        self.clock: IReactorTime = reactor
         self.layer = layer
         self.replies = replies
         self.config = config
         self.access_log = access_log
         self.websocket_factory = websocket_factory
+        self.routed_channels = routed_channels
         self.connections: set[HTTPProtocol] = set()
         #: Protocols a TLS listener may negotiate (ALPN) besides
         #: ``http/1.1``, in order of preference, each with the callable that

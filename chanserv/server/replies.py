@@ -31,7 +31,9 @@ from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
 
+from chanserv.interfaces import IReplyDispatch
 from chanserv.layers.base import random_string
 from chanserv.log import Logger
 
@@ -59,6 +61,7 @@ class ReplyConnection(Protocol):
         """
 
 
+@implementer(IReplyDispatch)
 class ReplyRegistry(Service):
     """
     Maps this process's reply channels to their connections.

@@ -7,10 +7,11 @@ head is parsed and checked it sends ``http.request`` on the layer (``503
 Request queue full.`` on ``ChannelFull``), takes the application's Response
 and Response Chunk messages from its reply channel, writes them, and sends
 ``http.disconnect`` when the response is complete or the client goes away --
-if the project routes that channel to a consumer (the layer wrapper's
-``router``; no default route takes it).  Unrouted, nothing would ever read
-it: each one would sit in the layer until it expired, and a busy site would
-keep the channel full and every later disconnect waiting for room.
+if the project routes that channel to a consumer (the factory's
+``routed_channels``, from the router; no default route takes it).
+Unrouted, nothing would ever read it: each one would sit in the layer until
+it expired, and a busy site would keep the channel full and every later
+disconnect waiting for room.
 
 Replies are checked before anything reaches the wire: the first needs an int
 ``status`` in 200-599, ``headers`` a list of ``[name, value]`` bytes pairs
@@ -375,7 +376,8 @@ class WebRequest(http.Request):
             websocket_factory.upgrade(self)
         except Exception:
             log.failure("WebSocket upgrade failed")
-            transport = getattr(channel, "transport", None) or self.transport
+            # A TCP or TLS transport: abortConnection is not on ITransport.
+            transport: Any = getattr(channel, "transport", None) or self.transport
             if transport is not None:
                 transport.abortConnection()
 
@@ -585,8 +587,8 @@ class WebRequest(http.Request):
             return
         self._disconnect_sent = True
         factory = self._factory
-        router = getattr(factory.layer, "router", None)
-        if router is not None and "http.disconnect" not in router.channels:
+        routed = factory.routed_channels
+        if routed is not None and "http.disconnect" not in routed:
             return  # no consumer takes it (see the module docstring)
         d = send_until_delivered(
             factory.layer,

@@ -15,12 +15,13 @@ closes WebSockets with 1001, then stops the sweep and the reply dispatch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 
 from chanserv.log import Logger
 from chanserv.server.accesslog import AccessLogWriter
@@ -57,7 +58,7 @@ def http2_take_over() -> Callable[[HTTPProtocol], None] | None:
     return take_over
 
 
-def _bounded(reactor: Any, d: Deferred[Any], timeout: float) -> Deferred[bool]:
+def _bounded(reactor: IReactorTime, d: Deferred[Any], timeout: float) -> Deferred[bool]:
     """Fires True when ``d`` fires, or False after ``timeout`` seconds."""
     result: Deferred[bool] = Deferred()
 
@@ -83,9 +84,12 @@ class InterfaceServer(MultiService):
     HTTP and WebSocket on every endpoint of ``config``.
 
     :param reactor: the reactor (listening, time, timers).
-    :param layer: the channel layer (or its wrapper); its reactor face must be
-        attached before this service starts.
+    :param layer: the channel layer (:class:`~chanserv.interfaces.IChannelLayer`
+        and :class:`~chanserv.interfaces.IReactorChannelLayer`); its reactor
+        face must be attached before this service starts.
     :param config: a :class:`~chanserv.server.config.ServerConfig`.
+    :param routed_channels: the channels a consumer takes (the router's),
+        or None if unknown; see :class:`~chanserv.server.http.HTTPFactory`.
 
     Attributes: ``replies``, ``http_factory``, ``websocket_factory``,
     ``listeners`` (a :class:`~chanserv.server.listener.ListenerService` per
@@ -95,7 +99,13 @@ class InterfaceServer(MultiService):
 
     name = "interface"
 
-    def __init__(self, reactor: Any, layer: Any, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        layer: Any,
+        config: ServerConfig,
+        routed_channels: Collection[str] | None = None,
+    ) -> None:
         super().__init__()
         self.reactor = reactor
         self.layer = layer
@@ -105,7 +115,12 @@ class InterfaceServer(MultiService):
         self.replies.setServiceParent(self)
         self.websocket_factory = WebSocketFactory(reactor, layer, self.replies, config, None)
         self.http_factory = HTTPFactory(
-            reactor, layer, self.replies, config, websocket_factory=self.websocket_factory
+            reactor,
+            layer,
+            self.replies,
+            config,
+            websocket_factory=self.websocket_factory,
+            routed_channels=routed_channels,
         )
         if config.http2:
             take_over = http2_take_over()

@@ -543,19 +543,22 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if self.lost:
             self._maybe_disconnect()
         elif self.transport is not None:
-            self.transport.abortConnection()
+            transport: Any = self.transport  # TCP or TLS: both abort
+            transport.abortConnection()
 
     def _pause(self) -> None:
         if self.transport is not None:
             self._paused = True
-            self.transport.pauseProducing()
+            transport: Any = self.transport  # TCP or TLS: both are push producers
+            transport.pauseProducing()
 
     def _resume(self) -> None:
         # Called after every delivered message: touch the transport (and the
         # reactor's reader set) only when reading was actually paused.
         if self._paused and not self.lost and self.transport is not None:
             self._paused = False
-            self.transport.resumeProducing()
+            transport: Any = self.transport
+            transport.resumeProducing()
 
     # -- end ---------------------------------------------------------------------
 

@@ -46,8 +46,10 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
 
 from chanserv.exceptions import ChannelBlocked, ChannelFull, MessageTooLarge
+from chanserv.interfaces import IChannelLayer, IReactorChannelLayer
 
 __all__ = ["LayerContractTests"]
 
@@ -163,6 +165,14 @@ class LayerContractTests:
         self.run_reactor_face(layer.add_local_receiver, prefix, calls.append)
         self.addCleanup(self.run_reactor_face, layer.remove_local_receiver, prefix)
         return calls
+
+    # -- the interfaces (chanserv.interfaces) -------------------------------------
+
+    def test_provides_the_synchronous_face(self) -> None:
+        self.assertTrue(verifyObject(IChannelLayer, self.layer))
+
+    def test_provides_the_reactor_face(self) -> None:
+        self.assertTrue(verifyObject(IReactorChannelLayer, self.layer))
 
     # -- asgiref 1.1.2 conformance (reference §5) -----------------------------
 

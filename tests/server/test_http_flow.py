@@ -539,14 +539,10 @@ def test_layer_outage_gives_503_not_500(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.mark.parametrize("routed", [True, False])
 def test_http_disconnect_is_sent_only_when_routed(routed: bool) -> None:
-    from chanserv.asgi import ChannelLayerWrapper
-    from chanserv.routing import route
-
-    routing = [route("http.request", lambda message: None)]
-    if routed:
-        routing.append(route("http.disconnect", lambda message: None))
     server = Server()
-    server.factory.layer = ChannelLayerWrapper(server.layer, "default", routing)
+    server.factory.routed_channels = (
+        {"http.request", "http.disconnect"} if routed else {"http.request"}
+    )
     conn = server.connect()
     conn.send(simple_request())
     request = server.request()

@@ -6,7 +6,9 @@ import re
 from typing import Any
 
 import pytest
+from zope.interface.verify import verifyObject
 
+from chanserv.interfaces import IReplyDispatch
 from chanserv.layers import base
 from chanserv.layers.inmemory import InMemoryChannelLayer
 from chanserv.server.replies import ReplyRegistry
@@ -41,6 +43,10 @@ def registry(layer: InMemoryChannelLayer) -> ReplyRegistry:
     registry = ReplyRegistry(layer)
     registry.startService()
     return registry
+
+
+def test_provides_the_reply_dispatch(registry: ReplyRegistry) -> None:
+    assert verifyObject(IReplyDispatch, registry)
 
 
 def test_prefix_and_names(registry: ReplyRegistry, layer: InMemoryChannelLayer) -> None:

@@ -44,7 +44,9 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from zope.interface import implementer
 
+from chanserv.interfaces import IChannelLayer, IReactorChannelLayer
 from chanserv.layers.base import BaseChannelLayer, CapacityPattern, LocalReceiver, Prepared
 from chanserv.layers.redis.codec import MessageCodec
 from chanserv.layers.redis.config import (
@@ -72,6 +74,7 @@ __all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts
 log = Logger()
 
 
+@implementer(IChannelLayer, IReactorChannelLayer)
 class RedisChannelLayer(BaseChannelLayer):
     """
     A channel layer in one or more Redis servers.
@@ -606,8 +609,8 @@ class RedisChannelLayer(BaseChannelLayer):
         """
         Refuse sends to ``channel`` with ChannelBlocked, from every process,
         until :meth:`unblock_local_channel` or :meth:`discard_local_channel`
-        (see :meth:`BaseChannelLayer.block_local_channel
-        <chanserv.layers.base.BaseChannelLayer.block_local_channel>`): one
+        (see :meth:`IReactorChannelLayer.block_local_channel
+        <chanserv.interfaces.IReactorChannelLayer.block_local_channel>`): one
         command, fire and forget (a failure is logged; the interface's cap
         on what a connection holds still applies).  Sends already on their
         way to Redis still arrive.  The mark goes with the process's other

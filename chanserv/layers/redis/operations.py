@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import txredisapi
 from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelBlocked, ChannelFull
@@ -646,7 +647,7 @@ class RedisOperations:
         channel: str,
         payload: bytes,
         timeout: float,
-        reactor: Any,
+        reactor: IReactorTime,
         when_capacity: Callable[[str], Deferred[None]],
     ) -> Deferred[None]:
         """

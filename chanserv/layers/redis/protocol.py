@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import txredisapi
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
@@ -120,7 +121,7 @@ class RedisConnectionProtocol(TxredisapiHooks, txredisapi.RedisProtocol):
     :param label: where it is connected, for messages.
     """
 
-    def __init__(self, clock: Any, reply_timeout: float, label: str) -> None:
+    def __init__(self, clock: IReactorTime, reply_timeout: float, label: str) -> None:
         super().__init__(charset=None, replyTimeout=None, convertNumbers=False)
         self.clock = clock
         self.reply_timeout = reply_timeout
@@ -212,7 +213,7 @@ class ConnectionFactory(protocol.Factory):
 
     def __init__(
         self,
-        clock: Any,
+        clock: IReactorTime,
         reply_timeout: float,
         label: str,
         built: Callable[[RedisConnectionProtocol], None] | None = None,

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.layers.redis.connection import BlockingPop
@@ -282,7 +283,7 @@ class LocalReceiverLoop:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         receive_many: Callable[[list[str], int], Deferred[list[tuple[str, dict[str, Any]]]]],
         when_up: Callable[[], Deferred[None]],
         prefix: str,
@@ -382,7 +383,7 @@ class ProcessHeartbeat:
     bury_every = 30
 
     def __init__(
-        self, ops: RedisOperations, reactor: Any, process: str, on_lost: Callable[[], None]
+        self, ops: RedisOperations, reactor: IReactorTime, process: str, on_lost: Callable[[], None]
     ) -> None:
         self._ops = ops
         self._reactor = reactor
@@ -478,7 +479,7 @@ class CapacityWatch:
     def __init__(
         self,
         ops: RedisOperations,
-        reactor: Any,
+        reactor: IReactorTime,
         channel: str,
         forget: Callable[[CapacityWatch], None],
     ) -> None:

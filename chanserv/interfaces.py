@@ -1,0 +1,348 @@
+"""
+The contracts between chanserv's parts, as ``zope.interface`` interfaces.
+
+- :class:`IChannelLayer`: the synchronous face of a channel layer, the ASGI
+  1.0 API as chanserv's layers implement it.  Consumers and users' code call
+  it from any thread (the Redis layer refuses the reactor thread).
+- :class:`IReactorChannelLayer`: the reactor face of a layer, used by the
+  interface server and the worker dispatcher, **on the reactor thread
+  only**.
+- :class:`IReplyDispatch`: what the interface server's reply registry
+  (:class:`~chanserv.server.replies.ReplyRegistry`) offers the HTTP and
+  WebSocket protocols.
+
+Both of chanserv's layers provide the two layer interfaces; the contract
+suite checks them with ``verifyObject``.  A third-party ASGI 1 layer may
+provide only part of :class:`IChannelLayer`: chanserv looks up the optional
+methods (``send_prepared_wait``, ``count_full``, ...) before using them.
+
+This module imports nothing of chanserv: it sits at the bottom of the
+import layering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+__all__ = ["IChannelLayer", "IReactorChannelLayer", "IReplyDispatch", "LocalReceiver"]
+
+# Interface methods take no ``self``: zope.interface (and mypy-zope) add it.
+
+
+class IChannelLayer(Interface):
+    """
+    The synchronous face of a channel layer (ASGI 1.0).  Every method may be
+    called from any thread unless the layer says otherwise; none needs the
+    reactor.
+
+    Messages are ``dict`` with ``str`` keys holding ``list``/``tuple``,
+    ``str``, ``bytes``, ``int`` (64-bit), ``float``, ``bool`` and ``None``;
+    a message is copied on send (mutating it afterwards changes nothing).
+    """
+
+    extensions = Attribute(
+        "The ASGI extensions provided, a list of str: chanserv's layers have "
+        "'groups', 'flush', 'statistics' and 'twisted'."
+    )
+    expiry = Attribute("Seconds an unread message lives.")
+    group_expiry = Attribute("Seconds a group membership lives after its last group_add.")
+    capacity = Attribute("Default maximum of queued messages per channel.")
+    max_message_size = Attribute("Largest serialised message, in bytes, that send accepts.")
+    local_only = Attribute(
+        "True when the layer cannot carry messages between processes; "
+        "--mode=interface and --mode=worker refuse such a layer."
+    )
+    cheap_receive = Attribute(
+        "True when a non-blocking receive from a worker thread costs no more "
+        "than a lock (no network round trip)."
+    )
+    ChannelFull = Attribute("The exception raised when a channel is at capacity.")
+    ChannelBlocked = Attribute(
+        "The ChannelFull subclass raised while a channel is blocked by its interface server."
+    )
+    MessageTooLarge = Attribute("The exception raised for a message over max_message_size.")
+
+    def send(channel: str, message: dict[str, Any]) -> None:
+        """
+        Send ``message`` to ``channel``.
+
+        :raises TypeError: an invalid channel name or message.
+        :raises ChannelFull: the channel holds its capacity already
+            (``ChannelBlocked`` while it is blocked).
+        :raises MessageTooLarge: the message is over ``max_message_size``.
+        """
+
+    def send_group(group: str, message: dict[str, Any]) -> None:
+        """
+        Send ``message`` to every member of ``group``.  Members that are
+        full are skipped: never an error.
+
+        :raises TypeError: an invalid group name or message.
+        :raises MessageTooLarge: the message is over ``max_message_size``.
+        """
+
+    def prepare(message: Any) -> bytes:
+        """
+        Validate and serialise ``message`` for :meth:`send_prepared`: the
+        copy the contract requires, and the check of the types it holds.
+
+        :raises TypeError: not a dict, a non-``str`` key, the reserved key
+            ``__asgi_channel__``, or a value of a type no layer can carry.
+        :raises MessageTooLarge: larger than ``max_message_size`` serialised.
+        """
+
+    def unpack(data: bytes) -> dict[str, Any]:
+        """A fresh dict from data returned by :meth:`prepare`."""
+
+    def send_prepared(channel: str, data: bytes) -> None:
+        """:meth:`send` with a message already through :meth:`prepare`."""
+
+    def send_group_prepared(group: str, data: bytes) -> None:
+        """:meth:`send_group` with a message already through :meth:`prepare`."""
+
+    def send_prepared_wait(channel: str, data: bytes, timeout: float) -> None:
+        """
+        :meth:`send_prepared`, waiting up to ``timeout`` seconds for room
+        while the channel is full or blocked.  A worker thread only: it
+        blocks.
+
+        :raises ChannelFull: the channel stayed full for ``timeout`` seconds
+            (``ChannelBlocked`` if it was blocked at the end).
+        """
+
+    def receive(
+        channels: Sequence[str], block: bool = False
+    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+        """
+        Take one message from any of ``channels``: ``(channel, message)``,
+        or ``(None, None)`` if there is none.  ``block=True`` waits a bounded
+        time for one.  A process-local channel is received on its prefix
+        (up to and including the ``!``).
+
+        :raises TypeError: ``channels`` is a lone name or holds an invalid one.
+        """
+
+    def receive_many(
+        channels: Sequence[str], block: bool = False
+    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+        """Deprecated alias of :meth:`receive`, kept for 1.x code."""
+
+    def new_channel(pattern: str) -> str:
+        """
+        A fresh single-reader channel name: ``pattern`` (ending with ``?``)
+        plus random letters, unused in the layer.
+
+        :raises TypeError: ``pattern`` does not end with ``?``.
+        """
+
+    def group_add(group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` (or renew its membership) for ``group_expiry``."""
+
+    def group_discard(group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; no-op if it is not a member."""
+
+    def group_channels(group: str) -> list[str]:
+        """The current members of ``group``."""
+
+    def flush() -> None:
+        """Forget every message, group and counter of the layer."""
+
+    def global_statistics() -> dict[str, float]:
+        """Layer-wide counters (``messages_count``, ``channel_full_count``, ...)."""
+
+    def channel_statistics(channel: str) -> dict[str, float]:
+        """Counters of ``channel`` (``messages_count``, ``messages_pending``, ...)."""
+
+    def valid_channel_name(name: Any, receive: bool = False) -> bool:
+        """
+        Check a channel name; return True or raise :class:`TypeError`.
+
+        A name is a ``str`` shorter than 100 characters of ASCII letters,
+        digits, ``-``, ``_`` and ``.``, with at most one ``?`` (single-reader)
+        or ``!`` (process-local) type character.  A ``?`` name needs a part
+        after the ``?``.  With ``receive=True`` a ``!`` name must end at the
+        ``!``: readers receive on the prefix.
+        """
+
+    def valid_channel_names(names: Any, receive: bool = False) -> bool:
+        """Check a list of channel names (a lone ``str`` is refused)."""
+
+    def valid_group_name(name: Any) -> bool:
+        """Check a group name; return True or raise :class:`TypeError`."""
+
+    def get_capacity(channel: str) -> int:
+        """
+        The capacity of ``channel``: that of the first ``channel_capacity``
+        pattern matching its non-local name, else ``capacity``.
+        """
+
+
+#: ``callback(batch)`` of :meth:`IReactorChannelLayer.add_local_receiver`:
+#: ``batch`` is a list of ``(channel, message)`` pairs, delivered on the
+#: reactor thread.
+LocalReceiver = Callable[[list[tuple[str, dict[str, Any]]]], None]
+
+
+class IReactorChannelLayer(Interface):
+    """
+    The reactor face of a channel layer: Deferreds instead of blocking
+    calls.  Called **on the reactor thread only**, between
+    :meth:`attach_reactor` and :meth:`detach_reactor`.  The ``*_twisted``
+    methods report errors by failing their Deferred, never by raising.
+    """
+
+    def attach_reactor(reactor: Any) -> None:
+        """
+        Bind the layer to the reactor that will call this face.  It
+        provides ``IReactorTime`` and ``IReactorFromThreads`` (the Redis
+        layer also needs ``IReactorTCP``): typed ``Any``, as Python types
+        have no intersection of interfaces.
+
+        :raises RuntimeError: the layer is attached already.
+        """
+
+    def detach_reactor() -> Deferred[None]:
+        """
+        Release the reactor's resources (timers, connections); the Deferred
+        fires once they are gone.
+        """
+
+    def receive_twisted(channels: Sequence[str]) -> Deferred[tuple[str, dict[str, Any]]]:
+        """A Deferred firing with the next ``(channel, message)`` from ``channels``."""
+
+    def receive_many_twisted(
+        channels: Sequence[str], limit: int
+    ) -> Deferred[list[tuple[str, dict[str, Any]]]]:
+        """
+        A Deferred firing with 1 to ``limit`` messages from ``channels``, as
+        soon as at least one is there.  Cancelling it takes nothing.
+        """
+
+    def send_twisted(channel: str, message: dict[str, Any]) -> Deferred[None]:
+        """:meth:`IChannelLayer.send` as a Deferred (fails with ChannelFull and the like)."""
+
+    def send_group_twisted(group: str, message: dict[str, Any]) -> Deferred[None]:
+        """:meth:`IChannelLayer.send_group` as a Deferred."""
+
+    def when_capacity_twisted(channel: str) -> Deferred[None]:
+        """
+        A Deferred firing once ``channel`` has room for another message (and
+        is not blocked).  Cancellable.
+        """
+
+    def add_local_receiver(
+        prefix: str,
+        callback: LocalReceiver,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        """
+        Deliver every message for ``prefix`` + local names to
+        ``callback(batch)`` on the reactor thread instead of a queue: this is
+        how an interface server's replies reach their connections without
+        polling.  Messages already queued for the prefix are handed over
+        too.  The members of a group send share one dict: read-only.  The
+        receiver owns its channels' capacity (see :meth:`count_full`,
+        :meth:`block_local_channel`), and their group memberships no longer
+        lapse by time: they end with :meth:`discard_local_channel`.
+        ``on_lost()`` is called if the layer loses its state (memberships,
+        queued messages).
+
+        :raises TypeError: ``prefix`` is not a valid name ending with ``!``.
+        :raises ValueError: ``prefix`` has a receiver already.
+        """
+
+    def remove_local_receiver(prefix: str) -> None:
+        """Stop delivering to ``prefix``'s receiver; no-op without one."""
+
+    def discard_local_channel(channel: str) -> None:
+        """
+        The connection of local channel ``channel`` is gone: it leaves every
+        group now, is no longer blocked, and its statistics are forgotten.
+        Never raises (a layer that fails logs it).
+        """
+
+    def count_full(channel: str, count: int = 1) -> None:
+        """
+        Count ``count`` messages that could not be delivered to ``channel``
+        (its connection's queue overflowed) in its and the global
+        ``channel_full_count``.  Never raises.
+        """
+
+    def block_local_channel(channel: str) -> None:
+        """
+        Pause sends to ``channel``, a ``prefix!local`` channel of this
+        process: until :meth:`unblock_local_channel` (or
+        :meth:`discard_local_channel`, when its connection goes), ``send``
+        to it raises :class:`~chanserv.exceptions.ChannelBlocked` (a
+        ``ChannelFull``), ``send_prepared_wait`` waits, and
+        :meth:`when_capacity_twisted` fires only once it is unblocked.
+        Messages sent before still arrive.  The interface server blocks a
+        response's reply channel while its client is not taking what was
+        written, so the application slows to the client's pace.  Idempotent;
+        refusals while blocked are not counted in ``channel_full_count``
+        (nothing is lost).  A mark never outlives the process that set it.
+
+        :raises TypeError: ``channel`` is not a valid ``prefix!local`` name.
+        """
+
+    def unblock_local_channel(channel: str) -> None:
+        """
+        End :meth:`block_local_channel`: sends to ``channel`` go through
+        again and whoever waits for room on it is woken.  No-op if it is
+        not blocked.
+
+        :raises TypeError: ``channel`` is not a valid ``prefix!local`` name.
+        """
+
+
+class IReplyDispatch(Interface):
+    """
+    Reply channels for the connections of one interface-server process, as
+    the HTTP and WebSocket protocols use them.  Every method runs on the
+    reactor thread.
+
+    A registered connection provides ``deliver(message)`` (one reply; the
+    dict may be shared with other receivers, read-only) and
+    ``layer_state_lost()`` (the layer lost its state: end the connection);
+    see :class:`~chanserv.server.replies.ReplyConnection`.
+    """
+
+    prefix = Attribute("The process-local prefix of every reply channel, ending with '!'.")
+
+    def new_reply_channel() -> str:
+        """A fresh, unguessable reply channel name under :attr:`prefix`."""
+
+    def register(name: str, connection: Any) -> None:
+        """
+        Deliver replies on ``name`` to ``connection`` until :meth:`unregister`.
+
+        :raises ValueError: ``name`` is not one of this process's reply
+            channels, or is registered already.
+        """
+
+    def unregister(name: str) -> None:
+        """
+        Forget ``name``: its connection is gone.  It leaves every group now
+        and is no longer blocked; later replies on it are counted, not
+        delivered.  No-op if unknown.
+        """
+
+    def block(name: str) -> bool:
+        """
+        Have the layer refuse sends to ``name`` until :meth:`unblock` or
+        :meth:`unregister`; False if the layer cannot (then only the
+        connection's own cap bounds what it holds).  Never raises.
+        """
+
+    def unblock(name: str) -> None:
+        """End :meth:`block` for ``name``.  Never raises."""
+
+    def overflowed(name: str, dropped: int) -> None:
+        """
+        ``name``'s connection could not take ``dropped`` messages (its client
+        stopped reading) and is being closed: count them.  Never raises.
+        """
