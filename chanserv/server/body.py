@@ -15,13 +15,17 @@ the client by the request's deadline (:meth:`BodyStreamer.paused_seconds`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
+from chanserv.interfaces import IReactorChannelLayer
 from chanserv.log import Logger
+from chanserv.server.sender import OrderedSender
 
 __all__ = ["BodyStreamer"]
 
@@ -30,92 +34,89 @@ log = Logger()
 
 class BodyStreamer:
     """
-    Sends body bytes fed to it to ``channel`` in chunks.  Reactor thread only.
+    Sends body bytes fed to it to ``channel`` in chunks, through an
+    :class:`~chanserv.server.sender.OrderedSender`.  Reactor thread only.
 
-    :param layer: the channel layer (``send_twisted``, ``when_capacity_twisted``).
+    :param layer: the channel layer's reactor face.
     :param channel: the body channel name.
     :param chunk_size: bytes per chunk message (the last one may be shorter).
-    :param producer: the connection's ``IPushProducer`` (its transport),
-        paused while the channel is full or too much is buffered.
+    :param producer: what pauses reading the connection (``pauseProducing``,
+        ``resumeProducing``): paused while the channel is full or two chunks
+        are buffered.
     :param on_error: called with a Failure if a send fails for a reason other
         than ``ChannelFull`` (the request cannot continue).
     :param started: send as soon as there is something to send; if False,
         only buffer until :meth:`start` (the request itself is not on the
         layer yet).
-    :param clock: an ``IReactorTime`` (``seconds()``) to time the pauses
-        with, or None not to time them.
+    :param clock: to time the pauses with, or None not to time them.
     """
 
     def __init__(
         self,
-        layer: Any,
+        layer: IReactorChannelLayer,
         channel: str,
         chunk_size: int,
         producer: Any,
-        on_error: Any = None,
+        on_error: Callable[[Failure], object] | None = None,
         started: bool = True,
-        clock: Any = None,
+        clock: IReactorTime | None = None,
     ) -> None:
-        self._layer = layer
         self.channel = channel
-        self._chunk_size = chunk_size
-        self._producer = producer
         self._on_error = on_error
-        self._buffer = bytearray()
-        self._complete = False  # the whole body was fed
-        self._closed_due = False  # {"closed": True} to send
-        self._done = False  # the last message is taken: nothing more to send
-        self._retry: dict[str, Any] | None = None  # message to send again
-        self._sending = False
-        self._pumping = False
-        self._room: Deferred[None] | None = None
-        self._paused = False
-        self._clock = clock
-        self._paused_at = 0.0  # when the current pause began
-        self._paused_total = 0.0  # seconds of the pauses that ended
-        self._started = started
-        #: True while the channel is full and the streamer waits for room.
-        self.blocked = False
+        self._chunks = _Chunks(chunk_size)
+        self._ended = False  # the last message is handed out, or stopped
+        self._sender = OrderedSender(
+            layer,
+            channel,
+            producer,
+            pause_at=2,  # whole chunks buffered: at most two in memory
+            resume_at=1,
+            source=self._chunks,
+            on_error=self._failed,
+            clock=clock,
+            started=started,
+        )
 
     def start(self) -> None:
         """Begin sending (see ``started``)."""
-        self._started = True
-        self._pump()
+        self._sender.start()
+
+    @property
+    def blocked(self) -> bool:
+        """True while the channel is full and the streamer waits for room."""
+        return self._sender.blocked
 
     @property
     def paused(self) -> bool:
         """True while the streamer keeps the connection from being read."""
-        return self._paused
+        return self._sender.paused
 
     def paused_seconds(self, now: float) -> float:
         """
         Seconds the streamer has kept the connection paused up to reactor
         time ``now`` (0 without a clock).
         """
-        if self._clock is None:
-            return 0.0
-        if self._paused:
-            return self._paused_total + max(0.0, now - self._paused_at)
-        return self._paused_total
+        return self._sender.paused_seconds(now)
 
     @property
     def finished(self) -> bool:
         """True once the last message has been sent (or the streamer stopped)."""
-        return self._done and self._retry is None and not self._sending
+        return self._sender.done
 
     def feed(self, data: bytes) -> None:
         """More body bytes arrived."""
-        if self._done or self._complete:
+        chunks = self._chunks
+        if self._ended or chunks.complete:
             return
-        self._buffer += data
-        self._pump()
+        chunks.buffer += data
+        self._sender.pump()
 
     def finish(self) -> None:
         """The body is complete: send what is left with ``more_content`` False."""
-        if self._done:
+        if self._ended or self._chunks.complete:
             return
-        self._complete = True
-        self._pump()
+        self._chunks.complete = True
+        self._ending(self._sender.finish(self._last_chunk))
 
     def abort(self) -> None:
         """
@@ -124,120 +125,86 @@ class BodyStreamer:
         full, in which case nothing more is sent (the consumer's body read
         times out).
         """
-        if self._done and self._retry is None:
-            return
-        self._buffer = bytearray()
-        self._retry = None
-        if self.blocked:
+        sender = self._sender
+        if sender.blocked:
             self.stop()
             return
-        self._closed_due = True
-        self._done = False
-        self._pump()
+        if self._ended:
+            return
+        self._chunks.complete = True  # nothing more is fed
+        sender.drop()
+        self._ending(sender.finish(self._closed, timeout=0))
 
     def stop(self) -> None:
         """Stop silently: nothing more is sent, a wait for room is cancelled."""
-        self._done = True
-        self._closed_due = False
-        self._retry = None
-        self._buffer = bytearray()
-        self.blocked = False
-        room, self._room = self._room, None
-        if room is not None:
-            room.cancel()
-        self._flow()
+        self._ended = True
+        self._sender.stop()
 
-    # -- internals -----------------------------------------------------------
+    # -- internals -----------------------------------------------------------------
 
-    def _take(self) -> dict[str, Any] | None:
-        if self.blocked or not self._started:
-            return None
-        if self._retry is not None:
-            message, self._retry = self._retry, None
-            return message
-        if self._closed_due:
-            self._closed_due = False
-            self._done = True
-            return {"closed": True}
-        if self._done:
-            return None
-        size = self._chunk_size
-        if len(self._buffer) >= size and (len(self._buffer) > size or not self._complete):
-            chunk = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            return {"content": chunk, "more_content": True}
-        if self._complete:
-            self._done = True
-            chunk = bytes(self._buffer)
-            self._buffer = bytearray()
-            return {"content": chunk, "more_content": False}
-        return None
+    def _last_chunk(self) -> dict[str, Any]:
+        # Called by the sender when every chunk before it is on the layer.
+        self._ended = True
+        return self._chunks.rest()
 
-    def _pump(self) -> None:
-        # Loops instead of recursing: with the in-memory layer each send's
-        # Deferred has fired before send_twisted returns.
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            while not self._sending:
-                message = self._take()
-                if message is None:
-                    break
-                self._sending = True
-                d = self._layer.send_twisted(self.channel, message)
-                d.addCallbacks(self._sent, self._failed, errbackArgs=(message,))
-                d.addErrback(lambda f: log.failure("Streaming a request body failed", f))
-        finally:
-            self._pumping = False
-        self._flow()
+    def _closed(self) -> dict[str, Any]:
+        self._ended = True
+        return {"closed": True}
 
-    def _sent(self, _: None) -> None:
-        self._sending = False
-        self._pump()
-
-    def _failed(self, failure: Failure, message: dict[str, Any]) -> None:
-        self._sending = False
-        if failure.check(ChannelFull) and self._closed_due:
-            self._pump()  # the client is gone: send the closed message instead
-            return
-        if failure.check(ChannelFull) and not message.get("closed"):
-            self._retry = message
-            self.blocked = True
-            self._flow()
-            self._room = self._layer.when_capacity_twisted(self.channel)
-            self._room.addCallbacks(self._has_room, self._room_failed)
-            return
-        if failure.check(ChannelFull):
-            log.debug("Body channel {channel} full: closed message dropped", channel=self.channel)
-            self.stop()
-            return
+    def _failed(self, failure: Failure) -> None:
         self.stop()
         if self._on_error is not None:
             self._on_error(failure)
         else:
             log.failure("Sending to body channel {channel} failed", failure, channel=self.channel)
 
-    def _has_room(self, _: None) -> None:
-        self._room = None
-        self.blocked = False
-        self._pump()
+    def _ending(self, d: Deferred[None]) -> None:
+        d.addErrback(self._final_failed)
+        d.addErrback(
+            lambda f: log.failure("Ending the body on {channel} failed", f, channel=self.channel)
+        )
 
-    def _room_failed(self, failure: Failure) -> None:
-        self._room = None
-        if not failure.check(CancelledError):
-            log.failure("Waiting for room on {channel} failed", failure, channel=self.channel)
+    def _final_failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return  # stopped, or the last chunk replaced by {"closed": True}
+        if failure.check(ChannelFull):  # only {"closed": True} is not waited on
+            log.debug("Body channel {channel} full: closed message dropped", channel=self.channel)
+            return
+        self._failed(failure)
 
-    def _flow(self) -> None:
-        # Keep at most two chunks in memory; read nothing while blocked.
-        want_pause = not self._done and (self.blocked or len(self._buffer) >= 2 * self._chunk_size)
-        if want_pause and not self._paused:
-            self._paused = True
-            if self._clock is not None:
-                self._paused_at = self._clock.seconds()
-            self._producer.pauseProducing()
-        elif not want_pause and self._paused:
-            self._paused = False
-            if self._clock is not None:
-                self._paused_total += max(0.0, self._clock.seconds() - self._paused_at)
-            self._producer.resumeProducing()
+
+class _Chunks:
+    """
+    The body bytes not sent yet, cut into chunk messages as the sender
+    takes them (a :class:`~chanserv.server.sender.MessageSource`): a chunk
+    is cut only when its turn comes, so a body whose end is known by then
+    ends with a full chunk rather than an extra empty one.
+    """
+
+    __slots__ = ("buffer", "complete", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buffer = bytearray()
+        self.complete = False  # the whole body was fed
+
+    def take(self) -> dict[str, Any] | None:
+        """The next chunk, unless it may be the last (see :meth:`rest`)."""
+        buffer, size = self.buffer, self.size
+        if len(buffer) > size or (len(buffer) == size and not self.complete):
+            chunk = bytes(buffer[:size])
+            del buffer[:size]
+            return {"content": chunk, "more_content": True}
+        return None
+
+    def rest(self) -> dict[str, Any]:
+        """The last chunk: what is left, with ``more_content`` False."""
+        chunk = bytes(self.buffer)
+        self.buffer = bytearray()
+        return {"content": chunk, "more_content": False}
+
+    def __len__(self) -> int:
+        return len(self.buffer) // self.size
+
+    def clear(self) -> None:
+        self.buffer = bytearray()

@@ -68,9 +68,11 @@ Everything here runs on the reactor thread.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from automat import TypeMachineBuilder
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
@@ -78,7 +80,7 @@ from twisted.python.failure import Failure
 from chanserv._compat.autobahn import forget_handshake_key
 from chanserv.exceptions import ChannelFull, MessageTooLarge, is_valid_close_code
 from chanserv.log import Logger
-from chanserv.server.delivery import send_until_delivered
+from chanserv.server.sender import OrderedSender
 from chanserv.server.wshandshake import BadHandshake, build_connect, handshake_bytes, take_transport
 
 __all__ = ["WebSocketFactory", "WebSocketProtocol"]
@@ -125,7 +127,6 @@ _HANDSHAKE_ONLY = (
     "websocket_protocols",
     "_connect",
     "_handshake",
-    "_connect_pending",
     "openHandshakeTimeoutCall",
 )
 
@@ -134,6 +135,20 @@ class WebSocketProtocol(WebSocketServerProtocol):
     """
     One WebSocket connection, from the handed-over upgrade request to
     ``websocket.disconnect``.  Reactor thread only.
+
+    Its life is a state machine (:func:`_build_life`, with ``automat``):
+    *upgrading* (autobahn reads the handshake) → *handshaking*
+    (``websocket.connect`` on its way to the layer) → *connecting* (the
+    application decides) → *open* → *closing* (a close frame went out) →
+    *closed* (the TCP connection is gone: the messages still held, then
+    ``websocket.disconnect``, go to the layer); a refused handshake is
+    *refused* until the TCP connection goes.  The per-message paths --
+    a frame in, a reply out -- stay off the machine (each input costs a
+    few microseconds): they only test autobahn's own ``state``.
+    ``websocket.receive`` messages go through an
+    :class:`~chanserv.server.sender.OrderedSender`, which orders them,
+    holds them while the channel is full (pausing the transport) and sends
+    ``websocket.disconnect`` after the last of them.
 
     Per-connection state is kept to a few attributes (class-level defaults
     until they change) so an idle socket costs little on top of autobahn.
@@ -145,22 +160,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
     opened_at = 0.0  # reactor seconds at upgrade
     last_active = 0.0  # last inbound message or ping sent
     order = 0  # websocket.receive messages created so far
-    delivered = 0  # ... and handed to the layer
-    connect_sent = False
-    opened = False  # 101 sent
-    lost = False  # connection gone
     close_code: int | None = None  # code of a close this server started
+    _life: _Life  # the state machine's inputs (connectionMade)
+    _receives: OrderedSender | None = None  # websocket.receive, then disconnect
     _connect: dict[str, Any] | None = None  # websocket.connect until sent
     _handshake: Deferred[Any] | None = None  # onConnect's result, until decided
-    _parsed = False  # autobahn has seen the handshake
-    _connect_pending = False  # websocket.connect send in flight
-    _pumping = False
-    _paused = False  # reading paused for back-pressure
-    _busy = False  # a websocket.receive send is in flight or waiting for room
-    _backlog: deque[dict[str, Any]] | None = None  # messages waiting behind it
-    _full_since: float | None = None
-    _room: Deferred[None] | None = None  # when_capacity wait
-    _disconnect_due: int | None = None  # disconnect code, once lost
     _write_paused = False  # the transport's write buffer is full
     _out: deque[tuple[bytes | None, Any]] | None = None  # replies waiting for the client
     _out_bytes = 0
@@ -170,63 +174,75 @@ class WebSocketProtocol(WebSocketServerProtocol):
     websocket_protocols: list[str] = []  # never mutated: autobahn assigns a new list
     openHandshakeTimeoutCall = None
     _ping_sent_at: float | None = None  # a ping waits for its pong
-    _closing_since: float | None = None  # this server sent a close frame, unanswered
 
     # -- handshake -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._life = _LIFE(self)
+        # Only used by chopped or "sync" writes, which chanserv never makes:
+        # the class-level empty tuple spares an idle socket a deque.
+        del self.send_queue
 
     def processHandshake(self) -> None:
         # autobahn calls this for every read while CONNECTING; after the first
         # (the fed handshake) anything the client sends before our 101 is
         # kept, bounded, for after the accept -- never parsed as a handshake.
-        if not self._parsed:
+        if self._life.handshake_read():
             super().processHandshake()
         elif len(self.data) > MAX_EARLY_DATA:
             self.dropConnection(abort=True)
 
     def onConnect(self, request: Any) -> Deferred[Any]:  # type: ignore[override]
-        self._parsed = True
+        return self._life.handshake()
+
+    def _send_connect(self) -> Deferred[Any]:
+        # The machine's output for handshake(): upgrading -> handshaking.
         factory = self.factory
         message, self._connect = self._connect, None
         assert message is not None
         message["reply_channel"] = self.reply_channel
         factory.registry.register(self.reply_channel, self)
+        # websocket.receive and websocket.disconnect wait for websocket.connect.
+        transport: Any = self.transport  # TCP or TLS: both are push producers
+        self._receives = OrderedSender(
+            factory.layer,
+            "websocket.receive",
+            transport,
+            pause_at=MAX_BACKLOG,
+            resume_at=0,
+            on_error=self._receive_failed,
+            clock=factory.reactor,
+            started=False,
+        )
         d: Deferred[Any] = Deferred()
         self._handshake = d
-        self._connect_pending = True
+        life = self._life
         sent = factory.layer.send_twisted("websocket.connect", message)
-        sent.addCallbacks(self._connect_sent, self._connect_failed)
+        sent.addCallbacks(lambda _: life.connect_sent(), life.connect_failed)
         sent.addErrback(lambda f: log.failure("websocket.connect handling failed", f))
         return d
 
-    def _connect_sent(self, _: None) -> None:
-        self._connect_pending = False
-        self.connect_sent = True
-        # From here the application decides, within websocket_connect_timeout.
-        if self.lost:
-            self._maybe_disconnect()
-        else:
-            self.factory.log_action("connecting", self)
-
-    def _connect_failed(self, failure: Failure) -> None:
-        self._connect_pending = False
+    def _connect_refusal(self, failure: Failure) -> tuple[int, str]:
+        # The HTTP refusal for a websocket.connect the layer did not take.
         if failure.check(ChannelFull):
             log.warn("websocket.connect is full: {path} answered 503", path=self.path)
-            self.reject(503, "Connection queue at capacity")
-        elif failure.check(ConnectionError):
+            return 503, "Connection queue at capacity"
+        if failure.check(ConnectionError):
             log.warn(
                 "Channel layer unavailable ({error}): WebSocket {path} answered 503",
                 error=failure.value,
                 path=self.path,
             )
-            self.reject(503, "Channel layer unavailable")
-        else:
-            log.failure("Sending websocket.connect failed", failure)
-            self.reject(500, "Internal Server Error")
-        if self.lost:
-            self.factory.finished(self)
+            return 503, "Channel layer unavailable"
+        log.failure("Sending websocket.connect failed", failure)
+        return 500, "Internal Server Error"
 
     def accept(self, subprotocol: str | None) -> None:
-        """Complete the handshake (101), speaking ``subprotocol`` if not None."""
+        """Complete a pending handshake (101), speaking ``subprotocol`` if not None."""
+        self._life.accept(subprotocol)
+
+    def _accept_now(self, subprotocol: str | None) -> None:
         d, self._handshake = self._handshake, None
         # Not after autobahn dropped the connection (its connectionLost, and
         # so onClose, comes a reactor turn later).
@@ -235,23 +251,24 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def reject(self, code: int, reason: str) -> None:
         """Refuse a pending handshake with HTTP ``code`` and close."""
-        if self._handshake is not None and self.state == self.STATE_CONNECTING:
-            self.failHandshake(reason, code)
+        self._life.refuse(code, reason, None)
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
         # Every refusal, ours or autobahn's (bad key, version...), ends here.
-        self._handshake = None
-        self.factory.log_action("rejected", self)
-        super().failHandshake(reason, code, responseHeaders)
+        self._life.refuse(code, reason, responseHeaders)
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        # Only used by chopped or "sync" writes, which chanserv never makes:
-        # the class-level empty tuple spares an idle socket a deque.
-        del self.send_queue
+    def _refuse_now(self, code: int, reason: str, headers: Any = None) -> None:
+        # The machine's output for every refusal: -> refused.
+        self._handshake = None
+        if self.state == self.STATE_CONNECTING:
+            self.factory.log_action("rejected", self)
+            super().failHandshake(reason, code, headers)
 
     def onOpen(self) -> None:
-        self.opened = True
+        self._life.opened()
+
+    def _enter_open(self) -> None:
+        # The machine's output for opened(): -> open.
         self.last_active = self.factory.reactor.seconds()
         # Drop what only the handshake needed and re-pack the instance dict:
         # a dict never shrinks by itself, and an idle socket lives long.
@@ -261,6 +278,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
         forget_handshake_key(self)
         self.__dict__ = dict(state)
         self.factory.log_action("connected", self)
+
+    def shutdown(self, code: int) -> None:
+        """The server stops: refuse a pending handshake (503), close an open socket with ``code``."""
+        self._life.shutdown(code)
 
     # -- replies -----------------------------------------------------------------
 
@@ -279,8 +300,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         elif data is not None and not isinstance(data, bytes):
             problem = "bytes is not bytes"
         elif (
-            self._handshake is not None
-            and subprotocol is not None
+            subprotocol is not None
+            and self.state == self.STATE_CONNECTING
             and subprotocol not in self.websocket_protocols
         ):
             problem = "subprotocol %r was not offered" % (subprotocol,)
@@ -292,17 +313,20 @@ class WebSocketProtocol(WebSocketServerProtocol):
             )
             return
         close = message.get("close")
-        if self._handshake is not None:
+        if self.state != self.STATE_OPEN:
+            if self.state != self.STATE_CONNECTING:
+                return  # closing or gone: the client has its close code
+            # The handshake waits for the application's decision.
             if "accept" in message and not message["accept"]:
-                self.reject(403, "Access denied")
+                self._life.refuse(403, "Access denied", None)
                 return
             if message.get("accept") or text is not None or data is not None:
-                self.accept(subprotocol or self._default_subprotocol())
+                self._life.accept(subprotocol or self._default_subprotocol())
             elif close:
-                self.reject(403, "Access denied")
+                self._life.refuse(403, "Access denied", None)
                 return
-        if self.state != self.STATE_OPEN:
-            return  # not accepted yet, or closing: the client has its close code
+            if self.state != self.STATE_OPEN:
+                return  # not accepted yet
         if text is not None:
             self._send_reply(text.encode("utf-8"), False)
         elif data is not None:
@@ -387,12 +411,13 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def layer_state_lost(self) -> None:
         """The layer lost its state (``ReplyConnection``): reject 503 or close 1012."""
-        if self._handshake is not None:
-            self.reject(503, "Channel layer lost its state")
-        elif self.state == self.STATE_OPEN:
-            self._out = None
-            self._out_bytes = 0
-            self.close(1012)
+        self._life.state_lost()
+
+    def _close_for_state_loss(self) -> None:
+        # The machine's output for state_lost() while open.
+        self._out = None
+        self._out_bytes = 0
+        self.close(1012)
 
     def _default_subprotocol(self) -> str | None:
         for name in self.websocket_protocols:
@@ -403,10 +428,12 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def sendCloseFrame(
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
     ) -> None:
-        # Every close frame goes out here, ours and autobahn's (protocol
-        # errors): one that starts the closing handshake is timed by check().
-        if not isReply and self.state == self.STATE_OPEN:
-            self._closing_since = self.factory.reactor.seconds()
+        # Every close frame goes out here, ours, autobahn's (protocol errors)
+        # and the answer to the client's: open -> closing.  One that starts
+        # the closing handshake is timed by check(); after an answer
+        # autobahn drops the connection at once.
+        if self.state == self.STATE_OPEN:
+            self._life.closing(self.factory.reactor.seconds())
         super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def close(self, code: int) -> None:
@@ -433,63 +460,17 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.last_active = self.factory.reactor.seconds()
         if self._ping_sent_at is not None:
             self._ping_sent_at = None  # a message shows the client is there, as a pong would
-        if self._busy:
-            backlog = self._backlog
-            if backlog is None:
-                backlog = self._backlog = deque()
-            backlog.append(message)
-            if len(backlog) == MAX_BACKLOG:
-                # A layer slower than the client: stop reading until it drains.
-                self._pause()
-        else:
-            self._send_receive(message)
+        receives = self._receives
+        assert receives is not None  # made with websocket.connect, before the 101
+        receives.send(message)
 
     def onPong(self, payload: bytes) -> None:
         self.last_active = self.factory.reactor.seconds()
         self._ping_sent_at = None
 
-    def _send_receive(self, message: dict[str, Any]) -> None:
-        self._busy = True
-        d = self.factory.layer.send_twisted("websocket.receive", message)
-        d.addCallbacks(self._receive_sent, self._receive_failed, errbackArgs=(message,))
-        d.addErrback(lambda f: log.failure("websocket.receive handling failed", f))
-
-    def _receive_sent(self, _: None) -> None:
-        self.delivered += 1
-        self._busy = False
-        self._full_since = None
-        backlog = self._backlog
-        if backlog:
-            # Loop rather than recurse: with a layer whose sends fire at once,
-            # _send_receive comes back here before returning.
-            if self._pumping:
-                return
-            self._pumping = True
-            try:
-                while backlog and not self._busy:
-                    self._send_receive(backlog.popleft())
-            finally:
-                self._pumping = False
-            if backlog or self._busy:
-                return
-        self._backlog = None
-        self._resume()
-        if self.lost:
-            self._maybe_disconnect()
-
-    def _receive_failed(self, failure: Failure, message: dict[str, Any]) -> None:
-        if failure.check(ChannelFull):
-            # Keep the message, stop reading, retry when there is room.
-            if self._backlog is None:
-                self._backlog = deque()
-            self._backlog.appendleft(message)
-            if self._full_since is None:
-                self._full_since = self.factory.reactor.seconds()
-            if not self.lost:
-                self._pause()
-            self._room = self.factory.layer.when_capacity_twisted("websocket.receive")
-            self._room.addCallbacks(self._retry, self._room_failed)
-            return
+    def _receive_failed(self, failure: Failure) -> None:
+        # The sender's on_error: a websocket.receive failed, not for a full
+        # channel; the messages held behind it are dropped.
         if failure.check(MessageTooLarge):
             log.warn(
                 "WebSocket message on {channel} too large for the layer: closing with 1009",
@@ -506,106 +487,75 @@ class WebSocketProtocol(WebSocketServerProtocol):
         else:
             log.failure("Sending websocket.receive failed", failure)
             code = 1011
-        self._give_up(code)
-
-    def _retry(self, _: None) -> None:
-        self._room = None
-        backlog = self._backlog
-        assert backlog
-        self._busy = False
-        self._send_receive(backlog.popleft())
-
-    def _room_failed(self, failure: Failure) -> None:
-        self._room = None
-        if not failure.check(CancelledError):
-            log.failure("Waiting for room on websocket.receive failed", failure)
-
-    def _drop_held(self) -> None:
-        room, self._room = self._room, None
-        self._backlog = None
-        self._busy = False
-        self._full_since = None
-        if room is not None:
-            room.cancel()
+        self.close(code)
 
     def _give_up(self, code: int) -> None:
         """Drop held messages and close with ``code``; disconnect follows."""
-        self._drop_held()
-        if self.lost:
-            self._maybe_disconnect()
-        else:
-            self.close(code)
-            self._resume()
+        if self._receives is not None:
+            self._receives.drop()
+        self.close(code)
 
     def abort(self) -> None:
         """Cut the connection now, dropping held messages; disconnect follows."""
-        self._drop_held()
-        if self.lost:
-            self._maybe_disconnect()
-        elif self.transport is not None:
-            transport: Any = self.transport  # TCP or TLS: both abort
+        if self._receives is not None:
+            self._receives.drop()
+        self._life.abort()
+
+    def _cut(self) -> None:
+        # The machine's output for abort() until the connection is gone.
+        transport: Any = self.transport  # TCP or TLS: both abort
+        if transport is not None:
             transport.abortConnection()
-
-    def _pause(self) -> None:
-        if self.transport is not None:
-            self._paused = True
-            transport: Any = self.transport  # TCP or TLS: both are push producers
-            transport.pauseProducing()
-
-    def _resume(self) -> None:
-        # Called after every delivered message: touch the transport (and the
-        # reactor's reader set) only when reading was actually paused.
-        if self._paused and not self.lost and self.transport is not None:
-            self._paused = False
-            transport: Any = self.transport
-            transport.resumeProducing()
 
     # -- end ---------------------------------------------------------------------
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         # Called once, when the TCP connection is gone.
-        self.lost = True
+        if self.close_code is None and self.localCloseCode is not None and self.closedByMe:
+            self.close_code = self.localCloseCode
+        if self.close_code is not None:
+            due = self.close_code
+        elif wasClean:
+            due = 1005 if code is None else code
+        else:
+            due = 1006
+        self._life.lost(due)
+
+    def _gone(self, code: int, was_open: bool) -> None:
+        # The machine's output for lost(): -> closed.
         self._handshake = None
         factory = self.factory
         if self.reply_channel:
             factory.registry.unregister(self.reply_channel)
-        if self.opened:
+        if was_open:
             factory.log_action("disconnected", self)
-        if self.close_code is None and self.localCloseCode is not None and self.closedByMe:
-            self.close_code = self.localCloseCode
-        if self.close_code is not None:
-            self._disconnect_due = self.close_code
-        elif wasClean:
-            self._disconnect_due = 1005 if code is None else code
-        else:
-            self._disconnect_due = 1006
-        if self.connect_sent:
-            self._maybe_disconnect()
-        elif not self._connect_pending:
+        receives = self._receives
+        if receives is None:  # websocket.connect was never sent
             factory.finished(self)
+            return
+        receives.producer = None
+        reply_channel, path = self.reply_channel, self.path
 
-    def _maybe_disconnect(self) -> None:
-        if self._busy or self._disconnect_due is None:
-            return  # after the held websocket.receive messages
-        code, self._disconnect_due = self._disconnect_due, None
-        message = {
-            "reply_channel": self.reply_channel,
-            "code": code,
-            "path": self.path,
-            "order": self.delivered + 1,
-        }
-        factory = self.factory
-        d = send_until_delivered(
-            factory.layer,
-            factory.reactor,
-            "websocket.disconnect",
-            message,
-            factory.layer.expiry + 1,
+        def disconnect() -> dict[str, Any]:
+            # Built when every websocket.receive before it is sent (or dropped).
+            return {
+                "reply_channel": reply_channel,
+                "code": code,
+                "path": path,
+                "order": receives.delivered + 1,
+            }
+
+        # A full websocket.disconnect is waited on, up to the layer's expiry:
+        # by then everything ahead of it was read or expired.
+        d = receives.finish(
+            disconnect, channel="websocket.disconnect", timeout=factory.layer.expiry + 1
         )
         d.addErrback(self._disconnect_failed)
         d.addBoth(lambda _: factory.finished(self))
 
     def _disconnect_failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return  # websocket.connect never reached the layer: nothing to end
         self.factory.disconnects_lost += 1
         if failure.check(ChannelFull):
             log.error(
@@ -624,25 +574,19 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def check(self, now: float) -> None:
         """The periodic timeout check for this connection (``check_timeouts``)."""
-        config = self.factory.config
-        age = now - self.opened_at
-        if self.state == self.STATE_CONNECTING and not self.connect_sent:
-            # The protocol part of the handshake (websocket.connect not on
-            # the layer yet): dropped, unclean, as autobahn's own timer would.
-            if age >= config.websocket_handshake_timeout:
-                self.onOpenHandshakeTimeout()
-            return
-        if self._handshake is not None:
-            if self.connect_sent and age >= config.websocket_connect_timeout:
-                log.info("WebSocket {path} not accepted in time: 403", path=self.path)
-                self.reject(403, "Access denied")
+        state = self.state
+        if state == self.STATE_CONNECTING:
+            self._life.tick(now)  # the handshake's timeouts
             return
         if self._over_since is not None and now - self._over_since >= OVERFLOW_GRACE:
             self._overflow()
             return
+        config = self.factory.config
+        receives = self._receives
         if (
-            self._full_since is not None
-            and now - self._full_since >= config.ws_receive_full_timeout
+            receives is not None
+            and receives.blocked_since is not None
+            and now - receives.blocked_since >= config.ws_receive_full_timeout
         ):
             log.warn(
                 "websocket.receive stayed full for {channel}: closing with 1013",
@@ -650,15 +594,13 @@ class WebSocketProtocol(WebSocketServerProtocol):
             )
             self._give_up(1013)
             return
-        if self.state == self.STATE_CLOSING:
-            closing = self._closing_since
-            if closing is not None and now - closing >= CLOSE_HANDSHAKE_TIMEOUT:
-                self.onCloseHandshakeTimeout()  # our close frame was never answered
+        if state == self.STATE_CLOSING:
+            self._life.tick(now)  # the closing handshake's timeout
             return
-        if self.state != self.STATE_OPEN:
+        if state != self.STATE_OPEN:
             return
         timeout = config.websocket_timeout
-        if timeout is not None and age >= timeout:
+        if timeout is not None and now - self.opened_at >= timeout:
             self.close(1000)
         elif self._ping_sent_at is not None:
             if config.ping_timeout and now - self._ping_sent_at >= config.ping_timeout:
@@ -666,6 +608,24 @@ class WebSocketProtocol(WebSocketServerProtocol):
         elif config.ping_interval and now - self.last_active >= config.ping_interval:
             self.last_active = self._ping_sent_at = now
             self.sendPing()
+
+    def _check_handshake_timeout(self, now: float) -> None:
+        # The machine's output for tick() until websocket.connect is on the
+        # layer: the protocol part of the handshake.  Dropped, unclean, as
+        # autobahn's own timer would.
+        if now - self.opened_at >= self.factory.config.websocket_handshake_timeout:
+            self.onOpenHandshakeTimeout()
+
+    def _check_connect_timeout(self, now: float) -> None:
+        # The machine's output for tick() while the application decides.
+        if now - self.opened_at >= self.factory.config.websocket_connect_timeout:
+            log.info("WebSocket {path} not accepted in time: 403", path=self.path)
+            self._life.refuse(403, "Access denied", None)
+
+    def _check_close_timeout(self, now: float, since: float) -> None:
+        # The machine's output for tick() while closing, since ``since``.
+        if now - since >= CLOSE_HANDSHAKE_TIMEOUT:
+            self.onCloseHandshakeTimeout()  # our close frame was never answered
 
 
 def _close_code(close: Any, channel: str) -> int:
@@ -679,6 +639,225 @@ def _close_code(close: Any, channel: str) -> int:
         channel=channel,
     )
     return 1000
+
+
+class _Life(Protocol):
+    """
+    The inputs of a WebSocket connection's life.  :func:`_build_life`
+    builds the machine that implements them for one
+    :class:`WebSocketProtocol`: each is named for what happened, and what
+    it does depends on the state the connection is in.
+    """
+
+    def handshake_read(self) -> bool:
+        """autobahn has bytes before the 101: True to parse them as the handshake."""
+
+    def handshake(self) -> Deferred[Any]:
+        """autobahn parsed the handshake: the Deferred decides it (``onConnect``)."""
+
+    def connect_sent(self) -> None:
+        """``websocket.connect`` is on the layer."""
+
+    def connect_failed(self, failure: Failure) -> None:
+        """The layer did not take ``websocket.connect``."""
+
+    def accept(self, subprotocol: str | None) -> None:
+        """The application accepted the handshake."""
+
+    def opened(self) -> None:
+        """The 101 went out (autobahn's ``onOpen``)."""
+
+    def refuse(self, code: int, reason: str, headers: Any) -> None:
+        """Refuse the handshake with HTTP ``code`` (the application, a timeout, autobahn)."""
+
+    def closing(self, since: float) -> None:
+        """A close frame went out at reactor time ``since``."""
+
+    def tick(self, now: float) -> None:
+        """The periodic check, while autobahn is connecting or closing."""
+
+    def shutdown(self, code: int) -> None:
+        """The server stops (:meth:`WebSocketFactory.close_all`)."""
+
+    def state_lost(self) -> None:
+        """The channel layer lost its state."""
+
+    def abort(self) -> None:
+        """Cut the connection now."""
+
+    def lost(self, code: int) -> None:
+        """The TCP connection is gone; ``code`` goes in ``websocket.disconnect``."""
+
+
+def _build_life() -> Callable[[WebSocketProtocol], _Life]:
+    """
+    The life of a WebSocket connection, as Twisted's ``ClientService``
+    models its own: the states, and for each the inputs it can get and what
+    they do (the protocol's methods).  Every input is fed on the reactor
+    thread; one fed by an output (a refusal decided by a timeout, the 101's
+    ``onOpen``) runs once that output is done.
+    """
+    machine = TypeMachineBuilder(_Life, WebSocketProtocol)
+    upgrading = machine.state("upgrading")
+    handshaking = machine.state("handshaking")
+    connecting = machine.state("connecting")
+    is_open = machine.state("open")
+
+    def closing_since(life: _Life, ws: WebSocketProtocol, since: float) -> float:
+        return float(since)  # the closing handshake's timer starts
+
+    closing = machine.state("closing", closing_since)
+    refused = machine.state("refused")
+    closed = machine.state("closed")
+
+    # -- the common path -------------------------------------------------------
+
+    upgrading.upon(_Life.handshake_read).loop().returns(True)
+
+    @upgrading.upon(_Life.handshake).to(handshaking)
+    def send_connect(life: _Life, ws: WebSocketProtocol) -> Deferred[Any]:
+        return ws._send_connect()
+
+    @is_open.upon(_Life.connect_sent).loop()  # accepted before the send's result
+    @closing.upon(_Life.connect_sent, nodata=True).loop()
+    @refused.upon(_Life.connect_sent).loop()
+    @handshaking.upon(_Life.connect_sent).to(connecting)
+    def receives_go(life: _Life, ws: WebSocketProtocol) -> None:
+        assert ws._receives is not None
+        ws._receives.start()
+        ws.factory.log_action("connecting", ws)
+
+    @handshaking.upon(_Life.accept).loop()  # the send's result comes later
+    @connecting.upon(_Life.accept).loop()
+    def accept(life: _Life, ws: WebSocketProtocol, subprotocol: str | None) -> None:
+        ws._accept_now(subprotocol)
+
+    @handshaking.upon(_Life.opened).to(is_open)
+    @connecting.upon(_Life.opened).to(is_open)
+    def enter_open(life: _Life, ws: WebSocketProtocol) -> None:
+        ws._enter_open()
+
+    is_open.upon(_Life.closing).to(closing).returns(None)  # closing_since keeps the time
+
+    @is_open.upon(_Life.lost).to(closed)
+    def disconnected(life: _Life, ws: WebSocketProtocol, code: int) -> None:
+        ws._gone(code, was_open=True)
+
+    # From closing, which has data, to closed, which has none: automat
+    # passes the data, nodata or not.
+    @closing.upon(_Life.lost).to(closed)
+    def disconnected_closing(life: _Life, ws: WebSocketProtocol, since: float, code: int) -> None:
+        ws._gone(code, was_open=True)
+
+    # -- handshakes that do not open -------------------------------------------
+
+    handshaking.upon(_Life.handshake_read).loop().returns(False)
+    connecting.upon(_Life.handshake_read).loop().returns(False)
+
+    @upgrading.upon(_Life.refuse).to(refused)
+    @handshaking.upon(_Life.refuse).to(refused)
+    @connecting.upon(_Life.refuse).to(refused)
+    def refuse(life: _Life, ws: WebSocketProtocol, code: int, reason: str, headers: Any) -> None:
+        ws._refuse_now(code, reason, headers)
+
+    closing.upon(_Life.refuse, nodata=True).loop().returns(None)  # too late to refuse
+    for late in (is_open, refused, closed):
+        late.upon(_Life.refuse).loop().returns(None)
+
+    @handshaking.upon(_Life.connect_failed).to(refused)
+    def refuse_unsent(life: _Life, ws: WebSocketProtocol, failure: Failure) -> None:
+        assert ws._receives is not None
+        ws._receives.stop()  # no websocket.disconnect for it either
+        ws._refuse_now(*ws._connect_refusal(failure))
+
+    @is_open.upon(_Life.connect_failed).loop()
+    @closing.upon(_Life.connect_failed, nodata=True).loop()
+    def answered_anyway(life: _Life, ws: WebSocketProtocol, failure: Failure) -> None:
+        # The application answered, so websocket.connect reached it after all.
+        log.warn(
+            "websocket.connect reported failed ({error}) after {path} was accepted: going on",
+            error=failure.value,
+            path=ws.path,
+        )
+        receives_go(life, ws)
+
+    @refused.upon(_Life.connect_failed).loop()
+    @closed.upon(_Life.connect_failed).loop()
+    def nothing_to_end(life: _Life, ws: WebSocketProtocol, failure: Failure) -> None:
+        assert ws._receives is not None
+        ws._receives.stop()  # the finish() Deferred, if any, fails: no disconnect
+
+    @closed.upon(_Life.connect_sent).loop()
+    def disconnect_goes(life: _Life, ws: WebSocketProtocol) -> None:
+        assert ws._receives is not None
+        ws._receives.start()  # its websocket.disconnect is waiting
+
+    @upgrading.upon(_Life.lost).to(closed)
+    @handshaking.upon(_Life.lost).to(closed)
+    @connecting.upon(_Life.lost).to(closed)
+    @refused.upon(_Life.lost).to(closed)
+    def gone_unopened(life: _Life, ws: WebSocketProtocol, code: int) -> None:
+        ws._gone(code, was_open=False)
+
+    # -- timeouts ----------------------------------------------------------------
+
+    @upgrading.upon(_Life.tick).loop()
+    @handshaking.upon(_Life.tick).loop()
+    def handshake_timeout(life: _Life, ws: WebSocketProtocol, now: float) -> None:
+        ws._check_handshake_timeout(now)
+
+    @connecting.upon(_Life.tick).loop()
+    def connect_timeout(life: _Life, ws: WebSocketProtocol, now: float) -> None:
+        ws._check_connect_timeout(now)
+
+    @closing.upon(_Life.tick).loop()
+    def close_timeout(life: _Life, ws: WebSocketProtocol, since: float, now: float) -> None:
+        ws._check_close_timeout(now, since)
+
+    # -- the server ends it --------------------------------------------------------
+
+    @handshaking.upon(_Life.shutdown).to(refused)
+    @connecting.upon(_Life.shutdown).to(refused)
+    def refuse_for_shutdown(life: _Life, ws: WebSocketProtocol, code: int) -> None:
+        ws._refuse_now(503, "Server shutting down")
+
+    @is_open.upon(_Life.shutdown).loop()
+    def close_for_shutdown(life: _Life, ws: WebSocketProtocol, code: int) -> None:
+        ws.close(code)
+
+    closing.upon(_Life.shutdown, nodata=True).loop().returns(None)  # ending already
+    for ending in (upgrading, refused, closed):
+        ending.upon(_Life.shutdown).loop().returns(None)
+
+    @handshaking.upon(_Life.state_lost).to(refused)
+    @connecting.upon(_Life.state_lost).to(refused)
+    def refuse_for_state_loss(life: _Life, ws: WebSocketProtocol) -> None:
+        ws._refuse_now(503, "Channel layer lost its state")
+
+    @is_open.upon(_Life.state_lost).loop()
+    def close_for_state_loss(life: _Life, ws: WebSocketProtocol) -> None:
+        ws._close_for_state_loss()
+
+    closing.upon(_Life.state_lost, nodata=True).loop().returns(None)
+    for ending in (refused, closed):
+        ending.upon(_Life.state_lost).loop().returns(None)
+
+    @upgrading.upon(_Life.abort).loop()
+    @handshaking.upon(_Life.abort).loop()
+    @connecting.upon(_Life.abort).loop()
+    @is_open.upon(_Life.abort).loop()
+    @closing.upon(_Life.abort, nodata=True).loop()
+    @refused.upon(_Life.abort).loop()
+    def cut(life: _Life, ws: WebSocketProtocol) -> None:
+        ws._cut()
+
+    closed.upon(_Life.abort).loop().returns(None)  # its disconnect follows
+
+    return machine.build()
+
+
+#: Builds the machine of one connection (``WebSocketProtocol.connectionMade``).
+_LIFE = _build_life()
 
 
 class WebSocketFactory(WebSocketServerFactory):
@@ -818,10 +997,7 @@ class WebSocketFactory(WebSocketServerFactory):
         """
         self._closing = True
         for protocol in list(self.connections):
-            if protocol._handshake is not None:
-                protocol.reject(503, "Server shutting down")
-            else:
-                protocol.close(code)
+            protocol.shutdown(code)
         if not self.connections:
             return succeed(None)
         d: Deferred[None] = Deferred()
