@@ -25,6 +25,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web import http
 
 from chanserv._compat import autobahn as autobahn_compat
+from chanserv._compat import automat as automat_compat
 from chanserv._compat import django as django_compat
 from chanserv._compat import twisted as twisted_compat
 from tests.server.wshelpers import Harness
@@ -133,6 +134,56 @@ def test_autobahn_keeps_the_handshake_key_only_until_the_101() -> None:
     assert autobahn_compat.HANDSHAKE_KEY_ATTRIBUTE not in protocol.__dict__
     client.text("still works")
     assert [m["text"] for m in h.receive_all("websocket.receive")] == ["still works"]
+
+
+# -- automat --------------------------------------------------------------------------
+
+
+def test_automat_machines_look_transitions_up_in_a_dict() -> None:
+    from typing import Protocol as _Protocol
+
+    from automat import NoTransition, TypeMachineBuilder
+
+    class Inputs(_Protocol):
+        def go(self) -> None: ...
+
+    class Core:
+        pass
+
+    builder = TypeMachineBuilder(Inputs, Core)
+    start = builder.state("start")
+    end = builder.state("end")
+    start.upon(Inputs.go).to(end).returns(None)
+    built = builder.build()
+    automaton: Any = getattr(built, automat_compat.AUTOMATON_ATTRIBUTE, None)
+    pinned(
+        automaton is not None
+        and callable(getattr(automaton, "outputForInput", None))
+        and callable(getattr(automaton, "allTransitions", None)),
+        "automat",
+        "a built TypeMachine no longer keeps an automaton with outputForInput "
+        "and allTransitions in %r" % (automat_compat.AUTOMATON_ATTRIBUTE,),
+        "chanserv._compat.automat.indexed",
+    )
+    looked_up: list[str] = []
+    scan = automaton.outputForInput
+    automaton.outputForInput = lambda state, symbol: (
+        looked_up.append(symbol),
+        scan(state, symbol),
+    )[1]
+    machine = automat_compat.indexed(built)
+    # The table answers: automat's scan is not consulted for a known input...
+    instance = machine(Core())
+    instance.go()
+    assert looked_up == []
+    # ...and an input with no transition still gets automat's NoTransition.
+    try:
+        instance.go()
+    except NoTransition:
+        pass
+    else:
+        raise AssertionError("no NoTransition for an input without a transition")
+    assert looked_up == ["go"]
 
 
 # -- Django ---------------------------------------------------------------------------

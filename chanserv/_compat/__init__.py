@@ -1,7 +1,7 @@
 """
 Every private name of a dependency that chanserv uses, one module per
-dependency: :mod:`~chanserv._compat.twisted`, :mod:`~chanserv._compat.autobahn`
-and :mod:`~chanserv._compat.django`.
+dependency: :mod:`~chanserv._compat.twisted`, :mod:`~chanserv._compat.autobahn`,
+:mod:`~chanserv._compat.automat` and :mod:`~chanserv._compat.django`.
 
 chanserv uses the public API of its dependencies.  Where nothing public
 exists, the private name is used only in these modules, behind a small named

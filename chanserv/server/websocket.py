@@ -68,16 +68,16 @@ Everything here runs on the reactor thread.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from automat import TypeMachineBuilder
+from automat import TypeMachine, TypeMachineBuilder
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 
 from chanserv._compat.autobahn import forget_handshake_key
+from chanserv._compat.automat import indexed
 from chanserv.exceptions import ChannelFull, MessageTooLarge, is_valid_close_code
 from chanserv.log import Logger
 from chanserv.server.sender import OrderedSender
@@ -161,8 +161,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
     last_active = 0.0  # last inbound message or ping sent
     order = 0  # websocket.receive messages created so far
     close_code: int | None = None  # code of a close this server started
-    _life: _Life  # the state machine's inputs (connectionMade)
-    _receives: OrderedSender | None = None  # websocket.receive, then disconnect
+    _machine: _Life | None = None  # the state machine (see _life)
+    # websocket.connect: None not sent (or refused by the layer: no
+    # disconnect), False on its way, True on the layer.
+    _connect_sent: bool | None = None
+    _receives: OrderedSender | None = None  # websocket.receive, then disconnect; lazy
     _connect: dict[str, Any] | None = None  # websocket.connect until sent
     _handshake: Deferred[Any] | None = None  # onConnect's result, until decided
     _write_paused = False  # the transport's write buffer is full
@@ -177,9 +180,51 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     # -- handshake -------------------------------------------------------------
 
+    @property
+    def _life(self) -> _Life:
+        # The machine's inputs.  An open socket drops its machine
+        # (_enter_open) and rebuilds it, in the open state, on its next
+        # input: an idle socket, the common case, holds none.
+        life = self._machine
+        if life is None:
+            life = self._machine = _LIFE(self, _OPEN)
+        return life
+
+    def _sender(self) -> OrderedSender:
+        # websocket.receive and websocket.disconnect go through one sender,
+        # made when the first of them must go (an idle socket holds none);
+        # they wait for websocket.connect while it is on its way.
+        receives = self._receives
+        if receives is None:
+            factory = self.factory
+            transport: Any = self.transport  # TCP or TLS: both are push producers
+            receives = self._receives = OrderedSender(
+                factory.layer,
+                "websocket.receive",
+                transport,
+                pause_at=MAX_BACKLOG,
+                resume_at=0,
+                on_error=self._receive_failed,
+                clock=factory.reactor,
+                started=self._connect_sent is True,
+            )
+        return receives
+
+    def _stream_start(self) -> None:
+        # The machine's output once websocket.connect is on the layer.
+        self._connect_sent = True
+        if self._receives is not None:
+            self._receives.start()
+
+    def _stream_stop(self) -> None:
+        # The machine's output once websocket.connect failed: no disconnect.
+        self._connect_sent = None
+        if self._receives is not None:
+            self._receives.stop()  # the finish() Deferred, if any, fails
+
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._life = _LIFE(self)
+        self._machine = _LIFE(self)
         # Only used by chopped or "sync" writes, which chanserv never makes:
         # the class-level empty tuple spares an idle socket a deque.
         del self.send_queue
@@ -188,7 +233,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
         # autobahn calls this for every read while CONNECTING; after the first
         # (the fed handshake) anything the client sends before our 101 is
         # kept, bounded, for after the accept -- never parsed as a handshake.
-        if self._life.handshake_read():
+        # ``_connect`` is there (upgrading) until the machine sends it or
+        # refuses the handshake: not an input, which would cost a transition.
+        if self._connect is not None:
             super().processHandshake()
         elif len(self.data) > MAX_EARLY_DATA:
             self.dropConnection(abort=True)
@@ -204,17 +251,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         message["reply_channel"] = self.reply_channel
         factory.registry.register(self.reply_channel, self)
         # websocket.receive and websocket.disconnect wait for websocket.connect.
-        transport: Any = self.transport  # TCP or TLS: both are push producers
-        self._receives = OrderedSender(
-            factory.layer,
-            "websocket.receive",
-            transport,
-            pause_at=MAX_BACKLOG,
-            resume_at=0,
-            on_error=self._receive_failed,
-            clock=factory.reactor,
-            started=False,
-        )
+        self._connect_sent = False
         d: Deferred[Any] = Deferred()
         self._handshake = d
         life = self._life
@@ -240,9 +277,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def accept(self, subprotocol: str | None) -> None:
         """Complete a pending handshake (101), speaking ``subprotocol`` if not None."""
-        self._life.accept(subprotocol)
-
-    def _accept_now(self, subprotocol: str | None) -> None:
+        # Not an input: a pending handshake (handshaking or connecting) is
+        # the one with a Deferred; the 101's onOpen is the input (opened).
         d, self._handshake = self._handshake, None
         # Not after autobahn dropped the connection (its connectionLost, and
         # so onClose, comes a reactor turn later).
@@ -260,6 +296,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def _refuse_now(self, code: int, reason: str, headers: Any = None) -> None:
         # The machine's output for every refusal: -> refused.
         self._handshake = None
+        self._connect = None  # never parsed nor sent now (processHandshake)
         if self.state == self.STATE_CONNECTING:
             self.factory.log_action("rejected", self)
             super().failHandshake(reason, code, headers)
@@ -273,6 +310,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         # Drop what only the handshake needed and re-pack the instance dict:
         # a dict never shrinks by itself, and an idle socket lives long.
         state = self.__dict__
+        # The machine is now open: an idle socket need not hold it (_life).
+        state.pop("_machine", None)
         for name in _HANDSHAKE_ONLY:
             state.pop(name, None)
         forget_handshake_key(self)
@@ -321,7 +360,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
                 self._life.refuse(403, "Access denied", None)
                 return
             if message.get("accept") or text is not None or data is not None:
-                self._life.accept(subprotocol or self._default_subprotocol())
+                self.accept(subprotocol or self._default_subprotocol())
             elif close:
                 self._life.refuse(403, "Access denied", None)
                 return
@@ -461,7 +500,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if self._ping_sent_at is not None:
             self._ping_sent_at = None  # a message shows the client is there, as a pong would
         receives = self._receives
-        assert receives is not None  # made with websocket.connect, before the 101
+        if receives is None:
+            receives = self._sender()
         receives.send(message)
 
     def onPong(self, payload: bytes) -> None:
@@ -491,14 +531,14 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def _give_up(self, code: int) -> None:
         """Drop held messages and close with ``code``; disconnect follows."""
-        if self._receives is not None:
-            self._receives.drop()
+        if self._connect_sent is not None:
+            self._sender().drop()
         self.close(code)
 
     def abort(self) -> None:
         """Cut the connection now, dropping held messages; disconnect follows."""
-        if self._receives is not None:
-            self._receives.drop()
+        if self._connect_sent is not None:
+            self._sender().drop()
         self._life.abort()
 
     def _cut(self) -> None:
@@ -529,10 +569,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
             factory.registry.unregister(self.reply_channel)
         if was_open:
             factory.log_action("disconnected", self)
-        receives = self._receives
-        if receives is None:  # websocket.connect was never sent
+        if self._connect_sent is None:  # websocket.connect never reached the layer
             factory.finished(self)
             return
+        receives = self._sender()
         receives.producer = None
         reply_channel, path = self.reply_channel, self.path
 
@@ -649,9 +689,6 @@ class _Life(Protocol):
     it does depends on the state the connection is in.
     """
 
-    def handshake_read(self) -> bool:
-        """autobahn has bytes before the 101: True to parse them as the handshake."""
-
     def handshake(self) -> Deferred[Any]:
         """autobahn parsed the handshake: the Deferred decides it (``onConnect``)."""
 
@@ -660,9 +697,6 @@ class _Life(Protocol):
 
     def connect_failed(self, failure: Failure) -> None:
         """The layer did not take ``websocket.connect``."""
-
-    def accept(self, subprotocol: str | None) -> None:
-        """The application accepted the handshake."""
 
     def opened(self) -> None:
         """The 101 went out (autobahn's ``onOpen``)."""
@@ -689,7 +723,7 @@ class _Life(Protocol):
         """The TCP connection is gone; ``code`` goes in ``websocket.disconnect``."""
 
 
-def _build_life() -> Callable[[WebSocketProtocol], _Life]:
+def _build_life() -> tuple[TypeMachine[_Life, WebSocketProtocol], Any]:
     """
     The life of a WebSocket connection, as Twisted's ``ClientService``
     models its own: the states, and for each the inputs it can get and what
@@ -712,8 +746,6 @@ def _build_life() -> Callable[[WebSocketProtocol], _Life]:
 
     # -- the common path -------------------------------------------------------
 
-    upgrading.upon(_Life.handshake_read).loop().returns(True)
-
     @upgrading.upon(_Life.handshake).to(handshaking)
     def send_connect(life: _Life, ws: WebSocketProtocol) -> Deferred[Any]:
         return ws._send_connect()
@@ -723,14 +755,8 @@ def _build_life() -> Callable[[WebSocketProtocol], _Life]:
     @refused.upon(_Life.connect_sent).loop()
     @handshaking.upon(_Life.connect_sent).to(connecting)
     def receives_go(life: _Life, ws: WebSocketProtocol) -> None:
-        assert ws._receives is not None
-        ws._receives.start()
+        ws._stream_start()
         ws.factory.log_action("connecting", ws)
-
-    @handshaking.upon(_Life.accept).loop()  # the send's result comes later
-    @connecting.upon(_Life.accept).loop()
-    def accept(life: _Life, ws: WebSocketProtocol, subprotocol: str | None) -> None:
-        ws._accept_now(subprotocol)
 
     @handshaking.upon(_Life.opened).to(is_open)
     @connecting.upon(_Life.opened).to(is_open)
@@ -751,9 +777,6 @@ def _build_life() -> Callable[[WebSocketProtocol], _Life]:
 
     # -- handshakes that do not open -------------------------------------------
 
-    handshaking.upon(_Life.handshake_read).loop().returns(False)
-    connecting.upon(_Life.handshake_read).loop().returns(False)
-
     @upgrading.upon(_Life.refuse).to(refused)
     @handshaking.upon(_Life.refuse).to(refused)
     @connecting.upon(_Life.refuse).to(refused)
@@ -766,8 +789,7 @@ def _build_life() -> Callable[[WebSocketProtocol], _Life]:
 
     @handshaking.upon(_Life.connect_failed).to(refused)
     def refuse_unsent(life: _Life, ws: WebSocketProtocol, failure: Failure) -> None:
-        assert ws._receives is not None
-        ws._receives.stop()  # no websocket.disconnect for it either
+        ws._stream_stop()  # no websocket.disconnect for it either
         ws._refuse_now(*ws._connect_refusal(failure))
 
     @is_open.upon(_Life.connect_failed).loop()
@@ -784,13 +806,11 @@ def _build_life() -> Callable[[WebSocketProtocol], _Life]:
     @refused.upon(_Life.connect_failed).loop()
     @closed.upon(_Life.connect_failed).loop()
     def nothing_to_end(life: _Life, ws: WebSocketProtocol, failure: Failure) -> None:
-        assert ws._receives is not None
-        ws._receives.stop()  # the finish() Deferred, if any, fails: no disconnect
+        ws._stream_stop()  # the finish() Deferred, if any, fails: no disconnect
 
     @closed.upon(_Life.connect_sent).loop()
     def disconnect_goes(life: _Life, ws: WebSocketProtocol) -> None:
-        assert ws._receives is not None
-        ws._receives.start()  # its websocket.disconnect is waiting
+        ws._stream_start()  # its websocket.disconnect is waiting
 
     @upgrading.upon(_Life.lost).to(closed)
     @handshaking.upon(_Life.lost).to(closed)
@@ -853,11 +873,12 @@ def _build_life() -> Callable[[WebSocketProtocol], _Life]:
 
     closed.upon(_Life.abort).loop().returns(None)  # its disconnect follows
 
-    return machine.build()
+    return indexed(machine.build()), is_open
 
 
 #: Builds the machine of one connection (``WebSocketProtocol.connectionMade``).
-_LIFE = _build_life()
+#: ``_LIFE(protocol, _OPEN)`` builds one already open (``WebSocketProtocol._life``).
+_LIFE, _OPEN = _build_life()
 
 
 class WebSocketFactory(WebSocketServerFactory):

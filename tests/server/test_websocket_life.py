@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
-from chanserv.server.websocket import _LIFE
+from chanserv.server.websocket import _LIFE, _OPEN
 from tests.server.test_websocket import SlowLayer
 from tests.server.wshelpers import CLOSE, TEXT, Harness, close_code, frame
 
@@ -31,26 +31,21 @@ class Core:
         self.calls: list[tuple[Any, ...]] = []
         calls = self.calls
 
-        class Receives:
-            def start(self) -> None:
-                calls.append(("start",))
-
-            def stop(self) -> None:
-                calls.append(("stop",))
-
         class Factory:
             def log_action(self, action: str, protocol: Any) -> None:
                 calls.append(("log", action))
 
-        self._receives = Receives()
         self.factory = Factory()
+
+    def _stream_start(self) -> None:
+        self.calls.append(("start",))
+
+    def _stream_stop(self) -> None:
+        self.calls.append(("stop",))
 
     def _send_connect(self) -> Deferred[Any]:
         self.calls.append(("send_connect",))
         return Deferred()
-
-    def _accept_now(self, subprotocol: str | None) -> None:
-        self.calls.append(("accept", subprotocol))
 
     def _enter_open(self) -> None:
         self.calls.append(("open",))
@@ -90,11 +85,10 @@ PATHS: dict[str, list[tuple[str, tuple[Any, ...]]]] = {
     "upgrading": [],
     "handshaking": [("handshake", ())],
     "connecting": [("handshake", ()), ("connect_sent", ())],
-    "open": [("handshake", ()), ("connect_sent", ()), ("accept", (None,)), ("opened", ())],
+    "open": [("handshake", ()), ("connect_sent", ()), ("opened", ())],
     "closing": [
         ("handshake", ()),
         ("connect_sent", ()),
-        ("accept", (None,)),
         ("opened", ()),
         ("closing", (5.0,)),
     ],
@@ -130,7 +124,11 @@ def state_after(steps: list[tuple[str, tuple[Any, ...]]]) -> str:
     if reaction == "close_timeout":
         return "closing"
     life, _ = replay(steps)
-    return "upgrading" if life.handshake_read() else "handshaking"
+    try:
+        life.handshake()
+    except NoTransition:
+        return "handshaking"
+    return "upgrading"
 
 
 def test_the_paths_reach_their_states() -> None:
@@ -142,17 +140,14 @@ ANY_CLOSE = [("close", 1001)]
 
 #: (state, input, its arguments, what the core is asked, the next state).
 TABLE: list[tuple[str, str, tuple[Any, ...], list[tuple[Any, ...]], str]] = [
-    ("upgrading", "handshake_read", (), [], "upgrading"),
     ("upgrading", "handshake", (), [("send_connect",)], "handshaking"),
     ("upgrading", "refuse", (400, "bad", None), [("refuse", 400)], "refused"),
     ("upgrading", "tick", (9.0,), [("handshake_timeout", 9.0)], "upgrading"),
     ("upgrading", "shutdown", (1001,), [], "upgrading"),
     ("upgrading", "abort", (), [("cut",)], "upgrading"),
     ("upgrading", "lost", (1006,), [("gone", 1006, False)], "closed"),
-    ("handshaking", "handshake_read", (), [], "handshaking"),
     ("handshaking", "connect_sent", (), [("start",), ("log", "connecting")], "connecting"),
     ("handshaking", "connect_failed", (FULL,), [("stop",), ("refuse", 503)], "refused"),
-    ("handshaking", "accept", ("v1",), [("accept", "v1")], "handshaking"),
     ("handshaking", "opened", (), [("open",)], "open"),
     ("handshaking", "refuse", (403, "no", None), [("refuse", 403)], "refused"),
     ("handshaking", "tick", (9.0,), [("handshake_timeout", 9.0)], "handshaking"),
@@ -160,8 +155,6 @@ TABLE: list[tuple[str, str, tuple[Any, ...], list[tuple[Any, ...]], str]] = [
     ("handshaking", "state_lost", (), [("refuse", 503)], "refused"),
     ("handshaking", "abort", (), [("cut",)], "handshaking"),
     ("handshaking", "lost", (1006,), [("gone", 1006, False)], "closed"),
-    ("connecting", "handshake_read", (), [], "connecting"),
-    ("connecting", "accept", (None,), [("accept", None)], "connecting"),
     ("connecting", "opened", (), [("open",)], "open"),
     ("connecting", "refuse", (403, "no", None), [("refuse", 403)], "refused"),
     ("connecting", "tick", (9.0,), [("connect_timeout", 9.0)], "connecting"),
@@ -217,20 +210,11 @@ def test_transition(
     assert state_after([*PATHS[state], (name, args)]) == next_state
 
 
-def test_handshake_read_parses_only_the_first_read() -> None:
-    life, _ = replay(PATHS["upgrading"])
-    assert life.handshake_read() is True
-    for state in ("handshaking", "connecting"):
-        life, _ = replay(PATHS[state])
-        assert life.handshake_read() is False
-
-
 @pytest.mark.parametrize(
     ("state", "name", "args"),
     [
         ("upgrading", "connect_sent", ()),
         ("open", "handshake", ()),
-        ("open", "accept", (None,)),
         ("closed", "lost", (1006,)),
         ("refused", "opened", ()),
     ],
@@ -344,3 +328,38 @@ def test_text_while_connecting_accepts_then_sends_and_later_accepts_are_ignored(
     h.reply(connect, {"text": "again"})
     assert client.status() == 101
     assert client.frames() == [(TEXT, b"hi"), (TEXT, b"again")]
+
+
+def test_the_transition_index_agrees_with_automat() -> None:
+    automaton: Any = _LIFE.__automat_automaton__
+    for state, symbol, to, outputs in automaton.allTransitions():
+        assert automaton.outputForInput(state, symbol) == (to, tuple(outputs))
+    with pytest.raises(NoTransition):
+        automaton.outputForInput(_OPEN, "handshake")
+
+
+def test_an_idle_open_socket_holds_no_machine_nor_sender() -> None:
+    h = Harness()
+    client, _ = h.open()
+    protocol = client.protocol
+    assert "_machine" not in vars(protocol)
+    assert protocol._receives is None
+    client.text("one")  # the sender is made for the first message
+    assert [m["text"] for m in h.receive_all("websocket.receive")] == ["one"]
+    assert protocol._receives is not None
+    h.factory.close_all(1001)  # an input: the machine is back, open
+    assert [(op, close_code(p)) for op, p in client.frames()] == [(CLOSE, 1001)]
+    client.lose()
+    disconnect = h.expect("websocket.disconnect")
+    assert (disconnect["code"], disconnect["order"]) == (1001, 2)
+    assert h.access_log.actions == ["connecting", "connected", "disconnected"]
+
+
+def test_an_idle_socket_that_never_spoke_still_disconnects_in_order() -> None:
+    h = Harness()
+    client, connect = h.open()
+    client.close(1000)
+    client.lose()
+    disconnect = h.expect("websocket.disconnect")
+    assert disconnect["reply_channel"] == connect["reply_channel"]
+    assert (disconnect["code"], disconnect["order"]) == (1000, 1)
