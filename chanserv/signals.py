@@ -7,8 +7,11 @@ to both, so a worker thread never reuses a database connection that went stale
 or is past ``CONN_MAX_AGE``; the thread's buffered sends are flushed on
 ``consumer_finished`` (see :mod:`chanserv.channel`).
 
-``worker_ready`` is sent, from the reactor thread, when the worker dispatcher
-starts taking messages; ``worker_process_ready`` once per process before that.
+``worker_process_ready`` and then ``worker_ready`` are sent, from the
+reactor thread, when the process's worker starts taking messages (one
+worker per process, whatever its number of threads: each is sent once per
+process, as Channels 1.x's ``runworker`` sent them), both with the
+``Worker`` as sender.
 """
 
 from __future__ import annotations

@@ -39,7 +39,12 @@ from chanserv.exceptions import (
 )
 from chanserv.log import Logger
 from chanserv.message import Message
-from chanserv.signals import consumer_finished, consumer_started, worker_ready
+from chanserv.signals import (
+    consumer_finished,
+    consumer_started,
+    worker_process_ready,
+    worker_ready,
+)
 from chanserv.threads import WorkerPool, batcher_for
 
 log = Logger()
@@ -291,6 +296,9 @@ class Worker(Service):
             )
         else:
             log.info("Worker listening on {channels}", channels=", ".join(self.channels))
+        # As Channels 1.x's runworker: the process, then the worker (one
+        # Worker per process here, whatever the number of threads).
+        worker_process_ready.send(sender=self)
         worker_ready.send(sender=self)
         self._pull()
 

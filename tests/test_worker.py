@@ -20,7 +20,12 @@ from chanserv.exceptions import ConsumeLater, DenyConnection, WebsocketCloseExce
 from chanserv.layers import InMemoryChannelLayer
 from chanserv.routing import route
 from chanserv.service import ChanservService, LayerService
-from chanserv.signals import consumer_finished, consumer_started
+from chanserv.signals import (
+    consumer_finished,
+    consumer_started,
+    worker_process_ready,
+    worker_ready,
+)
 from chanserv.threads import WorkerPool
 from chanserv.worker import ReplyChannelLanes, Worker, filter_channels
 from tests.support import in_reactor, reactor_thread
@@ -239,6 +244,24 @@ def test_signals_bracket_consumer(runtime: Any) -> None:
         consumer_started.disconnect(dispatch_uid="t-started")
         consumer_finished.disconnect(dispatch_uid="t-finished")
     assert order == ["started", "consumer", "finished"]
+
+
+def test_process_then_worker_ready_are_sent_once_when_it_starts(runtime: Any) -> None:
+    """worker_process_ready, then worker_ready, once each, with the Worker as sender."""
+    sent: list[tuple[str, Any]] = []
+    worker_process_ready.connect(
+        lambda sender, **kw: sent.append(("process", sender)), weak=False, dispatch_uid="t-wpr"
+    )
+    worker_ready.connect(
+        lambda sender, **kw: sent.append(("worker", sender)), weak=False, dispatch_uid="t-wr"
+    )
+    try:
+        runtime([route("test.ready", lambda m: None)], threads=4)
+    finally:
+        worker_process_ready.disconnect(dispatch_uid="t-wpr")
+        worker_ready.disconnect(dispatch_uid="t-wr")
+    worker = runtime.workers[-1]
+    assert sent == [("process", worker), ("worker", worker)]
 
 
 def test_deny_connection_replies_close(runtime: Any) -> None:
