@@ -240,7 +240,7 @@ def send_waiting(
     """
     wait = getattr(layer, "send_prepared_wait", None)
     if wait is None:
-        layer.send_prepared(channel, data)
+        _send_backing_off(layer, channel, data, timeout)
         return
     started = time.monotonic()
     while True:
@@ -250,6 +250,27 @@ def send_waiting(
         except ChannelBlocked:
             if time.monotonic() - started >= blocked_timeout:
                 raise
+
+
+def _send_backing_off(layer: Any, channel: str, data: Prepared, timeout: float) -> None:
+    """
+    :func:`send_waiting` for a layer that cannot tell when there is room:
+    try again with a bounded back-off (5 ms doubling to 250 ms) for up to
+    ``timeout`` seconds.  A worker thread.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    pause = threading.Event()
+    while True:
+        try:
+            layer.send_prepared(channel, data)
+            return
+        except ChannelFull:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise
+        pause.wait(min(delay, remaining))
+        delay = min(delay * 2, 0.25)
 
 
 pending_message_store = PendingMessageStore()

@@ -39,7 +39,7 @@ from django.utils.functional import cached_property
 
 from chanserv._compat.django import Handler, StreamedRequest, set_response_handler
 from chanserv.channel import BLOCKED_TIMEOUT, send_waiting
-from chanserv.exceptions import RequestAborted, RequestTimeout
+from chanserv.exceptions import ChannelFull, RequestAborted, RequestTimeout
 from chanserv.exceptions import ResponseLater as _ResponseLater
 from chanserv.log import Logger
 
@@ -503,30 +503,10 @@ class ViewConsumer:
     def _send(self, layer: Any, channel: str, reply: dict[str, Any]) -> bool:
         """Send ``reply`` now, or wait a bounded time for room; False if full."""
         layer.valid_channel_name(channel)
-        data = layer.prepare(reply)
-        if getattr(layer, "send_prepared_wait", None) is not None:
-            try:
-                send_waiting(layer, channel, data, self.send_timeout, self.blocked_timeout)
-                return True
-            except layer.ChannelFull:
-                return False
         try:
-            layer.send_prepared(channel, data)
+            send_waiting(
+                layer, channel, layer.prepare(reply), self.send_timeout, self.blocked_timeout
+            )
             return True
-        except layer.ChannelFull:
-            pass
-        deadline = time.monotonic() + self.send_timeout
-        delay = 0.005
-        pause = threading.Event()
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            # Only for layers that cannot signal room: a bounded back-off.
-            pause.wait(min(delay, remaining))
-            delay = min(delay * 2, 0.25)
-            try:
-                layer.send_prepared(channel, data)
-                return True
-            except layer.ChannelFull:
-                continue
+        except ChannelFull:
+            return False
