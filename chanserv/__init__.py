@@ -1,11 +1,9 @@
 """
 chanserv: the Django Channels 1.x programming model on one Twisted
-application server.
-
-The public names are the Channels 1.x ones, so that tutorial code runs with
-``channels`` replaced by ``chanserv`` in its imports.  They are loaded on
-first use (PEP 562): importing a submodule such as :mod:`chanserv.layers`
-loads neither Django nor the rest of the package.
+application server.  The public names are Channels 1.x's, loaded on first
+use (PEP 562), so tutorial code runs with ``channels`` replaced by
+``chanserv`` and importing a submodule loads no Django.  Any thread (the
+import system's lock guards each first load).
 """
 
 from __future__ import annotations

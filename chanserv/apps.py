@@ -1,3 +1,8 @@
+"""
+The Django app: ``"chanserv"`` in ``INSTALLED_APPS`` adds the ``runserver``
+and ``runworker`` commands.  Runs in the main thread, when Django sets up.
+"""
+
 from django.apps import AppConfig, apps
 
 

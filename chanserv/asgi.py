@@ -1,35 +1,8 @@
 """
-The project's channel layers, built from ``settings.CHANNEL_LAYERS``.
-
-``channel_layers[alias]`` is a :class:`ChannelLayerWrapper`: the layer (its
-attributes fall through, so ``channel_layers["default"].send(...)`` works),
-its ``alias`` and the :class:`~chanserv.routing.Router` of its ``ROUTING``::
-
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "chanserv.layers.InMemoryChannelLayer",
-            "CONFIG": {"capacity": 100},          # constructor kwargs, optional
-            "TEST_CONFIG": {...},                 # for make_test_backend, optional
-            "ROUTING": "myproject.routing.channel_routing",
-        },
-    }
-
-``BACKEND`` is the dotted path of a :class:`~chanserv.layers.base.BaseChannelLayer`
-subclass; the Channels 1.x names ``asgiref.inmemory.ChannelLayer`` and
-``asgi_redis.RedisChannelLayer`` are aliases of chanserv's own layers, so the
-tutorial's settings work unchanged.  Every mistake raises
-:class:`~chanserv.exceptions.InvalidChannelLayerError` naming the setting and
-its value.
-
-Without a ``CHANNEL_LAYERS`` setting there is one layer, ``"default"``, an
-:class:`~chanserv.layers.InMemoryChannelLayer` with an empty routing.  Default
-routes are never added here: whoever serves a layer -- the server and the
-worker, at start-up, as Channels 1.x's ``runserver`` and ``runworker`` did --
-calls ``wrapper.router.check_default(default_http_consumer())``, which
-appends the fallbacks after the user's routes (``http.request`` to the Django
-views of :func:`chanserv.staticfiles.default_http_consumer`, WebSockets
-accepted).
-So with no setting at all the project is served by its views.
+The project's channel layers, built from ``settings.CHANNEL_LAYERS`` on
+first use: :data:`channel_layers` maps an alias to a
+:class:`ChannelLayerWrapper` (the layer, its alias and its router).  Any
+thread: the main thread at start-up, pool threads and users' code later.
 """
 
 from __future__ import annotations
@@ -87,6 +60,9 @@ class ChannelLayerWrapper:
     def __init__(
         self, channel_layer: Any, alias: str, routing: Any, router: Router | None = None
     ) -> None:
+        # Any: a third-party ASGI 1 layer may provide only part of
+        # IChannelLayer (callers look its optional methods up), and routing
+        # is any routing form, checked by Router at run time.
         self.channel_layer = channel_layer
         self.alias = alias
         self.routing = routing
@@ -117,7 +93,7 @@ def _setting(alias: str, key: str | None = None) -> str:
     return text if key is None else "%s[%r]" % (text, key)
 
 
-def load_backend(path: Any, setting: str) -> type:
+def load_backend(path: object, setting: str) -> type:
     """
     The layer class named by ``path`` (aliases resolved).
 
@@ -159,7 +135,10 @@ class ChannelLayerManager:
     configured; :meth:`set` swaps one in (tests).  Any thread: building is
     serialised by a lock, so two threads never get two layers for one alias.
     The cache is dropped when a test changes ``CHANNEL_LAYERS`` with
-    ``override_settings``.
+    ``override_settings``.  Without a ``CHANNEL_LAYERS`` setting there is
+    one layer, ``"default"``, an in-memory layer with an empty routing;
+    default routes are added by whoever serves a layer
+    (``router.check_default``), never here.
 
     :raises InvalidChannelLayerError: from ``manager[alias]``, on any
         misconfiguration of that alias.
@@ -172,6 +151,8 @@ class ChannelLayerManager:
 
     @property
     def configs(self) -> Mapping[str, Any]:
+        # Any: settings.CHANNEL_LAYERS as the project wrote it; each entry
+        # is checked where it is read.
         """``settings.CHANNEL_LAYERS``, or :data:`DEFAULT_CHANNEL_LAYERS`."""
         configs = getattr(settings, "CHANNEL_LAYERS", None)
         if configs is None:
@@ -293,6 +274,8 @@ setting_changed.connect(_settings_changed, dispatch_uid="chanserv.asgi.settings_
 
 
 def get_channel_layer(alias: str = "default") -> Any:
+    # Any: the raw layer, which may be a third-party ASGI 1 layer providing
+    # only part of IChannelLayer (Channels 1.x API).
     """
     The raw layer (not the wrapper) of ``alias``, after ``django.setup()``:
     for code outside a Django process that needs a layer.

@@ -1,19 +1,8 @@
 """
-Django authentication for channel consumers: the Channels 1.x decorators.
-
-The user of a WebSocket is known from the HTTP session only on
-``websocket.connect`` (the only message with the handshake's cookies and
-query string).  :func:`channel_session_user_from_http` copies the login from
-the HTTP session into the channel session then, and
-:func:`channel_session_user` reads it back on every later message -- so
-``message.user`` is the logged-in user on receive and disconnect too, not
-``AnonymousUser`` (channels #221, #456).  The HTTP session comes from the
-session cookie, or from a ``session_key`` query parameter when the WebSocket
-is served on another domain (see :func:`chanserv.sessions.http_session_key`
-for the risks).
-
-Every decorator finds the Message among the first two positional arguments
-(functions and methods) and runs in a worker thread.
+Django authentication for channel consumers: the Channels 1.x decorators
+that put the logged-in user on ``message.user``, copied from the HTTP
+session on ``websocket.connect`` and read back from the channel session on
+later messages.  Pool threads only (they touch the session store).
 """
 
 from __future__ import annotations
@@ -24,6 +13,7 @@ from typing import Any, TypeVar
 
 from django.contrib import auth
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.base import SessionBase
 
 from chanserv.message import Message, find_message
 from chanserv.sessions import channel_and_http_session, channel_session, http_session
@@ -41,7 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _AUTH_KEYS = (BACKEND_SESSION_KEY, SESSION_KEY, HASH_SESSION_KEY)
 
 
-def transfer_user(from_session: Any, to_session: Any) -> None:
+def transfer_user(from_session: SessionBase, to_session: SessionBase) -> None:
     """
     Copy the login (``_auth_user_id``, ``_auth_user_backend`` and
     ``_auth_user_hash``) from one session to another -- only when all three

@@ -1,17 +1,9 @@
 """
-:class:`Channel` and :class:`Group`: the public way to send; and the
-per-thread store that holds a consumer's sends until it finishes.
-
-Both resolve their layer from :data:`chanserv.channel_layers` by alias
-(``"default"``) unless given one.  Names and messages are checked when
-``send`` is called, in the caller's thread.
-
-Consumer atomicity (as in Channels 1.x): between ``consumer_started`` and
-``consumer_finished`` in one thread, ``Channel.send`` and ``Group.send``
-validate and serialise the message at once -- so a bad message raises in the
-consumer -- but hold it back in :data:`pending_message_store`; when the
-consumer returns *or raises*, the held messages are sent in order.
-``immediately=True`` bypasses the store.
+:class:`Channel` and :class:`Group`, the public way to send, and
+:data:`pending_message_store`, which holds a consumer's sends until it
+finishes.  Sends are checked in the caller's thread, which may be any
+thread; the store is per thread and is used in the pool thread running a
+consumer.
 """
 
 from __future__ import annotations
@@ -20,11 +12,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from chanserv.asgi import channel_layers
+from chanserv.asgi import ChannelLayerWrapper, channel_layers
 from chanserv.exceptions import ChannelBlocked, ChannelFull
 from chanserv.log import Logger
+from chanserv.types import Content
 
 if TYPE_CHECKING:
+    from chanserv.interfaces import IChannelLayer
     from chanserv.layers.base import BaseChannelLayer, Prepared
 
 log = Logger()
@@ -82,7 +76,7 @@ class Channel(_Named):
         invalid, or the content holds a value no layer can carry.
     """
 
-    def send(self, content: dict[str, Any], immediately: bool = False) -> None:
+    def send(self, content: Content, immediately: bool = False) -> None:
         """
         Send ``content``; held until the running consumer finishes unless
         ``immediately`` (or outside a consumer).  May raise ChannelFull when
@@ -133,7 +127,7 @@ class Group(_Named):
     def channel_names(self) -> list[str]:
         return list(self.channel_layer.group_channels(self.name))
 
-    def send(self, content: dict[str, Any], immediately: bool = False) -> None:
+    def send(self, content: Content, immediately: bool = False) -> None:
         """
         Send ``content`` to every member (full members are skipped).
 
@@ -171,7 +165,7 @@ class PendingMessageStore:
     def __init__(self) -> None:
         self._local = threading.local()
 
-    def activate(self, **kwargs: Any) -> None:
+    def activate(self, **kwargs: object) -> None:
         self._local.active = True
         self._local.pending = []
 
@@ -185,7 +179,7 @@ class PendingMessageStore:
         self._local.pending.append((layer, kind, name, data))
         return True
 
-    def send_and_flush(self, **kwargs: Any) -> None:
+    def send_and_flush(self, **kwargs: object) -> None:
         """
         Send this thread's held messages, in order, and stop holding.  A send
         that fails (the channel stayed full, the layer is unreachable) is
@@ -220,7 +214,7 @@ class PendingMessageStore:
 
 
 def send_waiting(
-    layer: Any,
+    layer: BaseChannelLayer | IChannelLayer | ChannelLayerWrapper,
     channel: str,
     data: Prepared,
     timeout: float,

@@ -1,15 +1,7 @@
 """
-Exceptions of the Channels 1.x programming model, under their 1.x names.
-
-Consumers raise these to steer the worker (:class:`ConsumeLater`,
-:class:`DenyConnection`, :class:`ChannelSocketException`); the handler raises
-the request ones.  Channel layers expose :class:`ChannelFull` and
-:class:`MessageTooLarge` as attributes too (``layer.ChannelFull``), as ASGI 1.0
-requires.
-
-This module imports nothing of chanserv: every other module may use it.
-What the exceptions need of a message is stated as a :class:`Replyable`
-protocol, which :class:`~chanserv.message.Message` provides.
+Exceptions of the Channels 1.x programming model, under their 1.x names;
+this module imports nothing of chanserv.  Any thread: raised by consumers
+and the handler in pool threads, by layers in any thread.
 """
 
 from __future__ import annotations
@@ -20,7 +12,10 @@ from typing import Any, Protocol
 class Sender(Protocol):
     """What the exceptions send replies through: a reply channel."""
 
-    def send(self, content: dict[str, Any], immediately: bool = False) -> None: ...
+    def send(self, content: dict[str, Any], immediately: bool = False) -> None:
+        # Any: an ASGI message's values are any msgpack-serialisable value
+        # (chanserv.types.Content, which this module may not import).
+        ...
 
 
 class Replyable(Protocol):

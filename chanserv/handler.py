@@ -1,20 +1,9 @@
 """
-Django's view layer behind the ``http.request`` channel.
-
-- :class:`AsgiRequest` turns an ASGI 1.0 ``http.request`` message (channels1
-  reference §2.1) into a Django ``HttpRequest``, reading the body from the
-  message and, when the interface server streams it, from its
-  ``body_channel``;
-- :class:`AsgiHandler` runs a request through the middleware and the views
-  and turns the response into reply messages (:meth:`AsgiHandler.encode_response`);
-- :class:`ViewConsumer` is the default ``http.request`` consumer: it runs the
-  handler and sends the replies.
-
-Everything here runs in a worker-pool thread, never on the reactor thread:
-reading a streamed body blocks on the channel layer, and views block as they
-please.  One handler serves every thread at once, so no per-request state is
-ever stored on it (the bug behind CVE-2020-35681): the request, the response
-and the reply channel live in the call's local variables only.
+Django's view layer behind the ``http.request`` channel: the request built
+from ASGI 1.0 messages, the handler that runs middleware and views and
+encodes the response, and the default ``http.request`` consumer.  Pool
+threads only, never the reactor thread: reading a streamed body and the
+views block.
 """
 
 from __future__ import annotations
@@ -42,6 +31,8 @@ from chanserv.channel import BLOCKED_TIMEOUT, send_waiting
 from chanserv.exceptions import ChannelFull, RequestAborted, RequestTimeout
 from chanserv.exceptions import ResponseLater as _ResponseLater
 from chanserv.log import Logger
+from chanserv.message import Message
+from chanserv.types import Content
 
 __all__ = ["AsgiHandler", "AsgiRequest", "ViewConsumer"]
 
@@ -102,7 +93,7 @@ class AsgiRequest(StreamedRequest):
     #: The clock the body deadline is measured with.
     clock: Callable[[], float] = staticmethod(time.monotonic)
 
-    def __init__(self, message: Any) -> None:
+    def __init__(self, message: Message) -> None:
         self.message = message
         self.reply_channel = getattr(message, "reply_channel", None)
         self.resolver_match = None
@@ -185,7 +176,7 @@ class AsgiRequest(StreamedRequest):
             return None
         return limit
 
-    def _read_body(self, content: dict[str, Any]) -> IO[bytes]:
+    def _read_body(self, content: Content | Message) -> IO[bytes]:
         limit = self._body_limit()
         declared = self.META.get("CONTENT_LENGTH")
         if limit is not None and declared:
@@ -308,7 +299,7 @@ class AsgiHandler(Handler):
                     self.load_middleware()
                     self._middleware_loaded = True
 
-    def __call__(self, message: Any) -> Generator[dict[str, Any], None, None]:
+    def __call__(self, message: Message) -> Generator[Content, None, None]:
         """The reply messages for ``message``; runs in a worker thread."""
         self._ensure_middleware()
         content = message.content if hasattr(message, "content") else message
@@ -390,7 +381,7 @@ class AsgiHandler(Handler):
     # -- encoding --------------------------------------------------------------
 
     @classmethod
-    def encode_response(cls, response: http.HttpResponseBase) -> Iterator[dict[str, Any]]:
+    def encode_response(cls, response: http.HttpResponseBase) -> Iterator[Content]:
         """
         The ASGI 1.0 response messages for a Django ``response``.
 
@@ -481,7 +472,7 @@ class ViewConsumer:
     def __init__(self) -> None:
         self.handler = self.handler_class()
 
-    def __call__(self, message: Any, **kwargs: Any) -> None:
+    def __call__(self, message: Message, **kwargs: object) -> None:
         reply_channel = message.reply_channel
         if reply_channel is None:
             log.error("http.request message with no reply_channel dropped")
@@ -500,7 +491,7 @@ class ViewConsumer:
         finally:
             replies.close()
 
-    def _send(self, layer: Any, channel: str, reply: dict[str, Any]) -> bool:
+    def _send(self, layer: Any, channel: str, reply: Content) -> bool:
         """Send ``reply`` now, or wait a bounded time for room; False if full."""
         layer.valid_channel_name(channel)
         try:

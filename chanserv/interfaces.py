@@ -1,34 +1,28 @@
 """
-The contracts between chanserv's parts, as ``zope.interface`` interfaces.
-
-- :class:`IChannelLayer`: the synchronous face of a channel layer, the ASGI
-  1.0 API as chanserv's layers implement it.  Consumers and users' code call
-  it from any thread (the Redis layer refuses the reactor thread).
-- :class:`IReactorChannelLayer`: the reactor face of a layer, used by the
-  interface server and the worker dispatcher, **on the reactor thread
-  only**.
-- :class:`IReplyDispatch`: what the interface server's reply registry
-  (:class:`~chanserv.server.replies.ReplyRegistry`) offers the HTTP and
-  WebSocket protocols.
-
-Both of chanserv's layers provide the two layer interfaces; the contract
-suite checks them with ``verifyObject``.  A third-party ASGI 1 layer may
-provide only part of :class:`IChannelLayer`: chanserv looks up the optional
-methods (``send_prepared_wait``, ``count_full``, ...) before using them.
-
-This module imports nothing of chanserv: it sits at the bottom of the
-import layering.
+The contracts between chanserv's parts, as ``zope.interface`` interfaces:
+the synchronous and the reactor faces of a channel layer, and the interface
+server's reply dispatch.  This module only declares; each interface states
+who may call it: the synchronous face from any thread (the Redis layer's
+not on the reactor thread), the others on the reactor thread only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-__all__ = ["IChannelLayer", "IReactorChannelLayer", "IReplyDispatch", "LocalReceiver"]
+from chanserv.types import Content, Received
+
+__all__ = [
+    "IChannelLayer",
+    "IReactorChannelLayer",
+    "IReplyDispatch",
+    "LocalReceiver",
+    "ReplyConnection",
+]
 
 # Interface methods take no ``self``: zope.interface (and mypy-zope) add it.
 
@@ -66,7 +60,7 @@ class IChannelLayer(Interface):
     )
     MessageTooLarge = Attribute("The exception raised for a message over max_message_size.")
 
-    def send(channel: str, message: dict[str, Any]) -> None:
+    def send(channel: str, message: Content) -> None:
         """
         Send ``message`` to ``channel``.
 
@@ -76,7 +70,7 @@ class IChannelLayer(Interface):
         :raises MessageTooLarge: the message is over ``max_message_size``.
         """
 
-    def send_group(group: str, message: dict[str, Any]) -> None:
+    def send_group(group: str, message: Content) -> None:
         """
         Send ``message`` to every member of ``group``.  Members that are
         full are skipped: never an error.
@@ -85,7 +79,7 @@ class IChannelLayer(Interface):
         :raises MessageTooLarge: the message is over ``max_message_size``.
         """
 
-    def prepare(message: Any) -> bytes:
+    def prepare(message: object) -> bytes:
         """
         Validate and serialise ``message`` for :meth:`send_prepared`: the
         copy the contract requires, and the check of the types it holds.
@@ -95,7 +89,7 @@ class IChannelLayer(Interface):
         :raises MessageTooLarge: larger than ``max_message_size`` serialised.
         """
 
-    def unpack(data: bytes) -> dict[str, Any]:
+    def unpack(data: bytes) -> Content:
         """A fresh dict from data returned by :meth:`prepare`."""
 
     def send_prepared(channel: str, data: bytes) -> None:
@@ -114,9 +108,7 @@ class IChannelLayer(Interface):
             (``ChannelBlocked`` if it was blocked at the end).
         """
 
-    def receive(
-        channels: Sequence[str], block: bool = False
-    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+    def receive(channels: Sequence[str], block: bool = False) -> Received | tuple[None, None]:
         """
         Take one message from any of ``channels``: ``(channel, message)``,
         or ``(None, None)`` if there is none.  ``block=True`` waits a bounded
@@ -126,9 +118,7 @@ class IChannelLayer(Interface):
         :raises TypeError: ``channels`` is a lone name or holds an invalid one.
         """
 
-    def receive_many(
-        channels: Sequence[str], block: bool = False
-    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+    def receive_many(channels: Sequence[str], block: bool = False) -> Received | tuple[None, None]:
         """Deprecated alias of :meth:`receive`, kept for 1.x code."""
 
     def new_channel(pattern: str) -> str:
@@ -157,7 +147,7 @@ class IChannelLayer(Interface):
     def channel_statistics(channel: str) -> dict[str, float]:
         """Counters of ``channel`` (``messages_count``, ``messages_pending``, ...)."""
 
-    def valid_channel_name(name: Any, receive: bool = False) -> bool:
+    def valid_channel_name(name: object, receive: bool = False) -> bool:
         """
         Check a channel name; return True or raise :class:`TypeError`.
 
@@ -168,10 +158,10 @@ class IChannelLayer(Interface):
         ``!``: readers receive on the prefix.
         """
 
-    def valid_channel_names(names: Any, receive: bool = False) -> bool:
+    def valid_channel_names(names: object, receive: bool = False) -> bool:
         """Check a list of channel names (a lone ``str`` is refused)."""
 
-    def valid_group_name(name: Any) -> bool:
+    def valid_group_name(name: object) -> bool:
         """Check a group name; return True or raise :class:`TypeError`."""
 
     def get_capacity(channel: str) -> int:
@@ -184,7 +174,7 @@ class IChannelLayer(Interface):
 #: ``callback(batch)`` of :meth:`IReactorChannelLayer.add_local_receiver`:
 #: ``batch`` is a list of ``(channel, message)`` pairs, delivered on the
 #: reactor thread.
-LocalReceiver = Callable[[list[tuple[str, dict[str, Any]]]], None]
+LocalReceiver = Callable[[list[Received]], None]
 
 
 class IReactorChannelLayer(Interface):
@@ -196,6 +186,8 @@ class IReactorChannelLayer(Interface):
     """
 
     def attach_reactor(reactor: Any) -> None:
+        # Any: the reactor must provide IReactorTime and IReactorFromThreads (the Redis layer's
+        # also IReactorTCP), and Python's types have no intersection of interfaces.
         """
         Bind the layer to the reactor that will call this face.  It
         provides ``IReactorTime`` and ``IReactorFromThreads`` (the Redis
@@ -211,21 +203,19 @@ class IReactorChannelLayer(Interface):
         fires once they are gone.
         """
 
-    def receive_twisted(channels: Sequence[str]) -> Deferred[tuple[str, dict[str, Any]]]:
+    def receive_twisted(channels: Sequence[str]) -> Deferred[Received]:
         """A Deferred firing with the next ``(channel, message)`` from ``channels``."""
 
-    def receive_many_twisted(
-        channels: Sequence[str], limit: int
-    ) -> Deferred[list[tuple[str, dict[str, Any]]]]:
+    def receive_many_twisted(channels: Sequence[str], limit: int) -> Deferred[list[Received]]:
         """
         A Deferred firing with 1 to ``limit`` messages from ``channels``, as
         soon as at least one is there.  Cancelling it takes nothing.
         """
 
-    def send_twisted(channel: str, message: dict[str, Any]) -> Deferred[None]:
+    def send_twisted(channel: str, message: Content) -> Deferred[None]:
         """:meth:`IChannelLayer.send` as a Deferred (fails with ChannelFull and the like)."""
 
-    def send_group_twisted(group: str, message: dict[str, Any]) -> Deferred[None]:
+    def send_group_twisted(group: str, message: Content) -> Deferred[None]:
         """:meth:`IChannelLayer.send_group` as a Deferred."""
 
     def when_capacity_twisted(channel: str) -> Deferred[None]:
@@ -299,6 +289,22 @@ class IReactorChannelLayer(Interface):
         """
 
 
+class ReplyConnection(Protocol):
+    """What a connection registered for replies (:class:`IReplyDispatch`) provides."""
+
+    def deliver(self, message: Content) -> None:
+        """
+        Handle one reply ``message`` (reactor thread).  The dict may be shared
+        with other receivers of a group send: read it, never mutate it.
+        """
+
+    def layer_state_lost(self) -> None:
+        """
+        The layer lost its state (group memberships, queued replies): end
+        the connection so that its client starts over (reactor thread).
+        """
+
+
 class IReplyDispatch(Interface):
     """
     Reply channels for the connections of one interface-server process, as
@@ -308,7 +314,7 @@ class IReplyDispatch(Interface):
     A registered connection provides ``deliver(message)`` (one reply; the
     dict may be shared with other receivers, read-only) and
     ``layer_state_lost()`` (the layer lost its state: end the connection);
-    see :class:`~chanserv.server.replies.ReplyConnection`.
+    see :class:`ReplyConnection`.
     """
 
     prefix = Attribute("The process-local prefix of every reply channel, ending with '!'.")
@@ -316,7 +322,7 @@ class IReplyDispatch(Interface):
     def new_reply_channel() -> str:
         """A fresh, unguessable reply channel name under :attr:`prefix`."""
 
-    def register(name: str, connection: Any) -> None:
+    def register(name: str, connection: ReplyConnection) -> None:
         """
         Deliver replies on ``name`` to ``connection`` until :meth:`unregister`.
 

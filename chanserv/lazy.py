@@ -1,8 +1,7 @@
 """
 A package's public names loaded on first use (PEP 562): importing the
-package then loads only what its caller uses -- ``chanserv.layers`` loads
-no Django, ``chanserv.layers.inmemory`` no txredisapi.  Any thread (the
-import system's lock guards each first load).
+package then loads only what its caller uses.  Any thread (the import
+system's lock guards each first load).
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ __all__ = ["lazy_names"]
 def lazy_names(
     package: str, homes: Mapping[str, str], public: Sequence[str]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    # Any: a module's __getattr__ returns whatever the named attribute is (classes, functions,
+    # constants); each is typed where it is defined, and mypy reads those.
     """
     The module-level ``__getattr__`` and ``__dir__`` of ``package``.
 

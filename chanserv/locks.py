@@ -1,17 +1,8 @@
 """
-The in-process mechanism of turn-taking on a reply channel:
-:class:`SocketLocks`, a re-entrant lock per name with ordered waiting.
-
-Session backends are not transactional: two threads that load, change and
-save the session of one WebSocket at the same time lose one of the updates.
-A :class:`SocketLocks` makes the threads of one process that hold a name run
-one at a time (re-entrant, so nested decorators do not deadlock), and lets a
-thread wait for the one before its own ``order``.  It knows nothing of
-messages, sessions or Django: :mod:`chanserv.ordering` owns the process's
-instance (``socket_locks``) and decides whose turn it is.
-
-Records exist only while a thread uses them: an idle socket costs nothing.
-Worker threads only; never the reactor thread (it blocks).
+:class:`SocketLocks`: a re-entrant lock per reply channel with ordered
+waiting, the in-process mechanism of turn-taking; :mod:`chanserv.ordering`
+decides whose turn it is.  Pool threads only, never the reactor thread
+(it blocks).
 """
 
 from __future__ import annotations

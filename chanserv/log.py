@@ -1,10 +1,7 @@
 """
-chanserv's loggers, filtered by the ``--verbosity`` of the process.
-
-twistd owns the log observers, so chanserv never changes them; instead every
-chanserv module logs through a :class:`Logger` whose events pass one shared
-level filter before reaching Twisted's global publisher.  :func:`set_verbosity`
-sets that filter: 0 shows warnings and worse, 1 adds info, 2 adds debug.
+chanserv's loggers, whose events pass one level filter set by the
+process's ``--verbosity`` before reaching Twisted's global publisher;
+twistd's observers are left alone.  Any thread.
 """
 
 from __future__ import annotations
@@ -32,7 +29,10 @@ class Logger(_logger.Logger):
     """A ``twisted.logger.Logger`` that goes through chanserv's level filter."""
 
     def __init__(
-        self, namespace: str | None = None, source: object = None, observer: Any = None
+        self,
+        namespace: str | None = None,
+        source: object = None,
+        observer: _logger.ILogObserver | None = None,
     ) -> None:
         if namespace is None:
             namespace = sys._getframe(1).f_globals.get("__name__", "chanserv")

@@ -1,15 +1,13 @@
 """
-:class:`Message`, what a consumer receives.
-
-The store that holds a consumer's sends until it finishes lives with the
-sending, in :mod:`chanserv.channel`; its names are importable from here too,
-where Channels 1.x kept them (``channels.message.pending_message_store``).
+:class:`Message`, what a consumer receives; the Channels 1.x names of the
+pending-message store are importable from here too.  Pool threads (any
+thread in a test's own consumer calls).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import ItemsView, Iterator, KeysView, ValuesView
 from typing import TYPE_CHECKING, Any
 
 from chanserv.channel import (
@@ -19,6 +17,7 @@ from chanserv.channel import (
     pending_message_store,
     send_waiting,
 )
+from chanserv.types import Content, Value
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -58,7 +57,9 @@ class Message:
     #: True on the last run a ``ConsumeLater`` may requeue (set by the worker).
     __doomed__: bool
 
-    def __init__(self, content: dict[str, Any], channel_name: str, channel_layer: Any) -> None:
+    def __init__(self, content: Content, channel_name: str, channel_layer: Any) -> None:
+        # Any: the layer the message came through, as Channel takes it: a chanserv layer, its
+        # ChannelLayerWrapper or a third-party ASGI 1 layer (Channels 1.x API).
         self.content = content
         self.channel_layer = channel_layer
         self.channel = Channel(channel_name, channel_layer=channel_layer)
@@ -67,7 +68,7 @@ class Message:
             Channel(reply, channel_layer=channel_layer) if reply else None
         )
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: str) -> Value:
         return self.content[key]
 
     def __contains__(self, key: object) -> bool:
@@ -76,16 +77,16 @@ class Message:
     def __iter__(self) -> Iterator[str]:
         return iter(self.content)
 
-    def keys(self) -> Any:
+    def keys(self) -> KeysView[str]:
         return self.content.keys()
 
-    def values(self) -> Any:
+    def values(self) -> ValuesView[Value]:
         return self.content.values()
 
-    def items(self) -> Any:
+    def items(self) -> ItemsView[str, Value]:
         return self.content.items()
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: Value = None) -> Value:
         return self.content.get(key, default)
 
     def copy(self) -> Message:
@@ -96,7 +97,7 @@ class Message:
         return "<Message on %r: %r>" % (self.channel.name, sorted(self.content))
 
 
-def find_message(args: tuple[Any, ...], decorator: str) -> Message:
+def find_message(args: tuple[object, ...], decorator: str) -> Message:
     """
     The :class:`Message` among the first two positional ``args`` (a
     function's ``message``, or a method's after ``self``): how the consumer

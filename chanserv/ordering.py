@@ -1,72 +1,8 @@
 """
 :func:`enforce_ordering`: the messages of one WebSocket consumed in their
-``order`` (``websocket.connect`` is 0, the receives 1, 2, ...), whatever
-thread or process takes them off the layer.  Import it from
-:mod:`chanserv.sessions`, as in Channels 1.x.
-
-This module owns turn-taking on a reply channel: :data:`socket_locks`, the
-process's per-reply-channel turns, which the session decorators of
-:mod:`chanserv.sessions` hold too (so that two threads never load and save
-one channel session at once); the ordered waiting, the wait channel and its
-requeue.  It builds on the channel session store of
-:mod:`chanserv.session_store` and on the in-process mechanism of
-:mod:`chanserv.locks`; :mod:`chanserv.sessions` builds on it, never the
-reverse.
-
-The next expected order is kept in the channel session under
-``__channels_next_order``.  Only the consumer of the message whose order it
-is writes it, so a stale copy can never overwrite a newer one.
-
-**Within one process** the threads handling one socket coordinate through
-:data:`socket_locks`:
-
-- a message whose predecessor is being handled by another thread of this
-  process waits for it, with no time limit, since that thread will finish;
-- a message whose predecessor is not in this process waits for it
-  :data:`LOCAL_WAIT` seconds with a local-only layer (the predecessor is
-  somewhere in this process's queue), :data:`REMOTE_WAIT` otherwise.  It then
-  takes the cross-process path below.
-
-So with the in-memory layer the wait channel is used only after a message
-was lost or requeued, and ``--threads 8`` runs a socket's messages one after
-the other in order, each thread handing over to the next directly.
-
-**Across processes** the Channels 1.x protocol is used, with its race fixed:
-an early message is sent to the socket's wait channel
-``"__wait__." + reply_channel.replace("!", "?")`` with ``original_channel``
-added, then the stored next order is read again *from the store*; if it moved
-meanwhile, the consumer that moved it may have emptied the wait channel
-before this message arrived there, so the wait channel is emptied here.
-Whoever runs an in-order message empties the wait channel after saving the
-new order, sending each message back to its ``original_channel``.
-
-**A socket never stalls forever** (Channels 1.x's did, channels #195/#606):
-it is closed with code 1011, and the reason logged at error level, when
-
-- the wait channel is full, or a waiting message cannot be put back;
-- a gap persists for ``CHANNEL_ORDERING_GAP_TIMEOUT`` seconds (setting,
-  default :data:`DEFAULT_GAP_TIMEOUT`; it must exceed the run time of the
-  slowest ordered consumer).  With a local-only layer one thread per socket
-  (at most :data:`chanserv.locks.MAX_GAP_WATCHERS` per process) waits that
-  long for the missing message, woken at once if it comes, and closes the
-  socket when it does not.  With a cross-process layer the first early
-  message records when the gap was first seen -- in a record beside the
-  channel session (key ``"chw"`` + the same hash), never in the session
-  itself, where a stale write could undo the order counter -- and an early
-  message that finds the gap older than the timeout closes the socket: a
-  socket whose client then sends nothing more is closed on its next message.
-
-Further fixes over 1.x: a message whose order was already consumed (older
-than the next expected one) is dropped with a warning instead of bouncing
-through the wait channel for ever; a consumer raising ``ConsumeLater`` does
-not advance the order; when no ordered consumer saw ``websocket.connect``
-(order 0), the first receive (order 1) starts the sequence; the sends of an
-ordered consumer are flushed before the next message may run, so replies go
-out in order too.
-
-Put ``@enforce_ordering`` outermost (as the tutorial does): inside another
-session decorator it cannot wait and sends early messages straight to the
-wait channel.
+``order``, whatever thread or process takes them; this module owns the
+process's turn-taking on reply channels (:data:`socket_locks`).  Pool
+threads only: it blocks, and touches the session store.
 """
 
 from __future__ import annotations
@@ -184,11 +120,18 @@ def _stored_next(session: Any) -> int | None:
 
 
 def enforce_ordering(func: Any = None, slight: bool = False) -> Any:
+    # Any: usable bare or called, it returns the wrapped consumer or a decorator, and the
+    # consumer's signature is the project's (Channels 1.x API).
     """
     Run the decorated consumer for a message only when it is that socket's
-    turn: its ``order`` is the next one (see the module documentation).
-    Usable bare (``@enforce_ordering``) or called (``@enforce_ordering()``);
-    it includes :func:`~chanserv.sessions.channel_session`.
+    turn: its ``order`` is the next one (the mechanism is described in
+    ``docs/internals.rst``).  Usable bare (``@enforce_ordering``) or called
+    (``@enforce_ordering()``); it includes
+    :func:`~chanserv.sessions.channel_session`.  Put it outermost, as the
+    tutorial does: inside another session decorator it cannot wait and
+    sends early messages straight to the wait channel.  A socket whose
+    gap lasts ``CHANNEL_ORDERING_GAP_TIMEOUT`` seconds, or whose wait
+    channel is full, is closed with 1011.  Pool threads only.
 
     :raises ValueError: ``slight=True`` (removed in Channels 1.0), and, when
         the consumer is called, a message with no reply channel or without

@@ -1,49 +1,8 @@
 """
-Channel routing: which consumer handles a message.
-
-A routing is a list of routable objects -- :func:`route`, :func:`route_class`,
-:func:`include`, or anything with ``match(message)`` and ``channel_names()``
--- or a dotted path to such a list, or a legacy dict ``{channel: consumer}``.
-:class:`Router` wraps a routing for the worker: :attr:`Router.channels` is
-what the worker listens on, :meth:`Router.match` picks the consumer.
-
-Matching is pure: no I/O, no shared state written, so it runs in the worker
-thread that will run the consumer, never on the reactor (an application's
-own regular expression may be slow; that must not stall the server).
-
-Filters (``route("http.request", view, path=r"^/poll/$")``) are regular
-expressions applied as ``re.match`` would -- anchored at the start only --
-to the message content's value of the same key:
-
-- they are checked with :mod:`re` when the route is made (the syntax and
-  errors are ``re``'s), then compiled with the ``regex`` package, which
-  matches the same way for ``re`` syntax but can stop after a time limit
-  and releases the GIL while it matches: a pattern that backtracks
-  catastrophically (``^/r/(?:a|a)+$``) neither holds a worker thread for
-  long nor starves the reactor thread of the GIL.  A compiled
-  ``re.Pattern`` is converted the same way (its ``.pattern`` and flags); a
-  compiled ``regex`` pattern is used as it is;
-- all the filters tried for one message share one time budget,
-  ``CHANSERV_ROUTE_TIMEOUT`` seconds (:data:`DEFAULT_ROUTE_TIMEOUT`);
-  past it matching raises :class:`~chanserv.exceptions.RouteTimeout`,
-  which the worker answers (see its ``answer``).  ``regex`` counts the
-  process's CPU time, which other busy threads advance too, so a match may
-  be stopped sooner than the budget; it is meant for runaway patterns, not
-  to ration ordinary ones, which take microseconds.  A filter that is only
-  text (``^/chat/$``, ``^/chat``) is compared as a string, and the text
-  any filter starts with is checked first, as reading the CPU clock costs
-  more than most matches (:func:`split_literal`);
-- only *named* groups are allowed, since their ``groupdict()`` becomes the
-  consumer's keyword arguments (an unnamed group raises
-  :class:`ValueError`);
-- a key missing from the message means no match;
-- ``bytes`` values are ASCII-decoded before matching; a value that is not a
-  ``str``, or ``bytes`` that are not ASCII, never matches;
-- the ``path`` value keeps its leading ``/``.
-
-An :func:`include` with prefix filters matches them against a copy of the
-message, chops the matched part off each value and tries its own routes on
-the result; the first match, in list order, wins.
+Channel routing: routes, includes and the :class:`Router` that picks a
+message's consumer with time-bounded regular expressions.  Routes are built
+at import time (any thread); matching runs in the pool thread that will run
+the consumer, never on the reactor thread.
 """
 
 from __future__ import annotations
@@ -61,6 +20,7 @@ import regex
 from django.conf import settings
 
 from chanserv.exceptions import RouteTimeout
+from chanserv.types import Content
 
 __all__ = [
     "DEFAULT_ROUTE_TIMEOUT",
@@ -105,15 +65,36 @@ _QUANTIFIERS = frozenset("*+?{")
 _matching = threading.local()
 
 
+class _ChannelName(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class RoutedMessage(Protocol):
+    """
+    What routing reads of a message: its channel's name and its content
+    (which :class:`Include` replaces on a shallow copy).  A
+    :class:`~chanserv.message.Message` provides it; this module, below
+    :mod:`chanserv.message` in the imports, cannot name that class.
+    """
+
+    content: Content
+
+    @property
+    def channel(self) -> _ChannelName: ...
+
+
 class Routable(Protocol):
     """What a routing list may hold."""
 
-    def match(self, message: Any) -> Match | None: ...
+    def match(self, message: RoutedMessage) -> Match | None: ...
 
     def channel_names(self) -> set[str]: ...
 
 
 def import_dotted(path: str, what: str) -> Any:
+    # Any: the object a dotted path names is whatever the project's module holds; callers check
+    # it (callable, routing list).
     """
     The object named by ``path`` (``"package.module.name"``).
 
@@ -136,6 +117,7 @@ def import_dotted(path: str, what: str) -> Any:
 
 
 def normalise_re_arg(value: Any) -> Any:
+    # Any: a Channels 1.x route argument, passed through unchanged unless it is bytes.
     """``bytes`` ASCII-decoded to ``str``; anything else unchanged."""
     if isinstance(value, bytes):
         return value.decode("ascii")
@@ -261,12 +243,15 @@ class Filter:
     __slots__ = ("key", "literal", "regex", "tail")
 
     def __init__(self, key: str, compiled: Any, literal: str = "", tail: str | None = None) -> None:
+        # Any: compiled is a regex-module pattern, which has no type stubs.
         self.key = key
         self.regex = compiled
         self.literal = literal
         self.tail = tail
 
     def match(self, owner: Any, value: str, channel: str) -> Any:
+        # Any: owner is any route or include, only named in the exception; the result is a
+        # regex-module match object, which has no type stubs.
         """
         ``self.regex.match(value)``, or an equivalent string comparison;
         within the time left to the message being routed in this thread
@@ -309,6 +294,8 @@ class Filter:
 
 
 def compile_filters(filters: Mapping[str, Any], owner: str) -> list[Filter]:
+    # Any: filter values are whatever the project passed to route(), checked here (str, bytes or
+    # a compiled pattern).
     """
     Compile filter regexes, refusing unnamed groups.
 
@@ -370,6 +357,8 @@ class Route:
     """
 
     def __init__(self, channels: str | bytes | Iterable[str], consumer: Any, **filters: Any):
+        # Any: consumer is a callable, a class or a dotted path, and filter values whatever the
+        # project passed, both checked at run time (Channels 1.x API).
         names: Iterable[Any] = [channels] if isinstance(channels, (str, bytes)) else channels
         self.channels: list[str] = [normalise_re_arg(c) for c in names]
         for channel in self.channels:
@@ -385,6 +374,8 @@ class Route:
 
     @property
     def consumer(self) -> Callable[..., Any]:
+        # Any: a consumer's keyword arguments are the route's captured groups, and its result is
+        # ignored; the project's consumers have signatures of their own.
         """The consumer, imported now if it was given as a dotted path."""
         consumer = self._consumer
         if isinstance(consumer, str):
@@ -394,7 +385,7 @@ class Route:
             self._consumer = consumer = resolved
         return consumer
 
-    def match(self, message: Any) -> Match | None:
+    def match(self, message: RoutedMessage) -> Match | None:
         """``(consumer, kwargs)`` if ``message`` matches, else None."""
         if message.channel.name not in self._channel_set:
             return None
@@ -444,6 +435,8 @@ class RouteClass(Route):
     """
 
     def __init__(self, consumer: Any, **filters: Any) -> None:
+        # Any: consumer is a callable, a class or a dotted path, and filter values whatever the
+        # project passed, both checked at run time (Channels 1.x API).
         if isinstance(consumer, str):
             consumer = import_dotted(consumer, "consumer class")
         names = getattr(consumer, "channel_names", None)
@@ -471,6 +464,9 @@ class Include:
     """
 
     def __init__(self, routing: Any, **prefix_filters: Any) -> None:
+        # Any: routing is any routing form (a list of routables, a legacy {channel: consumer}
+        # dict, the dotted path of one), and filter values whatever the project passed, checked
+        # at run time (Channels 1.x API).
         self.routing: list[Routable] = resolve_routing(routing)
         self.prefixes = compile_filters(
             prefix_filters, "include(%s)" % (repr(routing) if isinstance(routing, str) else "...",)
@@ -489,7 +485,7 @@ class Include:
         self.routing.append(route)
         self._channels = self._collect_channels()
 
-    def match(self, message: Any) -> Match | None:
+    def match(self, message: RoutedMessage) -> Match | None:
         """The first match of the inner routes, or None (short-circuits)."""
         if message.channel.name not in self._channels:
             return None
@@ -540,6 +536,9 @@ def _check_routable(entry: Any) -> None:
 
 
 def resolve_routing(routing: Any) -> list[Routable]:
+    # Any: routing is any routing form (a list of routables, a legacy {channel: consumer} dict,
+    # the dotted path of one), and filter values whatever the project passed, checked at run
+    # time (Channels 1.x API).
     """
     A fresh list of routables from any routing form.
 
@@ -563,11 +562,15 @@ def resolve_routing(routing: Any) -> list[Routable]:
 
 
 def connect_consumer(message: Any, **kwargs: Any) -> None:
+    # Any: a consumer's signature: message is a chanserv.message.Message, which this lower layer
+    # may not name, and kwargs the route's captured groups, unused.
     """The default ``websocket.connect`` consumer: accept every socket."""
     message.reply_channel.send({"accept": True})
 
 
 def null_consumer(message: Any, **kwargs: Any) -> None:
+    # Any: a consumer's signature: message is a chanserv.message.Message, which this lower layer
+    # may not name, and kwargs the route's captured groups, unused.
     """The default ``websocket.receive``/``disconnect`` consumer: nothing."""
 
 
@@ -586,6 +589,9 @@ class Router:
     """
 
     def __init__(self, routing: Any, timeout: float | None = None) -> None:
+        # Any: routing is any routing form (a list of routables, a legacy {channel: consumer}
+        # dict, the dotted path of one), and filter values whatever the project passed, checked
+        # at run time (Channels 1.x API).
         self.timeout = route_timeout() if timeout is None else _check_timeout(timeout, "timeout")
         self.root = Include(routing)
         self.channels: set[str] = self.root.channel_names()
@@ -599,7 +605,7 @@ class Router:
         self.root.add_route(route)
         self.channels = self.root.channel_names()
 
-    def match(self, message: Any) -> Match | None:
+    def match(self, message: RoutedMessage) -> Match | None:
         """
         ``(consumer, kwargs)`` for the first route matching, or None.  A
         worker thread.
@@ -619,6 +625,8 @@ class Router:
             _matching.deadline = None
 
     def check_default(self, http_consumer: Callable[..., Any]) -> None:
+        # Any: a consumer's keyword arguments are the route's captured groups, and its result is
+        # ignored; the project's consumers have signatures of their own.
         """
         Append the fallback routes, tried after every user route: so an
         ``http.request`` no user route takes goes to ``http_consumer``, and
@@ -647,15 +655,22 @@ class Router:
 
 
 def route(channels: str | bytes | Iterable[str], consumer: Any, **filters: Any) -> Route:
+    # Any: consumer is a callable, a class or a dotted path, and filter values whatever the
+    # project passed, both checked at run time (Channels 1.x API).
     """``route("websocket.receive", ws_message, path=r"^/chat/")``: see :class:`Route`."""
     return Route(channels, consumer, **filters)
 
 
 def route_class(consumer: Any, **filters: Any) -> RouteClass:
+    # Any: consumer is a callable, a class or a dotted path, and filter values whatever the
+    # project passed, both checked at run time (Channels 1.x API).
     """``route_class(ChatConsumer, path=r"^/chat/")``: see :class:`RouteClass`."""
     return RouteClass(consumer, **filters)
 
 
 def include(routing: Any, **prefix_filters: Any) -> Include:
+    # Any: routing is any routing form (a list of routables, a legacy {channel: consumer} dict,
+    # the dotted path of one), and filter values whatever the project passed, checked at run
+    # time (Channels 1.x API).
     """``include("chat.routing.routes", path=r"^/chat")``: see :class:`Include`."""
     return Include(routing, **prefix_filters)

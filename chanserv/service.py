@@ -1,24 +1,24 @@
 """
-The service tree of one chanserv process.
-
-:class:`ChanservService` starts its children in the order they were added
--- layer, pool, worker, interface server (reply dispatch, then listeners) --
-and, unlike ``MultiService``, stops them one after the other in reverse
-order, each waiting for the previous one: listeners close first, consumers in
-flight finish while the pool and the layer still run, and the layer goes
-last.
+The service tree of one chanserv process: :class:`ChanservService` starts
+layer, pool, worker and interface server in order and stops them one after
+the other in reverse order.  Reactor thread only.
 """
 
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.interfaces import IReactorCore
 
 from chanserv._compat.twisted import forget_exit_signal
+from chanserv.interfaces import IReactorChannelLayer
 from chanserv.log import Logger
+
+if TYPE_CHECKING:
+    from chanserv.asgi import ChannelLayerWrapper
 
 log = Logger()
 
@@ -35,7 +35,12 @@ class LayerService(Service):
 
     name = "layer"
 
-    def __init__(self, reactor: Any, channel_layer: Any) -> None:
+    def __init__(
+        self, reactor: Any, channel_layer: IReactorChannelLayer | ChannelLayerWrapper
+    ) -> None:
+        # Any: the reactor goes to the layer's attach_reactor, whose reactor must provide
+        # IReactorTime and IReactorFromThreads (and IReactorTCP for the Redis layer): no
+        # intersection type says so.
         self._reactor = reactor
         self.channel_layer = channel_layer
 
@@ -50,11 +55,18 @@ class LayerService(Service):
 
 class ChanservService(MultiService):
     """
-    The root service.  ``stopService`` stops children sequentially in
-    reverse start order; ``ready_message`` is logged once all have started.
+    The root service.  Children start in the order they were added --
+    layer, pool, worker, interface server -- and, unlike ``MultiService``,
+    ``stopService`` stops them one after the other in reverse order, each
+    waiting for the previous one: listeners close first, consumers in
+    flight finish while the pool and the layer still run, and the layer
+    goes last.  ``ready_message`` is logged once all have started.
+    Reactor thread only.
     """
 
-    def __init__(self, ready_message: str = "chanserv ready", reactor: Any = None) -> None:
+    def __init__(
+        self, ready_message: str = "chanserv ready", reactor: IReactorCore | None = None
+    ) -> None:
         super().__init__()
         self.ready_message = ready_message
         self._reactor = reactor
@@ -67,6 +79,8 @@ class ChanservService(MultiService):
 
     @inlineCallbacks
     def stopService(self) -> Any:
+        # Any: an inlineCallbacks generator yielding its children's stopService Deferreds (of
+        # any result); the decorated method returns a Deferred that fires with None.
         Service.stopService(self)
         clean = True
         for child in reversed(list(self)):

@@ -1,17 +1,7 @@
 """
 Where the session of a reply channel is kept: the engine, the key, loading,
-change tracking and saving.
-
-The decorators of :mod:`chanserv.sessions` and :func:`~chanserv.ordering.enforce_ordering`
-are built on this module; it takes no locks and decides no turns (that is
-:mod:`chanserv.ordering`'s part).  Worker threads only: every function may
-touch the session store.
-
-Unlike Channels 1.x, a change made *in place* to a nested value
-(``message.channel_session["prefs"]["theme"] = "dark"``) is saved too: the
-session's content is serialised (with the session's own serializer) when it
-is loaded (:func:`track`) and compared with its content after the consumer
-(:func:`save_if_changed`).
+change tracking (nested changes included) and saving; it takes no locks.
+Pool threads only: every function may touch the session store.
 """
 
 from __future__ import annotations

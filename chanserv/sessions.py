@@ -1,31 +1,9 @@
 """
-Django sessions for channel consumers: the Channels 1.x decorators.
-
-- :func:`channel_session` gives ``message.channel_session``, a session keyed
-  by the message's reply channel, so the consumers of one WebSocket share
-  state across messages and worker threads or processes;
-- :func:`http_session` gives ``message.http_session``, the browser's Django
-  session found through its cookie (or a ``session_key`` query parameter);
-- :func:`channel_and_http_session` remembers the HTTP session key in the
-  channel session on connect and brings the HTTP session back on later
-  messages;
-- :func:`enforce_ordering` runs a socket's messages in their ``order``; it
-  lives in :mod:`chanserv.ordering` and is importable from here, its
-  Channels 1.x home, as are :func:`requeue_messages` and
-  :func:`session_for_reply_channel` (from :mod:`chanserv.session_store`).
-
-Every decorator finds the :class:`~chanserv.message.Message` among the first
-two positional arguments, so it works on functions and on methods alike, and
-every one is idempotent when nested.  They run in worker threads.
-
-A change made *in place* to a nested value is saved too (see
-:mod:`chanserv.session_store`).
-
-Within one process, the consumers of one reply channel that use
-:func:`channel_session` run one at a time (they hold the reply channel's
-turn, :data:`chanserv.ordering.socket_locks`, re-entrant for nested
-decorators): session backends are not transactional, and two threads saving
-the same session would otherwise lose one of the updates.
+Django sessions for channel consumers, the Channels 1.x decorators:
+``channel_session``, ``http_session``, ``channel_and_http_session``, and
+``enforce_ordering`` re-exported from its 1.x home.  Pool threads only;
+consumers of one reply channel that use ``channel_session`` run one at a
+time within a process.
 """
 
 from __future__ import annotations
@@ -91,7 +69,10 @@ def channel_session(func: F) -> F:
     Give the consumer ``message.channel_session``: a Django session keyed by
     the message's reply channel (see :func:`session_for_reply_channel`),
     created on first use and saved after the consumer -- even when it raises
-    -- if it changed, nested values included.
+    -- if it changed, nested values included.  Within one process the
+    consumers of one reply channel that use it run one at a time (they hold
+    :data:`chanserv.ordering.socket_locks`, re-entrant when nested), so two
+    threads never lose one another's update.  Pool threads only.
 
     :raises ValueError: no Message among the first two arguments, or the
         message has no reply channel.

@@ -1,17 +1,8 @@
 """
-The signals of the consumer lifecycle.
-
-``consumer_started`` and ``consumer_finished`` bracket every consumer run, in
-the pool thread that runs it.  Django's ``close_old_connections`` is connected
-to both, so a worker thread never reuses a database connection that went stale
-or is past ``CONN_MAX_AGE``; the thread's buffered sends are flushed on
-``consumer_finished`` (see :mod:`chanserv.channel`).
-
-``worker_process_ready`` and then ``worker_ready`` are sent, from the
-reactor thread, when the process's worker starts taking messages (one
-worker per process, whatever its number of threads: each is sent once per
-process, as Channels 1.x's ``runworker`` sent them), both with the
-``Worker`` as sender.
+The signals of the consumer lifecycle: ``consumer_started`` and
+``consumer_finished`` are sent in the pool thread running each consumer;
+``worker_process_ready`` and ``worker_ready`` once per process, from the
+reactor thread.
 """
 
 from __future__ import annotations

@@ -1,23 +1,8 @@
 """
-Static files for development, served like Django's ``runserver`` does.
-
-When ``django.contrib.staticfiles`` is installed and ``DEBUG`` is on (see
-:func:`static_files_enabled`), the router's default ``http.request`` consumer
-is :class:`StaticFilesConsumer` instead of
-:class:`~chanserv.handler.ViewConsumer`: requests under ``STATIC_URL`` are
-answered by ``django.contrib.staticfiles.views.serve`` (through the
-staticfiles finders, so no ``collectstatic`` is needed), everything else
-goes to the views as usual.  Like ``runserver``, this is not meant for
-production.
-
-Paths are checked before any file is looked up: a ``..`` segment (also
-after one more round of percent-decoding, which catches a client's
-``%252e%252e``), a backslash, an empty segment (``/static//etc/passwd``) or a
-leading ``/`` give 404; a NUL or other control character gives 400.  A file
-found through a symbolic link that leads out of its static directory is not
-served either (404).
-
-Everything here runs in worker threads, never on the reactor thread.
+Static files for development, served like Django's ``runserver`` does when
+``django.contrib.staticfiles`` is installed and ``DEBUG`` is on, with paths
+checked before any file is looked up.  Not for production.  Pool threads
+only, never the reactor thread.
 """
 
 from __future__ import annotations
@@ -198,6 +183,15 @@ class StaticFilesHandler(AsgiHandler):
 
 
 class StaticFilesConsumer(ViewConsumer):
-    """A :class:`~chanserv.handler.ViewConsumer` that also serves static files."""
+    """
+    A :class:`~chanserv.handler.ViewConsumer` that also serves static files
+    under ``STATIC_URL``, through the staticfiles finders; pool threads only.
+
+    Paths are checked before any file is looked up: a ``..`` segment (also
+    after one more round of percent-decoding), a backslash, an empty
+    segment or a leading ``/`` give 404; a NUL or other control character
+    gives 400; a file reached through a symbolic link leading out of its
+    static directory gives 404.
+    """
 
     handler_class = StaticFilesHandler

@@ -1,11 +1,8 @@
 """
-``twistd chanserv``: command-line options and the service tree.
-
-:class:`Options` parses and checks everything that can be checked before the
-process starts serving -- the settings module, ``CHANNEL_LAYERS``, the mode
-against the layer -- so that a mistake ends ``twistd`` with a one-line
-message and a non-zero exit instead of a traceback.  ``django.setup()``
-runs here, once.  :func:`makeService` then only builds services.
+``twistd chanserv``: the command-line options, checked before the process
+serves (settings, ``CHANNEL_LAYERS``, the mode against the layer;
+``django.setup()`` runs here, once), and :func:`makeService`, which only
+builds the service tree.  Main thread, before the reactor runs.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from chanserv.asgi import channel_layers
+from chanserv.asgi import ChannelLayerWrapper, channel_layers
 from chanserv.exceptions import InvalidChannelLayerError
 from chanserv.log import set_verbosity
 from chanserv.server.options import ServerOptionsMixin, server_config_from_options
@@ -40,7 +37,15 @@ MODES = ("all", "interface", "worker")
 
 
 class Options(ServerOptionsMixin, usage.Options):
-    """Options of ``twistd chanserv``; see ``twistd chanserv --help``."""
+    """
+    Options of ``twistd chanserv``; see ``twistd chanserv --help``.
+
+    Parsing checks everything that can be checked before the process
+    serves -- the settings module, ``CHANNEL_LAYERS``, the mode against the
+    layer -- so a mistake ends ``twistd`` with a one-line message and a
+    non-zero exit, not a traceback.  ``django.setup()`` runs here, once.
+    Main thread.
+    """
 
     synopsis = "[options]"
     longdesc = (
@@ -181,7 +186,7 @@ def build_service(
     reactor: Any,
     *,
     mode: str,
-    channel_layer: Any,
+    channel_layer: ChannelLayerWrapper,
     threads: int = DEFAULT_THREADS,
     server_config: Any = None,
     only_channels: Sequence[str] = (),
@@ -190,6 +195,10 @@ def build_service(
     verbosity: int = 1,
     ordered: bool | None = None,
 ) -> ChanservService:
+    # Any: the reactor must provide IReactorTime, IReactorFromThreads and what the endpoints
+    # need (IReactorTCP, IReactorSSL, ...), and Python's types have no intersection of
+    # interfaces; server_config (a ServerConfig) may be None in the worker mode only, which its
+    # type cannot tie to mode.
     """
     The service tree of one process: the layer, then (``all``/``worker``)
     the pool and the worker, then (``all``/``interface``) the interface

@@ -1,52 +1,9 @@
 """
 Twisted-level test doubles: HTTP and WebSocket traffic through the real
-interface server -- parser, WebSocket hand-over, reply dispatch, timeouts --
-over memory transports, with a clock the test moves.  No socket, no thread,
-no running reactor: what ``treq.testing`` is to treq.
-
-(:mod:`chanserv.test`, with the names of Channels 1.x's ``channels.test``,
-runs consumers without any server.  This module tests the server's side, or
-both together: see :meth:`InterfaceHarness.consume`.)
-
-- :class:`InterfaceHarness` builds an
-  :class:`~chanserv.server.site.InterfaceServer` as ``twistd chanserv`` does,
-  on a :class:`ClockReactor` and an in-memory channel layer, starts it, and
-  hands out in-memory client connections: :class:`HTTPClient` and
-  :class:`WebSocketClient`, over a :class:`MemoryTransport`.
-- :class:`ClockReactor`: Twisted's ``MemoryReactorClock`` that also takes
-  ``callFromThread`` -- the layer hands its wake-ups over that way.
-- Wire helpers for a test's client side: :func:`http_request`,
-  :func:`websocket_request`, :func:`parse_responses`, :func:`encode_frame`
-  (masked client frames), :func:`decode_frames`, :func:`close_code`.
-
-A test plays the client with the connection objects and the application with
-the harness (take messages off the layer, reply)::
-
-    from chanserv.testing import InterfaceHarness
-
-    def test_hello() -> None:
-        harness = InterfaceHarness()
-        client = harness.connect()
-        client.send_request(b"GET", b"/hello")
-        request = harness.expect("http.request")
-        harness.reply(request, {"status": 200, "content": b"Hello!"})
-        assert client.response().body == b"Hello!"
-
-    def test_echo() -> None:
-        harness = InterfaceHarness()
-        ws = harness.open_websocket(b"/chat/")
-        connect = harness.expect("websocket.connect")
-        harness.reply(connect, {"accept": True})
-        ws.send_text("hi")
-        assert harness.expect("websocket.receive")["text"] == "hi"
-        harness.reply(connect, {"text": "hi", "close": 4000})
-        assert ws.texts() == ["hi"] and ws.close_code() == 4000
-        ws.send_close(4000)
-        assert harness.expect("websocket.disconnect")["code"] == 4000
-
-Every method that feeds the server runs what the reactor then has due, so
-replies are written before it returns; time only moves with
-:meth:`InterfaceHarness.advance`.  Everything runs in the test's thread.
+interface server over memory transports, with a clock the test moves (what
+``treq.testing`` is to treq); :mod:`chanserv.test` runs consumers without a
+server.  No socket and no running reactor: everything runs in the test's
+thread (any thread), which plays the reactor thread.
 """
 
 from __future__ import annotations
@@ -55,7 +12,7 @@ import base64
 import enum
 import hashlib
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
@@ -78,6 +35,7 @@ from chanserv.server.config import ServerConfig
 from chanserv.server.http import HTTPProtocol
 from chanserv.server.site import InterfaceServer
 from chanserv.server.websocket import WebSocketProtocol
+from chanserv.types import Content, ContentMapping
 
 __all__ = [
     "WEBSOCKET_KEY",
@@ -124,7 +82,9 @@ class ClockReactor(MemoryReactorClock):
     thread only.
     """
 
-    def callFromThread(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    def callFromThread(
+        self, callable: Callable[..., object], *args: object, **kwargs: object
+    ) -> None:
         self.callLater(0, callable, *args, **kwargs)
 
     def run_pending(self, rounds: int = 50) -> None:
@@ -589,6 +549,35 @@ class InterfaceHarness:
 
     Attributes: ``reactor``, ``layer``, ``config``, ``server`` and its
     ``replies``, ``http_factory`` and ``websocket_factory``.
+
+    A test plays the client with the connection objects and the application with
+    the harness (take messages off the layer, reply)::
+
+        from chanserv.testing import InterfaceHarness
+
+        def test_hello() -> None:
+            harness = InterfaceHarness()
+            client = harness.connect()
+            client.send_request(b"GET", b"/hello")
+            request = harness.expect("http.request")
+            harness.reply(request, {"status": 200, "content": b"Hello!"})
+            assert client.response().body == b"Hello!"
+
+        def test_echo() -> None:
+            harness = InterfaceHarness()
+            ws = harness.open_websocket(b"/chat/")
+            connect = harness.expect("websocket.connect")
+            harness.reply(connect, {"accept": True})
+            ws.send_text("hi")
+            assert harness.expect("websocket.receive")["text"] == "hi"
+            harness.reply(connect, {"text": "hi", "close": 4000})
+            assert ws.texts() == ["hi"] and ws.close_code() == 4000
+            ws.send_close(4000)
+            assert harness.expect("websocket.disconnect")["code"] == 4000
+
+    Every method that feeds the server runs what the reactor then has due, so
+    replies are written before it returns; time only moves with
+    :meth:`InterfaceHarness.advance`.  Everything runs in the test's thread.
     """
 
     def __init__(
@@ -663,18 +652,18 @@ class InterfaceHarness:
 
     # -- the application's side ------------------------------------------------------
 
-    def receive(self, channel: str) -> dict[str, Any] | None:
+    def receive(self, channel: str) -> Content | None:
         """Take the next message off ``channel``, or None."""
         return self.layer.receive([channel])[1]
 
-    def receive_all(self, channel: str) -> list[dict[str, Any]]:
+    def receive_all(self, channel: str) -> list[Content]:
         """Take every message off ``channel``."""
         messages = []
         while (message := self.receive(channel)) is not None:
             messages.append(message)
         return messages
 
-    def expect(self, channel: str) -> dict[str, Any]:
+    def expect(self, channel: str) -> Content:
         """
         Take the next message off ``channel``.
 
@@ -684,7 +673,7 @@ class InterfaceHarness:
         assert message is not None, "nothing on %s" % (channel,)
         return message
 
-    def reply(self, to: str | Mapping[str, Any], message: Mapping[str, Any]) -> None:
+    def reply(self, to: str | ContentMapping, message: ContentMapping) -> None:
         """
         Send ``message`` to a reply channel -- ``to`` itself, or the
         ``reply_channel`` of the message ``to`` -- and let the reactor
@@ -695,6 +684,8 @@ class InterfaceHarness:
         self.run()
 
     def consume(self, channel: str, routing: Any = None, alias: str = DEFAULT_CHANNEL_LAYER) -> Any:
+        # Any: routing is any routing form, checked by Router at run time, and the result is
+        # whatever the project's consumer returned (Channels 1.x API).
         """
         Take the next message off ``channel`` and run its consumer here, in
         the calling thread, as a worker would (:class:`chanserv.test.Client`

@@ -1,14 +1,9 @@
 """
-Thread plumbing: the worker pool that runs Django code, and the batched
-crossing from any thread back to the reactor.
-
-Two costs dominate a message's trip through a thread pool: waking a worker
-thread, and waking the reactor again afterwards.  A ``deferToThreadPool`` per
-message pays both every time plus a Deferred (measured: 70 % of the
-throughput).  Here work goes in through one queue, and everything that must
-get back to the reactor -- replies, "a thread is free again" -- is coalesced
-by :class:`ReactorBatcher` into one pending ``callFromThread`` per reactor
-iteration, however many threads finish in between.
+Thread plumbing: :class:`WorkerPool`, the pool threads that run Django
+code, fed through one queue, and :class:`ReactorBatcher`, which coalesces
+calls from any thread into one ``callFromThread`` per reactor iteration.
+Submissions and completions run on the reactor thread, the work in pool
+threads.
 """
 
 from __future__ import annotations
@@ -43,6 +38,8 @@ class ReactorBatcher:
     """
 
     def __init__(self, reactor: Any) -> None:
+        # Any: the reactor must provide IReactorTime (callLater) and IReactorFromThreads
+        # (callFromThread), and Python's types have no intersection of interfaces.
         self._reactor = reactor
         self._lock = threading.Lock()
         self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
@@ -52,7 +49,7 @@ class ReactorBatcher:
     #: reactor.
     max_rounds = 4
 
-    def call(self, f: Callable[..., Any], *args: Any) -> None:
+    def call(self, f: Callable[..., object], *args: object) -> None:
         """
         Arrange for ``f(*args)`` to run on the reactor thread.  Any thread.
         """
@@ -95,6 +92,8 @@ _batchers_lock = threading.Lock()
 
 
 def batcher_for(reactor: Any) -> ReactorBatcher:
+    # Any: the reactor must provide IReactorTime (callLater) and IReactorFromThreads
+    # (callFromThread), and Python's types have no intersection of interfaces.
     """
     The :class:`ReactorBatcher` shared by everything that crosses to
     ``reactor``, so that the layer's wake-ups and the pool's completions
@@ -131,6 +130,8 @@ class WorkerPool(Service):
     """
 
     def __init__(self, reactor: Any, size: int, name: str = "chanserv-worker") -> None:
+        # Any: the reactor must provide IReactorTime (callLater) and IReactorFromThreads
+        # (callFromThread), and Python's types have no intersection of interfaces.
         if size < 1:
             raise ValueError("a worker pool needs at least one thread, not %r" % (size,))
         self._reactor = reactor
@@ -167,8 +168,8 @@ class WorkerPool(Service):
 
     def submit(
         self,
-        task: Callable[..., Any],
-        *args: Any,
+        task: Callable[..., object],
+        *args: object,
         on_done: Callable[[], None] | None = None,
     ) -> None:
         """

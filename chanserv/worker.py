@@ -1,18 +1,8 @@
 """
-The worker: takes messages off the channel layer and runs their consumers.
-
-:class:`Worker` is a service on the reactor thread.  It asks the layer for
-messages only when a pool thread is free -- ``receive_many_twisted`` with a
-limit equal to the number of idle threads -- so the backlog stays in the
-layer, where capacity turns it into back-pressure (a 503, a paused socket)
-instead of an unbounded queue in this process.  Each message then runs in a
-pool thread through :meth:`Worker.handle`: route, ``consumer_started``,
-consumer, ``consumer_finished``.
-
-Within this process the messages of one reply channel run one at a time, in
-their ``order`` (:class:`ReplyChannelLanes`; on unless
-``CHANSERV_ORDERED_REPLY_CHANNELS = False`` or ``--no-ordering``).
-:func:`~chanserv.sessions.enforce_ordering` extends that across processes.
+The worker: :class:`Worker` takes messages off the channel layer on the
+reactor thread, only as many as pool threads are free, and runs each
+consumer in a pool thread (:meth:`Worker.handle`); a reply channel's
+messages run one at a time, in order, within the process.
 """
 
 from __future__ import annotations
@@ -21,7 +11,7 @@ import fnmatch
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from django.conf import settings
 from twisted.application.service import Service
@@ -29,6 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from chanserv.asgi import ChannelLayerWrapper
 from chanserv.channel import send_waiting
 from chanserv.exceptions import (
     ChannelFull,
@@ -46,6 +37,11 @@ from chanserv.signals import (
     worker_ready,
 )
 from chanserv.threads import WorkerPool, batcher_for
+from chanserv.types import Content, Received
+
+if TYPE_CHECKING:
+    from chanserv.interfaces import IChannelLayer
+    from chanserv.layers.base import BaseChannelLayer
 
 log = Logger()
 
@@ -73,7 +69,7 @@ def _ordering_setting() -> bool:
     return bool(getattr(settings, ORDERING_SETTING, True))
 
 
-_Parked = tuple[int | None, str, dict[str, Any]]
+_Parked = tuple[int | None, str, Content]
 
 
 class ReplyChannelLanes:
@@ -121,7 +117,7 @@ class ReplyChannelLanes:
         """Reply channels with a message in flight."""
         return len(self._started)
 
-    def admit_locked(self, channel: str, content: dict[str, Any]) -> str | Literal[False] | None:
+    def admit_locked(self, channel: str, content: Content) -> str | Literal[False] | None:
         """
         Admit a message just taken off ``channel``; the caller holds
         :attr:`lock`.  Returns the reply channel whose lane the message now
@@ -161,7 +157,7 @@ class ReplyChannelLanes:
         self.parked += 1
         return False
 
-    def release(self, reply: str) -> tuple[str, dict[str, Any]] | None:
+    def release(self, reply: str) -> Received | None:
         """
         The message holding ``reply``'s lane has run: return the next parked
         one, ``(channel, content)``, which now holds the lane and is the
@@ -209,6 +205,11 @@ class Worker(Service):
     """
     Dispatches routed messages from ``channel_layer`` to ``pool``.
 
+    It takes messages off the layer only when a pool thread is free
+    (``receive_many_twisted`` limited to the idle threads), so a backlog
+    stays in the layer, where capacity turns it into back-pressure, never
+    in an unbounded queue in this process.
+
     :param channel_layer: a layer wrapper with a ``router`` (see
         :mod:`chanserv.asgi`); its reactor face is used on the reactor thread
         and its synchronous face from pool threads.
@@ -234,7 +235,7 @@ class Worker(Service):
     def __init__(
         self,
         reactor: IReactorTime,
-        channel_layer: Any,
+        channel_layer: ChannelLayerWrapper,
         pool: WorkerPool,
         only_channels: Sequence[str] | None = None,
         exclude_channels: Sequence[str] | None = None,
@@ -348,7 +349,7 @@ class Worker(Service):
         d.addCallbacks(self._received, self._receive_failed)
         d.addErrback(lambda f: log.failure("Worker dispatch failed", f))
 
-    def _received(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    def _received(self, batch: list[Received]) -> None:
         self._failures = 0
         submit = self.pool.submit
         lanes = self.lanes
@@ -446,7 +447,7 @@ class Worker(Service):
 
     # -- pool thread ---------------------------------------------------------
 
-    def _consume(self, channel: str, content: dict[str, Any], lane: str | None) -> None:
+    def _consume(self, channel: str, content: Content, lane: str | None) -> None:
         """
         Handle a message, then the messages parked behind it in its reply
         channel's ``lane`` (None: it holds none), then -- with a layer whose
@@ -485,7 +486,7 @@ class Worker(Service):
 
     def _take_next(
         self, receive: Callable[[Sequence[str]], Any]
-    ) -> tuple[str, dict[str, Any], str | None] | None:
+    ) -> tuple[str, Content, str | None] | None:
         """
         The next message this pool thread runs itself, taken with the
         layer's cheap ``receive`` and admitted to its lane, or None: the
@@ -513,7 +514,7 @@ class Worker(Service):
                 return channel, content, lane
         return None
 
-    def handle(self, channel: str, content: dict[str, Any]) -> None:
+    def handle(self, channel: str, content: Content) -> None:
         """
         Route and run one message.  Runs in a pool thread.
 
@@ -560,9 +561,11 @@ def run_consumer(
     consumer: Callable[..., Any],
     message: Message,
     kwargs: Mapping[str, Any],
-    sender: Any,
+    sender: object,
     message_retries: int = DEFAULT_MESSAGE_RETRIES,
 ) -> Any:
+    # Any: a consumer is the project's callable: its keyword arguments (the route's captured
+    # groups) and its result are its own (Channels 1.x API).
     """
     Run ``consumer(message, **kwargs)`` as the worker does, in the calling
     thread (a pool thread; the test client's thread).
@@ -616,7 +619,10 @@ def run_consumer(
 
 
 def requeue_message(
-    layer: Any, channel: str, content: dict[str, Any], message_retries: int
+    layer: BaseChannelLayer | IChannelLayer | ChannelLayerWrapper,
+    channel: str,
+    content: Content,
+    message_retries: int,
 ) -> None:
     """
     Put ``content`` back on ``channel`` with ``__retries__`` incremented, or

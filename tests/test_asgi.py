@@ -74,6 +74,7 @@ def error_for(manager: ChannelLayerManager, alias: str = "default") -> str:
 
 
 def test_builds_the_configured_layer_with_its_config(manager: ChannelLayerManager) -> None:
+    """The manager builds the BACKEND with CONFIG as kwargs, wrapped with alias and router."""
     with layers(
         default={
             "BACKEND": LAYER,
@@ -94,6 +95,7 @@ def test_builds_the_configured_layer_with_its_config(manager: ChannelLayerManage
 
 
 def test_layers_are_cached(manager: ChannelLayerManager) -> None:
+    """Each alias's layer is built once and cached; make_backend builds afresh, uncached."""
     with layers(default={"BACKEND": LAYER, "ROUTING": []}, other={"BACKEND": LAYER, "ROUTING": []}):
         before = RecordingLayer.built
         first = manager["default"]
@@ -106,6 +108,7 @@ def test_layers_are_cached(manager: ChannelLayerManager) -> None:
 
 
 def test_wrapper_falls_through_to_the_layer(manager: ChannelLayerManager) -> None:
+    """Attributes the wrapper lacks come from the layer; unknown ones raise AttributeError."""
     with layers(default={"BACKEND": LAYER, "CONFIG": {"capacity": 9}, "ROUTING": []}):
         wrapper = manager["default"]
         assert wrapper.capacity == 9
@@ -116,12 +119,14 @@ def test_wrapper_falls_through_to_the_layer(manager: ChannelLayerManager) -> Non
 
 
 def test_local_only_follows_the_layer() -> None:
+    """The wrapper's local_only() is the layer's: False by default, True for in-memory."""
     assert ChannelLayerWrapper(RecordingLayer(), "a", []).local_only() is False
     assert ChannelLayerWrapper(LocalOnlyMethodLayer(), "a", []).local_only() is True
     assert ChannelLayerWrapper(InMemoryChannelLayer(), "a", []).local_only() is True
 
 
 def test_contains(manager: ChannelLayerManager) -> None:
+    """'alias in manager' is true for configured aliases and for ones added with set()."""
     with layers(default={"BACKEND": LAYER, "ROUTING": []}):
         assert "default" in manager
         assert "other" not in manager
@@ -130,6 +135,7 @@ def test_contains(manager: ChannelLayerManager) -> None:
 
 
 def test_set_returns_the_old_wrapper(manager: ChannelLayerManager) -> None:
+    """manager.set() returns the wrapper it replaces; set to None, the alias is rebuilt."""
     with layers(default={"BACKEND": LAYER, "ROUTING": []}):
         built = manager["default"]
         replacement = ChannelLayerWrapper(RecordingLayer(), "default", [])
@@ -142,6 +148,7 @@ def test_set_returns_the_old_wrapper(manager: ChannelLayerManager) -> None:
 
 
 def test_make_test_backend_uses_test_config(manager: ChannelLayerManager) -> None:
+    """make_test_backend builds with TEST_CONFIG (else CONFIG), uncached; a bad one names it."""
     with layers(
         default={
             "BACKEND": LAYER,
@@ -167,11 +174,13 @@ def test_make_test_backend_uses_test_config(manager: ChannelLayerManager) -> Non
 
 
 def test_missing_backend(manager: ChannelLayerManager) -> None:
+    """A layer config without BACKEND raises an error naming CHANNEL_LAYERS['default']."""
     with layers(default={"ROUTING": []}):
         assert "CHANNEL_LAYERS['default'] has no 'BACKEND'" in error_for(manager)
 
 
 def test_missing_routing(manager: ChannelLayerManager) -> None:
+    """A layer config without ROUTING raises an error naming CHANNEL_LAYERS['default']."""
     with layers(default={"BACKEND": LAYER}):
         assert "CHANNEL_LAYERS['default'] has no 'ROUTING'" in error_for(manager)
 
@@ -188,6 +197,7 @@ def test_missing_routing(manager: ChannelLayerManager) -> None:
     ],
 )
 def test_bad_backend(manager: ChannelLayerManager, backend: str, text: str) -> None:
+    """A BACKEND that cannot be imported or is not a layer class raises an error showing it."""
     with layers(default={"BACKEND": backend, "ROUTING": []}):
         message = error_for(manager)
     assert "CHANNEL_LAYERS['default']['BACKEND'] = %r" % (backend,) in message
@@ -195,12 +205,14 @@ def test_bad_backend(manager: ChannelLayerManager, backend: str, text: str) -> N
 
 
 def test_backend_not_a_string(manager: ChannelLayerManager) -> None:
+    """A BACKEND that is a class rather than a dotted path raises an error naming it."""
     with layers(default={"BACKEND": RecordingLayer, "ROUTING": []}):
         message = error_for(manager)
     assert "CHANNEL_LAYERS['default']['BACKEND']" in message and "RecordingLayer" in message
 
 
 def test_config_not_a_dict(manager: ChannelLayerManager) -> None:
+    """A CONFIG that is not a dict raises an error showing the setting and its value."""
     with layers(default={"BACKEND": LAYER, "CONFIG": [("capacity", 3)], "ROUTING": []}):
         message = error_for(manager)
     assert "CHANNEL_LAYERS['default']['CONFIG'] must be a dict" in message
@@ -208,6 +220,7 @@ def test_config_not_a_dict(manager: ChannelLayerManager) -> None:
 
 
 def test_unknown_config_keyword(manager: ChannelLayerManager) -> None:
+    """A CONFIG keyword the layer does not take raises an error naming it and the layer."""
     with layers(default={"BACKEND": LAYER, "CONFIG": {"hosts": ["redis://x"]}, "ROUTING": []}):
         message = error_for(manager)
     assert "CHANNEL_LAYERS['default']['CONFIG'] = {'hosts': ['redis://x']}" in message
@@ -215,6 +228,7 @@ def test_unknown_config_keyword(manager: ChannelLayerManager) -> None:
 
 
 def test_bad_config_value(manager: ChannelLayerManager) -> None:
+    """A CONFIG value the layer refuses raises an error showing it and the layer's reason."""
     with layers(default={"BACKEND": LAYER, "CONFIG": {"capacity": 0}, "ROUTING": []}):
         message = error_for(manager)
     assert "CHANNEL_LAYERS['default']['CONFIG'] = {'capacity': 0}" in message
@@ -231,6 +245,7 @@ def test_bad_config_value(manager: ChannelLayerManager) -> None:
     ],
 )
 def test_bad_routing(manager: ChannelLayerManager, routing: Any, text: str) -> None:
+    """A ROUTING that cannot be imported or is not routing raises an error showing it."""
     with layers(default={"BACKEND": LAYER, "ROUTING": routing}):
         message = error_for(manager)
     assert "CHANNEL_LAYERS['default']['ROUTING'] = %r" % (routing,) in message
@@ -238,6 +253,7 @@ def test_bad_routing(manager: ChannelLayerManager, routing: Any, text: str) -> N
 
 
 def test_bad_routing_builds_no_layer(manager: ChannelLayerManager) -> None:
+    """Bad ROUTING is reported before any layer is built."""
     before = RecordingLayer.built
     with layers(default={"BACKEND": LAYER, "ROUTING": "chanserv_no_such_module.routing"}):
         error_for(manager)
@@ -245,18 +261,21 @@ def test_bad_routing_builds_no_layer(manager: ChannelLayerManager) -> None:
 
 
 def test_channel_layers_not_a_dict(manager: ChannelLayerManager) -> None:
+    """A CHANNEL_LAYERS that is not a dict raises an error showing its value."""
     with override_settings(CHANNEL_LAYERS=["default"]):
         message = error_for(manager)
     assert "CHANNEL_LAYERS must be a dict" in message and "['default']" in message
 
 
 def test_alias_config_not_a_dict(manager: ChannelLayerManager) -> None:
+    """An alias whose config is not a dict raises an error showing the setting and value."""
     with layers(default=LAYER):
         message = error_for(manager)
     assert "CHANNEL_LAYERS['default'] must be a dict" in message and LAYER in message
 
 
 def test_missing_alias(manager: ChannelLayerManager) -> None:
+    """An unconfigured alias is not in the manager; getting it lists the known aliases."""
     with layers(other={"BACKEND": LAYER, "ROUTING": []}):
         assert "default" not in manager
         message = error_for(manager)
@@ -264,10 +283,12 @@ def test_missing_alias(manager: ChannelLayerManager) -> None:
 
 
 def test_errors_are_value_errors() -> None:
+    """InvalidChannelLayerError is a ValueError."""
     assert issubclass(InvalidChannelLayerError, ValueError)
 
 
 def test_routing_that_uses_its_own_layer_while_built(tmp_path: Any, monkeypatch: Any) -> None:
+    """Routing that asks for its own layer while being built raises an error, not recursion."""
     name = "chanserv_asgi_test_recursive_routing"
     (tmp_path / (name + ".py")).write_text(
         "from chanserv import channel_layers\nchannel_layers['recursive']\nchannel_routing = []\n"
@@ -285,6 +306,7 @@ def test_routing_that_uses_its_own_layer_while_built(tmp_path: Any, monkeypatch:
 
 
 def test_in_memory_aliases(manager: ChannelLayerManager) -> None:
+    """asgiref's and chanserv's in-memory BACKEND paths all build an InMemoryChannelLayer."""
     for backend in (
         "asgiref.inmemory.ChannelLayer",
         "chanserv.layers.InMemoryChannelLayer",
@@ -305,6 +327,8 @@ def test_in_memory_aliases(manager: ChannelLayerManager) -> None:
 def test_redis_aliases(
     manager: ChannelLayerManager, monkeypatch: pytest.MonkeyPatch, backend: str
 ) -> None:
+    """asgi_redis and chanserv Redis BACKEND paths all build chanserv's Redis layer."""
+
     class FakeRedisLayer(RecordingLayer):
         pass
 
@@ -319,6 +343,7 @@ def test_redis_aliases(
 def test_redis_alias_without_the_redis_layer(
     manager: ChannelLayerManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A Redis BACKEND without the Redis layer installed raises 'not available', naming it."""
     # None in sys.modules makes "import chanserv.layers.redis" fail.
     monkeypatch.setitem(sys.modules, "chanserv.layers.redis", None)
     with layers(default={"BACKEND": "asgi_redis.RedisChannelLayer", "ROUTING": []}):
@@ -340,6 +365,7 @@ def no_channel_layers() -> Iterator[None]:
 def test_no_setting_means_in_memory_default(
     no_channel_layers: None, manager: ChannelLayerManager
 ) -> None:
+    """Without CHANNEL_LAYERS, 'default' is an in-memory layer with empty, unshared routing."""
     assert not hasattr(settings, "CHANNEL_LAYERS")
     assert manager.configs is DEFAULT_CHANNEL_LAYERS
     assert "default" in manager
@@ -355,6 +381,7 @@ def test_no_setting_means_in_memory_default(
 
 
 def test_no_setting_global_manager(no_channel_layers: None) -> None:
+    """Without CHANNEL_LAYERS, the global manager's default is in-memory with empty routing."""
     assert isinstance(channel_layers["default"].channel_layer, InMemoryChannelLayer)
     assert channel_layers["default"].routing == []
 
@@ -363,6 +390,7 @@ def test_no_setting_global_manager(no_channel_layers: None) -> None:
 
 
 def test_changing_the_setting_drops_the_cache() -> None:
+    """Changing CHANNEL_LAYERS drops the cached layers, in the override and after it."""
     outside = channel_layers["default"]
     with layers(default={"BACKEND": LAYER, "ROUTING": []}):
         inside = channel_layers["default"]
@@ -373,6 +401,7 @@ def test_changing_the_setting_drops_the_cache() -> None:
 
 
 def test_get_channel_layer_sets_django_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_channel_layer() does not call django.setup() again once the apps are ready."""
     import django
 
     calls: list[object] = []
@@ -382,6 +411,7 @@ def test_get_channel_layer_sets_django_up_once(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_get_channel_layer_returns_the_raw_layer() -> None:
+    """get_channel_layer(alias) returns the alias's raw layer, not its wrapper."""
     layer = get_channel_layer()
     assert layer is channel_layers["default"].channel_layer
     assert isinstance(layer, InMemoryChannelLayer)

@@ -64,6 +64,7 @@ def receive(reply: str, order: int, text: str = "") -> dict[str, Any]:
 
 
 def test_transfer_user_copies_the_three_keys() -> None:
+    """transfer_user copies the user id, backend and hash keys, and nothing else."""
     source = {SESSION_KEY: "1", BACKEND_SESSION_KEY: "b", HASH_SESSION_KEY: "h", "other": 1}
     target: dict[str, Any] = {}
     transfer_user(source, target)
@@ -72,6 +73,7 @@ def test_transfer_user_copies_the_three_keys() -> None:
 
 @pytest.mark.parametrize("missing", [SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY])
 def test_transfer_user_copies_nothing_from_a_partial_login(missing: str) -> None:
+    """transfer_user copies nothing when any of the three login keys is missing."""
     source = {SESSION_KEY: "1", BACKEND_SESSION_KEY: "b", HASH_SESSION_KEY: "h"}
     del source[missing]
     target: dict[str, Any] = {"kept": True}
@@ -91,12 +93,14 @@ def run_http_user(layer: Any, content: dict[str, Any]) -> Message:
 
 
 def test_http_session_user_from_the_cookie(layer: Any) -> None:
+    """http_session_user sets message.user from the session named by the cookie."""
     alice = make_user("alice")
     message = run_http_user(layer, connect(reply_channel_name(), login_session(alice)))
     assert message.user == alice  # type: ignore[attr-defined]
 
 
 def test_http_session_user_from_the_session_key_parameter(layer: Any) -> None:
+    """http_session_user sets message.user from a session_key query parameter."""
     alice = make_user("alice")
     query = ("session_key=%s" % login_session(alice)).encode()
     message = run_http_user(layer, connect(reply_channel_name(), query=query))
@@ -104,12 +108,14 @@ def test_http_session_user_from_the_session_key_parameter(layer: Any) -> None:
 
 
 def test_http_session_user_anonymous_without_a_session(layer: Any) -> None:
+    """Without a session, http_session_user gives no session and an AnonymousUser."""
     message = run_http_user(layer, connect(reply_channel_name()))
     assert message.http_session is None  # type: ignore[attr-defined]
     assert isinstance(message.user, AnonymousUser)  # type: ignore[attr-defined]
 
 
 def test_http_session_user_anonymous_when_not_logged_in(layer: Any) -> None:
+    """A session without a login gives http_session_user an AnonymousUser."""
     session = db_backend.SessionStore()
     session["cart"] = []
     session.save()
@@ -118,6 +124,7 @@ def test_http_session_user_anonymous_when_not_logged_in(layer: Any) -> None:
 
 
 def test_http_session_user_anonymous_after_a_password_change(layer: Any) -> None:
+    """A login whose password hash no longer matches gives an AnonymousUser."""
     alice = make_user("alice")
     key = login_session(alice)
     alice.password = "raw$changed"
@@ -130,6 +137,8 @@ def test_http_session_user_anonymous_after_a_password_change(layer: Any) -> None
 
 
 def test_channel_session_user_anonymous_without_a_login(layer: Any) -> None:
+    """channel_session_user gives an AnonymousUser when the channel session has no login."""
+
     @channel_session_user
     def consumer(message: Message) -> None:
         pass
@@ -139,6 +148,7 @@ def test_channel_session_user_anonymous_without_a_login(layer: Any) -> None:
 
 
 def test_user_follows_the_socket_from_connect_to_disconnect(layer: Any) -> None:
+    """The login copied on connect gives the same user on later messages of the socket."""
     alice = make_user("alice")
     reply = reply_channel_name()
     users = []
@@ -160,6 +170,7 @@ def test_user_follows_the_socket_from_connect_to_disconnect(layer: Any) -> None:
 
 
 def test_from_http_on_a_later_message_uses_the_channel_login(layer: Any) -> None:
+    """channel_session_user_from_http on a later message uses the login stored on connect."""
     alice = make_user("alice")
     reply = reply_channel_name()
     users = []
@@ -174,6 +185,7 @@ def test_from_http_on_a_later_message_uses_the_channel_login(layer: Any) -> None
 
 
 def test_channel_and_http_session_user_from_http(layer: Any) -> None:
+    """channel_and_http_session_user_from_http gives user and HTTP session on every message."""
     alice = make_user("alice")
     key = login_session(alice)
     reply = reply_channel_name()
@@ -189,6 +201,7 @@ def test_channel_and_http_session_user_from_http(layer: Any) -> None:
 
 
 def test_user_decorators_on_methods(layer: Any) -> None:
+    """The user decorators work on consumer methods."""
     alice = make_user("alice")
     reply = reply_channel_name()
 
@@ -230,6 +243,7 @@ def ws_disconnect(message: Message) -> None:
 
 
 def test_tutorial_authentication(layer: Any) -> None:
+    """The tutorial's Authentication consumers group sockets by the user's first letter."""
     sockets = {}
     for name in ("alice", "adam", "bob"):
         reply = sockets[name] = reply_channel_name()
@@ -271,6 +285,9 @@ def ordered_disconnect(message: Message) -> None:
 
 
 def test_tutorial_enforcing_ordering(layer: Any, monkeypatch: Any) -> None:
+    """The tutorial's Enforcing Ordering consumers run an overtaking message after its
+    predecessor and keep the login.
+    """
     from chanserv import locks, ordering
 
     monkeypatch.setattr(ordering, "LOCAL_WAIT", 0.0)

@@ -53,11 +53,13 @@ def drain(layer: Any, channel: str) -> list[dict[str, Any]]:
 
 
 def test_channel_send_and_receive(layer: InMemoryChannelLayer) -> None:
+    """Channel.send puts its content, bytes included, on the layer under the channel's name."""
     Channel("chat-messages", channel_layer=layer).send({"room": "lobby", "data": b"\x00"})
     assert layer.receive(["chat-messages"]) == ("chat-messages", {"room": "lobby", "data": b"\x00"})
 
 
 def test_channel_send_copies_the_content(layer: InMemoryChannelLayer) -> None:
+    """Channel.send sends the content as it is at the call; later changes are not sent."""
     content: dict[str, Any] = {"list": [1]}
     Channel("a", channel_layer=layer).send(content)
     content["list"].append(2)
@@ -65,6 +67,7 @@ def test_channel_send_copies_the_content(layer: InMemoryChannelLayer) -> None:
 
 
 def test_channel_send_refuses_non_dicts(layer: InMemoryChannelLayer) -> None:
+    """Channel.send raises TypeError for content that is not a dict and sends nothing."""
     for content in ("text", ["a"], None, 5):
         with pytest.raises(TypeError):
             Channel("a", channel_layer=layer).send(content)  # type: ignore[arg-type]
@@ -73,11 +76,13 @@ def test_channel_send_refuses_non_dicts(layer: InMemoryChannelLayer) -> None:
 
 @pytest.mark.parametrize("name", ["bad name", "a?", "ü", "x" * 100, ""])
 def test_channel_send_refuses_invalid_names(layer: InMemoryChannelLayer, name: str) -> None:
+    """Channel.send raises TypeError for an invalid channel name."""
     with pytest.raises(TypeError):
         Channel(name, channel_layer=layer).send({"a": 1})
 
 
 def test_channel_send_refuses_contents_no_layer_can_carry(layer: InMemoryChannelLayer) -> None:
+    """Channel.send refuses unserialisable content (TypeError) and oversize messages."""
     with pytest.raises(TypeError):
         Channel("a", channel_layer=layer).send({"obj": object()})
     with pytest.raises(TypeError):
@@ -88,6 +93,7 @@ def test_channel_send_refuses_contents_no_layer_can_carry(layer: InMemoryChannel
 
 
 def test_channel_send_raises_channel_full(layer: InMemoryChannelLayer) -> None:
+    """Channel.send raises ChannelFull when the channel is at capacity."""
     full = InMemoryChannelLayer(capacity=1)
     Channel("a", channel_layer=full).send({"n": 1})
     with pytest.raises(ChannelFull):
@@ -95,6 +101,7 @@ def test_channel_send_raises_channel_full(layer: InMemoryChannelLayer) -> None:
 
 
 def test_channel_names_and_identity(layer: InMemoryChannelLayer) -> None:
+    """A Channel takes a str or bytes name; Channels of one name are equal and hash alike."""
     channel = Channel(b"daphne.response.ab!cd", channel_layer=layer)
     assert channel.name == "daphne.response.ab!cd"
     assert str(channel) == "daphne.response.ab!cd"
@@ -106,6 +113,7 @@ def test_channel_names_and_identity(layer: InMemoryChannelLayer) -> None:
 
 
 def test_channel_resolves_its_layer_by_alias() -> None:
+    """A Channel without a layer uses the 'default' alias's layer."""
     channel = Channel("a")
     assert channel.alias == DEFAULT_CHANNEL_LAYER == "default"
     assert channel.channel_layer is channel_layers["default"]
@@ -117,6 +125,7 @@ def test_channel_resolves_its_layer_by_alias() -> None:
 
 
 def test_group_add_send_discard(layer: InMemoryChannelLayer) -> None:
+    """Group.send reaches every added member once; discarded members no longer get messages."""
     group = Group("chat", channel_layer=layer)
     group.add(Channel("one", channel_layer=layer))
     group.add("two")
@@ -134,6 +143,7 @@ def test_group_add_send_discard(layer: InMemoryChannelLayer) -> None:
 
 
 def test_group_send_skips_full_members(layer: InMemoryChannelLayer) -> None:
+    """Group.send skips a full member and still delivers to the others."""
     small = InMemoryChannelLayer(capacity=1)
     group = Group("g", channel_layer=small)
     group.add("full")
@@ -145,12 +155,14 @@ def test_group_send_skips_full_members(layer: InMemoryChannelLayer) -> None:
 
 
 def test_group_send_refuses_non_dicts(layer: InMemoryChannelLayer) -> None:
+    """Group.send raises ValueError for content that is not a dict."""
     with pytest.raises(ValueError):
         Group("chat", channel_layer=layer).send("text")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", ["bad name", "a!b", "a?b", "x" * 100])
 def test_group_refuses_invalid_names(layer: InMemoryChannelLayer, name: str) -> None:
+    """A Group with an invalid name raises TypeError on send and on add."""
     group = Group(name, channel_layer=layer)
     with pytest.raises(TypeError):
         group.send({"a": 1})
@@ -159,6 +171,7 @@ def test_group_refuses_invalid_names(layer: InMemoryChannelLayer, name: str) -> 
 
 
 def test_group_add_refuses_invalid_channel_names(layer: InMemoryChannelLayer) -> None:
+    """Group.add raises TypeError for an invalid channel name."""
     with pytest.raises(TypeError):
         Group("g", channel_layer=layer).add("bad name")
 
@@ -167,6 +180,7 @@ def test_group_add_refuses_invalid_channel_names(layer: InMemoryChannelLayer) ->
 
 
 def test_message_is_dict_like(layer: InMemoryChannelLayer) -> None:
+    """A Message reads like a dict of its content and knows its channel and layer."""
     content = {"reply_channel": "daphne.response.a!b", "text": "hi", "order": 1}
     message = Message(content, "websocket.receive", layer)
     assert message.content is content
@@ -186,6 +200,7 @@ def test_message_is_dict_like(layer: InMemoryChannelLayer) -> None:
 
 
 def test_message_reply_channel(layer: InMemoryChannelLayer) -> None:
+    """Message.reply_channel is a Channel on the message's layer, or None without one."""
     message = Message({"reply_channel": "daphne.response.a!b"}, "websocket.connect", layer)
     assert message.reply_channel == Channel("daphne.response.a!b")
     assert message.reply_channel is not None
@@ -194,6 +209,7 @@ def test_message_reply_channel(layer: InMemoryChannelLayer) -> None:
 
 
 def test_message_copy_is_deep(layer: InMemoryChannelLayer) -> None:
+    """Message.copy() copies the content deeply and keeps the channel and layer."""
     message = Message({"nested": {"a": [1]}}, "x", layer)
     clone = message.copy()
     clone["nested"]["a"].append(2)
@@ -205,6 +221,7 @@ def test_message_copy_is_deep(layer: InMemoryChannelLayer) -> None:
 
 
 def test_sends_in_a_consumer_are_held_until_it_finishes(layer: InMemoryChannelLayer) -> None:
+    """Sends made inside a consumer are held until it finishes, then sent in order."""
     seen_during: list[Any] = []
 
     def consumer() -> None:
@@ -218,6 +235,7 @@ def test_sends_in_a_consumer_are_held_until_it_finishes(layer: InMemoryChannelLa
 
 
 def test_held_channel_and_group_sends_keep_their_order(layer: InMemoryChannelLayer) -> None:
+    """Held Channel and Group sends are flushed in the order they were made."""
     Group("g", channel_layer=layer).add("a")
 
     def consumer() -> None:
@@ -231,6 +249,8 @@ def test_held_channel_and_group_sends_keep_their_order(layer: InMemoryChannelLay
 
 
 def test_held_sends_are_copied_when_sent(layer: InMemoryChannelLayer) -> None:
+    """A held send carries the content as it was at send(), not as it is at the flush."""
+
     def consumer() -> None:
         content: dict[str, Any] = {"n": [1]}
         Channel("a", channel_layer=layer).send(content)
@@ -241,6 +261,7 @@ def test_held_sends_are_copied_when_sent(layer: InMemoryChannelLayer) -> None:
 
 
 def test_immediately_bypasses_the_buffer(layer: InMemoryChannelLayer) -> None:
+    """send(immediately=True) on a Channel or Group goes at once, inside a consumer."""
     Group("g", channel_layer=layer).add("b")
     seen_during: list[Any] = []
 
@@ -257,6 +278,8 @@ def test_immediately_bypasses_the_buffer(layer: InMemoryChannelLayer) -> None:
 
 
 def test_a_consumer_that_raises_still_sends(layer: InMemoryChannelLayer) -> None:
+    """A consumer that raises still has its held sends flushed, and buffering ends."""
+
     def consumer() -> None:
         Channel("a", channel_layer=layer).send({"n": 1})
         raise RuntimeError("consumer failed")
@@ -268,6 +291,7 @@ def test_a_consumer_that_raises_still_sends(layer: InMemoryChannelLayer) -> None
 
 
 def test_bad_sends_raise_in_the_consumer_at_once(layer: InMemoryChannelLayer) -> None:
+    """Invalid sends inside a consumer raise at the call, not at the flush."""
     errors: list[type[Exception]] = []
 
     def consumer() -> None:
@@ -288,12 +312,14 @@ def test_bad_sends_raise_in_the_consumer_at_once(layer: InMemoryChannelLayer) ->
 
 
 def test_sends_outside_a_consumer_go_at_once(layer: InMemoryChannelLayer) -> None:
+    """Outside a consumer, Channel.send sends at once."""
     assert not pending_message_store.is_active()
     Channel("a", channel_layer=layer).send({"n": 1})
     assert drain(layer, "a") == [{"n": 1}]
 
 
 def test_buffering_is_per_thread(layer: InMemoryChannelLayer) -> None:
+    """Sends are held only in the consumer's thread; another thread's go at once."""
     from_other_thread: list[Any] = []
 
     def other() -> None:
@@ -312,6 +338,7 @@ def test_buffering_is_per_thread(layer: InMemoryChannelLayer) -> None:
 
 
 def test_a_new_consumer_starts_with_an_empty_buffer(layer: InMemoryChannelLayer) -> None:
+    """consumer_started drops sends held by an earlier, unfinished consumer in the thread."""
     consumer_started.send(sender=None, environ={})
     Channel("a", channel_layer=layer).send({"n": "lost with its consumer"})
     run_consumer(lambda: Channel("a", channel_layer=layer).send({"n": 2}))
@@ -319,6 +346,7 @@ def test_a_new_consumer_starts_with_an_empty_buffer(layer: InMemoryChannelLayer)
 
 
 def test_flush_waits_for_room_in_a_full_channel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flush waits for room in a full channel and sends once a reader frees it."""
     small = InMemoryChannelLayer(capacity=1)
     small.receive_block_timeout = 30.0
     monkeypatch.setattr(pending_message_store, "full_timeout", 30.0)
@@ -341,6 +369,7 @@ def test_flush_waits_for_room_in_a_full_channel(monkeypatch: pytest.MonkeyPatch)
 def test_flush_waits_on_a_blocked_channel_past_full_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The flush waits on a blocked channel past full_timeout and sends once it is unblocked."""
     # Its interface blocked the reply channel: the client is slow, not
     # gone.  A held chunk must not be dropped (a hole in the response).
     layer = InMemoryChannelLayer()
@@ -364,6 +393,7 @@ def test_flush_waits_on_a_blocked_channel_past_full_timeout(
 def test_flush_drops_and_logs_a_message_that_finds_no_room(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A held message finding no room by full_timeout is dropped and logged; others still go."""
     small = InMemoryChannelLayer(capacity=1)
     Channel("a", channel_layer=small).send({"n": 0})
     monkeypatch.setattr(pending_message_store, "full_timeout", 0.0)
@@ -395,6 +425,7 @@ class FailingLayer(BaseChannelLayer):
 
 
 def test_flush_goes_on_after_a_failed_send() -> None:
+    """A held send that fails (full or layer error) is logged and the flush goes on."""
     failing = FailingLayer()
 
     def consumer() -> None:

@@ -57,6 +57,7 @@ def _feed(data: bytes) -> tuple[RefusalRecorder, StringTransport]:
 
 
 def test_twisted_refuses_a_malformed_chunked_body_through_the_hooked_method() -> None:
+    """Twisted refuses a malformed chunk via the hooked method, answering 400 and closing."""
     channel, transport = _feed(
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
     )
@@ -75,6 +76,7 @@ def test_twisted_refuses_a_malformed_chunked_body_through_the_hooked_method() ->
 
 
 def test_twisted_refuses_conflicting_framing_through_the_hooked_method() -> None:
+    """Twisted refuses two Content-Length headers through the hooked refusal method."""
     channel, _ = _feed(
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
     )
@@ -87,6 +89,8 @@ def test_twisted_refuses_conflicting_framing_through_the_hooked_method() -> None
 
 
 def test_twisted_records_the_signal_that_stopped_the_reactor() -> None:
+    """sigTerm records the signal in _exitSignal, which twistd reads and chanserv can forget."""
+
     class Reactor:
         _exitSignal = reactor_base.ReactorBase._exitSignal
         callFromThread = staticmethod(lambda f, *a: None)
@@ -117,6 +121,7 @@ def test_twisted_records_the_signal_that_stopped_the_reactor() -> None:
 
 
 def test_autobahn_keeps_the_handshake_key_only_until_the_101() -> None:
+    """autobahn keeps the handshake key where chanserv finds it and forgets it after the 101."""
     h = Harness()
     client = h.connect()
     protocol: Any = client.protocol
@@ -140,6 +145,7 @@ def test_autobahn_keeps_the_handshake_key_only_until_the_101() -> None:
 
 
 def test_automat_machines_look_transitions_up_in_a_dict() -> None:
+    """automat keeps an automaton chanserv indexes, so transitions skip automat's scan."""
     from typing import Protocol as _Protocol
 
     from automat import NoTransition, TypeMachineBuilder
@@ -205,6 +211,7 @@ class FormRequest(django_compat.StreamedRequest):
 
 
 def test_django_request_subclasses_provide_the_body_stream() -> None:
+    """Django's HttpRequest takes content type, POST, scheme and read() from a subclass."""
     where = "chanserv._compat.django.StreamedRequest"
     request = FormRequest(b"a=1&b=2")
     pinned(
@@ -232,6 +239,7 @@ def test_django_request_subclasses_provide_the_body_stream() -> None:
 
 
 def test_django_runs_the_innermost_handler_step_through_get_response() -> None:
+    """Django's load_middleware calls the handler's innermost step for every request."""
     seen: list[str] = []
 
     class Recorder(django_compat.Handler):
@@ -253,6 +261,7 @@ def test_django_runs_the_innermost_handler_step_through_get_response() -> None:
 
 
 def test_django_sends_request_finished_from_the_response_handler_class() -> None:
+    """Django's response close() sends request_finished from the handler class chanserv sets."""
     senders: list[Any] = []
 
     def receiver(sender: Any, **kwargs: Any) -> None:
@@ -274,6 +283,7 @@ def test_django_sends_request_finished_from_the_response_handler_class() -> None
 
 
 def test_django_sessions_take_a_chosen_key() -> None:
+    """A Django session given a chosen key by set_session_key saves under that key."""
     from django.contrib.sessions.backends.cache import SessionStore
 
     session = SessionStore(session_key="chn" + "0" * 29)
@@ -292,6 +302,7 @@ def test_django_sessions_take_a_chosen_key() -> None:
 
 
 def test_django_test_cases_run_the_hooks_around_each_test() -> None:
+    """SimpleTestCase runs the chanserv hooks before setUp and after tearDown."""
     events: list[str] = []
 
     class Case(django_compat.TestCaseHooks, SimpleTestCase):
@@ -303,6 +314,7 @@ def test_django_test_cases_run_the_hooks_around_each_test() -> None:
             events.append("setUp")
 
         def test_it(self) -> None:
+            """The probe test's body; it records when it runs relative to the hooks."""
             events.append("test")
 
         def tearDown(self) -> None:

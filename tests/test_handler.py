@@ -32,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("test_urls")
 
 @pytest.fixture
 def test_urls():
+    """Fixture: every test here runs with ROOT_URLCONF set to tests.handler_urls."""
     with override_settings(ROOT_URLCONF="tests.handler_urls"):
         yield
 
@@ -100,6 +101,7 @@ class SignalCounter:
 
 
 def test_meta_mapping(layer):
+    """AsgiRequest maps the message's keys and headers onto Django's META, path and GET."""
     message = http_request(
         layer,
         "/app/hello/",
@@ -158,6 +160,7 @@ def test_meta_mapping(layer):
     ],
 )
 def test_path_info_strips_root_path_on_a_segment(layer, root_path, path, path_info):
+    """path_info is the path minus root_path, stripped only on a whole path segment."""
     request = AsgiRequest(http_request(layer, path, root_path=root_path))
     assert request.path == path
     assert request.path_info == path_info
@@ -165,6 +168,7 @@ def test_path_info_strips_root_path_on_a_segment(layer, root_path, path, path_in
 
 
 def test_no_client_no_server(layer):
+    """Without client or server, META has SERVER_NAME 'unknown', port '0' and no REMOTE_ADDR."""
     request = AsgiRequest(http_request(layer, client=None, server=None))
     assert request.META["SERVER_NAME"] == "unknown"
     assert request.META["SERVER_PORT"] == "0"
@@ -172,6 +176,7 @@ def test_no_client_no_server(layer):
 
 
 def test_unknown_charset_is_ignored(layer):
+    """An unknown charset in Content-Type leaves the request encoding as None."""
     request = AsgiRequest(
         http_request(layer, headers=[[b"content-type", b"text/plain; charset=no-such"]])
     )
@@ -179,6 +184,7 @@ def test_unknown_charset_is_ignored(layer):
 
 
 def test_duplicate_headers_joined(layer):
+    """Repeated headers are joined with commas in META; repeated cookies are all parsed."""
     request = AsgiRequest(
         http_request(
             layer,
@@ -204,6 +210,7 @@ def test_duplicate_headers_joined(layer):
     ],
 )
 def test_underscore_header_cannot_spoof_dash_header(layer, headers):
+    """A header spelt with underscores never overrides its dashed form in META."""
     # CVE-2026-3902: only the "-" spelling reaches META.
     request = AsgiRequest(http_request(layer, headers=headers))
     assert request.META["HTTP_X_AUTH_USER"] == "bob"
@@ -211,11 +218,13 @@ def test_underscore_header_cannot_spoof_dash_header(layer, headers):
 
 
 def test_underscore_header_alone_is_dropped(layer):
+    """A header whose name has underscores is dropped from META even when alone."""
     request = AsgiRequest(http_request(layer, headers=[[b"x_forwarded_for", b"1.2.3.4"]]))
     assert "HTTP_X_FORWARDED_FOR" not in request.META
 
 
 def test_499_duplicate_headers(layer):
+    """499 repeats of one header are all kept, joined by commas in order."""
     # CVE-2025-14550: as many repeats as Twisted lets through.
     values = [b"%03d" % i + b"v" * 97 for i in range(499)]
     request = AsgiRequest(http_request(layer, headers=[[b"x-dupe", v] for v in values]))
@@ -225,6 +234,7 @@ def test_499_duplicate_headers(layer):
 
 
 def test_duplicate_headers_joined_linearly(layer):
+    """Repeated headers are joined in linear time: 20,000 repeats of 1 KiB finish at once."""
     # 20,000 repeats of 1 KiB: joined once this is ~20 MiB of copying; the
     # 1.x "META[n] + ',' + v" per repeat would copy ~200 GB and never end.
     values = [b"z" * 1024] * 20000
@@ -235,6 +245,7 @@ def test_duplicate_headers_joined_linearly(layer):
 
 
 def test_legacy_dict_headers(layer):
+    """Headers given as a legacy dict, with str or bytes values, reach META."""
     request = AsgiRequest(
         http_request(
             layer,
@@ -247,6 +258,7 @@ def test_legacy_dict_headers(layer):
 
 
 def test_scheme_and_cookies(layer):
+    """The scheme sets is_secure() and request.scheme; the Cookie header fills COOKIES."""
     request = AsgiRequest(
         http_request(layer, scheme="https", headers=[[b"cookie", b"sessionid=abc; x=y"]])
     )
@@ -257,10 +269,12 @@ def test_scheme_and_cookies(layer):
 
 
 def test_response_later_alias():
+    """AsgiRequest.ResponseLater is chanserv's ResponseLater exception."""
     assert AsgiRequest.ResponseLater is ResponseLater
 
 
 def test_malformed_message_is_bad_request(layer):
+    """A message missing keys or with a non-bytes header value raises BadRequest."""
     with pytest.raises(BadRequest):
         AsgiRequest({"method": "GET"})
     with pytest.raises(BadRequest):
@@ -278,6 +292,7 @@ def body_channel(layer: Any, *chunks: dict[str, Any]) -> str:
 
 
 def test_body_from_body_channel(layer):
+    """The body is the message's body followed by every chunk read off the body channel."""
     name = body_channel(
         layer,
         {"content": b"second,", "more_content": True},
@@ -290,6 +305,7 @@ def test_body_from_body_channel(layer):
 
 
 def test_body_chunks_from_another_thread(layer):
+    """Body chunks sent while the request blocks on the body channel are all read in order."""
     # The reader blocks on the layer; the chunks are pushed while it waits.
     name = layer.new_channel("http.request.body?")
     parts = [b"%05d" % i for i in range(50)]
@@ -308,12 +324,14 @@ def test_body_chunks_from_another_thread(layer):
 
 
 def test_body_closed_aborts(layer):
+    """A body channel message with closed=True raises RequestAborted."""
     name = body_channel(layer, {"content": b"part", "more_content": True}, {"closed": True})
     with pytest.raises(RequestAborted):
         AsgiRequest(http_request(layer, method="POST", body_channel=name))
 
 
 def test_body_timeout_without_waiting(layer):
+    """With body_receive_timeout 0, a body still to come raises RequestTimeout at once."""
     name = body_channel(layer, {"content": b"part", "more_content": True})
 
     class Impatient(AsgiRequest):
@@ -324,6 +342,9 @@ def test_body_timeout_without_waiting(layer):
 
 
 def test_body_timeout_after_blocking_waits(layer):
+    """Reading the body raises RequestTimeout once body_receive_timeout passes on its clock,
+    after several blocking receives.
+    """
     # The layer's blocking receive gives up several times before the
     # request's own deadline (measured on a fake clock) passes.
     layer.receive_block_timeout = 0.001
@@ -341,6 +362,7 @@ def test_body_timeout_after_blocking_waits(layer):
 
 
 def test_body_chunk_content_must_be_bytes(layer):
+    """A body chunk whose content is not bytes raises BadRequest."""
     name = body_channel(layer, {"content": "text"})
     with pytest.raises(BadRequest):
         AsgiRequest(http_request(layer, method="POST", body_channel=name))
@@ -348,6 +370,9 @@ def test_body_chunk_content_must_be_bytes(layer):
 
 @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000)
 def test_body_limit_stops_reading(layer):
+    """A chunked body over DATA_UPLOAD_MAX_MEMORY_SIZE raises RequestDataTooBig
+    and stops reading at the chunk that crosses it.
+    """
     # CVE-2026-33034: no Content-Length, chunks past the limit.  Reading stops
     # at the chunk that crosses it; the rest is never taken.
     chunks = [{"content": b"a" * 400, "more_content": True} for _ in range(10)]
@@ -359,6 +384,7 @@ def test_body_limit_stops_reading(layer):
 
 @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000)
 def test_body_limit_declared_length(layer):
+    """A Content-Length over the limit raises RequestDataTooBig before any chunk is read."""
     name = body_channel(layer, {"content": b"a" * 10})
     with pytest.raises(RequestDataTooBig):
         AsgiRequest(
@@ -374,6 +400,7 @@ def test_body_limit_declared_length(layer):
 
 @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000)
 def test_body_limit_in_message_body(layer):
+    """A message body over the limit raises RequestDataTooBig; one at the limit is accepted."""
     with pytest.raises(RequestDataTooBig):
         AsgiRequest(http_request(layer, method="POST", body=b"b" * 1001))
     assert AsgiRequest(http_request(layer, method="POST", body=b"b" * 1000)).body == b"b" * 1000
@@ -381,6 +408,7 @@ def test_body_limit_in_message_body(layer):
 
 @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000, FILE_UPLOAD_MAX_MEMORY_SIZE=1000)
 def test_multipart_upload_may_exceed_the_limit(layer):
+    """File parts of a multipart upload may exceed DATA_UPLOAD_MAX_MEMORY_SIZE."""
     # File parts are limited by Django's upload handlers, not the body limit.
     upload = b"u" * 5000
     payload = (
@@ -414,6 +442,7 @@ def test_multipart_upload_may_exceed_the_limit(layer):
 
 
 def test_view_response(layer):
+    """AsgiHandler turns a view's response into one reply with status, headers and content."""
     messages = run(layer)
     assert messages == [
         {
@@ -426,6 +455,7 @@ def test_view_response(layer):
 
 
 def test_lowercase_header_names_and_cookies(layer):
+    """Reply header names are lowercased and each cookie is its own set-cookie header."""
     messages = run(layer, "/cookie/")
     headers = messages[0]["headers"]
     assert all(name == name.lower() for name, _ in headers)
@@ -438,6 +468,7 @@ def test_lowercase_header_names_and_cookies(layer):
 
 
 def test_content_chunked_at_512_kib(layer):
+    """Response content is split into 512 KiB chunks; only the first has status and headers."""
     messages = run(layer, "/big/")
     assert [len(m["content"]) for m in messages] == [CHUNK, CHUNK, 10]
     assert [m["more_content"] for m in messages] == [True, True, False]
@@ -447,6 +478,7 @@ def test_content_chunked_at_512_kib(layer):
 
 
 def test_empty_content(layer):
+    """An empty response is one reply with empty content and more_content False."""
     messages = run(layer, "/empty/")
     assert len(messages) == 1
     assert messages[0]["content"] == b""
@@ -454,6 +486,7 @@ def test_empty_content(layer):
 
 
 def test_streaming_response(layer):
+    """A streaming response is sent chunk by chunk, big chunks split, then an empty last one."""
     messages = run(layer, "/stream/")
     assert [len(m["content"]) for m in messages] == [5, CHUNK, 100, 4, 0]
     assert [m["more_content"] for m in messages] == [True, True, True, True, False]
@@ -462,6 +495,7 @@ def test_streaming_response(layer):
 
 
 def test_empty_streaming_response(layer):
+    """An empty streaming response is one reply with status, empty content, no more_content."""
     messages = run(layer, "/empty-stream/")
     assert len(messages) == 1
     assert messages[0]["status"] == 200
@@ -470,6 +504,7 @@ def test_empty_streaming_response(layer):
 
 
 def test_file_response_in_512_kib_blocks(layer):
+    """A FileResponse is sent in 512 KiB blocks with its content-length header."""
     messages = run(layer, "/file/")
     assert [len(m["content"]) for m in messages] == [CHUNK, CHUNK, 4, 0]
     assert messages[-1]["more_content"] is False
@@ -478,6 +513,7 @@ def test_file_response_in_512_kib_blocks(layer):
 
 
 def test_signals_and_close(layer):
+    """request_started fires on start and request_finished when the replies are closed early."""
     with (
         SignalCounter(signals.request_started) as started,
         SignalCounter(signals.request_finished) as finished,
@@ -495,6 +531,7 @@ def test_signals_and_close(layer):
 
 
 def test_root_path_and_script_prefix(layer):
+    """root_path becomes the script prefix for reverse(), for that request only."""
     messages = run(layer, "/app/where/", root_path="/app")
     assert json.loads(body_of(messages)) == {
         "path": "/app/where/",
@@ -507,11 +544,14 @@ def test_root_path_and_script_prefix(layer):
 
 
 def test_undecodable_query_string_gives_400(layer):
+    """A query string that cannot be decoded is answered with 400."""
     messages = run(layer, query_string=b"q=\xff\xfe")
     assert messages[0]["status"] == 400
 
 
 def test_body_timeout_gives_408(layer):
+    """A request whose body times out is answered with 408."""
+
     class Impatient(AsgiRequest):
         body_receive_timeout = 0
 
@@ -524,6 +564,7 @@ def test_body_timeout_gives_408(layer):
 
 
 def test_aborted_request_sends_nothing(layer):
+    """An aborted request sends no reply but still fires request_finished."""
     name = body_channel(layer, {"closed": True})
     with SignalCounter(signals.request_finished) as finished:
         assert run(layer, method="POST", body_channel=name) == []
@@ -532,18 +573,21 @@ def test_aborted_request_sends_nothing(layer):
 
 @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000)
 def test_body_over_limit_gives_413(layer):
+    """A body over DATA_UPLOAD_MAX_MEMORY_SIZE is answered with 413."""
     name = body_channel(layer, *[{"content": b"a" * 600, "more_content": True}] * 3)
     messages = run(layer, "/body/", method="POST", body_channel=name)
     assert messages[0]["status"] == 413
 
 
 def test_view_error_gives_500(layer):
+    """A view that raises is answered with Django's 500 page."""
     messages = run(layer, "/boom/")
     assert messages[0]["status"] == 500
     assert b"Server Error (500)" in body_of(messages)
 
 
 def test_failing_error_handling_gives_plain_500(layer):
+    """When the 500 handler itself fails, a plain-text 'Internal Server Error' 500 is sent."""
     with override_settings(ROOT_URLCONF=handler_urls.BrokenErrorHandlerUrls):
         messages = run(layer, "/boom/")
     assert messages[0]["status"] == 500
@@ -552,6 +596,7 @@ def test_failing_error_handling_gives_plain_500(layer):
 
 
 def test_failing_error_handling_shows_traceback_under_debug(layer):
+    """With DEBUG_PROPAGATE_EXCEPTIONS, a view error is answered 500 with its traceback."""
     # Django's error handling re-raises instead of answering.
     with override_settings(DEBUG=True, DEBUG_PROPAGATE_EXCEPTIONS=True):
         messages = run(layer, "/boom/")
@@ -560,6 +605,7 @@ def test_failing_error_handling_shows_traceback_under_debug(layer):
 
 
 def test_response_later_sends_nothing(layer):
+    """A view raising ResponseLater sends no reply but request_finished still fires."""
     with SignalCounter(signals.request_finished) as finished:
         assert run(layer, "/later/") == []
     assert len(finished.calls) == 1
@@ -572,6 +618,7 @@ def test_response_later_sends_nothing(layer):
     ]
 )
 def test_response_later_passes_exception_middleware(layer):
+    """ResponseLater bypasses process_exception middleware, which still sees other errors."""
     assert run(layer, "/later/") == []
     # The middleware does see other exceptions.
     messages = run(layer, "/boom/")
@@ -579,6 +626,8 @@ def test_response_later_passes_exception_middleware(layer):
 
 
 def test_tutorial_http_consumer(layer):
+    """The tutorial's consumer sends an encode_response() reply on the reply channel."""
+
     # The tutorial's first consumer, verbatim but for the import.
     def http_consumer(message):
         response = HttpResponse("Hello world! You asked for %s" % message.content["path"])
@@ -598,6 +647,7 @@ def test_tutorial_http_consumer(layer):
 
 
 def test_view_consumer_sends_replies(layer):
+    """ViewConsumer sends every chunk of the response on the message's reply channel."""
     message = http_request(layer, "/big/")
     ViewConsumer()(message)
     sent = []
@@ -612,6 +662,7 @@ def test_view_consumer_sends_replies(layer):
 
 
 def test_view_consumer_response_later_then_other_consumer(layer):
+    """After ResponseLater, ViewConsumer sends nothing and another consumer may reply later."""
     message = http_request(layer, "/later/")
     ViewConsumer()(message)
     assert replies(layer) == []
@@ -622,6 +673,7 @@ def test_view_consumer_response_later_then_other_consumer(layer):
 
 
 def test_view_consumer_waits_for_room(layer):
+    """ViewConsumer waits for room on a full reply channel and sends every chunk in turn."""
     # Capacity 1 on the reply prefix; a reader drains it in another thread.
     full_layer = InMemoryChannelLayer(channel_capacity={PREFIX: 1})
     message = http_request(full_layer, "/big/")
@@ -644,6 +696,7 @@ def test_view_consumer_waits_for_room(layer):
 
 
 def test_view_consumer_gives_up_on_a_gone_client(layer):
+    """ViewConsumer gives up after send_timeout on a full channel and finishes the request."""
     full_layer = InMemoryChannelLayer(channel_capacity={PREFIX: 1})
     consumer = ViewConsumer()
     consumer.send_timeout = 0.01
@@ -654,6 +707,9 @@ def test_view_consumer_gives_up_on_a_gone_client(layer):
 
 
 def test_view_consumer_waits_on_a_blocked_reply_channel_past_send_timeout(layer):
+    """ViewConsumer keeps waiting on a blocked reply channel past send_timeout,
+    and sends everything once it is unblocked.
+    """
     # The interface blocked the channel: its client is slow, not gone.
     blocked_layer = InMemoryChannelLayer()
     message = http_request(blocked_layer, "/big/")
@@ -673,6 +729,7 @@ def test_view_consumer_waits_on_a_blocked_reply_channel_past_send_timeout(layer)
 
 
 def test_view_consumer_gives_up_on_a_channel_blocked_too_long(layer):
+    """ViewConsumer gives up on a channel blocked past blocked_timeout, sending nothing."""
     blocked_layer = InMemoryChannelLayer()
     message = http_request(blocked_layer, "/big/")
     blocked_layer.block_local_channel(message.reply_channel.name)
@@ -686,6 +743,8 @@ def test_view_consumer_gives_up_on_a_channel_blocked_too_long(layer):
 
 
 def test_view_consumer_without_wait_support_backs_off(layer):
+    """Without send_prepared_wait, ViewConsumer backs off and gives up on a full channel."""
+
     class NoWait(InMemoryChannelLayer):
         send_prepared_wait = None  # type: ignore[assignment]
 
@@ -698,6 +757,9 @@ def test_view_consumer_without_wait_support_backs_off(layer):
 
 @override_settings(SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies")
 def test_isolation_between_concurrent_requests(layer):
+    """Concurrent requests on one ViewConsumer each reply to their own client with their own
+    session and headers.
+    """
     # CVE-2020-35681: one consumer, many threads, every request in flight at
     # once; each reply goes to its own client with its own session.
     count = 16

@@ -74,6 +74,8 @@ def no_local_wait(monkeypatch: Any) -> None:
 
 
 def test_decorator_forms() -> None:
+    """enforce_ordering works with or without parentheses; slight=True raises ValueError."""
+
     def consumer(message: Message) -> None:
         pass
 
@@ -86,6 +88,7 @@ def test_decorator_forms() -> None:
 
 
 def test_missing_order_is_an_error(layer: Any) -> None:
+    """enforce_ordering raises ValueError for a message with no order or a non-int order."""
     consumer = enforce_ordering(Recorder())
     with pytest.raises(ValueError, match="No `order` value"):
         run_consumer(consumer, "websocket.receive", {"reply_channel": "a!b", "text": "x"}, layer)
@@ -94,12 +97,14 @@ def test_missing_order_is_an_error(layer: Any) -> None:
 
 
 def test_missing_reply_channel_is_an_error(layer: Any) -> None:
+    """enforce_ordering raises ValueError for a message without a reply_channel."""
     consumer = enforce_ordering(Recorder())
     with pytest.raises(ValueError, match="reply_channel"):
         run_consumer(consumer, "websocket.receive", {"order": 1}, layer)
 
 
 def test_in_order_messages_run_and_advance_the_counter(layer: Any) -> None:
+    """In-order messages run at once and advance the session's next-order counter."""
     reply = reply_channel_name()
     rec = Recorder()
     consumer = enforce_ordering(rec)
@@ -110,6 +115,7 @@ def test_in_order_messages_run_and_advance_the_counter(layer: Any) -> None:
 
 
 def test_works_on_methods(layer: Any) -> None:
+    """enforce_ordering works on a consumer method, finding the message after self."""
     reply = reply_channel_name()
     seen = []
 
@@ -125,6 +131,7 @@ def test_works_on_methods(layer: Any) -> None:
 def test_out_of_order_waits_on_the_wait_channel_then_drains(
     layer: Any, no_local_wait: None
 ) -> None:
+    """An early message is put on the wait channel and requeued once the due one has run."""
     reply = reply_channel_name()
     rec = Recorder()
     consumer = enforce_ordering(rec)
@@ -142,10 +149,12 @@ def test_out_of_order_waits_on_the_wait_channel_then_drains(
 
 
 def test_wait_channel_name() -> None:
+    """A reply channel's wait channel is __wait__. plus its name with ! turned into ?."""
     assert wait_channel_name("daphne.response.AB!cd") == "__wait__.daphne.response.AB?cd"
 
 
 def test_already_consumed_order_is_dropped(layer: Any) -> None:
+    """A repeated order that already ran is dropped, neither run nor requeued."""
     reply = reply_channel_name()
     rec = Recorder()
     consumer = enforce_ordering(rec)
@@ -158,6 +167,7 @@ def test_already_consumed_order_is_dropped(layer: Any) -> None:
 
 
 def test_order_one_starts_when_connect_was_not_ordered(layer: Any) -> None:
+    """Order 1 runs first when the connect consumer was not under enforce_ordering."""
     reply = reply_channel_name()
     rec = Recorder()
     consumer = enforce_ordering(rec)
@@ -168,6 +178,7 @@ def test_order_one_starts_when_connect_was_not_ordered(layer: Any) -> None:
 
 
 def test_consume_later_does_not_advance(layer: Any) -> None:
+    """ConsumeLater under enforce_ordering requeues the message and leaves the counter as is."""
     reply = reply_channel_name()
     attempts = []
 
@@ -186,6 +197,7 @@ def test_consume_later_does_not_advance(layer: Any) -> None:
 
 
 def test_consumer_error_still_advances(layer: Any) -> None:
+    """A consumer that raises still advances the counter and saves its channel session."""
     reply = reply_channel_name()
 
     @enforce_ordering
@@ -201,6 +213,7 @@ def test_consumer_error_still_advances(layer: Any) -> None:
 
 
 def test_sends_are_flushed_before_the_next_message_may_run(layer: Any) -> None:
+    """enforce_ordering flushes a consumer's held sends before the next message may run."""
     reply = reply_channel_name()
 
     @enforce_ordering
@@ -219,6 +232,7 @@ def test_sends_are_flushed_before_the_next_message_may_run(layer: Any) -> None:
 
 
 def test_full_wait_channel_closes_with_1011(layer: Any, no_local_wait: None) -> None:
+    """A full wait channel closes the socket with 1011; its later messages are dropped."""
     small = ChannelLayerWrapper(
         InMemoryChannelLayer(channel_capacity={"__wait__.*": 1}), "default", []
     )
@@ -240,6 +254,7 @@ def test_full_wait_channel_closes_with_1011(layer: Any, no_local_wait: None) -> 
 def test_gap_older_than_the_timeout_closes_with_1011(
     layer: Any, no_local_wait: None, monkeypatch: Any
 ) -> None:
+    """A gap in the orders older than the gap timeout closes the socket with 1011."""
     now = [1000.0]
     monkeypatch.setattr(ordering, "wall_clock", lambda: now[0])
     reply = reply_channel_name()
@@ -258,6 +273,7 @@ def test_gap_older_than_the_timeout_closes_with_1011(
 
 @override_settings(CHANNEL_ORDERING_GAP_TIMEOUT=0)
 def test_gap_watcher_closes_with_1011(layer: Any) -> None:
+    """With the in-memory layer, a gap outlasting its timeout closes the socket with 1011."""
     # With the in-memory layer a thread waits out the gap itself (here 0 s).
     reply = reply_channel_name()
     rec = Recorder()
@@ -287,6 +303,7 @@ def waiting_signal(monkeypatch: Any) -> Iterator[threading.Event]:
 def test_early_message_waits_in_its_thread_for_its_turn(
     layer: Any, waiting_signal: threading.Event
 ) -> None:
+    """An early message waits in its thread for its turn and runs right after the due one."""
     reply = reply_channel_name()
     rec = Recorder()
     consumer = enforce_ordering(rec)
@@ -338,6 +355,7 @@ def send_waiting(layer: Any, channel: str, content: dict[str, Any]) -> None:
 
 
 def test_thousand_messages_eight_threads_in_order(worker_runtime: Any) -> None:
+    """1,000 messages of one socket on eight worker threads run strictly in order."""
     rec = Recorder()
     routing = [
         route("websocket.connect", enforce_ordering(rec)),
@@ -356,6 +374,7 @@ def test_thousand_messages_eight_threads_in_order(worker_runtime: Any) -> None:
 
 
 def test_channel_session_updates_are_not_lost_between_threads(worker_runtime: Any) -> None:
+    """Channel session updates of one socket on eight threads are never lost."""
     done = Recorder()
 
     @channel_session
@@ -377,6 +396,7 @@ def test_channel_session_updates_are_not_lost_between_threads(worker_runtime: An
 def test_drain_by_another_process_before_our_send_is_caught(
     layer: Any, no_local_wait: None, monkeypatch: Any
 ) -> None:
+    """A message sent to the wait channel just after another process drained it is requeued."""
     reply = reply_channel_name()
     rec = Recorder()
     consumer = enforce_ordering(rec)
@@ -401,6 +421,7 @@ def test_drain_by_another_process_before_our_send_is_caught(
 
 
 def test_wait_channel_name_of_a_long_reply_channel(layer: Any) -> None:
+    """A long reply channel gets a short hashed wait channel, whose messages are requeued."""
     reply = "r" * 80 + "!" + "x" * 12
     name = wait_channel_name(reply)
     assert name.startswith("__wait__.h?") and len(name) < 100

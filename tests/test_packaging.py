@@ -29,6 +29,7 @@ def _run(python: Path, code: str) -> str:
 
 
 def test_wheel_installs_the_plugin(tmp_path: Path) -> None:
+    """The wheel installs the twistd plugin, without Twisted's own __init__ files or tests."""
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
         [

@@ -60,12 +60,14 @@ not_callable = 42
 
 
 def test_route_matches_on_channel_name() -> None:
+    """A route matches messages on its channel, giving its consumer and no kwargs."""
     r = route("websocket.receive", consumer_a)
     assert r.match(msg("websocket.receive", text="hi")) == (consumer_a, {})
     assert r.match(msg("websocket.connect")) is None
 
 
 def test_route_takes_a_list_of_channels_and_bytes_names() -> None:
+    """A route given a list of str and bytes channel names matches each of them and no other."""
     r = route(["websocket.connect", b"websocket.receive"], consumer_a)
     assert r.channel_names() == {"websocket.connect", "websocket.receive"}
     assert r.match(msg("websocket.receive")) == (consumer_a, {})
@@ -74,6 +76,7 @@ def test_route_takes_a_list_of_channels_and_bytes_names() -> None:
 
 
 def test_route_refuses_bad_channels_and_consumers() -> None:
+    """route() raises TypeError for an empty or non-str channel and a non-callable consumer."""
     with pytest.raises(TypeError):
         route("", consumer_a)
     with pytest.raises(TypeError):
@@ -83,18 +86,21 @@ def test_route_refuses_bad_channels_and_consumers() -> None:
 
 
 def test_named_groups_become_kwargs() -> None:
+    """Named groups of a filter become the consumer's kwargs; a failing filter is no match."""
     r = route("http.request", consumer_a, path=r"^/poll/(?P<poll_id>\d+)/$")
     assert r.match(msg("http.request", path="/poll/12/")) == (consumer_a, {"poll_id": "12"})
     assert r.match(msg("http.request", path="/poll/x/")) is None
 
 
 def test_filters_are_anchored_at_the_start_only() -> None:
+    """Filters match at the start of the value, like re.match, not anywhere within it."""
     r = route("http.request", consumer_a, path=r"/a")
     assert r.match(msg("http.request", path="/abc")) is not None
     assert r.match(msg("http.request", path="/x/a")) is None
 
 
 def test_path_filter_keeps_the_leading_slash() -> None:
+    """Path filters see the path with its leading slash: ^chat/$ does not match /chat/."""
     assert (
         route("http.request", consumer_a, path=r"^chat/$").match(msg("http.request", path="/chat/"))
         is None
@@ -105,6 +111,7 @@ def test_path_filter_keeps_the_leading_slash() -> None:
 
 
 def test_every_filter_must_match() -> None:
+    """A route with several filters matches only when every one of them matches."""
     r = route("http.request", consumer_a, path=r"^/poll/$", method=r"^POST$")
     assert r.match(msg("http.request", path="/poll/", method="POST")) == (consumer_a, {})
     assert r.match(msg("http.request", path="/poll/", method="GET")) is None
@@ -112,22 +119,26 @@ def test_every_filter_must_match() -> None:
 
 
 def test_method_filter_is_case_sensitive() -> None:
+    """The method filter is case-sensitive: ^GET$ does not match a lowercase get."""
     # A lowercase "get" is not GET (reference/security.md).
     r = route("http.request", consumer_a, method=r"^GET$")
     assert r.match(msg("http.request", method="get")) is None
 
 
 def test_a_filter_key_missing_from_the_message_means_no_match() -> None:
+    """A message lacking the key a filter applies to does not match the route."""
     r = route("http.request", consumer_a, method=r"^GET$")
     assert r.match(msg("http.request", path="/")) is None
 
 
 def test_bytes_values_are_ascii_decoded() -> None:
+    """Bytes message values are decoded as ASCII before filters are applied to them."""
     r = route("http.request", consumer_a, query_string=r"^a=(?P<a>\d+)")
     assert r.match(msg("http.request", query_string=b"a=5&b=6")) == (consumer_a, {"a": "5"})
 
 
 def test_values_that_cannot_be_text_never_match() -> None:
+    """Non-ASCII bytes, ints and None never match a filter, not even an empty pattern."""
     r = route("http.request", consumer_a, query_string=r"")
     assert r.match(msg("http.request", query_string=b"\xc3\xa9")) is None
     assert r.match(msg("http.request", query_string=5)) is None
@@ -136,11 +147,15 @@ def test_values_that_cannot_be_text_never_match() -> None:
 
 
 def test_bytes_and_compiled_patterns_are_accepted() -> None:
+    """Filters may be given as bytes patterns or as compiled re patterns."""
     r = route("x", consumer_a, path=b"^/(?P<n>\\d)", method=re.compile("^GET$"))
     assert r.match(msg("x", path="/1", method="GET")) == (consumer_a, {"n": "1"})
 
 
 def test_unnamed_groups_are_refused_naming_the_pattern() -> None:
+    """route, include and route_class refuse unnamed capturing groups, naming the pattern;
+    non-capturing groups are allowed.
+    """
     with pytest.raises(ValueError, match=r"\^/r/\(a\+\)\+\$"):
         route("http.request", consumer_a, path=r"^/r/(a+)+$")
     with pytest.raises(ValueError, match="unnamed"):
@@ -152,6 +167,7 @@ def test_unnamed_groups_are_refused_naming_the_pattern() -> None:
 
 
 def test_invalid_patterns_raise_value_error() -> None:
+    """An invalid pattern raises ValueError; a filter that is not a pattern raises TypeError."""
     with pytest.raises(ValueError, match="invalid"):
         route("x", consumer_a, path=r"^(?P<a>")
     with pytest.raises(TypeError):
@@ -159,11 +175,13 @@ def test_invalid_patterns_raise_value_error() -> None:
 
 
 def test_optional_named_group_gives_none() -> None:
+    """An optional named group that took no part in the match is passed as None."""
     r = route("x", consumer_a, path=r"^/(?P<page>\d+)?")
     assert r.match(msg("x", path="/")) == (consumer_a, {"page": None})
 
 
 def test_route_repr_names_channels_consumer_and_filters() -> None:
+    """repr() of a route names its channels, its consumer and its filter patterns."""
     text = repr(route("x", consumer_a, path=r"^/a"))
     assert "consumer_a" in text and "'^/a'" in text and "'x'" in text
 
@@ -196,6 +214,7 @@ def consumers_module(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_dotted_path_consumer_is_imported_on_first_use(consumers_module: str) -> None:
+    """A dotted-path consumer is imported at its route's first match, not before, then kept."""
     r = route("websocket.receive", consumers_module + ".ws_message")
     assert consumers_module not in sys.modules
     result = r.match(msg("websocket.receive"))
@@ -207,6 +226,7 @@ def test_dotted_path_consumer_is_imported_on_first_use(consumers_module: str) ->
 
 
 def test_dotted_path_consumer_import_error_names_the_path() -> None:
+    """A dotted-path consumer that cannot be imported raises ImportError naming the path."""
     r = route("websocket.receive", "chanserv_no_such_module.consumer")
     with pytest.raises(ImportError, match=r"chanserv_no_such_module\.consumer"):
         r.match(msg("websocket.receive"))
@@ -218,12 +238,14 @@ def test_dotted_path_consumer_import_error_names_the_path() -> None:
 
 
 def test_dotted_path_to_a_non_callable_is_refused() -> None:
+    """A dotted path naming something not callable raises TypeError when the route matches."""
     r = route("x", "tests.test_routing.not_callable")
     with pytest.raises(TypeError, match="not callable"):
         r.match(msg("x"))
 
 
 def test_unmatched_dotted_path_is_never_imported() -> None:
+    """A dotted-path consumer is not imported while its route matches no message."""
     r = route("x", "chanserv_no_such_module.consumer")
     assert r.match(msg("y")) is None
 
@@ -243,6 +265,7 @@ class ChatConsumer:
 
 
 def test_route_class_takes_channels_from_the_class() -> None:
+    """route_class routes the channels of the class's channel_names(), with its filters."""
     r = route_class(ChatConsumer, path=r"^/chat/(?P<room>\w+)")
     assert isinstance(r, RouteClass)
     assert r.channel_names() == {"websocket.connect", "websocket.receive"}
@@ -256,6 +279,8 @@ def test_route_class_takes_channels_from_the_class() -> None:
 
 
 def test_route_class_needs_a_callable_channel_names() -> None:
+    """route_class raises ValueError for a class without a callable channel_names."""
+
     class NoNames:
         pass
 
@@ -269,6 +294,7 @@ def test_route_class_needs_a_callable_channel_names() -> None:
 
 
 def test_route_class_accepts_a_dotted_path(consumers_module: str) -> None:
+    """route_class accepts a dotted path and routes to the imported class."""
     r = route_class(consumers_module + ".Consumer")
     assert r.channel_names() == {"a.channel"}
     assert r.match(msg("a.channel")) == (sys.modules[consumers_module].Consumer, {})
@@ -305,6 +331,7 @@ def tutorial_routing() -> list[Any]:
 
 
 def test_tutorial_routing() -> None:
+    """The tutorial's routing, with a prefixed include, routes each message as documented."""
     router = Router(tutorial_routing())
     assert router.channels == {"websocket.connect", "websocket.disconnect", "http.request"}
     assert router.match(msg("websocket.connect", path="/chat/lobby/")) == (
@@ -326,6 +353,7 @@ def test_tutorial_routing() -> None:
 
 
 def test_include_chops_a_copy_and_leaves_the_message_alone() -> None:
+    """include gives inner routes a copy with its prefix stripped; the message is unchanged."""
     seen: list[Any] = []
 
     class Spy:
@@ -343,11 +371,13 @@ def test_include_chops_a_copy_and_leaves_the_message_alone() -> None:
 
 
 def test_include_chops_bytes_values_too() -> None:
+    """include strips its matched prefix from bytes values as well as from text."""
     r = include([route("x", consumer_a, query_string=r"^&(?P<b>\w+)=")], query_string=r"^a=1")
     assert r.match(msg("x", query_string=b"a=1&b=2")) == (consumer_a, {"b": "b"})
 
 
 def test_include_short_circuits_when_its_prefix_fails() -> None:
+    """include skips its inner routes when its prefix, key or channel does not match."""
     calls: list[Any] = []
 
     class Spy:
@@ -368,6 +398,7 @@ def test_include_short_circuits_when_its_prefix_fails() -> None:
 
 
 def test_include_kwargs_merge_with_inner_winning() -> None:
+    """Kwargs of an include and of its inner route are merged, the inner route's winning."""
     inner = [route("x", consumer_a, path=r"^/(?P<name>\w+)/(?P<page>\d+)$")]
     inc = include(inner, path=r"^/(?P<name>\w+)(?P<section>/s)")
     assert inc.match(msg("x", path="/outer/s/inner/3")) == (
@@ -377,6 +408,7 @@ def test_include_kwargs_merge_with_inner_winning() -> None:
 
 
 def test_nested_includes_chop_in_turn() -> None:
+    """Nested includes each strip their own prefix in turn before the inner route matches."""
     routing = [
         include(
             [include([route("x", consumer_a, path=r"^/(?P<leaf>\w+)$")], path=r"^/b")],
@@ -390,6 +422,7 @@ def test_nested_includes_chop_in_turn() -> None:
 
 
 def test_same_routing_under_two_prefixes() -> None:
+    """One routing list included under two prefixes matches under either and nowhere else."""
     inner = [route("x", consumer_a, path=r"^/(?P<n>\d+)$")]
     router = Router([include(inner, path=r"^/one"), include(inner, path=r"^/two")])
     assert router.match(msg("x", path="/one/1")) == (consumer_a, {"n": "1"})
@@ -398,6 +431,9 @@ def test_same_routing_under_two_prefixes() -> None:
 
 
 def test_include_takes_a_dotted_path(consumers_module: str, tmp_path: Any) -> None:
+    """include and Router accept a dotted path to a routing list or legacy dict;
+    anything else raises TypeError, and a missing name ImportError.
+    """
     name = "chanserv_routing_test_routes"
     (tmp_path / (name + ".py")).write_text(
         "from chanserv.routing import route\n"
@@ -426,6 +462,7 @@ def test_include_takes_a_dotted_path(consumers_module: str, tmp_path: Any) -> No
 
 
 def test_first_match_in_list_order_wins() -> None:
+    """The Router returns the first route, in list order, that matches."""
     router = Router(
         [
             route("http.request", consumer_a, path=r"^/a"),
@@ -438,6 +475,7 @@ def test_first_match_in_list_order_wins() -> None:
 
 
 def test_legacy_dict_routing() -> None:
+    """A legacy {channel: consumer} dict routes each channel it names to its consumer."""
     router = Router({"websocket.receive": consumer_a, "websocket.connect": consumer_b})
     assert router.channels == {"websocket.receive", "websocket.connect"}
     assert router.match(msg("websocket.receive")) == (consumer_a, {})
@@ -446,6 +484,8 @@ def test_legacy_dict_routing() -> None:
 
 
 def test_any_object_with_match_and_channel_names_is_routable() -> None:
+    """Any object with match() and channel_names() can be an entry of a Router."""
+
     class Custom:
         def match(self, message: Any) -> Any:
             if message.content.get("magic"):
@@ -462,6 +502,7 @@ def test_any_object_with_match_and_channel_names_is_routable() -> None:
 
 
 def test_routing_entries_must_be_routable() -> None:
+    """Router refuses non-routable entries and routing (TypeError), bad paths (ImportError)."""
     with pytest.raises(TypeError, match="not routable"):
         Router([consumer_a])
     with pytest.raises(TypeError, match="routing must be a list"):
@@ -471,6 +512,7 @@ def test_routing_entries_must_be_routable() -> None:
 
 
 def test_add_route_appends_and_updates_channels() -> None:
+    """Router.add_route appends a route and its channels, leaving the user's list untouched."""
     routing = [route("a", consumer_a)]
     router = Router(routing)
     assert isinstance(router.root, Include)
@@ -492,6 +534,8 @@ class RecordingLayer(BaseChannelLayer):
 
 
 def test_check_default_appends_fallbacks_after_user_routes() -> None:
+    """check_default appends HTTP and WebSocket fallbacks after the user's routes, only once."""
+
     def http_default(message: Any) -> None:
         pass
 
@@ -516,12 +560,14 @@ def test_check_default_appends_fallbacks_after_user_routes() -> None:
 
 
 def test_check_default_keeps_user_websocket_routes_first() -> None:
+    """After check_default, the user's websocket.connect route still wins over the default."""
     router = Router([route("websocket.connect", consumer_a)])
     router.check_default(http_consumer=consumer_b)
     assert router.match(msg("websocket.connect")) == (consumer_a, {})
 
 
 def test_check_default_with_the_default_http_consumer_serves_the_views() -> None:
+    """With default_http_consumer(), check_default routes HTTP requests to a ViewConsumer."""
     from chanserv.handler import ViewConsumer
     from chanserv.staticfiles import default_http_consumer
 
@@ -534,6 +580,7 @@ def test_check_default_with_the_default_http_consumer_serves_the_views() -> None
 
 @override_settings(DEBUG=True)
 def test_check_default_serves_static_files_under_debug() -> None:
+    """Under DEBUG, the default HTTP consumer routes /static/ paths to StaticFilesConsumer."""
     from chanserv.staticfiles import StaticFilesConsumer, default_http_consumer
 
     router = Router([])
@@ -544,6 +591,7 @@ def test_check_default_serves_static_files_under_debug() -> None:
 
 
 def test_default_connect_consumer_accepts() -> None:
+    """The default connect consumer accepts the socket; the null consumer sends nothing."""
     layer = RecordingLayer()
     message = msg("websocket.connect", layer, reply_channel="daphne.response.abc!def", path="/")
     connect_consumer(message)
@@ -553,6 +601,7 @@ def test_default_connect_consumer_accepts() -> None:
 
 
 def test_route_and_router_types() -> None:
+    """route() and include() build Route and Include; an empty Router routes nothing."""
     assert isinstance(route("x", consumer_a), Route)
     assert isinstance(include([]), Include)
     assert Router([]).channels == set()
@@ -568,6 +617,9 @@ SLOW_PATH = "/r/" + "a" * 40 + "!"
 
 
 def test_catastrophic_pattern_times_out_within_the_limit() -> None:
+    """A backtracking filter raises RouteTimeout at the CPU limit, naming what timed out;
+    the router keeps working afterwards.
+    """
     router = Router([route("websocket.connect", consumer_a, path=SLOW_PATTERN)], timeout=0.2)
     started, cpu_started = time.monotonic(), time.process_time()
     with pytest.raises(RouteTimeout) as info:
@@ -593,6 +645,7 @@ def test_catastrophic_pattern_times_out_within_the_limit() -> None:
 
 
 def test_the_reported_pattern_no_longer_backtracks() -> None:
+    """Filters run on regex, which fails (a+)+ at once where re backtracks for seconds."""
     # ``re`` takes seconds on this; ``regex`` fails it at once.
     router = Router([route("websocket.connect", consumer_a, path=r"^/r/(?:a+)+$")], timeout=0.5)
     started = time.monotonic()
@@ -602,6 +655,8 @@ def test_the_reported_pattern_no_longer_backtracks() -> None:
 
 
 def test_the_filters_of_one_message_share_one_budget() -> None:
+    """All filters tried for one message share one time budget; plain-text filters use none."""
+
     class Slow:
         """A routable that spends most of the budget and matches nothing."""
 
@@ -629,6 +684,7 @@ def test_the_filters_of_one_message_share_one_budget() -> None:
 
 
 def test_include_prefix_times_out_naming_the_include() -> None:
+    """A backtracking include prefix raises RouteTimeout naming the include and its pattern."""
     router = Router([include([route("x", consumer_a)], path=SLOW_PATTERN)], timeout=0.1)
     with pytest.raises(RouteTimeout) as info:
         router.match(msg("x", path=SLOW_PATH))
@@ -638,6 +694,7 @@ def test_include_prefix_times_out_naming_the_include() -> None:
 
 @override_settings(CHANSERV_ROUTE_TIMEOUT=0.1)
 def test_timeout_setting_applies_to_routers_and_to_routes_alone() -> None:
+    """CHANSERV_ROUTE_TIMEOUT sets the time limit of Routers and of a bare route's match()."""
     assert route_timeout() == 0.1
     assert Router([]).timeout == 0.1
     r = route("x", consumer_a, path=SLOW_PATTERN)
@@ -649,6 +706,7 @@ def test_timeout_setting_applies_to_routers_and_to_routes_alone() -> None:
 
 
 def test_timeout_defaults_and_validation() -> None:
+    """The route timeout defaults to 0.5s; non-positive, infinite or non-numbers are refused."""
     assert DEFAULT_ROUTE_TIMEOUT == 0.5
     assert route_timeout() == DEFAULT_ROUTE_TIMEOUT
     assert Router([]).timeout == DEFAULT_ROUTE_TIMEOUT
@@ -711,6 +769,7 @@ USUAL_PATTERNS = [
     rest=st.text(alphabet="/abAB09_-.@éΩ\n ", max_size=16),
 )
 def test_filters_match_exactly_as_re(pattern: str, prefix: str, rest: str) -> None:
+    """Filters match, capture and (in an include) strip exactly as re.match does."""
     value = prefix + rest
     expected = re.compile(pattern).match(value)
     got = route("x", consumer_a, path=pattern).match(msg("x", path=value))
@@ -753,6 +812,7 @@ def test_filters_match_exactly_as_re(pattern: str, prefix: str, rest: str) -> No
     ],
 )
 def test_split_literal(pattern: str, flags: int, literal: str, tail: str | None) -> None:
+    """split_literal finds a pattern's literal start and tail, or none where unsafe."""
     assert split_literal(pattern, flags) == (literal, tail)
     f = route("x", consumer_a, path=re.compile(pattern, flags)).filters[0]
     assert (f.literal, f.tail) == (literal, tail)
@@ -771,6 +831,7 @@ class Spy:
 
 
 def test_compiled_re_patterns_are_converted_with_their_flags(capsys: Any) -> None:
+    """Compiled re patterns are converted to regex with their flags, and get the time limit."""
     # re.IGNORECASE and re.VERBOSE carry over.
     r = route("x", consumer_a, path=re.compile(r"^/CHAT/ (?P<room>\w+)  # the room", re.I | re.X))
     assert r.match(msg("x", path="/chat/Lobby")) == (consumer_a, {"room": "Lobby"})
@@ -796,6 +857,7 @@ def test_compiled_re_patterns_are_converted_with_their_flags(capsys: Any) -> Non
 
 
 def test_compiled_regex_patterns_are_used_as_they_are() -> None:
+    """Compiled regex patterns are used as given; unnamed groups and bytes are refused."""
     compiled = regex.compile(r"^/(?P<word>\p{L}+)/$")
     r = route("x", consumer_a, path=compiled)
     assert r.filters[0].regex is compiled
@@ -809,6 +871,7 @@ def test_compiled_regex_patterns_are_used_as_they_are() -> None:
 
 
 def test_re_syntax_and_errors_stay_re_s() -> None:
+    """Filters accept only re syntax: constructs that only regex knows raise ValueError."""
     # regex would accept these; route filters keep re's syntax.
     with pytest.raises(ValueError, match="invalid"):
         route("x", consumer_a, path=r"^/(?<name>\w+)")
@@ -851,6 +914,7 @@ def worst_gap_while(work: Callable[[], Any]) -> tuple[float, float]:
 
 
 def test_a_slow_match_releases_the_gil() -> None:
+    """A slow route match releases the GIL, so other threads keep running meanwhile."""
     # One CPU second: on two free cores the spinning thread's CPU time
     # counts too, and the match stops after half a second.
     router = Router([route("http.request", consumer_a, path=SLOW_PATTERN)], timeout=1.0)
@@ -867,6 +931,7 @@ def test_a_slow_match_releases_the_gil() -> None:
 
 
 def test_the_gil_probe_sees_re_hold_the_gil() -> None:
+    """Control for the GIL probe: plain re holds the GIL for the whole of a slow match."""
     # The control for the test above: re holds the GIL for all of a slow match.
     pattern = re.compile(r"^/r/(?:a+)+$")
 
@@ -917,6 +982,9 @@ def timing_out_worker(channel: str) -> tuple[Worker, InMemoryChannelLayer]:
 def test_worker_answers_a_route_timeout(
     channel: str, answer: dict[str, Any] | None, outcome: str
 ) -> None:
+    """On RouteTimeout the worker answers as fits the channel (500, 403, 1011 or nothing)
+    and logs one error without a traceback.
+    """
     worker, layer = timing_out_worker(channel)
     with capturedLogs() as events:
         worker.handle(channel, {"reply_channel": "srv.response!x", "path": SLOW_PATH})
@@ -930,6 +998,7 @@ def test_worker_answers_a_route_timeout(
 
 
 def test_a_route_timeout_answer_that_cannot_be_sent_is_logged() -> None:
+    """A RouteTimeout answer that cannot be sent, or has no reply channel, is logged."""
     worker, _ = timing_out_worker("http.request")
     with capturedLogs() as events:
         # A reply channel that is not a valid channel name: sending fails.

@@ -61,6 +61,7 @@ def cookie_header(key: str) -> list[list[bytes]]:
 
 
 def test_key_is_derived_from_the_reply_channel() -> None:
+    """A reply channel's session key is 'chn' + 29 hex digits of its name's SHA-1, unsaved."""
     name = "daphne.response.abcdefghij!klmnopqrstuv"
     session = session_for_reply_channel(name)
     expected = "chn" + hashlib.sha1(name.encode()).hexdigest()[:29]
@@ -73,6 +74,7 @@ def test_key_is_derived_from_the_reply_channel() -> None:
 
 
 def test_key_from_a_channel_object(layer: Any) -> None:
+    """session_for_reply_channel gives a Channel object the same key as its name."""
     from chanserv import Channel
 
     name = reply_channel_name()
@@ -82,17 +84,20 @@ def test_key_from_a_channel_object(layer: Any) -> None:
 
 @override_settings(CHANNEL_SESSION_ENGINE="django.contrib.sessions.backends.cache")
 def test_channel_session_engine_setting_wins() -> None:
+    """CHANNEL_SESSION_ENGINE, when set, picks the channel session's backend."""
     assert isinstance(session_for_reply_channel("x!y"), cache_backend.SessionStore)
 
 
 @override_settings(CHANNEL_SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies")
 def test_signed_cookies_refused_naming_channel_session_engine() -> None:
+    """A signed-cookies CHANNEL_SESSION_ENGINE raises ValueError naming that setting."""
     with pytest.raises(ValueError, match=r"CHANNEL_SESSION_ENGINE = 'django\.contrib\.sessions"):
         session_for_reply_channel("x!y")
 
 
 @override_settings(SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies")
 def test_signed_cookies_refused_naming_session_engine() -> None:
+    """A signed-cookies SESSION_ENGINE (the fallback) raises ValueError naming that setting."""
     with pytest.raises(ValueError, match=r"SESSION_ENGINE = 'django[^\n]*signed_cookies"):
         session_for_reply_channel("x!y")
 
@@ -101,6 +106,7 @@ def test_signed_cookies_refused_naming_session_engine() -> None:
 
 
 def test_channel_session_persists_between_messages(layer: Any) -> None:
+    """channel_session keeps values set by one consumer for later messages on the socket."""
     reply = reply_channel_name()
     seen = []
 
@@ -119,6 +125,7 @@ def test_channel_session_persists_between_messages(layer: Any) -> None:
 
 
 def test_channel_session_is_created_on_first_use(layer: Any) -> None:
+    """channel_session creates the session in the store on a socket's first message."""
     reply = reply_channel_name()
 
     @channel_session
@@ -131,6 +138,7 @@ def test_channel_session_is_created_on_first_use(layer: Any) -> None:
 
 
 def test_disconnect_of_a_socket_without_session_creates_none(layer: Any) -> None:
+    """A disconnect on a socket with no channel session sees an empty one and creates none."""
     reply = reply_channel_name()
     seen = []
 
@@ -146,6 +154,8 @@ def test_disconnect_of_a_socket_without_session_creates_none(layer: Any) -> None
 
 
 def test_channel_session_needs_a_reply_channel(layer: Any) -> None:
+    """channel_session raises ValueError for a message without a reply_channel."""
+
     @channel_session
     def consumer(message: Message) -> None:
         raise AssertionError("must not run")
@@ -155,6 +165,8 @@ def test_channel_session_needs_a_reply_channel(layer: Any) -> None:
 
 
 def test_channel_session_needs_a_message() -> None:
+    """channel_session raises ValueError when called without a Message."""
+
     @channel_session
     def consumer(something: Any) -> None:
         raise AssertionError("must not run")
@@ -164,6 +176,7 @@ def test_channel_session_needs_a_message() -> None:
 
 
 def test_channel_session_on_a_method(layer: Any) -> None:
+    """channel_session works on a consumer method, finding the message after self."""
     reply = reply_channel_name()
 
     class Consumer:
@@ -176,6 +189,7 @@ def test_channel_session_on_a_method(layer: Any) -> None:
 
 
 def test_nested_channel_session_is_one_session_saved_once(layer: Any, monkeypatch: Any) -> None:
+    """Nested channel_session decorators share one session, created then saved once."""
     reply = reply_channel_name()
     sessions = []
     saves = []
@@ -200,6 +214,7 @@ def test_nested_channel_session_is_one_session_saved_once(layer: Any, monkeypatc
 
 
 def test_in_place_change_of_a_nested_value_is_saved(layer: Any) -> None:
+    """In-place changes to nested values of the channel session are saved."""
     reply = reply_channel_name()
 
     @channel_session
@@ -218,6 +233,7 @@ def test_in_place_change_of_a_nested_value_is_saved(layer: Any) -> None:
 
 
 def test_unchanged_session_is_not_saved_again(layer: Any, monkeypatch: Any) -> None:
+    """A channel session that was only read is not saved again."""
     reply = reply_channel_name()
 
     @channel_session
@@ -237,6 +253,7 @@ def test_unchanged_session_is_not_saved_again(layer: Any, monkeypatch: Any) -> N
 
 
 def test_channel_session_saved_when_the_consumer_raises(layer: Any) -> None:
+    """The channel session is saved even when the consumer raises."""
     reply = reply_channel_name()
 
     @channel_session
@@ -251,6 +268,9 @@ def test_channel_session_saved_when_the_consumer_raises(layer: Any) -> None:
 
 @override_settings(CHANNEL_SESSION_ENGINE="tests.consumer_support")
 def test_create_error_means_consume_later(layer: Any, monkeypatch: Any) -> None:
+    """When the session cannot be created, the message is requeued with __retries__ set,
+    and consumed once creation succeeds.
+    """
     reply = reply_channel_name()
     monkeypatch.setattr(consumer_support.SessionStore, "fail_create", True)
     ran = []
@@ -272,6 +292,8 @@ def test_create_error_means_consume_later(layer: Any, monkeypatch: Any) -> None:
 
 @override_settings(CHANNEL_SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies")
 def test_channel_session_refuses_signed_cookies(layer: Any) -> None:
+    """channel_session refuses a signed-cookies engine (ValueError); the consumer never runs."""
+
     @channel_session
     def consumer(message: Message) -> None:
         raise AssertionError("must not run")
@@ -281,6 +303,7 @@ def test_channel_session_refuses_signed_cookies(layer: Any) -> None:
 
 
 def test_flushed_channel_session_is_not_recreated_under_another_key(layer: Any) -> None:
+    """A flushed channel session is deleted and not saved again under a new key."""
     reply = reply_channel_name()
 
     @channel_session
@@ -308,6 +331,7 @@ def http_session_with(**values: Any) -> str:
 
 
 def test_http_session_from_the_cookie(layer: Any) -> None:
+    """http_session loads the session named by the cookie and saves the consumer's changes."""
     key = http_session_with(species="horse")
     seen = []
 
@@ -325,6 +349,7 @@ def test_http_session_from_the_cookie(layer: Any) -> None:
 
 
 def test_http_session_from_the_query_string(layer: Any) -> None:
+    """http_session loads the session named by session_key in the query string."""
     key = http_session_with(species="zebra")
     seen = []
 
@@ -338,6 +363,7 @@ def test_http_session_from_the_query_string(layer: Any) -> None:
 
 
 def test_http_session_cookie_wins_over_query_string(layer: Any) -> None:
+    """http_session prefers the cookie's session key over one in the query string."""
     mine = http_session_with(owner="me")
     planted = http_session_with(owner="attacker")
     seen = []
@@ -356,6 +382,7 @@ def test_http_session_cookie_wins_over_query_string(layer: Any) -> None:
 
 
 def test_http_session_is_none_without_a_key(layer: Any) -> None:
+    """Without a session key, or without headers, http_session is None and none is created."""
     seen = []
 
     @http_session
@@ -372,6 +399,8 @@ def test_http_session_is_none_without_a_key(layer: Any) -> None:
 
 
 def test_http_session_never_creates_a_session(layer: Any) -> None:
+    """An unknown session key gives an empty http_session, and writing to it saves nothing."""
+
     @http_session
     def consumer(message: Message) -> None:
         assert len(message.http_session.keys()) == 0
@@ -383,6 +412,7 @@ def test_http_session_never_creates_a_session(layer: Any) -> None:
 
 
 def test_http_session_nested_change_saved_and_nesting_idempotent(layer: Any) -> None:
+    """Nested http_session decorators share one session; in-place nested changes are saved."""
     key = http_session_with(cart={"items": []})
     sessions = []
 
@@ -400,6 +430,7 @@ def test_http_session_nested_change_saved_and_nesting_idempotent(layer: Any) -> 
 
 
 def test_http_session_not_saved_when_the_consumer_raises(layer: Any) -> None:
+    """The http session is not saved when the consumer raises."""
     key = http_session_with(state="old")
 
     @http_session
@@ -415,6 +446,7 @@ def test_http_session_not_saved_when_the_consumer_raises(layer: Any) -> None:
 
 
 def test_http_session_does_not_drain_the_body_channel(layer: Any) -> None:
+    """http_session on an http.request leaves the body channel's chunks unread."""
     key = http_session_with(a=1)
     layer.send("http.request.body?abc", {"content": b"data", "more_content": False})
 
@@ -438,6 +470,8 @@ def test_http_session_does_not_drain_the_body_channel(layer: Any) -> None:
 
 
 def test_http_session_needs_an_http_like_message(layer: Any) -> None:
+    """http_session raises ValueError on a message that is not HTTP-like."""
+
     @http_session
     def consumer(message: Message) -> None:
         raise AssertionError("must not run")
@@ -450,6 +484,7 @@ def test_http_session_needs_an_http_like_message(layer: Any) -> None:
 
 
 def test_channel_and_http_session_rehydrates_later(layer: Any) -> None:
+    """channel_and_http_session stores the HTTP session key on connect and reloads it later."""
     key = http_session_with(visits=0)
     reply = reply_channel_name()
     keys = []
@@ -470,6 +505,7 @@ def test_channel_and_http_session_rehydrates_later(layer: Any) -> None:
 
 
 def test_channel_and_http_session_without_any_http_session(layer: Any) -> None:
+    """channel_and_http_session gives None and stores no key when there is no HTTP session."""
     reply = reply_channel_name()
     seen = []
 
@@ -516,6 +552,9 @@ def ws_disconnect(message: Message, room_name: str) -> None:
 
 
 def test_tutorial_persisting_data(layer: Any) -> None:
+    """The tutorial's Persisting Data consumers keep usernames in the channel session
+    and broadcast to the room group.
+    """
     alice, bob = reply_channel_name(), reply_channel_name()
     for reply, name in ((alice, b"alice"), (bob, b"bob")):
         content = connect_message(reply, path="/lobby/", query_string=b"username=" + name)
@@ -552,6 +591,7 @@ def test_tutorial_persisting_data(layer: Any) -> None:
 
 
 def test_unreadable_query_string_only_loses_the_query_key(layer: Any) -> None:
+    """An undecodable query string does not stop http_session finding the cookie's session."""
     key = http_session_with(species="horse")
     seen = []
 

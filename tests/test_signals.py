@@ -11,6 +11,7 @@ from chanserv.signals import consumer_finished, consumer_started
 
 
 def test_receivers_connected_after_a_send_are_called_with_any_sender() -> None:
+    """A receiver connected after earlier sends is called, for any sender, while connected."""
     calls: list[Any] = []
 
     def receiver(sender: Any, **kwargs: Any) -> None:
@@ -30,6 +31,7 @@ def test_receivers_connected_after_a_send_are_called_with_any_sender() -> None:
 def test_close_old_connections_is_connected_to_both_signals(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """consumer_started and consumer_finished both close old database connections."""
     import django.db
 
     checked: list[bool] = []

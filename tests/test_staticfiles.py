@@ -58,6 +58,9 @@ def fetch(layer: Any, path: str, consumer: Any = None) -> list[dict[str, Any]]:
 
 
 def test_static_files_enabled():
+    """Static serving is on under DEBUG or insecure, and only with staticfiles installed;
+    default_http_consumer follows it.
+    """
     with override_settings(DEBUG=False):
         assert not static_files_enabled()
         assert static_files_enabled(insecure=True)
@@ -74,6 +77,7 @@ def test_static_files_enabled():
 
 
 def test_configure_static_serving():
+    """configure_static_serving overrides the DEBUG rule either way until it is reset."""
     try:
         configure_static_serving(enabled=True, insecure=True)
         with override_settings(DEBUG=False):
@@ -90,6 +94,7 @@ def test_configure_static_serving():
 
 
 def test_serves_a_static_file(static_dir, layer):
+    """A file under STATIC_URL is served with 200, its content type and its content."""
     messages = fetch(layer, "/static/css/site.css")
     assert messages[0]["status"] == 200
     assert [b"content-type", b"text/css"] in messages[0]["headers"]
@@ -98,22 +103,26 @@ def test_serves_a_static_file(static_dir, layer):
 
 
 def test_large_static_file_in_512_kib_chunks(static_dir, layer):
+    """A large static file is sent in 512 KiB chunks, then an empty last one."""
     messages = fetch(layer, "/static/big.bin")
     assert [len(m["content"]) for m in messages] == [512 * 1024, 88 * 1024, 0]
 
 
 def test_other_paths_go_to_the_views(static_dir, layer):
+    """Paths outside STATIC_URL are passed on to the Django views."""
     messages = fetch(layer, "/hello/")
     assert messages[0]["status"] == 200
     assert body_of(messages) == b"Hello world"
 
 
 def test_missing_file_is_404(static_dir, layer):
+    """A missing static file is answered with 404."""
     messages = fetch(layer, "/static/css/nope.css")
     assert messages[0]["status"] == 404
 
 
 def test_directory_is_404(static_dir, layer):
+    """A static directory is answered with 404, never listed."""
     assert fetch(layer, "/static/css/")[0]["status"] == 404
 
 
@@ -134,22 +143,26 @@ def test_directory_is_404(static_dir, layer):
     ],
 )
 def test_traversal_attempts_are_refused(static_dir, layer, path):
+    """Escapes by dots, backslashes, NUL or symlinks is refused; the canary is never served."""
     messages = fetch(layer, path)
     assert messages[0]["status"] in (400, 404)
     assert CANARY not in body_of(messages)
 
 
 def test_absolute_path_to_the_canary_is_refused(static_dir, layer):
+    """An absolute filesystem path under STATIC_URL is answered 404, never served."""
     messages = fetch(layer, "/static/" + str(static_dir / "canary.txt"))
     assert messages[0]["status"] == 404
     assert CANARY not in body_of(messages)
 
 
 def test_nul_is_a_bad_request(static_dir, layer):
+    """A NUL byte in a static path is answered with 400."""
     assert fetch(layer, "/static/a\x00.css")[0]["status"] == 400
 
 
 def test_technical_404_under_debug_plain_404_otherwise(static_dir, layer):
+    """A missing static file gets the technical 404 page under DEBUG, a plain 404 otherwise."""
     assert b"Page not found" in body_of(fetch(layer, "/static/nope.css"))
     with override_settings(DEBUG=False):
         messages = fetch(layer, "/static/nope.css")
@@ -158,4 +171,5 @@ def test_technical_404_under_debug_plain_404_otherwise(static_dir, layer):
 
 
 def test_handler_is_the_consumers(static_dir):
+    """StaticFilesConsumer serves through a StaticFilesHandler."""
     assert isinstance(StaticFilesConsumer().handler, StaticFilesHandler)

@@ -196,7 +196,7 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(bytes(b ^ key[i % 4] for i, b in enumerate(body)), b"hello")
 
     def test_encode_frame_length_forms_and_lies(self) -> None:
-        """7-bit, 16-bit and 64-bit lengths; a given length is written as is."""
+        """encode_frame uses 7-, 16- or 64-bit length forms, and writes a given length as is."""
         self.assertEqual(
             encode_frame(Opcode.BINARY, b"x" * 126, masked=False)[1:4], b"\x7e\x00\x7e"
         )
@@ -413,10 +413,10 @@ class ConsumeTests(SynchronousTestCase):
 
 class DocumentationTests(SynchronousTestCase):
     def test_module_example_runs_as_written(self) -> None:
-        """The usage example of chanserv.testing's docstring passes."""
+        """The usage example of InterfaceHarness's docstring passes."""
         import chanserv.testing
 
-        doc = chanserv.testing.__doc__ or ""
+        doc = textwrap.dedent(chanserv.testing.InterfaceHarness.__doc__ or "")
         example = doc[doc.index("    from chanserv.testing") : doc.index("Every method that")]
         namespace: dict[str, Any] = {}
         exec(textwrap.dedent(example), namespace)

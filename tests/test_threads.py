@@ -10,6 +10,7 @@ from tests.support import ClockReactor, in_reactor, reactor_thread
 
 
 def test_batcher_coalesces_calls_from_threads_into_one_wakeup() -> None:
+    """ReactorBatcher runs calls from many threads in one reactor wakeup."""
     clock = ClockReactor()
     batcher = ReactorBatcher(clock)
     seen: list[int] = []
@@ -26,6 +27,7 @@ def test_batcher_coalesces_calls_from_threads_into_one_wakeup() -> None:
 
 
 def test_batcher_keeps_order_and_survives_errors() -> None:
+    """ReactorBatcher runs calls in order; one that raises does not stop the others."""
     clock = ClockReactor()
     batcher = ReactorBatcher(clock)
     seen: list[Any] = []
@@ -44,12 +46,14 @@ def test_batcher_keeps_order_and_survives_errors() -> None:
 
 
 def test_batcher_for_is_shared_per_reactor() -> None:
+    """batcher_for gives one shared batcher per reactor."""
     a, b = ClockReactor(), ClockReactor()
     assert batcher_for(a) is batcher_for(a)
     assert batcher_for(a) is not batcher_for(b)
 
 
 def test_pool_runs_tasks_in_named_threads_and_reports_completion() -> None:
+    """WorkerPool runs tasks on its named threads, reports each done, and stops its threads."""
     reactor = reactor_thread()
     pool = WorkerPool(reactor, 3, name="t-pool")
     in_reactor(pool.startService)
@@ -83,6 +87,7 @@ def test_pool_runs_tasks_in_named_threads_and_reports_completion() -> None:
 
 
 def test_pool_survives_base_exceptions() -> None:
+    """A pool thread survives tasks raising SystemExit, KeyboardInterrupt or errors."""
     reactor = reactor_thread()
     pool = WorkerPool(reactor, 1, name="t-exc")
     in_reactor(pool.startService)
@@ -109,6 +114,7 @@ def test_pool_survives_base_exceptions() -> None:
 
 
 def test_pool_rejects_empty_size() -> None:
+    """WorkerPool raises ValueError for a size of 0."""
     import pytest
 
     with pytest.raises(ValueError):

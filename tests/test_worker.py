@@ -95,6 +95,7 @@ def runtime() -> Iterator[Any]:
 
 
 def test_consumer_runs_in_a_pool_thread(runtime: Any) -> None:
+    """Consumers run in a chanserv-worker pool thread, never in the reactor thread."""
     rec = Recorder()
 
     def consumer(message: Any) -> None:
@@ -109,6 +110,7 @@ def test_consumer_runs_in_a_pool_thread(runtime: Any) -> None:
 
 
 def test_filters_and_kwargs_reach_consumer(runtime: Any) -> None:
+    """The worker calls the consumer with the kwargs captured by its route's filters."""
     rec = Recorder()
 
     def consumer(message: Any, room: str) -> None:
@@ -120,6 +122,7 @@ def test_filters_and_kwargs_reach_consumer(runtime: Any) -> None:
 
 
 def test_failing_consumer_does_not_stop_the_others(runtime: Any) -> None:
+    """A consumer raising an error, SystemExit or KeyboardInterrupt does not stop the worker."""
     rec = Recorder()
 
     def consumer(message: Any) -> None:
@@ -142,6 +145,7 @@ def test_failing_consumer_does_not_stop_the_others(runtime: Any) -> None:
 
 
 def test_consume_later_requeues_then_gives_up(runtime: Any) -> None:
+    """ConsumeLater requeues the message with __retries__ counted, up to message_retries."""
     rec = Recorder()
 
     def consumer(message: Any) -> None:
@@ -162,6 +166,7 @@ def test_consume_later_requeues_then_gives_up(runtime: Any) -> None:
 
 
 def test_pending_sends_flushed_after_consumer_in_order(runtime: Any) -> None:
+    """Sends in a consumer are held until it ends, then sent in order, even if it raised."""
     seen_during: list[Any] = []
 
     def consumer(message: Any) -> None:
@@ -184,6 +189,7 @@ def test_pending_sends_flushed_after_consumer_in_order(runtime: Any) -> None:
 
 
 def test_immediately_bypasses_buffer(runtime: Any) -> None:
+    """A send(immediately=True) in a consumer is on the layer before the consumer ends."""
     rec = Recorder()
     seen: list[Any] = []
 
@@ -201,6 +207,7 @@ def test_immediately_bypasses_buffer(runtime: Any) -> None:
 def test_close_old_connections_runs_around_each_consumer(
     runtime: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Old database connections are closed before and after each consumer, in its thread."""
     # close_old_connections() walks connections.all(initialized_only=True);
     # record each walk, in the thread that made it.
     events: list[tuple[str, str]] = []
@@ -228,6 +235,7 @@ def test_close_old_connections_runs_around_each_consumer(
 
 
 def test_signals_bracket_consumer(runtime: Any) -> None:
+    """consumer_started is sent before each consumer and consumer_finished after it."""
     order: list[str] = []
     rec = Recorder()
     consumer_started.connect(
@@ -247,7 +255,7 @@ def test_signals_bracket_consumer(runtime: Any) -> None:
 
 
 def test_process_then_worker_ready_are_sent_once_when_it_starts(runtime: Any) -> None:
-    """worker_process_ready, then worker_ready, once each, with the Worker as sender."""
+    """A starting worker sends worker_process_ready, then worker_ready, once each, as sender."""
     sent: list[tuple[str, Any]] = []
     worker_process_ready.connect(
         lambda sender, **kw: sent.append(("process", sender)), weak=False, dispatch_uid="t-wpr"
@@ -265,6 +273,8 @@ def test_process_then_worker_ready_are_sent_once_when_it_starts(runtime: Any) ->
 
 
 def test_deny_connection_replies_close(runtime: Any) -> None:
+    """A connect consumer raising DenyConnection makes the worker reply {'close': True}."""
+
     def connect(message: Any) -> None:
         raise DenyConnection()
 
@@ -276,6 +286,8 @@ def test_deny_connection_replies_close(runtime: Any) -> None:
 
 
 def test_websocket_close_exception(runtime: Any) -> None:
+    """WebsocketCloseException(code) makes the worker send close with that code."""
+
     def receive(message: Any) -> None:
         raise WebsocketCloseException(4001)
 
@@ -285,12 +297,14 @@ def test_websocket_close_exception(runtime: Any) -> None:
 
 
 def test_websocket_close_exception_validates_code() -> None:
+    """WebsocketCloseException refuses reserved, out-of-range and non-int codes."""
     for bad in (999, 1002, 1006, 1015, 2999, 5000, "1000", True):
         with pytest.raises(ValueError):
             WebsocketCloseException(bad)  # type: ignore[arg-type]
 
 
 def test_unrouted_message_is_dropped_and_worker_goes_on(runtime: Any) -> None:
+    """A message no route matches is dropped and the worker handles the next one."""
     rec = Recorder()
     layer = runtime([route("test.only", lambda m: rec.add(m["path"]), path=r"^/yes/$")])
     layer.send("test.only", {"path": "/no/"})
@@ -299,6 +313,7 @@ def test_unrouted_message_is_dropped_and_worker_goes_on(runtime: Any) -> None:
 
 
 def test_messages_taken_only_when_a_thread_is_free(runtime: Any) -> None:
+    """The worker takes messages off the layer only while a pool thread is free."""
     release = threading.Event()
     rec = Recorder()
 
@@ -317,6 +332,7 @@ def test_messages_taken_only_when_a_thread_is_free(runtime: Any) -> None:
 
 
 def test_filter_channels_globs() -> None:
+    """filter_channels keeps channels matching the include globs and not the exclude globs."""
     channels = {"http.request", "websocket.connect", "websocket.receive", "chat-messages"}
     assert filter_channels(channels, ["websocket.*"]) == ["websocket.connect", "websocket.receive"]
     assert filter_channels(channels, None, ["websocket.*", "http.*"]) == ["chat-messages"]
@@ -328,6 +344,7 @@ def test_filter_channels_globs() -> None:
 
 
 def test_stop_waits_for_consumers_in_flight() -> None:
+    """Stopping the service waits for running consumers to finish and their threads to exit."""
     reactor = reactor_thread()
     layer = InMemoryChannelLayer()
     rec = Recorder()
@@ -358,6 +375,7 @@ def test_stop_waits_for_consumers_in_flight() -> None:
 
 
 def test_stop_gives_up_after_graceful_timeout() -> None:
+    """Stopping the worker returns after graceful_timeout even with a consumer still stuck."""
     reactor = reactor_thread()
     layer = InMemoryChannelLayer()
     stuck = threading.Event()
@@ -383,6 +401,9 @@ def test_stop_gives_up_after_graceful_timeout() -> None:
 
 
 def test_free_thread_takes_the_next_message_without_the_reactor(runtime: Any) -> None:
+    """With the in-memory layer, a freed thread takes the next message even while the reactor
+    is busy.
+    """
     # With the in-memory layer a thread that finished a message takes the
     # next waiting one itself: it goes on even while the reactor is busy.
     reactor = reactor_thread()
@@ -421,6 +442,9 @@ def test_free_thread_takes_the_next_message_without_the_reactor(runtime: Any) ->
 
 
 def test_lanes_park_sort_release_and_forget() -> None:
+    """ReplyChannelLanes park messages of a busy reply channel, release them by order,
+    run late ones at once and forget idle lanes.
+    """
     woken: list[int] = []
     lanes = ReplyChannelLanes(max_parked=10, on_room=lambda: woken.append(1))
 
@@ -528,6 +552,7 @@ def stop_and_check_lanes(worker: Worker) -> None:
 
 
 def test_one_reply_channel_runs_one_message_at_a_time_in_order(runtime: Any) -> None:
+    """Messages of one reply channel run one at a time, in order, while others run meanwhile."""
     consumer = GatedConsumer()
     layer = runtime([route("websocket.receive", consumer)], threads=4)
     worker = runtime.workers[-1]
@@ -557,6 +582,7 @@ def test_one_reply_channel_runs_one_message_at_a_time_in_order(runtime: Any) -> 
 
 
 def test_parked_messages_run_sorted_by_order(runtime: Any) -> None:
+    """Messages parked behind a busy reply channel run sorted by their order key."""
     consumer = GatedConsumer()
     layer = runtime([route("websocket.receive", consumer)], threads=4)
     release = consumer.gate("r!a", 1)
@@ -572,6 +598,7 @@ def test_parked_messages_run_sorted_by_order(runtime: Any) -> None:
 
 
 def test_late_message_runs_at_once(runtime: Any) -> None:
+    """A message whose order is below one already started runs at once, not parked."""
     # Order 1 taken after order 2 started (ConsumeLater put it back, say):
     # waiting behind 2 would only deadlock enforce_ordering, which waits for 1.
     consumer = GatedConsumer()
@@ -588,6 +615,7 @@ def test_late_message_runs_at_once(runtime: Any) -> None:
 
 
 def test_a_thread_taking_its_next_message_parks_it_too(runtime: Any) -> None:
+    """A thread taking its own next message parks one for a busy reply channel, then goes on."""
     # With the in-memory layer a thread that finished takes the next message
     # itself; one for a busy reply channel is parked, and it takes another.
     consumer = GatedConsumer()
@@ -612,6 +640,7 @@ def test_a_thread_taking_its_next_message_parks_it_too(runtime: Any) -> None:
 
 
 def test_parked_messages_count_against_what_is_taken(runtime: Any) -> None:
+    """At most max_parked messages are parked; the rest of a flood stays in the layer."""
     consumer = GatedConsumer()
     layer = runtime([route("websocket.receive", consumer)], threads=2, max_parked=2)
     worker = runtime.workers[-1]
@@ -636,6 +665,7 @@ def test_parked_messages_count_against_what_is_taken(runtime: Any) -> None:
 
 
 def test_many_sockets_in_order_and_nothing_left_behind(runtime: Any) -> None:
+    """Many sockets at once each get their messages in order, one at a time, no lane left."""
     consumer = GatedConsumer()
     layer = runtime([route("websocket.receive", consumer)], threads=4)
     # 90 messages: within the channel's capacity (100).
@@ -651,6 +681,7 @@ def test_many_sockets_in_order_and_nothing_left_behind(runtime: Any) -> None:
 
 
 def test_consume_later_does_not_stall_the_lane(runtime: Any) -> None:
+    """ConsumeLater frees the reply channel's lane, so later messages and the retry both run."""
     rec = Recorder()
 
     def consumer(message: Any) -> None:
@@ -666,6 +697,7 @@ def test_consume_later_does_not_stall_the_lane(runtime: Any) -> None:
 
 
 def test_messages_without_reply_channel_run_concurrently(runtime: Any) -> None:
+    """Messages without a reply channel run concurrently on different threads."""
     both = threading.Barrier(2, timeout=TIMEOUT)
     rec = Recorder()
 
@@ -681,6 +713,7 @@ def test_messages_without_reply_channel_run_concurrently(runtime: Any) -> None:
 
 @pytest.mark.parametrize("how", ["argument", "setting"])
 def test_ordering_off_runs_one_reply_channel_concurrently(runtime: Any, how: str) -> None:
+    """With ordering off, by argument or setting, one socket's messages run concurrently."""
     both = threading.Barrier(2, timeout=TIMEOUT)
     rec = Recorder()
 
@@ -701,6 +734,7 @@ def test_ordering_off_runs_one_reply_channel_concurrently(runtime: Any, how: str
 
 
 def test_ordering_is_on_by_default(runtime: Any) -> None:
+    """Reply-channel ordering is on by default, with max_parked equal to channel capacity."""
     runtime([route("websocket.receive", lambda m: None)])
     worker = runtime.workers[-1]
     assert worker.ordered is True and worker.lanes is not None
@@ -709,6 +743,9 @@ def test_ordering_is_on_by_default(runtime: Any) -> None:
 
 
 def test_a_long_run_of_parked_messages_is_taken_without_recursing(runtime: Any) -> None:
+    """A backlog of 1,500 parked messages of one socket is taken in a loop, not by recursion,
+    and runs in order.
+    """
     # While the reactor is busy, 1,500 messages of one socket pile up in the
     # layer.  Each one taken is parked, leaving the idle thread idle, so the
     # worker takes the next at once: in a loop, not one call deeper each time.

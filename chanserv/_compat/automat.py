@@ -1,18 +1,8 @@
 """
-The private names of automat that chanserv uses.
-
-Checked on automat 24.8.1 to 25.4.16; ``tests/test_compat_pins.py`` pins
-each one.
-
-- ``TypeMachine.__automat_automaton__`` and its ``outputForInput``: automat
-  finds an input's transition by scanning every transition of the machine
-  and comparing states with their dataclass ``__eq__`` -- about 3 us per
-  input for the WebSocket life cycle, several inputs per connection.
-  :func:`indexed` puts a dict, built once from the public
-  ``allTransitions()``, in front of that scan on one machine's automaton.
-  An input with no transition still gets automat's own answer
-  (``NoTransition``).  A release that renames them only makes each input
-  slower: :func:`indexed` then returns the machine unchanged.
+The private names of automat that chanserv uses (checked on automat 24.8.1
+to 25.4.16, pinned by ``tests/test_compat_pins.py``): a dict in front of a
+machine's transition scan.  :func:`indexed` runs once per machine at import
+time (any thread); the machines it returns run on the reactor thread.
 """
 
 from __future__ import annotations

@@ -1,32 +1,9 @@
 """
-The private names of Django that chanserv uses.
-
-Django leaves parts of a request handler to its handlers (``WSGIRequest``,
-``ASGIRequest``, ``WSGIHandler``), which fill them in through private names;
-chanserv's handler is one more of them, and Channels 1.x used the same names.
-Checked on Django 4.2.30 to 5.2.19; ``tests/test_compat_pins.py`` pins each
-one.
-
-- :class:`StreamedRequest` -- ``HttpRequest._stream`` and ``_read_started``
-  (the body that ``read()``, ``body``, ``POST`` and ``FILES`` read: "set by a
-  corresponding request subclass", says Django), ``_set_content_type_params``
-  (``content_type``, ``content_params``, ``encoding`` from ``META``),
-  ``_load_post_and_files`` with ``_post`` / ``_files`` (lazy ``POST`` and
-  ``FILES``, as ``WSGIRequest`` has them), ``_get_scheme`` (what ``scheme``
-  asks the subclass).
-- :class:`Handler` -- ``BaseHandler._get_response``: the innermost step of
-  the middleware chain (URL resolution, view middleware, the view, template
-  rendering), the one place an exception from a view can be seen before
-  the middleware turns it into a 500.
-- :func:`set_response_handler` -- ``HttpResponseBase._handler_class``: the
-  sender of ``request_finished`` when the response is closed.
-- :func:`set_session_key` -- ``SessionBase._session_key``: a channel
-  session's key is derived from its reply channel, and a session store
-  forgets the key it was given when no such session exists yet.
-- :class:`TestCaseHooks` -- ``SimpleTestCase._pre_setup`` and
-  ``_post_teardown``: where a test case's own setup runs before the user's
-  ``setUp`` and fixtures (Django 5.2 also runs ``_pre_setup`` on the class,
-  from ``setUpClass``).
+The private names of Django that chanserv uses (checked on Django 4.2.30 to
+5.2.19, pinned by ``tests/test_compat_pins.py``): the request, handler,
+response, session and test-case hooks that Django leaves to its handlers.
+The request, handler and session helpers run in pool threads; the test-case
+hooks in the test's own thread (any thread, no reactor).
 """
 
 from __future__ import annotations

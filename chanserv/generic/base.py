@@ -1,22 +1,8 @@
 """
-:class:`BaseConsumer`: the root of the class-based consumers.
-
-A class-based consumer is routed with :func:`~chanserv.routing.route_class`
-(or :meth:`BaseConsumer.as_route`) and instantiated **once per message**: the
-worker calls ``ConsumerClass(message, **kwargs)`` and the constructor
-dispatches the message to the method :attr:`BaseConsumer.method_mapping`
-names for its channel::
-
-    class Logger(BaseConsumer):
-        method_mapping = {"audit.log": "log"}
-        channel_session = True
-
-        def log(self, message, **kwargs):
-            self.message.channel_session["seen"] = True
-
-    channel_routing = [Logger.as_route()]
-
-Everything runs in the worker thread that consumes the message.
+:class:`BaseConsumer`, the root of the class-based consumers: instantiated
+once per message, it dispatches the message to the method its
+``method_mapping`` names for the channel.  Pool threads only: everything
+runs in the worker thread that consumes the message.
 """
 
 from __future__ import annotations
@@ -34,7 +20,9 @@ __all__ = ["BaseConsumer"]
 
 class BaseConsumer:
     """
-    A consumer class, instantiated (and run) for each message.
+    A consumer class, instantiated (and run) for each message, in the pool
+    thread consuming it: the constructor dispatches the message to the
+    method :attr:`method_mapping` names for its channel.
 
     :param message: the :class:`~chanserv.message.Message` being consumed,
         kept as :attr:`message`.
@@ -59,6 +47,8 @@ class BaseConsumer:
     channel_session_user: bool = False
 
     def __init__(self, message: Message, **kwargs: Any) -> None:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's handlers unchanged, as in Channels 1.x.
         self.message = message
         self.kwargs = kwargs
         self.dispatch(message, **kwargs)
@@ -70,6 +60,8 @@ class BaseConsumer:
 
     @classmethod
     def as_route(cls, attrs: Mapping[str, Any] | None = None, **filters: Any) -> RouteClass:
+        # Any: attrs are class attributes of the project's choosing; filters are route filters,
+        # checked by compile_filters at run time (Channels 1.x API).
         """
         A :func:`~chanserv.routing.route_class` for this class, or -- with
         ``attrs`` -- for a subclass of the same name with those class
@@ -88,6 +80,9 @@ class BaseConsumer:
         return route_class(consumer, **filters)
 
     def get_handler(self, message: Message, **kwargs: Any) -> Callable[..., Any]:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's handlers unchanged, as in Channels 1.x.
+        # A handler's signature and result are the project's own.
         """
         The callable that consumes ``message``: the bound method named by
         :attr:`method_mapping` for the message's channel, wrapped in the
@@ -111,5 +106,8 @@ class BaseConsumer:
         return handler
 
     def dispatch(self, message: Message, **kwargs: Any) -> Any:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's handlers unchanged, as in Channels 1.x.
+        # A handler's signature and result are the project's own.
         """Run the handler of ``message`` with ``kwargs``; return its result."""
         return self.get_handler(message, **kwargs)(message, **kwargs)

@@ -1,38 +1,8 @@
 """
-Class-based WebSocket consumers, as in Channels 1.x::
-
-    class Chat(JsonWebsocketConsumer):
-        http_user = True
-        strict_ordering = True
-
-        def connection_groups(self, room, **kwargs):
-            return ["chat-%s" % room]
-
-        def receive(self, content, room, **kwargs):
-            self.group_send("chat-%s" % room, {"user": self.message.user.username, **content})
-
-    channel_routing = [Chat.as_route(path=r"^/chat/(?P<room>\\w+)/$")]
-
-:class:`WebsocketConsumer` handles ``websocket.connect`` / ``receive`` /
-``disconnect``; :class:`JsonWebsocketConsumer` speaks JSON text frames;
-:class:`WebsocketDemultiplexer` runs several JSON consumers over one socket,
-each behind a *stream* name, with :class:`WebsocketMultiplexer` to answer on
-a stream.  Every method runs in the worker thread consuming the message.
-
-Differences from Channels 1.1.8, all fixes:
-
-- the demultiplexer hands each sub-consumer a copy of the message with the
-  payload as its ``text``, instead of rewriting the frame in place (so a
-  ``ConsumeLater`` requeues the frame the client sent), and never replaces
-  the sub-consumer class's ``send`` (1.x patched the class itself, for every
-  later use of it).  Instead, a consumer run by a demultiplexer -- one whose
-  keyword arguments hold ``multiplexer`` -- refuses :meth:`~WebsocketConsumer.send`
-  with :class:`~chanserv.exceptions.SendNotAvailableOnDemultiplexer`, and
-  its default :meth:`~WebsocketConsumer.connect` does not accept again
-  (the demultiplexer already has);
-- a frame with an unhashable ``stream`` is refused with ``ValueError`` like
-  any unmapped stream;
-- ``group_send(..., close=code)`` of the multiplexer passes the close code on.
+Class-based WebSocket consumers, as in Channels 1.x: plain and JSON
+consumers, and a demultiplexer that runs several JSON consumers over one
+socket, one per *stream*.  Pool threads only: every method runs in the
+worker thread consuming the message.
 """
 
 from __future__ import annotations
@@ -50,6 +20,7 @@ from chanserv.exceptions import SendNotAvailableOnDemultiplexer
 from chanserv.generic.base import BaseConsumer
 from chanserv.message import Message
 from chanserv.sessions import enforce_ordering
+from chanserv.types import Content, JSONValue
 
 __all__ = [
     "JsonWebsocketConsumer",
@@ -59,8 +30,8 @@ __all__ = [
 ]
 
 
-def _frame(text: str | None, bytes: bytes | None, close: Any) -> dict[str, Any]:
-    message: dict[str, Any] = {}
+def _frame(text: str | None, bytes: bytes | None, close: bool | int) -> Content:
+    message: Content = {}
     if close:
         message["close"] = close
     if text is not None:
@@ -109,6 +80,9 @@ class WebsocketConsumer(BaseConsumer):
     path: str | None
 
     def get_handler(self, message: Message, **kwargs: Any) -> Callable[..., Any]:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's handlers unchanged, as in Channels 1.x. A
+        # handler's signature and result are the project's own.
         """
         The handler, with the decorators the flags ask for; sets ``self.path``.
 
@@ -136,6 +110,8 @@ class WebsocketConsumer(BaseConsumer):
         return "multiplexer" in self.kwargs
 
     def connection_groups(self, **kwargs: Any) -> Sequence[str]:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """
         The groups the socket is in while connected (a list, not a str);
         ``kwargs`` are the routing's.  By default :attr:`groups`.
@@ -143,12 +119,16 @@ class WebsocketConsumer(BaseConsumer):
         return self.groups or []
 
     def raw_connect(self, message: Message, **kwargs: Any) -> None:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """Join :meth:`connection_groups`, then :meth:`connect`."""
         for group in self.connection_groups(**kwargs):
             Group(group, channel_layer=message.channel_layer).add(message.reply_channel)  # type: ignore[arg-type]
         self.connect(message, **kwargs)
 
     def connect(self, message: Message, **kwargs: Any) -> None:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """
         The socket is opening: accept it (the default) with
         ``message.reply_channel.send({"accept": True})``, or refuse it with
@@ -159,6 +139,8 @@ class WebsocketConsumer(BaseConsumer):
             self.message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
 
     def raw_receive(self, message: Message, **kwargs: Any) -> None:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """Pass the frame's ``text`` or ``bytes`` to :meth:`receive`."""
         if "text" in message:
             self.receive(text=message["text"], **kwargs)
@@ -168,9 +150,13 @@ class WebsocketConsumer(BaseConsumer):
             raise ValueError("A websocket.receive message has neither text nor bytes")
 
     def receive(self, text: str | None = None, bytes: bytes | None = None, **kwargs: Any) -> None:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """A frame came: exactly one of ``text`` and ``bytes`` is set."""
 
-    def send(self, text: str | None = None, bytes: bytes | None = None, close: Any = False) -> None:
+    def send(
+        self, text: str | None = None, bytes: bytes | None = None, close: bool | int = False
+    ) -> None:
         """
         Send a text or binary frame down the socket; ``close`` (True, or a
         close code) closes it after the frame.
@@ -188,22 +174,30 @@ class WebsocketConsumer(BaseConsumer):
 
     @classmethod
     def group_send(
-        cls, name: str, text: str | None = None, bytes: bytes | None = None, close: Any = False
+        cls,
+        name: str,
+        text: str | None = None,
+        bytes: bytes | None = None,
+        close: bool | int = False,
     ) -> None:
         """Send a frame (and optionally a close) to every socket in group ``name``."""
         Group(name).send(_frame(text, bytes, close))
 
-    def close(self, status: Any = True) -> None:
+    def close(self, status: bool | int = True) -> None:
         """Close the socket: ``status`` is True (code 1000) or a close code."""
         self.message.reply_channel.send({"close": status})  # type: ignore[union-attr]
 
     def raw_disconnect(self, message: Message, **kwargs: Any) -> None:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """Leave :meth:`connection_groups`, then :meth:`disconnect`."""
         for group in self.connection_groups(**kwargs):
             Group(group, channel_layer=message.channel_layer).discard(message.reply_channel)  # type: ignore[arg-type]
         self.disconnect(message, **kwargs)
 
     def disconnect(self, message: Message, **kwargs: Any) -> None:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """The socket closed."""
 
 
@@ -214,6 +208,8 @@ class JsonWebsocketConsumer(WebsocketConsumer):
     """
 
     def raw_receive(self, message: Message, **kwargs: Any) -> None:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """
         :raises ValueError: a binary frame, or text that is not JSON.
         """
@@ -222,23 +218,25 @@ class JsonWebsocketConsumer(WebsocketConsumer):
         else:
             raise ValueError("No text section for incoming WebSocket frame!")
 
-    def receive(self, content: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def receive(self, content: JSONValue, **kwargs: Any) -> None:  # type: ignore[override]
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """A frame came, decoded from JSON."""
 
-    def send(self, content: Any, close: Any = False) -> None:  # type: ignore[override]
+    def send(self, content: JSONValue, close: bool | int = False) -> None:  # type: ignore[override]
         """Send ``content`` encoded as JSON (see :meth:`WebsocketConsumer.send`)."""
         super().send(text=self.encode_json(content), close=close)
 
     @classmethod
-    def decode_json(cls, text: str) -> Any:
+    def decode_json(cls, text: str) -> JSONValue:
         return json.loads(text)
 
     @classmethod
-    def encode_json(cls, content: Any) -> str:
+    def encode_json(cls, content: JSONValue) -> str:
         return json.dumps(content)
 
     @classmethod
-    def group_send(cls, name: str, content: Any, close: Any = False) -> None:  # type: ignore[override]
+    def group_send(cls, name: str, content: JSONValue, close: bool | int = False) -> None:  # type: ignore[override]
         """Send ``content`` as JSON to every socket in group ``name``."""
         WebsocketConsumer.group_send(name, cls.encode_json(content), close=close)
 
@@ -258,21 +256,23 @@ class WebsocketMultiplexer:
         self.stream = stream
         self.reply_channel = reply_channel
 
-    def send(self, payload: Any) -> None:
+    def send(self, payload: JSONValue) -> None:
         """Send ``payload`` on this stream to this socket."""
         self.reply_channel.send(self.encode(self.stream, payload))  # type: ignore[union-attr, arg-type]
 
     @classmethod
-    def encode_json(cls, content: Any) -> str:
+    def encode_json(cls, content: JSONValue) -> str:
         return json.dumps(content, cls=DjangoJSONEncoder)
 
     @classmethod
-    def encode(cls, stream: str, payload: Any) -> dict[str, Any]:
+    def encode(cls, stream: str, payload: JSONValue) -> Content:
         """The reply message carrying ``payload`` on ``stream``."""
         return {"text": cls.encode_json({"stream": stream, "payload": payload})}
 
     @classmethod
-    def group_send(cls, name: str, stream: str, payload: Any, close: Any = False) -> None:
+    def group_send(
+        cls, name: str, stream: str, payload: JSONValue, close: bool | int = False
+    ) -> None:
         """Send ``payload`` on ``stream`` to every socket in group ``name``."""
         message = cls.encode(stream, payload)
         if close:
@@ -300,7 +300,9 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
     def _multiplexer(self, stream: str) -> WebsocketMultiplexer:
         return self.multiplexer_class(stream, self.message.reply_channel)
 
-    def receive(self, content: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def receive(self, content: JSONValue, **kwargs: Any) -> None:  # type: ignore[override]
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """
         Hand the frame's payload to its stream's consumer.
 
@@ -325,6 +327,8 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
         consumer(message, **kwargs)
 
     def connect(self, message: Message, **kwargs: Any) -> None:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """Accept the socket, then pass the connect to every sub-consumer."""
         self.message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
         for stream, consumer in self.consumers.items():
@@ -332,16 +336,18 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
             consumer(message, **kwargs)
 
     def disconnect(self, message: Message, **kwargs: Any) -> None:
+        # Any: consumer keyword arguments (the route's captured groups and whatever the
+        # project's code passes) go to the project's methods unchanged, as in Channels 1.x.
         """Pass the disconnect to every sub-consumer."""
         for stream, consumer in self.consumers.items():
             kwargs["multiplexer"] = self._multiplexer(stream)
             consumer(message, **kwargs)
 
-    def send(self, *args: Any, **kwargs: Any) -> None:
+    def send(self, *args: object, **kwargs: object) -> None:
         """:raises SendNotAvailableOnDemultiplexer: always."""
         raise SendNotAvailableOnDemultiplexer("Use multiplexer.send of the multiplexer kwarg.")
 
     @classmethod
-    def group_send(cls, *args: Any, **kwargs: Any) -> None:
+    def group_send(cls, *args: object, **kwargs: object) -> None:
         """:raises SendNotAvailableOnDemultiplexer: always."""
         raise SendNotAvailableOnDemultiplexer("Use WebsocketMultiplexer.group_send")

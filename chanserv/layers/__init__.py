@@ -1,10 +1,8 @@
 """
-Channel layers: the in-reactor :class:`InMemoryChannelLayer` (the embedded
-default) and the Redis-backed ``RedisChannelLayer``.
-
-The names are loaded on first use (PEP 562), so that importing one layer's
-module loads neither the other layer (txredisapi is only loaded by sites that
-use Redis) nor Django.
+Channel layers: the in-reactor :class:`InMemoryChannelLayer` and the
+Redis-backed ``RedisChannelLayer``, loaded on first use so that one layer's
+module loads neither the other nor Django.  Any thread (import time); each
+layer says which thread calls which face.
 """
 
 from __future__ import annotations

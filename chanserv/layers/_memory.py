@@ -1,18 +1,18 @@
 """
 Private building blocks of :mod:`chanserv.layers.inmemory`: per-channel
-state, counters, waiters, local receivers and the group index.  None of
-them locks anything: the layer's one lock guards them all.
+state, counters, waiters, local receivers and the group index.  Any thread,
+always under the layer's one lock; none of them locks anything itself.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from chanserv.layers.base import LocalReceiver, Prepared
+from chanserv.types import Received
 
 __all__ = [
     "HOUSEKEEPING_INTERVAL",
@@ -35,7 +35,7 @@ HOUSEKEEPING_INTERVAL = 60.0
 IDLE_RETENTION = 60.0
 
 Entry = tuple[float, str, Prepared]  # (expires at, full channel name, data)
-Batch = list[tuple[str, dict[str, Any]]]
+Batch = list[Received]
 
 
 class Rate:

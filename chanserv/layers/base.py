@@ -1,24 +1,8 @@
 """
-What every chanserv channel layer shares: name rules, capacity lookup,
-message preparation (validation, copy, size limit) and the two faces of the
-ASGI 1.0 channel-layer contract.
-
-The synchronous face (``send``, ``receive``, ``group_*``, ``flush``, ...) is
-the ASGI 1.0 API used by consumers and users' code; it is thread-safe.  The
-reactor face (``*_twisted``, ``add_local_receiver``) is used by the interface
-server and the worker dispatcher and may be called **only on the reactor
-thread**.  The contract of each face is stated in :mod:`chanserv.interfaces`
-(:class:`~chanserv.interfaces.IChannelLayer`,
-:class:`~chanserv.interfaces.IReactorChannelLayer`); the docstrings here
-say only what this class adds.
-
-Messages cross a layer in prepared form: :meth:`BaseChannelLayer.prepare`
-validates a message and serialises it with msgpack, which is both the copy
-the contract requires (mutating a dict after ``send`` changes nothing) and
-the check that it only holds types every layer can carry: ``dict`` with
-``str`` keys, ``list``/``tuple``, ``str``, ``bytes`` (kept distinct from
-``str``), ``int`` (64-bit), ``float``, ``bool`` and ``None``.  Anything else
-raises :class:`TypeError` in the sender's thread, before any state changes.
+What every chanserv channel layer shares: name rules, capacity lookup and
+message preparation (validation, msgpack copy, size limit).  The
+synchronous face is called from any thread; the reactor face
+(``*_twisted``, ``add_local_receiver``) on the reactor thread only.
 """
 
 from __future__ import annotations
@@ -36,6 +20,7 @@ from twisted.internet.defer import Deferred
 
 from chanserv.exceptions import ChannelBlocked, ChannelFull, MessageTooLarge
 from chanserv.interfaces import LocalReceiver
+from chanserv.types import Content, Received
 
 __all__ = ["BaseChannelLayer", "LocalReceiver", "Prepared"]
 
@@ -178,6 +163,9 @@ class BaseChannelLayer:
 
     @staticmethod
     def valid_channel_name(name: Any, receive: bool = False) -> bool:
+        # Any: any value may be checked (TypeError if it is not a valid name); the fast path
+        # tests the exact type first and the checks that follow rely on a helper that raises,
+        # which typing cannot narrow on.
         """
         Check a channel name; return True or raise :class:`TypeError`.  The
         rules: :meth:`chanserv.interfaces.IChannelLayer.valid_channel_name`.
@@ -226,7 +214,7 @@ class BaseChannelLayer:
             )
 
     @classmethod
-    def valid_channel_names(cls, names: Any, receive: bool = False) -> bool:
+    def valid_channel_names(cls, names: object, receive: bool = False) -> bool:
         """Check a list of channel names (a lone ``str`` is refused)."""
         if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
             raise TypeError("channels must be a list of names, not %r" % (names,))
@@ -235,7 +223,7 @@ class BaseChannelLayer:
         return True
 
     @staticmethod
-    def valid_group_name(name: Any) -> bool:
+    def valid_group_name(name: object) -> bool:
         """Check a group name; return True or raise :class:`TypeError`."""
         if not isinstance(name, str):
             raise TypeError("Group name must be a str, not %r" % (type(name).__name__,))
@@ -282,9 +270,13 @@ class BaseChannelLayer:
 
     # -- messages -----------------------------------------------------------
 
-    def prepare(self, message: Any) -> Prepared:
+    def prepare(self, message: object) -> Prepared:
         """
-        Validate and serialise ``message`` for sending.  Any thread.
+        Validate and serialise ``message`` for sending, with msgpack: the
+        copy the contract requires, and the check that it holds only types
+        every layer carries (``dict`` with ``str`` keys, ``list``/``tuple``,
+        ``str``, ``bytes``, 64-bit ``int``, ``float``, ``bool``, ``None``).
+        Any thread; nothing changes state before it returns.
 
         :raises TypeError: not a dict, a non-``str`` key, the reserved key
             ``__asgi_channel__``, or a value of a type no layer can carry.
@@ -322,14 +314,14 @@ class BaseChannelLayer:
                 stack.extend(item for item in v if isinstance(item, (dict, list, tuple)))
 
     @staticmethod
-    def unpack(data: Prepared) -> dict[str, Any]:
+    def unpack(data: Prepared) -> Content:
         """A fresh dict from a prepared message."""
-        result: dict[str, Any] = msgpack.unpackb(data, raw=False, use_list=True)
+        result: Content = msgpack.unpackb(data, raw=False, use_list=True)
         return result
 
     # -- synchronous face (any thread) -----------------------------------------
 
-    def send(self, channel: str, message: dict[str, Any]) -> None:
+    def send(self, channel: str, message: Content) -> None:
         """Send ``message`` to ``channel``; may raise ChannelFull, MessageTooLarge."""
         self.valid_channel_name(channel)
         self.send_prepared(channel, self.prepare(message))
@@ -338,9 +330,7 @@ class BaseChannelLayer:
         """``send`` with a message already through :meth:`prepare`."""
         raise NotImplementedError()
 
-    def receive(
-        self, channels: Sequence[str], block: bool = False
-    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+    def receive(self, channels: Sequence[str], block: bool = False) -> Received | tuple[None, None]:
         """
         Take one message from any of ``channels``: ``(channel, message)`` or
         ``(None, None)``.  ``block=True`` waits a bounded time for one.
@@ -349,7 +339,7 @@ class BaseChannelLayer:
 
     def receive_many(
         self, channels: Sequence[str], block: bool = False
-    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+    ) -> Received | tuple[None, None]:
         """Deprecated alias of :meth:`receive`, kept for 1.x code."""
         import warnings
 
@@ -369,7 +359,7 @@ class BaseChannelLayer:
     def group_channels(self, group: str) -> list[str]:
         raise NotImplementedError()
 
-    def send_group(self, group: str, message: dict[str, Any]) -> None:
+    def send_group(self, group: str, message: Content) -> None:
         """Send to every member; full members are skipped, never an error."""
         self.valid_group_name(group)
         self.send_group_prepared(group, self.prepare(message))
@@ -389,6 +379,8 @@ class BaseChannelLayer:
     # -- reactor face (reactor thread only) ------------------------------------
 
     def attach_reactor(self, reactor: Any) -> None:
+        # Any: the reactor must provide IReactorTime and IReactorFromThreads (the Redis layer's
+        # also IReactorTCP), and Python's types have no intersection of interfaces.
         """Bind the layer to the reactor that will call its reactor face."""
         raise NotImplementedError()
 
@@ -396,25 +388,23 @@ class BaseChannelLayer:
         """Release reactor resources (timers, connections)."""
         raise NotImplementedError()
 
-    def receive_twisted(self, channels: Sequence[str]) -> Deferred[tuple[str, dict[str, Any]]]:
+    def receive_twisted(self, channels: Sequence[str]) -> Deferred[Received]:
         """A Deferred firing with the next ``(channel, message)``."""
         d = self.receive_many_twisted(channels, 1)
         return d.addCallback(lambda batch: batch[0])
 
-    def receive_many_twisted(
-        self, channels: Sequence[str], limit: int
-    ) -> Deferred[list[tuple[str, dict[str, Any]]]]:
+    def receive_many_twisted(self, channels: Sequence[str], limit: int) -> Deferred[list[Received]]:
         """
         A Deferred firing with 1 to ``limit`` messages from ``channels``, as
         soon as at least one is there.  Cancelling it takes nothing.
         """
         raise NotImplementedError()
 
-    def send_twisted(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
+    def send_twisted(self, channel: str, message: Content) -> Deferred[None]:
         """``send`` as a Deferred (fails with ChannelFull and the like)."""
         raise NotImplementedError()
 
-    def send_group_twisted(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+    def send_group_twisted(self, group: str, message: Content) -> Deferred[None]:
         raise NotImplementedError()
 
     def add_local_receiver(

@@ -1,17 +1,9 @@
 """
-The in-reactor channel layer: channels, groups and waiters in this process's
-memory, guarded by one lock, so the synchronous face works from any thread --
-a worker thread, a user's unit test with no reactor at all -- and the reactor
-face hands every wake-up to the reactor through the shared
-:class:`~chanserv.threads.ReactorBatcher`.
-
-Costs, per DESIGN §7: a send or a receive is O(1) under the lock (plus a
-heap push when a channel becomes non-empty); messages are kept as the msgpack
-bytes ``prepare`` made (that is the copy the contract requires) and unpacked
-by the receiver; nothing is scheduled per message.  Unread messages expire
-lazily -- every operation first drops what is due, using a heap with one entry
-per non-empty channel -- and a single periodic timer does the same while a
-reactor is attached, so expiry also happens when nobody calls the layer.
+The in-memory channel layer, the embedded default: channels, groups and
+waiters in this process's memory under one lock.  Its synchronous face
+works from any thread (a pool thread, a unit test with no reactor); its
+reactor face runs on the reactor thread, and wake-ups reach it through the
+shared :class:`~chanserv.threads.ReactorBatcher`.
 """
 
 from __future__ import annotations
@@ -49,6 +41,7 @@ from chanserv.layers.base import (
 )
 from chanserv.log import Logger
 from chanserv.threads import ReactorBatcher, batcher_for
+from chanserv.types import Content, Received
 
 __all__ = ["InMemoryChannelLayer"]
 
@@ -214,7 +207,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return True
 
     def _deliver_locked(
-        self, receiver: Receiver, ch: ChannelState, name: str, message: dict[str, Any], now: float
+        self, receiver: Receiver, ch: ChannelState, name: str, message: Content, now: float
     ) -> None:
         receiver.pending.append((name, message))
         self._counters_locked(name, now).sent.add(now)
@@ -438,9 +431,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             )
         )
 
-    def receive(
-        self, channels: Sequence[str], block: bool = False
-    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+    def receive(self, channels: Sequence[str], block: bool = False) -> Received | tuple[None, None]:
         """
         Take the oldest message of one of ``channels``: ``(channel, message)``
         or ``(None, None)``.  Any thread.  For process-local channels pass the
@@ -695,6 +686,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
     # -- reactor face (reactor thread only) -------------------------------------
 
     def attach_reactor(self, reactor: Any) -> None:
+        # Any: the reactor must provide IReactorTime and IReactorFromThreads (the Redis layer's
+        # also IReactorTCP), and Python's types have no intersection of interfaces.
         """
         Bind the layer to ``reactor``: wake-ups go through its batcher, and an
         expiry sweep runs every :attr:`sweep_interval` seconds (one timer for
@@ -734,9 +727,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         if self._reactor is None:
             raise RuntimeError("The reactor face needs attach_reactor() first")
 
-    def receive_many_twisted(
-        self, channels: Sequence[str], limit: int
-    ) -> Deferred[list[tuple[str, dict[str, Any]]]]:
+    def receive_many_twisted(self, channels: Sequence[str], limit: int) -> Deferred[list[Received]]:
         """
         1 to ``limit`` ``(channel, message)`` pairs from ``channels``: at once
         if any are queued, else when a send (from any thread) brings some.
@@ -801,7 +792,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             post = self._take_post_locked()
         self._run_post(post)
 
-    def send_twisted(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
+    def send_twisted(self, channel: str, message: Content) -> Deferred[None]:
         """:meth:`send`, as an already-fired Deferred."""
         try:
             self.send(channel, message)
@@ -809,7 +800,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             return fail()
         return succeed(None)
 
-    def send_group_twisted(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+    def send_group_twisted(self, group: str, message: Content) -> Deferred[None]:
         """:meth:`send_group`, as an already-fired Deferred."""
         try:
             self.send_group(group, message)

@@ -1,0 +1,3 @@
+"""
+Django management commands of the chanserv app.  Main thread (the command's).
+"""

@@ -1,17 +1,14 @@
 """
-Running a chanserv service tree in the foreground of a management command.
-
-``twistd`` owns logging and signals for ``twistd chanserv``; the
-``runserver`` and ``runworker`` commands are their own entry points, so this
-module does what twistd would: start Twisted logging to the console at the
-requested verbosity, start the services once the reactor runs, and stop them
-in order (letting consumers in flight finish) before the reactor stops.
+Running a chanserv service tree in the foreground of a management command,
+doing what ``twistd`` would: console logging, start once the reactor runs,
+an orderly stop.  Main thread: it runs the reactor there, so that thread
+then is the reactor thread.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import IO, Any
 
 from twisted.application.service import Service
 from twisted.logger import (
@@ -27,7 +24,7 @@ from chanserv.log import set_verbosity
 _LEVELS = {0: LogLevel.warn, 1: LogLevel.info, 2: LogLevel.debug}
 
 
-def start_console_logging(verbosity: int, stream: Any = None) -> None:
+def start_console_logging(verbosity: int, stream: IO[str] | None = None) -> None:
     """Send Twisted's log to ``stream`` (stdout) at ``verbosity`` 0, 1 or 2."""
     predicate: Any = LogLevelFilterPredicate(defaultLogLevel=_LEVELS.get(verbosity, LogLevel.info))
     text: Any = textFileLogObserver(stream or sys.stdout)
@@ -37,6 +34,8 @@ def start_console_logging(verbosity: int, stream: Any = None) -> None:
 
 
 def run_in_foreground(root: Service, reactor: Any, install_signal_handlers: bool = True) -> None:
+    # Any: an IReactorCore whose run() also takes installSignalHandlers, as
+    # every Twisted reactor's does though no IReactor* interface declares it.
     """
     Start ``root`` when ``reactor`` runs, stop it before the reactor shuts
     down (SIGINT/SIGTERM with ``install_signal_handlers``), and run the

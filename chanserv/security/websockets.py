@@ -1,28 +1,7 @@
 """
 Origin checks for ``websocket.connect`` consumers, against Cross-Site
-WebSocket Hijacking (channels #364): a browser sends its cookies with a
-WebSocket handshake from any page, so a socket authenticated by session
-cookie must check where the page came from.
-
-::
-
-    @allowed_hosts_only
-    @channel_session_user_from_http
-    def ws_add(message):
-        ...
-
-The validator is the outermost decorator: a denied handshake raises
-:class:`~chanserv.exceptions.DenyConnection` before anything below it runs --
-no session is read or written, no group joined -- and the worker answers
-``{"close": True}``, which the server turns into a 403.
-
-The ``Origin`` header is accepted only as exactly one serialised origin
-(RFC 6454): ``scheme://host[:port]`` in printable ASCII, or ``null``.  A
-missing, empty, repeated or comma/space-separated header, one with a path,
-user info, non-ASCII or control characters, is denied -- quietly, logged at
-info level, never with a traceback.  ``null`` (sandboxed frames, ``file:``
-pages, some mobile shells) is denied unless a validator allows it
-explicitly.
+WebSocket Hijacking: decorators that deny a handshake whose ``Origin`` is
+not allowed.  Pool threads only (they run with the consumer).
 """
 
 from __future__ import annotations
@@ -164,9 +143,18 @@ class BaseOriginValidator:
     accepts the handshake's ``Origin``; otherwise it raises
     :class:`~chanserv.exceptions.DenyConnection` first.  Subclass it and
     override :meth:`validate_origin`.
+
+    Make it the outermost decorator: a denied handshake then raises before
+    anything below it runs (no session read or written, no group joined),
+    and the worker's ``{"close": True}`` becomes a 403.  Only exactly one
+    serialised origin (RFC 6454: ``scheme://host[:port]`` in printable
+    ASCII, or ``null``) can be accepted; anything else is denied quietly,
+    logged at info level.  Pool threads only.
     """
 
     def __init__(self, func: Callable[..., Any]) -> None:
+        # Any: wraps a project's consumer, function or method: its arguments and result pass
+        # through unchanged.
         functools.update_wrapper(self, func)
         self.func = func
 
@@ -176,6 +164,8 @@ class BaseOriginValidator:
         return types.MethodType(self, instance)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Any: wraps a project's consumer, function or method: its arguments and result pass
+        # through unchanged.
         message = self._find_message(args)
         origin = self.get_origin(message)
         if origin is None:

@@ -1,17 +1,7 @@
 """
-The access log: one NCSA-style line per HTTP response and per WebSocket event.
-
-Lines look like::
-
-    203.0.113.9 - - [21/Nov/2025:13:55:36 +0000] "GET /chat/?room=1 HTTP/1.1" 200 1534
-    203.0.113.9 - - [21/Nov/2025:13:55:40 +0000] "WSCONNECT /ws/" - -
-
-Times are UTC from the injected reactor's clock.  Request targets are written
-escaped (no byte from a client can end a line or forge a field), and the
-value of a ``session_key`` query parameter -- which Channels 1.x's
-``http_session`` accepts in place of the session cookie -- is replaced by
-``[redacted]``.  Writes are synchronous, line-buffered and small; they happen
-on the reactor thread.
+The access log: one NCSA-style line per HTTP response and per WebSocket
+event, escaped and with ``session_key`` redacted, timed by the injected
+reactor's clock.  Reactor thread only (small synchronous writes).
 """
 
 from __future__ import annotations
@@ -22,6 +12,8 @@ from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IReactorTime
+
+from chanserv.types import ContentMapping
 
 __all__ = ["AccessLogWriter", "redact_query"]
 
@@ -82,7 +74,10 @@ def _host(client: Any) -> str:
 
 class AccessLogWriter:
     """
-    Writes access-log lines to ``stream``.
+    Writes access-log lines to ``stream``: synchronous, line-buffered
+    writes, on the reactor thread.  Times are UTC from ``reactor``'s clock;
+    request targets are escaped (no client byte can end a line or forge a
+    field) and ``session_key`` values redacted (:func:`redact_query`).
 
     :param stream: a text file open for writing (owned by the caller unless
         made by :meth:`open`).
@@ -135,7 +130,7 @@ class AccessLogWriter:
 
     def http(
         self,
-        client: Any,
+        client: object,
         method: bytes | str,
         target: bytes,
         http_version: bytes | str,
@@ -163,7 +158,7 @@ class AccessLogWriter:
         )
         self._write(_host(client), request, status, size)
 
-    def websocket(self, action: str, details: dict[str, Any]) -> None:
+    def websocket(self, action: str, details: ContentMapping) -> None:
         """
         Log a WebSocket event.
 

@@ -1,31 +1,22 @@
 """
-Streaming a large request body to its ``http.request.body?`` channel.
-
-A request whose body is larger than ``body_inline_size`` is dispatched with
-the first part in ``body`` and a ``body_channel``; :class:`BodyStreamer` then
-sends the rest there as ASGI 1.0 Request Body Chunks -- ``{"content",
-"more_content"}``, or ``{"closed": True}`` when the client goes away -- one
-send at a time so chunks stay in order on any layer.  While the channel is
-full the connection is not read (its transport is paused, so TCP slows the
-client) until the layer says there is room again: a slow consumer slows the
-upload instead of filling memory.  Given a clock, the streamer also adds up
-how long it kept the connection paused, so that time is not held against
-the client by the request's deadline (:meth:`BodyStreamer.paused_seconds`).
+Streaming a large request body to its ``http.request.body?`` channel as
+ASGI 1.0 Request Body Chunks, in order, pausing the client while the
+channel is full.  Reactor thread only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
 from chanserv.interfaces import IReactorChannelLayer
 from chanserv.log import Logger
 from chanserv.server.sender import OrderedSender
+from chanserv.types import Content
 
 __all__ = ["BodyStreamer"]
 
@@ -56,7 +47,7 @@ class BodyStreamer:
         layer: IReactorChannelLayer,
         channel: str,
         chunk_size: int,
-        producer: Any,
+        producer: IPushProducer,
         on_error: Callable[[Failure], object] | None = None,
         started: bool = True,
         clock: IReactorTime | None = None,
@@ -142,12 +133,12 @@ class BodyStreamer:
 
     # -- internals -----------------------------------------------------------------
 
-    def _last_chunk(self) -> dict[str, Any]:
+    def _last_chunk(self) -> Content:
         # Called by the sender when every chunk before it is on the layer.
         self._ended = True
         return self._chunks.rest()
 
-    def _closed(self) -> dict[str, Any]:
+    def _closed(self) -> Content:
         self._ended = True
         return {"closed": True}
 
@@ -188,7 +179,7 @@ class _Chunks:
         self.buffer = bytearray()
         self.complete = False  # the whole body was fed
 
-    def take(self) -> dict[str, Any] | None:
+    def take(self) -> Content | None:
         """The next chunk, unless it may be the last (see :meth:`rest`)."""
         buffer, size = self.buffer, self.size
         if len(buffer) > size or (len(buffer) == size and not self.complete):
@@ -197,7 +188,7 @@ class _Chunks:
             return {"content": chunk, "more_content": True}
         return None
 
-    def rest(self) -> dict[str, Any]:
+    def rest(self) -> Content:
         """The last chunk: what is left, with ``more_content`` False."""
         chunk = bytes(self.buffer)
         self.buffer = bytearray()

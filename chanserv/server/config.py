@@ -1,14 +1,8 @@
 """
-Every knob of the interface server, in one immutable value.
-
-:class:`ServerConfig` is built by
-:func:`chanserv.server.options.server_config_from_options` from the command
-line (flags named like daphne 1.4.2's), or directly by code and tests.  It
-checks itself on construction: a bad value raises :class:`ValueError` naming
-the field.
-
-Times are seconds (floats); sizes are bytes.  ``None`` means "no limit" where
-a field allows it.
+:class:`ServerConfig`: every knob of the interface server in one immutable
+value, checked on construction (times in seconds, sizes in bytes).  Built
+in the main thread, read on the reactor thread; being immutable, it is safe
+in any thread.
 """
 
 from __future__ import annotations
@@ -28,7 +22,10 @@ MiB = 1024 * KiB
 @dataclass(frozen=True)
 class ServerConfig:
     """
-    The interface server's settings.
+    The interface server's settings, immutable.  A bad value raises
+    :class:`ValueError` naming the field, on construction.  Times are
+    seconds (floats), sizes bytes; ``None`` means "no limit" where a field
+    allows it.  Any thread.
 
     Listening
         ``endpoints``: Twisted server endpoint strings (``tcp:...``,

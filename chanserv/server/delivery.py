@@ -1,21 +1,18 @@
 """
-Sending the messages an interface server must never drop --
-``websocket.disconnect`` and ``http.disconnect``, which let consumers clean
-up group memberships and other state -- by waiting for room instead of
-giving up on a full channel, bounded by the layer's expiry.
-
-Reactor thread only.
+Sending the messages an interface server must never drop
+(``websocket.disconnect``, ``http.disconnect``) by waiting for room, bounded
+by the layer's expiry.  Reactor thread only.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
+from chanserv.interfaces import IReactorChannelLayer
+from chanserv.types import Content
 
 __all__ = ["send_until_delivered"]
 
@@ -24,7 +21,11 @@ RETRY_DELAY = 0.5
 
 
 def send_until_delivered(
-    layer: Any, reactor: IReactorTime, channel: str, message: dict[str, Any], timeout: float
+    layer: IReactorChannelLayer,
+    reactor: IReactorTime,
+    channel: str,
+    message: Content,
+    timeout: float,
 ) -> Deferred[None]:
     """
     Send ``message`` to ``channel`` with the layer's reactor face; while

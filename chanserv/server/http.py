@@ -1,78 +1,19 @@
 """
-HTTP/1.1 on twisted.web, hardened, speaking ASGI 1.0 through
-:class:`~chanserv.server.request.WebRequest`.
-
-Twisted's ``HTTPChannel`` parses (request line, headers, ``Content-Length``
-and chunked bodies, keep-alive); :class:`HTTPProtocol` hooks its steps to
-refuse what it lets through (security.md §1b, §3a-§3c), always with a status
-line, ``Connection: close`` and a closed connection, and never with a message
-to a consumer:
-
-==========================================================  ============
-input                                                       answer
-==========================================================  ============
-malformed request line, ``G\\x01T``, ``GET  /``, HTTP/9.9    400
-lowercase method (``get`` is never ``GET``)                 400
-non-ASCII or control bytes in the target, ``%00``,          400
-bad UTF-8 after percent-decoding, a fragment
-header name not a token (``Foo Bar:``, ``X :``, NUL)        400
-header value with a control byte or ``\\x85``               400
-(CVE-2026-44546: ``\\x0b \\x0c \\x1c \\x1d \\x1e`` too)
-obs-fold continuation line (refused, not joined)            400
-bare LF or bare CR in the head (answered at once)           400
-no Host, or two, on HTTP/1.1; two on HTTP/1.0               400
-CL+TE, two CL, ``+5``, ``0x5``, bad chunk framing           400
-``Transfer-Encoding`` other than ``chunked``, or on 1.0     400
-request line over 16 KiB                                    414
-a header line over 16 KiB, a head over 16 KiB,              431
-more than 500 headers
-body over ``max_body_size`` (CL up front; chunked as        413
-counted)
-head not complete within ``header_timeout`` of its first    408
-byte (not reset per byte: slowloris)
-head and body not complete within ``request_timeout`` of    408
-their first byte plus ``1 / request_min_rate`` s per body
-byte received (a trickled body; server pauses not counted)
-a body silent for ``body_timeout``                          408
-a client that reads nothing for ``http_timeout``, or lets   connection
-four times ``http_send_queue_size`` of response pile up     cut
-==========================================================  ============
-
-A client that takes its response more slowly than the application sends it
-slows the application down instead: once more than ``http_send_queue_size``
-bytes wait for it beyond what the transport buffers (the transport paused
-this channel), the request blocks its reply channel (see
-:mod:`chanserv.server.request`) until the transport has drained.
-
-Pipelined requests are handled one at a time in arrival order (Twisted
-buffers the next ones, pausing the transport past 16 KiB), so responses go
-out in request order (CVE-2023-46137, CVE-2024-41671).
-
-A valid ``Upgrade: websocket`` request is handed to
-``factory.websocket_factory.upgrade(request)`` and the channel lets go of the
-connection; anything else that asks for a WebSocket upgrade gets 400, and no
-plain request ever reaches autobahn.
-
-On a TLS listener the factory negotiates ALPN (``acceptableProtocols``):
-``http/1.1``, after any protocol in ``factory.alternative_protocols``, which
-takes the connection over once the handshake chose it (``h2``:
-:mod:`chanserv.server.http2`).
-
-Timeouts are checked by one periodic sweep (:meth:`HTTPFactory.check_timeouts`),
-never a timer per connection; Twisted's per-connection idle timer is off.
-Every close for a missed deadline is counted in
-``HTTPFactory.deadline_closes`` and logged once, at info level.
-Everything runs on the reactor thread.
+HTTP/1.1 on twisted.web, hardened: :class:`HTTPProtocol` refuses what
+Twisted's parser lets through, serves pipelined requests in order, hands
+WebSocket upgrades over and negotiates ALPN; :class:`HTTPFactory` sweeps
+the deadlines.  Reactor thread only.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
+    IAddress,
     IHandshakeListener,
     IProtocolNegotiationFactory,
     IReactorTime,
@@ -81,9 +22,11 @@ from twisted.internet.protocol import connectionDone
 from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from chanserv._compat.twisted import HookedHTTPChannel
+from chanserv.interfaces import IReactorChannelLayer, IReplyDispatch
 from chanserv.log import Logger
 from chanserv.server.proxy import address_pair
 from chanserv.server.request import WebRequest
@@ -93,6 +36,11 @@ from chanserv.server.validate import (
     is_token,
     request_line_problem,
 )
+
+if TYPE_CHECKING:
+    from chanserv.server.accesslog import AccessLogWriter
+    from chanserv.server.config import ServerConfig
+    from chanserv.server.websocket import WebSocketFactory
 
 __all__ = ["HTTPFactory", "HTTPProtocol"]
 
@@ -134,7 +82,39 @@ class _ReadControl:
 @implementer(IHandshakeListener)
 class HTTPProtocol(HookedHTTPChannel):
     """
-    One HTTP connection.  See the module docstring for what it refuses.
+    One HTTP connection.  What Twisted's parser lets through, it refuses
+    always with a status line, ``Connection: close`` and a closed
+    connection, and never with a message to a consumer:
+
+    ==========================================================  ============
+    input                                                       answer
+    ==========================================================  ============
+    malformed request line, ``G\\x01T``, ``GET  /``, HTTP/9.9    400
+    lowercase method (``get`` is never ``GET``)                 400
+    non-ASCII or control bytes in the target, ``%00``,          400
+    bad UTF-8 after percent-decoding, a fragment
+    header name not a token (``Foo Bar:``, ``X :``, NUL)        400
+    header value with a control byte or ``\\x85``               400
+    (CVE-2026-44546: ``\\x0b \\x0c \\x1c \\x1d \\x1e`` too)
+    obs-fold continuation line (refused, not joined)            400
+    bare LF or bare CR in the head (answered at once)           400
+    no Host, or two, on HTTP/1.1; two on HTTP/1.0               400
+    CL+TE, two CL, ``+5``, ``0x5``, bad chunk framing           400
+    ``Transfer-Encoding`` other than ``chunked``, or on 1.0     400
+    request line over 16 KiB                                    414
+    a header line over 16 KiB, a head over 16 KiB,              431
+    more than 500 headers
+    body over ``max_body_size`` (CL up front; chunked as        413
+    counted)
+    head not complete within ``header_timeout`` of its first    408
+    byte (not reset per byte: slowloris)
+    head and body not complete within ``request_timeout`` of    408
+    their first byte plus ``1 / request_min_rate`` s per body
+    byte received (a trickled body; server pauses not counted)
+    a body silent for ``body_timeout``                          408
+    a client that reads nothing for ``http_timeout``, or lets   connection
+    four times ``http_send_queue_size`` of response pile up     cut
+    ==========================================================  ============
 
     Attributes the request and the WebSocket side use: ``factory``,
     ``persistent``, ``discarding`` (True once the connection reads nothing
@@ -396,7 +376,7 @@ class HTTPProtocol(HookedHTTPChannel):
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def requestDone(self, request: Any) -> None:
+    def requestDone(self, request: http.Request) -> None:
         self._idle_since = self.factory.clock.seconds()
         if self.factory.stopping:
             self.persistent = False
@@ -442,7 +422,7 @@ class HTTPProtocol(HookedHTTPChannel):
         if transport is not None:
             transport.abortConnection()
 
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
         # As Twisted's, with names written lowercased.
         sequence = [version, b" ", code, b" ", reason, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
@@ -507,11 +487,11 @@ class HTTPFactory(http.HTTPFactory):
     def __init__(
         self,
         reactor: IReactorTime,
-        layer: Any,
-        replies: Any,
-        config: Any,
-        access_log: Any = None,
-        websocket_factory: Any = None,
+        layer: IReactorChannelLayer,
+        replies: IReplyDispatch,
+        config: ServerConfig,
+        access_log: AccessLogWriter | None = None,
+        websocket_factory: WebSocketFactory | None = None,
         routed_channels: Collection[str] | None = None,
     ) -> None:
         super().__init__(timeout=None, reactor=reactor)  # type: ignore[arg-type]
@@ -537,7 +517,7 @@ class HTTPFactory(http.HTTPFactory):
         self.stopping = False
         self._drain_waiters: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: Any) -> HTTPProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> HTTPProtocol:  # type: ignore[override]
         protocol = self.protocol()
         protocol.factory = self
         protocol.timeOut = None  # no per-connection idle timer: check_timeouts sweeps
@@ -573,6 +553,8 @@ class HTTPFactory(http.HTTPFactory):
                 d.callback(None)
 
     def log(self, request: Any) -> None:
+        # Any: Twisted's HTTPFactory.log takes any http.Request, and this override may not
+        # narrow that to the WebRequest (client_and_scheme) every chanserv request is.
         """Access-log a finished response (called by ``Request.finish``)."""
         if self.access_log is not None:
             client, _ = request.client_and_scheme()
@@ -585,7 +567,7 @@ class HTTPFactory(http.HTTPFactory):
                 request.sentLength,
             )
 
-    def log_refusal(self, protocol: HTTPProtocol, request: Any, code: int) -> None:
+    def log_refusal(self, protocol: HTTPProtocol, request: http.Request | None, code: int) -> None:
         """Access-log a request refused before it reached the application."""
         if self.access_log is None:
             return

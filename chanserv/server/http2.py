@@ -1,87 +1,9 @@
 """
-HTTP/2 over TLS (ALPN ``h2``) on Twisted's own HTTP/2 connection, with the
-checks, limits, timeouts and access log of the HTTP/1.1 side.
-
-A TLS listener offers ``h2`` then ``http/1.1`` through ALPN
-(:meth:`~chanserv.server.http.HTTPFactory.acceptableProtocols`).  Every
-connection starts as an :class:`~chanserv.server.http.HTTPProtocol`; when
-the handshake chose ``h2``, :func:`take_over` hands the transport to an
-:class:`HTTP2Connection` before any request byte is read.  WebSockets stay
-on HTTP/1.1 (a browser opens ``wss://`` with ALPN ``http/1.1``; RFC 8441's
-WebSockets over HTTP/2 are not offered).
-
-Each stream carries one :class:`HTTP2Request`: the HTTP/1.1
-:class:`~chanserv.server.request.WebRequest`, so the application gets the
-same ``http.request`` message (``http_version`` ``"2"``), the body limit,
-streaming, deadlines and reply checks are the same, and the access log line
-reads ``"GET / HTTP/2" 200 ...``.  Its channel is a :class:`StreamChannel`,
-which answers what ``WebRequest`` asks of an ``HTTPProtocol`` for one
-stream.
-
-The ``h2`` package refuses much by itself -- uppercase or non-visible header
-names, NUL, CR or LF in a value, connection-specific headers, a second
-``Host``, missing pseudo-headers, a body that does not match its
-``content-length`` -- and Twisted answers that by ending the connection with
-``GOAWAY(PROTOCOL_ERROR)``.  What it lets through is refused per stream, as
-on HTTP/1.1 and before any message reaches the layer:
-
-==========================================================  ============
-input                                                       answer
-==========================================================  ============
-lowercase or malformed ``:method``; ``:path`` with bytes    400
-outside visible ASCII, a fragment, ``%00``, bad UTF-8;
-``CONNECT``
-header name not a token; a control byte or ``\\x85`` in     400
-a value; ``content-length`` not digits, or two differing
-(h2 4.x refuses these two itself)
-``:path`` over 16 KiB                                       414
-more than 500 headers, or over 16 KiB of them               431
-body over ``max_body_size`` (declared or counted)           413
-a new stream while the server drains                        503
-==========================================================  ============
-
-Differences from HTTP/1.1 follow from streams sharing a connection: a
-refusal, a timeout or an aborted response ends one stream, not the
-connection; a response finished before its request body is followed by
-``RST_STREAM(NO_ERROR)``, which asks the client to stop sending that body
-(RFC 9113 §8.1); a response the server cannot complete honestly (a broken
-reply, a client that takes nothing while four times
-``http_send_queue_size`` piles up) is cut with ``RST_STREAM(INTERNAL_ERROR)``.
-A response goes at its stream's pace: what waits for the client is the
-stream's queue behind flow control (and behind the connection's transport),
-and the reply channel is blocked and unblocked on it as on HTTP/1.1 (see
-:mod:`chanserv.server.request`), per stream.  A stream whose flow-control
-window (or the connection's) is exhausted waits, costing nothing, until a
-frame from the client opens it (Twisted's own send loop would spin on it).
-Hop-by-hop response headers (``connection``, ``transfer-encoding``,
-``keep-alive``, ...) are dropped, as HTTP/2 requires.  Draining lets the
-streams in flight finish, answers new ones 503, and sends ``GOAWAY`` once
-the connection is idle.  Timeouts are checked by the factory's sweep: a
-connection with no stream is closed after ``idle_timeout`` (frames such as
-PING do not extend it), one whose client reads nothing for ``http_timeout``
-is cut, and each stream's request has the deadlines of HTTP/1.1.
-
-Twisted's HTTP/2 lives in ``twisted.web._http2``, which calls itself private
-("currently considered private because it's in early draft form"); there is
-no public way to serve HTTP/2 with Twisted.  Everything chanserv uses of it
-is in this module: ``twisted.web.http.H2Connection`` (subclassed: its
-constructor's ``reactor``, its ``conn``, ``streams``, ``factory`` and
-``requestFactory`` attributes -- the last called as ``requestFactory(stream,
-queued=False)`` --, the overridden private ``_requestReceived(event)`` and
-``_requestDone(streamID)``, the private ``_tryToWriteControlData()``,
-``remainingOutboundWindow(streamID)``: the stream's window less what is
-queued for it, its ``priority`` tree (a ``priority.PriorityTree``, replaced
-by a :class:`_SendablePriority`) from which its private send loop
-``_sendPrioritisedData`` takes ``next(self.priority)``, waiting on
-``priority.DeadlockError`` in its private ``_sendingDeferred``, which is
-fired to restart it); and, of the ``H2Stream`` each request is given,
-``streamID``, ``command``, ``path``, ``producing``, ``producer`` and the
-transport and producer methods listed in :class:`StreamChannel` (its
-``registerProducer`` gets the push producer that hears of its window
-opening).  ``tests/server/test_tls_h2_pins.py`` pins each one,
-so an incompatible Twisted release fails there, by name.
-
-Everything here runs on the reactor thread.
+HTTP/2 over TLS (ALPN ``h2``) on Twisted's own (private) HTTP/2 connection,
+with the checks, limits, timeouts and access log of the HTTP/1.1 side; each
+stream carries one :class:`~chanserv.server.request.WebRequest`.  Every use
+of Twisted's private HTTP/2 is here, pinned by
+``tests/server/test_tls_h2_pins.py``.  Reactor thread only.
 """
 
 from __future__ import annotations
@@ -93,14 +15,16 @@ import priority
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IAddress, IProducer
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
-from twisted.web.http import H2Connection
+from twisted.web._http2 import H2Stream
+from twisted.web.http import H2Connection, Request
 from twisted.web.http_headers import Headers
 
 from chanserv.log import Logger
-from chanserv.server.http import ABORT_TIMEOUT, HTTPProtocol
+from chanserv.server.http import ABORT_TIMEOUT, HTTPFactory, HTTPProtocol
 from chanserv.server.request import WebRequest
 from chanserv.server.validate import (
     TargetError,
@@ -181,7 +105,7 @@ class HTTP2Connection(H2Connection):
 
     timeOut = None  # no TimeoutMixin timer: the factory's sweep checks
 
-    def __init__(self, factory: Any) -> None:
+    def __init__(self, factory: HTTPFactory) -> None:
         super().__init__(factory.clock)
         self.factory: Any = factory
         self.requestFactory = self._new_request
@@ -212,7 +136,7 @@ class HTTP2Connection(H2Connection):
             # Twisted does not look at).
             self._wake_stalled()
 
-    def connectionLost(self, reason: Failure = connectionDone, *args: Any, **kw: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone, *args: object, **kw: object) -> None:
         # Twisted calls this itself (on GOAWAY, on a protocol error), then the
         # transport calls it again: both are fine.
         self._lost = True
@@ -425,7 +349,7 @@ class _StreamReading:
 
     __slots__ = ("_connection", "_stream")
 
-    def __init__(self, connection: HTTP2Connection, stream: Any) -> None:
+    def __init__(self, connection: HTTP2Connection, stream: H2Stream) -> None:
         self._connection = connection
         self._stream = stream
 
@@ -487,7 +411,7 @@ class StreamChannel:
     #: True once the stream's request body is ignored.
     discarding = False
 
-    def __init__(self, connection: HTTP2Connection, stream: Any) -> None:
+    def __init__(self, connection: HTTP2Connection, stream: H2Stream) -> None:
         self.connection = connection
         self.stream = stream
         self.factory: Any = connection.factory
@@ -589,19 +513,19 @@ class StreamChannel:
     def writeSequence(self, data: list[bytes]) -> None:
         self.stream.writeSequence(data)
 
-    def requestDone(self, request: Any) -> None:
+    def requestDone(self, request: Request) -> None:
         self.stream.requestDone(request)
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self.stream.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
         self.stream.unregisterProducer()
 
-    def getPeer(self) -> Any:
+    def getPeer(self) -> IAddress:
         return self.stream.getPeer()
 
-    def getHost(self) -> Any:
+    def getHost(self) -> IAddress:
         return self.stream.getHost()
 
     def isSecure(self) -> bool:
@@ -612,7 +536,23 @@ class HTTP2Request(WebRequest):
     """
     The request of one HTTP/2 stream: a
     :class:`~chanserv.server.request.WebRequest` whose head comes from the
-    stream's header block and is checked as the module docstring says.
+    stream's header block.  What the ``h2`` package lets through is refused
+    per stream, as on HTTP/1.1, before any message reaches the layer:
+
+    ==========================================================  ============
+    input                                                       answer
+    ==========================================================  ============
+    lowercase or malformed ``:method``; ``:path`` with bytes    400
+    outside visible ASCII, a fragment, ``%00``, bad UTF-8;
+    ``CONNECT``
+    header name not a token; a control byte or ``\\x85`` in     400
+    a value; ``content-length`` not digits, or two differing
+    (h2 4.x refuses these two itself)
+    ``:path`` over 16 KiB                                       414
+    more than 500 headers, or over 16 KiB of them               431
+    body over ``max_body_size`` (declared or counted)           413
+    a new stream while the server drains                        503
+    ==========================================================  ============
 
     Twisted's ``H2Stream`` builds it, adds the headers (``:authority`` as
     ``Host``), then calls :meth:`parseCookies`, where the head is checked --

@@ -1,11 +1,6 @@
 """
-One listening endpoint as a service, and the endpoint descriptions it takes.
-
-:class:`ListenerService` is Twisted's ``StreamServerEndpointService`` with
-the two things chanserv needs from it made public: a port that cannot be
-bound fails the start (so ``twistd`` exits with the error rather than
-serving without that port), and the listening port can be waited for
-(:meth:`ListenerService.listening_port`).  Reactor thread only.
+One listening endpoint as a service (:class:`ListenerService`), and the
+endpoint descriptions it takes.  Reactor thread only.
 """
 
 from __future__ import annotations
@@ -16,6 +11,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.python.failure import Failure
 
 from chanserv.log import Logger
@@ -25,7 +21,10 @@ __all__ = ["ListenerService", "endpoint_from_string"]
 log = Logger()
 
 
-def endpoint_from_string(reactor: Any, description: str) -> Any:
+def endpoint_from_string(reactor: Any, description: str) -> IStreamServerEndpoint:
+    # Any: an endpoint description may need any of IReactorTCP, IReactorSSL,
+    # IReactorUNIX and IReactorSocket, and Python's types have no
+    # intersection of interfaces.
     """
     A server endpoint for ``description``: any ``serverFromString`` string,
     or ``fd:fileno=N`` (also ``fd:N``) for an inherited listening socket,
@@ -62,10 +61,10 @@ class ListenerService(Service):
     returns a Deferred that fires once the port is closed.
     """
 
-    def __init__(self, endpoint: Any, factory: Any) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
         self.endpoint = endpoint
         self.factory = factory
-        self._listening: Deferred[Any] | None = None
+        self._listening: Deferred[IListeningPort] | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -93,7 +92,7 @@ class ListenerService(Service):
             self._listening = None
             failed[0].raiseException()
 
-    def listening_port(self) -> Deferred[Any]:
+    def listening_port(self) -> Deferred[IListeningPort | None]:
         """
         Fires with the ``IListeningPort`` once listening; with None if the
         service is not started or listening failed.
@@ -101,9 +100,9 @@ class ListenerService(Service):
         listening = self._listening
         if listening is None:
             return succeed(None)
-        result: Deferred[Any] = Deferred()
+        result: Deferred[IListeningPort | None] = Deferred()
 
-        def relay(port: Any) -> Any:
+        def relay(port: IListeningPort) -> IListeningPort:
             result.callback(port)
             return port
 

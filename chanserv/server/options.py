@@ -1,22 +1,8 @@
 """
-Command-line options of the interface server, named like daphne 1.4.2's.
-
-:class:`ServerOptionsMixin` goes before ``usage.Options`` in an Options
-class; add :attr:`~ServerOptionsMixin.server_parameters` to its
-``optParameters`` and :attr:`~ServerOptionsMixin.server_flags` to its
-``optFlags``, and call :func:`server_config_from_options` from
-``postOptions``.  Listening:
-
-- ``-e/--endpoint`` (repeatable): any Twisted server endpoint string
-  (``tcp:8000``, ``ssl:443:privateKey=key.pem:certKey=cert.pem``,
-  ``unix:/run/app.sock``), or ``fd:fileno=N``;
-- ``-b/--bind`` and ``-p/--port``: ``tcp:port=P:interface=H``; with neither
-  and no other listening flag, 127.0.0.1:8000; one alone takes the other's
-  default.  IPv6 is accepted with or without brackets (``[::1]``, ``::``);
-- ``-u/--unix-socket PATH``, ``--fd N``.
-
-``--graceful-timeout`` is read if the Options class defines it (chanserv's
-does, for the whole process).
+Command-line options of the interface server, named like daphne 1.4.2's,
+as a mixin for ``usage.Options`` and a function that builds the
+:class:`~chanserv.server.config.ServerConfig`.  Main thread (option
+parsing, before the reactor runs).
 """
 
 from __future__ import annotations
@@ -81,7 +67,23 @@ def _integer(flag: str) -> Any:
 
 
 class ServerOptionsMixin:
-    """The interface server's options; see the module docstring."""
+    """
+    The interface server's options.  Put this mixin before
+    ``usage.Options``; add :attr:`server_parameters` to its
+    ``optParameters`` and :attr:`server_flags` to its ``optFlags``, and call
+    :func:`server_config_from_options` from ``postOptions``.  Listening:
+
+    - ``-e/--endpoint`` (repeatable): any Twisted server endpoint string
+      (``tcp:8000``, ``ssl:443:privateKey=key.pem:certKey=cert.pem``,
+      ``unix:/run/app.sock``), or ``fd:fileno=N``;
+    - ``-b/--bind`` and ``-p/--port``: ``tcp:port=P:interface=H``; with
+      neither and no other listening flag, 127.0.0.1:8000; one alone takes
+      the other's default.  IPv6 is accepted with or without brackets;
+    - ``-u/--unix-socket PATH``, ``--fd N``.
+
+    ``--graceful-timeout`` is read if the Options class defines it.  Main
+    thread.
+    """
 
     server_parameters: list[list[Any]] = [
         ["bind", "b", None, "Address to listen on (default 127.0.0.1; IPv6 accepted)."],
@@ -326,6 +328,8 @@ _FLAGS = {
 
 
 def server_config_from_options(opts: Mapping[str, Any]) -> ServerConfig:
+    # Any: the parsed command-line options (twistd's usage.Options, a dict), each of the type
+    # its parser gave it; read and checked one by one here.
     """
     The :class:`ServerConfig` described by parsed options.
 

@@ -1,26 +1,23 @@
 """
-Addresses of a connection, and what a trusted proxy says about them.
-
-Only used when the server runs with ``--proxy-headers``: then the proxy in
-front is trusted to *replace* ``X-Forwarded-For``, ``X-Forwarded-Port`` and
-``X-Forwarded-Proto``.  As daphne 1.4.2 does, the client address is the
-leftmost ``X-Forwarded-For`` entry, its port ``X-Forwarded-Port`` (else 0).
-Unlike daphne, a value that is not an IP address or a port is ignored rather
-than passed on, so the application never sees garbage as ``client``.
+Addresses of a connection, and what a trusted proxy (``--proxy-headers``)
+says about them through ``X-Forwarded-*``; values that are not addresses or
+ports are ignored.  Reactor thread only.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import Any
 
-__all__ = ["address_pair", "forwarded"]
+__all__ = ["HostPort", "address_pair", "forwarded"]
+
+#: ``[host, port]``: a connection's address as ASGI's ``client`` and ``server`` give it.
+HostPort = list[str | int]
 
 _SECURE = {b"https": True, b"wss": True, b"http": False, b"ws": False}
 
 
-def address_pair(address: Any) -> list[Any] | None:
+def address_pair(address: object) -> HostPort | None:
     """``[host, port]`` of an IPv4/IPv6 address; None for others (UNIX sockets)."""
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
@@ -37,8 +34,8 @@ def _first(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 
 def forwarded(
-    headers: Iterable[tuple[bytes, bytes]], client: list[Any] | None, secure: bool
-) -> tuple[list[Any] | None, bool]:
+    headers: Iterable[tuple[bytes, bytes]], client: HostPort | None, secure: bool
+) -> tuple[HostPort | None, bool]:
     """
     Apply proxy headers to a connection's ``client`` and ``secure`` flag.
 

@@ -1,41 +1,20 @@
 """
-Reply channels: how a consumer's answer finds its HTTP request or WebSocket.
-
-Each interface-server process draws one prefix, ``chanserv.response.<12
-CSPRNG letters>!``, and gives every connection ``prefix + <16 CSPRNG
-letters>`` (unguessable: a reply channel name keys the channel session).  One
-local receiver on the prefix gets every reply for this process from the layer,
-in batches on the reactor thread, with no polling; :class:`ReplyRegistry`
-hands each message to its connection's ``deliver(message)``.
-
-Nothing is dropped silently: a reply for a connection that is gone is
-counted (:attr:`ReplyRegistry.gone`) and its channel removed from every
-group; a connection whose queue overflows reports it through
-:meth:`ReplyRegistry.overflowed`, counted here and in the layer's
-``channel_full_count``; when the layer has lost its state, every
-connection is told (``layer_state_lost``: WebSockets close with 1012,
-requests still waiting answer 503).  A connection that goes leaves every
-group at once (``discard_local_channel``), so memberships live exactly as
-long as their connection.
-
-A connection whose client takes its replies more slowly than they come may
-have its channel blocked (:meth:`ReplyRegistry.block`): the layer then
-refuses sends to it (``ChannelBlocked``) until :meth:`ReplyRegistry.unblock`
-or until the connection goes, so its producer waits instead of filling the
-server's memory.
+Reply channels: unguessable names per connection, and :class:`ReplyRegistry`,
+which hands every reply for this process to its connection, counts what
+cannot be delivered, blocks the channel of a slow client and tells
+connections when the layer lost its state.  Reactor thread only.
 """
 
 from __future__ import annotations
-
-from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from chanserv.interfaces import IReplyDispatch
+from chanserv.interfaces import IReactorChannelLayer, IReplyDispatch, ReplyConnection
 from chanserv.layers.base import random_string
 from chanserv.log import Logger
+from chanserv.types import Received
 
 __all__ = ["REPLY_PREFIX", "ReplyConnection", "ReplyRegistry"]
 
@@ -43,22 +22,6 @@ log = Logger()
 
 #: Start of every reply channel name (then random letters and ``!``).
 REPLY_PREFIX = "chanserv.response."
-
-
-class ReplyConnection(Protocol):
-    """What a connection registered for replies provides."""
-
-    def deliver(self, message: dict[str, Any]) -> None:
-        """
-        Handle one reply ``message`` (reactor thread).  The dict may be shared
-        with other receivers of a group send: read it, never mutate it.
-        """
-
-    def layer_state_lost(self) -> None:
-        """
-        The layer lost its state (group memberships, queued replies): end
-        the connection so that its client starts over (reactor thread).
-        """
 
 
 @implementer(IReplyDispatch)
@@ -71,11 +34,19 @@ class ReplyRegistry(Service):
 
     All methods run on the reactor thread.  ``startService`` installs the
     local receiver for :attr:`prefix`; ``stopService`` removes it.
+
+    Nothing is dropped silently: a reply for a connection that is gone is
+    counted (:attr:`gone`) and its channel removed from every group; an
+    overflow a connection reports (:meth:`overflowed`) is counted here and
+    in the layer's ``channel_full_count``; when the layer has lost its
+    state every connection is told (``layer_state_lost``).  A blocked
+    channel (:meth:`block`) stays blocked until :meth:`unblock` or until
+    its connection goes.
     """
 
     name = "replies"
 
-    def __init__(self, layer: Any) -> None:
+    def __init__(self, layer: IReactorChannelLayer) -> None:
         self._layer = layer
         #: The process-local prefix, ending with ``!``.
         self.prefix = REPLY_PREFIX + random_string(12) + "!"
@@ -178,7 +149,7 @@ class ReplyRegistry(Service):
         self._layer.remove_local_receiver(self.prefix)
         return succeed(None)
 
-    def _dispatch(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    def _dispatch(self, batch: list[Received]) -> None:
         # Reactor thread, called by the layer with every reply that arrived
         # since the last call.
         connections = self._connections

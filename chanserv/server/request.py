@@ -1,50 +1,8 @@
 """
-One HTTP request's life as ASGI 1.0 messages (reference §2.1).
-
-:class:`WebRequest` is the ``twisted.web.http.Request`` that
-:class:`~chanserv.server.http.HTTPProtocol` creates per request.  Once the
-head is parsed and checked it sends ``http.request`` on the layer (``503
-Request queue full.`` on ``ChannelFull``), takes the application's Response
-and Response Chunk messages from its reply channel, writes them, and sends
-``http.disconnect`` when the response is complete or the client goes away --
-if the project routes that channel to a consumer (the factory's
-``routed_channels``, from the router; no default route takes it).
-Unrouted, nothing would ever read it: each one would sit in the layer until
-it expired, and a busy site would keep the channel full and every later
-disconnect waiting for room.
-
-Replies are checked before anything reaches the wire: the first needs an int
-``status`` in 200-599, ``headers`` a list of ``[name, value]`` bytes pairs
-(token names, no control bytes in values), ``content`` bytes.  A bad first
-message gives a plain 500 and the connection closes; nothing the application
-sent is written.  Header names are lowercased, and written lowercased.  A
-``status`` in a later message, or a bad chunk, is logged and the connection
-is cut (the response cannot be completed honestly).  Framing is the server's:
-an application ``Transfer-Encoding`` header is dropped, and a response
-shorter than its ``Content-Length`` closes the connection after it.
-
-A response goes at its client's pace.  When more than
-``http_send_queue_size`` bytes wait for the client (as its channel counts
-them: written since the transport paused on HTTP/1.1, queued behind flow
-control on an HTTP/2 stream), the reply channel is blocked in the layer
-(:meth:`~chanserv.server.replies.ReplyRegistry.block`): the application's
-next send gets ``ChannelBlocked`` and waits.  Once the client has taken
-what was queued (the transport drained; the stream's queue is down to half
-the cap, checked when its flow-control window opens, when the connection's
-transport drains and at every sweep) the channel is unblocked.  Chunks
-already on their way when it was blocked are written all the same -- for
-:data:`BLOCK_GRACE` seconds, whatever they add up to: a batch the layer
-held (a burst a fast client drains at once) must not cost a connection.
-Past that, or at once if the layer cannot block, more than
-:data:`HARD_FACTOR` times the cap waiting cuts the connection (the HTTP/2
-stream), counted as a WebSocket overflow is (``ReplyRegistry.overflowed``)
-and logged: replies keep coming although the channel is blocked (group
-sends, which a block does not hold back; a layer whose block failed).  A
-blocked response is not the application's silence: it is cut only when
-the client takes nothing for ``http_timeout``; its channel is discarded
-then, which ends the application's wait.
-
-Everything here runs on the reactor thread.
+One HTTP request's life as ASGI 1.0 messages: :class:`WebRequest` sends
+``http.request``, checks and writes the application's replies at the
+client's pace, and sends ``http.disconnect`` when routed.  Reactor thread
+only.
 """
 
 from __future__ import annotations
@@ -64,8 +22,9 @@ from chanserv.layers.base import random_string
 from chanserv.log import Logger
 from chanserv.server.body import BodyStreamer
 from chanserv.server.delivery import send_until_delivered
-from chanserv.server.proxy import address_pair, forwarded
+from chanserv.server.proxy import HostPort, address_pair, forwarded
 from chanserv.server.validate import BadReply, checked_content, checked_start, parse_target
+from chanserv.types import Content
 
 __all__ = ["BLOCK_GRACE", "BODY_CHANNEL_PATTERN", "HARD_FACTOR", "WebRequest"]
 
@@ -138,6 +97,9 @@ class WebRequest(http.Request):
     _started_at = 0.0  # the first byte of the request
 
     def __init__(self, channel: Any) -> None:
+        # Any: channel is an HTTP/1.1 HTTPProtocol or an HTTP/2 StreamChannel, which import this
+        # module (so it may not name them); either has the factory, discarding and reject read
+        # here.
         super().__init__(channel, parsePOSTFormSubmission=False)
         # Kept: Twisted drops self.channel when the connection is lost.
         self._factory = channel.factory
@@ -209,7 +171,7 @@ class WebRequest(http.Request):
             if b"_" not in name and name not in _UNTRUSTED_HEADERS
         ]
 
-    def client_and_scheme(self) -> tuple[list[Any] | None, str]:
+    def client_and_scheme(self) -> tuple[HostPort | None, str]:
         """``client`` and ``scheme`` for the message, proxy headers applied if enabled."""
         client = address_pair(self.client)
         secure = self.isSecure()
@@ -383,7 +345,7 @@ class WebRequest(http.Request):
 
     # -- replies -------------------------------------------------------------------
 
-    def deliver(self, message: dict[str, Any]) -> None:
+    def deliver(self, message: Content) -> None:
         """Write one Response or Response Chunk message (``ReplyConnection``)."""
         if self.finished or self.connection_lost:
             return
@@ -589,7 +551,7 @@ class WebRequest(http.Request):
         factory = self._factory
         routed = factory.routed_channels
         if routed is not None and "http.disconnect" not in routed:
-            return  # no consumer takes it (see the module docstring)
+            return  # no consumer takes it (see HTTPFactory's routed_channels)
         d = send_until_delivered(
             factory.layer,
             factory.clock,

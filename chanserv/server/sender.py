@@ -1,17 +1,7 @@
 """
-One ordered, back-pressured sender: how a connection hands a stream of
-messages to one channel of the layer -- request body chunks to
-``http.request.body?``, WebSocket messages to ``websocket.receive`` -- and
-then the message that ends the stream (``websocket.disconnect``,
-``{"closed": True}``, the last chunk) after all of them.
-
-:class:`OrderedSender` keeps one message in flight at a time, so order
-holds on layers whose sends take a round trip; while the channel is full it
-keeps the refused message and waits for room instead of dropping it, and
-meanwhile it pauses the connection's transport, so TCP slows the client
-down instead of the server's memory filling up.
-
-Reactor thread only.
+:class:`OrderedSender`: one message in flight at a time to one channel of
+the layer, waiting for room instead of dropping and pausing the client
+meanwhile, then the message that ends the stream.  Reactor thread only.
 """
 
 from __future__ import annotations
@@ -28,12 +18,13 @@ from chanserv.exceptions import ChannelFull
 from chanserv.interfaces import IReactorChannelLayer
 from chanserv.log import Logger
 from chanserv.server.delivery import send_until_delivered
+from chanserv.types import Content
 
 __all__ = ["MessageSource", "OrderedSender"]
 
 log = Logger()
 
-Message = dict[str, Any]
+Message = Content
 
 
 class MessageSource(Protocol):

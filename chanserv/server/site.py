@@ -1,16 +1,8 @@
 """
-The interface server as one service: reply dispatch, HTTP and WebSocket
-factories, listeners, the timeout sweep and the access log.
-
-On TLS endpoints (``ssl:...``) the HTTP factory negotiates ALPN: ``h2``
-(HTTP/2, :mod:`chanserv.server.http2`) when ``config.http2`` is on and
-Twisted's HTTP/2 support is installed, then ``http/1.1``.
-
-:class:`InterfaceServer` starts, in order, the reply registry (the layer's
-local receiver for this process's reply channels), the single timeout sweep,
-and one listener per endpoint.  ``stopService`` stops listening, lets
-requests in flight finish (up to ``graceful_timeout``; the rest are cut),
-closes WebSockets with 1001, then stops the sweep and the reply dispatch.
+The interface server as one service (:class:`InterfaceServer`): reply
+dispatch, HTTP and WebSocket factories, listeners (ALPN ``h2`` on TLS), the
+timeout sweep and the access log, started in order and stopped gracefully.
+Reactor thread only.
 """
 
 from __future__ import annotations
@@ -21,8 +13,9 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 
+from chanserv.interfaces import IReactorChannelLayer
 from chanserv.log import Logger
 from chanserv.server.accesslog import AccessLogWriter
 from chanserv.server.config import ServerConfig
@@ -102,10 +95,13 @@ class InterfaceServer(MultiService):
     def __init__(
         self,
         reactor: Any,
-        layer: Any,
+        layer: IReactorChannelLayer,
         config: ServerConfig,
         routed_channels: Collection[str] | None = None,
     ) -> None:
+        # Any: the reactor must provide IReactorTime and what the endpoints need (IReactorTCP,
+        # IReactorSSL, IReactorUNIX, IReactorSocket), and Python's types have no intersection of
+        # interfaces.
         super().__init__()
         self.reactor = reactor
         self.layer = layer
@@ -153,7 +149,7 @@ class InterfaceServer(MultiService):
         self.websocket_factory.access_log = self.access_log
         super().startService()
 
-    def listening_ports(self) -> Deferred[list[Any]]:
+    def listening_ports(self) -> Deferred[list[IListeningPort]]:
         """The ``IListeningPort`` of every listener, once they listen."""
         waiting = [listener.listening_port() for listener in self.listeners]
         d = DeferredList(waiting, fireOnOneErrback=True, consumeErrors=True)
@@ -161,6 +157,8 @@ class InterfaceServer(MultiService):
 
     @inlineCallbacks
     def stopService(self) -> Any:
+        # Any: an inlineCallbacks generator yielding Deferreds of several result types; the
+        # decorated method returns a Deferred that fires with None.
         """
         Stop listening, drain HTTP (bounded by ``graceful_timeout``), close
         WebSockets with 1001, then stop the sweep and the reply dispatch.

@@ -1,29 +1,14 @@
 """
-Byte-level checks the HTTP side applies on top of Twisted's parser.
-
-Twisted 26.10 parses requests; these checks refuse what it lets through and
-what must never reach an application or autobahn (security.md §1b, §3a):
-
-- a header value holding a control byte other than HTAB, or ``\\x85``:
-  ``\\x0b \\x0c \\x1c \\x1d \\x1e \\x85`` are line breaks to Python's
-  ``str.splitlines()`` (CVE-2026-44546), NUL/CR/LF end lines elsewhere;
-- a header name that is not an RFC 9110 token (``Foo Bar``, ``Foo\\x00``, a
-  space before the colon);
-- a method with lowercase letters (``get`` must never be served as ``GET``);
-- a request target with a byte outside printable ASCII, a fragment, or a form
-  other than origin-form, absolute-form (its authority is discarded, never
-  used as the Host) or ``OPTIONS *``;
-- a path that percent-decodes to invalid UTF-8 or to a NUL.
-
-And on the way out, :func:`checked_start` / :func:`checked_content` check an
-application's reply before any of it is written (daphne #276: a header value
-with CR/LF, a ``str`` name, a bad status).
+Byte-level checks of requests on top of Twisted's parser, and of an
+application's replies before any of it is written.  Pure functions, called
+on the reactor thread.
 """
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import unquote_to_bytes
+
+from chanserv.types import Content
 
 __all__ = [
     "BadReply",
@@ -132,7 +117,7 @@ class BadReply(ValueError):
 
 
 def checked_start(
-    message: dict[str, Any],
+    message: Content,
 ) -> tuple[int, list[tuple[bytes, bytes]], int | None]:
     """
     ``(status, headers, declared length)`` of a first reply, checked:
@@ -173,7 +158,7 @@ def checked_start(
     return status, headers, declared
 
 
-def checked_content(message: dict[str, Any]) -> bytes:
+def checked_content(message: Content) -> bytes:
     """The ``content`` of a reply (default ``b""``).  :raises BadReply: not bytes."""
     content = message.get("content", b"")
     if not isinstance(content, bytes):

@@ -1,79 +1,19 @@
 """
-The WebSocket half of the interface server: autobahn behind the HTTP port.
-
-:mod:`chanserv.server.http` parses and validates an ``Upgrade: websocket``
-request, then calls :meth:`WebSocketFactory.upgrade`, which takes the
-connection over: a fresh :class:`WebSocketProtocol` gets the transport and a
-handshake rebuilt from the *validated* request -- the request line and only
-the headers autobahn acts on, one line each, never a body
-(:mod:`chanserv.server.wshandshake`) -- so no byte the HTTP parser let
-through can be re-read differently by autobahn (the CVE-2026-44546 class).
-The connection then speaks ASGI 1.0 ``websocket.*``
-(reference §2.2) with these additions and fixes:
-
-- ``websocket.connect`` also carries ``scheme``, ``root_path`` and the offered
-  ``subprotocols``; ``{"accept": True, "subprotocol": name}`` picks one of
-  them (echoed in the 101).  Without a choice, the first offered one listed in
-  ``ws_protocols`` is used, as daphne did.
-- Empty text and binary messages are received and sent like any other; while
-  connecting, a ``text`` or ``bytes`` reply (even empty) accepts implicitly.
-  A reply's ``text``/``bytes`` goes out before its ``close``.
-- ``websocket.receive`` full: the socket is no longer read (TCP back-pressure
-  reaches the client) and the message is kept; it is sent again once the
-  channel has room, in order.  Only if the channel stays full (no message
-  gets through) for ``ws_receive_full_timeout`` is the socket closed with
-  1013; the messages still held are then dropped and ``websocket.disconnect``
-  (code 1013) is still sent, with ``order`` one past the last message
-  delivered.  Sends are made one at a time per socket, so order holds with
-  layers whose sends take a round trip too; at most :data:`MAX_BACKLOG`
-  messages wait behind one in flight before reading pauses.
-- ``websocket.disconnect`` is sent for every connection whose
-  ``websocket.connect`` reached the layer (also after a reject), after all of
-  its ``websocket.receive`` messages; a full ``websocket.disconnect`` is
-  waited on (up to the layer's expiry), never dropped.
-- Replies wait in a per-socket queue while the client does not read (the
-  transport's write buffer is full and it paused this producer).  The queue
-  is bounded by the reply channel's capacity in messages and by
-  ``ws_send_queue_size`` in bytes.  If it stays past either bound for
-  :data:`OVERFLOW_GRACE` seconds (a burst a reading client drains is
-  fine), or ever grows past :data:`HARD_FACTOR` times it, its messages are
-  dropped, counted (the layer's ``channel_full_count`` for the reply
-  channel) and the socket closed with 1013, so the client reconnects and
-  resynchronises: never an open socket that silently missed a message.  When the layer has
-  lost its state, the socket is closed with 1012.  ``code`` is the close code this server
-  sent if it started the close, else the client's (1005 when its close frame
-  had none, 1006 when the TCP connection just went away).
-- A malformed reply (unknown key, both ``text`` and ``bytes``, wrong types, a
-  ``subprotocol`` the client did not offer) is logged as an error and ignored
-  as a whole.  An invalid ``close`` code is logged and replaced by 1000.
-- Permessage-deflate is never negotiated (no deflate bombs), frames and
-  messages are capped (``max_ws_frame_size`` / ``max_ws_message_size``: close
-  1009), UTF-8 and masking are checked (1007 / 1002), and protocol errors
-  close with a close frame rather than a silent drop.
-
-Timeouts: ``websocket_handshake_timeout`` covers the protocol part of the
-handshake, until ``websocket.connect`` is on the layer (then the connection
-is dropped, as autobahn's ``openHandshakeTimeout`` would); the application's
-decision is then bounded by ``websocket_connect_timeout`` (403).  That,
-``websocket_timeout`` (close 1000), the idle ping and its ``ping_timeout``,
-:data:`CLOSE_HANDSHAKE_TIMEOUT` and ``ws_receive_full_timeout`` are all
-checked by :meth:`WebSocketFactory.check_timeouts`, called by the server's
-one periodic sweep.  autobahn's own timeouts are off, so it schedules no
-timer at all (its timers would go to txaio's global reactor, not the
-injected one).
-
-Everything here runs on the reactor thread.
+The WebSocket half of the interface server: autobahn behind the HTTP port,
+fed a handshake rebuilt from the validated request, speaking ASGI 1.0
+``websocket.*`` with back-pressure both ways, bounded queues and one
+periodic timeout sweep.  Reactor thread only.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from automat import TypeMachine, TypeMachineBuilder
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv._compat.autobahn import forget_handshake_key
@@ -82,6 +22,15 @@ from chanserv.exceptions import ChannelFull, MessageTooLarge, is_valid_close_cod
 from chanserv.log import Logger
 from chanserv.server.sender import OrderedSender
 from chanserv.server.wshandshake import BadHandshake, build_connect, handshake_bytes, take_transport
+from chanserv.types import Content
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from chanserv.interfaces import IReactorChannelLayer, IReplyDispatch
+    from chanserv.server.accesslog import AccessLogWriter
+    from chanserv.server.config import ServerConfig
+    from chanserv.server.request import WebRequest
 
 __all__ = ["WebSocketFactory", "WebSocketProtocol"]
 
@@ -166,8 +115,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
     # disconnect), False on its way, True on the layer.
     _connect_sent: bool | None = None
     _receives: OrderedSender | None = None  # websocket.receive, then disconnect; lazy
-    _connect: dict[str, Any] | None = None  # websocket.connect until sent
-    _handshake: Deferred[Any] | None = None  # onConnect's result, until decided
+    _connect: Content | None = None  # websocket.connect until sent
+    _handshake: Deferred[str | None] | None = None  # onConnect's result, until decided
     _write_paused = False  # the transport's write buffer is full
     _out: deque[tuple[bytes | None, Any]] | None = None  # replies waiting for the client
     _out_bytes = 0
@@ -240,10 +189,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
         elif len(self.data) > MAX_EARLY_DATA:
             self.dropConnection(abort=True)
 
-    def onConnect(self, request: Any) -> Deferred[Any]:  # type: ignore[override]
+    def onConnect(self, request: object) -> Deferred[str | None]:  # type: ignore[override]
         return self._life.handshake()
 
-    def _send_connect(self) -> Deferred[Any]:
+    def _send_connect(self) -> Deferred[str | None]:
         # The machine's output for handshake(): upgrading -> handshaking.
         factory = self.factory
         message, self._connect = self._connect, None
@@ -252,7 +201,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         factory.registry.register(self.reply_channel, self)
         # websocket.receive and websocket.disconnect wait for websocket.connect.
         self._connect_sent = False
-        d: Deferred[Any] = Deferred()
+        d: Deferred[str | None] = Deferred()
         self._handshake = d
         life = self._life
         sent = factory.layer.send_twisted("websocket.connect", message)
@@ -289,7 +238,12 @@ class WebSocketProtocol(WebSocketServerProtocol):
         """Refuse a pending handshake with HTTP ``code`` and close."""
         self._life.refuse(code, reason, None)
 
-    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+    def failHandshake(
+        self,
+        reason: str,
+        code: int = 400,
+        responseHeaders: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
         # Every refusal, ours or autobahn's (bad key, version...), ends here.
         self._life.refuse(code, reason, responseHeaders)
 
@@ -324,7 +278,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     # -- replies -----------------------------------------------------------------
 
-    def deliver(self, message: dict[str, Any]) -> None:
+    def deliver(self, message: Content) -> None:
         """Handle a reply from the application (``ReplyConnection``)."""
         text = message.get("text")
         data = message.get("bytes")
@@ -487,7 +441,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return  # data after a close frame is ignored
         self.order += 1
-        message: dict[str, Any] = {
+        message: Content = {
             "reply_channel": self.reply_channel,
             "path": self.path,
             "order": self.order,
@@ -576,7 +530,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         receives.producer = None
         reply_channel, path = self.reply_channel, self.path
 
-        def disconnect() -> dict[str, Any]:
+        def disconnect() -> Content:
             # Built when every websocket.receive before it is sent (or dropped).
             return {
                 "reply_channel": reply_channel,
@@ -689,7 +643,7 @@ class _Life(Protocol):
     it does depends on the state the connection is in.
     """
 
-    def handshake(self) -> Deferred[Any]:
+    def handshake(self) -> Deferred[str | None]:
         """autobahn parsed the handshake: the Deferred decides it (``onConnect``)."""
 
     def connect_sent(self) -> None:
@@ -898,7 +852,12 @@ class WebSocketFactory(WebSocketServerFactory):
     protocol = WebSocketProtocol
 
     def __init__(
-        self, reactor: Any, layer: Any, registry: Any, config: Any, access_log: Any
+        self,
+        reactor: IReactorTime,
+        layer: IReactorChannelLayer,
+        registry: IReplyDispatch,
+        config: ServerConfig,
+        access_log: AccessLogWriter | None,
     ) -> None:
         super().__init__(server="chanserv", reactor=reactor)
         self.layer = layer
@@ -942,7 +901,7 @@ class WebSocketFactory(WebSocketServerFactory):
             {name: getattr(self, name) for name in WebSocketProtocol.CONFIG_ATTRS},
         )
 
-    def upgrade(self, request: Any) -> None:
+    def upgrade(self, request: WebRequest) -> None:
         """
         Take over ``request``'s connection as a WebSocket.
 
@@ -953,7 +912,7 @@ class WebSocketFactory(WebSocketServerFactory):
         protocol = self.protocol()
         protocol.factory = self
         try:
-            message: dict[str, Any] | None = build_connect(request, self.config)
+            message: Content | None = build_connect(request, self.config)
             problem = ""
         except BadHandshake as e:
             message, problem = None, str(e)

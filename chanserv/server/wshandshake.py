@@ -1,34 +1,22 @@
 """
-The hand-over of an HTTP upgrade request to autobahn
-(:mod:`chanserv.server.websocket`'s helpers).
-
-The request arrives parsed and validated by the HTTP side
-(:class:`~chanserv.server.request.WebRequest`: ``header_pairs``,
-``asgi_path``, ``query_string``, ``asgi_headers()``, ``client_and_scheme()``).
-From it come:
-
-- :func:`build_connect`: the ``websocket.connect`` message, built from the
-  HTTP side's parse, so HTTP and WebSocket messages agree on path, headers,
-  ``client`` and proxy handling;
-- :func:`handshake_bytes`: what autobahn is fed.  Daphne re-serialised every
-  header (and the body) into the byte stream; a byte Twisted accepts but
-  autobahn's ``str.splitlines()`` splits on then smuggled headers past a
-  front proxy (CVE-2026-44546).  Here autobahn only ever sees the request
-  line and the few headers it acts on, one line each, each re-checked for
-  such bytes, and never a body;
-- :func:`take_transport`: the connection moved from the HTTP channel to the
-  WebSocket protocol, with any bytes the channel had already read.
-
-Reactor thread only.
+The hand-over of a validated HTTP upgrade request to autobahn: the
+``websocket.connect`` message, the few handshake bytes autobahn is fed, and
+the transport moved over.  Reactor thread only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IProtocol
 from twisted.protocols.policies import ProtocolWrapper
 
 from chanserv.server.proxy import address_pair
+from chanserv.types import Content
+
+if TYPE_CHECKING:
+    from chanserv.server.config import ServerConfig
+    from chanserv.server.request import WebRequest
 
 __all__ = [
     "HANDSHAKE_HEADERS",
@@ -65,7 +53,7 @@ class BadHandshake(ValueError):
     """The upgrade request cannot be handed to autobahn (answered with 400)."""
 
 
-def build_connect(request: Any, config: Any) -> dict[str, Any]:
+def build_connect(request: WebRequest, config: ServerConfig) -> Content:
     """
     The ``websocket.connect`` message for ``request``, without
     ``reply_channel``: reference §2.2 plus ``scheme``, ``root_path`` and the
@@ -103,7 +91,7 @@ def build_connect(request: Any, config: Any) -> dict[str, Any]:
     }
 
 
-def handshake_bytes(request: Any) -> bytes:
+def handshake_bytes(request: WebRequest) -> bytes:
     """The handshake autobahn is fed: a request line and HANDSHAKE_HEADERS."""
     # The target is not needed (the application gets path and query string
     # in websocket.connect); "/" spares autobahn parsing a hostile query.
@@ -114,7 +102,10 @@ def handshake_bytes(request: Any) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def take_transport(request: Any, protocol: Any) -> tuple[Any, bytes]:
+def take_transport(request: WebRequest, protocol: IProtocol) -> tuple[Any, bytes]:
+    # Any: the transport is used as an ITransport (makeConnection) and an
+    # IConsumer (registerProducer), and Python's types have no intersection
+    # of interfaces.
     """
     Detach ``request``'s connection from its HTTP channel and make
     ``protocol`` its reader (it is not connected yet: call

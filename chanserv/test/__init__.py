@@ -1,8 +1,7 @@
 """
-Helpers for testing consumers in a project's own test suite, with the names of
-Channels 1.x's ``channels.test``: :class:`ChannelTestCase`,
-:class:`TransactionChannelTestCase`, :class:`Client`, :class:`WSClient`,
-:func:`apply_routes` (and the deprecated :class:`HttpClient`).
+Helpers for testing consumers in a project's own test suite, with the names
+of Channels 1.x's ``channels.test``.  They run in the test's own thread
+(any thread), with no reactor.
 """
 
 from chanserv.test.base import (

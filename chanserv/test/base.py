@@ -1,25 +1,8 @@
 """
 Test cases and clients for testing consumers without a server, as in
-Channels 1.x's ``channels.test``.
-
-- :class:`ChannelTestCase` (and :class:`TransactionChannelTestCase`) give each
-  test a fresh in-memory channel layer per alias in ``test_channel_aliases``,
-  with the project's routing, and :meth:`~ChannelTestCaseMixin.get_next_message`
-  to read what was sent;
-- :class:`Client` sends messages and runs their consumers as the worker does
-  -- ``consumer_started``, the consumer, ``consumer_finished`` (which sends
-  the consumer's held messages), ``DenyConnection`` / ``ChannelSocketException``
-  / ``ConsumeLater`` handled -- in the test's own thread, where an exception
-  of the consumer reaches the test;
-- :func:`apply_routes` swaps the routing of a layer for a test.
-
-As the server does (``Router.check_default``), a client falls back on the
-default routes for what the routing leaves out: ``http.request`` goes to the
-Django views, ``websocket.connect`` is accepted, ``websocket.receive`` and
-``websocket.disconnect`` are consumed by no-ops.  So a test of a project that
-routes only ``websocket.receive`` can still connect, as a browser could.
-
-Everything here runs in the test's thread, with no reactor.
+Channels 1.x's ``channels.test``: a fresh in-memory layer per test, a
+client that runs consumers as the worker does, and :func:`apply_routes`.
+Everything runs in the test's own thread (any thread), with no reactor.
 """
 
 from __future__ import annotations
@@ -28,6 +11,7 @@ import copy
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from types import TracebackType
 from typing import Any
 
 from django.db import close_old_connections
@@ -42,6 +26,7 @@ from chanserv.message import Message
 from chanserv.routing import Match, Router, include
 from chanserv.signals import consumer_finished, consumer_started
 from chanserv.staticfiles import default_http_consumer
+from chanserv.types import Content, ContentMapping
 from chanserv.worker import run_consumer
 
 __all__ = [
@@ -190,17 +175,19 @@ class Client:
         return match
 
     def get_consumer_by_channel(self, channel: str) -> Callable[..., Any] | None:
+        # Any: a consumer's signature and result are the project's own.
         """The consumer a message ``{"text": ""}`` on ``channel`` goes to, or None."""
         match = self._match(Message({"text": ""}, channel, self.channel_layer))
         return match[0] if match is not None else None
 
-    def send(self, to: str, content: Mapping[str, Any] | None = None) -> None:
+    def send(self, to: str, content: ContentMapping | None = None) -> None:
         """Send a copy of ``content`` to ``to``, with this client's ``reply_channel``."""
         message = copy.deepcopy(dict(content or {}))
         message.setdefault("reply_channel", self.reply_channel)
         self.channel_layer.send(to, message)
 
     def consume(self, channel: str, fail_on_none: bool = True) -> Any:
+        # Any: the result is whatever the project's consumer returned (Channels 1.x API).
         """
         Take the next message off ``channel`` and run its consumer as the
         worker does; return what the consumer returned.  ``close_old_connections``
@@ -227,13 +214,14 @@ class Client:
             return run_consumer(consumer, message, kwargs, sender=type(self))
 
     def send_and_consume(
-        self, channel: str, content: Mapping[str, Any] | None = None, fail_on_none: bool = True
+        self, channel: str, content: ContentMapping | None = None, fail_on_none: bool = True
     ) -> Any:
+        # Any: the result is whatever the project's consumer returned (Channels 1.x API).
         """:meth:`send`, then :meth:`consume` the message."""
         self.send(channel, content)
         return self.consume(channel, fail_on_none=fail_on_none)
 
-    def receive(self) -> dict[str, Any] | None:
+    def receive(self) -> Content | None:
         """The content of the next message sent to :attr:`reply_channel`, or None."""
         message = self.get_next_message(self.reply_channel)
         return message.content if message is not None else None
@@ -258,6 +246,8 @@ class apply_routes:
     """
 
     def __init__(self, routes: Any, aliases: Sequence[str] | str = (DEFAULT_CHANNEL_LAYER,)):
+        # Any: routes is a route, a list of routes or lists of them, or any routing form (dotted
+        # path, dict), checked by Router at run time.
         self._aliases = [aliases] if isinstance(aliases, str) else list(aliases)
         self.routes = routes
         self._saved: list[list[tuple[ChannelLayerWrapper, Any, Router]]] = []
@@ -287,7 +277,12 @@ class apply_routes:
         self._saved.append(saved)
         return self
 
-    def exit(self, exc_type: Any = None, exc_val: Any = None, exc_tb: Any = None) -> None:
+    def exit(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> None:
         """Put back the routing :meth:`enter` replaced."""
         self._restore(self._saved.pop())
 
@@ -301,6 +296,8 @@ class apply_routes:
     __exit__ = exit
 
     def __call__(self, test_func: Any) -> Any:
+        # Any: decorates a test function, method or TestCase class alike and returns the wrapped
+        # function or the class itself.
         if isinstance(test_func, type):
             cls: Any = test_func
             old_setup = cls.setUp

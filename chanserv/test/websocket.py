@@ -1,21 +1,8 @@
 """
 :class:`WSClient`: a :class:`~chanserv.test.base.Client` that plays a
 browser's WebSocket -- headers, cookies, the Django session and login, JSON
-frames, ``order`` numbers::
-
-    class ChatTests(ChannelTestCase):
-        def test_echo(self):
-            client = WSClient()
-            client.force_login(User.objects.create(username="ann"))
-            client.send_and_consume("websocket.connect", path="/chat/?room=1")
-            client.send_and_consume("websocket.receive", text={"say": "hi"}, path="/chat/")
-            self.assertEqual(client.receive(), {"user": "ann", "say": "hi"})
-
-The messages are those of chanserv's interface server: ``headers`` is a list
-of ``[name, value]`` byte pairs with lowercase names, ``query_string`` is
-bytes, and ``websocket.disconnect`` carries a ``code`` (1000 unless given).
-As in Channels 1.x, the session cookie is sent with the first message only,
-and every message carries the headers.
+frames, ``order`` numbers.  Runs in the test's own thread (any thread),
+with no reactor.
 """
 
 from __future__ import annotations
@@ -26,7 +13,7 @@ import json as json_module
 import types
 from collections.abc import Mapping
 from http.cookies import SimpleCookie
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.conf import settings
@@ -34,6 +21,11 @@ from django.conf import settings
 from chanserv.channel import DEFAULT_CHANNEL_LAYER
 from chanserv.sessions import session_for_reply_channel
 from chanserv.test.base import Client
+from chanserv.types import Content, ContentMapping, JSONValue
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.sessions.backends.base import SessionBase
 
 __all__ = ["WSClient"]
 
@@ -121,7 +113,7 @@ class WSClient(Client):
     # -- the session and logging in ----------------------------------------------
 
     @property
-    def session(self) -> Any:
+    def session(self) -> SessionBase:
         """
         The Django session the session cookie names: at first the reply
         channel's (:func:`~chanserv.sessions.session_for_reply_channel`,
@@ -143,6 +135,8 @@ class WSClient(Client):
         return self._session
 
     def login(self, **credentials: Any) -> bool:
+        # Any: the credentials go to django.contrib.auth.authenticate unchanged; each
+        # authentication backend takes its own.
         """
         Log in with ``django.contrib.auth.authenticate(**credentials)``, as
         the HTTP session the WebSocket's handshake carries.  Call it before
@@ -157,7 +151,7 @@ class WSClient(Client):
             return True
         return False
 
-    def force_login(self, user: Any, backend: str | None = None) -> None:
+    def force_login(self, user: AbstractBaseUser, backend: str | None = None) -> None:
         """Log ``user`` in without credentials (``backend``: the first of ``AUTHENTICATION_BACKENDS``)."""
         if backend is None:
             backend = settings.AUTHENTICATION_BACKENDS[0]
@@ -174,8 +168,8 @@ class WSClient(Client):
     # -- messages ----------------------------------------------------------------
 
     def _get_content(
-        self, content: Mapping[str, Any] | None, text: Any, path: str, to: str
-    ) -> dict[str, Any]:
+        self, content: ContentMapping | None, text: Any, path: str, to: str
+    ) -> Content:
         message = copy.deepcopy(dict(content or {}))
         message.setdefault("reply_channel", self.reply_channel)
         if "?" in path:
@@ -208,8 +202,8 @@ class WSClient(Client):
     def send(
         self,
         to: str,
-        content: Mapping[str, Any] | None = None,
-        text: Any = None,
+        content: ContentMapping | None = None,
+        text: JSONValue = None,
         path: str = "/",
     ) -> None:
         """
@@ -229,17 +223,19 @@ class WSClient(Client):
     def send_and_consume(  # type: ignore[override]
         self,
         channel: str,
-        content: Mapping[str, Any] | None = None,
-        text: Any = None,
+        content: ContentMapping | None = None,
+        text: JSONValue = None,
         path: str = "/",
         fail_on_none: bool = True,
         check_accept: bool = True,
     ) -> Any:
+        # Any: the result is whatever the project's consumer returned (Channels 1.x API).
         """:meth:`send`, then :meth:`consume` the message."""
         self.send(channel, content, text, path)
         return self.consume(channel, fail_on_none=fail_on_none, check_accept=check_accept)
 
     def consume(self, channel: str, fail_on_none: bool = True, check_accept: bool = True) -> Any:
+        # Any: the result is whatever the project's consumer returned (Channels 1.x API).
         """
         :meth:`Client.consume <chanserv.test.base.Client.consume>`; after a
         ``websocket.connect``, with ``check_accept``, the first reply must
@@ -254,7 +250,7 @@ class WSClient(Client):
                 raise AssertionError("Connection rejected: %s != '{accept: True}'" % (received,))
         return result
 
-    def receive(self, json: bool = True) -> Any:
+    def receive(self, json: bool = True) -> JSONValue:
         """
         The next reply: its ``text`` (JSON-decoded unless ``json`` is False),
         or the whole message when it has no text (``{"accept": True}``,

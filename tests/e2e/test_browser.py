@@ -82,6 +82,7 @@ def expect_message(page: Page, text: str) -> None:
 def test_a_message_sent_in_one_tab_appears_in_both(
     chat_server: TwistdProcess, tmp_path: Path
 ) -> None:
+    """In Chromium, a message typed in one chat tab shows up, as text, in both tabs."""
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:

@@ -274,6 +274,10 @@ def logged_in(site: Site, username: str) -> Browser:
 
 
 def test_pages_need_a_login_and_static_files_are_served(site: Site) -> None:
+    """Every page sends anonymous users to the login form with ?next= set.
+
+    With DEBUG, chanserv serves the apps' static files; chat.js uses no HTML sink.
+    """
     browser = Browser(site.port)
     for path in ("/", "/rooms/lobby/", "/rooms/no-such-room/"):
         response = browser.get(path)
@@ -295,6 +299,10 @@ def test_pages_need_a_login_and_static_files_are_served(site: Site) -> None:
 
 
 def test_login_and_logout_with_csrf(site: Site) -> None:
+    """Login needs the CSRF token and the right password, then sockets open as that user.
+
+    Logging out by POST ends the session: its old cookie no longer opens a socket.
+    """
     browser = Browser(site.port)
     page = browser.get("/accounts/login/")
     assert page.status == 200
@@ -332,6 +340,7 @@ def test_login_and_logout_with_csrf(site: Site) -> None:
 
 
 def test_signup_creates_an_account_and_logs_in(site: Site) -> None:
+    """Sign-up with matching passwords makes the account and logs in; a mismatch makes none."""
     browser = Browser(site.port)
     password = "carol-secret-passphrase"
     response = browser.submit(
@@ -356,6 +365,10 @@ def test_signup_creates_an_account_and_logs_in(site: Site) -> None:
 
 
 def test_create_and_join_a_room(site: Site) -> None:
+    """A room created from the home page gets a slug, is listed for all and can be joined.
+
+    A name already taken, or without a letter or digit, is refused.
+    """
     alice = logged_in(site, "alice")
     response = alice.submit("/", {"name": "  Tea &  Biscuits "})
     assert response.status == 302
@@ -385,6 +398,7 @@ def test_create_and_join_a_room(site: Site) -> None:
 
 
 def test_unknown_room_is_404_and_its_socket_refused(site: Site) -> None:
+    """An unknown room's page is 404; its socket, like any path outside a room, gets 403."""
     alice = logged_in(site, "alice")
     assert alice.get("/rooms/no-such-room/").status == 404
     assert refused(site.port, "/rooms/no-such-room/", browser=alice) == 403
@@ -401,6 +415,7 @@ def test_unknown_room_is_404_and_its_socket_refused(site: Site) -> None:
 
 
 def test_anonymous_websocket_is_refused(site: Site) -> None:
+    """A socket without a valid session (none, only a CSRF cookie, forged) gets 403."""
     assert refused(site.port) == 403
     anonymous = Browser(site.port)
     assert anonymous.get("/accounts/login/").status == 200  # a CSRF cookie, no session
@@ -421,6 +436,7 @@ def _cookie(name: str, value: str) -> Any:
 
 
 def test_foreign_origin_is_refused_before_any_session_is_written(site: Site) -> None:
+    """Sockets from a foreign, null or missing Origin get 403 before a session is saved."""
     alice = logged_in(site, "alice")
     channel_sessions = "SELECT COUNT(*) FROM django_session WHERE session_key LIKE 'chn%'"
     assert query(site.db, channel_sessions) == [(0,)]
@@ -449,6 +465,7 @@ def test_foreign_origin_is_refused_before_any_session_is_written(site: Site) -> 
 
 
 def test_two_users_exchange_messages_and_they_are_saved(site: Site) -> None:
+    """A message reaches everyone in the room with user, text, time and id, and is saved."""
     alice, bob = logged_in(site, "alice"), logged_in(site, "bob")
     with socket(site.port, browser=alice) as a, socket(site.port, browser=bob) as b:
         say(a, "hello bob")
@@ -476,6 +493,7 @@ def test_two_users_exchange_messages_and_they_are_saved(site: Site) -> None:
 
 
 def test_rooms_do_not_hear_each_other(site: Site) -> None:
+    """A message goes only to the sockets of its own room."""
     add_room = "from rooms.models import Room; Room.objects.create(name='Attic', slug='attic')"
     shell(site.db, add_room)
     alice, bob = logged_in(site, "alice"), logged_in(site, "bob")
@@ -498,6 +516,7 @@ def test_rooms_do_not_hear_each_other(site: Site) -> None:
 
 
 def test_one_persons_messages_keep_their_order(site: Site) -> None:
+    """One person's 40 quick messages reach everyone and the database in the order sent."""
     alice, bob = logged_in(site, "alice"), logged_in(site, "bob")
     texts = ["message %d" % i for i in range(40)]
     with socket(site.port, browser=alice) as a, socket(site.port, browser=bob) as b:
@@ -509,6 +528,7 @@ def test_one_persons_messages_keep_their_order(site: Site) -> None:
 
 
 def test_bad_messages_get_an_error_and_are_not_saved(site: Site) -> None:
+    """A malformed, empty or over-long message gets an error to its sender only; none saved."""
     alice, bob = logged_in(site, "alice"), logged_in(site, "bob")
     with socket(site.port, browser=alice) as a, socket(site.port, browser=bob) as b:
         for frame, error in (
@@ -534,6 +554,10 @@ def test_bad_messages_get_an_error_and_are_not_saved(site: Site) -> None:
 
 
 def test_room_page_shows_the_last_messages_from_the_database(site: Site) -> None:
+    """A room page renders the last HISTORY_LENGTH saved messages, escaped, oldest first.
+
+    A room without messages shows its no-messages hint.
+    """
     texts = ["old %d" % i for i in range(HISTORY_LENGTH + 5)]
     texts[-1] = "<script>alert('x')</script> & more"
     add_messages(site.db, "lobby", "bob", texts)
@@ -559,6 +583,10 @@ def test_room_page_shows_the_last_messages_from_the_database(site: Site) -> None
 
 
 def test_a_reconnecting_client_gets_what_it_missed(site: Site) -> None:
+    """A socket opened with ?after=<id> first gets the messages saved after it, in order.
+
+    At most the newest HISTORY_LENGTH are replayed; without a valid ?after, none are.
+    """
     add_messages(site.db, "lobby", "bob", ["one", "two", "three"])
     ids = [row[0] for row in query(site.db, "SELECT id FROM rooms_message ORDER BY id")]
     alice = logged_in(site, "alice")
@@ -593,4 +621,5 @@ def test_a_reconnecting_client_gets_what_it_missed(site: Site) -> None:
 
 
 def test_migrations_match_the_models(tmp_path: Path) -> None:
+    """The chatroom's migrations match its models: makemigrations --check finds nothing."""
     manage(tmp_path / "check.sqlite3", "makemigrations", "--check", "--dry-run", "-v", "0")

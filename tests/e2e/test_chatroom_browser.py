@@ -124,6 +124,10 @@ def test_two_users_chat_in_a_room_and_the_history_survives_a_reload(
     browser: Browser,
     tmp_path: Path,
 ) -> None:
+    """In Chromium, two users chat in a new room; markup they type shows as text.
+
+    A reload renders the conversation from the database, and the chat goes on.
+    """
     expect.set_options(timeout=TIMEOUT_MS)
     base = "http://127.0.0.1:%d" % site.port
     errors: list[str] = []
@@ -185,6 +189,7 @@ def test_the_page_reconnects_after_the_server_restarts(
     browser: Browser,
     tmp_path: Path,
 ) -> None:
+    """After a server restart the room page reconnects, shows what it missed, chats on."""
     expect.set_options(timeout=TIMEOUT_MS)
     first = start_site(template_db, tmp_path)
     servers = [first.server]

@@ -204,6 +204,10 @@ def report_round(
 
 
 def test_memory_returns_after_storms(server: TwistdProcess) -> None:
+    """After 5 rounds of 1,000 WebSockets nothing of any connection is left in the server.
+
+    Live objects return to the baseline; resident memory stays within 10 % of round 1.
+    """
     assert server.proc is not None and server.port is not None
     pid, port = server.proc.pid, server.port
     report = os.environ.get("E2E_STORM_REPORT") == "1"

@@ -27,6 +27,7 @@ def db(tmp_path: Path) -> dict[str, str]:
 
 
 def test_starts_logs_ready_and_exits_zero_on_sigterm(db: dict[str, str]) -> None:
+    """twistd chanserv logs ready, serves, and exits 0 within 10 s of SIGTERM, no traceback."""
     port = free_port()
     with TwistdProcess(PROJECT, "e2eproj.settings", port=port, env=db) as proc:
         assert "chanserv ready: mode=all" in proc.output()
@@ -39,6 +40,7 @@ def test_starts_logs_ready_and_exits_zero_on_sigterm(db: dict[str, str]) -> None
 
 
 def test_default_routes_without_channel_layers(db: dict[str, str]) -> None:
+    """Without CHANNEL_LAYERS the server uses the in-memory layer and serves Django views."""
     port = free_port()
     env = dict(db, E2E_LAYER="none")
     with TwistdProcess(PROJECT, "e2eproj.settings", port=port, env=env) as proc:
@@ -49,6 +51,7 @@ def test_default_routes_without_channel_layers(db: dict[str, str]) -> None:
 
 @pytest.mark.parametrize("mode", ["worker", "interface"])
 def test_split_modes_refuse_the_in_process_layer(mode: str, db: dict[str, str]) -> None:
+    """--mode=worker or interface with an in-process layer exits non-zero, saying why."""
     proc = TwistdProcess(PROJECT, "e2eproj.settings", args=["--mode=" + mode], env=db)
     assert proc.run_to_exit() != 0
     out = proc.output()
@@ -57,6 +60,7 @@ def test_split_modes_refuse_the_in_process_layer(mode: str, db: dict[str, str]) 
 
 
 def test_missing_settings_is_a_clear_error(db: dict[str, str]) -> None:
+    """An unimportable settings module exits non-zero with a one-line error, no traceback."""
     proc = TwistdProcess(PROJECT, "nosuch.settings", env=db)
     assert proc.run_to_exit() != 0
     assert "Cannot import the settings module 'nosuch.settings'" in proc.output()
@@ -64,6 +68,7 @@ def test_missing_settings_is_a_clear_error(db: dict[str, str]) -> None:
 
 
 def test_bad_backend_names_the_setting(db: dict[str, str]) -> None:
+    """An unknown layer BACKEND exits non-zero naming the setting and the bad path."""
     proc = TwistdProcess(PROJECT, "e2eproj.settings", env=dict(db, E2E_LAYER="broken"))
     assert proc.run_to_exit() != 0
     out = proc.output()
@@ -73,6 +78,7 @@ def test_bad_backend_names_the_setting(db: dict[str, str]) -> None:
 
 
 def test_consumer_in_flight_finishes_before_exit(db: dict[str, str], tmp_path: Path) -> None:
+    """On SIGTERM a consumer already running finishes its work before the process exits 0."""
     port = free_port()
     marker = tmp_path / "marker.txt"
     with TwistdProcess(PROJECT, "e2eproj.settings", port=port, env=db) as proc:

@@ -138,6 +138,7 @@ def ws(port: int, path: str = "/chat/") -> ClientConnection:
 
 
 def test_hello_consumer_answers_every_path(hello: TwistdProcess) -> None:
+    """The hello example answers any path with its decoded ASGI path, as UTF-8 HTML."""
     status, headers, body = request(hello.port, "/some/path")
     assert status == 200
     assert body == b"Hello world! You asked for /some/path"
@@ -151,6 +152,7 @@ def test_hello_consumer_answers_every_path(hello: TwistdProcess) -> None:
 
 
 def test_hello_keeps_the_connection_alive(hello: TwistdProcess) -> None:
+    """The hello example answers several requests on one kept-alive HTTP connection."""
     conn = http.client.HTTPConnection("127.0.0.1", hello.port, timeout=TIMEOUT)
     try:
         for path in ("/one", "/two", "/"):
@@ -166,6 +168,7 @@ def test_hello_keeps_the_connection_alive(hello: TwistdProcess) -> None:
 
 
 def test_echo_page_is_served_by_a_django_view(echo: TwistdProcess) -> None:
+    """The echo example's page is a Django view with a WebSocket client; other paths 404."""
     status, headers, body = request(echo.port, "/")
     assert status == 200
     assert headers["content-type"] == "text/html; charset=utf-8"
@@ -177,6 +180,7 @@ def test_echo_page_is_served_by_a_django_view(echo: TwistdProcess) -> None:
 
 
 def test_echo_sends_every_message_back(echo: TwistdProcess) -> None:
+    """The echo example returns each text or binary frame unchanged, empty or 70 kB."""
     with ws(echo.port) as socket:
         for message in ["hello world", "", "ünïcødé ✓", b"\x00\xff binary", b"", "x" * 70000]:
             socket.send(message)
@@ -184,6 +188,7 @@ def test_echo_sends_every_message_back(echo: TwistdProcess) -> None:
 
 
 def test_echo_sockets_do_not_see_each_other(echo: TwistdProcess) -> None:
+    """The echo example answers each socket alone, never another socket."""
     with ws(echo.port, "/a/") as first, ws(echo.port, "/b/") as second:
         first.send("to first")
         second.send("to second")
@@ -200,6 +205,7 @@ def test_echo_sockets_do_not_see_each_other(echo: TwistdProcess) -> None:
 
 
 def test_chat_page_is_served_by_a_django_view(chat: TwistdProcess) -> None:
+    """The chat example's page is a Django view with its message list, input and socket."""
     status, headers, body = request(chat.port, "/")
     assert status == 200
     assert headers["content-type"] == "text/html; charset=utf-8"
@@ -208,6 +214,7 @@ def test_chat_page_is_served_by_a_django_view(chat: TwistdProcess) -> None:
 
 
 def test_chat_clients_receive_each_others_messages(chat: TwistdProcess) -> None:
+    """The chat example broadcasts each message to every socket, and goes on after a leave."""
     with ws(chat.port) as alice, ws(chat.port) as bob:
         alice.send("hi from alice")
         assert alice.recv(timeout=TIMEOUT) == "[user] hi from alice"
@@ -303,6 +310,7 @@ def test_full_request_channel_gives_503_and_serving_goes_on(tmp_path: Path) -> N
 
 
 def test_consumer_slower_than_http_timeout_gives_503(tmp_path: Path) -> None:
+    """A consumer slower than --http-timeout gets its client a 503; serving goes on after."""
     markers = tmp_path / "markers"
     markers.mkdir()
     gate = markers / "gate"

@@ -80,6 +80,7 @@ def runserver(env: dict[str, str]) -> Iterator[tuple[int, subprocess.Popen[bytes
 def test_runserver_serves_http_websockets_and_static(
     runserver: tuple[int, subprocess.Popen[bytes]],
 ) -> None:
+    """manage.py runserver serves HTTP, WebSockets and static files; SIGINT exits 0."""
     port, proc = runserver
     assert wait_http(port) == b"Hello world"
     # DEBUG on + staticfiles installed: served like Django's runserver.
@@ -94,6 +95,7 @@ def test_runserver_serves_http_websockets_and_static(
 
 
 def test_runserver_with_autoreload_starts_and_serves(env: dict[str, str]) -> None:
+    """runserver with its autoreloader (the default) starts chanserv and serves HTTP."""
     port = free_port()
     proc = manage("runserver", "127.0.0.1:%d" % port, env=env, start_new_session=True)
     try:
@@ -108,6 +110,7 @@ def test_runserver_with_autoreload_starts_and_serves(env: dict[str, str]) -> Non
 
 
 def test_runserver_noworker_refuses_the_in_process_layer(env: dict[str, str]) -> None:
+    """runserver --noworker with the in-process layer exits non-zero, saying why."""
     proc = manage("runserver", "--noreload", "--noworker", "127.0.0.1:%d" % free_port(), env=env)
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode != 0
@@ -115,6 +118,7 @@ def test_runserver_noworker_refuses_the_in_process_layer(env: dict[str, str]) ->
 
 
 def test_runworker_refuses_the_in_process_layer(env: dict[str, str]) -> None:
+    """runworker with the in-process layer exits non-zero, saying it needs a shared one."""
     proc = manage("runworker", env=env)
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode != 0

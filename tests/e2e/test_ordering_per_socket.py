@@ -76,12 +76,14 @@ def run_server(tmp_path: Path, *args: str) -> list[list[int]]:
 
 
 def test_each_socket_gets_its_replies_in_sending_order(tmp_path: Path) -> None:
+    """By default each of 50 sockets gets its 200 replies in the order it sent them."""
     echoed = run_server(tmp_path)
     out_of_order = [i for i, numbers in enumerate(echoed) if numbers != list(range(MESSAGES))]
     assert out_of_order == [], "sockets %s got replies out of order" % out_of_order
 
 
 def test_without_ordering_replies_can_come_back_out_of_order(tmp_path: Path) -> None:
+    """With --no-ordering no reply is lost, but some socket gets replies out of order."""
     echoed = run_server(tmp_path, "--no-ordering")
     # Nothing lost, whatever the order.
     assert all(sorted(numbers) == list(range(MESSAGES)) for numbers in echoed)

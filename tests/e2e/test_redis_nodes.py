@@ -81,6 +81,10 @@ def pid(proc: TwistdProcess) -> int:
 
 
 def test_one_interface_two_workers_serve_http_and_the_chat(site: Site) -> None:
+    """Over Redis, one interface and two workers serve views, both workers taking requests.
+
+    The chat works between two sockets on the interface node.
+    """
     port = site.port_a
     # A Django view, run by a worker process.
     assert http_get(port, "/hello/")[:2] == (200, "Hello world")
@@ -105,6 +109,7 @@ def test_one_interface_two_workers_serve_http_and_the_chat(site: Site) -> None:
 
 
 def test_chat_across_two_interface_nodes(site: Site) -> None:
+    """Chat messages reach sockets on two different interface nodes, both ways."""
     with (
         ws_connect(site.port_a, "/chat/") as on_a,
         ws_connect(site.port_b, "/chat/") as on_b,
@@ -151,6 +156,7 @@ def test_plain_python_process_sends_to_a_group_and_a_channel(site: Site) -> None
 
 
 def test_mode_all_on_redis_serves_everything_in_one_process(tmp_path: Path) -> None:
+    """--mode=all on Redis serves views, consumers, chat and echo in one process."""
     cluster = Cluster(tmp_path)
     try:
         node = cluster.node("all", "--threads=2")
@@ -173,7 +179,10 @@ def test_mode_all_on_redis_serves_everything_in_one_process(tmp_path: Path) -> N
 
 
 def test_runserver_noworker_and_runworker_over_redis(tmp_path: Path) -> None:
-    """The tutorial's commands: ``runserver --noworker`` plus ``runworker``."""
+    """runserver --noworker plus runworker over Redis serve views and chat; SIGINT exits 0.
+
+    The tutorial's commands: ``runserver --noworker`` plus ``runworker``.
+    """
     cluster = Cluster(tmp_path)
     try:
         port = free_port()

@@ -122,6 +122,10 @@ def server(tmp_path: Path) -> Iterator[TwistdProcess]:
 
 
 def test_pathological_route_is_answered_and_stalls_no_socket(server: TwistdProcess) -> None:
+    """A runaway route filter gets 500 or a 403 handshake within 1 s, logged as a timeout.
+
+    Other sockets are served meanwhile, p99 under 200 ms.
+    """
     port = server.port
     assert port is not None
 

@@ -98,6 +98,10 @@ def _read(client: SlowClient, now: float) -> None:
 
 @pytest.mark.usefixtures("enough_file_descriptors")
 def test_slow_bodies_are_closed_at_the_deadline_while_others_are_served(tmp_path: Path) -> None:
+    """300 dribbled request bodies get 408 and are closed at --request-timeout plus a sweep.
+
+    Other clients are answered throughout; each close is logged once.
+    """
     port = free_port()
     endpoint = "tcp:port=%d:interface=127.0.0.1:backlog=1024" % port
     args = ["-e", endpoint, "--request-timeout", str(DEADLINE)]

@@ -158,6 +158,10 @@ def check_log(output: str) -> None:
 
 
 def test_stalled_and_slow_downloads_hold_little_memory_and_complete(tmp_path: Path) -> None:
+    """A stalled 64 MiB streamed download holds little memory and arrives whole later.
+
+    A paced download completes too, while other clients are served.
+    """
     port = free_port()
     args = ["-e", "tcp:port=%d:interface=127.0.0.1" % port]
     env = {"E2E_DB": str(tmp_path / "db.sqlite3")}
@@ -170,7 +174,10 @@ def test_stalled_and_slow_downloads_hold_little_memory_and_complete(tmp_path: Pa
 
 
 def test_over_redis_the_worker_process_waits_for_the_client(tmp_path: Path) -> None:
-    """The same with an interface and a worker process over Redis."""
+    """Over Redis, a stalled streamed download also holds little memory and arrives whole.
+
+    The same checks with an interface and a worker process: the worker waits for the client.
+    """
     cluster = Cluster(tmp_path)
     try:
         interface = cluster.node("interface")

@@ -224,6 +224,10 @@ async def run_broadcast(proc: TwistdProcess, port: int) -> Run:
 
 
 def test_non_readers_are_closed_at_the_cap_and_readers_miss_nothing(tmp_path: Path) -> None:
+    """Sockets that stop reading are closed 1013 past --ws-send-queue-size, drops counted.
+
+    Readers get every broadcast in order; server memory stays within the caps.
+    """
     port = free_port()
     env = {"E2E_LAYER": "memory", "E2E_DB": str(tmp_path / "db.sqlite3")}
     args = ["--ws-send-queue-size=%d" % SEND_QUEUE]

@@ -151,6 +151,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
 
 
 def test_curl_with_default_alpn_gets_the_page_over_http2(server: TLSServer) -> None:
+    """Over TLS, curl's default ALPN gets the page over HTTP/2, access-logged as such."""
     status, version, body = server.curl("/")
     assert (status, version) == (200, "2")
     assert b"<title>chanserv chat</title>" in body
@@ -158,6 +159,7 @@ def test_curl_with_default_alpn_gets_the_page_over_http2(server: TLSServer) -> N
 
 
 def test_curl_http2_and_http11(server: TLSServer) -> None:
+    """The TLS endpoint serves HTTP/2 or HTTP/1.1, whichever the client asks for by ALPN."""
     assert server.curl("/", "--http2")[:2] == (200, "2")
     assert server.curl("/", "--http1.1")[:2] == (200, "1.1")
     assert '"GET / HTTP/1.1" 200' in server.proc.output()
@@ -177,6 +179,7 @@ def test_curl_http2_and_http11(server: TLSServer) -> None:
 def test_refusals_are_the_same_over_http2_and_http11(
     server: TLSServer, path: str, args: tuple[str, ...], status: int, protocol: str, tmp_path: Path
 ) -> None:
+    """Bad requests get the same status over HTTP/2 as over HTTP/1.1; serving goes on."""
     if args == ("--data-binary", "@-"):
         big = tmp_path / "big.bin"
         big.write_bytes(b"x" * (MAX_BODY + 1))
@@ -189,6 +192,7 @@ def test_refusals_are_the_same_over_http2_and_http11(
 
 
 def test_http2_refusals_are_access_logged(server: TLSServer) -> None:
+    """A request refused over HTTP/2 is access-logged with its status, with no traceback."""
     server.curl("/a%00b", "--http2")
     assert '"GET /a%00b HTTP/2" 400' in server.proc.output()
     assert "Traceback" not in server.proc.output()
@@ -204,6 +208,7 @@ def launch_chromium(playwright: Any) -> Browser:
 
 
 def test_browser_chats_over_https_and_wss(server: TLSServer, tmp_path: Path) -> None:
+    """Chromium loads the page over h2 and chats over wss:// in two tabs."""
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:

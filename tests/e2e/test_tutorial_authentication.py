@@ -88,6 +88,7 @@ def db_of(proc: TwistdProcess) -> Path:
 
 
 def test_chat_page_needs_a_login(site: TwistdProcess) -> None:
+    """The chat page sends anonymous visitors to the login form with ?next=/."""
     status, url, page = Browser(site.port).open("/")
     assert status == 200
     assert url.endswith("/login/?next=/")
@@ -98,6 +99,7 @@ def test_chat_page_needs_a_login(site: TwistdProcess) -> None:
 def test_wrong_password_is_refused_by_the_login_form(
     site: TwistdProcess, users: dict[str, Browser]
 ) -> None:
+    """A wrong password shows the login form again with an error; no session, no socket."""
     browser = Browser(site.port)
     status, url, page = browser.submit("/login/", {"username": "alice", "password": "wrong"})
     assert status == 200 and url.endswith("/login/")
@@ -109,6 +111,7 @@ def test_wrong_password_is_refused_by_the_login_form(
 def test_chat_page_names_the_user_and_the_letter(
     site: TwistdProcess, users: dict[str, Browser]
 ) -> None:
+    """The chat page names the logged-in user and the chat of their first letter."""
     status, url, page = users["anna"].open("/")
     assert status == 200 and url.endswith(":%d/" % site.port)
     assert '<strong id="username">anna</strong>' in page
@@ -119,6 +122,7 @@ def test_chat_page_names_the_user_and_the_letter(
 def test_same_first_letter_chats_other_letters_do_not(
     site: TwistdProcess, users: dict[str, Browser]
 ) -> None:
+    """Users chat only with those sharing their first letter; logins go to channel sessions."""
     port = site.port
     with (
         ws(port, "/chat/", headers=cookie(users["alice"])) as alice,
@@ -148,6 +152,7 @@ def test_same_first_letter_chats_other_letters_do_not(
 
 
 def test_anonymous_sockets_are_refused(site: TwistdProcess) -> None:
+    """Sockets with no session, an unknown one or only a CSRF cookie get 403."""
     assert refused_status(site.port, "/chat/") == 403
     assert refused_status(site.port, "/chat/", headers={"Cookie": "sessionid=nosuchsession"}) == 403
     # A visitor who only loaded the login page has cookies (the CSRF one)
@@ -158,6 +163,7 @@ def test_anonymous_sockets_are_refused(site: TwistdProcess) -> None:
 
 
 def test_after_logout_the_cookie_no_longer_opens_a_socket(site: TwistdProcess) -> None:
+    """After logout by the page's form, a handshake with the old cookie gets 403."""
     browser = sign_up_and_log_in(site.port, "arthur")
     old = cookie(browser)
     with ws(site.port, "/chat/", headers=old) as socket_:
@@ -176,6 +182,10 @@ def test_after_logout_the_cookie_no_longer_opens_a_socket(site: TwistdProcess) -
 def test_session_key_query_parameter_on_another_host_and_port(
     servers: tuple[TwistdProcess, TwistdProcess], users: dict[str, Browser]
 ) -> None:
+    """?session_key= logs a socket in on another host and port, without any cookie.
+
+    A wrong or missing key is an anonymous user, refused with 403.
+    """
     site, sockets = servers
     assert sockets.port != site.port
     # The page served by the site points its WebSocket at the other server,

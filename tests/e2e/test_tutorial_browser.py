@@ -63,6 +63,7 @@ def say(page: Page, text: str) -> None:
 
 
 def test_persisting_data_page(browser: Browser, serve: Callable[[str], str]) -> None:
+    """In Chromium, two users join a room on the persisting_data page; both see a message."""
     url = serve("persisting_data")
     errors: list[str] = []
     pages = []
@@ -82,6 +83,7 @@ def test_persisting_data_page(browser: Browser, serve: Callable[[str], str]) -> 
 
 @pytest.mark.parametrize("example", ["authentication", "security"])
 def test_login_and_chat_pages(browser: Browser, serve: Callable[[str], str], example: str) -> None:
+    """In Chromium, the auth examples' sign-up and login lead to a chat two users share."""
     # security: the page's origin (127.0.0.1) is in ALLOWED_HOSTS.
     url = serve(example)
     errors: list[str] = []
@@ -108,6 +110,7 @@ def test_login_and_chat_pages(browser: Browser, serve: Callable[[str], str], exa
 
 
 def test_routing_page(browser: Browser, serve: Callable[[str], str]) -> None:
+    """In Chromium, the routing page's room gets messages sent over the socket and by POST."""
     url = serve("routing")
     errors: list[str] = []
     pages = []
@@ -129,6 +132,7 @@ def test_routing_page(browser: Browser, serve: Callable[[str], str]) -> None:
 
 
 def test_models_page_keeps_the_history(browser: Browser, serve: Callable[[str], str]) -> None:
+    """In Chromium, a message on the models page is saved and shown as history on reload."""
     url = serve("models")
     errors: list[str] = []
     page = new_page(browser, errors)
@@ -145,6 +149,7 @@ def test_models_page_keeps_the_history(browser: Browser, serve: Callable[[str], 
 
 
 def test_ordering_page_burst(browser: Browser, serve: Callable[[str], str]) -> None:
+    """In Chromium, the ordering page's burst of 20 messages comes back in order."""
     url = serve("ordering")
     errors: list[str] = []
     page = new_page(browser, errors)

@@ -57,11 +57,13 @@ def server(db: Path) -> Iterator[TwistdProcess]:
 
 
 def test_migration_creates_the_chatmessage_table(db: Path) -> None:
+    """The models example's migration creates chatmessage: id, room, message, created."""
     columns = {row[1] for row in query(db, "PRAGMA table_info(chatapp_chatmessage)")}
     assert {"id", "room", "message", "created"} <= columns
 
 
 def test_socket_messages_are_saved_then_broadcast(server: TwistdProcess, db: Path) -> None:
+    """A socket message is saved before it is broadcast, and only to its own room."""
     port = server.port
     with ws(port, "/lobby/") as one, ws(port, "/lobby/") as two, ws(port, "/attic/") as other:
         one.send("first")
@@ -80,6 +82,10 @@ def test_socket_messages_are_saved_then_broadcast(server: TwistdProcess, db: Pat
 
 
 def test_a_view_sends_to_chat_messages_too(server: TwistdProcess, db: Path) -> None:
+    """A message POSTed by the room's form reaches its sockets, is saved and listed.
+
+    The view takes only POST (405 otherwise) and only with a CSRF token (403).
+    """
     browser = Browser(server.port)
     with ws(server.port, "/kitchen/") as listener:
         status, url, page = browser.submit(
@@ -100,6 +106,7 @@ def test_a_view_sends_to_chat_messages_too(server: TwistdProcess, db: Path) -> N
 
 
 def test_management_command_refuses_the_in_memory_layer(db: Path) -> None:
+    """post_message refuses the in-memory layer with a clear error and sends nothing."""
     result = manage(EXAMPLE, db, "post_message", "lobby", "from cron", check=False)
     assert result.returncode != 0
     assert "only carries messages inside one process" in result.stderr
@@ -111,6 +118,7 @@ def test_management_command_refuses_the_in_memory_layer(db: Path) -> None:
 
 
 def test_management_command_reaches_the_server_over_redis(tmp_path: Path) -> None:
+    """Over Redis, post_message from another process reaches the server's sockets, saved."""
     db = tmp_path / "db.sqlite3"
     migrate(EXAMPLE, db)
     redis = RedisServer()

@@ -49,12 +49,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwistdProcess]:
 
 
 def test_page_is_served_by_a_django_view(server: TwistdProcess) -> None:
+    """The ordering example's page is a Django view with a WebSocket and a burst button."""
     status, _, page = Browser(server.port).open("/")
     assert status == 200
     assert "new WebSocket(" in page and 'id="burst"' in page
 
 
 def test_the_counter_goes_up_in_sending_order(server: TwistdProcess) -> None:
+    """The ordering example numbers one socket's 300 messages 1, 2, 3... in sending order."""
     with ws(server.port, "/chat/") as socket_:
         texts = ["message %d" % i for i in range(300)]
         for text in texts:
@@ -64,6 +66,7 @@ def test_the_counter_goes_up_in_sending_order(server: TwistdProcess) -> None:
 
 
 def test_each_socket_counts_its_own_messages(server: TwistdProcess) -> None:
+    """Each socket's counter counts only its own messages, in its sending order."""
     with ws(server.port, "/") as a, ws(server.port, "/") as b:
         for i in range(50):
             a.send("a%d" % i)
@@ -87,6 +90,10 @@ def test_each_socket_counts_its_own_messages(server: TwistdProcess) -> None:
 
 
 def test_one_socket_1000_messages_8_threads_recorded_in_order(tmp_path: Path) -> None:
+    """enforce_ordering alone keeps 1,000 messages of one socket serial and in order.
+
+    Several of 8 threads run them; each sees the session count of all before it.
+    """
     db = tmp_path / "db.sqlite3"
     markers = tmp_path / "markers"
     markers.mkdir()

@@ -50,6 +50,7 @@ def server(db: Path) -> Iterator[TwistdProcess]:
 
 
 def test_page_is_served_by_a_django_view(server: TwistdProcess) -> None:
+    """The persisting_data example's page is a Django view with room, name and JSON chat."""
     status, _, page = Browser(server.port).open("/")
     assert status == 200
     for needle in ('id="room"', 'id="username"', 'id="messages"', "new WebSocket(", "JSON.parse"):
@@ -59,6 +60,10 @@ def test_page_is_served_by_a_django_view(server: TwistdProcess) -> None:
 def test_room_from_path_username_from_query_string_json_messages(
     server: TwistdProcess, db: Path
 ) -> None:
+    """Sockets join the room in their path; each message carries its sender's username.
+
+    The username from the connect's query string is kept in the channel session.
+    """
     port = server.port
     with (
         ws(port, "/lobby/?username=alice") as alice,
@@ -95,6 +100,7 @@ def test_room_from_path_username_from_query_string_json_messages(
 
 
 def test_without_username_the_socket_is_accepted_then_closed(server: TwistdProcess) -> None:
+    """A socket without ?username= is accepted, then closed with 1000."""
     with ws(server.port, "/lobby/?name=alice") as nameless:
         with pytest.raises(ConnectionClosedOK):
             nameless.recv(timeout=TIMEOUT)
@@ -102,6 +108,7 @@ def test_without_username_the_socket_is_accepted_then_closed(server: TwistdProce
 
 
 def test_a_path_that_is_no_room_joins_nothing(server: TwistdProcess) -> None:
+    """A socket on a path that is no room is accepted but joins nothing; its messages drop."""
     port = server.port
     with (
         ws(port, "/lobby/?username=erin") as erin,

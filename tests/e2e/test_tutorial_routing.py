@@ -39,6 +39,7 @@ def post(port: int, path: str, fields: dict[str, str]) -> tuple[int, str]:
 
 
 def test_chat_rooms_come_from_the_path_under_chat(server: TwistdProcess) -> None:
+    """Sockets on /chat/<room>/ join that room only; the room goes on after one leaves."""
     port = server.port
     with (
         ws(port, "/chat/lobby/") as one,
@@ -74,6 +75,7 @@ def test_chat_rooms_come_from_the_path_under_chat(server: TwistdProcess) -> None
     ],
 )
 def test_other_paths_join_no_room(server: TwistdProcess, path: str) -> None:
+    """A socket on a path other than /chat/<room>/ is accepted but is in no room."""
     port = server.port
     with ws(port, "/chat/lobby/") as member, ws(port, path) as outsider:
         # Accepted by the default consumer; its messages go nowhere and it
@@ -89,6 +91,7 @@ def test_other_paths_join_no_room(server: TwistdProcess, path: str) -> None:
 
 
 def test_post_poll_sends_to_the_room(server: TwistdProcess) -> None:
+    """POST /poll/ sends its text to the named room only; a bad room name gets 400."""
     port = server.port
     with ws(port, "/chat/lobby/") as lobby, ws(port, "/chat/kitchen/") as kitchen:
         status, body = post(port, "/poll/", {"room": "lobby", "text": "no socket needed"})
@@ -104,6 +107,7 @@ def test_post_poll_sends_to_the_room(server: TwistdProcess) -> None:
 
 
 def test_other_http_requests_fall_through_to_the_views(server: TwistdProcess) -> None:
+    """HTTP other than POST /poll/ falls through to the Django views (404 where none)."""
     browser = Browser(server.port)
     status, _, page = browser.open("/")
     assert status == 200 and "new WebSocket(" in page and "/chat/" in page

@@ -87,6 +87,7 @@ def accepted(port: int, path: str, origin: str, cookie: dict[str, str]) -> bool:
 def test_the_chat_page_works_from_an_allowed_host(
     server: TwistdProcess, alice: Browser, db: Path
 ) -> None:
+    """From the page's own allowed origin, sockets chat and their sessions hold the login."""
     status, _, page = alice.open("/")
     assert status == 200 and "new WebSocket(" in page
     origin = "http://127.0.0.1:%d" % server.port  # the page's own origin
@@ -115,6 +116,7 @@ def test_the_chat_page_works_from_an_allowed_host(
 def test_allowed_origins_are_accepted(
     server: TwistdProcess, cookie: dict[str, str], origin: str
 ) -> None:
+    """Origins whose host is in ALLOWED_HOSTS, in any case and on any port, are accepted."""
     assert accepted(server.port, "/chat/", origin, cookie)
 
 
@@ -144,6 +146,7 @@ REFUSED = [
 def test_other_origins_get_403_and_no_consumer_runs(
     server: TwistdProcess, cookie: dict[str, str], db: Path, origin: str | None
 ) -> None:
+    """Origins not allowed, malformed or absent get 403 before the session decorators run."""
     before = logged_in_channel_sessions(db)
     assert refused_status(server.port, "/chat/", origin=origin, headers=cookie) == 403
     # The 403 is the consumer's answer: had the session decorators run, the
@@ -154,6 +157,7 @@ def test_other_origins_get_403_and_no_consumer_runs(
 def test_two_origin_headers_are_a_bad_request(
     server: TwistdProcess, cookie: dict[str, str], db: Path
 ) -> None:
+    """Two Origin headers get 400 from the server itself; no consumer runs."""
     # Refused by the server itself, before the application hears of it.
     before = logged_in_channel_sessions(db)
     headers = dict(cookie, Origin="https://chat.example.com")
@@ -165,6 +169,7 @@ def test_two_origin_headers_are_a_bad_request(
 def test_refusals_are_logged_without_a_traceback(
     server: TwistdProcess, cookie: dict[str, str]
 ) -> None:
+    """A refused Origin is logged as a denied handshake naming the path and the Origin."""
     origin = "https://refused.example"
     assert refused_status(server.port, "/logged/", origin=origin, headers=cookie) == 403
     assert (
@@ -180,6 +185,7 @@ def test_refusals_are_logged_without_a_traceback(
 def test_same_origin_route_accepts_only_its_own_origin(
     server: TwistdProcess, cookie: dict[str, str]
 ) -> None:
+    """A same-origin route accepts only its page's scheme, host and port (any case)."""
     port = server.port
     assert accepted(port, "/same-origin/", "http://127.0.0.1:%d" % port, cookie)
     assert accepted(port, "/same-origin/", "HTTP://127.0.0.1:%d" % port, cookie)
@@ -196,6 +202,7 @@ def test_same_origin_route_accepts_only_its_own_origin(
 
 
 def test_same_origin_on_an_allowed_host_name(server: TwistdProcess, cookie: dict[str, str]) -> None:
+    """A same-origin route works on an allowed host name; on a host not allowed, 403."""
     port = server.port
     origin = "http://chat.example.com:%d" % port
     with ws(port, "/same-origin/", origin=origin, headers=cookie, host=ALLOWED) as socket_:

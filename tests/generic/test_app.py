@@ -100,6 +100,7 @@ class ChatAppTests(ChannelTestCase):
         return client
 
     def test_chat_room(self) -> None:
+        """Chat members get each other's joins, messages and leaves through the room group."""
         ann, bob = self.client_for("ann"), self.client_for("bob")
         ann.send_and_consume("websocket.connect", path="/chat/lobby/")
         self.assertEqual(ann.receive(), {"joined": "ann"})
@@ -119,6 +120,7 @@ class ChatAppTests(ChannelTestCase):
         self.assertIsNone(bob.receive())
 
     def test_rooms_are_separate_and_anonymous_users_are_refused(self) -> None:
+        """A room's messages reach only its members; an anonymous user is closed."""
         ann, bob = self.client_for("ann"), self.client_for("bob")
         ann.send_and_consume("websocket.connect", path="/chat/red/")
         bob.send_and_consume("websocket.connect", path="/chat/blue/")
@@ -133,11 +135,13 @@ class ChatAppTests(ChannelTestCase):
         self.assertEqual(stranger.receive(), {"close": True})
 
     def test_unrouted_path_falls_to_the_last_route(self) -> None:
+        """A connect on a path no consumer takes falls to the catch-all route, which closes."""
         client = self.client_for("ann")
         client.send_and_consume("websocket.connect", path="/nowhere/", check_accept=False)
         self.assertEqual(client.receive(), {"close": True})
 
     def test_demultiplexed_streams(self) -> None:
+        """The demultiplexer sends each stream to its consumer; replies keep the stream name."""
         ann, bob = self.client_for("ann"), self.client_for("bob")
         ann.send_and_consume("websocket.connect", path="/app/")
         self.assertEqual(ann.receive(), {"stream": "presence", "payload": {"online": "ann"}})

@@ -58,10 +58,12 @@ class BaseConsumerTests(ChannelTestCase):
         calls.clear()
 
     def test_channel_names_are_the_mapped_channels(self) -> None:
+        """channel_names() is the set of method_mapping's channels, empty on the base class."""
         self.assertEqual(Audit.channel_names(), {"audit.log", "audit.count"})
         self.assertEqual(BaseConsumer.channel_names(), set())
 
     def test_one_instance_per_message_dispatched_by_channel(self) -> None:
+        """Each message gets a new instance, dispatched to its channel's mapped method."""
         client = Client()
         with apply_routes([Audit.as_route()]):
             client.send_and_consume("audit.log", {"x": 1})
@@ -74,6 +76,7 @@ class BaseConsumerTests(ChannelTestCase):
         self.assertEqual(instances[2].message["x"], 3)
 
     def test_route_kwargs_reach_handler_and_self_kwargs(self) -> None:
+        """Route kwargs reach the handler and self.kwargs; a filtered-out path finds none."""
         client = Client()
         with apply_routes([Audit.as_route(path=r"^/log/(?P<level>\w+)/")]):
             client.send_and_consume("audit.log", {"path": "/log/warn/"})
@@ -85,6 +88,7 @@ class BaseConsumerTests(ChannelTestCase):
         self.assertEqual(calls[0][1].kwargs, {"level": "warn"})
 
     def test_dispatch_returns_the_handler_result(self) -> None:
+        """dispatch() returns what the mapped handler returns."""
         client = Client()
         with apply_routes([Audit.as_route()]):
             consumer = client.get_consumer_by_channel("audit.log")
@@ -94,11 +98,13 @@ class BaseConsumerTests(ChannelTestCase):
         self.assertEqual(instance.dispatch(message), "logged")
 
     def test_unmapped_channel_is_a_clear_error(self) -> None:
+        """A consumer made for a channel outside method_mapping raises ValueError naming it."""
         message = Message({}, "audit.unknown", None)
         with self.assertRaisesRegex(ValueError, "no handler for channel 'audit.unknown'"):
             Audit(message)
 
     def test_as_route_without_attrs_routes_the_class_itself(self) -> None:
+        """as_route() without attrs routes the class itself on all its mapped channels."""
         r = Audit.as_route(path=r"^/a/")
         self.assertIsInstance(r, RouteClass)
         self.assertIs(r.consumer, Audit)
@@ -106,6 +112,7 @@ class BaseConsumerTests(ChannelTestCase):
         self.assertEqual(Router([r]).channels, {"audit.log", "audit.count"})
 
     def test_as_route_with_attrs_makes_a_subclass(self) -> None:
+        """as_route(attrs=dict) routes a same-named subclass with those attributes set."""
         r = Counter.as_route(attrs={"channel_session": False, "extra": 5})
         sub = r.consumer
         self.assertIsNot(sub, Counter)
@@ -120,6 +127,7 @@ class BaseConsumerTests(ChannelTestCase):
             Counter.as_route(attrs=[("channel_session", False)])  # type: ignore[arg-type]
 
     def test_channel_session_flag_persists_between_messages(self) -> None:
+        """channel_session = True gives each reply channel a session kept between messages."""
         client = Client()
         other = Client()
         with apply_routes([Counter.as_route()]):
@@ -132,6 +140,7 @@ class BaseConsumerTests(ChannelTestCase):
         self.assertEqual(session_for_reply_channel(client.reply_channel)["n"], 2)
 
     def test_channel_session_user_flag_gives_message_user(self) -> None:
+        """channel_session_user = True sets message.user from the channel session's login."""
         client = Client()
         with apply_routes([WhoAmI.as_route()]):
             client.send_and_consume("who.am.i")
@@ -146,6 +155,7 @@ class BaseConsumerTests(ChannelTestCase):
             self.assertEqual(client.receive(), {"user": "bea"})
 
     def test_without_session_flags_no_session_is_made(self) -> None:
+        """A consumer without session flags gets no channel_session and saves no session."""
         client = Client()
         with apply_routes([Audit.as_route()]):
             client.send_and_consume("audit.log")

@@ -163,6 +163,7 @@ class WebsocketConsumerTests(ChannelTestCase):
 
     @apply_routes([Chat.as_route(path=r"^/chat/(?P<room>\w+)/")])
     def test_connect_accepts_and_joins_groups_disconnect_leaves(self) -> None:
+        """Connect joins connection_groups(), disconnect leaves them; both get route kwargs."""
         client = WSClient()
         client.send_and_consume("websocket.connect", path="/chat/blue/")
         self.assertEqual(members("lobby"), {client.reply_channel})
@@ -174,6 +175,7 @@ class WebsocketConsumerTests(ChannelTestCase):
 
     @apply_routes([Chat.as_route(path=r"^/chat/(?P<room>\w+)/")])
     def test_receive_text_and_bytes_and_path(self) -> None:
+        """receive() gets text or bytes and the route kwargs; self.path is the socket's."""
         client = WSClient()
         client.send_and_consume("websocket.receive", text="hi", path="/chat/red/")
         self.assertEqual(client.receive(json=False), "HI")
@@ -189,6 +191,7 @@ class WebsocketConsumerTests(ChannelTestCase):
 
     @apply_routes([Chat.as_route()])
     def test_send_with_close_and_close_codes(self) -> None:
+        """send(close=True) sends then closes; close() sends close True, or the code given."""
         client = WSClient()
         client.send_and_consume("websocket.receive", text="bye")
         self.assertEqual(client.receive(json=False), "BYE")
@@ -199,6 +202,7 @@ class WebsocketConsumerTests(ChannelTestCase):
         self.assertIsNone(client.receive())
 
     def test_send_needs_text_or_bytes(self) -> None:
+        """WebsocketConsumer.send() with neither text nor bytes raises ValueError."""
         message = Message({"reply_channel": "x", "path": "/"}, "websocket.disconnect", None)
         consumer = WebsocketConsumer(message)
         with self.assertRaisesRegex(ValueError, "text or bytes"):
@@ -206,6 +210,7 @@ class WebsocketConsumerTests(ChannelTestCase):
 
     @apply_routes([Chat.as_route()])
     def test_group_send_reaches_every_member(self) -> None:
+        """group_send reaches every member of the group; it needs text or bytes."""
         ann, bob = WSClient(), WSClient()
         ann.send_and_consume("websocket.connect")
         bob.send_and_consume("websocket.connect")
@@ -218,6 +223,7 @@ class WebsocketConsumerTests(ChannelTestCase):
             WebsocketConsumer.group_send("lobby")
 
     def test_refusing_and_denying_connections(self) -> None:
+        """Closing in connect() rejects the socket; DenyConnection replies close True."""
         with apply_routes([Refuser.as_route()]):
             client = WSClient()
             with self.assertRaisesRegex(AssertionError, "Connection rejected"):
@@ -230,6 +236,7 @@ class WebsocketConsumerTests(ChannelTestCase):
     @override_settings(PASSWORD_HASHERS=FAST_HASHER)
     @apply_routes([Users.as_route()])
     def test_http_user_on_connect_and_later_messages(self) -> None:
+        """http_user = True gives message.user on connect and later frames, anonymous too."""
         User.objects.create_user("ann", password="pw")
         client = WSClient()
         self.assertTrue(client.login(username="ann", password="pw"))
@@ -243,6 +250,7 @@ class WebsocketConsumerTests(ChannelTestCase):
 
     @apply_routes([UsersAndSessions.as_route()])
     def test_http_user_and_session_on_later_messages(self) -> None:
+        """http_user_and_session = True gives message.user and http_session on later frames."""
         client = WSClient()
         client.force_login(User.objects.create(username="cy"))
         key = client.session.session_key
@@ -252,6 +260,7 @@ class WebsocketConsumerTests(ChannelTestCase):
 
     @apply_routes([Ordered.as_route()])
     def test_strict_ordering_enforces_order(self) -> None:
+        """strict_ordering handles frames in order and refuses a frame with no order."""
         client = WSClient(ordered=True)
         client.send_and_consume("websocket.connect")
         for text in ("1", "2"):
@@ -265,6 +274,7 @@ class WebsocketConsumerTests(ChannelTestCase):
 
     @apply_routes([Slight.as_route()])
     def test_slight_ordering_is_refused(self) -> None:
+        """slight_ordering is not supported: a consumer using it raises ValueError."""
         with self.assertRaisesRegex(ValueError, "Slight ordering"):
             WSClient().send_and_consume("websocket.connect")
 
@@ -272,6 +282,7 @@ class WebsocketConsumerTests(ChannelTestCase):
 class JsonWebsocketConsumerTests(ChannelTestCase):
     @apply_routes([JsonEcho.as_route(path=r"^/(?P<name>\w+)$")])
     def test_json_in_and_out(self) -> None:
+        """JsonWebsocketConsumer decodes text frames as JSON and encodes what it sends."""
         client = WSClient()
         client.send_and_consume("websocket.connect", path="/j")
         client.send_and_consume("websocket.receive", text={"a": [1, 2]}, path="/j")
@@ -279,6 +290,7 @@ class JsonWebsocketConsumerTests(ChannelTestCase):
 
     @apply_routes([JsonEcho.as_route()])
     def test_binary_and_invalid_frames_raise(self) -> None:
+        """A binary or non-JSON frame to a JsonWebsocketConsumer raises ValueError."""
         client = WSClient()
         with self.assertRaisesRegex(ValueError, "No text section"):
             client.send_and_consume("websocket.receive", {"bytes": b"{}"})
@@ -288,12 +300,14 @@ class JsonWebsocketConsumerTests(ChannelTestCase):
 
     @apply_routes([Tagged.as_route()])
     def test_encode_and_decode_can_be_overridden(self) -> None:
+        """Overridden decode_json and encode_json are used on receive and send."""
         client = WSClient()
         client.send_and_consume("websocket.receive", text=[1])
         self.assertEqual(client.receive(json=False), 'tagged:{"decoded": [1]}')
 
     @apply_routes([JsonEcho.as_route()])
     def test_group_send_encodes(self) -> None:
+        """JsonWebsocketConsumer.group_send encodes with the class's own encode_json."""
         client = WSClient()
         client.join_group("news")
         JsonWebsocketConsumer.group_send("news", {"n": 1}, close=True)
@@ -305,6 +319,7 @@ class JsonWebsocketConsumerTests(ChannelTestCase):
 
 class MultiplexerTests(ChannelTestCase):
     def test_encode_uses_the_django_encoder(self) -> None:
+        """WebsocketMultiplexer.encode serialises datetimes and decimals as Django does."""
         when = datetime.datetime(2024, 5, 6, 7, 8, 9)
         message = WebsocketMultiplexer.encode("s", {"at": when, "price": decimal.Decimal("1.5")})
         self.assertEqual(list(message), ["text"])
@@ -314,6 +329,7 @@ class MultiplexerTests(ChannelTestCase):
         )
 
     def test_send_and_group_send(self) -> None:
+        """A multiplexer tags payloads with its stream, to a channel or group, close kept."""
         client = WSClient()
         client.join_group("g")
         WebsocketMultiplexer("one", Channel(client.reply_channel)).send({"a": 1})
@@ -335,6 +351,7 @@ class DemultiplexerTests(ChannelTestCase):
 
     @apply_routes([Demux.as_route(path=r"^/mux/(?P<id>\d+)/")])
     def test_connect_accepts_once_then_every_sub_consumer(self) -> None:
+        """Connect is accepted once, then every sub-consumer's connect runs with its stream."""
         client = WSClient()
         client.send_and_consume("websocket.connect", path="/mux/7/")
         self.assertEqual(client.receive(), {"stream": "echo", "payload": {"status": "connected"}})
@@ -343,6 +360,7 @@ class DemultiplexerTests(ChannelTestCase):
 
     @apply_routes([Demux.as_route(path=r"^/mux/(?P<id>\d+)/")])
     def test_frames_go_to_their_stream(self) -> None:
+        """Each frame goes to its stream's consumer with route kwargs; replies are tagged."""
         client = WSClient()
         client.send_and_consume("websocket.connect", path="/mux/7/")
         client.receive()
@@ -361,6 +379,7 @@ class DemultiplexerTests(ChannelTestCase):
 
     @apply_routes([Demux.as_route()])
     def test_invalid_frames_raise_value_error(self) -> None:
+        """A frame without stream and payload, unmapped, or with a non-dict payload raises."""
         client = WSClient()
         for bad, text in [
             ({"payload": {}}, "no stream/payload"),
@@ -376,6 +395,7 @@ class DemultiplexerTests(ChannelTestCase):
 
     @apply_routes([Demux.as_route()])
     def test_sending_directly_is_refused(self) -> None:
+        """Sending on a demultiplexer or from its sub-consumers raises, group_send too."""
         client = WSClient()
         with self.assertRaises(SendNotAvailableOnDemultiplexer):
             client.send_and_consume(
@@ -389,6 +409,7 @@ class DemultiplexerTests(ChannelTestCase):
             demux.send({"a": 1})
 
     def test_sub_consumer_class_is_left_untouched(self) -> None:
+        """Demultiplexing leaves the sub-consumer class unpatched: alone it sends plainly."""
         client = WSClient()
         with apply_routes([Demux.as_route()]):
             client.send_and_consume(
@@ -403,6 +424,7 @@ class DemultiplexerTests(ChannelTestCase):
 
     @apply_routes([Demux.as_route()])
     def test_consume_later_requeues_the_frame_as_sent(self) -> None:
+        """ConsumeLater in a sub-consumer requeues the original frame, counting a retry."""
         client = WSClient()
         frame = json.dumps({"stream": "echo", "payload": {"later": True}})
         client.send_and_consume("websocket.receive", text=frame)
@@ -419,6 +441,7 @@ class DemultiplexerTests(ChannelTestCase):
 
     @apply_routes([Demux.as_route()])
     def test_disconnect_goes_to_every_sub_consumer(self) -> None:
+        """websocket.disconnect reaches every sub-consumer and sends nothing to the client."""
         client = WSClient()
         client.send_and_consume("websocket.disconnect")
         self.assertEqual(log, [("echo-disconnect", "echo"), ("fn", "websocket.disconnect", "fn")])
@@ -426,6 +449,7 @@ class DemultiplexerTests(ChannelTestCase):
 
     @apply_routes([LoudDemux.as_route()])
     def test_multiplexer_class_is_used(self) -> None:
+        """A demultiplexer wraps its streams with its multiplexer_class."""
         client = WSClient()
         client.send_and_consume("websocket.connect")
         self.assertEqual(client.receive(), {"stream": "ECHO", "payload": {"status": "connected"}})

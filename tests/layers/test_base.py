@@ -23,6 +23,7 @@ valid_group = BaseChannelLayer.valid_group_name
     ["a", "http.request", "A-b_c.9", "a!", "a!b", "a!b.c-d_e", "a?b", "a?Bc-9.x", "x" * 99],
 )
 def test_valid_channel_names(name: str) -> None:
+    """ASCII names of up to 99 characters with at most one ! or ? are valid channel names."""
     assert valid(name) is True
 
 
@@ -54,11 +55,13 @@ def test_valid_channel_names(name: str) -> None:
     ],
 )
 def test_invalid_channel_names(name: object) -> None:
+    """Empty, over-long, non-ASCII, doubly marked or non-str channel names raise TypeError."""
     with pytest.raises(TypeError):
         valid(name)
 
 
 def test_receive_names_stop_at_the_bang() -> None:
+    """Names to receive on may end in !, never go past it; ?-names are fine."""
     assert valid("a!", receive=True)
     assert valid("a?b", receive=True)
     with pytest.raises(TypeError):
@@ -91,6 +94,7 @@ def test_name_cache_keeps_no_name_made_for_one_connection() -> None:
 
 
 def test_channel_name_lists() -> None:
+    """valid_channel_names() wants a list or tuple of valid names; a str or bytes is refused."""
     assert BaseChannelLayer.valid_channel_names(["a", "b!"], receive=True)
     assert BaseChannelLayer.valid_channel_names(("a",))
     for names in ("abc", b"abc", 5, None):
@@ -102,16 +106,19 @@ def test_channel_name_lists() -> None:
 
 @pytest.mark.parametrize("name", ["g", "chat.room-1_b", "x" * 99])
 def test_valid_group_names(name: str) -> None:
+    """ASCII group names of up to 99 letters, digits, dots, dashes, underscores are valid."""
     assert valid_group(name)
 
 
 @pytest.mark.parametrize("name", ["", "x" * 100, "a!b", "a?b", "a!", "a b", "ü", "g\n", b"g", 1])
 def test_invalid_group_names(name: object) -> None:
+    """Group names empty, too long, with ! ? or space, non-ASCII or not str raise TypeError."""
     with pytest.raises(TypeError):
         valid_group(name)
 
 
 def test_non_local_name() -> None:
+    """non_local_name() cuts a reply channel after its !; other names are left whole."""
     assert BaseChannelLayer.non_local_name("a.b!cd") == "a.b!"
     assert BaseChannelLayer.non_local_name("a.b!") == "a.b!"
     assert BaseChannelLayer.non_local_name("a.b?cd") == "a.b?cd"
@@ -119,6 +126,7 @@ def test_non_local_name() -> None:
 
 
 def test_random_string() -> None:
+    """random_string() gives distinct 12-letter ASCII strings, or the length asked for."""
     values = {random_string() for _ in range(100)}
     assert len(values) == 100
     assert all(len(v) == 12 and v.isascii() and v.isalpha() for v in values)
@@ -126,6 +134,7 @@ def test_random_string() -> None:
 
 
 def test_new_channel_pattern_rules() -> None:
+    """new_channel() patterns must be ASCII str ending in one ?, short enough for 99 chars."""
     layer = BaseChannelLayer()
     layer._check_new_channel_pattern("x?")
     layer._check_new_channel_pattern("x" * 86 + "?")  # + 12 letters = 99
@@ -135,6 +144,7 @@ def test_new_channel_pattern_rules() -> None:
 
 
 def test_capacity_defaults_and_first_match() -> None:
+    """get_capacity() takes the first channel_capacity pattern matching, else capacity."""
     layer = BaseChannelLayer(
         capacity=7,
         channel_capacity=OrderedDict(
@@ -160,6 +170,7 @@ def test_capacity_defaults_and_first_match() -> None:
 
 
 def test_capacity_cache_keeps_no_single_reader_names() -> None:
+    """The capacity cache keeps ! prefixes but no per-reader ?-names, so it cannot grow."""
     layer = BaseChannelLayer(capacity=7, channel_capacity={"body?*": 2})
     for _ in range(100):
         assert layer.get_capacity("body?" + random_string(16)) == 2
@@ -168,6 +179,7 @@ def test_capacity_cache_keeps_no_single_reader_names() -> None:
 
 
 def test_capacity_pairs_keep_their_order() -> None:
+    """channel_capacity given as pairs is matched in the order given."""
     layer = BaseChannelLayer(channel_capacity=[("a*", 1), ("ab", 2)])
     assert layer.get_capacity("ab") == 1
     layer = BaseChannelLayer(channel_capacity=[("ab", 2), ("a*", 1)])
@@ -175,6 +187,7 @@ def test_capacity_pairs_keep_their_order() -> None:
 
 
 def test_glob_is_anchored() -> None:
+    """A channel_capacity glob matches whole names only, not prefixes or suffixes."""
     layer = BaseChannelLayer(capacity=5, channel_capacity={"chat": 1})
     assert layer.get_capacity("chat") == 1
     assert layer.get_capacity("chatter") == 5
@@ -195,11 +208,13 @@ def test_glob_is_anchored() -> None:
     ],
 )
 def test_constructor_refuses_bad_config(kwargs: dict[str, object]) -> None:
+    """Non-positive expiries, capacities or sizes, or bad channel_capacity, are ValueError."""
     with pytest.raises(ValueError):
         BaseChannelLayer(**kwargs)  # type: ignore[arg-type]
 
 
 def test_prepare_round_trip_keeps_types() -> None:
+    """prepare() packs a message to bytes that unpack() restores, tuples as lists, fresh."""
     layer = BaseChannelLayer()
     message = {"s": "é", "b": b"\xc3\xa9", "l": [1, (2, 3)], "n": None, "f": 0.5, "t": True}
     data = layer.prepare(message)
@@ -224,11 +239,13 @@ def test_prepare_round_trip_keeps_types() -> None:
     ],
 )
 def test_prepare_refuses(message: object) -> None:
+    """prepare() refuses with TypeError what msgpack cannot carry or a message must not hold."""
     with pytest.raises(TypeError):
         BaseChannelLayer().prepare(message)
 
 
 def test_prepare_size_limit() -> None:
+    """prepare() raises MessageTooLarge for a message packed over max_message_size."""
     layer = BaseChannelLayer(max_message_size=100)
     layer.prepare({"b": b"x" * 90})
     with pytest.raises(MessageTooLarge):

@@ -85,6 +85,7 @@ class InMemorySpecifics(unittest.TestCase):
         return results[0]
 
     def test_defaults(self) -> None:
+        """The in-memory layer is local-only: 60 s expiry, 1 day groups, 100 capacity, 1 MiB."""
         layer = InMemoryChannelLayer()
         self.assertTrue(layer.local_only)
         self.assertEqual(
@@ -94,6 +95,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(layer.extensions, ["groups", "flush", "statistics", "twisted"])
 
     def test_sync_face_without_a_reactor(self) -> None:
+        """Unattached, the sync API works and expires on its clock; the reactor API raises."""
         layer = InMemoryChannelLayer(expiry=10, group_expiry=20, capacity=2, clock=self.reactor)
         layer.group_add("g", "a")
         layer.group_add("g", "b!x")
@@ -122,11 +124,13 @@ class InMemorySpecifics(unittest.TestCase):
             layer.add_local_receiver("p!", print)
 
     def test_real_clock_by_default(self) -> None:
+        """Without a clock argument the layer runs on the real clock."""
         layer = InMemoryChannelLayer()
         layer.send("c", {"n": 1})
         self.assertEqual(layer.receive(["c"]), ("c", {"n": 1}))
 
     def test_blocking_receive_is_woken_by_a_send_from_another_thread(self) -> None:
+        """A blocking receive() is woken at once by a send from another thread."""
         layer = InMemoryChannelLayer(clock=self.reactor)
         layer.receive_block_timeout = 120.0  # only a send can end the wait in time
         cond = layer._receive_cond = NotifyingCondition(layer._lock)
@@ -144,11 +148,13 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(results, [("blk!x", {"n": 1})])
 
     def test_blocking_receive_gives_up_after_its_timeout(self) -> None:
+        """A blocking receive() with nothing sent returns (None, None) after its timeout."""
         layer = InMemoryChannelLayer(clock=self.reactor)
         layer.receive_block_timeout = 0.01
         self.assertEqual(layer.receive(["nothing"], block=True), (None, None))
 
     def test_send_prepared_wait(self) -> None:
+        """send_prepared_wait() raises ChannelFull at its timeout, or sends once room frees."""
         layer = InMemoryChannelLayer(capacity=1, clock=self.reactor)
         layer.send("w", {"n": 0})
         with self.assertRaises(ChannelFull):
@@ -172,6 +178,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(layer.receive(["w"]), ("w", {"n": 2}))
 
     def test_one_sweep_timer_not_one_per_message(self) -> None:
+        """Expiry runs on one sweep timer, not a timer per message; detaching cancels it."""
         layer = self.attached(expiry=5)
         for i in range(50):
             layer.send("c%d" % (i % 5), {})
@@ -180,6 +187,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_sweep_expires_without_any_call(self) -> None:
+        """The sweep expires messages, freeing room, without any call into the layer."""
         layer = self.attached(expiry=5, capacity=1)
         layer.send("sw", {})
         d = layer.when_capacity_twisted("sw")
@@ -191,6 +199,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertIsNone(self.result(d))
 
     def test_idle_channels_are_forgotten(self) -> None:
+        """Idle channels leave no state after the retention; unexpired groups are kept."""
         layer = self.attached(expiry=1)
         for _ in range(20):
             layer.send(layer.new_channel("tmp?"), {})
@@ -234,6 +243,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(layer._counters, {})
 
     def test_group_send_shares_one_dict_between_local_members(self) -> None:
+        """A group send to local members delivers one shared message dict, in one batch."""
         layer = self.attached()
         calls: list[Any] = []
         layer.add_local_receiver("shared!", calls.append)
@@ -250,6 +260,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(batch[-1], ("shared!99", {"text": "again"}))
 
     def test_local_receiver_sends_from_threads_coalesce(self) -> None:
+        """Sends from several threads to a local receiver arrive in one batch."""
         layer = self.attached()
         calls: list[Any] = []
         layer.add_local_receiver("thr!", calls.append)
@@ -265,6 +276,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(sorted(m["i"] for _, m in calls[0]), list(range(5)))
 
     def test_local_receiver_errors_are_logged_not_raised(self) -> None:
+        """A local receiver's exception is logged, not raised; the receiver stays on."""
         layer = self.attached()
         logged: list[Any] = []
 
@@ -287,6 +299,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(len(logged), 2)
 
     def test_add_local_receiver_checks_prefix(self) -> None:
+        """Local receivers need a name ending in !, once each; removing twice is harmless."""
         layer = self.attached()
         for prefix in ("noprefix", "a!b", "a?b"):
             with self.assertRaises(TypeError):
@@ -298,6 +311,7 @@ class InMemorySpecifics(unittest.TestCase):
         layer.remove_local_receiver("dup!")  # a second removal is harmless
 
     def test_waiters_each_get_their_own_message(self) -> None:
+        """Two receive_many_twisted() waiters on one channel each get a different message."""
         layer = self.attached()
         d1 = layer.receive_many_twisted(["q"], 1)
         d2 = layer.receive_many_twisted(["q"], 1)
@@ -307,6 +321,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(self.result(d2), [("q", {"n": 2})])
 
     def test_cancelled_woken_waiter_hands_over(self) -> None:
+        """A woken waiter cancelled before it runs hands its message to the next waiter."""
         layer = self.attached()
         d1 = layer.receive_many_twisted(["q"], 1)
         d2 = layer.receive_many_twisted(["q"], 1)
@@ -316,6 +331,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(self.result(d2), [("q", {"n": 1})])
 
     def test_waiter_survives_flush(self) -> None:
+        """A receive waiter pending across flush() still gets the next message sent."""
         layer = self.attached()
         d = layer.receive_many_twisted(["fl"], 1)
         layer.flush()
@@ -323,6 +339,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(self.result(d), [("fl", {"after": True})])
 
     def test_sync_receive_can_take_a_message_a_waiter_was_woken_for(self) -> None:
+        """A sync receive() may take the message a waiter was woken for; it waits on."""
         layer = self.attached()
         d = layer.receive_many_twisted(["st"], 1)
         layer.send("st", {"n": 1})
@@ -333,6 +350,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(self.result(d), [("st", {"n": 2})])
 
     def test_rotation_alternates_channels(self) -> None:
+        """receive() over several channels takes from each in turn, not one until empty."""
         layer = InMemoryChannelLayer(clock=self.reactor)
         for i in range(3):
             layer.send("x", {"i": i})
@@ -343,6 +361,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(sorted(got[4:6]), ["x", "y"])
 
     def test_rates_per_second(self) -> None:
+        """Statistics give the past whole second's message and ChannelFull rates."""
         layer = InMemoryChannelLayer(capacity=2, clock=self.reactor)
         self.reactor.advance(10.2)
         for _ in range(3):
@@ -360,6 +379,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(layer.global_statistics()["messages_count_per_second"], 0)
 
     def test_flush_frees_room_for_waiters(self) -> None:
+        """flush() fires the waiters for room on a full channel."""
         layer = self.attached(capacity=1)
         layer.send("ff", {})
         d = layer.when_capacity_twisted("ff")
@@ -367,6 +387,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertIsNone(self.result(d))
 
     def test_freed_room_wakes_only_as_many_waiters_as_it_holds(self) -> None:
+        """Freed room wakes as many waiters for capacity as it holds, oldest first."""
         # 1,000 senders wait on a full channel: each freed slot wakes one of
         # them, oldest first -- not all 1,000 to retry and wait again.
         layer = self.attached(capacity=2)
@@ -396,6 +417,7 @@ class InMemorySpecifics(unittest.TestCase):
         self.assertEqual(sum(d.called for d in waiters[6:]), 0)
 
     def test_when_capacity_of_a_local_receiver_prefix(self) -> None:
+        """A local receiver's channels are not capped: when_capacity fires at once past it."""
         layer = self.attached(capacity=1)
         layer.add_local_receiver("wl!", lambda batch: None)
         layer.send("wl!a", {})
@@ -448,6 +470,7 @@ class InMemorySpecifics(unittest.TestCase):
         layer.remove_local_receiver("pace!")
 
     def test_a_waiting_sender_is_released_when_the_connection_goes(self) -> None:
+        """A sender held by a blocked local channel is freed when it or its receiver goes."""
         layer = self.attached()
         layer.add_local_receiver("rel!", lambda batch: None)
         data = layer.prepare({"n": 1})
@@ -463,6 +486,7 @@ class InMemorySpecifics(unittest.TestCase):
             self.assertEqual(errors, [])
 
     def test_flush_drops_block_marks(self) -> None:
+        """flush() drops block marks: waiters for room fire and sends go through."""
         layer = self.attached()
         layer.block_local_channel("fl!a")
         room = layer.when_capacity_twisted("fl!a")
@@ -471,6 +495,7 @@ class InMemorySpecifics(unittest.TestCase):
         layer.send("fl!a", {})
 
     def test_attach_twice_is_refused_and_detach_ends_the_reactor_face(self) -> None:
+        """attach_reactor() twice raises; detached, the reactor API fails until re-attached."""
         layer = self.attached()
         with self.assertRaises(RuntimeError):
             layer.attach_reactor(self.reactor)

@@ -175,6 +175,7 @@ class RedisTestCase(unittest.TestCase):
 
 class TestConfiguration(unittest.TestCase):
     def test_hosts(self) -> None:
+        """hosts takes URLs and (host, port) pairs, else localhost; bad ones are ValueError."""
         with self.assertRaises(ValueError):
             RedisChannelLayer(hosts="redis://localhost:6379")
         addresses = parse_hosts(
@@ -196,6 +197,7 @@ class TestConfiguration(unittest.TestCase):
                 RedisChannelLayer(hosts=bad)
 
     def test_options(self) -> None:
+        """socket_timeout sets the reply timeout; misspelt or invalid options are ValueError."""
         layer = RedisChannelLayer(
             connection_kwargs={"socket_timeout": 0.5, "socket_keepalive": True}
         )
@@ -215,6 +217,7 @@ class TestConfiguration(unittest.TestCase):
                 RedisChannelLayer(**bad)
 
     def test_globs_become_equivalent_lua_patterns(self) -> None:
+        """glob_to_lua() gives Lua patterns that match as fnmatch does, else None."""
         globs = ["http.*", "http.request", "a?c", "[ab]x*", "[!a-c]*", "*.x-y_z", "d*!", "*"]
         names = ["http.request", "http.", "httpxrequest", "abc", "a.c", "ax", "bxx", "cx", "dx"]
         names += ["q.x-y_z", "d.r!", "d!", "", "x"]
@@ -233,11 +236,13 @@ class TestConfiguration(unittest.TestCase):
             self.assertIsNone(glob_to_lua(untranslatable))
 
     def test_sync_face_refuses_the_reactor_thread(self) -> None:
+        """The sync API called on the reactor thread raises RuntimeError, not a deadlock."""
         layer = RedisChannelLayer(hosts=[server("a").url])
         with self.assertRaisesRegex(RuntimeError, "reactor thread"):
             in_reactor(layer.send, "x", {})
 
     def test_password_and_database(self) -> None:
+        """A URL's password and /db are used: messages land in that db of a locked Redis."""
         s = RedisServer(args=["--requirepass", "pa ss"], password="pa ss")
         s.start()
         self.addCleanup(s.cleanup)
@@ -251,6 +256,7 @@ class TestConfiguration(unittest.TestCase):
 
 class TestRedisSpecifics(RedisTestCase):
     def test_group_send_is_one_round_trip_per_shard(self) -> None:
+        """A group send is one EVALSHA per shard, whatever the members; each member gets it."""
         a, b = server("a"), server("b")
         layer = self.layer([a.url, b.url], capacity=1000)
         members = ["gm%d" % i for i in range(60)] + ["gp%d!m%d" % (i % 4, i) for i in range(140)]
@@ -314,7 +320,7 @@ class TestRedisSpecifics(RedisTestCase):
         self.assertEqual(costs[10], costs[1000])
 
     def test_sends_of_one_reactor_turn_travel_in_one_script_call(self) -> None:
-        """Replies and receives travel in batches: 20 sends, one EVALSHA, order and capacity kept."""
+        """20 sends of one reactor turn are one EVALSHA, keeping their order and capacity."""
         redis = server("a")
         layer = self.layer([redis.url], capacity=15)
         layer.send("warm", {})  # loads the scripts
@@ -389,6 +395,7 @@ class TestRedisSpecifics(RedisTestCase):
         self.assertFalse(in_reactor(ops.heartbeat, "dead!", 0.3, False, False))
 
     def test_a_receive_deletes_the_body(self) -> None:
+        """Receiving a message deletes its body: only membership keys are left in Redis."""
         layer = self.layer()
         for i in range(5):
             layer.send("body", {"i": i})
@@ -404,6 +411,7 @@ class TestRedisSpecifics(RedisTestCase):
         self.assertEqual(leftover, [])
 
     def test_regex_capacity_in_group_sends(self) -> None:
+        """Group sends honour regex channel_capacity: a full member misses the message."""
         layer = self.layer(channel_capacity={re.compile(r"^lim\."): 1, "other": 3})
         for member in ("lim.a", "lim.b", "free"):
             layer.group_add("rg", member)
@@ -413,6 +421,7 @@ class TestRedisSpecifics(RedisTestCase):
         self.assertEqual([m["n"] for _, m in self.drain(layer, ["free"])], [1, 2])
 
     def test_encryption_stores_nothing_readable(self) -> None:
+        """With encryption keys no message text is readable in Redis; receivers decrypt it."""
         layer = self.layer(symmetric_encryption_keys=["first key", b"older key"])
         secret = "the secret text"
         layer.group_add("crypt", "crypt!member")
@@ -433,6 +442,7 @@ class TestRedisSpecifics(RedisTestCase):
         self.assertEqual(layer.receive(["crypt!"]), ("crypt!member", {"text": secret}))
 
     def test_a_retired_key_still_decrypts(self) -> None:
+        """Messages under a retired key decrypt while it is listed; without it they drop."""
         old = self.layer(symmetric_encryption_keys=["old key"])
         old.send("rotate", {"n": 1})
         old.send("rotate", {"n": 2})
@@ -540,6 +550,7 @@ print("sent")
         self.assertEqual(other.receive(["dt!"]), ("dt!x", {"n": 2}))
 
     def test_when_capacity_rechecks_for_other_processes(self) -> None:
+        """when_capacity fires once another process makes room on a shared channel."""
         layer = self.layer(capacity=2)
         elsewhere = RedisChannelLayer(
             hosts=[server("a").url], prefix=layer.prefix, stats_prefix=layer.stats_prefix
@@ -556,6 +567,7 @@ print("sent")
             layer.send("wc", {})
 
     def test_when_capacity_wakes_only_as_many_as_there_is_room_for(self) -> None:
+        """One freed slot wakes at most two of 50 waiters for capacity, not all of them."""
         layer = self.layer(capacity=2)
         layer.send("wr", {})
         layer.send("wr", {})
@@ -577,6 +589,7 @@ print("sent")
         in_reactor(lambda: [d.cancel() for d in waiters])
 
     def test_send_prepared_wait(self) -> None:
+        """send_prepared_wait() raises ChannelFull at its timeout, or sends once room frees."""
         layer = self.layer(capacity=1)
         layer.send("spw", {"n": 1})
         data = layer.prepare({"n": 2})
@@ -591,6 +604,10 @@ print("sent")
         self.assertEqual(layer.receive(["spw"]), ("spw", {"n": 2}))
 
     def test_blocking_costs_one_command_per_transition_none_per_send(self) -> None:
+        """Blocking or unblocking a local channel is one command; sends cost none extra.
+
+        The mark is a field of the process's expiring count hash; blocked sends fail.
+        """
         redis = server("a")
         layer = self.layer([redis.url])
         layer.send("bk!a", {"warm": "up"})  # loads the scripts
@@ -623,6 +640,7 @@ print("sent")
         )
 
     def test_block_mark_never_outlives_its_connection_or_process(self) -> None:
+        """A block mark goes with its connection, its process, or its expired inbox keys."""
         redis = server("a")
         layer = self.layer([redis.url], expiry=0.5)  # the inbox's keys live 2 s
         for name in ("bo!a", "bo!b", "bo!c"):
@@ -650,6 +668,7 @@ print("sent")
 
 class TestRedisFaults(RedisTestCase):
     def test_redis_down_at_start_up(self) -> None:
+        """With Redis down at start-up every call fails fast; once it is up, traffic flows."""
         s = RedisServer()  # not started: nothing listens on its port
         self.addCleanup(s.cleanup)
         layer = self.layer([s.url])  # attaching is fine
@@ -672,6 +691,10 @@ class TestRedisFaults(RedisTestCase):
         self.assertEqual(batches, [[("down!x", {"n": 2})]])
 
     def test_redis_restart_mid_traffic(self) -> None:
+        """Across a Redis restart sends fail, then resume with the scripts reloaded.
+
+        Nothing is delivered twice; every send acknowledged after the restart arrives.
+        """
         s = RedisServer()
         s.start()
         self.addCleanup(s.cleanup)
@@ -725,6 +748,10 @@ class TestRedisFaults(RedisTestCase):
         self.assertGreaterEqual(s.command_calls().get("script|load", 0), 1)  # reloaded
 
     def test_redis_frozen(self) -> None:
+        """A frozen Redis times out sends and pops, then fails commands at once until thawed.
+
+        After the thaw both channel kinds deliver again.
+        """
         s = RedisServer()
         s.start()
         self.addCleanup(s.cleanup)
@@ -758,6 +785,7 @@ class TestRedisFaults(RedisTestCase):
         self.assertEqual(batches, [[("fz!a", {"n": 2})]])
 
     def test_scripts_are_reloaded_after_noscript(self) -> None:
+        """After SCRIPT FLUSH, sends and group sends reload the scripts and all succeed."""
         layer = self.layer()
         layer.group_add("ns", "ns!a")
         server("a").cli("SCRIPT", "FLUSH")
@@ -772,6 +800,7 @@ class TestRedisFaults(RedisTestCase):
         self.assertEqual(layer.receive(["ns!"]), ("ns!a", {"group": True}))
 
     def test_commands_in_flight_are_bounded(self) -> None:
+        """Against a frozen Redis, commands past max_pending fail at once; the rest time out."""
         s = RedisServer()
         s.start()
         self.addCleanup(s.cleanup)

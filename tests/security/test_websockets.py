@@ -102,11 +102,13 @@ def accepted(validator: type[BaseOriginValidator], message: Message) -> bool:
 )
 @override_settings(ALLOWED_HOSTS=ALLOWED)
 def test_allowed_hosts_only_origins(origin: bytes, expected: bool) -> None:
+    """Only a well-formed origin whose host matches ALLOWED_HOSTS passes, any port allowed."""
     assert accepted(AllowedHostsOnlyOriginValidator, handshake(origin)) is expected
 
 
 @override_settings(ALLOWED_HOSTS=ALLOWED)
 def test_missing_origin_is_denied() -> None:
+    """A handshake with no Origin header, or no headers at all, is denied."""
     assert not accepted(allowed_hosts_only, handshake())
     no_headers = Message({"reply_channel": "a!b", "path": "/"}, "websocket.connect", None)
     assert not accepted(allowed_hosts_only, no_headers)
@@ -114,6 +116,7 @@ def test_missing_origin_is_denied() -> None:
 
 @override_settings(ALLOWED_HOSTS=ALLOWED)
 def test_two_origin_headers_are_denied() -> None:
+    """Two Origin headers are denied, even when both are allowed."""
     assert not accepted(
         allowed_hosts_only, handshake(b"https://good.example", b"https://good.example")
     )
@@ -124,6 +127,7 @@ def test_two_origin_headers_are_denied() -> None:
 
 @override_settings(ALLOWED_HOSTS=ALLOWED)
 def test_header_name_case_and_legacy_dict_headers() -> None:
+    """The Origin header is found in any case and in legacy dict-shaped headers."""
     upper = handshake(headers=[[b"Origin", b"https://good.example"]])
     assert accepted(allowed_hosts_only, upper)
     legacy = handshake(headers={"origin": b"https://good.example"})
@@ -134,6 +138,7 @@ def test_header_name_case_and_legacy_dict_headers() -> None:
 
 @override_settings(ALLOWED_HOSTS=["*"])
 def test_star_allows_any_host_but_not_null() -> None:
+    """ALLOWED_HOSTS ["*"] allows any host, but not a null or missing origin."""
     assert accepted(allowed_hosts_only, handshake(b"https://anything.example:1234"))
     assert not accepted(allowed_hosts_only, handshake(b"null"))
     assert not accepted(allowed_hosts_only, handshake())
@@ -141,6 +146,7 @@ def test_star_allows_any_host_but_not_null() -> None:
 
 @override_settings(ALLOWED_HOSTS=[], DEBUG=True)
 def test_debug_with_no_allowed_hosts_allows_localhost() -> None:
+    """With DEBUG and no ALLOWED_HOSTS, only localhost, 127.0.0.1 and [::1] are allowed."""
     assert accepted(allowed_hosts_only, handshake(b"http://localhost:8000"))
     assert accepted(allowed_hosts_only, handshake(b"http://127.0.0.1:8000"))
     assert accepted(allowed_hosts_only, handshake(b"http://[::1]"))
@@ -149,6 +155,7 @@ def test_debug_with_no_allowed_hosts_allows_localhost() -> None:
 
 @override_settings(ALLOWED_HOSTS=[], DEBUG=False)
 def test_no_allowed_hosts_allows_nothing() -> None:
+    """With no ALLOWED_HOSTS and DEBUG off, every origin is denied."""
     assert not accepted(allowed_hosts_only, handshake(b"http://localhost"))
 
 
@@ -173,10 +180,13 @@ class PinnedOrigins(AllowedHostsOnlyOriginValidator):
     ],
 )
 def test_entries_with_scheme_and_port(origin: bytes, expected: bool) -> None:
+    """allowed_origins entries with a scheme or port must match it; default ports count."""
     assert accepted(PinnedOrigins, handshake(origin)) is expected
 
 
 def test_null_origin_only_when_explicitly_allowed() -> None:
+    """A "null" origin passes only with allow_null_origin or "null" in allowed_origins."""
+
     class AllowNull(AllowedHostsOnlyOriginValidator):
         allow_null_origin = True
 
@@ -189,6 +199,8 @@ def test_null_origin_only_when_explicitly_allowed() -> None:
 
 
 def test_custom_validator() -> None:
+    """A BaseOriginValidator subclass accepts or denies by what its validate_origin returns."""
+
     class OnlyHttps(BaseOriginValidator):
         def validate_origin(self, message: Message, origin: str) -> bool:
             parsed = parse_origin(origin)
@@ -200,11 +212,13 @@ def test_custom_validator() -> None:
 
 
 def test_base_validator_must_be_subclassed() -> None:
+    """BaseOriginValidator itself raises NotImplementedError when it validates."""
     with pytest.raises(NotImplementedError):
         BaseOriginValidator(lambda m: None)(handshake(b"https://good.example"))
 
 
 def test_parse_and_match_helpers() -> None:
+    """parse_origin lowercases and strips a trailing dot; a malformed pattern never matches."""
     origin = parse_origin("HTTPS://Good.Example.:8443")
     assert origin is not None
     assert (origin.scheme, origin.host, origin.port, origin.effective_port) == (
@@ -221,6 +235,8 @@ def test_parse_and_match_helpers() -> None:
 
 @override_settings(ALLOWED_HOSTS=ALLOWED)
 def test_validator_on_a_method() -> None:
+    """allowed_hosts_only decorates a consumer method too, keeping its name."""
+
     class Consumer:
         def __init__(self) -> None:
             self.seen: list[Any] = []
@@ -273,6 +289,7 @@ def cookie_handshake(reply: str, origin: bytes | None, key: str) -> dict[str, An
 def test_cross_site_hijack_is_refused_before_any_session_write(
     layer: Any, origin: bytes | None
 ) -> None:
+    """A cross-site handshake is closed before session decorators or the consumer run."""
     from django.contrib.auth.models import User
 
     victim = User.objects.create(username="victim", password="raw$x")
@@ -287,6 +304,7 @@ def test_cross_site_hijack_is_refused_before_any_session_write(
 @pytest.mark.usefixtures("db")
 @override_settings(ALLOWED_HOSTS=ALLOWED)
 def test_same_site_handshake_is_accepted(layer: Any) -> None:
+    """A same-site handshake with a session cookie reaches the consumer and is accepted."""
     from django.contrib.auth.models import User
 
     key = login_session(User.objects.create(username="alice", password="raw$x"))

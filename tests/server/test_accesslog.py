@@ -22,6 +22,7 @@ def log() -> tuple[AccessLogWriter, io.StringIO]:
 
 
 def test_http_line(log: tuple[AccessLogWriter, io.StringIO]) -> None:
+    """An HTTP entry is NCSA-style: host or '-', UTC time, request line, status, size or '-'."""
     writer, stream = log
     writer.http(["10.0.0.7", 5000], b"POST", b"/form/?a=1", b"HTTP/1.1", 302, 0)
     writer.http(None, b"GET", b"/x", b"HTTP/1.0", 200, None)
@@ -41,6 +42,7 @@ def test_http_line(log: tuple[AccessLogWriter, io.StringIO]) -> None:
     ],
 )
 def test_websocket_lines(log: tuple[AccessLogWriter, io.StringIO], action: str, word: str) -> None:
+    """Each WebSocket event is logged as its WS* verb and path, with '-' for status and size."""
     writer, stream = log
     writer.websocket(action, {"path": "/ws/chat/", "client": "127.0.0.1:40000"})
     assert (
@@ -52,6 +54,7 @@ def test_websocket_lines(log: tuple[AccessLogWriter, io.StringIO], action: str, 
 def test_websocket_line_with_query_and_list_client(
     log: tuple[AccessLogWriter, io.StringIO],
 ) -> None:
+    """A WebSocket entry takes the host from a list client and redacts session_key."""
     writer, stream = log
     writer.websocket(
         "connected",
@@ -77,10 +80,12 @@ def test_websocket_line_with_query_and_list_client(
     ],
 )
 def test_redact_query(query: bytes, expected: bytes) -> None:
+    """redact_query blanks every session_key value, even percent-encoded, and no other key."""
     assert redact_query(query) == expected
 
 
 def test_hostile_bytes_are_escaped(log: tuple[AccessLogWriter, io.StringIO]) -> None:
+    """Quotes, backslashes, control and non-ASCII bytes are escaped: one entry, one line."""
     writer, stream = log
     writer.http(["1.2.3.4", 1], b"GET", b'/a"b\\c\xc3\xa4', b"HTTP/1.1", 200, 1)
     writer.websocket("connected", {"path": '/x"\n\r\x00ä', "client": None})
@@ -91,6 +96,7 @@ def test_hostile_bytes_are_escaped(log: tuple[AccessLogWriter, io.StringIO]) -> 
 
 
 def test_open_file_appends_and_closes(tmp_path: Path) -> None:
+    """AccessLogWriter.open appends to an existing log file instead of truncating it."""
     path = tmp_path / "access.log"
     path.write_text("old\n")
     clock = task.Clock()
@@ -103,6 +109,7 @@ def test_open_file_appends_and_closes(tmp_path: Path) -> None:
 
 
 def test_dash_is_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    """The path "-" makes the access log write to standard output."""
     writer = AccessLogWriter.open("-", task.Clock())
     writer.websocket("connecting", {"path": "/", "client": None})
     writer.close()
@@ -110,6 +117,7 @@ def test_dash_is_stdout(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_write_errors_do_not_propagate() -> None:
+    """A failing write to the log stream is swallowed, never raised to the caller."""
     stream = io.StringIO()
     stream.close()
     writer = AccessLogWriter(stream, task.Clock())

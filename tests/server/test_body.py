@@ -58,6 +58,7 @@ def make(layer: Any, chunk: int = 4, started: bool = True) -> tuple[BodyStreamer
 
 
 def test_one_send_in_flight_and_order_kept() -> None:
+    """The body goes out in chunk-sized messages, one send in flight at a time, in order."""
     layer = SlowLayer()
     streamer, _ = make(layer)
     streamer.feed(b"aaaabbbbcc")
@@ -76,6 +77,7 @@ def test_one_send_in_flight_and_order_kept() -> None:
 
 
 def test_exact_multiple_ends_with_the_last_chunk() -> None:
+    """A body ending on a chunk boundary, known before sending, ends with that chunk."""
     layer = SlowLayer()
     streamer, _ = make(layer, started=False)
     streamer.feed(b"aaaa")
@@ -87,6 +89,7 @@ def test_exact_multiple_ends_with_the_last_chunk() -> None:
 
 
 def test_end_known_late_gives_an_empty_last_chunk() -> None:
+    """When the end is known after the last chunk went, an empty last chunk closes the body."""
     layer = SlowLayer()
     streamer, _ = make(layer)
     streamer.feed(b"aaaa")
@@ -100,6 +103,7 @@ def test_end_known_late_gives_an_empty_last_chunk() -> None:
 
 
 def test_channel_full_blocks_pauses_and_retries_in_order() -> None:
+    """ChannelFull pauses reading until the channel has room, then retries, order kept."""
     layer = SlowLayer()
     streamer, producer = make(layer)
     streamer.feed(b"aaaabbbb")
@@ -119,6 +123,7 @@ def test_channel_full_blocks_pauses_and_retries_in_order() -> None:
 
 
 def test_too_much_buffered_pauses_reading() -> None:
+    """More than a chunk waiting behind the send in flight pauses reading until it drains."""
     layer = SlowLayer()
     streamer, producer = make(layer)
     streamer.feed(b"a" * 4)  # in flight
@@ -130,6 +135,7 @@ def test_too_much_buffered_pauses_reading() -> None:
 
 
 def test_not_started_only_buffers() -> None:
+    """A streamer not yet started only buffers; start() sends what it holds, in chunks."""
     layer = SlowLayer()
     streamer, _ = make(layer, started=False)
     streamer.feed(b"aaaabb")
@@ -142,6 +148,7 @@ def test_not_started_only_buffers() -> None:
 
 
 def test_abort_sends_closed_after_the_send_in_flight() -> None:
+    """Abort drops buffered chunks and sends {"closed": True} after the send in flight."""
     layer = SlowLayer()
     streamer, _ = make(layer)
     streamer.feed(b"aaaabbbb")
@@ -153,6 +160,7 @@ def test_abort_sends_closed_after_the_send_in_flight() -> None:
 
 
 def test_abort_while_blocked_sends_nothing_more() -> None:
+    """Abort while blocked on ChannelFull cancels the wait, sends nothing, resumes reading."""
     layer = SlowLayer()
     streamer, producer = make(layer)
     streamer.feed(b"aaaa")
@@ -166,6 +174,7 @@ def test_abort_while_blocked_sends_nothing_more() -> None:
 
 
 def test_abort_after_the_end_sends_nothing() -> None:
+    """Abort after the whole body was sent sends nothing more."""
     layer = SlowLayer()
     streamer, _ = make(layer)
     streamer.feed(b"aa")
@@ -176,6 +185,7 @@ def test_abort_after_the_end_sends_nothing() -> None:
 
 
 def test_other_send_errors_are_reported() -> None:
+    """A send error other than ChannelFull goes to on_error once and finishes the streamer."""
     errors = []
 
     class Failing:
@@ -189,6 +199,7 @@ def test_other_send_errors_are_reported() -> None:
 
 
 def test_synchronous_layer_does_not_recurse() -> None:
+    """Sends that complete at once loop rather than recurse: 5000 chunks do not overflow."""
     sent = []
 
     class Immediate:

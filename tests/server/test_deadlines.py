@@ -65,6 +65,7 @@ def infos() -> Iterator[LoudEvents]:
 
 
 def test_trickled_body_gets_408_at_the_deadline(infos: LoudEvents) -> None:
+    """A body trickled past request_timeout gets one logged 408, then the connection is cut."""
     # body_timeout never fires: a byte comes every second.
     server = Server(request_timeout=10, request_min_rate=0)
     conn = server.connect()
@@ -87,6 +88,7 @@ def test_trickled_body_gets_408_at_the_deadline(infos: LoudEvents) -> None:
 
 
 def test_min_rate_allowance_barely_delays_a_trickle() -> None:
+    """request_min_rate extends the deadline only by what was received: 10 bytes, 10 ms."""
     # With the default rate (1 KiB/s), ten bytes buy ten milliseconds.
     server = Server(request_timeout=10)
     conn = server.connect()
@@ -97,6 +99,7 @@ def test_min_rate_allowance_barely_delays_a_trickle() -> None:
 
 
 def test_trickled_chunked_body_gets_408() -> None:
+    """A trickled chunked body gets 408 at request_timeout, as a Content-Length one does."""
     server = Server(request_timeout=10, request_min_rate=0)
     conn = server.connect()
     conn.send(simple_request(b"/up", b"Transfer-Encoding: chunked\r\n", b"POST"))
@@ -106,6 +109,7 @@ def test_trickled_chunked_body_gets_408() -> None:
 
 
 def test_trickled_streamed_body_is_closed_on_the_body_channel() -> None:
+    """A streamed body past its deadline gets 408, a closed body chunk and http.disconnect."""
     # 100 KiB at once (dispatched, streaming), then one byte per second: the
     # allowance of 100 s for those bytes runs out at 110 s.
     server = Server(request_timeout=10)
@@ -129,6 +133,7 @@ def test_trickled_streamed_body_is_closed_on_the_body_channel() -> None:
 
 
 def test_trickled_streamed_body_after_the_response_started_is_cut() -> None:
+    """A body past its deadline after the response started is cut, with no 408 sent."""
     server = Server(request_timeout=10, request_min_rate=0)
     conn = server.connect()
     conn.send(TRICKLE_HEAD + b"a" * 100 * 1024)
@@ -141,6 +146,7 @@ def test_trickled_streamed_body_after_the_response_started_is_cut() -> None:
 
 
 def test_time_the_server_does_not_read_is_not_held_against_the_client() -> None:
+    """Time the server stops reading for a full body channel is not held against the client."""
     # The body channel takes one chunk; the application reads nothing for
     # 30 s, so the server stops reading the client (who is not at fault).
     server = Server(
@@ -170,6 +176,7 @@ def test_time_the_server_does_not_read_is_not_held_against_the_client() -> None:
 
 
 def test_paused_seconds_adds_up_the_pauses() -> None:
+    """BodyStreamer.paused_seconds sums the time reading was paused, stopping at stop()."""
     from twisted.internet.task import Clock
 
     class Producer:
@@ -197,6 +204,7 @@ def test_paused_seconds_adds_up_the_pauses() -> None:
 
 
 def test_slow_head_gets_408_at_the_request_deadline(infos: LoudEvents) -> None:
+    """A head trickled past request_timeout gets one logged 408 and is counted as head."""
     server = Server(request_timeout=5, header_timeout=15)
     conn = server.connect()
     closed_at = trickle(server, conn, simple_request(b"/", b"X-Slow: " + b"a" * 40 + b"\r\n"))
@@ -208,6 +216,7 @@ def test_slow_head_gets_408_at_the_request_deadline(infos: LoudEvents) -> None:
 
 
 def test_slow_head_gets_408_at_the_header_deadline() -> None:
+    """A head trickled past header_timeout gets 408 though request_timeout is later."""
     server = Server(request_timeout=60, header_timeout=7)
     conn = server.connect()
     closed_at = trickle(server, conn, simple_request(b"/", b"X-Slow: " + b"a" * 40 + b"\r\n"))
@@ -216,6 +225,7 @@ def test_slow_head_gets_408_at_the_header_deadline() -> None:
 
 
 def test_stray_crlf_before_the_request_line_does_not_stop_the_head_clock() -> None:
+    """A stray CRLF before the request line does not restart the header_timeout clock."""
     server = Server(header_timeout=5)
     conn = server.connect()
     conn.send(b"\r\nPOST /up HTTP/1.1\r\n")
@@ -225,6 +235,7 @@ def test_stray_crlf_before_the_request_line_does_not_stop_the_head_clock() -> No
 
 
 def test_head_then_slow_body_counts_from_the_first_byte_of_the_head() -> None:
+    """The request deadline counts from the head's first byte, not from the body's."""
     server = Server(request_timeout=10, request_min_rate=0)
     conn = server.connect()
     for byte in range(len(TRICKLE_HEAD)):
@@ -252,6 +263,7 @@ def _send_paced(server: Server, conn: Connection, data: bytes, piece: int, inter
 
 
 def test_multi_megabyte_upload_at_a_normal_pace_passes() -> None:
+    """A 4 MiB upload at 512 KiB/s outlasts request_timeout yet passes, kept by the min rate."""
     # 4 MiB at 512 KiB/s takes 8 s, longer than request_timeout (3 s): the
     # rate keeps it going.
     server = Server(request_timeout=3, body_timeout=5)
@@ -282,6 +294,7 @@ def test_multi_megabyte_upload_at_a_normal_pace_passes() -> None:
 
 
 def test_strict_total_lets_a_fast_upload_through() -> None:
+    """With no min rate a fast upload within request_timeout passes; no deadline after it."""
     server = Server(request_timeout=3, request_min_rate=0)
     conn = server.connect()
     data = b"z" * (2 * 1024 * 1024)
@@ -300,6 +313,7 @@ def test_strict_total_lets_a_fast_upload_through() -> None:
 
 
 def test_small_requests_and_a_slow_application_are_unaffected() -> None:
+    """A slow application is not subject to request_timeout once the request is read."""
     server = Server(request_timeout=2, http_timeout=100)
     conn = server.connect()
     conn.send(simple_request(b"/a", b"Content-Length: 3\r\n", b"POST") + b"abc")
@@ -315,6 +329,7 @@ def test_small_requests_and_a_slow_application_are_unaffected() -> None:
 
 
 def test_deadline_restarts_for_each_keep_alive_request() -> None:
+    """Each keep-alive request has its own request_timeout, counted from its own start."""
     server = Server(request_timeout=10, request_min_rate=0, idle_timeout=100)
     conn = server.connect()
     conn.send(simple_request(b"/a", b"Content-Length: 3\r\n", b"POST") + b"abc")
@@ -330,6 +345,7 @@ def test_deadline_restarts_for_each_keep_alive_request() -> None:
 
 
 def test_deadline_of_a_pipelined_request_starts_when_it_is_read() -> None:
+    """A pipelined request's deadline starts when the server turns to it, not on arrival."""
     # The second request waits (buffered by Twisted) while the application
     # answers the first; its clock starts when the server turns to it.
     server = Server(request_timeout=10, request_min_rate=0, http_timeout=100)
@@ -350,6 +366,7 @@ def test_deadline_of_a_pipelined_request_starts_when_it_is_read() -> None:
 
 
 def test_each_missed_deadline_is_counted(infos: LoudEvents) -> None:
+    """Each missed deadline is counted by kind (request or head) and logged once."""
     server = Server(request_timeout=5, request_min_rate=0)
     connections = [server.connect() for _ in range(3)]
     for conn in connections[:2]:
@@ -362,6 +379,7 @@ def test_each_missed_deadline_is_counted(infos: LoudEvents) -> None:
 
 
 def test_body_idle_timeout_is_counted_separately() -> None:
+    """A body idle past body_timeout gets 408 and is counted as body_idle."""
     server = Server(request_timeout=100, body_timeout=5)
     conn = server.connect()
     conn.send(TRICKLE_HEAD + b"abc")
@@ -374,12 +392,14 @@ def test_body_idle_timeout_is_counted_separately() -> None:
 
 
 def test_defaults() -> None:
+    """request_timeout defaults to 60 s and request_min_rate to 1 KiB/s, options or not."""
     config = ServerConfig()
     assert (config.request_timeout, config.request_min_rate) == (60, 1024)
     assert parse() == config
 
 
 def test_options() -> None:
+    """--request-timeout and --request-min-rate (K suffix, 0 allowed) set the config."""
     config = parse("--request-timeout", "3", "--request-min-rate", "2K")
     assert (config.request_timeout, config.request_min_rate) == (3, 2048)
     assert parse("--request-min-rate", "0").request_min_rate == 0
@@ -396,11 +416,13 @@ def test_options() -> None:
     ],
 )
 def test_bad_options_name_the_flag(argv: list[str], flag: str) -> None:
+    """A bad --request-timeout or --request-min-rate is a UsageError naming the flag."""
     with pytest.raises(usage.UsageError, match=flag):
         parse(*argv)
 
 
 @pytest.mark.parametrize("value", [True, 1.5, -1, "1024"])
 def test_bad_min_rate_is_refused(value: Any) -> None:
+    """ServerConfig refuses a request_min_rate that is a bool, a float, negative or a string."""
     with pytest.raises(ValueError, match="request_min_rate"):
         ServerConfig(request_min_rate=value)

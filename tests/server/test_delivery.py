@@ -24,6 +24,7 @@ def close_codes(client: Any) -> list[int | None]:
 
 
 def test_replies_wait_while_the_client_does_not_read_and_go_out_in_order() -> None:
+    """Replies to a client that does not read are queued and go out in order when it reads."""
     h = Harness()
     client, connect = h.open()
     protocol = client.protocol
@@ -37,6 +38,7 @@ def test_replies_wait_while_the_client_does_not_read_and_go_out_in_order() -> No
 
 
 def test_a_close_reply_goes_out_after_the_queued_messages() -> None:
+    """A close in a reply waits behind the queued messages, its own text included."""
     h = Harness()
     client, connect = h.open()
     client.protocol.pauseProducing()
@@ -48,6 +50,7 @@ def test_a_close_reply_goes_out_after_the_queued_messages() -> None:
 
 
 def test_overflow_in_messages_closes_1013_counts_and_spares_the_others() -> None:
+    """A client past its bound for OVERFLOW_GRACE is closed 1013 and counted; others go on."""
     h = Harness(capacity=5)
     slow, slow_connect = h.open()
     fast, fast_connect = h.open()
@@ -71,6 +74,7 @@ def test_overflow_in_messages_closes_1013_counts_and_spares_the_others() -> None
 
 
 def test_overflow_in_bytes_closes_1013() -> None:
+    """A queue kept over ws_send_queue_size bytes closes the client 1013, replies dropped."""
     h = Harness(ws_send_queue_size=1000)
     client, connect = h.open()
     client.protocol.pauseProducing()
@@ -83,6 +87,7 @@ def test_overflow_in_bytes_closes_1013() -> None:
 
 
 def test_a_burst_past_the_bound_that_the_client_drains_in_time_is_delivered() -> None:
+    """A burst past the bound that the client drains within OVERFLOW_GRACE is all delivered."""
     h = Harness(capacity=5)
     client, connect = h.open()
     client.protocol.pauseProducing()
@@ -97,6 +102,7 @@ def test_a_burst_past_the_bound_that_the_client_drains_in_time_is_delivered() ->
 
 
 def test_a_queue_past_its_hard_bound_overflows_at_once() -> None:
+    """A queue past HARD_FACTOR times its bound closes 1013 at once, without the grace."""
     h = Harness(capacity=5)
     client, connect = h.open()
     client.protocol.pauseProducing()
@@ -107,6 +113,7 @@ def test_a_queue_past_its_hard_bound_overflows_at_once() -> None:
 
 
 def test_a_client_that_reads_again_in_time_loses_nothing() -> None:
+    """A client that pauses and reads again within its bound loses no reply."""
     h = Harness(capacity=5)
     client, connect = h.open()
     for round_ in range(3):
@@ -119,6 +126,7 @@ def test_a_client_that_reads_again_in_time_loses_nothing() -> None:
 
 
 def test_state_lost_closes_open_sockets_1012_and_rejects_pending_handshakes_503() -> None:
+    """A lost layer state closes open sockets 1012 and refuses pending handshakes with 503."""
     h = Harness()
     opened, _ = h.open()
     pending = h.connect()
@@ -163,6 +171,7 @@ class RecordingConnection:
 
 
 def test_registry_tells_every_connection_when_the_layer_lost_its_state() -> None:
+    """When the layer loses its state the registry tells every connection, counting it once."""
     layer = RecordingLayer()
     registry = ReplyRegistry(layer)
     registry.startService()
@@ -176,6 +185,7 @@ def test_registry_tells_every_connection_when_the_layer_lost_its_state() -> None
 
 
 def test_registry_counts_replies_for_gone_connections_and_removes_their_memberships() -> None:
+    """Replies for a gone connection are counted and its group memberships discarded again."""
     layer = RecordingLayer()
     registry = ReplyRegistry(layer)
     registry.startService()
@@ -197,6 +207,7 @@ def test_registry_counts_replies_for_gone_connections_and_removes_their_membersh
 
 
 def test_closing_removes_the_socket_from_its_groups() -> None:
+    """A WebSocket that closes is removed from the groups its reply channel was in."""
     h = Harness()
     client, connect = h.open()
     h.layer.group_add("room", connect["reply_channel"])
@@ -207,6 +218,7 @@ def test_closing_removes_the_socket_from_its_groups() -> None:
 
 
 def test_websocket_disconnect_waits_for_room_instead_of_being_dropped() -> None:
+    """websocket.disconnect to a full channel waits for room and is sent, not dropped."""
     h = Harness(channel_capacity={"websocket.disconnect": 1})
     client, connect = h.open()
     h.layer.send("websocket.disconnect", {"filler": True})  # the channel is now full
@@ -223,6 +235,7 @@ def test_websocket_disconnect_waits_for_room_instead_of_being_dropped() -> None:
 
 
 def test_websocket_disconnect_outwaits_a_channel_kept_full_until_its_messages_expire() -> None:
+    """websocket.disconnect outwaits a full channel until its old messages expire, then goes."""
     h = Harness(channel_capacity={"websocket.disconnect": 1})
     client, _ = h.open()
     h.layer.send("websocket.disconnect", {"filler": True})

@@ -71,18 +71,22 @@ def _refused(raw: bytes, status: int, **config: object) -> Server:
     ],
 )
 def test_bad_request_line(line: bytes) -> None:
+    """A malformed or unsupported request line is answered 400 and the connection closed."""
     _refused(line + b"\r\n" + HOST + b"\r\n", 400)
 
 
 def test_lowercase_method_is_not_get() -> None:
+    """Methods are case-sensitive: "get" is refused with 400, not served as GET."""
     _refused(b"get /canary HTTP/1.1\r\n" + HOST + b"\r\n", 400)
 
 
 def test_request_line_too_long() -> None:
+    """A request line over the 16 KiB limit is answered 414 and the connection closed."""
     _refused(b"GET /" + b"a" * (17 * 1024) + b" HTTP/1.1\r\n" + HOST + b"\r\n", 414)
 
 
 def test_bare_lf_request_is_answered_at_once() -> None:
+    """A head ended by bare LFs is answered 400 at once, not left waiting for a CRLF."""
     server = Server()
     conn = server.connect()
     conn.send(b"GET / HTTP/1.1\nHost: a\n\n")
@@ -93,10 +97,12 @@ def test_bare_lf_request_is_answered_at_once() -> None:
 
 
 def test_bare_lf_inside_the_head() -> None:
+    """A bare LF between header lines is refused with 400."""
     _refused(b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", 400)
 
 
 def test_bare_cr_in_a_value() -> None:
+    """A bare CR inside a header value is refused with 400."""
     _refused(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400)
 
 
@@ -110,11 +116,13 @@ def test_bare_cr_in_a_value() -> None:
     + [b"Content-Length : 0", b"Host : a", b"NoColonHere", b"X\t: tab"],
 )
 def test_bad_header_name(header: bytes) -> None:
+    """A header name that is empty, not a token or followed by blanks is refused with 400."""
     _refused(b"GET / HTTP/1.1\r\n" + HOST + header + b"\r\n\r\n", 400)
 
 
 @pytest.mark.parametrize("byte", SMUGGLING_BYTES + [b"\x01", b"\x08", b"\x7f", b"\x1f"])
 def test_smuggling_byte_in_a_value(byte: bytes) -> None:
+    """A header value holding a byte str.splitlines() splits on is refused with 400."""
     # CVE-2026-44546: these split lines for str.splitlines().
     _refused(
         b"GET / HTTP/1.1\r\n"
@@ -127,17 +135,20 @@ def test_smuggling_byte_in_a_value(byte: bytes) -> None:
 
 
 def test_obs_fold_is_refused() -> None:
+    """An obs-fold continuation line (leading space or tab) is refused with 400."""
     _refused(b"GET / HTTP/1.1\r\n" + HOST + b"X-Folded: a\r\n b\r\n\r\n", 400)
     _refused(b"GET / HTTP/1.1\r\n" + HOST + b"X-Folded: a\r\n\tb\r\n\r\n", 400)
 
 
 def test_tab_inside_a_value_is_fine() -> None:
+    """A tab inside a header value is kept and the value passed on unchanged."""
     server = Server()
     server.connect().send(b"GET / HTTP/1.1\r\n" + HOST + b"X-Tab: a\tb\r\n\r\n")
     assert [b"x-tab", b"a\tb"] in server.request()["headers"]
 
 
 def test_utf8_value_is_passed_as_bytes() -> None:
+    """A UTF-8 header value reaches http.request as its raw bytes."""
     server = Server()
     server.connect().send(b"GET / HTTP/1.1\r\n" + HOST + "X-Name: Zoë".encode() + b"\r\n\r\n")
     assert [b"x-name", "Zoë".encode()] in server.request()["headers"]
@@ -147,10 +158,12 @@ def test_utf8_value_is_passed_as_bytes() -> None:
 
 
 def test_missing_host_on_http_11() -> None:
+    """An HTTP/1.1 request without a Host header is refused with 400."""
     _refused(b"GET / HTTP/1.1\r\n\r\n", 400)
 
 
 def test_duplicate_host() -> None:
+    """Two Host headers are refused with 400, on HTTP/1.1 and HTTP/1.0 alike."""
     _refused(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400)
     _refused(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400)
 
@@ -159,20 +172,24 @@ def test_duplicate_host() -> None:
 
 
 def test_one_17k_header_line() -> None:
+    """A single header line over 16 KiB is answered 431 and the connection closed."""
     _refused(b"GET / HTTP/1.1\r\n" + HOST + b"X-Big: " + b"a" * (17 * 1024) + b"\r\n\r\n", 431)
 
 
 def test_header_section_over_16k() -> None:
+    """A header section over 16 KiB in total, of small lines, is answered 431."""
     lines = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(17))
     _refused(b"GET / HTTP/1.1\r\n" + HOST + lines + b"\r\n", 431)
 
 
 def test_501_headers() -> None:
+    """A request with more than 500 header lines is answered 431."""
     lines = b"".join(b"X: %d\r\n" % i for i in range(501))
     _refused(b"GET / HTTP/1.1\r\n" + HOST + lines + b"\r\n", 431)
 
 
 def test_499_duplicates_are_served() -> None:
+    """A request with exactly 500 headers, 499 of them repeats, is delivered whole."""
     server = Server()
     lines = b"X-Dupe: " + b"d" * 20 + b"\r\n"
     server.connect().send(b"GET / HTTP/1.1\r\n" + HOST + lines * 499 + b"\r\n")
@@ -210,21 +227,25 @@ def test_499_duplicates_are_served() -> None:
     ],
 )
 def test_bad_body_framing(head_and_body: bytes) -> None:
+    """Conflicting, repeated or malformed body framing headers are refused with 400."""
     _refused(b"POST /upload HTTP/1.1\r\n" + HOST + head_and_body, 400)
 
 
 def test_chunked_on_http_10() -> None:
+    """Transfer-Encoding: chunked on an HTTP/1.0 request is refused with 400."""
     _refused(
         b"POST /upload HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 400
     )
 
 
 def test_huge_content_length() -> None:
+    """A Content-Length beyond the body limit, up to thousands of digits, is answered 413."""
     _refused(b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: %d\r\n\r\n" % 2**63, 413)
     _refused(b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n", 413)
 
 
 def test_understated_content_length_does_not_smuggle() -> None:
+    """Bytes past Content-Length are the next request, read only after this response."""
     server = Server()
     conn = server.connect()
     conn.send(
@@ -242,6 +263,7 @@ def test_understated_content_length_does_not_smuggle() -> None:
 
 
 def test_upgrade_whose_headers_never_finish_times_out() -> None:
+    """An upgrade request whose head never ends is answered 408 after the header timeout."""
     server = Server(header_timeout=5)
     conn = server.connect()
     conn.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n")
@@ -251,6 +273,7 @@ def test_upgrade_whose_headers_never_finish_times_out() -> None:
 
 
 def test_many_pipelined_requests_pause_the_transport() -> None:
+    """Pipelined requests are delivered one at a time, the transport paused meanwhile."""
     server = Server()
     conn = server.connect()
     conn.send(simple_request() * 2000)
@@ -267,6 +290,7 @@ _SETTINGS = settings(max_examples=150, suppress_health_check=[HealthCheck.too_sl
 @_SETTINGS
 @given(st.binary(max_size=40).filter(lambda v: b"\r\n" not in v))
 def test_header_value_is_refused_or_passed_unchanged(value: bytes) -> None:
+    """Any header value is refused with 400 or delivered with only outer blanks stripped."""
     server = Server()
     conn = server.connect()
     conn.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Value: " + value + b"\r\n\r\n")
@@ -288,6 +312,7 @@ def test_header_value_is_refused_or_passed_unchanged(value: bytes) -> None:
     )
 )
 def test_header_name_is_refused_or_passed_lowercased(name: bytes) -> None:
+    """A header name is refused with 400, dropped ("_", daphne-root-path) or lowercased."""
     server = Server()
     conn = server.connect()
     conn.send(b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b": v\r\n\r\n")
@@ -307,6 +332,10 @@ def test_header_name_is_refused_or_passed_lowercased(name: bytes) -> None:
 @_SETTINGS
 @given(st.binary(max_size=300))
 def test_garbage_never_crashes_and_never_smuggles(data: bytes) -> None:
+    """
+    Arbitrary bytes get only a 4xx or 100 Continue and deliver no forbidden header byte.
+    Other connections are still served afterwards.
+    """
     server = Server()
     conn = server.connect()
     conn.send(data)

@@ -87,6 +87,7 @@ def opened(h: Harness) -> Client:
     [None, b"", b"c2hvcnQ=", b"dGhlIHNhbXBsZSBub25jZQ", b"dGhlIHNhbXBsZSBub25jZQ==AA", b"!!!!!!!!!!!!!!!!!!!!!!=="],
 )  # fmt: skip
 def test_missing_or_bad_key_is_400(key: bytes | None) -> None:
+    """A missing, empty or malformed Sec-WebSocket-Key is answered 400; the app sees nothing."""
     h = Harness()
     headers = [*BASE, (b"Sec-WebSocket-Version", b"13")]
     if key is not None:
@@ -96,6 +97,7 @@ def test_missing_or_bad_key_is_400(key: bytes | None) -> None:
 
 @pytest.mark.parametrize("version", [b"8", b"14", b"0", b"abc"])
 def test_bad_version_is_400_naming_13(version: bytes) -> None:
+    """A version other than 13 is answered 400, naming 13 when the value is a number."""
     h = Harness()
     client = h.connect(
         handshake_request(
@@ -108,6 +110,7 @@ def test_bad_version_is_400_naming_13(version: bytes) -> None:
 
 
 def test_missing_version_is_400() -> None:
+    """An upgrade without Sec-WebSocket-Version is answered 400; the app sees nothing."""
     h = Harness()
     client = h.connect(handshake_request(headers=[*BASE, (b"Sec-WebSocket-Key", KEY)]))
     refused(h, client, 400)
@@ -136,6 +139,7 @@ LINE_BREAKS = [b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\x85", b"\x00", b"
 
 @pytest.mark.parametrize("byte", LINE_BREAKS[:6])
 def test_line_break_bytes_in_headers_are_400_and_reach_nobody(byte: bytes) -> None:
+    """A splitlines() break byte in an upgrade header is answered 400 and reaches no one."""
     # CVE-2026-44546, the probe of security.md §1a: autobahn's splitlines()
     # would cut at these bytes; the HTTP side refuses the request first.
     h = Harness()
@@ -149,6 +153,7 @@ def test_line_break_bytes_in_headers_are_400_and_reach_nobody(byte: bytes) -> No
 
 @pytest.mark.parametrize("byte", LINE_BREAKS)
 def test_line_break_bytes_are_refused_again_before_autobahn(byte: bytes) -> None:
+    """build_connect raises BadHandshake for a header with a line-breaking byte or NUL."""
     # The second line of defence, should a header reach the hand-over anyway.
     request = ParsedRequest(
         [(b"host", b"a"), (b"sec-websocket-protocol", b"chat" + byte + b"origin: https://evil")]
@@ -158,6 +163,7 @@ def test_line_break_bytes_are_refused_again_before_autobahn(byte: bytes) -> None
 
 
 def test_autobahn_sees_only_the_handshake_headers() -> None:
+    """Autobahn is fed only Host, Upgrade, Connection, key and version, never other headers."""
     request = ParsedRequest(
         [
             (b"host", b"example.com"),
@@ -192,6 +198,7 @@ def test_autobahn_sees_only_the_handshake_headers() -> None:
     ],
 )
 def test_bad_subprotocol_lists_are_400_in_bounded_time(value: bytes) -> None:
+    """An oversized, malformed or duplicate subprotocol list is answered 400 in under 0.5 s."""
     h = Harness()
     started = time.process_time()
     client = h.connect(
@@ -202,6 +209,7 @@ def test_bad_subprotocol_lists_are_400_in_bounded_time(value: bytes) -> None:
 
 
 def test_max_subprotocols_is_accepted() -> None:
+    """Exactly MAX_SUBPROTOCOLS subprotocols are accepted, all passed in websocket.connect."""
     h = Harness()
     value = b",".join(b"p%d" % i for i in range(MAX_SUBPROTOCOLS))
     h.connect(handshake_request(extra=[(b"Sec-WebSocket-Protocol", value)]))
@@ -219,6 +227,7 @@ def test_max_subprotocols_is_accepted() -> None:
     ],
 )
 def test_deflate_is_declined_and_compressed_frames_are_1002(offer: bytes) -> None:
+    """Compression offers are declined; a compressed (RSV1) frame fails the socket with 1002."""
     h = Harness()
     client, _ = h.open(handshake_request(extra=[(b"Sec-WebSocket-Extensions", offer)]))
     assert b"sec-websocket-extensions" not in client.response_headers()
@@ -229,6 +238,10 @@ def test_deflate_is_declined_and_compressed_frames_are_1002(offer: bytes) -> Non
 
 
 def test_early_data_flood_before_the_accept_is_dropped() -> None:
+    """
+    Over MAX_EARLY_DATA bytes before the accept abort the connection.
+    A late accept or connect timeout then writes nothing; one websocket.disconnect follows.
+    """
     h = Harness()
     client = h.connect()
     connect = h.receive("websocket.connect")
@@ -246,6 +259,7 @@ def test_early_data_flood_before_the_accept_is_dropped() -> None:
 
 
 def test_status_page_redirect_is_never_served() -> None:
+    """A GET with a key but no Upgrade goes to http.request; autobahn's status page is off."""
     # CVE-2020-35678: a non-upgrade GET never reaches autobahn (and its
     # status page is off anyway).
     h = Harness()
@@ -291,6 +305,7 @@ def test_status_page_redirect_is_never_served() -> None:
     ],
 )  # fmt: skip
 def test_protocol_errors_close_with_1002(data: bytes) -> None:
+    """A protocol-violating frame fails the socket with close code 1002."""
     h = Harness()
     client = opened(h)
     client.send(data)
@@ -308,6 +323,7 @@ def test_protocol_errors_close_with_1002(data: bytes) -> None:
     ],
 )
 def test_invalid_utf8_closes_with_1007(data: bytes) -> None:
+    """Invalid UTF-8 in a text message or a close reason fails the socket with 1007."""
     h = Harness()
     client = opened(h)
     client.send(data)
@@ -315,6 +331,7 @@ def test_invalid_utf8_closes_with_1007(data: bytes) -> None:
 
 
 def test_invalid_utf8_fails_fast_before_the_message_ends() -> None:
+    """Invalid UTF-8 in a first fragment fails the socket with 1007 before the message ends."""
     h = Harness()
     client = opened(h)
     client.send(frame(TEXT, b"\xff" + b"a" * 10, fin=False))
@@ -322,6 +339,7 @@ def test_invalid_utf8_fails_fast_before_the_message_ends() -> None:
 
 
 def test_frame_over_the_limit_is_1009_before_buffering() -> None:
+    """A frame announcing more than the frame limit fails with 1009, buffering no payload."""
     h = Harness(max_ws_frame_size=1024, max_ws_message_size=4096)
     client = opened(h)
     # Only the header of a 2**40-byte frame, then a stream of its payload.
@@ -334,6 +352,7 @@ def test_frame_over_the_limit_is_1009_before_buffering() -> None:
 
 
 def test_fragmented_message_over_the_limit_is_1009() -> None:
+    """Fragments within the frame limit that sum past the message limit fail with 1009."""
     h = Harness(max_ws_frame_size=1024, max_ws_message_size=4096)
     client = opened(h)
     client.send(
@@ -345,6 +364,7 @@ def test_fragmented_message_over_the_limit_is_1009() -> None:
 
 
 def test_default_limits_are_one_mebibyte() -> None:
+    """By default a frame of one byte over 1 MiB fails the socket with 1009."""
     h = Harness()
     client = opened(h)
     client.send(frame(BINARY, b"\x00" * (1024 * 1024 + 1)))
@@ -352,6 +372,7 @@ def test_default_limits_are_one_mebibyte() -> None:
 
 
 def test_pings_are_answered_without_reaching_the_application() -> None:
+    """Each ping is answered with a pong, and none reaches websocket.receive."""
     h = Harness()
     client = opened(h)
     client.send(frame(PING, b"p") * 1000)
@@ -360,6 +381,7 @@ def test_pings_are_answered_without_reaching_the_application() -> None:
 
 
 def test_data_after_the_clients_close_is_ignored() -> None:
+    """A data frame after the client's close is ignored: only websocket.disconnect follows."""
     h = Harness()
     client = opened(h)
     client.send(frame(CLOSE, struct.pack("!H", 1000)) + frame(TEXT, b"after"))

@@ -39,6 +39,7 @@ def server() -> Server:
 
 
 def test_request_message_has_every_key(server: Server) -> None:
+    """http.request has exactly the ASGI keys: decoded path, raw query, lowercased headers."""
     conn = server.connect()
     conn.send(
         b"GET /caf%C3%A9/a%20b?x=1&y=%20z HTTP/1.1\r\n"
@@ -71,6 +72,7 @@ def test_request_message_has_every_key(server: Server) -> None:
 
 
 def test_http_10_request(server: Server) -> None:
+    """An HTTP/1.0 request without Host is delivered with http_version "1.0" and no headers."""
     conn = server.connect()
     conn.send(b"GET /old HTTP/1.0\r\n\r\n")
     message = server.request()
@@ -79,6 +81,7 @@ def test_http_10_request(server: Server) -> None:
 
 
 def test_root_path_comes_from_config() -> None:
+    """root_path comes from the config, and path keeps the full request path including it."""
     server = Server(root_path="/app")
     server.connect().send(simple_request(b"/app/x"))
     message = server.request()
@@ -87,6 +90,7 @@ def test_root_path_comes_from_config() -> None:
 
 
 def test_client_daphne_root_path_header_is_ignored_and_dropped() -> None:
+    """A client's Daphne-Root-Path header neither sets root_path nor reaches the application."""
     server = Server(root_path="/app")
     server.connect().send(simple_request(b"/x", b"Daphne-Root-Path: /evil\r\n"))
     message = server.request()
@@ -95,11 +99,13 @@ def test_client_daphne_root_path_header_is_ignored_and_dropped() -> None:
 
 
 def test_underscore_headers_are_dropped(server: Server) -> None:
+    """Header names with underscores are dropped, so they cannot pose as their dashed twins."""
     server.connect().send(simple_request(b"/", b"X_Auth_User: admin\r\nX-Auth-User: bob\r\n"))
     assert server.request()["headers"] == [[b"host", b"example.com"], [b"x-auth-user", b"bob"]]
 
 
 def test_unix_socket_connection_has_no_client_or_server(server: Server) -> None:
+    """A request over a UNIX socket has client and server None."""
     server.unix_connect().send(simple_request())
     message = server.request()
     assert message["client"] is None
@@ -107,6 +113,7 @@ def test_unix_socket_connection_has_no_client_or_server(server: Server) -> None:
 
 
 def test_ipv6_addresses(server: Server) -> None:
+    """IPv6 client and server addresses are passed as [host, port] without brackets."""
     conn = server.connect(
         peer=address.IPv6Address("TCP", "::1", 40000), host=address.IPv6Address("TCP", "::1", 8000)
     )
@@ -117,6 +124,7 @@ def test_ipv6_addresses(server: Server) -> None:
 
 
 def test_absolute_form_keeps_the_host_header(server: Server) -> None:
+    """An absolute-form target gives path and query only; the Host header is left as sent."""
     server.connect().send(b"GET http://evil.example/p?q=1 HTTP/1.1\r\nHost: good.example\r\n\r\n")
     message = server.request()
     assert message["path"] == "/p"
@@ -125,6 +133,7 @@ def test_absolute_form_keeps_the_host_header(server: Server) -> None:
 
 
 def test_options_asterisk(server: Server) -> None:
+    """OPTIONS * is delivered with path "*"."""
     server.connect().send(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
     message = server.request()
     assert message["method"] == "OPTIONS"
@@ -132,6 +141,7 @@ def test_options_asterisk(server: Server) -> None:
 
 
 def test_small_body_is_inline(server: Server) -> None:
+    """A small Content-Length body is delivered inline in body, with no body_channel."""
     server.connect().send(simple_request(b"/post", b"Content-Length: 5\r\n", b"POST") + b"hello")
     message = server.request()
     assert message["method"] == "POST"
@@ -140,6 +150,7 @@ def test_small_body_is_inline(server: Server) -> None:
 
 
 def test_body_waits_for_the_whole_body(server: Server) -> None:
+    """http.request is sent only once the whole Content-Length body has arrived."""
     conn = server.connect()
     conn.send(simple_request(b"/post", b"Content-Length: 10\r\n", b"POST") + b"hello")
     assert server.receive() is None
@@ -148,6 +159,7 @@ def test_body_waits_for_the_whole_body(server: Server) -> None:
 
 
 def test_small_chunked_body_is_inline(server: Server) -> None:
+    """A small chunked body is decoded and delivered inline, Transfer-Encoding header kept."""
     conn = server.connect()
     conn.send(
         simple_request(b"/c", b"Transfer-Encoding: chunked\r\n", b"PUT")
@@ -163,6 +175,10 @@ def test_small_chunked_body_is_inline(server: Server) -> None:
 
 
 def test_response_is_written(server: Server) -> None:
+    """
+    A reply is written with its status, headers lowercased in order, and a chunked body.
+    The connection stays open.
+    """
     conn = server.connect()
     conn.send(simple_request())
     request = server.request()
@@ -185,6 +201,7 @@ def test_response_is_written(server: Server) -> None:
 
 
 def test_response_with_content_length_is_not_chunked(server: Server) -> None:
+    """A reply with Content-Length is written as is, not chunked."""
     conn = server.connect()
     conn.send(simple_request())
     server.reply(server.request(), status=200, headers=[[b"content-length", b"2"]], content=b"ok")
@@ -192,6 +209,7 @@ def test_response_with_content_length_is_not_chunked(server: Server) -> None:
 
 
 def test_response_defaults(server: Server) -> None:
+    """A reply with only a status writes a bare status line: no headers, no body."""
     conn = server.connect()
     conn.send(simple_request())
     server.reply(server.request(), status=204)
@@ -199,6 +217,10 @@ def test_response_defaults(server: Server) -> None:
 
 
 def test_response_chunks_with_more_content(server: Server) -> None:
+    """
+    Replies with more_content stream as chunks, empty ones skipped.
+    The final reply ends the body and sends http.disconnect.
+    """
     conn = server.connect()
     conn.send(simple_request())
     request = server.request()
@@ -216,6 +238,7 @@ def test_response_chunks_with_more_content(server: Server) -> None:
 
 
 def test_head_response_has_no_body(server: Server) -> None:
+    """A HEAD response keeps its Content-Length but writes no body, and keeps the connection."""
     conn = server.connect()
     conn.send(simple_request(b"/", b"", b"HEAD"))
     server.reply(
@@ -226,6 +249,7 @@ def test_head_response_has_no_body(server: Server) -> None:
 
 
 def test_http_10_response_closes(server: Server) -> None:
+    """An HTTP/1.0 response is unchunked, says Connection: close and closes the connection."""
     conn = server.connect()
     conn.send(b"GET / HTTP/1.0\r\n\r\n")
     server.reply(server.request(), status=200, content=b"old")
@@ -234,6 +258,7 @@ def test_http_10_response_closes(server: Server) -> None:
 
 
 def test_connection_close_from_the_client(server: Server) -> None:
+    """A client's Connection: close is echoed in the response and the connection then closes."""
     conn = server.connect()
     conn.send(simple_request(b"/", b"Connection: close\r\n"))
     server.reply(server.request(), status=200, headers=[[b"content-length", b"0"]])
@@ -269,6 +294,10 @@ def test_connection_close_from_the_client(server: Server) -> None:
     ],
 )
 def test_malformed_first_reply_gives_500(server: Server, reply: dict[str, Any]) -> None:
+    """
+    A malformed first reply is answered 500 with none of its content; the connection closes.
+    http.disconnect is still sent.
+    """
     conn = server.connect()
     conn.send(simple_request())
     server.reply(server.request(), **reply)
@@ -282,6 +311,7 @@ def test_malformed_first_reply_gives_500(server: Server, reply: dict[str, Any]) 
 
 
 def test_status_in_a_later_message_cuts_the_connection(server: Server) -> None:
+    """A status in a reply after the response started is not written; the connection is cut."""
     conn = server.connect()
     conn.send(simple_request())
     request = server.request()
@@ -292,6 +322,7 @@ def test_status_in_a_later_message_cuts_the_connection(server: Server) -> None:
 
 
 def test_bad_chunk_content_cuts_the_connection(server: Server) -> None:
+    """Non-bytes content in a later reply chunk cuts the connection."""
     conn = server.connect()
     conn.send(simple_request())
     request = server.request()
@@ -301,6 +332,7 @@ def test_bad_chunk_content_cuts_the_connection(server: Server) -> None:
 
 
 def test_response_longer_than_content_length_is_cut(server: Server) -> None:
+    """Content past the declared Content-Length is not written and the connection is closed."""
     conn = server.connect()
     conn.send(simple_request())
     server.reply(
@@ -311,6 +343,7 @@ def test_response_longer_than_content_length_is_cut(server: Server) -> None:
 
 
 def test_response_shorter_than_content_length_closes_after(server: Server) -> None:
+    """A response ending short of its Content-Length closes the connection."""
     conn = server.connect()
     conn.send(simple_request())
     server.reply(server.request(), status=200, headers=[[b"content-length", b"5"]], content=b"ok")
@@ -318,6 +351,7 @@ def test_response_shorter_than_content_length_closes_after(server: Server) -> No
 
 
 def test_application_transfer_encoding_is_dropped(server: Server) -> None:
+    """The application's Transfer-Encoding is dropped; its Content-Length framing is used."""
     conn = server.connect()
     conn.send(simple_request())
     server.reply(
@@ -330,6 +364,7 @@ def test_application_transfer_encoding_is_dropped(server: Server) -> None:
 
 
 def test_reply_on_an_unknown_channel_is_dropped(server: Server) -> None:
+    """A reply on a reply channel no request owns is dropped without an error."""
     server.layer.send(server.replies.prefix + "nobodyhereatall", {"status": 200})
     server.run()  # no error
 
@@ -338,6 +373,7 @@ def test_reply_on_an_unknown_channel_is_dropped(server: Server) -> None:
 
 
 def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    """Pipelined requests are read one at a time, each after the previous one is answered."""
     conn = server.connect()
     conn.send(
         simple_request(b"/slow", b"X-Request-Id: 1\r\n")
@@ -362,6 +398,7 @@ def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
 
 
 def test_late_reply_for_an_earlier_request_is_dropped(server: Server) -> None:
+    """A reply to a request already answered is dropped, not written into the next response."""
     conn = server.connect()
     conn.send(simple_request(b"/one") + simple_request(b"/two"))
     first = server.request()
@@ -373,6 +410,7 @@ def test_late_reply_for_an_earlier_request_is_dropped(server: Server) -> None:
 
 
 def test_keep_alive_serves_sequential_requests(server: Server) -> None:
+    """One keep-alive connection serves several requests in turn and stays open."""
     conn = server.connect()
     for n in range(3):
         conn.send(simple_request(b"/%d" % n))
@@ -387,6 +425,7 @@ def test_keep_alive_serves_sequential_requests(server: Server) -> None:
 
 
 def test_disconnect_after_a_complete_response(server: Server) -> None:
+    """A finished response sends http.disconnect with the decoded path and frees its channel."""
     conn = server.connect()
     conn.send(simple_request(b"/p%C3%A4"))
     request = server.request()
@@ -399,6 +438,7 @@ def test_disconnect_after_a_complete_response(server: Server) -> None:
 
 
 def test_disconnect_on_premature_close(server: Server) -> None:
+    """A client gone before the reply sends one http.disconnect; a later reply is dropped."""
     conn = server.connect()
     conn.send(simple_request(b"/gone"))
     request = server.request()
@@ -413,6 +453,7 @@ def test_disconnect_on_premature_close(server: Server) -> None:
 
 
 def test_no_disconnect_for_a_request_never_dispatched(server: Server) -> None:
+    """A connection lost mid-head sends neither http.request nor http.disconnect."""
     conn = server.connect()
     conn.send(b"GET / HTTP/1.1\r\nHost: a\r\n")
     conn.lose()
@@ -430,6 +471,7 @@ PROXIED = (
 
 
 def test_proxy_headers_off_by_default(server: Server) -> None:
+    """X-Forwarded-* headers change neither client nor scheme unless proxy_headers is on."""
     server.connect().send(simple_request(b"/", PROXIED))
     message = server.request()
     assert message["client"] == ["192.168.1.1", 54321]
@@ -437,6 +479,7 @@ def test_proxy_headers_off_by_default(server: Server) -> None:
 
 
 def test_proxy_headers_on() -> None:
+    """With proxy_headers, client and scheme come from X-Forwarded-*; the headers are kept."""
     server = Server(proxy_headers=True)
     server.connect().send(simple_request(b"/", PROXIED))
     message = server.request()
@@ -447,12 +490,14 @@ def test_proxy_headers_on() -> None:
 
 
 def test_proxy_headers_without_port() -> None:
+    """With proxy_headers and no X-Forwarded-Port, the client port is 0."""
     server = Server(proxy_headers=True)
     server.connect().send(simple_request(b"/", b"X-Forwarded-For: 2001:db8::1\r\n"))
     assert server.request()["client"] == ["2001:db8::1", 0]
 
 
 def test_proxy_headers_garbage_is_ignored() -> None:
+    """An unparsable X-Forwarded-For or unknown proto leaves client and scheme as they are."""
     server = Server(proxy_headers=True)
     server.connect().send(
         simple_request(b"/", b"X-Forwarded-For: <script>\r\nX-Forwarded-Proto: gopher\r\n")
@@ -466,6 +511,7 @@ def test_proxy_headers_garbage_is_ignored() -> None:
 
 
 def test_access_log_line(server: Server) -> None:
+    """The access log writes one common-log line with the session_key query value redacted."""
     conn = server.connect()
     conn.send(simple_request(b"/chat/?room=1&session_key=SECRETKEY&x=2"))
     server.reply(server.request(), status=200, content=b"12345")
@@ -477,6 +523,7 @@ def test_access_log_line(server: Server) -> None:
 
 
 def test_access_log_uses_the_proxied_client() -> None:
+    """With proxy_headers, the access log names the forwarded client address."""
     server = Server(proxy_headers=True)
     conn = server.connect()
     conn.send(simple_request(b"/", PROXIED))
@@ -486,6 +533,7 @@ def test_access_log_uses_the_proxied_client() -> None:
 
 
 def test_access_log_refusal(server: Server) -> None:
+    """A request refused before dispatch is logged with its status and "-" for the size."""
     conn = server.connect()
     conn.send(b"GET /x HTTP/1.1\r\n\r\n")  # no Host
     assert conn.status() == 400

@@ -26,6 +26,7 @@ def server() -> Server:
 
 
 def test_full_request_channel_gives_503() -> None:
+    """A full http.request channel gives 503 "Request queue full." and keeps the connection."""
     server = Server(channel_capacity={"http.request": 1})
     server.layer.send("http.request", {"filler": True})
     conn = server.connect()
@@ -43,6 +44,7 @@ def test_full_request_channel_gives_503() -> None:
 
 
 def test_full_request_channel_with_pipelined_bodies() -> None:
+    """With http.request full, each pipelined request gets a 503, its body read past, no 400."""
     server = Server(channel_capacity={"http.request": 1})
     server.layer.send("http.request", {"filler": True})
     conn = server.connect()
@@ -54,6 +56,7 @@ def test_full_request_channel_with_pipelined_bodies() -> None:
 
 
 def test_http_timeout_gives_503() -> None:
+    """No reply within http_timeout gives 503 and http.disconnect; a later reply is dropped."""
     server = Server(http_timeout=10)
     conn = server.connect()
     conn.send(simple_request())
@@ -71,6 +74,7 @@ def test_http_timeout_gives_503() -> None:
 
 
 def test_streaming_response_is_not_cut_while_it_progresses() -> None:
+    """A streaming response is cut only once silent for http_timeout, never while it goes on."""
     server = Server(http_timeout=10)
     conn = server.connect()
     conn.send(simple_request())
@@ -85,6 +89,7 @@ def test_streaming_response_is_not_cut_while_it_progresses() -> None:
 
 
 def test_idle_keep_alive_connection_is_closed() -> None:
+    """A keep-alive connection idle for idle_timeout after its response is closed."""
     server = Server(idle_timeout=30)
     conn = server.connect()
     conn.send(simple_request())
@@ -96,6 +101,7 @@ def test_idle_keep_alive_connection_is_closed() -> None:
 
 
 def test_slowloris_header_deadline_is_not_reset_per_byte() -> None:
+    """header_timeout runs from the first byte of the head, so a byte-a-second head gets 408."""
     server = Server(header_timeout=10, idle_timeout=100)
     conn = server.connect()
     head = simple_request(b"/", b"X-Slow: " + b"a" * 30 + b"\r\n")
@@ -108,6 +114,7 @@ def test_slowloris_header_deadline_is_not_reset_per_byte() -> None:
 
 
 def test_slow_inline_body_times_out() -> None:
+    """A body silent for body_timeout is answered 408 and never delivered."""
     server = Server(body_timeout=5)
     conn = server.connect()
     conn.send(simple_request(b"/", b"Content-Length: 10\r\n", b"POST") + b"abc")
@@ -125,6 +132,10 @@ def _stream(server: Server, conn: Any, first: bytes = b"x" * 600) -> str:
 
 
 def test_client_that_falls_behind_blocks_its_reply_channel() -> None:
+    """
+    A client slower than http_send_queue_size blocks its reply channel until it drains.
+    Blocked senders wait rather than fail, and nothing is dropped.
+    """
     server = Server(http_send_queue_size=1000)
     conn = server.connect()
     reply = _stream(server, conn)
@@ -158,6 +169,7 @@ def test_client_that_falls_behind_blocks_its_reply_channel() -> None:
 
 
 def test_client_that_keeps_up_is_never_blocked() -> None:
+    """A client whose transport drains after each burst never has its reply channel blocked."""
     blocked: list[str] = []
     server = Server(http_send_queue_size=1000)
     server.layer.block_local_channel = blocked.append  # type: ignore[method-assign]
@@ -179,6 +191,7 @@ def _cannot_block(channel: str) -> None:
 
 
 def test_response_piling_up_past_four_times_the_cap_is_cut_and_counted() -> None:
+    """Response piling up past 4x http_send_queue_size aborts the connection and is counted."""
     server = Server(http_send_queue_size=1000)
     server.layer.block_local_channel = _cannot_block  # type: ignore[method-assign]
     conn = server.connect()
@@ -200,6 +213,7 @@ def test_response_piling_up_past_four_times_the_cap_is_cut_and_counted() -> None
 
 
 def test_burst_on_its_way_when_blocked_is_written_then_the_cap_holds() -> None:
+    """Replies queued before the block are all written; past BLOCK_GRACE the cap holds."""
     server = Server(http_send_queue_size=1000)
     conn = server.connect()
     reply = _stream(server, conn)
@@ -224,6 +238,7 @@ def test_burst_on_its_way_when_blocked_is_written_then_the_cap_holds() -> None:
 
 
 def test_client_that_reads_nothing_is_cut_and_its_channel_released() -> None:
+    """A paused client is cut after http_timeout; its blocked reply channel is then released."""
     server = Server(http_send_queue_size=1000, http_timeout=10)
     conn = server.connect()
     reply = _stream(server, conn)
@@ -245,6 +260,7 @@ def test_client_that_reads_nothing_is_cut_and_its_channel_released() -> None:
 
 
 def test_client_blocked_for_http_timeout_is_cut() -> None:
+    """A client that reads nothing for http_timeout is cut, even while the application sends."""
     server = Server(http_timeout=10)
     conn = server.connect()
     conn.send(simple_request())
@@ -258,6 +274,7 @@ def test_client_blocked_for_http_timeout_is_cut() -> None:
 
 
 def test_closing_connection_is_aborted_if_it_does_not_go() -> None:
+    """A connection being closed that does not go within ABORT_TIMEOUT (15 s) is aborted."""
     server = Server()
     conn = server.connect()
     conn.send(b"BAD\r\n\r\n")
@@ -271,6 +288,7 @@ def test_closing_connection_is_aborted_if_it_does_not_go() -> None:
 
 
 def test_content_length_over_the_limit_gives_413_before_any_consumer() -> None:
+    """A Content-Length over max_body_size gets 413, not 100 Continue, and reaches no one."""
     server = Server(max_body_size=100)
     conn = server.connect()
     conn.send(simple_request(b"/", b"Content-Length: 101\r\nExpect: 100-continue\r\n", b"POST"))
@@ -281,6 +299,7 @@ def test_content_length_over_the_limit_gives_413_before_any_consumer() -> None:
 
 
 def test_content_length_at_the_limit_is_accepted() -> None:
+    """A body of exactly max_body_size bytes is accepted and delivered."""
     server = Server(max_body_size=100)
     conn = server.connect()
     conn.send(simple_request(b"/", b"Content-Length: 100\r\n", b"POST") + b"x" * 100)
@@ -288,6 +307,7 @@ def test_content_length_at_the_limit_is_accepted() -> None:
 
 
 def test_chunked_body_over_the_limit_gives_413() -> None:
+    """A chunked body that grows past max_body_size gets 413 and reaches no consumer."""
     server = Server(max_body_size=100)
     conn = server.connect()
     conn.send(simple_request(b"/", b"Transfer-Encoding: chunked\r\n", b"POST"))
@@ -299,6 +319,7 @@ def test_chunked_body_over_the_limit_gives_413() -> None:
 
 
 def test_expect_continue_is_answered_for_acceptable_bodies(server: Server) -> None:
+    """Expect: 100-continue with an acceptable body size is answered 100 Continue at once."""
     conn = server.connect()
     conn.send(simple_request(b"/", b"Content-Length: 3\r\nExpect: 100-continue\r\n", b"POST"))
     assert conn.written() == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -311,6 +332,7 @@ def _body(size: int) -> bytes:
 
 
 def test_large_body_streams_on_the_body_channel() -> None:
+    """A body over body_inline_size starts inline, the rest goes in chunks on a body channel."""
     server = Server(body_inline_size=100, body_chunk_size=64)
     conn = server.connect()
     data = _body(1000)
@@ -336,6 +358,7 @@ def test_large_body_streams_on_the_body_channel() -> None:
 
 
 def test_streamed_chunked_body() -> None:
+    """A chunked body over body_inline_size continues on the body channel to its end."""
     server = Server(body_inline_size=10, body_chunk_size=8)
     conn = server.connect()
     conn.send(simple_request(b"/up", b"Transfer-Encoding: chunked\r\n", b"POST"))
@@ -353,6 +376,7 @@ def test_streamed_chunked_body() -> None:
 
 
 def test_full_body_channel_pauses_the_client() -> None:
+    """A full body channel pauses reading from the client until there is room again."""
     server = Server(
         body_inline_size=10, body_chunk_size=10, channel_capacity={"http.request.body*": 1}
     )
@@ -384,6 +408,7 @@ def test_full_body_channel_pauses_the_client() -> None:
 
 
 def test_client_gone_mid_body_sends_closed() -> None:
+    """A client gone mid-body ends the body channel with "closed" and sends http.disconnect."""
     server = Server(body_inline_size=10, body_chunk_size=10)
     conn = server.connect()
     conn.send(simple_request(b"/up", b"Content-Length: 100\r\n", b"POST") + b"x" * 25)
@@ -397,6 +422,7 @@ def test_client_gone_mid_body_sends_closed() -> None:
 
 
 def test_early_response_to_a_streaming_upload_closes_after() -> None:
+    """A response before the upload ends closes the connection; nothing after it is read."""
     server = Server(body_inline_size=10, body_chunk_size=10)
     conn = server.connect()
     conn.send(simple_request(b"/up", b"Content-Length: 100\r\n", b"POST") + b"x" * 25)
@@ -410,6 +436,7 @@ def test_early_response_to_a_streaming_upload_closes_after() -> None:
 
 
 def test_streamed_body_over_the_limit_closes_it() -> None:
+    """A streamed body passing max_body_size gets 413 and its body channel ends with closed."""
     server = Server(body_inline_size=10, body_chunk_size=10, max_body_size=50)
     conn = server.connect()
     conn.send(simple_request(b"/up", b"Transfer-Encoding: chunked\r\n", b"POST"))
@@ -447,6 +474,7 @@ UPGRADE = (
 
 
 def test_valid_upgrade_is_handed_over() -> None:
+    """A valid WebSocket upgrade is handed to the factory and leaves the HTTP side silent."""
     websockets = FakeWebSocketFactory()
     server = Server(websocket_factory=websockets)
     conn = server.connect()
@@ -462,6 +490,7 @@ def test_valid_upgrade_is_handed_over() -> None:
 
 
 def test_upgrade_without_websocket_factory_is_refused(server: Server) -> None:
+    """A WebSocket upgrade with no WebSocket factory configured is answered 400."""
     conn = server.connect()
     conn.send(UPGRADE + b"\r\n")
     assert conn.status() == 400
@@ -484,6 +513,10 @@ def test_upgrade_without_websocket_factory_is_refused(server: Server) -> None:
     ],
 )
 def test_bad_upgrade_is_refused(raw: bytes) -> None:
+    """
+    A malformed upgrade is answered 400 and closed, never handed to the WebSocket side:
+    POST, HTTP/1.0, no Connection: Upgrade, a body, a repeated header or a control byte.
+    """
     websockets = FakeWebSocketFactory()
     server = Server(websocket_factory=websockets)
     conn = server.connect()
@@ -495,6 +528,7 @@ def test_bad_upgrade_is_refused(raw: bytes) -> None:
 
 
 def test_upgrade_to_something_else_is_plain_http() -> None:
+    """Upgrade to anything but websocket (h2c) is served as a plain http.request."""
     websockets = FakeWebSocketFactory()
     server = Server(websocket_factory=websockets)
     server.connect().send(simple_request(b"/", b"Upgrade: h2c\r\nConnection: Upgrade\r\n"))
@@ -506,6 +540,7 @@ def test_upgrade_to_something_else_is_plain_http() -> None:
 
 
 def test_drain_closes_idle_and_waits_for_busy(server: Server) -> None:
+    """drain() closes idle connections at once and busy ones after their response."""
     idle = server.connect()
     busy = server.connect()
     busy.send(simple_request())
@@ -522,6 +557,7 @@ def test_drain_closes_idle_and_waits_for_busy(server: Server) -> None:
 
 
 def test_layer_outage_gives_503_not_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer failing to take http.request gives 503 "Channel layer unavailable.", not 500."""
     from twisted.internet.defer import fail
 
     server = Server()
@@ -539,6 +575,7 @@ def test_layer_outage_gives_503_not_500(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.mark.parametrize("routed", [True, False])
 def test_http_disconnect_is_sent_only_when_routed(routed: bool) -> None:
+    """http.disconnect is sent only when some consumer routes that channel."""
     server = Server()
     server.factory.routed_channels = (
         {"http.request", "http.disconnect"} if routed else {"http.request"}

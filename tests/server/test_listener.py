@@ -37,6 +37,7 @@ class Endpoint:
 
 class ListenerServiceTests(SynchronousTestCase):
     def test_listens_once_and_stops_listening(self) -> None:
+        """The service listens once with its factory, and stopping it closes the port."""
         port = Port()
         endpoint = Endpoint(succeed(port))
         service = ListenerService(endpoint, "factory")
@@ -49,12 +50,14 @@ class ListenerServiceTests(SynchronousTestCase):
         assert self.successResultOf(service.listening_port()) is None
 
     def test_a_port_that_cannot_be_bound_fails_the_start(self) -> None:
+        """A bind failure at privileged start raises from the start and leaves no port."""
         service = ListenerService(Endpoint(fail(CannotListenError("", 80, "in use"))), None)
         with pytest.raises(CannotListenError):
             service.privilegedStartService()
         assert self.successResultOf(service.listening_port()) is None
 
     def test_a_late_failure_is_logged(self) -> None:
+        """A listen that fails after start is logged as "Cannot listen" and yields no port."""
         pending: Deferred[Any] = Deferred()
         service = ListenerService(Endpoint(pending), None)
         service.startService()
@@ -71,6 +74,7 @@ class ListenerServiceTests(SynchronousTestCase):
         self.flushLoggedErrors(CannotListenError)
 
     def test_stopping_cancels_a_pending_listen(self) -> None:
+        """Stopping the service before the port is bound cancels the pending listen."""
         cancelled: list[Deferred[Any]] = []
         pending: Deferred[Any] = Deferred(cancelled.append)
         service = ListenerService(Endpoint(pending), None)

@@ -30,6 +30,7 @@ def parse(*argv: str) -> ServerConfig:
 
 
 def test_defaults() -> None:
+    """With no options the config is the default: 127.0.0.1:8000, 120 s HTTP, 20/30 s pings."""
     config = parse()
     assert config == ServerConfig()
     assert config.endpoints == (DEFAULT_ENDPOINT,)
@@ -57,16 +58,19 @@ def test_defaults() -> None:
     ],
 )
 def test_endpoints(argv: list[str], endpoints: list[str]) -> None:
+    """-p, -b, -u and -e build endpoint strings, IPv6 and colons escaped, -e ones first."""
     assert list(parse(*argv).endpoints) == endpoints
 
 
 def test_fd_endpoint() -> None:
+    """--fd N listens on an inherited socket as the endpoint fd:fileno=N."""
     with socket.socket() as sock:
         config = parse("--fd", str(sock.fileno()))
         assert config.endpoints == ("fd:fileno=%d" % sock.fileno(),)
 
 
 def test_all_knobs() -> None:
+    """Every server option reaches its ServerConfig field; sizes take K/M, -1 means no limit."""
     config = parse(
         "-t",
         "60",
@@ -128,11 +132,13 @@ def test_all_knobs() -> None:
 
 
 def test_root_path_trailing_slash_is_dropped() -> None:
+    """--root-path drops a trailing slash, so / becomes the empty root path."""
     assert parse("--root-path", "/app/").root_path == "/app"
     assert parse("--root-path", "/").root_path == ""
 
 
 def test_no_body_limit() -> None:
+    """--max-body-size -1 turns the request body limit off (None)."""
     assert parse("--max-body-size", "-1").max_body_size is None
 
 
@@ -158,12 +164,14 @@ def test_no_body_limit() -> None:
     ],
 )
 def test_bad_values_name_the_flag(argv: list[str], flag: str) -> None:
+    """A bad option value is a UsageError whose message names the offending flag."""
     with pytest.raises(usage.UsageError) as error:
         parse(*argv)
     assert flag in str(error.value)
 
 
 def test_config_checks_itself() -> None:
+    """ServerConfig validates its fields on construction and on replace."""
     with pytest.raises(ValueError, match="endpoints"):
         ServerConfig(endpoints=())
     with pytest.raises(ValueError, match="endpoints"):
@@ -180,6 +188,7 @@ def test_config_checks_itself() -> None:
 
 
 def test_help_lists_the_flags() -> None:
+    """The --help text lists the endpoint and WebSocket protocol flags."""
     text: Any = str(Options())
     for flag in ("--endpoint", "--bind", "--port", "--unix-socket", "--fd", "--ws-protocol"):
         assert flag in text

@@ -46,10 +46,12 @@ def registry(layer: InMemoryChannelLayer) -> ReplyRegistry:
 
 
 def test_provides_the_reply_dispatch(registry: ReplyRegistry) -> None:
+    """ReplyRegistry provides IReplyDispatch."""
     assert verifyObject(IReplyDispatch, registry)
 
 
 def test_prefix_and_names(registry: ReplyRegistry, layer: InMemoryChannelLayer) -> None:
+    """The prefix is a valid receive name; reply channels under it are valid and unique."""
     assert re.fullmatch(r"chanserv\.response\.[A-Za-z]{12}!", registry.prefix)
     assert layer.valid_channel_name(registry.prefix, receive=True)
     names = {registry.new_reply_channel() for _ in range(1000)}
@@ -60,12 +62,14 @@ def test_prefix_and_names(registry: ReplyRegistry, layer: InMemoryChannelLayer) 
 
 
 def test_each_registry_has_its_own_prefix(layer: InMemoryChannelLayer) -> None:
+    """Two registries on one layer get different reply-channel prefixes."""
     assert ReplyRegistry(layer).prefix != ReplyRegistry(layer).prefix
 
 
 def test_replies_reach_their_connection_in_order(
     registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
 ) -> None:
+    """Replies reach their registered connection in send order, in one batch on the reactor."""
     a, b = Recorder(), Recorder()
     name_a, name_b = registry.new_reply_channel(), registry.new_reply_channel()
     registry.register(name_a, a)
@@ -82,6 +86,7 @@ def test_replies_reach_their_connection_in_order(
 def test_unknown_channel_is_dropped_and_others_still_delivered(
     registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
 ) -> None:
+    """A reply to an unregistered channel is dropped; the rest of the batch still arrives."""
     a = Recorder()
     name = registry.new_reply_channel()
     registry.register(name, a)
@@ -94,6 +99,7 @@ def test_unknown_channel_is_dropped_and_others_still_delivered(
 def test_a_failing_connection_does_not_stop_the_batch(
     registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
 ) -> None:
+    """A connection that raises on delivery does not keep the batch from the others."""
     bad, good = Recorder(fail=True), Recorder()
     bad_name, good_name = registry.new_reply_channel(), registry.new_reply_channel()
     registry.register(bad_name, bad)
@@ -108,6 +114,7 @@ def test_a_failing_connection_does_not_stop_the_batch(
 def test_unregister(
     registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
 ) -> None:
+    """An unregistered channel gets no more replies; unregistering it twice is harmless."""
     a = Recorder()
     name = registry.new_reply_channel()
     registry.register(name, a)
@@ -123,10 +130,8 @@ def test_unregister(
 def test_connections_that_went_leave_nothing_in_the_layer(
     registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
 ) -> None:
-    """
-    A storm of connections -- each in a group, answered, some answered again
-    after it went -- leaves no trace: no counters, memberships or cached
-    names of its reply channel.
+    """Connections that went leave no counters, memberships or cached names in the layer.
+    The storm: each in a group, answered, some answered again after it went.
     """
     names_cached = len(base._valid_names), len(base._valid_receive_names)
     for _ in range(3):
@@ -150,6 +155,7 @@ def test_connections_that_went_leave_nothing_in_the_layer(
 
 
 def test_register_checks_names(registry: ReplyRegistry) -> None:
+    """register refuses a name outside the registry's prefix, and one already registered."""
     with pytest.raises(ValueError):
         registry.register("chanserv.response.other!abc", Recorder())
     name = registry.new_reply_channel()
@@ -161,6 +167,7 @@ def test_register_checks_names(registry: ReplyRegistry) -> None:
 def test_stop_removes_the_local_receiver(
     registry: ReplyRegistry, layer: InMemoryChannelLayer, clock: ClockReactor
 ) -> None:
+    """After stopService replies are no longer delivered; they stay queued on the prefix."""
     a = Recorder()
     name = registry.new_reply_channel()
     registry.register(name, a)

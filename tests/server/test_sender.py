@@ -85,6 +85,7 @@ def msg(n: int) -> dict[str, Any]:
 
 
 def test_one_send_in_flight_and_order_kept() -> None:
+    """OrderedSender keeps one send in flight and delivers the messages in the order given."""
     sender, layer, _, _, _ = make()
     for n in range(4):
         sender.send(msg(n))
@@ -97,6 +98,7 @@ def test_one_send_in_flight_and_order_kept() -> None:
 
 
 def test_a_layer_that_answers_at_once_does_not_recurse() -> None:
+    """Sends that complete at once loop rather than recurse: 5000 queued do not overflow."""
     sent = []
 
     class Immediate:
@@ -113,6 +115,7 @@ def test_a_layer_that_answers_at_once_does_not_recurse() -> None:
 
 
 def test_not_started_only_queues() -> None:
+    """A sender not yet started only queues; start() sends the queue in order."""
     sender, layer, _, _, _ = make(started=False)
     sender.send(msg(1))
     sender.send(msg(2))
@@ -126,6 +129,7 @@ def test_not_started_only_queues() -> None:
 
 
 def test_channel_full_keeps_the_message_and_sends_it_first_when_there_is_room() -> None:
+    """ChannelFull blocks and pauses; the refused message goes first when there is room."""
     sender, layer, producer, clock, errors = make()
     sender.send(msg(1))
     sender.send(msg(2))
@@ -150,6 +154,7 @@ def test_channel_full_keeps_the_message_and_sends_it_first_when_there_is_room() 
 
 
 def test_channel_full_without_a_clock_has_no_since() -> None:
+    """Without a clock a blocked sender has no blocked_since time."""
     sender, layer, _, _, _ = make(clock=None)
     sender.send(msg(1))
     layer.refuse(ChannelFull())
@@ -160,6 +165,7 @@ def test_channel_full_without_a_clock_has_no_since() -> None:
 
 
 def test_pauses_at_pause_at_waiting_and_resumes_at_resume_at() -> None:
+    """The producer is paused once at pause_at waiting messages and resumed at resume_at."""
     sender, layer, producer, _, _ = make(pause_at=3, resume_at=1)
     for n in range(4):  # one in flight, three waiting
         sender.send(msg(n))
@@ -173,6 +179,7 @@ def test_pauses_at_pause_at_waiting_and_resumes_at_resume_at() -> None:
 
 
 def test_paused_seconds_adds_up_the_pauses() -> None:
+    """paused_seconds counts the time blocked on a full channel, not the time after."""
     sender, layer, _, clock, _ = make()
     sender.send(msg(1))
     layer.refuse(ChannelFull())
@@ -184,6 +191,7 @@ def test_paused_seconds_adds_up_the_pauses() -> None:
 
 
 def test_a_gone_connection_is_not_paused() -> None:
+    """With no producer left a blocked sender counts as paused but pauses nothing."""
     sender, layer, producer, _, _ = make()
     sender.producer = None
     sender.send(msg(1))
@@ -195,6 +203,7 @@ def test_a_gone_connection_is_not_paused() -> None:
 
 
 def test_outage_drops_the_rest_and_tells_the_owner_the_final_message_still_goes() -> None:
+    """An outage drops the queue, reports once and resumes; the final message still goes."""
     sender, layer, producer, _, errors = make()
     for n in range(5):
         sender.send(msg(n))
@@ -212,6 +221,7 @@ def test_outage_drops_the_rest_and_tells_the_owner_the_final_message_still_goes(
 
 
 def test_message_too_large_is_reported_too() -> None:
+    """MessageTooLarge from the layer is reported to on_error."""
     sender, layer, _, _, errors = make()
     sender.send(msg(1))
     layer.refuse(MessageTooLarge("big"))
@@ -222,6 +232,7 @@ def test_message_too_large_is_reported_too() -> None:
 
 
 def test_final_message_goes_after_every_message_given_before() -> None:
+    """The final message goes after every message given before finish, none given after."""
     sender, layer, producer, _, _ = make()
     for n in range(4):
         sender.send(msg(n))
@@ -240,6 +251,7 @@ def test_final_message_goes_after_every_message_given_before() -> None:
 
 
 def test_final_message_with_a_timeout_waits_for_room_and_through_an_outage() -> None:
+    """A final message with a timeout waits for room and is retried after an outage."""
     sender, layer, _, clock, _ = make()
     d = sender.finish({"end": True}, timeout=10)
     layer.refuse(ChannelFull())
@@ -252,6 +264,7 @@ def test_final_message_with_a_timeout_waits_for_room_and_through_an_outage() -> 
 
 
 def test_final_message_given_up_after_its_timeout() -> None:
+    """A final message still failing at its timeout is given up, failing with the error."""
     sender, layer, _, clock, _ = make()
     d = sender.finish({"end": True}, timeout=1)
     failures: list[Any] = []
@@ -264,6 +277,7 @@ def test_final_message_given_up_after_its_timeout() -> None:
 
 
 def test_final_message_with_no_timeout_waits_like_the_stream() -> None:
+    """A final message with no timeout waits for room without pausing the finished stream."""
     sender, layer, producer, _, _ = make()
     sender.send(msg(1))
     d = sender.finish({"last": True})
@@ -277,6 +291,7 @@ def test_final_message_with_no_timeout_waits_like_the_stream() -> None:
 
 
 def test_final_message_with_timeout_zero_is_one_attempt() -> None:
+    """A final message with timeout=0 gets one attempt: ChannelFull fails it at once."""
     sender, layer, _, _, _ = make()
     d = sender.finish({"closed": True}, timeout=0)
     failures: list[Any] = []
@@ -287,6 +302,7 @@ def test_final_message_with_timeout_zero_is_one_attempt() -> None:
 
 
 def test_finish_without_a_final_message_fires_once_flushed() -> None:
+    """finish() with no final message fires once the queued messages are delivered."""
     sender, layer, _, _, _ = make()
     sender.send(msg(1))
     d = sender.finish()
@@ -296,6 +312,7 @@ def test_finish_without_a_final_message_fires_once_flushed() -> None:
 
 
 def test_finish_again_replaces_a_final_message_not_sent_yet() -> None:
+    """finish() again cancels the unsent final message and sends the new one instead."""
     sender, layer, _, _, _ = make()
     sender.send(msg(1))
     first = sender.finish({"last": 1})
@@ -311,6 +328,7 @@ def test_finish_again_replaces_a_final_message_not_sent_yet() -> None:
 
 
 def test_drop_discards_the_rest_but_not_the_final_message() -> None:
+    """drop() discards queued messages and the wait for room, but the final message goes."""
     sender, layer, producer, _, errors = make()
     for n in range(4):
         sender.send(msg(n))
@@ -328,6 +346,7 @@ def test_drop_discards_the_rest_but_not_the_final_message() -> None:
 
 
 def test_a_message_in_flight_refused_as_full_after_drop_is_dropped() -> None:
+    """A send in flight refused as full after drop() is not retried; the final goes next."""
     sender, layer, _, _, _ = make()
     sender.send(msg(1))
     sender.drop()
@@ -338,6 +357,7 @@ def test_a_message_in_flight_refused_as_full_after_drop_is_dropped() -> None:
 
 
 def test_stop_sends_nothing_more_and_resumes() -> None:
+    """stop() cancels the final message and the wait for room, resumes, sends nothing more."""
     sender, layer, producer, _, errors = make()
     sender.send(msg(1))
     sender.send(msg(2))
@@ -354,6 +374,7 @@ def test_stop_sends_nothing_more_and_resumes() -> None:
 
 
 def test_finish_after_stop_fails_at_once() -> None:
+    """finish() after stop() fails at once with CancelledError."""
     sender, _, _, _, _ = make()
     sender.stop()
     d = sender.finish({"last": True})
@@ -363,6 +384,7 @@ def test_finish_after_stop_fails_at_once() -> None:
 
 
 def test_a_failure_after_stop_is_not_reported() -> None:
+    """A send failing after stop() is not reported, and the sender is then done."""
     sender, layer, _, _, errors = make()
     sender.send(msg(1))
     sender.stop()
@@ -394,6 +416,7 @@ class Countdown:
 
 
 def test_a_source_is_taken_from_as_the_sender_can_send() -> None:
+    """A source is taken from one message per send, pausing by how many it still holds."""
     source = Countdown(3)
     sender, layer, producer, _, _ = make(source=source, pause_at=2, resume_at=1)
     sender.pump()

@@ -69,6 +69,7 @@ def exchange(sock: socket.socket, layer: InMemoryChannelLayer, path: bytes = b"/
 
 
 def test_tcp_listener(start: Start, layer: InMemoryChannelLayer, tmp_path: Path) -> None:
+    """A TCP listener serves a request through the layer and access-logs it by client IP."""
     log = tmp_path / "access.log"
     server, [port] = start("tcp:port=0:interface=127.0.0.1", access_log=str(log))
     address = port.getHost()
@@ -83,6 +84,7 @@ def test_tcp_listener(start: Start, layer: InMemoryChannelLayer, tmp_path: Path)
 
 
 def test_unix_socket_listener(start: Start, layer: InMemoryChannelLayer, tmp_path: Path) -> None:
+    """A unix: endpoint serves HTTP over a UNIX socket."""
     path = tmp_path / "chanserv.sock"
     start("unix:%s" % (path,))
     with socket.socket(socket.AF_UNIX) as sock:
@@ -92,6 +94,7 @@ def test_unix_socket_listener(start: Start, layer: InMemoryChannelLayer, tmp_pat
 
 
 def test_inherited_descriptor(start: Start, layer: InMemoryChannelLayer) -> None:
+    """An fd: endpoint adopts an inherited listening socket and serves HTTP on it."""
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
     listening.listen(5)
@@ -104,6 +107,7 @@ def test_inherited_descriptor(start: Start, layer: InMemoryChannelLayer) -> None
 
 
 def test_two_endpoints(start: Start, layer: InMemoryChannelLayer) -> None:
+    """The server listens on every configured endpoint, each one serving requests."""
     _, ports = start("tcp:port=0:interface=127.0.0.1", "tcp:port=0:interface=127.0.0.1")
     assert len(ports) == 2
     for port in ports:
@@ -112,6 +116,7 @@ def test_two_endpoints(start: Start, layer: InMemoryChannelLayer) -> None:
 
 
 def test_port_in_use_fails_start(start: Start) -> None:
+    """Starting on a port already in use raises from the start."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
@@ -120,11 +125,13 @@ def test_port_in_use_fails_start(start: Start) -> None:
 
 
 def test_bad_fd_endpoint() -> None:
+    """An fd: endpoint whose fileno is not a number is a ValueError."""
     with pytest.raises(ValueError):
         endpoint_from_string(None, "fd:fileno=notanumber")
 
 
 def test_websocket_upgrade_is_handed_over(start: Start, layer: InMemoryChannelLayer) -> None:
+    """A WebSocket upgrade becomes websocket.connect with path and query, never http.request."""
     _, [port] = start("tcp:port=0:interface=127.0.0.1")
     url = "ws://127.0.0.1:%d/ws/?room=1" % port.getHost().port
     connect: dict[str, Any] = {}
@@ -147,6 +154,7 @@ def test_websocket_upgrade_is_handed_over(start: Start, layer: InMemoryChannelLa
 
 
 def test_graceful_stop_lets_a_request_finish(start: Start, layer: InMemoryChannelLayer) -> None:
+    """A graceful stop waits for the request in flight; its response says Connection: close."""
     server, [port] = start("tcp:port=0:interface=127.0.0.1", graceful_timeout=10)
     address = port.getHost()
     with socket.create_connection((address.host, address.port)) as sock:
@@ -168,6 +176,7 @@ def test_graceful_stop_lets_a_request_finish(start: Start, layer: InMemoryChanne
 def test_graceful_stop_cuts_what_outlives_the_grace(
     start: Start, layer: InMemoryChannelLayer
 ) -> None:
+    """A graceful stop cuts connections still open when the grace ends, unregistering them."""
     server, [port] = start("tcp:port=0:interface=127.0.0.1", graceful_timeout=0.2)
     with socket.create_connection(("127.0.0.1", port.getHost().port)) as sock:
         sock.settimeout(10)
@@ -219,6 +228,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 def test_tls_endpoint_gives_https(
     start: Start, layer: InMemoryChannelLayer, tmp_path: Path
 ) -> None:
+    """An ssl: endpoint serves HTTP/1.1 over TLS with scheme https in http.request."""
     import ssl
 
     key, cert = _self_signed(tmp_path)
@@ -240,6 +250,7 @@ def test_tls_endpoint_gives_https(
 
 
 def test_ipv6_loopback(start: Start, layer: InMemoryChannelLayer) -> None:
+    """A [::1] listener serves IPv6, client and server addresses given without brackets."""
     from chanserv.server.options import tcp_endpoint
 
     _, [port] = start(tcp_endpoint("[::1]", 0))

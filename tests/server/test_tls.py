@@ -118,6 +118,7 @@ class H2Client:
 def test_alpn_h2_is_chosen_and_served(
     start: Start, layer: InMemoryChannelLayer, tls_endpoint: str, tmp_path: Path
 ) -> None:
+    """ALPN picks h2; its requests go out as https, version 2, and are access-logged."""
     log = tmp_path / "access.log"
     _, [port] = start(tls_endpoint, access_log=str(log))
     with connect(port, ["h2", "http/1.1"]) as sock:
@@ -142,6 +143,7 @@ def test_alpn_h2_is_chosen_and_served(
 def test_http11_with_or_without_alpn(
     start: Start, layer: InMemoryChannelLayer, tls_endpoint: str, alpn: list[str] | None
 ) -> None:
+    """A TLS client offering only http/1.1, or no ALPN at all, is served HTTP/1.1."""
     _, [port] = start(tls_endpoint)
     with connect(port, alpn) as sock:
         assert sock.selected_alpn_protocol() == (None if alpn is None else "http/1.1")
@@ -155,6 +157,7 @@ def test_http11_with_or_without_alpn(
 def test_http2_off_negotiates_http11(
     start: Start, layer: InMemoryChannelLayer, tls_endpoint: str
 ) -> None:
+    """With http2=False, ALPN negotiates http/1.1 even when the client offers h2."""
     _, [port] = start(tls_endpoint, http2=False)
     with connect(port, ["h2", "http/1.1"]) as sock:
         assert sock.selected_alpn_protocol() == "http/1.1"
@@ -165,6 +168,7 @@ def test_http2_off_negotiates_http11(
 def test_websocket_over_tls_with_alpn(
     start: Start, layer: InMemoryChannelLayer, tls_endpoint: str
 ) -> None:
+    """A wss:// WebSocket over TLS with ALPN http/1.1 connects with scheme wss and echoes."""
     from websockets.sync.client import connect as ws_connect
 
     _, [port] = start(tls_endpoint)

@@ -166,6 +166,7 @@ def still_serves(server: Server, client: Client) -> None:
 
 
 def test_factory_offers_h2_first_when_served(server: Server) -> None:
+    """The HTTP factory offers ALPN http/1.1 alone, or h2 before it once h2 is served."""
     factory = server.factory
     assert verifyObject(IProtocolNegotiationFactory, factory)
     assert factory.acceptableProtocols() == [b"http/1.1"]
@@ -174,6 +175,7 @@ def test_factory_offers_h2_first_when_served(server: Server) -> None:
 
 
 def test_interface_server_serves_h2_unless_turned_off() -> None:
+    """InterfaceServer offers h2 over ALPN by default and only http/1.1 with http2=False."""
     from chanserv.layers.inmemory import InMemoryChannelLayer
     from chanserv.server.config import ServerConfig
     from chanserv.server.site import InterfaceServer
@@ -187,6 +189,7 @@ def test_interface_server_serves_h2_unless_turned_off() -> None:
 
 
 def test_without_twisted_http2_tls_offers_http11(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the HTTP/2 module importable, TLS listeners offer only http/1.1."""
     from chanserv.layers.inmemory import InMemoryChannelLayer
     from chanserv.server.config import ServerConfig
     from chanserv.server.site import InterfaceServer, http2_take_over
@@ -199,6 +202,7 @@ def test_without_twisted_http2_tls_offers_http11(monkeypatch: pytest.MonkeyPatch
 
 
 def test_no_http2_flag() -> None:
+    """The --no-http2 option turns http2 off; it is on by default."""
     from tests.server.test_options import parse
 
     assert parse().http2 is True
@@ -206,6 +210,7 @@ def test_no_http2_flag() -> None:
 
 
 def test_handshake_without_h2_keeps_http11(server: Server) -> None:
+    """A TLS handshake that negotiates no protocol keeps the HTTP/1.1 channel."""
     server.factory.alternative_protocols[b"h2"] = take_over
     channel = server.factory.buildProtocol(None)
     tls = ProtocolWrapper(WrappingFactory(server.factory), channel)
@@ -216,6 +221,7 @@ def test_handshake_without_h2_keeps_http11(server: Server) -> None:
 
 
 def test_h2_replaces_the_channel(server: Server) -> None:
+    """ALPN h2 replaces the HTTP/1.1 channel with an HTTP2Connection that sends its preface."""
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
     assert isinstance(client.connection, HTTP2Connection)
@@ -225,6 +231,7 @@ def test_h2_replaces_the_channel(server: Server) -> None:
 
 
 def test_a_transport_that_cannot_switch_is_aborted(server: Server) -> None:
+    """take_over on a transport that cannot change protocol logs an error and drops it."""
     errors: list[dict[str, Any]] = []
 
     def observe(event: dict[str, Any]) -> None:
@@ -253,6 +260,10 @@ def client(server: Server) -> Client:
 
 
 def test_get_becomes_the_same_http_request(server: Server, client: Client) -> None:
+    """
+    An h2 GET gives the same http.request as HTTP/1.1, with http_version "2" and joined cookies.
+    Connection-specific reply headers are dropped from the response.
+    """
     stream_id = client.request(
         b"/caf%C3%A9?q=1",
         headers=[(b"x-one", b"1"), (b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"x_auth", b"no")],
@@ -291,6 +302,7 @@ def test_get_becomes_the_same_http_request(server: Server, client: Client) -> No
 
 
 def test_streams_are_served_side_by_side(server: Server, client: Client) -> None:
+    """Concurrent streams are served independently and may be answered in any order."""
     first, second = client.request(b"/1"), client.request(b"/2")
     one, two = server.request(), server.request()
     server.reply(two, status=200, content=b"two")
@@ -301,6 +313,7 @@ def test_streams_are_served_side_by_side(server: Server, client: Client) -> None
 
 
 def test_post_body_inline_and_streamed(client: Client) -> None:
+    """An h2 body arrives inline when small, and past body_inline_size on a body channel."""
     server = client.server
     stream_id = client.request(b"/small", b"POST", [(b"content-length", b"3")], b"abc")
     assert server.request()["body"] == b"abc"
@@ -337,6 +350,7 @@ def test_post_body_inline_and_streamed(client: Client) -> None:
 def test_what_http11_refuses_is_refused_per_stream(
     path: bytes, method: bytes, headers: list[tuple[bytes, bytes]], status: int
 ) -> None:
+    """What HTTP/1.1 refuses gets the same status on its stream; the connection goes on."""
     server = Server(max_body_size=1000)
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server, validate=False)
@@ -350,6 +364,7 @@ def test_what_http11_refuses_is_refused_per_stream(
 
 
 def test_refused_body_is_not_invited() -> None:
+    """A body over max_body_size gets 413 without a 100 Continue first."""
     server = Server(max_body_size=1000)
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
@@ -360,6 +375,7 @@ def test_refused_body_is_not_invited() -> None:
 
 
 def test_connect_is_refused(server: Server) -> None:
+    """An h2 CONNECT request is answered 400 and never delivered."""
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
     stream_id = client.h2.get_next_available_stream_id()
@@ -384,6 +400,7 @@ def test_connect_is_refused(server: Server) -> None:
 def test_what_h2_refuses_ends_the_connection(
     server: Server, headers: list[tuple[bytes, bytes]]
 ) -> None:
+    """Headers the h2 stack rejects end the connection with GOAWAY PROTOCOL_ERROR."""
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server, validate=False)
     client.request(b"/", b"POST", headers)
@@ -393,6 +410,7 @@ def test_what_h2_refuses_ends_the_connection(
 
 
 def test_body_over_the_limit_mid_stream_gets_413_and_a_reset() -> None:
+    """A body passing max_body_size mid-stream gets 413 and RST_STREAM NO_ERROR, not GOAWAY."""
     server = Server(max_body_size=1000)
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
@@ -412,6 +430,7 @@ def test_body_over_the_limit_mid_stream_gets_413_and_a_reset() -> None:
 
 
 def test_response_before_the_body_ends_resets_the_stream(client: Client) -> None:
+    """A response before the request body ends is sent whole, then the stream reset NO_ERROR."""
     server = client.server
     stream_id = client.request(b"/early", b"POST", body=b"x" * 100_000, end=False)
     request = server.request()
@@ -424,6 +443,7 @@ def test_response_before_the_body_ends_resets_the_stream(client: Client) -> None
 
 
 def test_client_reset_sends_disconnect(client: Client) -> None:
+    """A client's RST_STREAM sends http.disconnect and frees the reply channel."""
     server = client.server
     stream_id = client.request(b"/gone")
     request = server.request()
@@ -436,6 +456,7 @@ def test_client_reset_sends_disconnect(client: Client) -> None:
 
 
 def test_bad_reply_resets_the_stream_once_started(client: Client) -> None:
+    """A malformed reply after the response started resets the stream with INTERNAL_ERROR."""
     server = client.server
     stream_id = client.request(b"/broken")
     request = server.request()
@@ -451,6 +472,7 @@ def test_bad_reply_resets_the_stream_once_started(client: Client) -> None:
 
 
 def test_no_response_in_time_gives_503() -> None:
+    """No reply within http_timeout answers the stream 503 with the time-limit message."""
     server = Server(http_timeout=10)
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
@@ -464,6 +486,7 @@ def test_no_response_in_time_gives_503() -> None:
 
 
 def test_stalled_body_gets_408() -> None:
+    """A request body silent for body_timeout answers its stream 408; the connection goes on."""
     server = Server(body_timeout=5, request_timeout=100)
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
@@ -477,6 +500,7 @@ def test_stalled_body_gets_408() -> None:
 
 
 def test_idle_connection_is_closed_despite_pings() -> None:
+    """Client pings do not keep an h2 connection alive: idle_timeout ends it with GOAWAY."""
     server = Server(idle_timeout=10)
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
@@ -492,6 +516,7 @@ def test_idle_connection_is_closed_despite_pings() -> None:
 
 
 def test_client_that_reads_nothing_is_cut() -> None:
+    """An h2 client that reads nothing for http_timeout is aborted."""
     server = Server(http_timeout=10)
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
@@ -501,6 +526,7 @@ def test_client_that_reads_nothing_is_cut() -> None:
 
 
 def test_stream_behind_a_paused_connection_blocks_its_reply_channel() -> None:
+    """A stream's queue past http_send_queue_size blocks its reply channel until it drains."""
     server = Server(http_send_queue_size=10_000)
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
@@ -528,6 +554,7 @@ def test_stream_behind_a_paused_connection_blocks_its_reply_channel() -> None:
 
 
 def test_stream_drained_by_the_send_loop_unblocks_its_reply_channel() -> None:
+    """A stream queue drained by the send loop unblocks its reply channel without the sweep."""
     # The client keeps up: no window event, no transport pause once resumed
     # -- only Twisted's send loop, one frame (16 KiB at most) per reactor
     # turn, drains the queue.
@@ -552,6 +579,7 @@ def test_stream_drained_by_the_send_loop_unblocks_its_reply_channel() -> None:
 
 
 def test_unread_response_over_four_times_the_cap_cuts_the_stream() -> None:
+    """Unsent response past four times http_send_queue_size resets the stream INTERNAL_ERROR."""
     server = Server(http_send_queue_size=1000)
     server.factory.alternative_protocols[b"h2"] = take_over
 
@@ -581,6 +609,7 @@ def test_unread_response_over_four_times_the_cap_cuts_the_stream() -> None:
 def test_stream_whose_client_takes_nothing_is_cut_after_http_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A stream whose queue does not move for http_timeout is reset, releasing its channel."""
     server = Server(http_send_queue_size=1000, http_timeout=10)
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
@@ -604,6 +633,7 @@ def test_stream_whose_client_takes_nothing_is_cut_after_http_timeout(
 
 
 def test_stream_tells_its_request_when_its_window_opens(client: Client) -> None:
+    """A stream's producer resuming (its window opened) resumes its request's replies."""
     server = client.server
     client.request(b"/download")
     request = server.request()
@@ -687,6 +717,7 @@ WINDOW = 65_535  # the initial flow-control window, of each stream and the conne
 
 
 def test_exhausted_stream_window_parks_the_send_loop_until_opened(client: Client) -> None:
+    """A stream out of window parks the send loop (no spinning) until WINDOW_UPDATE opens it."""
     server = client.server
     open_window(client, 10_000)  # the connection's window: 75,535
     loop = SendLoop(client.connection)
@@ -719,6 +750,7 @@ def test_exhausted_stream_window_parks_the_send_loop_until_opened(client: Client
 
 
 def test_flow_blocked_stream_does_not_hold_back_another(client: Client) -> None:
+    """A stream blocked on its window does not delay another stream's response."""
     server = client.server
     open_window(client, 1_000_000)  # only the streams' windows limit
     loop = SendLoop(client.connection)
@@ -740,6 +772,7 @@ def test_flow_blocked_stream_does_not_hold_back_another(client: Client) -> None:
 
 
 def test_exhausted_connection_window_wakes_every_stream_when_opened(client: Client) -> None:
+    """When the connection window reopens, every stream waiting on it sends again."""
     server = client.server
     loop = SendLoop(client.connection)
     first, second = client.request(b"/1"), client.request(b"/2")
@@ -766,6 +799,7 @@ def test_exhausted_connection_window_wakes_every_stream_when_opened(client: Clie
 
 
 def test_larger_initial_window_setting_wakes_a_parked_stream(client: Client) -> None:
+    """A larger SETTINGS_INITIAL_WINDOW_SIZE wakes a stream parked on its window."""
     from h2.settings import SettingCodes
 
     server = client.server
@@ -784,6 +818,7 @@ def test_larger_initial_window_setting_wakes_a_parked_stream(client: Client) -> 
 
 
 def test_end_of_stream_goes_with_an_exhausted_window(client: Client) -> None:
+    """END_STREAM is sent even when the stream's flow-control window is exhausted."""
     # END_STREAM carries no data: neither window holds it back.
     server = client.server
     loop = SendLoop(client.connection)
@@ -805,6 +840,7 @@ def test_end_of_stream_goes_with_an_exhausted_window(client: Client) -> None:
 
 
 def test_drain_finishes_streams_refuses_new_ones_then_closes(client: Client) -> None:
+    """Drain lets open streams finish, answers new ones 503, then sends GOAWAY NO_ERROR."""
     server = client.server
     first = client.request(b"/in-flight")
     request = server.request()
@@ -823,6 +859,7 @@ def test_drain_finishes_streams_refuses_new_ones_then_closes(client: Client) -> 
 
 
 def test_idle_connection_closes_at_once_on_drain(client: Client) -> None:
+    """Drain closes an h2 connection with no open stream at once."""
     drained = client.server.factory.drain()
     client.flush()
     assert client.terminated() is not None
@@ -831,6 +868,7 @@ def test_idle_connection_closes_at_once_on_drain(client: Client) -> None:
 
 
 def test_plain_factory_offers_only_http11() -> None:
+    """A plain HTTPFactory offers only http/1.1 over ALPN."""
     from chanserv.layers.inmemory import InMemoryChannelLayer
     from chanserv.server.config import ServerConfig
     from tests.support import ClockReactor

@@ -23,6 +23,7 @@ from tests.server.test_tls_h2 import Client
 
 
 def test_h2connection_is_exported_by_twisted_web_http() -> None:
+    """Twisted has HTTP/2 on and twisted.web.http.H2Connection is _http2's class."""
     from twisted.web import _http2, http
 
     assert http.H2_ENABLED, "twisted.web.http.H2_ENABLED: is twisted[http2] installed?"
@@ -44,6 +45,7 @@ def test_h2connection_is_exported_by_twisted_web_http() -> None:
     ],
 )
 def test_h2connection_methods(name: str, parameters: list[str]) -> None:
+    """Each private H2Connection method chanserv calls exists with its leading parameters."""
     method = getattr(H2Connection, name, None)
     assert method is not None, "twisted.web.http.H2Connection.%s is gone" % name
     assert list(inspect.signature(method).parameters)[: len(parameters)] == parameters, (
@@ -52,6 +54,7 @@ def test_h2connection_methods(name: str, parameters: list[str]) -> None:
 
 
 def test_h2connection_instance_attributes() -> None:
+    """H2Connection has conn, streams and factory, and builds streams with requestFactory."""
     connection = H2Connection(Clock())
     for name in ("conn", "streams", "factory"):
         assert hasattr(connection, name), "H2Connection().%s is gone" % name
@@ -61,6 +64,7 @@ def test_h2connection_instance_attributes() -> None:
 
 
 def test_h2stream_builds_its_request_with_the_request_factory() -> None:
+    """H2Stream takes a requestFactory and calls it with queued=False to build its request."""
     from twisted.web._http2 import H2Stream
 
     parameters = list(inspect.signature(H2Stream.__init__).parameters)
@@ -77,6 +81,7 @@ def test_h2stream_builds_its_request_with_the_request_factory() -> None:
 
 
 def test_h2stream_attributes_and_methods_on_a_live_stream() -> None:
+    """A live H2Stream has its id, command, path and the methods chanserv's request calls."""
     server = Server()
     server.factory.alternative_protocols[b"h2"] = take_over
     client = Client(server)
@@ -104,6 +109,7 @@ def test_h2stream_attributes_and_methods_on_a_live_stream() -> None:
 
 
 def test_h2stream_tells_its_producer_of_its_window() -> None:
+    """H2Stream resumes and pauses its producer as its window opens and fills."""
     # chanserv.server.http2 registers a push producer with each responding
     # stream to hear when its flow-control window opens (windowUpdated) and
     # fills (flowControlBlocked).
@@ -124,6 +130,7 @@ def test_h2stream_tells_its_producer_of_its_window() -> None:
 
 
 def test_h2connection_send_loop_takes_streams_from_its_priority_tree() -> None:
+    """H2Connection sends from a PriorityTree and, with no stream, waits on _sendingDeferred."""
     # chanserv.server.http2 replaces H2Connection.priority with a
     # priority.PriorityTree that blocks the streams without a flow-control
     # window, and restarts the send loop by firing _sendingDeferred.
@@ -148,6 +155,7 @@ def test_h2connection_send_loop_takes_streams_from_its_priority_tree() -> None:
 
 
 def test_priority_tree_blocks_and_deadlocks() -> None:
+    """A PriorityTree raises DeadlockError when it is empty or all its streams are blocked."""
     tree = priority.PriorityTree()
     with pytest.raises(priority.DeadlockError):
         next(tree)

@@ -69,6 +69,7 @@ def errors() -> Iterator[list[dict[str, Any]]]:
 
 
 def test_connect_message_has_every_key_and_the_handshake_waits() -> None:
+    """websocket.connect has every ASGI key; the handshake is held until the app answers."""
     h = Harness(root_path="/app")
     request = handshake_request(
         path=b"/chat/r%C3%A9sum%C3%A9/?room=1&b=%20",
@@ -118,6 +119,7 @@ def test_connect_message_has_every_key_and_the_handshake_waits() -> None:
 
 
 def test_scheme_is_wss_over_tls() -> None:
+    """A WebSocket over TLS has scheme "wss" in websocket.connect."""
     h = Harness()
     h.connect(secure=True)
     connect = h.receive("websocket.connect")
@@ -126,6 +128,7 @@ def test_scheme_is_wss_over_tls() -> None:
 
 @pytest.mark.parametrize("proxy_headers", [True, False])
 def test_proxy_headers_only_when_enabled(proxy_headers: bool) -> None:
+    """X-Forwarded-* set websocket.connect's client and scheme only with proxy_headers."""
     h = Harness(proxy_headers=proxy_headers)
     h.connect(
         handshake_request(
@@ -145,6 +148,7 @@ def test_proxy_headers_only_when_enabled(proxy_headers: bool) -> None:
 
 
 def test_connect_full_is_503_with_no_disconnect() -> None:
+    """A full websocket.connect channel answers 503 and sends no websocket.disconnect."""
     h = Harness(channel_capacity={"websocket.connect": 1})
     h.connect()
     client = h.connect()
@@ -160,7 +164,8 @@ def test_connect_full_is_503_with_no_disconnect() -> None:
 # -- the handshake reply -------------------------------------------------------------
 
 
-def test_accept_sends_101_without_extensions_or_version() -> None:
+def test_accept_sends_101_without_extensions_or_subprotocol() -> None:
+    """An accept sends 101 with the right Sec-WebSocket-Accept, no extension, no subprotocol."""
     h = Harness()
     client, _ = h.open(
         handshake_request(
@@ -176,6 +181,7 @@ def test_accept_sends_101_without_extensions_or_version() -> None:
 
 
 def test_accept_may_choose_an_offered_subprotocol() -> None:
+    """An accept naming an offered subprotocol sends it in Sec-WebSocket-Protocol."""
     h = Harness()
     client = h.connect(handshake_request(extra=[(b"Sec-WebSocket-Protocol", b"v1, v2")]))
     connect = h.receive("websocket.connect")
@@ -186,6 +192,7 @@ def test_accept_may_choose_an_offered_subprotocol() -> None:
 
 
 def test_subprotocol_not_offered_is_an_ignored_reply(errors: list[dict[str, Any]]) -> None:
+    """An accept naming a subprotocol the client did not offer is logged and ignored."""
     h = Harness()
     client = h.connect(handshake_request(extra=[(b"Sec-WebSocket-Protocol", b"v1")]))
     connect = h.receive("websocket.connect")
@@ -198,6 +205,7 @@ def test_subprotocol_not_offered_is_an_ignored_reply(errors: list[dict[str, Any]
 
 
 def test_server_whitelist_picks_the_first_offered_protocol() -> None:
+    """With ws_protocols set, the first protocol the client offered from that list is chosen."""
     h = Harness(ws_protocols=("b", "a"))
     client = h.connect(handshake_request(extra=[(b"Sec-WebSocket-Protocol", b"x, a, b")]))
     connect = h.receive("websocket.connect")
@@ -211,6 +219,7 @@ def test_server_whitelist_picks_the_first_offered_protocol() -> None:
     [{"accept": False}, {"close": True}, {"close": 4001}, {"accept": False, "text": "no"}],
 )
 def test_reject_while_connecting_is_403(reply: dict[str, Any]) -> None:
+    """A refusal or close before the accept answers 403 and sends websocket.disconnect 1006."""
     h = Harness()
     client = h.connect()
     connect = h.receive("websocket.connect")
@@ -246,6 +255,7 @@ def test_reject_while_connecting_is_403(reply: dict[str, Any]) -> None:
 def test_text_or_bytes_while_connecting_accepts_then_sends(
     reply: dict[str, Any], expected: tuple[int, bytes]
 ) -> None:
+    """Text or bytes before the accept accept the socket, then send that frame."""
     h = Harness()
     client = h.connect()
     connect = h.receive("websocket.connect")
@@ -256,6 +266,7 @@ def test_text_or_bytes_while_connecting_accepts_then_sends(
 
 
 def test_text_and_close_while_connecting_accepts_sends_and_closes() -> None:
+    """Text with close before the accept accepts, sends the text, then closes with 1000."""
     h = Harness()
     client = h.connect()
     connect = h.receive("websocket.connect")
@@ -267,6 +278,7 @@ def test_text_and_close_while_connecting_accepts_sends_and_closes() -> None:
 
 
 def test_empty_reply_while_connecting_changes_nothing() -> None:
+    """A reply with close False and nothing else leaves a connecting socket as it was."""
     h = Harness()
     client = h.connect()
     connect = h.receive("websocket.connect")
@@ -277,6 +289,7 @@ def test_empty_reply_while_connecting_changes_nothing() -> None:
 
 
 def test_connect_timeout_is_403() -> None:
+    """No answer within websocket_connect_timeout gives 403; a later accept changes nothing."""
     h = Harness(websocket_connect_timeout=5)
     client = h.connect()
     h.tick(4.5)
@@ -293,6 +306,7 @@ def test_connect_timeout_is_403() -> None:
 
 
 def test_client_gone_while_connecting() -> None:
+    """A client gone before the accept sends disconnect 1006; a late accept writes nothing."""
     h = Harness()
     client = h.connect()
     connect = h.receive("websocket.connect")
@@ -314,6 +328,7 @@ def test_client_gone_while_connecting() -> None:
 
 
 def test_receive_messages_are_numbered_and_empty_ones_kept() -> None:
+    """websocket.receive messages are numbered from 1; empty and fragmented ones are kept."""
     h = Harness()
     client, connect = h.open()
     client.text("hello")
@@ -334,6 +349,7 @@ def test_receive_messages_are_numbered_and_empty_ones_kept() -> None:
 
 
 def test_replies_while_open() -> None:
+    """An open socket sends text and bytes replies as frames and ignores accept keys."""
     h = Harness()
     client, connect = h.open()
     reply = connect["reply_channel"]
@@ -362,6 +378,7 @@ def test_replies_while_open() -> None:
      ("x", 1000, True)],
 )  # fmt: skip
 def test_close_codes(close: Any, code: int, logged: bool, errors: list[dict[str, Any]]) -> None:
+    """A reply's close code is sent if valid; an invalid one is logged and sent as 1000."""
     h = Harness()
     client, connect = h.open()
     client.text("one")
@@ -395,6 +412,7 @@ def test_close_codes(close: Any, code: int, logged: bool, errors: list[dict[str,
 def test_malformed_replies_are_logged_and_ignored(
     reply: dict[str, Any], errors: list[dict[str, Any]]
 ) -> None:
+    """A malformed reply is logged and ignored; the socket still serves later replies."""
     h = Harness()
     client, connect = h.open()
     h.reply(connect["reply_channel"], reply)
@@ -405,6 +423,7 @@ def test_malformed_replies_are_logged_and_ignored(
 
 @pytest.mark.parametrize(("client_close", "code"), [(1000, 1000), (4321, 4321), (None, 1005)])
 def test_disconnect_after_client_close(client_close: int | None, code: int) -> None:
+    """A client's close gives websocket.disconnect with its code (1005 if none), next order."""
     h = Harness()
     client, connect = h.open()
     client.text("a")
@@ -424,6 +443,7 @@ def test_disconnect_after_client_close(client_close: int | None, code: int) -> N
 
 
 def test_disconnect_after_tcp_drop_is_1006_and_late_replies_are_dropped() -> None:
+    """A TCP drop sends websocket.disconnect 1006; replies after it write nothing."""
     h = Harness()
     client, connect = h.open()
     client.lose()
@@ -439,6 +459,7 @@ def test_disconnect_after_tcp_drop_is_1006_and_late_replies_are_dropped() -> Non
 
 
 def test_data_after_a_close_frame_is_ignored() -> None:
+    """Client data after the server sent its close frame is not delivered."""
     h = Harness()
     client, connect = h.open()
     h.reply(connect["reply_channel"], {"close": True})
@@ -450,6 +471,7 @@ def test_data_after_a_close_frame_is_ignored() -> None:
 
 
 def test_websocket_timeout_closes_with_1000() -> None:
+    """A socket open for websocket_timeout is closed with 1000."""
     h = Harness(websocket_timeout=60, ping_interval=0)
     client, _ = h.open()
     h.tick(59)
@@ -459,6 +481,7 @@ def test_websocket_timeout_closes_with_1000() -> None:
 
 
 def test_no_websocket_timeout() -> None:
+    """With websocket_timeout None an open socket is never closed for its age."""
     h = Harness(websocket_timeout=None, ping_interval=0)
     client, _ = h.open()
     h.tick(10**6)
@@ -466,6 +489,10 @@ def test_no_websocket_timeout() -> None:
 
 
 def test_idle_socket_is_pinged_and_dropped_without_pong() -> None:
+    """
+    An idle socket is pinged after ping_interval of silence on its side.
+    Without a pong within ping_timeout it is dropped with websocket.disconnect 1006.
+    """
     h = Harness(ping_interval=20, ping_timeout=30)
     client, _ = h.open()
     h.tick(10)
@@ -496,6 +523,7 @@ def _burst(client: Any, count: int) -> None:
 
 
 def test_receive_full_pauses_reading_and_loses_nothing() -> None:
+    """A full websocket.receive pauses reading; held messages then go in order, none lost."""
     h = Harness(channel_capacity={"websocket.receive": 3})
     client, _ = h.open()
     _burst(client, 10)
@@ -513,6 +541,7 @@ def test_receive_full_pauses_reading_and_loses_nothing() -> None:
 
 
 def test_receive_full_too_long_closes_with_1013() -> None:
+    """websocket.receive full for ws_receive_full_timeout closes the socket with 1013."""
     h = Harness(channel_capacity={"websocket.receive": 2}, ws_receive_full_timeout=10)
     client, connect = h.open()
     _burst(client, 5)
@@ -535,6 +564,7 @@ def test_receive_full_too_long_closes_with_1013() -> None:
 
 
 def test_held_messages_are_delivered_before_disconnect() -> None:
+    """Messages held by a full channel are delivered before websocket.disconnect."""
     h = Harness(channel_capacity={"websocket.receive": 2})
     client, _ = h.open()
     _burst(client, 4)
@@ -552,6 +582,7 @@ def test_held_messages_are_delivered_before_disconnect() -> None:
 
 
 def test_message_too_large_for_the_layer_closes_with_1009() -> None:
+    """A message over the layer's max_message_size closes the socket with 1009, undelivered."""
     h = Harness()
     h.layer.max_message_size = 1000
     client, _ = h.open()
@@ -565,6 +596,7 @@ def test_message_too_large_for_the_layer_closes_with_1009() -> None:
 
 
 def test_takeover_detaches_the_http_channel() -> None:
+    """On upgrade the WebSocket protocol takes over the transport as its streaming producer."""
     h = Harness()
     client = h.connect()
     protocol = client.protocol
@@ -578,6 +610,7 @@ def test_takeover_detaches_the_http_channel() -> None:
 
 
 def test_bytes_in_the_same_read_as_the_upgrade_wait_for_the_accept() -> None:
+    """A frame sent along with the upgrade is delivered only after the accept."""
     h = Harness()
     client = h.connect(handshake_request() + frame(TEXT, b"early"))
     assert h.receive_all("websocket.receive") == []
@@ -589,6 +622,7 @@ def test_bytes_in_the_same_read_as_the_upgrade_wait_for_the_accept() -> None:
 
 
 def test_upgrade_pipelined_behind_a_request_keeps_the_bytes_after_it() -> None:
+    """An upgrade pipelined behind a request waits its turn and keeps the frames after it."""
     h = Harness()
     plain = b"GET /plain HTTP/1.1\r\nHost: example.com\r\n\r\n"
     client = h.connect(plain + handshake_request() + frame(TEXT, b"early"))
@@ -604,6 +638,7 @@ def test_upgrade_pipelined_behind_a_request_keeps_the_bytes_after_it() -> None:
 
 
 def test_early_bytes_are_never_parsed_as_a_second_handshake() -> None:
+    """Bytes before the accept are held as frames, never read as a second handshake."""
     h = Harness()
     client = h.connect()
     client.send(handshake_request(path=b"/other"))
@@ -615,6 +650,10 @@ def test_early_bytes_are_never_parsed_as_a_second_handshake() -> None:
 
 
 def test_close_all() -> None:
+    """
+    close_all closes open sockets with 1001 and answers handshakes 503.
+    Its Deferred fires once every connection is gone.
+    """
     h = Harness()
     open_client, open_connect = h.open()
     pending = h.connect()
@@ -635,11 +674,16 @@ def test_close_all() -> None:
 
 
 def test_close_all_with_nothing_open_fires_at_once() -> None:
+    """close_all with no connection returns an already-fired Deferred."""
     h = Harness()
     assert h.factory.close_all().called
 
 
 def test_factory_options() -> None:
+    """
+    The autobahn factory takes the config's limits and is strict.
+    No status page, compression, forwarded-for trust or timers; only version 13.
+    """
     h = Harness(max_ws_frame_size=1234, max_ws_message_size=5678, ping_timeout=7)
     f = h.factory
     assert f.webStatus is False
@@ -655,6 +699,7 @@ def test_factory_options() -> None:
 
 
 def test_autobahn_schedules_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Autobahn schedules no timer: pings, lifetime and close drops are the sweep's."""
     import txaio
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
@@ -675,6 +720,7 @@ def test_autobahn_schedules_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unanswered_close_is_dropped_by_the_sweep() -> None:
+    """A close the client never answers is dropped after CLOSE_HANDSHAKE_TIMEOUT."""
     h = Harness(ping_interval=0)
     client, _ = h.open()
     h.factory.close_all(1001)
@@ -689,6 +735,7 @@ def test_unanswered_close_is_dropped_by_the_sweep() -> None:
 
 
 def test_idle_connection_memory() -> None:
+    """An idle open socket costs under 6000 bytes of Python memory."""
     import gc
     import tracemalloc
 
@@ -737,6 +784,7 @@ class SlowLayer:
 
 
 def test_sends_in_flight_keep_order_and_bound_the_backlog() -> None:
+    """Receives wait in order behind a send in flight; past MAX_BACKLOG reading pauses."""
     h = Harness()
     slow = SlowLayer(h.layer)
     h.factory.layer = slow
@@ -757,6 +805,7 @@ def test_sends_in_flight_keep_order_and_bound_the_backlog() -> None:
 
 
 def test_client_gone_while_connect_is_in_flight() -> None:
+    """A client gone while websocket.connect is in flight has its disconnect sent after it."""
     h = Harness()
     slow = SlowLayer(h.layer)
     h.factory.layer = slow
@@ -773,6 +822,7 @@ def test_client_gone_while_connect_is_in_flight() -> None:
 
 
 def test_handshake_timeout_covers_the_connect_send() -> None:
+    """A websocket.connect send not done by websocket_handshake_timeout drops the connection."""
     h = Harness(websocket_handshake_timeout=3, websocket_connect_timeout=60)
     slow = SlowLayer(h.layer)
     h.factory.layer = slow
@@ -785,6 +835,7 @@ def test_handshake_timeout_covers_the_connect_send() -> None:
 
 
 def test_abort_all_cuts_and_still_disconnects() -> None:
+    """abort_all cuts every socket at once and still sends websocket.disconnect."""
     h = Harness(channel_capacity={"websocket.receive": 1})
     client, _ = h.open()
     _burst(client, 3)
@@ -814,6 +865,7 @@ def _recv_until(sock: Any, marker: bytes) -> bytes:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pyOpenSSL, loading the PEM
 @pytest.mark.parametrize("secure", [False, True])
 def test_over_real_sockets(secure: bool) -> None:
+    """The hand-over works on live TCP and TLS: early frame, 100 KB frame, close 4000."""
     reactor = reactor_thread()
     layer = InMemoryChannelLayer()
 
@@ -873,6 +925,7 @@ def test_over_real_sockets(secure: bool) -> None:
 
 
 def test_layer_outage_on_connect_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer failing to take websocket.connect answers the handshake 503 and closes."""
     from twisted.internet.defer import fail
 
     h = Harness()
@@ -885,6 +938,7 @@ def test_layer_outage_on_connect_is_503(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_layer_outage_on_receive_closes_1011(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer failing to take websocket.receive closes the socket with 1011."""
     from twisted.internet.defer import fail
 
     h = Harness()

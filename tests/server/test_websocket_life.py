@@ -132,6 +132,7 @@ def state_after(steps: list[tuple[str, tuple[Any, ...]]]) -> str:
 
 
 def test_the_paths_reach_their_states() -> None:
+    """Each path in PATHS leads the WebSocket life machine to the state it is listed under."""
     for state, path in PATHS.items():
         assert state_after(path) == state
 
@@ -204,6 +205,7 @@ TABLE: list[tuple[str, str, tuple[Any, ...], list[tuple[Any, ...]], str]] = [
 def test_transition(
     state: str, name: str, args: tuple[Any, ...], calls: list[tuple[Any, ...]], next_state: str
 ) -> None:
+    """Each state answers each input with the outputs and the next state that TABLE lists."""
     life, core = replay(PATHS[state])
     getattr(life, name)(*args)
     assert core.calls == calls
@@ -220,6 +222,7 @@ def test_transition(
     ],
 )
 def test_impossible_inputs_are_refused(state: str, name: str, args: tuple[Any, ...]) -> None:
+    """An input the machine never expects in a state raises NoTransition, not a silent guess."""
     # What autobahn and the protocol never do in that state: an error, not
     # a silent guess.
     life, _ = replay(PATHS[state])
@@ -231,6 +234,7 @@ def test_impossible_inputs_are_refused(state: str, name: str, args: tuple[Any, .
 
 
 def test_accept_before_the_connect_send_reports_back_holds_the_receives() -> None:
+    """An accept before websocket.connect's send reports back opens; receives wait behind it."""
     h = Harness()
     slow = SlowLayer(h.layer)
     h.factory.layer = slow
@@ -248,6 +252,7 @@ def test_accept_before_the_connect_send_reports_back_holds_the_receives() -> Non
 
 
 def test_shutdown_while_the_connect_send_is_out_is_503_and_still_disconnects() -> None:
+    """Shutdown while websocket.connect is out refuses 503; a disconnect still follows it."""
     h = Harness()
     slow = SlowLayer(h.layer)
     h.factory.layer = slow
@@ -265,6 +270,7 @@ def test_shutdown_while_the_connect_send_is_out_is_503_and_still_disconnects() -
 
 
 def test_client_gone_and_connect_failed_sends_no_disconnect() -> None:
+    """A client gone before websocket.connect failed to send gets no websocket.disconnect."""
     h = Harness()
     slow = SlowLayer(h.layer)
     h.factory.layer = slow
@@ -278,6 +284,7 @@ def test_client_gone_and_connect_failed_sends_no_disconnect() -> None:
 
 @pytest.mark.parametrize("accepted", [False, True])
 def test_state_loss_refuses_a_pending_handshake_and_closes_an_open_socket(accepted: bool) -> None:
+    """A lost layer state refuses a pending handshake 503, closes an open socket 1012 once."""
     h = Harness()
     if accepted:
         client, _ = h.open()
@@ -293,6 +300,7 @@ def test_state_loss_refuses_a_pending_handshake_and_closes_an_open_socket(accept
 
 
 def test_client_close_is_answered_and_ends_in_disconnected() -> None:
+    """A client close is answered 1000; websocket.disconnect carries the client's code."""
     h = Harness()
     client, _ = h.open()
     client.close(4000)
@@ -306,6 +314,7 @@ def test_client_close_is_answered_and_ends_in_disconnected() -> None:
 
 
 def test_abort_of_a_closed_connection_only_drops_what_it_holds() -> None:
+    """abort_all drops the receives a closed socket still holds, yet sends its disconnect."""
     h = Harness(channel_capacity={"websocket.receive": 1})
     client, _ = h.open()
     client.send(b"".join(frame(TEXT, str(i).encode()) for i in range(3)))
@@ -320,6 +329,7 @@ def test_abort_of_a_closed_connection_only_drops_what_it_holds() -> None:
 
 
 def test_text_while_connecting_accepts_then_sends_and_later_accepts_are_ignored() -> None:
+    """Text before accept opens the socket and is sent; a later "accept": False is ignored."""
     h = Harness()
     client = h.connect()
     connect = h.expect("websocket.connect")
@@ -331,6 +341,7 @@ def test_text_while_connecting_accepts_then_sends_and_later_accepts_are_ignored(
 
 
 def test_the_transition_index_agrees_with_automat() -> None:
+    """The indexed lookup gives automat's own transition for each pair, else NoTransition."""
     automaton: Any = _LIFE.__automat_automaton__
     for state, symbol, to, outputs in automaton.allTransitions():
         assert automaton.outputForInput(state, symbol) == (to, tuple(outputs))
@@ -339,6 +350,7 @@ def test_the_transition_index_agrees_with_automat() -> None:
 
 
 def test_an_idle_open_socket_holds_no_machine_nor_sender() -> None:
+    """An idle open socket holds no machine or sender until an input or a message needs one."""
     h = Harness()
     client, _ = h.open()
     protocol = client.protocol
@@ -356,6 +368,7 @@ def test_an_idle_open_socket_holds_no_machine_nor_sender() -> None:
 
 
 def test_an_idle_socket_that_never_spoke_still_disconnects_in_order() -> None:
+    """An open socket that never spoke sends websocket.disconnect with order 1 when closed."""
     h = Harness()
     client, connect = h.open()
     client.close(1000)

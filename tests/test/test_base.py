@@ -57,11 +57,13 @@ def assert_passed(result: unittest.TestResult, count: int) -> None:
 
 @pytest.mark.parametrize("base", [ChannelTestCase, TransactionChannelTestCase])
 def test_each_test_gets_a_fresh_layer_that_is_restored(base: Any) -> None:
+    """Each test gets a fresh in-memory layer for the alias; the original comes back after."""
     original = channel_layers["default"]
     seen: list[Any] = []
 
     class Inner(base):  # type: ignore[misc, valid-type]
         def test_a(self) -> None:
+            """Inside a test the alias is a new in-memory layer with the original routing."""
             wrapper = channel_layers["default"]
             seen.append(wrapper)
             self.assertIsNot(wrapper, original)
@@ -73,6 +75,7 @@ def test_each_test_gets_a_fresh_layer_that_is_restored(base: Any) -> None:
             Channel("leak.test").send({"n": 2})
 
         def test_b(self) -> None:
+            """A message test_a left behind is not in this test's layer."""
             seen.append(channel_layers["default"])
             self.assertIsNone(self.get_next_message("leak.test"))
 
@@ -83,8 +86,11 @@ def test_each_test_gets_a_fresh_layer_that_is_restored(base: Any) -> None:
 
 
 def test_get_next_message_require_fails_the_test() -> None:
+    """get_next_message(require=True) on an empty channel fails the test, naming it."""
+
     class Inner(ChannelTestCase):
         def test_required(self) -> None:
+            """Fails on purpose: nothing was sent to the channel required."""
             self.get_next_message("nothing.here", require=True)
 
     result = run_tests(Inner)
@@ -94,12 +100,14 @@ def test_get_next_message_require_fails_the_test() -> None:
 
 @override_settings(CHANNEL_LAYERS=TWO_LAYERS)
 def test_test_channel_aliases_swaps_each_alias() -> None:
+    """test_channel_aliases gives each listed alias its own fresh layer, restored after."""
     originals = {alias: channel_layers[alias] for alias in ("default", "other")}
 
     class Inner(ChannelTestCase):
         test_channel_aliases = ["default", "other"]
 
         def test_both(self) -> None:
+            """Both aliases are fresh layers; a send on one is not seen on the other."""
             for alias, original in originals.items():
                 wrapper = channel_layers[alias]
                 self.assertIsNot(wrapper, original)
@@ -114,6 +122,8 @@ def test_test_channel_aliases_swaps_each_alias() -> None:
 
 
 def test_a_test_layer_keeps_the_alias_routing() -> None:
+    """A test's fresh layer keeps the routing of the alias it replaces."""
+
     def consumer(message: Any) -> None:
         message.reply_channel.send({"ok": True})
 
@@ -124,6 +134,7 @@ def test_a_test_layer_keeps_the_alias_routing() -> None:
 
         class Inner(ChannelTestCase):
             def test_routed(self) -> None:
+                """A route set on the original alias reaches its consumer in the test."""
                 client = Client()
                 client.send_and_consume("kept.routing")
                 self.assertEqual(client.receive(), {"ok": True})
@@ -138,12 +149,14 @@ def test_a_test_layer_keeps_the_alias_routing() -> None:
 
 class ClientTests(ChannelTestCase):
     def test_reply_channel_is_alias_and_five_letters(self) -> None:
+        """A Client's reply channel is its alias and five random letters, unique per client."""
         client = Client()
         self.assertRegex(client.reply_channel, r"^default[a-zA-Z]{5}$")
         self.assertNotEqual(client.reply_channel, Client().reply_channel)
         self.assertEqual(client.channel_layer.alias, "default")
 
     def test_send_copies_and_adds_reply_channel(self) -> None:
+        """Client.send deep-copies the content, adding its reply channel unless given one."""
         client = Client()
         content = {"nested": {"a": 1}}
         client.send("some.channel", content)
@@ -157,6 +170,8 @@ class ClientTests(ChannelTestCase):
         self.assertEqual(self.get_next_message("some.channel")["reply_channel"], "elsewhere")
 
     def test_consume_runs_the_routed_consumer_with_kwargs(self) -> None:
+        """send_and_consume runs the routed consumer with route kwargs, returning its result."""
+
         def consumer(message: Any, name: str) -> str:
             message.reply_channel.send({"hello": name})
             return "result"
@@ -168,6 +183,7 @@ class ClientTests(ChannelTestCase):
         self.assertIsNone(client.receive())
 
     def test_signals_bracket_the_consumer_and_sends_wait_for_the_end(self) -> None:
+        """The consumer signals bracket the consumer; its sends go out when it ends."""
         events: list[Any] = []
 
         def started(sender: Any, **kwargs: Any) -> None:
@@ -200,6 +216,7 @@ class ClientTests(ChannelTestCase):
         self.assertEqual(self.get_next_message("out")["n"], 1)
 
     def test_close_old_connections_is_off_while_consuming_only(self) -> None:
+        """Client unhooks close_old_connections from the signals only while consuming."""
         connected: list[bool] = []
 
         def receivers(signal: Any) -> list[Any]:
@@ -218,6 +235,7 @@ class ClientTests(ChannelTestCase):
         self.assertIn(close_old_connections, receivers(consumer_started))
 
     def test_consumer_errors_reach_the_test_after_consumer_finished(self) -> None:
+        """A consumer's exception reaches the test after consumer_finished, its sends kept."""
         finished: list[bool] = []
 
         def consumer(message: Any) -> None:
@@ -236,6 +254,8 @@ class ClientTests(ChannelTestCase):
         self.assertEqual(self.get_next_message("partial")["sent"], "before the error")
 
     def test_worker_exceptions_are_handled_as_the_worker_does(self) -> None:
+        """Deny, close and ConsumeLater exceptions are handled as the worker handles them."""
+
         def deny(message: Any) -> None:
             raise DenyConnection()
 
@@ -269,6 +289,7 @@ class ClientTests(ChannelTestCase):
         self.assertEqual(client.receive(), {"done": True})
 
     def test_nothing_to_consume(self) -> None:
+        """consume() of an empty or unrouted channel fails; fail_on_none=False: None."""
         client = Client()
         with self.assertRaisesRegex(AssertionError, "No message for channel empty"):
             client.consume("empty")
@@ -281,6 +302,7 @@ class ClientTests(ChannelTestCase):
         self.assertIsNone(self.get_next_message("unrouted.channel"))
 
     def test_default_routes_as_on_the_server(self) -> None:
+        """Unrouted, Client uses the server's defaults: accept, no-op, Django's HTTP views."""
         client = Client()
         self.assertIs(client.get_consumer_by_channel("websocket.connect"), connect_consumer)
         self.assertIs(client.get_consumer_by_channel("websocket.receive"), null_consumer)
@@ -298,6 +320,8 @@ class ClientTests(ChannelTestCase):
         self.assertEqual(response["content"], b"Hello world")
 
     def test_user_routes_come_before_the_defaults(self) -> None:
+        """A route given by apply_routes takes precedence over the default websocket.connect."""
+
         def mine(message: Any) -> None:
             pass
 
@@ -308,6 +332,7 @@ class ClientTests(ChannelTestCase):
         self.assertIsNone(client.receive())
 
     def test_join_group(self) -> None:
+        """join_group adds the client's reply channel to the group, so group sends reach it."""
         client = Client()
         client.join_group("watchers")
         Group("watchers").send({"news": 1})
@@ -324,6 +349,7 @@ def marker(message: Any) -> None:
 
 class ApplyRoutesTests(ChannelTestCase):
     def test_context_manager_swaps_and_restores_the_router(self) -> None:
+        """As a context manager apply_routes swaps in the routes, then restores the router."""
         wrapper = channel_layers["default"]
         router, routing = wrapper.router, wrapper.routing
         with apply_routes([route("a.one", marker), route("a.two", marker)]) as applied:
@@ -333,6 +359,7 @@ class ApplyRoutesTests(ChannelTestCase):
         self.assertIs(wrapper.routing, routing)
 
     def test_restored_when_the_block_raises(self) -> None:
+        """apply_routes restores the router when its block raises."""
         wrapper = channel_layers["default"]
         router = wrapper.router
         with self.assertRaises(RuntimeError), apply_routes(route("a.one", marker)):
@@ -340,6 +367,7 @@ class ApplyRoutesTests(ChannelTestCase):
         self.assertIs(wrapper.router, router)
 
     def test_routing_forms(self) -> None:
+        """apply_routes takes a route, nested lists, a dict, a dotted path or an empty list."""
         wrapper = channel_layers["default"]
         with apply_routes(route("single", marker)):
             self.assertEqual(wrapper.router.channels, {"single"})
@@ -353,6 +381,7 @@ class ApplyRoutesTests(ChannelTestCase):
             self.assertEqual(wrapper.router.channels, set())
 
     def test_nested_uses_of_one_instance(self) -> None:
+        """One apply_routes can be entered inside itself; each exit restores a level."""
         wrapper = channel_layers["default"]
         router = wrapper.router
         outer = apply_routes(route("outer", marker))
@@ -365,12 +394,14 @@ class ApplyRoutesTests(ChannelTestCase):
 
     @apply_routes(route("decorated", marker))
     def test_method_decorator(self) -> None:
+        """apply_routes decorating a test method routes its consumers during the test."""
         client = Client()
         client.send_and_consume("decorated")
         self.assertEqual(client.receive(), {"marker": "decorated"})
 
 
 def test_function_decorator_keeps_the_name_and_restores() -> None:
+    """apply_routes on a function keeps its name and result and restores the router after."""
     wrapper = channel_layers["default"]
     router = wrapper.router
 
@@ -385,6 +416,7 @@ def test_function_decorator_keeps_the_name_and_restores() -> None:
 
 
 def test_class_decorator_covers_setup_and_test_and_restores() -> None:
+    """apply_routes on a test class covers setUp and each test, and restores after a failure."""
     seen: list[set[str]] = []
 
     @apply_routes(route("cls.decorated", marker))
@@ -393,12 +425,14 @@ def test_class_decorator_covers_setup_and_test_and_restores() -> None:
             seen.append(set(channel_layers["default"].router.channels))
 
         def test_a(self) -> None:
+            """The class's routes are in place during the test, and its consumer runs."""
             seen.append(set(channel_layers["default"].router.channels))
             client = Client()
             client.send_and_consume("cls.decorated")
             self.assertEqual(client.receive(), {"marker": "cls.decorated"})
 
         def test_b(self) -> None:
+            """Fails on purpose: the routes must be restored after a failing test too."""
             raise AssertionError("a failing test still gets its routes back")
 
     before = channel_layers["default"].router
@@ -409,6 +443,8 @@ def test_class_decorator_covers_setup_and_test_and_restores() -> None:
 
 
 def test_class_decorator_on_a_plain_class() -> None:
+    """apply_routes on a plain class routes between its setUp and tearDown, then restores."""
+
     @apply_routes(route("plain", marker))
     class Plain:
         def setUp(self) -> None:
@@ -427,6 +463,7 @@ def test_class_decorator_on_a_plain_class() -> None:
 
 @override_settings(CHANNEL_LAYERS=TWO_LAYERS)
 def test_aliases_are_honoured() -> None:
+    """apply_routes changes only the routers of the aliases given, one alias as a string too."""
     default, other = channel_layers["default"], channel_layers["other"]
     default_router, other_router = default.router, other.router
     with apply_routes(route("only.other", marker), aliases=["other"]):

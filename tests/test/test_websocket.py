@@ -30,6 +30,7 @@ def headers_of(message: Any) -> dict[bytes, bytes]:
 
 class MessageFormatTests(ChannelTestCase):
     def test_connect_message(self) -> None:
+        """websocket.connect carries path, query, byte headers and cookies, session's too."""
         client = WSClient()
         client.set_header("Origin", "http://testserver")
         client.set_header("x-bytes", b"\xff")
@@ -52,6 +53,7 @@ class MessageFormatTests(ChannelTestCase):
         )
 
     def test_later_messages(self) -> None:
+        """Later messages carry no query_string, only non-session cookies; text is JSON."""
         client = WSClient()
         client.set_cookie("theme", "dark")
         client.send("websocket.connect")
@@ -77,6 +79,7 @@ class MessageFormatTests(ChannelTestCase):
         self.assertEqual(first["path"], "/")
 
     def test_no_cookie_header_without_cookies(self) -> None:
+        """With no cookies set, messages after the first carry no headers at all."""
         client = WSClient()
         client.send("websocket.connect")
         client.send("websocket.receive", text="x")
@@ -86,6 +89,7 @@ class MessageFormatTests(ChannelTestCase):
         self.assertEqual(message["headers"], [])
 
     def test_content_keys_win(self) -> None:
+        """path, headers and query_string in the content win over the path argument."""
         client = WSClient()
         client.send(
             "websocket.connect",
@@ -100,10 +104,12 @@ class MessageFormatTests(ChannelTestCase):
         )
 
     def test_cookie_header_is_refused(self) -> None:
+        """set_header refuses Cookie and points to set_cookie instead."""
         with self.assertRaisesRegex(ValueError, "set_cookie"):
             WSClient().set_header("Cookie", "a=b")
 
     def test_ordered_numbers_every_message(self) -> None:
+        """An ordered client numbers every message from 0 and refuses a caller's order."""
         client = WSClient(ordered=True)
         client.send("websocket.connect")
         client.send("websocket.receive", text="a")
@@ -117,6 +123,7 @@ class MessageFormatTests(ChannelTestCase):
             client.send("websocket.receive", {"order": 9, "text": "x"})
 
     def test_alias_and_keyword_only_ordered(self) -> None:
+        """WSClient takes the alias positionally, and ordered only as a keyword."""
         client = WSClient("default", ordered=True)
         self.assertTrue(client.reply_channel.startswith("default"))
         with self.assertRaises(TypeError):
@@ -130,6 +137,7 @@ def echo(message: Any) -> None:
 class ReceiveAndConsumeTests(ChannelTestCase):
     @apply_routes(route("websocket.receive", echo))
     def test_receive_decodes_json_text(self) -> None:
+        """receive() decodes text as JSON, returns it raw with json=False, None when empty."""
         client = WSClient()
         client.send_and_consume("websocket.receive", text={"a": 1})
         self.assertEqual(client.receive(), {"a": 1})
@@ -138,12 +146,14 @@ class ReceiveAndConsumeTests(ChannelTestCase):
         self.assertIsNone(client.receive())
 
     def test_receive_returns_messages_without_text_whole(self) -> None:
+        """receive() returns a message with no text as the whole dict, close included."""
         client = WSClient()
         client.join_group("g")
         Group("g").send({"bytes": b"\x01", "close": True})
         self.assertEqual(client.receive(), {"bytes": b"\x01", "close": True})
 
     def test_connect_is_checked_for_accept(self) -> None:
+        """send_and_consume of a connect asserts an accept unless check_accept=False."""
         client = WSClient()
         client.send_and_consume("websocket.connect")  # the default route accepts
         self.assertIsNone(client.receive())
@@ -159,6 +169,7 @@ class ReceiveAndConsumeTests(ChannelTestCase):
 
     @apply_routes(route("websocket.receive", enforce_ordering(echo)))
     def test_ordered_client_with_enforce_ordering(self) -> None:
+        """An ordered client's messages pass enforce_ordering in the order sent."""
         client = WSClient(ordered=True)
         for text in ("1", "2", "3"):
             client.send_and_consume("websocket.receive", text=text)
@@ -178,6 +189,7 @@ def who(message: Any) -> None:
 @apply_routes(route("websocket.connect", who))
 class SessionAndLoginTests(ChannelTestCase):
     def test_session_is_the_reply_channels_until_login(self) -> None:
+        """Before login client.session is the reply channel's channel session."""
         client = WSClient()
         self.assertEqual(
             client.session.session_key, session_for_reply_channel(client.reply_channel).session_key
@@ -195,6 +207,7 @@ class SessionAndLoginTests(ChannelTestCase):
         self.assertEqual(client.receive(json=False), "v")
 
     def test_login(self) -> None:
+        """login() makes a new logged-in HTTP session that the http_user decorators see."""
         User.objects.create_user("ann", password="pw")
         client = WSClient()
         self.assertTrue(client.login(username="ann", password="pw"))
@@ -205,6 +218,7 @@ class SessionAndLoginTests(ChannelTestCase):
         self.assertNotEqual(cookie, session_for_reply_channel(client.reply_channel).session_key)
 
     def test_bad_credentials_and_inactive_users(self) -> None:
+        """login() fails for a wrong password or an inactive user, who stays anonymous."""
         User.objects.create_user("ann", password="pw")
         User.objects.create_user("old", password="pw", is_active=False)
         client = WSClient()
@@ -214,6 +228,7 @@ class SessionAndLoginTests(ChannelTestCase):
         self.assertEqual(client.receive(json=False), "null")
 
     def test_force_login(self) -> None:
+        """force_login logs a user in without a password, with the first auth backend."""
         user = User.objects.create(username="bea")
         client = WSClient()
         client.force_login(user)
@@ -222,6 +237,7 @@ class SessionAndLoginTests(ChannelTestCase):
         self.assertEqual(client.receive(), "bea")
 
     def test_session_cookie_only_on_the_first_message(self) -> None:
+        """The session cookie is sent only on the client's first message."""
         client = WSClient()
         client.force_login(User.objects.create(username="cy"))
         client.send("websocket.connect")
@@ -232,6 +248,7 @@ class SessionAndLoginTests(ChannelTestCase):
 
     @override_settings(INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"])
     def test_without_sessions_installed(self) -> None:
+        """Without django.contrib.sessions: no cookie header, no session, and login fails."""
         client = WSClient()
         client.send("websocket.connect")
         self.assertEqual(self.get_next_message("websocket.connect")["headers"], [])
@@ -242,6 +259,7 @@ class SessionAndLoginTests(ChannelTestCase):
 
 class HttpClientTests(ChannelTestCase):
     def test_deprecated_alias(self) -> None:
+        """HttpClient is a deprecated WSClient alias that warns and still takes ordered."""
         with self.assertWarns(DeprecationWarning):
             client = HttpClient(ordered=True)
         self.assertIsInstance(client, WSClient)

@@ -1,11 +1,8 @@
 """
 The Redis channel layer, for sites that run interface servers and workers
-as separate processes, on one or more machines.
-
-Modules import one way: :mod:`.config` (settings, addresses) ←
-:mod:`.protocol` and :mod:`.connection` (one Redis server's connections) ←
-:mod:`.scripts` (the Lua scripts and key layout) ← :mod:`.operations` (the
-commands) ← :mod:`.receive` (receive loops) ← :mod:`.layer` (the two faces).
+as separate processes, on one or more machines; its modules import one
+way, from :mod:`.config` up to :mod:`.layer`.  Any thread (import time);
+the modules below say which thread runs their code.
 """
 
 from chanserv.layers.redis.layer import (

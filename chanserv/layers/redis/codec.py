@@ -1,14 +1,8 @@
 """
 What the Redis layer stores for a message: the msgpack bytes from
-``BaseChannelLayer.prepare``, encrypted when ``symmetric_encryption_keys`` is
-set.
-
-Encryption is asgi_redis's: Fernet (AES-128-CBC + HMAC-SHA256, from the
-``cryptography`` package) with each key derived as
-``urlsafe_b64encode(sha256(key))``, combined in a ``MultiFernet`` -- the first
-key encrypts, every key decrypts, so keys rotate by putting the new one
-first and dropping the old one once its messages have expired.  Tokens are
-refused after ``expiry + 10`` seconds.
+``BaseChannelLayer.prepare``, encrypted as asgi_redis does (Fernet keys in
+a ``MultiFernet``) when ``symmetric_encryption_keys`` is set.  Any thread:
+the caller's, sending or receiving.
 """
 
 from __future__ import annotations
@@ -29,6 +23,10 @@ class UndecodableMessage(ValueError):
 class MessageCodec:
     """
     Encrypts and decrypts stored messages.  Any thread.
+
+    With keys, the first encrypts and every one decrypts, so keys rotate by
+    putting the new one first and dropping the old one once its messages
+    have expired; a token older than ``expiry + 10`` seconds is refused.
 
     :param keys: None or empty for no encryption, else a list of ``str`` or
         ``bytes`` keys.

@@ -1,20 +1,19 @@
 """
-Configuration of the Redis channel layer: ``hosts`` (asgi_redis's forms,
-plus channels_redis's dict entries, Redis Sentinel included),
-``connection_kwargs``, and ``channel_capacity`` globs that the Lua scripts
-can evaluate themselves (so that a group send stays one round trip).
+Configuration of the Redis channel layer: ``hosts`` (Sentinel included),
+``connection_kwargs`` and ``channel_capacity`` globs the Lua scripts can
+evaluate themselves.  Any thread (the layer's constructor's).
 """
 
 from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from chanserv.layers.base import BaseChannelLayer
+from chanserv.layers.base import BaseChannelLayer, CapacityPattern
 
 __all__ = [
     "Address",
@@ -259,6 +258,8 @@ def _parse_dict(entry: Mapping[str, Any], defaults: Mapping[str, Any]) -> Addres
 
 
 def parse_hosts(hosts: Any, defaults: Mapping[str, Any] | None = None) -> list[Address]:
+    # Any: hosts and connection_kwargs are the layer's CONFIG as the project wrote it
+    # (channels_redis forms), checked here entry by entry.
     """
     ``hosts`` as addresses, one shard each.  Entries may be
     ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``) URLs,
@@ -306,6 +307,8 @@ def parse_hosts(hosts: Any, defaults: Mapping[str, Any] | None = None) -> list[A
 
 
 def connection_options(connection_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Any: connection_kwargs is the layer's CONFIG as the project wrote it, checked here; the
+    # result mixes numbers (timeouts, limits) and login strings.
     """
     ``connection_kwargs`` checked: a dict with the timeouts and limits
     (``socket_timeout``, ``socket_connect_timeout``, ``reconnect_max_delay``,
@@ -347,7 +350,11 @@ class _GlobPattern:
         return self.regex.match(name)
 
 
-def compile_capacities(channel_capacity: Any) -> list[Any]:
+def compile_capacities(
+    channel_capacity: Mapping[CapacityPattern, int] | Sequence[tuple[CapacityPattern, int]],
+) -> list[Any]:
+    # Any: a glob's pattern is a _GlobPattern standing in for re.Pattern
+    # (match only), which BaseChannelLayer's type for the list cannot name.
     """``BaseChannelLayer._compile_capacities``, globs keeping their source."""
     compiled = BaseChannelLayer._compile_capacities(channel_capacity)
     items = (
@@ -361,7 +368,7 @@ def compile_capacities(channel_capacity: Any) -> list[Any]:
     ]
 
 
-def lua_capacities(compiled: list[Any]) -> list[str | int] | None:
+def lua_capacities(compiled: Sequence[tuple[object, int]]) -> list[str | int] | None:
     """
     Flat (Lua pattern, capacity) pairs for the group-send script, or None
     when a pattern is a regex (or a glob Lua patterns cannot express).

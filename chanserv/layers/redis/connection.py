@@ -1,54 +1,9 @@
 """
-Connections to one Redis server (a *shard*) for the Redis channel layer.
-
-:class:`RedisShard` is an ``IService`` owning, for the life of the layer's
-attachment to a reactor:
-
-- one *command connection*, kept up by a ``ClientService`` (reconnecting
-  with an exponential back-off capped at ``reconnect_max`` seconds); every
-  non-blocking command of the process is pipelined on it;
-- a bounded pool of *blocking connections* to the same server, each
-  carrying one ``BLPOP`` at a time so that blocking pops never hold up
-  other commands.  Each knows its ``CLIENT ID``, so a pop that is no longer
-  wanted is ended at once with ``CLIENT UNBLOCK`` from the command
-  connection.
-
-A shard's server is either a fixed address or, for a
-:class:`~chanserv.layers.redis.config.SentinelAddress`, whichever server
-the sentinels name as the master on each (re)connection
-(:mod:`~chanserv.layers.redis.sentinel`); while up, the sentinels are asked
-again every ``sentinel_check_interval`` seconds, and a master they no longer
-name is left (a failover that did not stop the old master).
-
-The Redis protocol itself is txredisapi's; this module adds what txredisapi
-1.6 lacks for a server (see reference/security.md §1f):
-
-- **Timeouts for everything, blocking pops included.**  txredisapi skips its
-  ``replyTimeout`` for BLPOP, so a frozen server would hold those forever;
-  instead each connection records a deadline per command, and one sweep per
-  shard (at most 0.5 s apart) aborts a connection whose oldest command is
-  overdue.  Its pending commands fail with :class:`RedisTimeout`, and as
-  the server is presumably frozen, the blocking connections go too.
-- **Fail fast while down.**  Commands issued while the command connection is
-  not up fail at once with :class:`RedisUnavailable` (txredisapi would queue
-  them forever); only during the very first connection attempt do they wait
-  for its outcome.
-- **Only a master counts.**  A new command connection logs in (AUTH,
-  SELECT), then asks ``ROLE``: a replica is dropped and tried again later
-  (with back-off).  An error reply saying the server is a replica now
-  (``READONLY``: the master was demoted by a failover) drops the connection
-  so that it reconnects, resolving the master again; the command fails with
-  :class:`RedisUnavailable`.
-- **Bounded memory.**  At most ``max_pending`` commands (and about
-  ``max_pending_bytes`` of arguments) wait for replies on the command
-  connection; more fail with :class:`RedisUnavailable`.
-- **Scripts survive restarts.**  Every (re)connection loads the scripts
-  before it counts as up; :meth:`RedisShard.eval` uses EVALSHA and, on
-  ``NOSCRIPT`` all the same, loads the script once and runs it again.
-
-Everything here runs on the reactor thread.  txredisapi's module imports the
-global reactor; the connections, timers and back-off here all use the
-injected one.
+Connections to one Redis server (a *shard*): :class:`RedisShard` keeps a
+pipelined command connection and a bounded pool of blocking connections up,
+with timeouts for every command, fail-fast while down, master-only
+connections, bounded memory and scripts reloaded on reconnection.  Reactor
+thread only (the injected reactor, never txredisapi's global one).
 """
 
 from __future__ import annotations
@@ -81,7 +36,13 @@ from chanserv.layers.redis.config import (
     SentinelAddress,
 )
 from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
-from chanserv.layers.redis.protocol import BlockingPop, ConnectionFactory, RedisConnectionProtocol
+from chanserv.layers.redis.protocol import (
+    BlockingPop,
+    ConnectionFactory,
+    RedisArg,
+    RedisConnectionProtocol,
+    RedisReply,
+)
 from chanserv.layers.redis.sentinel import SentinelEndpoint
 from chanserv.log import Logger
 
@@ -148,6 +109,8 @@ class RedisShard(Service):
         max_pending: int = 10000,
         max_pending_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        # Any: the reactor must provide IReactorTCP (HostnameEndpoint) and IReactorTime, and
+        # Python's types have no intersection of interfaces.
         self.reactor = reactor
         self.address = address
         self.name = str(address)
@@ -517,7 +480,7 @@ class RedisShard(Service):
 
     # -- commands ---------------------------------------------------------------
 
-    def execute(self, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+    def execute(self, *args: RedisArg, timeout: float | None = None) -> Deferred[RedisReply]:
         """
         Run one command on the command connection.
 
@@ -544,7 +507,9 @@ class RedisShard(Service):
             )
         return proto.execute_command(*args, timeout=timeout)
 
-    def eval(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Deferred[Any]:
+    def eval(
+        self, script: Script, keys: Sequence[RedisArg], args: Sequence[RedisArg]
+    ) -> Deferred[RedisReply]:
         """
         Run ``script`` with EVALSHA.  On NOSCRIPT (``SCRIPT FLUSH``, a
         failover) the script is loaded once -- concurrent callers share the

@@ -1,4 +1,8 @@
-"""The errors of the Redis channel layer (all are ``ConnectionError``)."""
+"""
+The errors of the Redis channel layer (all are ``ConnectionError``).
+Any thread: raised on the reactor thread, and re-raised to synchronous
+callers in theirs.
+"""
 
 from __future__ import annotations
 

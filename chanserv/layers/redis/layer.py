@@ -1,37 +1,8 @@
 """
-The Redis channel layer: ``asgi_redis.RedisChannelLayer``'s configuration,
-on txredisapi, for sites that run interface servers and workers as separate
-processes (and on several machines).
-
-What differs from asgi_redis 1.4.3, and why:
-
-- One long-lived set of connections per shard, owned by a service that
-  starts and stops with :meth:`~RedisChannelLayer.attach_reactor` /
-  :meth:`~RedisChannelLayer.detach_reactor`; blocking pops on their own
-  connections, timed out even when the server is frozen; fail-fast with
-  :class:`RedisUnavailable` while Redis is down, and reconnection with a
-  capped back-off (:mod:`~chanserv.layers.redis.connection`).
-- A receive takes the body off Redis in the same script that pops the
-  reference, and can take a batch (:mod:`~chanserv.layers.redis.receive`).
-- Group sends cost O(1) in the number of members: one script per shard,
-  one reference per interested *process* (its inbox), the body stored
-  once; each interface fans a group message out to its own connections in
-  one reactor callback.  Capacity is per channel, never shared by a
-  process's local channels; a connection whose queue overflows is closed by
-  its interface (1013) and the drop counted.  See
-  :mod:`~chanserv.layers.redis.scripts` for the key layout.
-- Memberships live as long as their connection: an interface's local
-  members never lapse while it heartbeats, and it removes them when the
-  connection goes; a process that finds Redis has lost its state is told
-  (``on_lost`` of :meth:`RedisChannelLayer.add_local_receiver`).
-- The synchronous face works in any process: without an attached reactor
-  it starts the global one in a daemon thread (:mod:`.sync`).
-- Every channel lives on its hashed shard, normal channels too (asgi_redis
-  sent those round-robin): capacity is then exact and a channel's messages
-  stay in order.  The price: one channel's traffic is served by one Redis
-  server.  Changing ``hosts`` loses data.
-
-Requires Redis >= 5 (>= 6 for a fractional ``blpop_timeout``).
+The Redis channel layer: ``asgi_redis.RedisChannelLayer``'s configuration on
+txredisapi, with O(1) group sends, connection-lived memberships and state
+loss detection (Redis >= 5).  The reactor face runs on the reactor thread;
+the synchronous face on any thread but the reactor thread (:mod:`.sync`).
 """
 
 from __future__ import annotations
@@ -68,6 +39,7 @@ from chanserv.layers.redis.receive import (
 from chanserv.layers.redis.scripts import ALL_SCRIPTS
 from chanserv.layers.redis.sync import call_in_reactor, check_not_reactor_thread, running_reactor
 from chanserv.log import Logger
+from chanserv.types import Content, Received
 
 __all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts"]
 
@@ -129,6 +101,8 @@ class RedisChannelLayer(BaseChannelLayer):
         max_message_size: int = 1024 * 1024,
         blpop_timeout: float = 5,
     ) -> None:
+        # Any: hosts and connection_kwargs are the layer's CONFIG as the project wrote it
+        # (channels_redis forms), checked here entry by entry.
         super().__init__(
             expiry=expiry,
             group_expiry=group_expiry,
@@ -182,7 +156,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._attach_lock = threading.Lock()
         # Messages of a group reference beyond a receive's limit, per
         # process prefix, for the next receive (any thread).
-        self._spill: dict[str, deque[tuple[str, dict[str, Any]]]] = {}
+        self._spill: dict[str, deque[Received]] = {}
         self._spill_lock = threading.Lock()
 
     @staticmethod
@@ -202,10 +176,10 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- group spill-over (any thread) --------------------------------------------
 
-    def _take_spilled(self, names: Sequence[str], limit: int) -> list[tuple[str, dict[str, Any]]]:
+    def _take_spilled(self, names: Sequence[str], limit: int) -> list[Received]:
         if not self._spill:
             return []
-        taken: list[tuple[str, dict[str, Any]]] = []
+        taken: list[Received] = []
         with self._spill_lock:
             for name in names:
                 queue = self._spill.get(name)
@@ -215,9 +189,7 @@ class RedisChannelLayer(BaseChannelLayer):
                     del self._spill[name]
         return taken
 
-    def _keep(
-        self, decoded: list[tuple[str, dict[str, Any]]], limit: int
-    ) -> list[tuple[str, dict[str, Any]]]:
+    def _keep(self, decoded: list[Received], limit: int) -> list[Received]:
         # A group reference expands to its local members: what is beyond
         # ``limit`` waits for the next receive of that prefix.
         if len(decoded) <= limit:
@@ -272,9 +244,7 @@ class RedisChannelLayer(BaseChannelLayer):
         payload = self._codec.encode(data)
         self._sync(self._send_wait, channel, payload, timeout, timeout=timeout + self.sync_timeout)
 
-    def receive(
-        self, channels: Sequence[str], block: bool = False
-    ) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+    def receive(self, channels: Sequence[str], block: bool = False) -> Received | tuple[None, None]:
         """
         One message from ``channels``, or ``(None, None)``; ``block=True``
         waits up to ``blpop_timeout`` seconds.  Decryption and unpacking
@@ -343,6 +313,8 @@ class RedisChannelLayer(BaseChannelLayer):
     # -- reactor face: attachment ------------------------------------------------
 
     def attach_reactor(self, reactor: Any) -> None:
+        # Any: the reactor must provide IReactorTime and IReactorFromThreads (the Redis layer's
+        # also IReactorTCP), and Python's types have no intersection of interfaces.
         """
         Start the connection service of every shard on ``reactor``.  Redis
         being down is no error: operations fail fast until it is up.
@@ -487,9 +459,7 @@ class RedisChannelLayer(BaseChannelLayer):
         receive.deferred.addBoth(done)
         return receive.start()
 
-    def receive_many_twisted(
-        self, channels: Sequence[str], limit: int
-    ) -> Deferred[list[tuple[str, dict[str, Any]]]]:
+    def receive_many_twisted(self, channels: Sequence[str], limit: int) -> Deferred[list[Received]]:
         """
         1 to ``limit`` ``(channel, message)`` pairs from ``channels``, as
         soon as there are some (blocking pops, no polling).  Cancelling
@@ -514,9 +484,7 @@ class RedisChannelLayer(BaseChannelLayer):
             names, limit, True, True, lambda items: self._keep(decode(items), limit)
         )
 
-    def _receive_local(
-        self, names: list[str], limit: int
-    ) -> Deferred[list[tuple[str, dict[str, Any]]]]:
+    def _receive_local(self, names: list[str], limit: int) -> Deferred[list[Received]]:
         # A local receiver's loop: every member of a group message at once.
         return self._start_receive(names, limit, True, True, self.operations.decode_items)
 
@@ -688,7 +656,7 @@ class RedisChannelLayer(BaseChannelLayer):
             return fail()
         return self.operations.send_group(group, payload).addCallback(lambda _: None)
 
-    def send_twisted(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
+    def send_twisted(self, channel: str, message: Content) -> Deferred[None]:
         """
         Send ``message`` to ``channel``.  Fails with ChannelFull,
         MessageTooLarge, TypeError, RedisUnavailable or RedisTimeout.
@@ -701,7 +669,7 @@ class RedisChannelLayer(BaseChannelLayer):
             return fail()
         return self.operations.send(channel, payload)
 
-    def send_group_twisted(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+    def send_group_twisted(self, group: str, message: Content) -> Deferred[None]:
         """Send ``message`` to every member of ``group`` (never ChannelFull)."""
         try:
             self._require_attached()

@@ -1,13 +1,8 @@
 """
-The Redis commands of the Redis channel layer: sends, groups, flush,
-statistics, heartbeats, and the pops and hand-backs that
-:mod:`~chanserv.layers.redis.receive` drives.  :class:`RedisOperations`
-knows the key layout (:mod:`~chanserv.layers.redis.scripts`) and the shards;
-it takes names already checked and payloads already encoded -- validation,
-serialisation and encryption are the layer's.
-
-Reactor thread only.  Every method returns a Deferred (or nothing, for the
-fire-and-forget ones, which log their failures); none raises.
+The Redis commands of the Redis channel layer (sends, groups, flush,
+statistics, heartbeats, pops and hand-backs), on names already checked and
+payloads already encoded.  Reactor thread only; every method returns a
+Deferred or logs its own failures, and none raises.
 """
 
 from __future__ import annotations
@@ -27,6 +22,7 @@ from chanserv.layers.redis.codec import MessageCodec
 from chanserv.layers.redis.config import consistent_hash
 from chanserv.layers.redis.connection import RedisShard
 from chanserv.layers.redis.errors import RedisUnavailable
+from chanserv.layers.redis.protocol import RedisArg
 from chanserv.layers.redis.scripts import (
     BLOCK,
     CHANNEL_STATS,
@@ -46,6 +42,7 @@ from chanserv.layers.redis.scripts import (
     UNREGISTER,
 )
 from chanserv.log import Logger
+from chanserv.types import Content, Received
 
 __all__ = ["GroupSendResult", "RawMessage", "RedisOperations"]
 
@@ -140,7 +137,7 @@ class RedisOperations:
         get_capacity: Callable[[str], int],
         lua_capacities: list[str | int] | None,
         codec: MessageCodec,
-        unpack: Callable[[bytes], dict[str, Any]],
+        unpack: Callable[[bytes], Content],
     ) -> None:
         self.prefix = prefix
         self.stats_prefix = stats_prefix
@@ -290,7 +287,7 @@ class RedisOperations:
             self.stat_key(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
             self.count_key(name),
         ]
-        args = [
+        args: list[RedisArg] = [
             payload,
             self.expiry_ms,
             capacity,
@@ -331,7 +328,7 @@ class RedisOperations:
             self.stat_key(GLOBAL_STATS_KEY, STAT_MESSAGES_COUNT),
             self.stat_key(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
         ]
-        head = [
+        head: list[RedisArg] = [
             payload,
             self.expiry_ms,
             float(self.group_expiry),
@@ -405,7 +402,7 @@ class RedisOperations:
 
     def group_channels(self, group: str) -> Deferred[list[str]]:
         """The members of ``group`` on every shard, lapsed ones dropped first."""
-        args = [group, float(self.group_expiry), self.prefix]
+        args: list[RedisArg] = [group, float(self.group_expiry), self.prefix]
         reads = [shard.eval(GROUP_MEMBERS, [], args) for shard in self.shards]
 
         def merge(results: list[list[bytes]]) -> list[str]:
@@ -424,7 +421,7 @@ class RedisOperations:
         seconds; ``register`` (re)registers it.  Fires False when it was
         registered but its heartbeat was gone: Redis lost its state.
         """
-        args = [
+        args: list[RedisArg] = [
             self.prefix,
             process,
             max(1, int(ttl * 1000)),
@@ -483,6 +480,8 @@ class RedisOperations:
 
     @inlineCallbacks
     def global_statistics(self) -> Any:
+        # Any: an inlineCallbacks generator, whose yielded Deferreds carry untyped Redis
+        # replies; its caller gets a Deferred firing with a dict of str to float.
         """
         The counters (and their last whole second) summed over the shards,
         and the messages pending in every list and the age of the oldest
@@ -612,13 +611,13 @@ class RedisOperations:
 
     # -- decoding ------------------------------------------------------------------
 
-    def decode_items(self, items: Sequence[RawMessage]) -> list[tuple[str, dict[str, Any]]]:
+    def decode_items(self, items: Sequence[RawMessage]) -> list[Received]:
         """
         ``(channel, message)`` pairs: a group message once per member, the
         members sharing one dict (read-only).  Undecodable messages are
         logged and dropped.
         """
-        result: list[tuple[str, dict[str, Any]]] = []
+        result: list[Received] = []
         start = len(self.prefix)
         for item in items:
             channel = item.list_key.decode("utf-8")[start:]

@@ -1,19 +1,8 @@
 """
 The pieces under :class:`~chanserv.layers.redis.connection.RedisShard`:
 txredisapi's protocol adapted for a server (raw ``bytes`` replies, a
-deadline per command, failures as :mod:`~chanserv.layers.redis.errors`),
-its factory, and one blocking pop.
-
-Imports go one way: errors and config, then this module, then
-:mod:`.sentinel` and :mod:`.connection`.  What a blocking pop needs of its
-shard is the :class:`BlockingConnections` protocol, so this module never
-imports the shard.
-
-txredisapi is used through its public API, except in the one section
-marked "txredisapi internals" below, each name of which is pinned by a test
-(``tests/layers/redis/test_txredisapi_internals.py``).
-
-Reactor thread only.
+deadline per command, chanserv's errors), its factory, and one blocking
+pop.  Reactor thread only.
 """
 
 from __future__ import annotations
@@ -21,12 +10,12 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import txredisapi
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
@@ -36,12 +25,23 @@ __all__ = [
     "BlockingConnections",
     "BlockingPop",
     "ConnectionFactory",
+    "RedisArg",
     "RedisConnectionProtocol",
+    "RedisReply",
     "TxredisapiHooks",
     "is_demotion",
 ]
 
 log = Logger()
+
+#: An argument of a Redis command (txredisapi encodes each).
+RedisArg: TypeAlias = str | bytes | int | float
+
+# Any: a Redis reply is whatever RESP value txredisapi decodes (bytes, int,
+# None, or lists nesting those), and only each command's caller knows which
+# shape its command returns.
+#: A decoded Redis reply.
+RedisReply: TypeAlias = Any
 
 #: Error replies meaning the server is (now) a replica: the master was
 #: demoted by a failover.  A script's error carries the code after a "-".
@@ -87,7 +87,7 @@ class TxredisapiHooks(_Protocol):
     def reply_arrived(self) -> None:
         """One complete reply was parsed (before it is handed out)."""
 
-    def replyReceived(self, reply: Any) -> None:
+    def replyReceived(self, reply: RedisReply) -> None:
         self.reply_arrived()
         super().replyReceived(reply)
 
@@ -139,7 +139,9 @@ class RedisConnectionProtocol(TxredisapiHooks, txredisapi.RedisProtocol):
         self.replies = 0
         self.overdue_at: int | None = None
 
-    def execute_command(self, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+    def execute_command(
+        self, *args: RedisArg, timeout: float | None = None
+    ) -> Deferred[RedisReply]:
         """
         Send a command; its Deferred fires with the reply (``bytes``,
         ``int``, lists of those, None) or fails with ``ResponseError`` (an
@@ -192,7 +194,7 @@ class RedisConnectionProtocol(TxredisapiHooks, txredisapi.RedisProtocol):
         if self.pending:
             self.pending_bytes -= self.pending.popleft()[1]
 
-    def connectionLost(self, why: Any) -> None:
+    def connectionLost(self, why: Failure) -> None:
         super().connectionLost(why)
         self.pending.clear()
         self.pending_bytes = 0
@@ -226,7 +228,7 @@ class ConnectionFactory(protocol.Factory):
         self.lost = lost
         self.latest: RedisConnectionProtocol | None = None
 
-    def buildProtocol(self, addr: Any) -> RedisConnectionProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> RedisConnectionProtocol:
         p = RedisConnectionProtocol(self.clock, self.reply_timeout, self.label)
         p.factory = self
         self.latest = p
@@ -239,7 +241,7 @@ class BlockingConnections(Protocol):
     """What a :class:`BlockingPop` needs of its shard."""
 
     @property
-    def reactor(self) -> Any: ...
+    def reactor(self) -> IReactorTime: ...
 
     @property
     def reply_timeout(self) -> float: ...
@@ -250,7 +252,7 @@ class BlockingConnections(Protocol):
     def release_blocking(self, proto: RedisConnectionProtocol) -> None:
         """Give back what :meth:`acquire_blocking` gave."""
 
-    def execute(self, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+    def execute(self, *args: RedisArg, timeout: float | None = None) -> Deferred[RedisReply]:
         """Run a command on the command connection."""
 
 

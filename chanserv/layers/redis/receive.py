@@ -1,31 +1,7 @@
 """
-Receiving from the Redis layer, on the reactor thread: one receive
-(:class:`ReceiveOperation`), a process-local ``prefix!`` list read forever
-into a callback (:class:`LocalReceiverLoop`), the heartbeat that keeps an
-interface process registered (:class:`ProcessHeartbeat`), and waiting for
-room on a full channel (:class:`CapacityWatch`).
-
-A receive is push-based: when nothing is waiting it blocks in ``BLPOP``
-(with a timeout, then again) rather than polling.
-
-1. *Non-blocking pass*: the shards holding the channels are tried in turn
-   (starting from a rotating shard) with the ``pop_many`` script, which
-   pops up to ``limit`` references round-robin across the channel lists
-   (shuffled on every call, so no channel starves another) and reads and
-   deletes their bodies in the same step.  The first shard with messages
-   ends the receive: one round trip when messages are waiting.
-2. *Blocking pass*: otherwise a ``BLPOP`` on a blocking connection of each
-   of those shards.  The first reference popped wins; ``pop_many`` on that
-   shard then reads its body and takes up to ``limit - 1`` more.  The other
-   pops are ended with ``CLIENT UNBLOCK``.
-
-A reference popped by a ``BLPOP`` that is no longer wanted (another shard
-won, the receive was cancelled or its synchronous caller gave up) is put
-back at the head of its list with ``LPUSH``: its body is still in Redis.
-Messages whose bodies a cancelled receive already took are put back with
-fresh body keys by the ``requeue`` script.  Either way a message is
-delivered at most once, and lost only if Redis fails during the hand-back
-(logged).
+Receiving from the Redis layer: one push-based receive, a process-local
+list read forever into a callback, the heartbeat of an interface process
+and waiting for room on a full channel.  Reactor thread only.
 """
 
 from __future__ import annotations
@@ -42,6 +18,7 @@ from chanserv.layers.redis.connection import BlockingPop
 from chanserv.layers.redis.errors import RedisUnavailable
 from chanserv.layers.redis.operations import RawMessage, RedisOperations
 from chanserv.log import Logger
+from chanserv.types import Received
 
 __all__ = ["CapacityWatch", "LocalReceiverLoop", "ProcessHeartbeat", "ReceiveOperation"]
 
@@ -75,6 +52,8 @@ class ReceiveOperation:
         blpop_timeout: float,
         on_received: Callable[[set[bytes]], None],
     ) -> None:
+        # Any: the batch is whatever decode makes of the raw messages: the raw messages
+        # themselves or (channel, message) pairs, depending on the caller.
         self._ops = ops
         self._blpop_timeout = blpop_timeout
         self._on_received = on_received
@@ -104,6 +83,8 @@ class ReceiveOperation:
         return clients
 
     def start(self) -> Deferred[list[Any]]:
+        # Any: the batch is whatever decode makes of the raw messages: the raw messages
+        # themselves or (channel, message) pairs, depending on the caller.
         self._round()
         return self.deferred
 
@@ -284,10 +265,10 @@ class LocalReceiverLoop:
     def __init__(
         self,
         reactor: IReactorTime,
-        receive_many: Callable[[list[str], int], Deferred[list[tuple[str, dict[str, Any]]]]],
+        receive_many: Callable[[list[str], int], Deferred[list[Received]]],
         when_up: Callable[[], Deferred[None]],
         prefix: str,
-        callback: Callable[[list[tuple[str, dict[str, Any]]]], None],
+        callback: Callable[[list[Received]], None],
     ) -> None:
         self._reactor = reactor
         self._receive_many = receive_many
@@ -319,7 +300,7 @@ class LocalReceiverLoop:
         d.addCallbacks(self._got, self._failed)
         d.addErrback(lambda f: log.failure("Local receiver for {prefix}", f, prefix=self._prefix))
 
-    def _got(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    def _got(self, batch: list[Received]) -> None:
         self._pending = None
         if self._failures:
             log.info("Local receiver for {prefix} is receiving again", prefix=self._prefix)

@@ -1,63 +1,7 @@
 """
-The Lua scripts of the Redis channel layer, and the key layout they share.
-
-Keys (``prefix`` defaults to ``asgi:``, ``stats_prefix`` to ``asgi-meta:``;
-``P!`` is a process prefix, ``P!x`` one of its process-local channels)::
-
-    <prefix><hex>                message body (string), PX expiry
-    <prefix><hex>:n              readers left, for a body several lists share
-    <prefix><channel>            list of references to bodies (a normal or
-                                 single-reader channel)
-    <prefix><P!>                 the inbox of process P: one list for all its
-                                 local channels, PX 2 * expiry + 1 s
-    <prefix>:count:<P!>          hash P!x -> direct sends to P!x waiting in
-                                 the inbox (capacity is per channel), and
-                                 "P!x blocked" -> 1 while P blocks P!x
-    <prefix>:group:<g>           zset: non-local member -> time of last add
-    <prefix>:group:<g>:<P!>      zset: local member P!x -> time of last add
-    <prefix>:procs:<g>           zset: processes with local members in g
-    <prefix>:pgroups:<P!>        set: groups where P has local members
-    <prefix>:groups:<channel>    set: the groups of a channel
-    <prefix>:registered          set: processes that heartbeat (interfaces)
-    <prefix>:alive:<P!>          a registered process's heartbeat, PX ttl
-    <stats_prefix><channel>:<stat>, <stats_prefix>#global#:<stat>
-                                 counters (none per single-use ``?``
-                                 channel), plus ``:<second>`` buckets kept 3 s
-
-Memberships live on the shard of the member's list (a local member: on the
-shard of its process's inbox), so every script touches one shard's keys.
-
-**Inbox references.**  An element of an inbox is ``<body key> <P!x>`` for a
-direct send to ``P!x``, or ``<body key> #<group>`` for a group send: one
-reference per interested process, whatever the number of its members, so a
-group send costs one push per process and carries the body once.  The pop
-script expands a group reference into the process's members at that moment.
-The inbox is a transport, not a capacity: each local channel's capacity is
-counted on its own -- direct sends in ``count:<P!>`` here, and every
-delivery in the interface server's per-connection queue.
-
-**Blocked channels.**  An interface blocks the reply channel of a client
-that reads slowly (``block_local_channel``): a ``P!x blocked`` field in the
-same ``count:<P!>`` hash, which the send scripts read with the count they
-read anyway (one ``HMGET``, no extra command per message).  It is set and
-cleared by one command on each transition, removed with the channel's
-memberships when the connection goes (``leave_all``), and lives no longer
-than the hash: deleted with everything else of a dead process, and expiring
-with the inbox when nothing is sent to the process.
-
-**Membership lifetime.**  A non-local member lapses ``group_expiry`` after
-its last add, as in ASGI.  A local member of a *registered* process (an
-interface server, which heartbeats) never lapses by time: its interface
-removes it when the connection goes (and when a delivery finds no
-connection), and all its memberships go when its heartbeat stops (the
-process is dead).  A local member of an unregistered process lapses like a
-non-local one.  A process that finds its heartbeat key gone has lost its
-state (Redis restarted empty, failed over to an empty replica, FLUSHALL).
-
-A reference whose body expired is dropped when it reaches the head of its
-list (so it stops counting against capacity), and its channel leaves all
-its groups.  Every script runs atomically; times come from the server's
-clock (``TIME``), so processes with skewed clocks agree on group expiry.
+The Lua scripts of the Redis channel layer and the key layout they share
+(the layout and its reasons are in ``docs/internals.rst``).  The scripts
+run atomically in Redis; the Python here is called on the reactor thread.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """
-Redis Sentinel: connecting to whichever server is the master of a service
-right now.
-
-:class:`SentinelEndpoint` is the client endpoint of a shard configured as
-``{"sentinels": [...], "master_name": ...}``: every connection attempt
-first asks the sentinels, one after the other, ``SENTINEL
-get-master-addr-by-name`` over a short-lived connection, then connects to
-the address named.  Whether that server really is the master is checked by
-the shard (``ROLE``) before the connection counts as up: a sentinel may
-still name a demoted master for a moment during a failover.
-
-Reactor thread only.
+Redis Sentinel: :class:`SentinelEndpoint` connects to whichever server the
+sentinels name as a service's master right now.  Reactor thread only.
 """
 
 from __future__ import annotations
@@ -19,7 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from zope.interface import implementer
 
 from chanserv.layers.redis.config import SentinelAddress
@@ -56,7 +51,11 @@ class SentinelEndpoint:
     """
 
     def __init__(
-        self, reactor: Any, address: SentinelAddress, endpoint_to: EndpointTo, timeout: float
+        self,
+        reactor: IReactorTime,
+        address: SentinelAddress,
+        endpoint_to: EndpointTo,
+        timeout: float,
     ) -> None:
         self.reactor = reactor
         self.address = address
@@ -65,12 +64,12 @@ class SentinelEndpoint:
         self.resolved: tuple[str, int] | None = None
         self._first = 0  # the sentinel that answered last is asked first
 
-    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         d = self.resolve_master()
 
-        def connect_to(master: tuple[str, int]) -> Deferred[Any]:
+        def connect_to(master: tuple[str, int]) -> Deferred[IProtocol]:
             endpoint = self.endpoint_to(master[0], master[1], self.address.tls)
-            connecting: Deferred[Any] = endpoint.connect(protocolFactory)
+            connecting: Deferred[IProtocol] = endpoint.connect(protocolFactory)
             return connecting
 
         return d.addCallback(connect_to)

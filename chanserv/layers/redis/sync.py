@@ -1,24 +1,8 @@
 """
-How the Redis layer's synchronous face reaches a reactor.
-
-Every synchronous call (``send``, ``receive``, ``group_add``...) runs the
-matching reactor-face operation on the reactor thread and waits for it, like
-``blockingCallFromThread`` but with a timeout, so a stuck reactor or server
-never hangs the caller forever.  The reactor is the one the layer is
-attached to -- the server's, under ``twistd chanserv`` -- or, in a process
-that attached none (a management command, a Django shell, a Celery task, a
-plain script), the global Twisted reactor, which :func:`running_reactor`
-starts in a daemon thread the first time it is needed.
-
-Consequences of that fallback, since a process has only one global reactor:
-the process's reactor then runs in a thread named ``chanserv-reactor`` with
-no signal handlers, and code in that process can no longer call
-``reactor.run()`` itself.  The thread dies with the process; a synchronous
-call that returned has completed on the server (sends are acknowledged by
-Redis before they return).
-
-The synchronous face must never be called on the reactor thread: it would
-wait for itself.  :func:`check_not_reactor_thread` raises instead.
+How the Redis layer's synchronous face reaches a reactor: the attached one,
+or the global reactor started in a daemon thread.  Called from any thread
+but the reactor thread (it would wait for itself); the operations it runs
+go to the reactor thread.
 """
 
 from __future__ import annotations
@@ -54,6 +38,9 @@ def check_not_reactor_thread() -> None:
 
 
 def running_reactor(timeout: float = 10.0) -> Any:
+    # Any: the global reactor, as attach_reactor and call_in_reactor take it: it provides
+    # IReactorCore, IReactorTime, IReactorTCP and IReactorFromThreads at once, which no single
+    # interface type says.
     """
     The global reactor, started (once) in a daemon thread if it is not
     running yet.  Not on the reactor thread.
@@ -144,6 +131,8 @@ def call_in_reactor(
     timeout: float,
     on_abandoned: Callable[[Any], None] | None = None,
 ) -> Any:
+    # Any: f's arguments and result are the caller's (a Deferred's result is waited for and
+    # returned instead); the reactor is one attach_reactor took (see there).
     """
     Run ``f(*args)`` on ``reactor``'s thread and return its result, waiting
     for it if it is a Deferred; raise what it raised.  Not on the reactor

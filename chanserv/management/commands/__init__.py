@@ -1,0 +1,4 @@
+"""
+``manage.py runserver`` and ``runworker`` on chanserv.  Main thread (the
+command's).
+"""

@@ -1,17 +1,16 @@
 """
 ``manage.py runserver`` on chanserv: HTTP and WebSockets on one port, worker
 threads in the same process, Django's autoreloader, and static files when
-``DEBUG`` is on -- the tutorial's development server.
-
-``--noworker`` runs the interface server only (consumers then run in
-``manage.py runworker`` processes over a cross-process layer).
+``DEBUG`` is on; ``--noworker`` runs the interface server only.  The
+command's main thread parses options, then runs the reactor.
 """
 
 from __future__ import annotations
 
 import threading
+from argparse import ArgumentParser
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.core.management.base import CommandError
@@ -29,7 +28,7 @@ class Command(DjangoRunserver):
         "static files in one process, with autoreload."
     )
 
-    def add_arguments(self, parser: Any) -> None:
+    def add_arguments(self, parser: ArgumentParser) -> None:
         from chanserv.tap import DEFAULT_THREADS
 
         super().add_arguments(parser)
@@ -71,10 +70,11 @@ class Command(DjangoRunserver):
             help="Serve static files even with DEBUG off.",
         )
 
-    def get_handler(self, *args: Any, **options: Any) -> Any:  # pragma: no cover
+    def get_handler(self, *args: object, **options: object) -> NoReturn:  # pragma: no cover
         raise CommandError("chanserv's runserver does not serve WSGI")
 
     def inner_run(self, *args: Any, **options: Any) -> None:
+        # Any: Django's command options, as argparse typed each (Django's BaseCommand API).
         from twisted.internet import reactor
 
         from chanserv.asgi import channel_layers

@@ -1,12 +1,12 @@
 """
-``manage.py runworker``: a worker node, as in Channels 1.x.
-
-Consumes the routed channels of a cross-process (Redis) channel layer with a
-pool of threads; the same service tree as ``twistd chanserv --mode=worker``.
+``manage.py runworker``: a worker node, as in Channels 1.x, consuming the
+routed channels of a cross-process (Redis) layer with a pool of threads.
+The command's main thread parses options, then runs the reactor.
 """
 
 from __future__ import annotations
 
+from argparse import ArgumentParser
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -22,7 +22,7 @@ class Command(BaseCommand):
     leave_locale_alone = True
     requires_system_checks: list[str] = []
 
-    def add_arguments(self, parser: Any) -> None:
+    def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument(
             "--layer", default="default", help="Channel layer alias (default: 'default')."
         )
@@ -54,6 +54,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Any: Django's command options, as argparse typed each (Django's BaseCommand API).
         from twisted.internet import reactor
 
         try:

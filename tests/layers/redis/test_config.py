@@ -20,6 +20,7 @@ SENTINELS = [("10.0.0.1", 26379), ("10.0.0.2", 26379)]
 
 
 def test_sentinel_entry() -> None:
+    """A sentinel entry parses to a SentinelAddress whose str() leaves the passwords out."""
     (address,) = parse_hosts(
         [
             {
@@ -44,6 +45,7 @@ def test_sentinel_entry() -> None:
 
 
 def test_sentinel_entry_takes_login_defaults_from_connection_kwargs() -> None:
+    """connection_kwargs give the master's login, ssl and db; sentinels get no password."""
     (address,) = parse_hosts(
         [{"sentinels": [["h", 26379]], "master_name": "m"}],
         {"password": "pw", "username": "u", "ssl": True, "db": 1},
@@ -55,6 +57,7 @@ def test_sentinel_entry_takes_login_defaults_from_connection_kwargs() -> None:
 
 
 def test_one_sentinel_entry_is_one_shard() -> None:
+    """Each sentinel entry is one shard of the ring, alongside plain redis:// URLs."""
     hosts = [
         {"sentinels": SENTINELS, "master_name": "a"},
         {"sentinels": SENTINELS, "master_name": "b"},
@@ -66,6 +69,7 @@ def test_one_sentinel_entry_is_one_shard() -> None:
 
 
 def test_plain_dict_entries() -> None:
+    """Dicts with an 'address' URL or 'host'/'port' parse to RedisAddress, plus db/password."""
     addresses = parse_hosts(
         [
             {"address": "redis://:pw@h1:7000/3"},
@@ -104,11 +108,13 @@ def test_plain_dict_entries() -> None:
     ],
 )
 def test_bad_dict_entries(entry: dict[str, Any], message: str) -> None:
+    """A malformed host dict (missing, unknown or mistyped keys) is a ValueError saying why."""
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_hosts([entry])
 
 
 def test_passwords_are_masked_in_errors() -> None:
+    """The ValueError for a bad host dict shows its password as '***', never in clear."""
     with pytest.raises(ValueError) as raised:
         parse_hosts([{"host": "h", "password": "hunter2", "bogus": 1}])
     assert "hunter2" not in str(raised.value)
@@ -116,6 +122,7 @@ def test_passwords_are_masked_in_errors() -> None:
 
 
 def test_a_dict_is_no_list_of_hosts() -> None:
+    """hosts given as one dict instead of a list is refused with a ValueError."""
     with pytest.raises(ValueError, match="must be a list"):
         parse_hosts({"sentinels": SENTINELS, "master_name": "m"})
 

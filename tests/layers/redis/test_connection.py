@@ -82,6 +82,7 @@ class DefaultsTests(SynchronousTestCase):
 
 class ReadinessTests(ShardTestCase):
     def test_commands_wait_for_the_first_attempt(self) -> None:
+        """A command issued before the first connection is ready is sent once it is up."""
         shard = self.make_shard()
         d = shard.execute("GET", "k")
         self.assertNoResult(d)
@@ -92,6 +93,7 @@ class ReadinessTests(ShardTestCase):
         self.assertEqual(self.successResultOf(d), b"v")
 
     def test_login_then_role_then_scripts(self) -> None:
+        """A new connection sends AUTH, SELECT db, then ROLE and SCRIPT LOAD; then it is up."""
         address = RedisAddress("redis.test", 6379, db=3, password="pw", username="me")
         shard = self.make_shard(address=address)
         server = accept(self.reactor)
@@ -103,6 +105,7 @@ class ReadinessTests(ShardTestCase):
         self.assertEqual(shard.state, "up")
 
     def test_failed_login_is_retried_with_back_off(self) -> None:
+        """A refused AUTH drops the connection, is logged, fails commands, and is retried."""
         shard = self.make_shard(address=RedisAddress("redis.test", 6379, password="bad"))
         server = accept(self.reactor)
         with capturedLogs() as events:
@@ -119,6 +122,7 @@ class ReadinessTests(ShardTestCase):
         self.assertEqual(server.commands(), [[b"AUTH", b"bad"]])
 
     def test_a_replica_is_refused(self) -> None:
+        """A server whose ROLE says replica is dropped, logged and retried; no scripts load."""
         shard = self.make_shard()
         server = accept(self.reactor)
         self.assertEqual(server.commands(), [[b"ROLE"]])
@@ -136,6 +140,7 @@ class ReadinessTests(ShardTestCase):
         self.assertEqual(shard.state, "up")
 
     def test_a_server_refusing_role_is_accepted(self) -> None:
+        """A server that rejects ROLE as unknown is taken for a master: scripts load, up."""
         shard = self.make_shard()
         server = accept(self.reactor)
         self.assertEqual(server.commands(), [[b"ROLE"]])
@@ -147,6 +152,7 @@ class ReadinessTests(ShardTestCase):
 
 class ReconnectTests(ShardTestCase):
     def test_back_off_doubles_up_to_the_cap(self) -> None:
+        """Reconnection back-off doubles from 0.2 s up to reconnect_max, plus the jitter."""
         self.patch(connection.random, "random", lambda: 0.5)  # jitter: 0.05 s
         shard = self.make_shard(reconnect_max=2.0)
         times = self.attempt_times(until=12)
@@ -160,6 +166,7 @@ class ReconnectTests(ShardTestCase):
             self.assertLessEqual(abs(gap - (delay + 0.3 + 0.05)), 0.03, gaps)
 
     def test_fails_fast_while_down_and_recovers(self) -> None:
+        """While down, commands fail at once with RedisUnavailable; it then reconnects."""
         shard, server = self.up()
         server.close(clean=False)
         self.assertEqual(shard.state, "down")
@@ -172,6 +179,7 @@ class ReconnectTests(ShardTestCase):
         self.assertNoResult(shard.execute("GET", "k"))
 
     def test_in_flight_commands_fail_when_the_connection_goes(self) -> None:
+        """A lost connection fails its in-flight commands RedisUnavailable, not RedisTimeout."""
         shard, server = self.up()
         d = shard.execute("GET", "k")
         server.close(clean=False)
@@ -180,6 +188,7 @@ class ReconnectTests(ShardTestCase):
         self.assertNotIsInstance(failure.value, RedisTimeout)
 
     def test_when_up_fires_on_reconnection(self) -> None:
+        """when_up() called while down waits, and fires once the shard has reconnected."""
         shard, server = self.up()
         server.close()
         d = shard.when_up()
@@ -193,6 +202,10 @@ class TimeoutTests(ShardTestCase):
     """A frozen server: connections stay open, no byte comes back."""
 
     def test_frozen_server_is_dropped_within_timeout_plus_two_sweeps(self) -> None:
+        """An unanswered command drops the connection in reply timeout + two sweeps, < 5 s.
+
+        It fails RedisTimeout; later commands fail at once with RedisUnavailable.
+        """
         shard, server = self.up()
         started = self.reactor.seconds()
         d = shard.execute("GET", "k")
@@ -212,6 +225,7 @@ class TimeoutTests(ShardTestCase):
         self.assertIsInstance(failure.value, RedisUnavailable)
 
     def test_a_busy_reactor_is_not_a_frozen_server(self) -> None:
+        """An overdue reply read between two sweeps keeps the connection; both commands end."""
         # A reply read between the two sweeps keeps the connection.
         shard, server = self.up()
         first = shard.execute("GET", "a")
@@ -226,6 +240,10 @@ class TimeoutTests(ShardTestCase):
         self.assertEqual(self.successResultOf(second), b"2")
 
     def test_frozen_at_connect_keeps_backing_off_then_reconnects_when_thawed(self) -> None:
+        """A server silent at connect is dropped after the reply timeout, retried with back-off.
+
+        Once it answers again the shard is up within reconnect_max.
+        """
         shard = self.make_shard(reconnect_max=2.0)
         attempts = []
         for _ in range(4):
@@ -255,6 +273,7 @@ class TimeoutTests(ShardTestCase):
         self.assertLessEqual(self.reactor.seconds() - thawed, shard.reconnect_max + 0.15)
 
     def test_commands_in_flight_are_bounded(self) -> None:
+        """Beyond max_pending commands in flight, further ones fail with 'Too many commands'."""
         shard, server = self.up(max_pending=3)
         sent = [shard.execute("GET", "k%d" % i) for i in range(5)]
         for d in sent[3:]:
@@ -264,6 +283,7 @@ class TimeoutTests(ShardTestCase):
 
 class ScriptTests(ShardTestCase):
     def test_noscript_loads_once_and_runs_again(self) -> None:
+        """NOSCRIPT replies cause one SCRIPT LOAD, then each failed EVALSHA is sent again."""
         shard, server = self.up()
         first = shard.eval(SCRIPT, ["k"], [1])
         second = shard.eval(SCRIPT, ["k"], [2])
@@ -279,6 +299,7 @@ class ScriptTests(ShardTestCase):
         self.assertEqual(self.successResultOf(second), 20)
 
     def test_other_error_replies_are_the_callers(self) -> None:
+        """A script's error reply fails the caller with ResponseError; the connection stays."""
         shard, server = self.up()
         d = shard.eval(SCRIPT, [], [])
         server.reply(Error("ERR Error running script: boom"))
@@ -287,6 +308,7 @@ class ScriptTests(ShardTestCase):
         self.assertEqual(shard.state, "up")
 
     def test_scripts_are_loaded_on_every_reconnection(self) -> None:
+        """Every reconnection loads the scripts again before the shard is up."""
         shard, server = self.up()
         server.close()
         self.reactor.advance(0.31)
@@ -296,6 +318,7 @@ class ScriptTests(ShardTestCase):
 
 class ReadOnlyTests(ShardTestCase):
     def test_readonly_drops_the_connection_and_reconnects(self) -> None:
+        """A READONLY reply fails 'no master now', drops the connection, logs, reconnects."""
         shard, server = self.up()
         d = shard.execute("RPUSH", "k", "v")
         with capturedLogs() as events:
@@ -312,6 +335,7 @@ class ReadOnlyTests(ShardTestCase):
         self.assertEqual(shard.state, "up")
 
     def test_readonly_from_a_script_counts_too(self) -> None:
+        """A -READONLY inside a script's error reply also fails and drops the connection."""
         shard, server = self.up()
         d = shard.eval(SCRIPT, ["k"], [])
         server.reply(
@@ -324,6 +348,7 @@ class ReadOnlyTests(ShardTestCase):
         self.assertTrue(server.dropped)
 
     def test_demoted_blocking_connection_drops_the_command_connection(self) -> None:
+        """UNBLOCKED on a BLPOP drops it and the command connection; the shard is down."""
         shard, server = self.up()
         pop = shard.blpop(["q"], 5)
         blocking = accept(self.reactor)
@@ -352,6 +377,7 @@ class BlockingPopTests(ShardTestCase):
         return pop, blocking
 
     def test_pop_and_reuse(self) -> None:
+        """BLPOP runs after CLIENT ID, fires the popped pair, and reuses the idle connection."""
         shard, _ = self.up()
         pop, blocking = self.blocked(shard)
         blocking.reply([b"q2", b"ref"])
@@ -363,6 +389,7 @@ class BlockingPopTests(ShardTestCase):
         self.assertIsNone(self.successResultOf(again.deferred))
 
     def test_unblock_sends_client_unblock(self) -> None:
+        """unblock() sends CLIENT UNBLOCK with the pop's client id; the pop then fires None."""
         shard, server = self.up()
         pop, blocking = self.blocked(shard)
         pop.unblock()
@@ -372,6 +399,7 @@ class BlockingPopTests(ShardTestCase):
         self.assertIsNone(self.successResultOf(pop.deferred))
 
     def test_blocking_pop_deadline_is_its_timeout_plus_the_reply_timeout(self) -> None:
+        """A BLPOP connection is dropped, RedisTimeout, after its timeout plus reply timeout."""
         shard, server = self.up()
         pop, blocking = self.blocked(shard, timeout=5)
         server.reply()  # nothing for the command connection
@@ -383,6 +411,7 @@ class BlockingPopTests(ShardTestCase):
         self.assertIsInstance(self.failureResultOf(pop.deferred).value, RedisTimeout)
 
     def test_a_frozen_command_connection_takes_the_blocking_ones_along(self) -> None:
+        """Dropping a frozen command connection drops blocking ones too; their pops fail."""
         shard, server = self.up()
         pop, blocking = self.blocked(shard)
         d = shard.execute("GET", "k")
@@ -395,6 +424,7 @@ class BlockingPopTests(ShardTestCase):
         self.assertIsInstance(self.failureResultOf(pop.deferred).value, RedisUnavailable)
 
     def test_no_blocking_connection_while_down(self) -> None:
+        """A BLPOP while down fails RedisUnavailable at once and opens no connection."""
         shard, server = self.up()
         server.close()
         pop = shard.blpop(["q"], 5)
@@ -404,6 +434,7 @@ class BlockingPopTests(ShardTestCase):
 
 class StopTests(ShardTestCase):
     def test_stop_closes_everything(self) -> None:
+        """stopService() unblocks pops, closes blocking then command connections, stops."""
         shard, server = self.up()
         pop = shard.blpop(["q"], 5)
         blocking = accept(self.reactor)

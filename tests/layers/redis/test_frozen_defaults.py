@@ -32,6 +32,10 @@ class FrozenDefaultsTests(unittest.TestCase):
         in_reactor(self.layer.shards[0].when_up, timeout=10)
 
     def test_frozen_is_noticed_and_thawed_is_reconnected_within_5_s(self) -> None:
+        """With default options a frozen Redis fails sends within 5 s, then in under 0.5 s.
+
+        Once thawed the shard is up again within 5 s and both channel kinds deliver.
+        """
         layer = self.layer
         batches: list[Any] = []
         arrived = threading.Event()

@@ -67,7 +67,7 @@ class ProtocolTests(SynchronousTestCase):
         self.failureResultOf(proto.execute_command("GET", "k"), RedisUnavailable)
 
     def test_each_command_gets_a_deadline_until_its_reply(self) -> None:
-        """Commands queue (deadline, bytes) -- the reply timeout or their own -- replies pop them."""
+        """Each command queues (deadline, bytes), reply timeout or its own; replies pop them."""
         clock = Clock()
         clock.advance(10)
         proto, transport = connected(clock)
@@ -158,7 +158,7 @@ class BlockingPopTests(SynchronousTestCase):
         return pop
 
     def test_pop_fires_then_releases_the_connection(self) -> None:
-        """BLPOP with the timeout on the wire; the popped pair fires, then the connection is freed."""
+        """BLPOP sends its timeout; the popped pair fires, then the connection is freed."""
         pop = self.start(timeout=5)
         self.assertEqual(sent(self.transport), [[b"BLPOP", b"q1", b"q2", b"5"]])
         self.assertEqual(self.proto.pending[0][0], 5 + FakeShard.reply_timeout)

@@ -66,6 +66,7 @@ class SentinelTestCase(SynchronousTestCase):
 
 class ResolutionTests(SentinelTestCase):
     def test_connects_to_the_master_the_sentinel_names(self) -> None:
+        """A sentinel shard asks a sentinel first, then connects to the master it names."""
         shard = self.make_shard()
         self.assertEqual([a[1] for a in self.reactor.tcpClients], [26379])  # not the master yet
         self.answer(26379, ("10.0.0.5", 6380))
@@ -78,6 +79,7 @@ class ResolutionTests(SentinelTestCase):
         )
 
     def test_next_sentinel_when_one_refuses(self) -> None:
+        """A sentinel refusing the connection is passed over for the next one at once."""
         shard = self.make_shard()
         refuse(self.reactor, 26379)
         self.wait_for_attempt(26380, within=0.5)
@@ -86,6 +88,7 @@ class ResolutionTests(SentinelTestCase):
         self.assertEqual(shard.state, "up")
 
     def test_next_sentinel_when_one_does_not_answer_in_time(self) -> None:
+        """A sentinel silent for sentinel_timeout is dropped and the next one asked."""
         address = SentinelAddress("mymaster", SENTINELS, sentinel_timeout=1.0)
         shard = self.make_shard(address)
         frozen = accept(self.reactor, 26379)
@@ -100,6 +103,7 @@ class ResolutionTests(SentinelTestCase):
         self.assertEqual(shard.state, "up")
 
     def test_a_sentinel_that_knows_no_such_master_is_skipped(self) -> None:
+        """A sentinel that knows no master of that name is skipped for the next one."""
         shard = self.make_shard()
         self.answer(26379, None)
         self.answer(26380, ("10.0.0.5", 6380))
@@ -107,6 +111,7 @@ class ResolutionTests(SentinelTestCase):
         self.assertEqual(shard.state, "up")
 
     def test_no_master_anywhere_fails_fast_and_retries(self) -> None:
+        """No sentinel naming a master: down, logged why, commands fail, asked again later."""
         shard = self.make_shard()
         with capturedLogs() as events:
             for port in (26379, 26380, 26381):
@@ -121,6 +126,7 @@ class ResolutionTests(SentinelTestCase):
         self.wait_for_attempt(26379, within=0.5)
 
     def test_the_sentinel_that_answered_is_asked_first_next_time(self) -> None:
+        """The sentinel that last named the master is the first one asked next time."""
         shard = self.make_shard()
         refuse(self.reactor, 26379)
         self.wait_for_attempt(26380, within=0.5)
@@ -133,6 +139,7 @@ class ResolutionTests(SentinelTestCase):
         self.assertEqual([a[1] for a in self.reactor.tcpClients], [26380])
 
     def test_passwords_for_the_sentinels_and_for_the_master(self) -> None:
+        """Sentinels get AUTH with the sentinel login; the master its own password and db."""
         address = SentinelAddress(
             "mymaster",
             SENTINELS,
@@ -156,6 +163,7 @@ class ResolutionTests(SentinelTestCase):
         self.assertEqual(shard.state, "up")
 
     def test_stopping_while_resolving_cancels_the_question(self) -> None:
+        """stopService() while asking a sentinel drops that connection and stops the shard."""
         shard = self.make_shard()
         sentinel = accept(self.reactor, 26379)
         stopped = shard.stopService()
@@ -165,6 +173,7 @@ class ResolutionTests(SentinelTestCase):
         self.assertEqual(shard.state, "stopped")
 
     def test_resolve_master_reports_every_reason(self) -> None:
+        """MasterNotFound names every sentinel with why it failed: refused, error, no answer."""
         self.reactor = MemoryReactorClock()
         reactor = self.reactor
 
@@ -196,6 +205,7 @@ class FailoverTests(SentinelTestCase):
         return shard, server
 
     def test_a_replica_named_during_failover_is_refused_then_the_new_master_taken(self) -> None:
+        """A named master that says it is a replica is left; the next sentinel is asked."""
         shard = self.make_shard()
         self.answer(26379, ("10.0.0.5", 6380))
         stale = accept(self.reactor, 6380)
@@ -214,6 +224,7 @@ class FailoverTests(SentinelTestCase):
         self.assertEqual(shard.master, ("10.0.0.6", 6381))
 
     def test_readonly_reconnects_to_the_new_master(self) -> None:
+        """READONLY drops command and blocking connections; all reconnect to the new master."""
         shard, old = self.up()
         pop = shard.blpop(["q"], 5)
         blocking = accept(self.reactor, 6380)
@@ -240,6 +251,7 @@ class FailoverTests(SentinelTestCase):
         self.assertEqual([a[1] for a in self.reactor.tcpClients], [6381])
 
     def test_master_moved_while_disconnected_drops_idle_blocking_connections(self) -> None:
+        """Idle blocking connections to an old master are dropped once a new one is named."""
         shard, old = self.up()
         pop = shard.blpop(["q"], 5)
         blocking = accept(self.reactor, 6380)
@@ -256,6 +268,7 @@ class FailoverTests(SentinelTestCase):
         self.assertEqual([a[1] for a in self.reactor.tcpClients], [6381])
 
     def test_a_master_the_sentinels_no_longer_name_is_left(self) -> None:
+        """The periodic check leaves a master the sentinels no longer name, for the new one."""
         # SENTINEL FAILOVER or a partition: the old master still answers as
         # a master, but the sentinels have moved on.
         shard, old = self.up()
@@ -277,6 +290,7 @@ class FailoverTests(SentinelTestCase):
         self.assertEqual(shard.master, ("10.0.0.6", 6381))
 
     def test_sentinels_unreachable_while_up_changes_nothing(self) -> None:
+        """Sentinels unreachable at the periodic check leave the shard up on its master."""
         shard, old = self.up()
         self.pump(shard.sentinel_check_interval)
         for port in (26379, 26380, 26381):

@@ -156,6 +156,10 @@ class SentinelFailoverTests(unittest.TestCase):
         }
 
     def test_traffic_resumes_on_the_new_master_after_a_kill(self) -> None:
+        """After the master is killed, sends fail, then resume on the new one within 15 s.
+
+        The shard moves to the new master within 15 s and no message is received twice.
+        """
         outcome = self.through_failover(self.cluster.kill_master)
         print(
             "\nsentinel failover (SIGKILL of the master): sends resumed %.2f s after the "
@@ -170,6 +174,10 @@ class SentinelFailoverTests(unittest.TestCase):
         self.assertEqual(outcome["twice"], [], "a message was received twice")
 
     def test_a_demoted_master_is_left_for_the_new_one(self) -> None:
+        """On SENTINEL FAILOVER the shard leaves the demoted master for the new one in 15 s.
+
+        Only messages sent before the switch may be received twice.
+        """
         # SENTINEL FAILOVER: the old master lives on and is made a replica
         # of the new one, so the layer meets READONLY, UNBLOCKED, CLIENT
         # KILL or ROLE "slave" there, whichever comes first.

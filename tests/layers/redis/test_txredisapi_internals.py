@@ -63,6 +63,7 @@ def feed(proto: Any, chunk: bytes) -> list[Any]:
 
 class InternalsTests(SynchronousTestCase):
     def test_RedisProtocol_is_one_of_the_two_parsers(self) -> None:
+        """txredisapi.RedisProtocol is BaseRedisProtocol or HiredisProtocol, nothing else."""
         self.assertIn(
             txredisapi.RedisProtocol,
             (txredisapi.BaseRedisProtocol, txredisapi.HiredisProtocol),
@@ -70,6 +71,7 @@ class InternalsTests(SynchronousTestCase):
         )
 
     def test_setLineMode_takes_the_rest_of_the_chunk(self) -> None:
+        """setLineMode(extra) lets the pure-Python parser parse a whole chunk in one turn."""
         parameters = inspect.signature(txredisapi.BaseRedisProtocol.setLineMode).parameters
         self.assertIn("extra", parameters, "setLineMode() lost its 'extra' argument" + REVIEW)
         proto = PurePython()
@@ -82,6 +84,7 @@ class InternalsTests(SynchronousTestCase):
         self.assertEqual(proto.line_mode, 1, "setLineMode() no longer means line_mode = 1" + REVIEW)
 
     def test_setLineMode_byte_by_byte(self) -> None:
+        """The pure-Python parser loses no bytes when replies arrive one byte per read."""
         # Bulk strings split across reads: the rest is sometimes empty.
         proto = PurePython()
         proto.makeConnection(StringTransport())
@@ -93,6 +96,7 @@ class InternalsTests(SynchronousTestCase):
         self.assertEqual(replies, REPLIES, "the parser lost bytes across reads" + REVIEW)
 
     def test_dataReceived_takes_unpause(self) -> None:
+        """Both txredisapi parsers' dataReceived() still take the 'unpause' argument."""
         for cls in (txredisapi.BaseRedisProtocol, txredisapi.HiredisProtocol):
             parameters = inspect.signature(cls.dataReceived).parameters
             self.assertIn(
@@ -102,6 +106,7 @@ class InternalsTests(SynchronousTestCase):
             )
 
     def test_replyReceived_is_called_once_per_reply(self) -> None:
+        """Both txredisapi parsers call replyReceived() exactly once per (nested) reply."""
         for cls in (PurePython, Installed):
             proto = cls()
             self.assertEqual(feed(proto, CHUNK), REPLIES)
@@ -112,6 +117,8 @@ class InternalsTests(SynchronousTestCase):
             )
 
     def test_the_layer_protocol_counts_replies(self) -> None:
+        """RedisConnectionProtocol counts replies and pops one pending command per reply."""
+
         class Clock:
             def seconds(self) -> float:
                 return 0.0
