@@ -227,8 +227,10 @@ def build_service(
         pool.setServiceParent(root)
         Worker(
             reactor,
-            channel_layer,
+            channel_layer.channel_layer,
+            channel_layer.router,
             pool,
+            consumer_layer=channel_layer,
             only_channels=only_channels,
             exclude_channels=exclude_channels,
             graceful_timeout=graceful_timeout,

@@ -28,8 +28,10 @@ from chanserv.exceptions import (
     DenyConnection,
     RouteTimeout,
 )
+from chanserv.interfaces import IChannelLayer
 from chanserv.log import Logger
 from chanserv.message import Message
+from chanserv.routing import Router
 from chanserv.signals import (
     consumer_finished,
     consumer_started,
@@ -40,7 +42,7 @@ from chanserv.threads import WorkerPool, batcher_for
 from chanserv.types import Content, Received
 
 if TYPE_CHECKING:
-    from chanserv.interfaces import IChannelLayer
+    from chanserv.interfaces import IReactorChannelLayer
     from chanserv.layers.base import BaseChannelLayer
 
 log = Logger()
@@ -203,17 +205,22 @@ def filter_channels(
 
 class Worker(Service):
     """
-    Dispatches routed messages from ``channel_layer`` to ``pool``.
+    Dispatches messages from ``layer``, routed by ``router``, to ``pool``.
 
     It takes messages off the layer only when a pool thread is free
     (``receive_many_twisted`` limited to the idle threads), so a backlog
     stays in the layer, where capacity turns it into back-pressure, never
     in an unbounded queue in this process.
 
-    :param channel_layer: a layer wrapper with a ``router`` (see
-        :mod:`chanserv.asgi`); its reactor face is used on the reactor thread
-        and its synchronous face from pool threads.
+    :param layer: the channel layer itself: its reactor face is used on
+        the reactor thread and its synchronous face from pool threads.
+    :param router: the :class:`~chanserv.routing.Router` that picks each
+        message's consumer; its channels are the ones listened on.
     :param pool: the started-before-us :class:`~chanserv.threads.WorkerPool`.
+    :param consumer_layer: what consumers see as ``message.channel_layer``:
+        in a project, the layer's
+        :class:`~chanserv.asgi.ChannelLayerWrapper` (its ``alias`` and
+        ``router`` too, as in Channels 1.x); ``layer`` if None.
     :param only_channels: globs; listen only on routed channels matching one.
     :param exclude_channels: globs; never listen on channels matching one.
     :param message_retries: how often ``ConsumeLater`` may requeue a message.
@@ -235,7 +242,8 @@ class Worker(Service):
     def __init__(
         self,
         reactor: IReactorTime,
-        channel_layer: ChannelLayerWrapper,
+        layer: IReactorChannelLayer,
+        router: Router,
         pool: WorkerPool,
         only_channels: Sequence[str] | None = None,
         exclude_channels: Sequence[str] | None = None,
@@ -244,10 +252,12 @@ class Worker(Service):
         verbosity: int = 1,
         ordered: bool | None = None,
         max_parked: int | None = None,
+        consumer_layer: ChannelLayerWrapper | IReactorChannelLayer | None = None,
     ) -> None:
         self._reactor = reactor
-        self.channel_layer = channel_layer
-        self.router = channel_layer.router
+        self.layer = layer
+        self.channel_layer = layer if consumer_layer is None else consumer_layer
+        self.router = router
         self.pool = pool
         self.message_retries = message_retries
         self.graceful_timeout = graceful_timeout
@@ -277,7 +287,7 @@ class Worker(Service):
         # bursts -- a long run of its messages in a FIFO channel -- take the
         # whole budget and hold the other sockets' messages back behind it.
         capacity = 0
-        get_capacity = getattr(self.channel_layer, "get_capacity", None)
+        get_capacity = getattr(self.layer, "get_capacity", None)
         if get_capacity is not None:
             for name in self.channels:
                 try:
@@ -329,7 +339,7 @@ class Worker(Service):
             return
         lanes = self.lanes
         if lanes is None:
-            d = self.channel_layer.receive_many_twisted(self.channels, free)
+            d = self.layer.receive_many_twisted(self.channels, free)
             self._receiving = d
         else:
             with lanes.lock:
@@ -344,7 +354,7 @@ class Worker(Service):
                     free = room
                 # Set under the lock: pool threads take no message themselves
                 # while a batch may be between the layer and _received.
-                d = self.channel_layer.receive_many_twisted(self.channels, free)
+                d = self.layer.receive_many_twisted(self.channels, free)
                 self._receiving = d
         d.addCallbacks(self._received, self._receive_failed)
         d.addErrback(lambda f: log.failure("Worker dispatch failed", f))
@@ -459,8 +469,9 @@ class Worker(Service):
         empty the thread returns to the pool.  Runs in a pool thread.
         """
         lanes = self.lanes
-        layer = self.channel_layer
-        receive = layer.receive if getattr(layer, "cheap_receive", False) else None
+        layer = self.layer
+        # Its synchronous face, for pool threads (both layers provide both).
+        receive = IChannelLayer(layer).receive if getattr(layer, "cheap_receive", False) else None
         while True:
             if lane is None:
                 self.handle(channel, content)

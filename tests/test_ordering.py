@@ -337,7 +337,9 @@ def worker_runtime() -> Iterator[Any]:
         LayerService(reactor, wrapper).setServiceParent(root)
         pool = WorkerPool(reactor, threads)
         pool.setServiceParent(root)
-        Worker(reactor, wrapper, pool).setServiceParent(root)
+        Worker(
+            reactor, wrapper.channel_layer, wrapper.router, pool, consumer_layer=wrapper
+        ).setServiceParent(root)
         in_reactor(root.startService)
         started.append(root)
         return wrapper

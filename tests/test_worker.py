@@ -78,7 +78,14 @@ def runtime() -> Iterator[Any]:
         LayerService(reactor, wrapper).setServiceParent(root)
         pool = WorkerPool(reactor, threads)
         pool.setServiceParent(root)
-        worker = Worker(reactor, wrapper, pool, **worker_kw)
+        worker = Worker(
+            reactor,
+            wrapper.channel_layer,
+            wrapper.router,
+            pool,
+            consumer_layer=wrapper,
+            **worker_kw,
+        )
         worker.setServiceParent(root)
         workers.append(worker)
         in_reactor(root.startService)
@@ -360,7 +367,9 @@ def test_stop_waits_for_consumers_in_flight() -> None:
     LayerService(reactor, wrapper).setServiceParent(root)
     pool = WorkerPool(reactor, 1)
     pool.setServiceParent(root)
-    Worker(reactor, wrapper, pool).setServiceParent(root)
+    Worker(
+        reactor, wrapper.channel_layer, wrapper.router, pool, consumer_layer=wrapper
+    ).setServiceParent(root)
     in_reactor(root.startService)
     layer.send("test.stop", {})
     rec.wait_for(1)
@@ -387,7 +396,14 @@ def test_stop_gives_up_after_graceful_timeout() -> None:
 
     wrapper = ChannelLayerWrapper(layer, "default", [route("test.stuck", stuck_consumer)])
     pool = WorkerPool(reactor, 1, name="stuck-pool")
-    worker = Worker(reactor, wrapper, pool, graceful_timeout=0.3)
+    worker = Worker(
+        reactor,
+        wrapper.channel_layer,
+        wrapper.router,
+        pool,
+        consumer_layer=wrapper,
+        graceful_timeout=0.3,
+    )
     in_reactor(layer.attach_reactor, reactor)
     in_reactor(pool.startService)
     in_reactor(worker.startService)
