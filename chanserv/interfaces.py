@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from chanserv.types import Content, Received
+from chanserv.types import Content, Prepared, Received
 
 __all__ = [
     "IChannelLayer",
@@ -79,26 +79,28 @@ class IChannelLayer(Interface):
         :raises MessageTooLarge: the message is over ``max_message_size``.
         """
 
-    def prepare(message: object) -> bytes:
+    def prepare(message: object) -> Prepared:
         """
-        Validate and serialise ``message`` for :meth:`send_prepared`: the
-        copy the contract requires, and the check of the types it holds.
+        Validate ``message`` and copy it for :meth:`send_prepared`: the copy
+        the contract requires (msgpack bytes; a layer that keeps messages in
+        this process may make a :class:`~chanserv.types.FlatMessage`), and
+        the check of the types it holds.
 
         :raises TypeError: not a dict, a non-``str`` key, the reserved key
             ``__asgi_channel__``, or a value of a type no layer can carry.
         :raises MessageTooLarge: larger than ``max_message_size`` serialised.
         """
 
-    def unpack(data: bytes) -> Content:
+    def unpack(data: Prepared) -> Content:
         """A fresh dict from data returned by :meth:`prepare`."""
 
-    def send_prepared(channel: str, data: bytes) -> None:
+    def send_prepared(channel: str, data: Prepared) -> None:
         """:meth:`send` with a message already through :meth:`prepare`."""
 
-    def send_group_prepared(group: str, data: bytes) -> None:
+    def send_group_prepared(group: str, data: Prepared) -> None:
         """:meth:`send_group` with a message already through :meth:`prepare`."""
 
-    def send_prepared_wait(channel: str, data: bytes, timeout: float) -> None:
+    def send_prepared_wait(channel: str, data: Prepared, timeout: float) -> None:
         """
         :meth:`send_prepared`, waiting up to ``timeout`` seconds for room
         while the channel is full or blocked.  A worker thread only: it
@@ -213,7 +215,12 @@ class IReactorChannelLayer(Interface):
         """
 
     def send_twisted(channel: str, message: Content) -> Deferred[None]:
-        """:meth:`IChannelLayer.send` as a Deferred (fails with ChannelFull and the like)."""
+        """
+        :meth:`IChannelLayer.send` as a Deferred (fails with ChannelFull and
+        the like).  The caller hands ``message`` over: the interface server
+        builds each one and never reads or changes it afterwards, so no
+        isolation requires a copy (the layer still checks it).
+        """
 
     def send_group_twisted(group: str, message: Content) -> Deferred[None]:
         """:meth:`IChannelLayer.send_group` as a Deferred."""

@@ -17,7 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
-__all__ = ["Content", "ContentMapping", "JSONValue", "Received", "Value"]
+__all__ = [
+    "Content",
+    "ContentMapping",
+    "FlatMessage",
+    "JSONValue",
+    "Prepared",
+    "Received",
+    "Value",
+]
 
 # Any: an ASGI message value is any msgpack-serialisable value (nested
 # lists, dicts, str, bytes, int, float, bool, None), which Python's type
@@ -38,3 +46,23 @@ Received: TypeAlias = tuple[str, Content]
 # Any: what json.loads returns (and json.dumps takes) is any JSON value.
 #: A decoded JSON document: the content of a JSON WebSocket frame.
 JSONValue: TypeAlias = Any
+
+
+class FlatMessage(dict[str, Value]):
+    """
+    A layer's private copy of a flat message: ``str`` keys and immutable
+    scalar values only (``str``, ``bytes``, ``int``, ``float``, ``bool``,
+    None), so a shallow copy is a full one.  ``nbytes`` approximates its
+    serialised size (for pacing).  Made by
+    :func:`chanserv.layers.base.flat_copy`.
+    """
+
+    __slots__ = ("nbytes",)
+    nbytes: int
+
+
+#: A message as a layer's ``prepare`` returns it: opaque, only for the same
+#: layer's ``send_prepared``, ``send_group_prepared`` and ``unpack`` --
+#: msgpack bytes, or a :class:`FlatMessage` from a layer that keeps its
+#: messages in this process.
+Prepared: TypeAlias = "bytes | FlatMessage"

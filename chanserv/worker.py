@@ -33,8 +33,8 @@ from chanserv.log import Logger
 from chanserv.message import Message
 from chanserv.routing import Router
 from chanserv.signals import (
-    consumer_finished,
-    consumer_started,
+    send_consumer_finished,
+    send_consumer_started,
     worker_process_ready,
     worker_ready,
 )
@@ -601,7 +601,7 @@ def run_consumer(
     content = message.content
     if content.get("__retries__", 0) == message_retries:
         message.__doomed__ = True
-    consumer_started.send(sender=sender, environ={})
+    send_consumer_started(sender, {})
     try:
         return consumer(message, **kwargs)
     except DenyConnection:
@@ -623,7 +623,7 @@ def run_consumer(
         requeue_message(message.channel_layer, channel, content, message_retries)
     finally:
         try:
-            consumer_finished.send(sender=sender)
+            send_consumer_finished(sender)
         except Exception:
             log.failure("Error in a consumer_finished receiver")
     return None

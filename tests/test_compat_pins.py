@@ -117,6 +117,69 @@ def test_twisted_records_the_signal_that_stopped_the_reactor() -> None:
     assert not twisted_compat.forget_exit_signal(reactor, (signal.SIGTERM,))
 
 
+def test_twisted_tcp_write_buffer_counters_say_when_nothing_waits() -> None:
+    """A TCP transport's _tempDataLen and dataBuffer count what write() buffered, until doWrite."""
+    import socket
+
+    from twisted.internet import tcp
+
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    try:
+        transport = tcp.Server.__new__(tcp.Server)
+        abstract_init = tcp.Connection.__init__
+        pinned(
+            "_tempDataLen" in inspect.getsource(tcp.abstract.FileDescriptor.write)
+            and "_writeDisconnected" in inspect.getsource(tcp.abstract.FileDescriptor.write),
+            "twisted",
+            "FileDescriptor.write no longer keeps _tempDataLen / checks _writeDisconnected",
+            "chanserv._compat.twisted.write_now",
+        )
+
+        class Reactor:
+            added: list[object] = []
+
+            def addWriter(self, w: object) -> None:
+                self.added.append(w)
+
+            def removeWriter(self, w: object) -> None:
+                pass
+
+        abstract_init(transport, left, None, Reactor())  # type: ignore[arg-type]
+        transport.connected = 1
+        pinned(
+            transport._tempDataLen == 0 and not transport.dataBuffer,
+            "twisted",
+            "a new TCP transport no longer starts with an empty _tempDataLen / dataBuffer",
+            "chanserv._compat.twisted.write_now",
+        )
+        transport.write(b"buffered")
+        pinned(
+            transport._tempDataLen == len(b"buffered") and Reactor.added == [transport],
+            "twisted",
+            "write() no longer counts buffered bytes in _tempDataLen",
+            "chanserv._compat.twisted.write_now",
+        )
+        # write_now sees the buffer and queues behind it: order holds.
+        twisted_compat.write_now(transport, b"-after")
+        assert transport._tempDataLen == len(b"buffered-after")
+        transport.doWrite()
+        assert right.recv(100) == b"buffered-after"
+        pinned(
+            transport._tempDataLen == 0 and not transport.dataBuffer,
+            "twisted",
+            "doWrite() no longer empties _tempDataLen / dataBuffer once all is sent",
+            "chanserv._compat.twisted.write_now",
+        )
+        # Nothing waits now: write_now sends at once, registering no writer.
+        Reactor.added.clear()
+        twisted_compat.write_now(transport, b"direct")
+        assert right.recv(100) == b"direct" and Reactor.added == []
+    finally:
+        left.close()
+        right.close()
+
+
 # -- autobahn -------------------------------------------------------------------------
 
 
@@ -333,3 +396,39 @@ def test_django_test_cases_run_the_hooks_around_each_test() -> None:
         "tearDown (got %r)" % (events,),
         "chanserv._compat.django.TestCaseHooks",
     )
+
+
+def test_django_signal_receivers_keep_their_dispatch_uid_and_connects_clear_the_cache() -> None:
+    """ReceiverCheck sees exactly its receivers, and any connect or disconnect is noticed."""
+    from django.dispatch import Signal
+
+    signal = Signal(use_caching=True)
+    signal.sender_receivers_cache = {}
+
+    def ours(**kwargs: object) -> None:
+        pass
+
+    signal.connect(ours, dispatch_uid="ours", weak=False)
+    check = django_compat.ReceiverCheck(signal, ["ours"])
+    pinned(
+        check.only_ours(),
+        "django",
+        "Signal.receivers entries no longer start with (dispatch_uid, sender id)",
+        "chanserv._compat.django.ReceiverCheck",
+    )
+    signal.connect(lambda **kw: None, dispatch_uid="theirs", weak=False)
+    pinned(
+        not check.only_ours(),
+        "django",
+        "Signal.connect no longer clears sender_receivers_cache",
+        "chanserv._compat.django.ReceiverCheck",
+    )
+    signal.disconnect(dispatch_uid="theirs")
+    pinned(
+        check.only_ours(),
+        "django",
+        "Signal.disconnect no longer clears sender_receivers_cache",
+        "chanserv._compat.django.ReceiverCheck",
+    )
+    signal.connect(lambda **kw: None, sender=int, weak=False)
+    assert not check.only_ours()  # a receiver for one sender counts too

@@ -957,7 +957,10 @@ def timing_out_worker(channel: str) -> tuple[Worker, InMemoryChannelLayer]:
     routing = [route(channel, consumer_a, path=SLOW_PATTERN)]
     wrapper = ChannelLayerWrapper(layer, "default", routing, Router(routing, timeout=0.1))
     reactor = MemoryReactorClock()
-    return Worker(reactor, wrapper, WorkerPool(reactor, 1)), layer
+    return (
+        Worker(reactor, layer, wrapper.router, WorkerPool(reactor, 1), consumer_layer=wrapper),
+        layer,
+    )
 
 
 @pytest.mark.parametrize(

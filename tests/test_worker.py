@@ -6,6 +6,7 @@ reactor running in a background thread (tests.support.reactor_thread).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -211,33 +212,58 @@ def test_immediately_bypasses_buffer(runtime: Any) -> None:
     assert seen == [("test.direct", {"x": 1})]
 
 
-def test_close_old_connections_runs_around_each_consumer(
-    runtime: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("extra_receiver", [False, True], ids=["direct", "through-send"])
+def test_close_old_connections_runs_around_each_consumer_once_the_thread_used_the_database(
+    runtime: Any, monkeypatch: pytest.MonkeyPatch, extra_receiver: bool
 ) -> None:
-    """Old database connections are closed before and after each consumer, in its thread."""
+    """
+    Old connections are checked before and after each consumer, in its thread, once that
+    thread has opened a database connection; before that there is none to close.
+    """
     # close_old_connections() walks connections.all(initialized_only=True);
     # record each walk, in the thread that made it.
     events: list[tuple[str, str]] = []
+    real_all = connections.all
 
-    def fake_all(initialized_only: bool = False) -> list[Any]:
+    def recording_all(initialized_only: bool = False) -> list[Any]:
         events.append(("close_old_connections", threading.current_thread().name))
-        return []
+        return real_all(initialized_only=initialized_only)
 
-    monkeypatch.setattr(connections, "all", fake_all)
+    monkeypatch.setattr(connections, "all", recording_all)
 
     def consumer(message: Any) -> None:
         events.append(("consumer", threading.current_thread().name))
+        if message.get("open"):
+            connections["default"].ensure_connection()
 
-    done = threading.Event()
     layer = runtime([route("test.db", consumer)], threads=1)
-    consumer_finished.connect(lambda **kw: done.set(), weak=False, dispatch_uid="t-db")
+    if extra_receiver:  # a receiver of the application's: Signal.send runs them all
+        consumer_started.connect(lambda **kw: None, weak=False, dispatch_uid="t-db-started")
+        consumer_finished.connect(lambda **kw: None, weak=False, dispatch_uid="t-db-finished")
     try:
-        layer.send("test.db", {})
-        assert done.wait(TIMEOUT)
+        for content in ({}, {"open": True}, {}):
+            layer.send("test.db", content)
+        expected = 9 if extra_receiver else 6
+        deadline = time.monotonic() + TIMEOUT
+        while len(events) < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # nothing more comes
     finally:
-        consumer_finished.disconnect(dispatch_uid="t-db")
+        consumer_started.disconnect(dispatch_uid="t-db-started")
+        consumer_finished.disconnect(dispatch_uid="t-db-finished")
     kinds = [kind for kind, _ in events]
-    assert kinds == ["close_old_connections", "consumer", "close_old_connections"]
+    if extra_receiver:
+        # Signal.send calls Django's close_old_connections every time.
+        assert kinds == ["close_old_connections", "consumer", "close_old_connections"] * 3
+    else:
+        assert kinds == [
+            "consumer",  # no connection yet: nothing to close
+            "consumer",  # opens one: checked after it
+            "close_old_connections",
+            "close_old_connections",  # and around every later consumer
+            "consumer",
+            "close_old_connections",
+        ]
     assert len({thread for _, thread in events}) == 1
 
 

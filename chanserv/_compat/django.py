@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import IO, Any
 
 from django import http
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.handlers import base
+from django.dispatch import Signal
 
 __all__ = [
     "Handler",
+    "ReceiverCheck",
     "StreamedRequest",
     "TestCaseHooks",
     "set_response_handler",
@@ -153,3 +155,33 @@ class TestCaseHooks:
     def _post_teardown(self) -> None:
         self.before_test_teardown()
         super()._post_teardown()  # type: ignore[misc]
+
+
+class ReceiverCheck:
+    """
+    Tells cheaply whether a ``Signal`` created with ``use_caching=True`` and
+    a plain-dict ``sender_receivers_cache`` has exactly the receivers
+    connected with ``dispatch_uids`` and no others -- so that its sender may
+    call them directly instead of paying for ``Signal.send`` twice per
+    consumed message.  Any thread.
+
+    Uses Django's private layout of ``Signal.receivers`` (each entry starts
+    with ``(dispatch_uid or id, sender id)``) and its clearing of
+    ``sender_receivers_cache`` on every connect and disconnect, where the
+    answer is remembered (pinned by ``tests/test_compat_pins.py``).
+    """
+
+    def __init__(self, signal: Signal, dispatch_uids: Collection[str]) -> None:
+        self._signal = signal
+        self._uids = sorted(dispatch_uids)
+        self._key = object()  # never a sender: only this check stores it
+
+    def only_ours(self) -> bool:
+        """True when the receivers connected are exactly ours."""
+        cache = self._signal.sender_receivers_cache
+        known = cache.get(self._key)
+        if known is None:
+            with self._signal.lock:
+                uids = sorted(str(entry[0][0]) for entry in self._signal.receivers)
+                known = cache[self._key] = uids == self._uids
+        return bool(known)

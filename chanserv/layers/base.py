@@ -20,12 +20,10 @@ from twisted.internet.defer import Deferred
 
 from chanserv.exceptions import ChannelBlocked, ChannelFull, MessageTooLarge
 from chanserv.interfaces import LocalReceiver
-from chanserv.types import Content, Received
+from chanserv.types import Content, FlatMessage, Prepared, Received
 
-__all__ = ["BaseChannelLayer", "LocalReceiver", "Prepared"]
+__all__ = ["BaseChannelLayer", "FlatMessage", "LocalReceiver", "Prepared", "flat_copy"]
 
-#: The serialised form of a message, as returned by ``prepare``.
-Prepared = bytes
 
 CapacityPattern = str | Pattern[str]
 
@@ -43,6 +41,48 @@ MAX_NAME_LENGTH = 100
 _VALID_CACHE_SIZE = 10000
 _valid_names: set[str] = set()
 _valid_receive_names: set[str] = set()
+
+
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 64) - 1
+
+
+def flat_copy(message: object, limit: int, reserved: str) -> FlatMessage | None:
+    """
+    A :class:`FlatMessage` copy of ``message`` if it is a plain ``dict``
+    of ``str`` keys and scalar values that msgpack would carry unchanged,
+    without the ``reserved`` key, and certainly within ``limit`` bytes
+    serialised; else None (the caller serialises it, and so checks it).
+    """
+    if type(message) is not dict:
+        return None
+    nbytes = worst = 8
+    for key, value in message.items():
+        if type(key) is not str:
+            return None
+        kind = type(value)
+        if kind is str:
+            n = len(key) + len(value)
+            nbytes += n + 9
+            worst += 4 * n + 9
+        elif kind is bytes:
+            nbytes += len(key) + len(value) + 9
+            worst += 4 * len(key) + len(value) + 9
+        elif kind is int:
+            if not _INT_MIN <= value <= _INT_MAX:
+                return None
+            nbytes += len(key) + 9
+            worst += 4 * len(key) + 9
+        elif kind is float or kind is bool or value is None:
+            nbytes += len(key) + 9
+            worst += 4 * len(key) + 9
+        else:
+            return None
+    if worst > limit or reserved in message:
+        return None
+    copy = FlatMessage(message)
+    copy.nbytes = nbytes
+    return copy
 
 
 def random_string(length: int = 12) -> str:
@@ -272,6 +312,16 @@ class BaseChannelLayer:
 
     def prepare(self, message: object) -> Prepared:
         """
+        Validate ``message`` and make the copy the contract requires, for
+        this layer's ``send_prepared``: :meth:`serialise` here; a layer that
+        keeps messages in this process may return a :class:`FlatMessage`
+        instead, with the same checks and the same result for the receiver.
+        Any thread.
+        """
+        return self.serialise(message)
+
+    def serialise(self, message: object) -> bytes:
+        """
         Validate and serialise ``message`` for sending, with msgpack: the
         copy the contract requires, and the check that it holds only types
         every layer carries (``dict`` with ``str`` keys, ``list``/``tuple``,
@@ -316,6 +366,8 @@ class BaseChannelLayer:
     @staticmethod
     def unpack(data: Prepared) -> Content:
         """A fresh dict from a prepared message."""
+        if type(data) is FlatMessage:
+            return dict(data)  # its values are immutable: a full copy
         result: Content = msgpack.unpackb(data, raw=False, use_list=True)
         return result
 

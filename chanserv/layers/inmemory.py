@@ -33,10 +33,13 @@ from chanserv.layers._memory import (
     queue_key,
 )
 from chanserv.layers.base import (
+    RESERVED_KEY,
     BaseChannelLayer,
     CapacityPattern,
+    FlatMessage,
     LocalReceiver,
     Prepared,
+    flat_copy,
     random_string,
 )
 from chanserv.log import Logger
@@ -326,6 +329,20 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     # -- synchronous face (any thread) ----------------------------------------
 
+    def prepare(self, message: object) -> Prepared:
+        """
+        The copy a send makes, in the sender's thread: a flat message (``str``
+        keys, scalar values, clearly within ``max_message_size``) is copied
+        as a :class:`~chanserv.layers.base.FlatMessage` -- a shallow copy is
+        a full one, and cheaper than msgpack both ways; anything else is
+        serialised (:meth:`serialise`), which checks it.  A receiver gets an
+        equal dict of the same types either way.  Any thread.
+        """
+        flat = flat_copy(message, self.max_message_size, RESERVED_KEY)
+        if flat is not None:
+            return flat
+        return self.serialise(message)
+
     def send_prepared(self, channel: str, data: Prepared) -> None:
         """
         Queue prepared ``data`` on ``channel`` (or hand it to the local
@@ -398,7 +415,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                     if message is None:
                         message = self.unpack(data)
                     self._deliver_locked(receiver, ch, channel, message, now)
-                    size = len(data)
+                    size = data.nbytes if type(data) is FlatMessage else len(data)
                     receiver.pending_bytes += size
                     receiver.in_flight += size
             elif not self._enqueue_locked(ch, key, channel, data, now):

@@ -18,9 +18,11 @@ from twisted.python.failure import Failure
 
 from chanserv._compat.autobahn import forget_handshake_key
 from chanserv._compat.automat import indexed
+from chanserv._compat.twisted import write_now
 from chanserv.exceptions import ChannelFull, MessageTooLarge, is_valid_close_code
 from chanserv.log import Logger
 from chanserv.server.sender import OrderedSender
+from chanserv.server.wsfast import MAX_FAST_PAYLOAD, frame, read_frames
 from chanserv.server.wshandshake import BadHandshake, build_connect, handshake_bytes, take_transport
 from chanserv.types import Content
 
@@ -56,6 +58,8 @@ HARD_FACTOR = 4
 #: Seconds a client gets to answer a close frame this server sent before the
 #: connection is dropped (autobahn's default ``closeHandshakeTimeout``).
 CLOSE_HANDSHAKE_TIMEOUT = 1.0
+
+_OPEN_STATE = WebSocketServerProtocol.STATE_OPEN
 
 _REPLY_KEYS = frozenset(("accept", "text", "bytes", "close", "subprotocol"))
 
@@ -126,6 +130,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     websocket_protocols: list[str] = []  # never mutated: autobahn assigns a new list
     openHandshakeTimeoutCall = None
     _ping_sent_at: float | None = None  # a ping waits for its pong
+    _fast_limit = 0  # the largest payload of the fast path (set by the factory)
 
     # -- handshake -------------------------------------------------------------
 
@@ -335,7 +340,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def _send_reply(self, payload: bytes, binary: bool) -> None:
         if self._out is None and not self._write_paused:
-            self.sendMessage(payload, binary)
+            self._write_message(payload, binary)
             return
         out = self._out
         if out is None:
@@ -351,6 +356,15 @@ class WebSocketProtocol(WebSocketServerProtocol):
                 self._over_since = self.factory.reactor.seconds()
         elif self._over_bound(HARD_FACTOR):
             self._overflow()
+
+    def _write_message(self, payload: bytes, binary: bool) -> None:
+        # The socket is open and nothing of ours waits: a small message is
+        # framed here (chanserv.server.wsfast), a larger one by autobahn.
+        data = frame(payload, binary)
+        if data is None:
+            self.sendMessage(payload, binary)
+        else:
+            write_now(self.transport, data)
 
     def _over_bound(self, factor: int) -> bool:
         out = self._out
@@ -375,7 +389,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
                 self.close(kind)
                 return
             self._out_bytes -= len(payload)
-            self.sendMessage(payload, kind)
+            self._write_message(payload, kind)
         if not out:
             self._out = None
             self._out_bytes = 0
@@ -437,19 +451,48 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     # -- incoming messages -------------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        # Small data frames at a frame boundary take the fast path
+        # (chanserv.server.wsfast); the rest, from the first frame it does
+        # not take, goes to autobahn, and so does everything while autobahn
+        # holds a partial frame or a fragmented message.
+        if (
+            self.state == _OPEN_STATE
+            and self.current_frame is None
+            and not self.data
+            and not self.inside_message
+        ):
+            used = read_frames(data, self._fast_limit, self._receive_text, self._receive_bytes)
+            if used:
+                if used == len(data):
+                    return
+                data = data[used:]
+        super().dataReceived(data)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.state != self.STATE_OPEN:
-            return  # data after a close frame is ignored
+        # autobahn's path: it validated the UTF-8 of a text message.
+        if isBinary:
+            self._receive("bytes", payload)
+        else:
+            self._receive("text", payload.decode("utf-8"))
+
+    def _receive_text(self, text: str) -> bool:
+        return self._receive("text", text)
+
+    def _receive_bytes(self, data: bytes) -> bool:
+        return self._receive("bytes", data)
+
+    def _receive(self, key: str, value: str | bytes) -> bool:
+        # One websocket.receive; returns whether the socket is still open.
+        if self.state != _OPEN_STATE:
+            return False  # data after a close frame is ignored
         self.order += 1
         message: Content = {
             "reply_channel": self.reply_channel,
             "path": self.path,
             "order": self.order,
+            key: value,
         }
-        if isBinary:
-            message["bytes"] = payload
-        else:
-            message["text"] = payload.decode("utf-8")
         self.last_active = self.factory.reactor.seconds()
         if self._ping_sent_at is not None:
             self._ping_sent_at = None  # a message shows the client is there, as a pong would
@@ -457,6 +500,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         if receives is None:
             receives = self._sender()
         receives.send(message)
+        return self.state == _OPEN_STATE
 
     def onPong(self, payload: bytes) -> None:
         self.last_active = self.factory.reactor.seconds()
@@ -898,7 +942,18 @@ class WebSocketFactory(WebSocketServerFactory):
         self.protocol = type(  # type: ignore[assignment]
             "WebSocketProtocol",
             (WebSocketProtocol,),
-            {name: getattr(self, name) for name in WebSocketProtocol.CONFIG_ATTRS},
+            {
+                **{name: getattr(self, name) for name in WebSocketProtocol.CONFIG_ATTRS},
+                "_fast_limit": min(
+                    limit
+                    for limit in (
+                        MAX_FAST_PAYLOAD,
+                        config.max_ws_frame_size,
+                        config.max_ws_message_size,
+                    )
+                    if limit > 0
+                ),
+            },
         )
 
     def upgrade(self, request: WebRequest) -> None:

@@ -221,6 +221,11 @@ class RedisChannelLayer(BaseChannelLayer):
             self.attach_reactor(reactor)
             self._auto_attached = True
 
+    def _bytes(self, data: Prepared) -> bytes:
+        # This layer's prepare() always serialises; a FlatMessage can only
+        # come from another layer's prepare(): serialise it here.
+        return data if isinstance(data, bytes) else self.serialise(dict(data))
+
     def send_prepared(self, channel: str, data: Prepared) -> None:
         """
         Send prepared ``data`` to ``channel``; returns once Redis has it.
@@ -232,7 +237,7 @@ class RedisChannelLayer(BaseChannelLayer):
             not answer in time (the message may then have been sent).
         """
         self.valid_channel_name(channel)
-        self._sync(self._send_payload, channel, self._codec.encode(data))
+        self._sync(self._send_payload, channel, self._codec.encode(self._bytes(data)))
 
     def send_prepared_wait(self, channel: str, data: Prepared, timeout: float) -> None:
         """
@@ -241,7 +246,7 @@ class RedisChannelLayer(BaseChannelLayer):
         was at the end).
         """
         self.valid_channel_name(channel)
-        payload = self._codec.encode(data)
+        payload = self._codec.encode(self._bytes(data))
         self._sync(self._send_wait, channel, payload, timeout, timeout=timeout + self.sync_timeout)
 
     def receive(self, channels: Sequence[str], block: bool = False) -> Received | tuple[None, None]:
@@ -291,7 +296,7 @@ class RedisChannelLayer(BaseChannelLayer):
     def send_group_prepared(self, group: str, data: Prepared) -> None:
         """Send to every member; one script per shard, never ChannelFull."""
         self.valid_group_name(group)
-        self._sync(self._send_group_payload, group, self._codec.encode(data))
+        self._sync(self._send_group_payload, group, self._codec.encode(self._bytes(data)))
 
     def flush(self) -> None:
         """Delete every key under ``prefix`` and ``stats_prefix`` on every shard."""
@@ -664,7 +669,7 @@ class RedisChannelLayer(BaseChannelLayer):
         try:
             self._require_attached()
             self.valid_channel_name(channel)
-            payload = self._codec.encode(self.prepare(message))
+            payload = self._codec.encode(self.serialise(message))
         except Exception:
             return fail()
         return self.operations.send(channel, payload)
@@ -674,7 +679,7 @@ class RedisChannelLayer(BaseChannelLayer):
         try:
             self._require_attached()
             self.valid_group_name(group)
-            payload = self._codec.encode(self.prepare(message))
+            payload = self._codec.encode(self.serialise(message))
         except Exception:
             return fail()
         return self.operations.send_group(group, payload).addCallback(lambda _: None)

@@ -1,0 +1,617 @@
+#!/usr/bin/env python3
+"""echo_cpu - server CPU per WebSocket echo round trip, chanserv against the peer.
+
+Run by hand, never as a test: the figures depend on the machine and on what
+else runs on it, so nothing here asserts a time or a rate.
+
+What it measures, for each server in turn (a fresh server process per run):
+
+- round trips per second of the harness's load generator in echo mode
+  (``wsload.py echo``: closed loop, 50 clients by default, ~64-byte text
+  messages, as ``run_anchors.py``'s echo test);
+- the server's CPU (utime + stime from ``/proc``) per round trip, split into
+  the main thread (the reactor for chanserv, the event loop for the peer) and
+  every other thread (chanserv's worker threads), read per thread from
+  ``/proc/PID/task/TID/stat`` with the names from ``.../comm``;
+- with ``--layer redis``, Redis's CPU per round trip as well;
+- the client's RTT p50/p99 and its own CPU per round trip, and how many
+  cores other processes on the machine used during the window. A window in
+  which they used more than ``--max-others`` cores (0.15) is disturbed and
+  is run again, up to ``--max-tries`` (3) times; the table shows every
+  attempt, the summary the last one.
+
+The servers:
+
+- chanserv: ``twistd -n --pidfile= -l - chanserv --settings=proj.settings -v 0
+  -b 127.0.0.1 -p PORT`` in ``bench/proj`` with ``PYTHONPATH`` = this
+  repository and ``CHANNEL_LAYER`` = memory (default) or redis;
+- the peer: uvicorn + Channels 4 from the harness's ``modern/`` folder,
+  started as ``run_anchors.py``'s ``modern-uvicorn-memory`` (or
+  ``-redis``) configuration starts it.
+
+Each run: start the server on a free port, wait until the port accepts, run
+wsload for a warm-up (``--warmup`` s), then run wsload again for the
+measured window (``--duration`` s). The per-thread CPU is read just before
+and just after the measured wsload run; the round trips and the window are
+that run's own count and seconds. The CPU therefore includes the measured
+run's 50 WebSocket handshakes and closes (well under 1 % of the total);
+the ``win`` column is the process CPU wsload itself read over the
+round-trip loop only (``--server-pid``), for comparison.
+
+How to run (the harness folder is the one built as ``../shared/bench/HOWTO.md``
+and ``bench/README.md`` describe; it holds ``modern/``, ``benchenv/`` and
+``bench/wsload.py``), from the repository root::
+
+    python3 bench/echo_cpu.py --harness /path/to/harness
+    python3 bench/echo_cpu.py --harness /path/to/harness --reps 3
+    python3 bench/echo_cpu.py --harness /path/to/harness --servers chanserv --json
+    python3 bench/echo_cpu.py --harness /path/to/harness --layer redis
+
+``--reps N`` alternates the servers (chanserv, peer, chanserv, peer, ...),
+and the summary gives the medians and the ratio chanserv / peer, so compare
+figures from one invocation only. Keep the machine otherwise idle: the
+server and the load generator share its cores.
+
+Standard library only (Python 3.10+); the servers and the load generator run
+from their own virtual environments.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------ /proc
+def proc_cpu(pid):
+    """utime + stime of a whole process (exited threads included), seconds."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def thread_cpu(pid):
+    """{tid: (name, seconds)} for every live thread of pid."""
+    out = {}
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return out
+    for t in tids:
+        base = "/proc/%d/task/%s/" % (pid, t)
+        try:
+            with open(base + "stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(base + "comm") as f:
+                name = f.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(t)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def snapshot(pid):
+    return {"total": proc_cpu(pid), "threads": thread_cpu(pid)}
+
+
+def machine_busy():
+    """(busy, total) jiffies of the whole machine from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def children_cpu():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def self_cpu():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def thread_delta(pid, s0, s1):
+    """Main-thread and other-thread CPU seconds of pid between two snapshots."""
+    t0, t1 = s0["threads"], s1["threads"]
+    main = t1.get(pid, ("", 0.0))[1] - t0.get(pid, ("", 0.0))[1]
+    total = s1["total"] - s0["total"]
+    threads = []
+    for tid, (name, sec) in t1.items():
+        d = sec - t0.get(tid, (name, 0.0))[1]  # a thread born in the window counts whole
+        if d > 0:
+            threads.append({"tid": tid, "name": name, "main": tid == pid, "cpu_s": round(d, 3)})
+    threads.sort(key=lambda x: -x["cpu_s"])
+    # "other" comes from the process total, so threads that ended in the window count too
+    return {"total_s": total, "main_s": main, "other_s": total - main, "threads": threads}
+
+
+# --------------------------------------------------------------- processes
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_accepts(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def redis_ping(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def redis_pid(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"INFO server\r\n")
+            data = b""
+            while b"process_id:" not in data or not data.endswith(b"\r\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    for line in data.decode("latin-1").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None
+
+
+class Server:
+    def __init__(self, name, argv, cwd, env, log_dir):
+        self.name, self.argv, self.cwd, self.env = name, argv, cwd, env
+        self.log_dir = log_dir
+        self.proc = None
+        self.log_path = None
+
+    def start(self, port, timeout=60.0):
+        env = dict(os.environ)
+        env.update(self.env)
+        argv = [a.format(port=port) for a in self.argv]
+        self.log_path = os.path.join(self.log_dir, "%s-%d.log" % (self.name, port))
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=self.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port_accepts(port):
+                return self.proc.pid
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            "%s did not accept on port %d; log %s:\n%s"
+            % (self.name, port, self.log_path, self.log_tail())
+        )
+
+    def log_tail(self, n=30):
+        try:
+            with open(self.log_path) as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self):
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+
+
+def make_servers(a, log_dir):
+    common = {"PYTHONUNBUFFERED": "1", "CHANNEL_LAYER": a.layer, "REDIS_PORT": str(a.redis_port)}
+    chanserv = [
+        a.twistd,
+        "-n",
+        "--pidfile=",
+        "-l",
+        "-",
+        "chanserv",
+        "--settings=proj.settings",
+        "-v",
+        "0",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        "{port}",
+        *shlex.split(a.chanserv_args),
+    ]
+    # as run_anchors.py's modern-uvicorn-memory / modern-uvicorn-redis configurations
+    uvicorn = [
+        "../bin/uvicorn",
+        "proj.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    return {
+        "chanserv": Server(
+            "chanserv",
+            chanserv,
+            os.path.join(REPO, "bench", "proj"),
+            dict(common, PYTHONPATH=REPO),
+            log_dir,
+        ),
+        "peer": Server("peer", uvicorn, os.path.join(a.harness, "modern", "proj"), common, log_dir),
+    }
+
+
+def start_redis(port, log_dir):
+    """A private redis-server on port, or None if one answers there already."""
+    if redis_ping(port):
+        return None
+    p = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            log_dir,
+            "--logfile",
+            os.path.join(log_dir, "redis.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if redis_ping(port):
+            return p
+        if p.poll() is not None:
+            break
+        time.sleep(0.1)
+    if p.poll() is None:
+        p.terminate()
+        p.wait(timeout=5)
+    raise RuntimeError("redis-server did not start on port %d" % port)
+
+
+# --------------------------------------------------------------------- load
+def wsload(a, port, seconds, pids, label):
+    cmd = [
+        os.path.join(a.harness, "benchenv", "bin", "python"),
+        os.path.join(a.harness, "bench", "wsload.py"),
+        "echo",
+        "--url",
+        "ws://127.0.0.1:%d/echo/" % port,
+        "-c",
+        str(a.clients),
+        "-d",
+        str(seconds),
+        "--label",
+        label,
+    ]
+    for p in pids:
+        cmd += ["--server-pid", str(p)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode not in (0, 2) or not lines:
+        raise RuntimeError("wsload failed (rc %d): %s" % (out.returncode, out.stderr[-2000:]))
+    res = json.loads(lines[-1])
+    if "echo" not in res:
+        raise RuntimeError("wsload gave no echo result: %s" % lines[-1][:2000])
+    return res
+
+
+def wait_quiet(exclude_pids, limit, max_wait):
+    """Wait (up to max_wait s) until processes other than ours use < limit cores."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, c0 = machine_busy()
+        own0 = sum(proc_cpu(p) or 0.0 for p in exclude_pids) + self_cpu()
+        time.sleep(1.0)
+        b1, c1 = machine_busy()
+        own1 = sum(proc_cpu(p) or 0.0 for p in exclude_pids) + self_cpu()
+        cores = os.cpu_count() or 1
+        busy = (b1 - b0) / (c1 - c0) * cores if c1 > c0 else 0.0
+        other = max(0.0, busy - (own1 - own0))
+        if other < limit or time.monotonic() >= deadline:
+            return round(other, 3)
+
+
+def one_run(a, server, redis_pid_, rep):
+    port = free_port()
+    pid = server.start(port)
+    try:
+        label = "%s-r%d" % (server.name, rep)
+        if a.warmup > 0:
+            w = wsload(a, port, a.warmup, [pid], label + "-warmup")
+            if w.get("errors_total"):
+                print("warning: warm-up errors %s" % w.get("errors"), file=sys.stderr)
+        bg = wait_quiet([pid] + ([redis_pid_] if redis_pid_ else []), 0.2, a.quiet_wait)
+        s0 = snapshot(pid)
+        r0 = proc_cpu(redis_pid_) if redis_pid_ else None
+        m0, ch0, self0 = machine_busy(), children_cpu(), self_cpu()
+        t0 = time.monotonic()
+        res = wsload(a, port, a.duration, [pid], label)
+        wall = time.monotonic() - t0
+        s1 = snapshot(pid)
+        r1 = proc_cpu(redis_pid_) if redis_pid_ else None
+        m1, ch1, self1 = machine_busy(), children_cpu(), self_cpu()
+    finally:
+        server.stop()
+    echo = res["echo"]
+    n = echo["round_trips"]
+    if not n:
+        raise RuntimeError("%s: no round trips (%s)" % (server.name, res.get("errors")))
+    d = thread_delta(pid, s0, s1)
+    client = ch1 - ch0
+    cores = os.cpu_count() or 1
+    machine = (m1[0] - m0[0]) / (m1[1] - m0[1]) * cores * wall if m1[1] > m0[1] else 0.0
+    redis_s = (r1 - r0) if (r0 is not None and r1 is not None) else None
+    others = machine - d["total_s"] - client - (self1 - self0) - (redis_s or 0.0)
+    win = (res.get("server") or {}).get(str(pid), {}).get("cpu_s")
+    us = 1e6 / n
+    return {
+        "server": server.name,
+        "rep": rep,
+        "layer": a.layer,
+        "clients": echo["connections"],
+        "seconds": echo["seconds"],
+        "round_trips": n,
+        "rt_per_s": round(n / echo["seconds"], 1),
+        "cpu_us_per_rt": round(d["total_s"] * us, 1),
+        "main_us_per_rt": round(d["main_s"] * us, 1),
+        "other_us_per_rt": round(d["other_s"] * us, 1),
+        "window_us_per_rt": round(win * us, 1) if win is not None else None,
+        "redis_us_per_rt": round(redis_s * us, 1) if redis_s is not None else None,
+        "client_us_per_rt": round(client * us, 1),
+        "server_cores": round(d["total_s"] / wall, 3),
+        "other_procs_cores": round(max(0.0, others) / wall, 3),
+        "quiet_before_cores": bg,
+        "rtt_p50_ms": echo["rtt_ms"].get("p50"),
+        "rtt_p99_ms": echo["rtt_ms"].get("p99"),
+        "errors": res.get("errors_total"),
+        "threads": d["threads"],
+        "pid": pid,
+    }
+
+
+# ------------------------------------------------------------------ output
+COLS = [
+    ("server", "%-8s", "server"),
+    ("rep", "%3s", "rep"),
+    ("rt/s", "%8.0f", "rt_per_s"),
+    ("us/rt", "%6.1f", "cpu_us_per_rt"),
+    ("main", "%6.1f", "main_us_per_rt"),
+    ("other", "%6.1f", "other_us_per_rt"),
+    ("win", "%6.1f", "window_us_per_rt"),
+    ("redis", "%6.1f", "redis_us_per_rt"),
+    ("p50ms", "%6.2f", "rtt_p50_ms"),
+    ("p99ms", "%6.2f", "rtt_p99_ms"),
+    ("client", "%6.1f", "client_us_per_rt"),
+    ("others", "%6.2f", "other_procs_cores"),
+]
+
+
+def fmt_row(r, redis):
+    cells = []
+    for _head, f, key in COLS:
+        if key == "redis_us_per_rt" and not redis:
+            continue
+        v = r.get(key)
+        width = int("".join(c for c in f.split(".")[0] if c.isdigit()) or 0)
+        cells.append(("%" + str(width) + "s") % "-" if v is None else f % v)
+    return "  ".join(cells)
+
+
+def header(redis):
+    cells = []
+    for head, f, key in COLS:
+        if key == "redis_us_per_rt" and not redis:
+            continue
+        width = int("".join(c for c in f.split(".")[0] if c.isdigit()) or 0)
+        cells.append(("%-" if key == "server" else "%") + str(width) + "s")
+        cells[-1] = cells[-1] % head
+    return "  ".join(cells)
+
+
+def median_of(runs, key):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return round(statistics.median(vals), 2) if vals else None
+
+
+def summarise(runs_by_server):
+    out = {}
+    keys = [k for _, _, k in COLS if k not in ("server", "rep")]
+    for name, runs in runs_by_server.items():
+        if runs:
+            m = {k: median_of(runs, k) for k in keys}
+            m.update(server=name, rep="med")
+            out[name] = m
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--harness", required=True, help="harness folder (modern/, benchenv/, bench/)")
+    ap.add_argument("--servers", default="chanserv,peer", help="comma list: chanserv, peer")
+    ap.add_argument("--reps", type=int, default=1, help="runs per server, alternating")
+    ap.add_argument("--clients", "-c", type=int, default=50, help="echo connections")
+    ap.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds (0 = none)")
+    ap.add_argument("--duration", "-d", type=float, default=10.0, help="measured seconds")
+    ap.add_argument("--layer", choices=["memory", "redis"], default="memory")
+    ap.add_argument(
+        "--redis-port",
+        type=int,
+        default=int(os.environ.get("REDIS_PORT", "16379")),
+        help="with --layer redis: started here unless a redis answers (default $REDIS_PORT "
+        "or 16379)",
+    )
+    ap.add_argument("--twistd", default=os.path.join(REPO, ".venv", "bin", "twistd"))
+    ap.add_argument("--chanserv-args", default="", help="extra chanserv options, one string")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=20.0,
+        help="before each window, wait up to this many seconds for other processes to use "
+        "< 0.2 cores (0 = do not wait)",
+    )
+    ap.add_argument(
+        "--max-others",
+        type=float,
+        default=0.15,
+        help="a window in which other processes used more cores than this is disturbed "
+        "and run again",
+    )
+    ap.add_argument("--max-tries", type=int, default=3, help="attempts per run (disturbed)")
+    ap.add_argument("--json", action="store_true", help="one JSON object per server")
+    a = ap.parse_args(argv)
+    a.harness = os.path.abspath(a.harness)
+    servers = [s.strip() for s in a.servers.split(",") if s.strip()]
+    bad = [s for s in servers if s not in ("chanserv", "peer")]
+    if bad or not servers or a.reps < 1 or a.max_tries < 1:
+        ap.error("--servers takes chanserv and/or peer; --reps and --max-tries >= 1")
+    for path in ("benchenv/bin/python", "bench/wsload.py") + (
+        ("modern/bin/uvicorn",) if "peer" in servers else ()
+    ):
+        if not os.path.exists(os.path.join(a.harness, path)):
+            ap.error("the harness has no %s" % path)
+
+    with tempfile.TemporaryDirectory(prefix="echo_cpu-") as log_dir:
+        all_servers = make_servers(a, log_dir)
+        redis_proc = start_redis(a.redis_port, log_dir) if a.layer == "redis" else None
+        rpid = redis_pid(a.redis_port) if a.layer == "redis" else None
+        runs = {s: [] for s in servers}
+        redis = a.layer == "redis"
+        try:
+            if not a.json:
+                print(
+                    "echo, %d clients, %.0f s warm-up + %.0f s measured, layer %s; CPU in us "
+                    "per round trip (main = reactor / event-loop thread, win = process CPU "
+                    "over wsload's loop only, client = load generator, others = cores used "
+                    "by other processes)" % (a.clients, a.warmup, a.duration, a.layer),
+                    flush=True,
+                )
+                print(header(redis), flush=True)
+            for rep in range(1, a.reps + 1):
+                for name in servers:
+                    for attempt in range(1, a.max_tries + 1):
+                        r = one_run(a, all_servers[name], rpid, rep)
+                        r["attempt"] = attempt
+                        r["disturbed"] = r["other_procs_cores"] > a.max_others
+                        if not a.json:
+                            print(fmt_row(r, redis) + ("  disturbed" if r["disturbed"] else ""))
+                            sys.stdout.flush()
+                        if not r["disturbed"]:
+                            break
+                    runs[name].append(r)
+        finally:
+            for s in all_servers.values():
+                s.stop()
+            if redis_proc is not None:
+                redis_proc.terminate()
+                redis_proc.wait(timeout=10)
+
+    med = summarise(runs)
+    ratio = None
+    if "chanserv" in med and "peer" in med:
+        c, p = med["chanserv"], med["peer"]
+        ratio = {
+            "rt_per_s": round(c["rt_per_s"] / p["rt_per_s"], 3),
+            "cpu_us_per_rt": round(c["cpu_us_per_rt"] / p["cpu_us_per_rt"], 3),
+            "per_rep_rt_per_s": [
+                round(x["rt_per_s"] / y["rt_per_s"], 3)
+                for x, y in zip(runs["chanserv"], runs["peer"], strict=False)
+            ],
+        }
+    if a.json:
+        for name in servers:
+            obj = {
+                "server": name,
+                "layer": a.layer,
+                "clients": a.clients,
+                "warmup_s": a.warmup,
+                "duration_s": a.duration,
+                "median": {k: v for k, v in med[name].items() if k not in ("server", "rep")},
+                "runs": runs[name],
+            }
+            if name == "chanserv" and ratio:
+                obj["vs_peer"] = ratio
+            print(json.dumps(obj), flush=True)
+        return 0
+    if a.reps > 1:
+        print("medians over %d runs:" % a.reps)
+        for name in servers:
+            print(fmt_row(med[name], redis))
+    for name in servers:
+        top = runs[name][-1]["threads"][:4]
+        print(
+            "%s threads (last run, busiest first): %s"
+            % (
+                name,
+                ", ".join(
+                    "%s%s %.2fs" % (t["name"], "*" if t["main"] else "", t["cpu_s"]) for t in top
+                ),
+            )
+        )
+    dist = ["%s r%d" % (r["server"], r["rep"]) for v in runs.values() for r in v if r["disturbed"]]
+    if dist:
+        print("still disturbed after %d tries (kept): %s" % (a.max_tries, ", ".join(dist)))
+    if ratio:
+        print(
+            "chanserv / peer: round trips/s %.2fx (per rep: %s), CPU per round trip %.2fx"
+            % (
+                ratio["rt_per_s"],
+                ", ".join("%.2f" % x for x in ratio["per_rep_rt_per_s"]),
+                ratio["cpu_us_per_rt"],
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
