@@ -187,6 +187,13 @@ class IReactorChannelLayer(Interface):
     methods report errors by failing their Deferred, never by raising.
     """
 
+    sends_at_once = Attribute(
+        "True when send_twisted always fires before it returns (nothing "
+        "crosses a network): a caller on the reactor thread may then call "
+        "the synchronous send() instead, which raises what the Deferred "
+        "would fail with and spares the Deferred."
+    )
+
     def attach_reactor(reactor: Any) -> None:
         # Any: the reactor must provide IReactorTime and IReactorFromThreads (the Redis layer's
         # also IReactorTCP), and Python's types have no intersection of interfaces.

@@ -120,6 +120,7 @@ class BaseChannelLayer:
     #: more than a lock (no network round trip): the worker then lets a pool
     #: thread that finished a message take the next one itself.
     cheap_receive = False
+    sends_at_once = False
 
     ChannelFull = ChannelFull
     ChannelBlocked = ChannelBlocked

@@ -66,6 +66,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
     extensions = ["groups", "flush", "statistics", "twisted"]
     local_only = True
     cheap_receive = True
+    sends_at_once = True
 
     #: Longest wait, in real seconds, of ``receive(channels, block=True)``
     #: before it returns ``(None, None)``; a send ends the wait at once.
@@ -114,6 +115,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         # Calls for the reactor gathered under the lock, made after it.
         self._post: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self._batcher: ReactorBatcher | None = None
+        self._checked_keys: dict[tuple[str, ...], list[str]] = {}
         self._reactor: Any = None
         self._sweep_call: IDelayedCall | None = None
 
@@ -321,11 +323,21 @@ class InMemoryChannelLayer(BaseChannelLayer):
             del counters[name]
 
     def _receive_keys(self, channels: Any) -> list[str]:
+        # A worker receives from the same channels every time: remember the
+        # checked, deduplicated keys of a few recent channel lists.
         if isinstance(channels, (str, bytes)):
             self.valid_channel_names(channels)  # raises: a lone name is not a list
-        names = list(channels)
-        self.valid_channel_names(names, receive=True)
-        return list(dict.fromkeys(names))
+        names = tuple(channels)
+        try:
+            keys = self._checked_keys.get(names)
+        except TypeError:
+            keys = None  # an unhashable name: the check below says what is wrong
+        if keys is None:
+            self.valid_channel_names(names, receive=True)
+            if len(self._checked_keys) >= 64:
+                self._checked_keys.clear()
+            keys = self._checked_keys[names] = list(dict.fromkeys(names))
+        return keys
 
     # -- synchronous face (any thread) ----------------------------------------
 

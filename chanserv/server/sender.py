@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
-from chanserv.interfaces import IReactorChannelLayer
+from chanserv.interfaces import IChannelLayer, IReactorChannelLayer
 from chanserv.log import Logger
 from chanserv.server.delivery import send_until_delivered
 from chanserv.types import Content
@@ -117,6 +117,7 @@ class OrderedSender:
         "_resume_at",
         "_retry",
         "_room",
+        "_send_now",
         "_source",
         "_stopped",
         "blocked_since",
@@ -140,6 +141,10 @@ class OrderedSender:
         started: bool = True,
     ) -> None:
         self._layer = layer
+        # The synchronous send of a layer whose sends complete at once.
+        self._send_now = (
+            IChannelLayer(layer).send if getattr(layer, "sends_at_once", False) else None
+        )
         self.channel = channel
         self.producer = producer
         self._pause_at = pause_at
@@ -363,9 +368,26 @@ class OrderedSender:
     def _transmit(self, message: Message) -> None:
         self._current = message
         channel = self.channel if not self._final_sent else self._final_channel()
-        d = self._layer.send_twisted(channel, message)
-        d.addCallbacks(self._sent, self._failed)
-        d.addErrback(_crashed)
+        send_now = self._send_now
+        if send_now is None:
+            d = self._layer.send_twisted(channel, message)
+            d.addCallbacks(self._sent, self._failed)
+            d.addErrback(_crashed)
+            return
+        # What send_twisted would do, without its already-fired Deferred.
+        try:
+            send_now(channel, message)
+        except Exception:
+            failure = Failure()
+            try:
+                self._failed(failure)
+            except Exception:
+                _crashed(Failure())
+            return
+        try:
+            self._sent(None)
+        except Exception:
+            _crashed(Failure())
 
     def _final_channel(self) -> str:
         final = self._final

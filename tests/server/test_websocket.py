@@ -764,6 +764,8 @@ def test_idle_connection_memory() -> None:
 class SlowLayer:
     """The in-memory layer, with each send's result held until released."""
 
+    sends_at_once = False  # its sends complete when released, not at once
+
     def __init__(self, layer: Any) -> None:
         self._layer = layer
         self.held: list[tuple[Deferred[None], Deferred[None]]] = []
@@ -937,12 +939,21 @@ def test_layer_outage_on_connect_is_503(monkeypatch: pytest.MonkeyPatch) -> None
     assert client.transport.disconnecting
 
 
-def test_layer_outage_on_receive_closes_1011(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A layer failing to take websocket.receive closes the socket with 1011."""
+@pytest.mark.parametrize("at_once", [True, False], ids=["send", "send_twisted"])
+def test_layer_outage_on_receive_closes_1011(
+    monkeypatch: pytest.MonkeyPatch, at_once: bool
+) -> None:
+    """A layer failing to take websocket.receive closes the socket with 1011, on either face."""
     from twisted.internet.defer import fail
 
     h = Harness()
     client, _ = h.open()
+    monkeypatch.setattr(h.layer, "sends_at_once", at_once)
+
+    def down(channel: str, message: object) -> None:
+        raise ConnectionError("down")
+
+    monkeypatch.setattr(h.layer, "send", down)
     monkeypatch.setattr(
         h.layer, "send_twisted", lambda channel, message: fail(ConnectionError("down"))
     )
