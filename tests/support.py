@@ -14,6 +14,7 @@ Test support shared by chanserv's own tests.
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -77,3 +78,13 @@ def in_reactor(f: Callable[..., Any], *args: Any, timeout: float = 10.0, **kw: A
     if not ok:
         value.raiseException()
     return value
+
+
+def default_signals() -> None:
+    """
+    ``preexec_fn`` for test subprocesses that are stopped with SIGINT: give
+    the child SIGINT's default disposition, so that a test run started with
+    SIGINT ignored (in the background, under some CI wrappers) -- which its
+    children would inherit -- still stops them.  Runs in the forked child.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -44,7 +44,7 @@ from websockets.sync.client import ClientConnection, connect
 from chanserv.layers.redis import RedisChannelLayer
 from tests.e2e.harness import REPO, TwistdProcess, free_port
 from tests.redisserver import RedisServer
-from tests.support import in_reactor, reactor_thread
+from tests.support import default_signals, in_reactor, reactor_thread
 
 PROJECT = Path(__file__).parent / "project"
 SETTINGS = "e2eproj.settings"
@@ -171,6 +171,7 @@ class Cluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=default_signals,  # stopped with SIGINT
             )
         finally:
             log.close()

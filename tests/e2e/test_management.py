@@ -20,6 +20,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.e2e.harness import REPO, free_port
+from tests.support import default_signals
 
 PROJECT = Path(__file__).parent / "project"
 
@@ -33,6 +34,7 @@ def manage(*args: str, env: dict[str, str], **kw: object) -> subprocess.Popen[by
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=default_signals,  # stopped with SIGINT, however the run was started
         **kw,  # type: ignore[arg-type]
     )
 
@@ -123,3 +125,21 @@ def test_runworker_refuses_the_in_process_layer(env: dict[str, str]) -> None:
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode != 0
     assert "runworker needs a channel layer that crosses processes" in out
+
+
+def test_children_stopped_with_sigint_get_its_default_even_when_the_run_ignores_it() -> None:
+    """A test run started with SIGINT ignored still gives its children a SIGINT that stops them."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a backgrounded `make test`
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT))"],
+            preexec_fn=default_signals,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "default_int_handler" in child.stdout, child.stdout + child.stderr

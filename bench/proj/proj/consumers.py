@@ -1,3 +1,5 @@
+import time
+
 from chanserv import Group
 
 
@@ -6,6 +8,11 @@ def echo(message):
         message.reply_channel.send({"text": message["text"]})
     else:
         message.reply_channel.send({"bytes": message["bytes"]})
+
+
+def slow(message):
+    time.sleep(0.01)
+    message.reply_channel.send({"text": message["text"]})
 
 
 def chat_connect(message, room):
