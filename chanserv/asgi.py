@@ -19,11 +19,12 @@ from django.utils.module_loading import import_string
 
 from chanserv.exceptions import InvalidChannelLayerError
 from chanserv.layers.base import BaseChannelLayer
-from chanserv.routing import Router
+from chanserv.routing import Router, did_you_mean
 
 __all__ = [
     "BACKEND_ALIASES",
     "DEFAULT_CHANNEL_LAYERS",
+    "KNOWN_BACKENDS",
     "ChannelLayerManager",
     "ChannelLayerWrapper",
     "channel_layers",
@@ -38,6 +39,14 @@ BACKEND_ALIASES = {
     "asgi_redis.RedisChannelLayer": _REDIS,
     "asgi_redis.core.RedisChannelLayer": _REDIS,
 }
+
+#: The BACKEND names chanserv knows, for "did you mean" (besides the aliases).
+KNOWN_BACKENDS = (
+    "chanserv.layers.InMemoryChannelLayer",
+    "chanserv.layers.RedisChannelLayer",
+    "chanserv.layers.inmemory.InMemoryChannelLayer",
+    "chanserv.layers.redis.RedisChannelLayer",
+)
 
 #: What a project without ``CHANNEL_LAYERS`` gets.
 DEFAULT_CHANNEL_LAYERS: Mapping[str, Mapping[str, Any]] = {
@@ -107,6 +116,19 @@ def load_backend(path: object, setting: str) -> type:
         )
     target = BACKEND_ALIASES.get(path, path)
     via = " (an alias of %r)" % (target,) if target != path else ""
+    family = {name.rpartition(".")[0] for name in BACKEND_ALIASES}
+    if target == path and path.rpartition(".")[0] in family:
+        # A Channels 1.x module chanserv stands in for, with a class it has not.
+        raise InvalidChannelLayerError(
+            "%s = %r is not one of the Channels 1.x layers chanserv stands in for "
+            "(%s)%s"
+            % (
+                setting,
+                path,
+                ", ".join(repr(name) for name in BACKEND_ALIASES),
+                did_you_mean(path, BACKEND_ALIASES),
+            )
+        )
     try:
         backend = import_string(target)
     except ImportError as e:
@@ -116,7 +138,8 @@ def load_backend(path: object, setting: str) -> type:
                 "installation of chanserv (chanserv.layers.redis is missing)" % (setting, path, via)
             ) from e
         raise InvalidChannelLayerError(
-            "%s = %r%s cannot be imported: %s" % (setting, path, via, e)
+            "%s = %r%s cannot be imported: %s%s"
+            % (setting, path, via, e, did_you_mean(path, [*BACKEND_ALIASES, *KNOWN_BACKENDS]))
         ) from e
     if not (isinstance(backend, type) and issubclass(backend, BaseChannelLayer)):
         raise InvalidChannelLayerError(
@@ -167,8 +190,12 @@ class ChannelLayerManager:
         configs = self.configs
         if alias not in configs:
             raise InvalidChannelLayerError(
-                "CHANNEL_LAYERS has no %r layer; it defines %s"
-                % (alias, ", ".join(repr(a) for a in configs) or "none")
+                "CHANNEL_LAYERS has no %r layer; it defines %s%s"
+                % (
+                    alias,
+                    ", ".join(repr(a) for a in configs) or "none",
+                    did_you_mean(alias, [str(a) for a in configs]),
+                )
             )
         config = configs[alias]
         if not isinstance(config, Mapping):

@@ -8,8 +8,10 @@ the consumer, never on the reactor thread.
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib
 import math
+import pkgutil
 import re
 import threading
 import time
@@ -30,6 +32,7 @@ __all__ = [
     "RouteClass",
     "Router",
     "connect_consumer",
+    "did_you_mean",
     "include",
     "null_consumer",
     "route",
@@ -92,6 +95,27 @@ class Routable(Protocol):
     def channel_names(self) -> set[str]: ...
 
 
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'X'?"`` for the candidate closest to ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.75)
+    return "; did you mean %r?" % (close[0],) if close else ""
+
+
+def _missing_module_hint(path: str, missing: str | None) -> str:
+    # The closest module next to the one that is missing, with the rest of path.
+    if not missing or not (path == missing or path.startswith(missing + ".")):
+        return ""
+    parent, _, _ = missing.rpartition(".")
+    try:
+        search = importlib.import_module(parent).__path__ if parent else None
+    except (ImportError, AttributeError):
+        return ""
+    prefix = parent + "." if parent else ""
+    names = [prefix + info.name for info in pkgutil.iter_modules(search)]
+    close = difflib.get_close_matches(missing, names, n=1, cutoff=0.75)
+    return "; did you mean %r?" % (close[0] + path[len(missing) :],) if close else ""
+
+
 def import_dotted(path: str, what: str) -> Any:
     # Any: the object a dotted path names is whatever the project's module holds; callers check
     # it (callable, routing list).
@@ -99,7 +123,8 @@ def import_dotted(path: str, what: str) -> Any:
     The object named by ``path`` (``"package.module.name"``).
 
     :raises ImportError: the module or the name cannot be imported; the text
-        names ``what`` and ``path``.
+        names ``what`` and ``path``, and the closest existing name ("did you
+        mean") when one is close.
     """
     module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
@@ -107,12 +132,15 @@ def import_dotted(path: str, what: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ImportError("Cannot import %s %r: %s" % (what, path, e)) from e
+        hint = _missing_module_hint(path, getattr(e, "name", None))
+        raise ImportError("Cannot import %s %r: %s%s" % (what, path, e, hint)) from e
     try:
         return getattr(module, attr)
     except AttributeError:
+        names = [module_name + "." + name for name in dir(module) if not name.startswith("__")]
         raise ImportError(
-            "Cannot import %s %r: module %r has no attribute %r" % (what, path, module_name, attr)
+            "Cannot import %s %r: module %r has no attribute %r%s"
+            % (what, path, module_name, attr, did_you_mean(path, names))
         ) from None
 
 

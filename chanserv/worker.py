@@ -11,6 +11,7 @@ import fnmatch
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
 from django.conf import settings
@@ -38,6 +39,7 @@ from chanserv.signals import (
     worker_process_ready,
     worker_ready,
 )
+from chanserv.stats import ConsumerStats, Histogram, PerThread, consumer_name
 from chanserv.threads import WorkerPool, batcher_for
 from chanserv.types import Content, Received
 
@@ -276,6 +278,14 @@ class Worker(Service):
         self.ordered = ordered
         #: The per-reply-channel lanes, or None when ordering is off.
         self.lanes: ReplyChannelLanes | None = None
+        #: Each pool thread's counts of the messages it handled (by channel)
+        #: and of its consumers' run times and exceptions (by consumer).
+        self.stats: PerThread[ConsumerStats] = PerThread(ConsumerStats)
+        #: Seconds from asking the layer for a batch to getting it (reactor
+        #: thread): the layer's round trip under load, plus any wait for
+        #: messages when the channels are empty.
+        self.receive_seconds = Histogram()
+        self._receive_started = 0.0
         if ordered:
             self.lanes = ReplyChannelLanes(
                 max_parked or self._default_max_parked(), self._room_for_more
@@ -338,6 +348,7 @@ class Worker(Service):
         if free <= 0:
             return
         lanes = self.lanes
+        self._receive_started = perf_counter()
         if lanes is None:
             d = self.layer.receive_many_twisted(self.channels, free)
             self._receiving = d
@@ -360,6 +371,7 @@ class Worker(Service):
         d.addErrback(lambda f: log.failure("Worker dispatch failed", f))
 
     def _received(self, batch: list[Received]) -> None:
+        self.receive_seconds.observe(perf_counter() - self._receive_started)
         self._failures = 0
         submit = self.pool.submit
         lanes = self.lanes
@@ -552,6 +564,12 @@ class Worker(Service):
         consumer, kwargs = match
         if self.verbosity > 1:
             log.debug("{channel} -> {consumer}", channel=channel, consumer=consumer)
+        # This thread's own counters (chanserv.metrics reads them at scrape
+        # time): no lock, no prometheus_client call per message.
+        stats = self.stats.get()
+        handled = stats.handled
+        handled[channel] = handled.get(channel, 0) + 1
+        started = perf_counter()
         try:
             run_consumer(
                 consumer,
@@ -563,9 +581,17 @@ class Worker(Service):
         except BaseException:
             # Logged, never propagated: SystemExit and KeyboardInterrupt from a
             # consumer must not take the pool thread down.
+            name = consumer_name(consumer)
+            stats.errors[name] = stats.errors.get(name, 0) + 1
             log.failure(
                 "Error in consumer {consumer} for {channel}", consumer=consumer, channel=channel
             )
+        else:
+            name = consumer_name(consumer)
+        runs = stats.runs.get(name)
+        if runs is None:
+            runs = stats.runs[name] = Histogram()
+        runs.observe(perf_counter() - started)
 
 
 def run_consumer(

@@ -418,3 +418,45 @@ def test_get_channel_layer_returns_the_raw_layer() -> None:
     with layers(default={"BACKEND": LAYER, "ROUTING": []}, other={"BACKEND": LAYER, "ROUTING": []}):
         assert get_channel_layer("other") is channel_layers["other"].channel_layer
         assert not isinstance(get_channel_layer("other"), ChannelLayerWrapper)
+
+
+@pytest.mark.parametrize(
+    "backend, suggestion",
+    [
+        ("asgiref.inmemory.ChanelLayer", "asgiref.inmemory.ChannelLayer"),
+        ("asgi_redis.RedisChanelLayer", "asgi_redis.RedisChannelLayer"),
+        ("chanserv.layers.InMemoryChanelLayer", "chanserv.layers.InMemoryChannelLayer"),
+        ("chanserv.layer.RedisChannelLayer", "chanserv.layers.RedisChannelLayer"),
+    ],
+)
+def test_misspelt_backend_gets_a_suggestion(
+    manager: ChannelLayerManager, backend: str, suggestion: str
+) -> None:
+    """A misspelt BACKEND names the closest known layer ("did you mean"), on one line."""
+    with layers(default={"BACKEND": backend, "ROUTING": []}):
+        message = error_for(manager)
+    assert message.endswith("did you mean %r?" % (suggestion,))
+    assert "\n" not in message
+
+
+def test_misspelt_channels_1_alias_is_not_a_missing_module(manager: ChannelLayerManager) -> None:
+    """A wrong class of asgiref.inmemory lists the Channels 1.x names, not "No module named"."""
+    with layers(default={"BACKEND": "asgiref.inmemory.ChanelLayer", "ROUTING": []}):
+        message = error_for(manager)
+    assert "No module named" not in message
+    assert "'asgiref.inmemory.ChannelLayer', 'asgi_redis.RedisChannelLayer'" in message
+
+
+def test_misspelt_routing_gets_a_suggestion(manager: ChannelLayerManager) -> None:
+    """A misspelt ROUTING attribute or module names the closest existing path."""
+    for routing in ("tests.routing.chanel_routing", "tests.routng.channel_routing"):
+        with layers(default={"BACKEND": LAYER, "ROUTING": routing}):
+            message = error_for(manager)
+        assert message.endswith("did you mean 'tests.routing.channel_routing'?"), message
+
+
+def test_misspelt_alias_gets_a_suggestion(manager: ChannelLayerManager) -> None:
+    """Asking for an alias CHANNEL_LAYERS lacks names the closest alias it has."""
+    with layers(default={"BACKEND": LAYER, "ROUTING": []}):
+        with pytest.raises(InvalidChannelLayerError, match=r"did you mean 'default'\?$"):
+            manager["defualt"]

@@ -30,6 +30,7 @@ from chanserv.routing import (
     RouteClass,
     Router,
     connect_consumer,
+    import_dotted,
     include,
     null_consumer,
     route,
@@ -235,6 +236,16 @@ def test_dotted_path_consumer_import_error_names_the_path() -> None:
         r.match(msg("websocket.receive"))
     with pytest.raises(ImportError, match="dotted path"):
         route("x", "nodots").match(msg("x"))
+
+
+def test_misspelt_dotted_paths_get_a_suggestion() -> None:
+    """A misspelt attribute or module in a dotted path: the error names the closest path."""
+    for path in ("tests.routing.chanel_routing", "tests.routng.channel_routing"):
+        with pytest.raises(ImportError, match=r"did you mean 'tests\.routing\.channel_routing'\?$"):
+            import_dotted(path, "routing")
+    with pytest.raises(ImportError) as info:
+        import_dotted("tests.routing.zzzzzz", "routing")
+    assert "did you mean" not in str(info.value)
 
 
 def test_dotted_path_to_a_non_callable_is_refused() -> None:

@@ -1,6 +1,6 @@
 """
 Unit tests of chanserv.tap: ``twistd chanserv``'s options (every refusal a
-usage error, before anything serves) and the service tree
+one-line OptionsError, before anything serves) and the service tree
 :func:`~chanserv.tap.build_service` makes for each mode -- started and
 stopped on a memory reactor where no thread is involved.  (The same
 refusals through a real ``twistd`` process: tests/e2e/test_core.py.)
@@ -12,9 +12,9 @@ import os
 import sys
 from typing import Any
 
+from django.test import override_settings
 from twisted.application.service import IService
 from twisted.logger import capturedLogs, formatEvent
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -54,8 +54,11 @@ class OptionsTests(SynchronousTestCase):
         return options
 
     def assert_usage_error(self, *argv: str, says: str) -> None:
-        error = self.assertRaises(usage.UsageError, self.parse, *argv)
+        error = self.assertRaises(tap.OptionsError, self.parse, *argv)
         self.assertIn(says, str(error))
+        self.assertTrue(str(error).startswith("twistd chanserv: "))
+        self.assertNotIn("\n", str(error))
+        self.assertNotIn("Usage:", str(error))
 
     def test_defaults(self) -> None:
         """No options: mode all, the default layer, 16 threads, the default server config."""
@@ -65,7 +68,8 @@ class OptionsTests(SynchronousTestCase):
             ("all", tap.DEFAULT_THREADS, 1),
         )
         self.assertIs(options["channel_layer"], channel_layers["default"])
-        self.assertEqual(options["server_config"], ServerConfig())
+        self.assertEqual(options["server_config"], ServerConfig(access_log="-"))
+        self.assertEqual(options["log-format"], "text")
         self.assertEqual((options["only_channels"], options["exclude_channels"]), ([], []))
         self.assertFalse(options["no-ordering"])
 
@@ -87,6 +91,40 @@ class OptionsTests(SynchronousTestCase):
     def test_unknown_mode(self) -> None:
         """A mode that does not exist is a usage error listing the modes."""
         self.assert_usage_error("--mode=both", says="--mode must be one of all, interface, worker")
+
+    def test_misspelt_mode_gets_a_suggestion(self) -> None:
+        """A misspelt --mode is refused with the closest mode: "did you mean 'worker'?"."""
+        self.assert_usage_error("--mode=workers", says="did you mean 'worker'?")
+
+    def test_unknown_option_is_one_line_with_a_suggestion(self) -> None:
+        """An unknown flag: one line, the closest flag, a pointer to --help, no usage text."""
+        self.assert_usage_error(
+            "--acess-log=-", says="did you mean '--access-log'? (twistd chanserv --help"
+        )
+
+    def test_options_error_exits_1_with_its_message(self) -> None:
+        """OptionsError is a SystemExit whose code is the message: Python prints it, exits 1."""
+        error = tap.OptionsError("first\nsecond")
+        self.assertIsInstance(error, SystemExit)
+        self.assertEqual(error.code, "twistd chanserv: first second")
+
+    def test_log_format(self) -> None:
+        """--log-format=json points twistd's --logger at chanserv's JSON observer; others refused."""
+        self.assert_usage_error("--log-format=jsn", says="did you mean 'json'?")
+        parent: dict[str, Any] = {"logger": None, "syslog": False, "logfile": None}
+        options = tap.Options()
+        options.parent = parent  # type: ignore[attr-defined]
+        options.parseOptions(["--settings=tests.settings", "--log-format=json"])
+        self.assertEqual(parent["logger"], "chanserv.log.twistd_json_observer")
+        parent["logger"] = "some.other.observer"
+        options = tap.Options()
+        options.parent = parent  # type: ignore[attr-defined]
+        error = self.assertRaises(
+            tap.OptionsError,
+            options.parseOptions,
+            ["--settings=tests.settings", "--log-format=json"],
+        )
+        self.assertIn("--logger", str(error))
 
     def test_channel_filters_repeat(self) -> None:
         """--only-channels and --exclude-channels collect every value, in order."""
@@ -123,14 +161,54 @@ class OptionsTests(SynchronousTestCase):
         self.patch(
             os, "environ", {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
         )
-        error = self.assertRaises(usage.UsageError, options.parseOptions, [])
+        error = self.assertRaises(tap.OptionsError, options.parseOptions, [])
         self.assertIn("No Django settings", str(error))
         self.assert_usage_error("--settings=tests.no_such_settings", says="Cannot import")
+
+    def test_misspelt_settings_module_gets_a_suggestion(self) -> None:
+        """A settings module that does not exist, next to one that does: did you mean."""
+        project = os.path.join(os.path.dirname(__file__), "e2e", "project")
+        self.patch(os, "getcwd", lambda: project)
+        self.assert_usage_error(
+            "--settings=e2eproj.setings", says="did you mean 'e2eproj.settings'?"
+        )
+
+    def test_settings_module_that_raises_is_one_line(self) -> None:
+        """A settings module raising on import: its error and file:line, on one line."""
+        self.assert_usage_error(
+            "--settings=tests.broken_settings",
+            says="The settings module 'tests.broken_settings' failed: ValueError:",
+        )
+
+    def test_misspelt_backend_and_routing_get_suggestions(self) -> None:
+        """A misspelt BACKEND or ROUTING path is refused with the closest valid one."""
+        for layers, says in [
+            (
+                {"default": {"BACKEND": "asgiref.inmemory.ChanelLayer", "ROUTING": []}},
+                "did you mean 'asgiref.inmemory.ChannelLayer'?",
+            ),
+            (
+                {
+                    "default": {
+                        "BACKEND": "asgiref.inmemory.ChannelLayer",
+                        "ROUTING": "tests.routing.chanel_routing",
+                    }
+                },
+                "did you mean 'tests.routing.channel_routing'?",
+            ),
+            ({"defualt": {}}, "has no 'default' layer; it defines 'defualt'; did you mean"),
+        ]:
+            with self.subTest(says=says), override_settings(CHANNEL_LAYERS=layers):
+                channel_layers.set("default", None)
+                self.addCleanup(channel_layers.set, "default", None)
+                self.assert_usage_error(says=says)
 
     def test_make_service_passes_the_options_on(self) -> None:
         """makeService hands every option to build_service, --no-ordering as ordered=False."""
         calls: list[dict[str, Any]] = []
         self.patch(tap, "build_service", lambda reactor, **kwargs: calls.append(kwargs))
+        self.patch(tap, "install_django_logging", lambda debug: None)
+        self.patch(sys, "excepthook", sys.excepthook)
         self.addCleanup(set_verbosity, 1)
         options = self.parse(
             "--layer=crossing",

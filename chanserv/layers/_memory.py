@@ -7,7 +7,7 @@ always under the layer's one lock; none of them locks anything itself.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 
 from twisted.internet.defer import Deferred
 
@@ -193,7 +193,7 @@ class GroupIndex:
         if members is not None and channel in members:
             self._drop(group, members, channel)
 
-    def members(self, group: str, now: float) -> Iterable[str]:
+    def members(self, group: str, now: float) -> Collection[str]:
         """The live members of ``group`` in the order of their first add (a view)."""
         members = self._members.get(group)
         if members is None:

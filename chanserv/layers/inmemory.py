@@ -110,6 +110,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._blocked: dict[str, list[Deferred[None]]] = {}
         self._sent = Rate()
         self._full = Rate()
+        #: Group sends, and the member deliveries they made (a member whose
+        #: channel was full is counted in ``channel_full_count`` instead).
+        self.group_sends = 0
+        self.group_deliveries = 0
         self._rotation = 0
         self._next_housekeeping = self._seconds() + HOUSEKEEPING_INTERVAL
         # Calls for the reactor gathered under the lock, made after it.
@@ -552,14 +556,17 @@ class InMemoryChannelLayer(BaseChannelLayer):
         with self._lock:
             now = self._begin_locked()
             members = self._groups.members(group, now)
+            self.group_sends += 1
             if members:
+                self.group_deliveries += len(members)
                 receivers = self._receivers
                 for name in members:
                     key = queue_key(name)
                     ch = self._channel_locked(key, now)
                     receiver = receivers.get(key) if receivers else None
                     if receiver is None:
-                        self._enqueue_locked(ch, key, name, data, now)
+                        if not self._enqueue_locked(ch, key, name, data, now):
+                            self.group_deliveries -= 1
                         continue
                     if message is None:
                         message = self.unpack(data)

@@ -1,21 +1,26 @@
 """
-The access log: one NCSA-style line per HTTP response and per WebSocket
-event, escaped and with ``session_key`` redacted, timed by the injected
-reactor's clock.  Reactor thread only (small synchronous writes).
+The access log: one line per HTTP response and per WebSocket event,
+escaped and with ``session_key`` redacted -- as twisted.logger events
+(:class:`AccessLogEvents`, the default: the process log's format and
+timestamp) or NCSA common-log lines in a file (:class:`AccessLogWriter`).
+Reactor thread only (small synchronous writes).
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IReactorTime
 
+from chanserv.log import Logger
 from chanserv.types import ContentMapping
 
-__all__ = ["AccessLogWriter", "redact_query"]
+__all__ = ["ACCESS_NAMESPACE", "AccessLogEvents", "AccessLogWriter", "redact_query"]
+
+#: The twisted.logger namespace of access events.
+ACCESS_NAMESPACE = "chanserv.access"
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -74,10 +79,17 @@ def _host(client: Any) -> str:
 
 class AccessLogWriter:
     """
-    Writes access-log lines to ``stream``: synchronous, line-buffered
-    writes, on the reactor thread.  Times are UTC from ``reactor``'s clock;
-    request targets are escaped (no client byte can end a line or forge a
-    field) and ``session_key`` values redacted (:func:`redact_query`).
+    Writes access-log lines to ``stream`` in the NCSA common log format,
+    which log analysers read (``--access-log=PATH``)::
+
+        127.0.0.1 - - [06/Dec/2026:09:20:00 +0000] "GET /hello/ HTTP/1.1" 200 11
+        127.0.0.1 - - [06/Dec/2026:09:20:01 +0000] "WSCONNECT /chat/" - -
+
+    Synchronous, line-buffered writes, on the reactor thread.  Times are UTC
+    from ``reactor``'s clock; request targets are escaped (no client byte
+    can end a line or forge a field) and ``session_key`` values redacted
+    (:func:`redact_query`).  The fields are those of
+    :class:`AccessLogEvents`, with the time in brackets.
 
     :param stream: a text file open for writing (owned by the caller unless
         made by :meth:`open`).
@@ -91,9 +103,12 @@ class AccessLogWriter:
 
     @classmethod
     def open(cls, target: str, reactor: IReactorTime) -> AccessLogWriter:
-        """A writer for ``target``: ``"-"`` for stdout, else a file path (appended to)."""
+        """
+        A writer for ``target``: ``"-"`` for the process log
+        (:class:`AccessLogEvents`), else a file path (appended to).
+        """
         if target == "-":
-            return cls(sys.stdout, reactor)
+            return AccessLogEvents()
         return cls(open(target, "a", buffering=1, encoding="utf-8"), reactor, owned=True)
 
     def close(self) -> None:
@@ -180,3 +195,43 @@ def _text(value: bytes | str) -> str:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return _escape(value)
+
+
+class AccessLogEvents(AccessLogWriter):
+    """
+    Access lines as twisted.logger events (namespace ``chanserv.access``,
+    level info, through chanserv's ``--verbosity`` filter), so they come out
+    in the process log's one format with its one timestamp::
+
+        2026-12-06T09:20:00+0000 [chanserv.access#info] 127.0.0.1 "GET /hello/ HTTP/1.1" 200 11
+        2026-12-06T09:20:01+0000 [chanserv.access#info] 127.0.0.1 "WSCONNECTING /chat/" - -
+        2026-12-06T09:20:01+0000 [chanserv.access#info] 127.0.0.1 "WSCONNECT /chat/" - -
+        2026-12-06T09:20:09+0000 [chanserv.access#info] 127.0.0.1 "WSDISCONNECT /chat/" - -
+
+    That is ``CLIENT "REQUEST" STATUS SIZE``: the client's address (``-``
+    if unknown), the request line (``METHOD TARGET VERSION``, or
+    ``WSCONNECTING``/``WSCONNECT``/``WSREJECT``/``WSDISCONNECT`` and the
+    path), the status sent and the body bytes sent (``-`` for none).  The
+    event also carries ``client``, ``request``, ``status`` and ``size`` as
+    fields (the JSON log's keys).  Reactor thread.
+    """
+
+    def __init__(self, logger: Logger | None = None) -> None:
+        # No stream and no clock: _write and close, the only users of those, are overridden.
+        self._log = logger if logger is not None else Logger(ACCESS_NAMESPACE)
+
+    def close(self) -> None:
+        """Nothing to close: the observers belong to the process."""
+
+    def _write(self, host: str, request: str, status: Any, size: Any) -> None:
+        status = None if status is None else int(status)
+        size = None if size is None else int(size)
+        self._log.info(
+            "{log_line}",
+            log_line='%s "%s" %s %s'
+            % (host, request, "-" if status is None else status, "-" if size is None else size),
+            client=host,
+            request=request,
+            status=status,
+            size=size,
+        )

@@ -96,7 +96,10 @@ class ServerConfig:
         (leftmost entry; port from ``X-Forwarded-Port``, else 0) and
         ``scheme`` from ``X-Forwarded-Proto``.
 
-        ``access_log`` (``None``: off): a file path, or ``"-"`` for stdout.
+        ``access_log`` (``None``: off; the command lines default to ``"-"``):
+        ``"-"`` for twisted.logger events in the process log (namespace
+        ``chanserv.access``, shown at verbosity 1 and up), or a file path
+        for NCSA common-log lines (chanserv.server.accesslog).
 
         ``http2`` (on): negotiate HTTP/2 (ALPN ``h2``) on TLS endpoints, when
         Twisted's HTTP/2 support (``twisted[http2]``) is installed; off, TLS

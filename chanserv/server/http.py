@@ -514,6 +514,10 @@ class HTTPFactory(http.HTTPFactory):
         #: ``"head"`` (``header_timeout``), ``"request"`` (``request_timeout``
         #: with ``request_min_rate``), ``"body_idle"`` (``body_timeout``).
         self.deadline_closes: Counter[str] = Counter()
+        #: http.request messages sent to the layer (or on their way), and
+        #: those the layer refused as full (answered 503).
+        self.requests_sent = 0
+        self.requests_full = 0
         self.stopping = False
         self._drain_waiters: list[Deferred[None]] = []
 

@@ -1,22 +1,27 @@
 """
-One listening endpoint as a service (:class:`ListenerService`), and the
-endpoint descriptions it takes.  Reactor thread only.
+One listening endpoint as a service (:class:`ListenerService`), which logs
+its URL once listening and turns a port it cannot bind into a one-line
+:class:`ListenError`; and the endpoint descriptions it takes.  Reactor
+thread only.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.python.failure import Failure
 
 from chanserv.log import Logger
 
-__all__ = ["ListenerService", "endpoint_from_string"]
+__all__ = ["ListenError", "ListenerService", "address_url", "endpoint_from_string"]
 
 log = Logger()
 
@@ -49,6 +54,59 @@ def endpoint_from_string(reactor: Any, description: str) -> IStreamServerEndpoin
     return endpoints.serverFromString(reactor, description)
 
 
+class ListenError(Exception):
+    """
+    An endpoint could not listen; the message is one line naming the
+    address, the reason and what to change.
+    """
+
+
+#: What to do about the usual reasons a port cannot be bound.
+_LISTEN_ADVICE = {
+    errno.EADDRINUSE: "address already in use: another process listens there; stop it, "
+    "or choose another port",
+    errno.EACCES: "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE "
+    "(or choose a port above 1023)",
+    errno.EADDRNOTAVAIL: "address not available: no interface of this machine has it "
+    "(check --bind)",
+}
+
+
+def address_url(address: object, tls: bool = False) -> str | None:
+    """
+    The URL clients use for a listening ``address``: ``http://H:P/``
+    (``https`` with ``tls``, IPv6 hosts in brackets) or ``unix:/path``;
+    None for an address of another kind.
+    """
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        host = address.host
+        if isinstance(address, IPv6Address) or ":" in host:
+            host = "[%s]" % host
+        return "%s://%s:%d/" % ("https" if tls else "http", host, address.port)
+    if isinstance(address, UNIXAddress):
+        name: object = address.name
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "backslashreplace")
+        return "unix:%s" % (name,)
+    return None
+
+
+def _listen_error(failure: Failure, description: str, tls: bool) -> ListenError:
+    error = failure.value
+    code = getattr(getattr(error, "socketError", None), "errno", None)
+    if code is None:
+        code = getattr(error, "errno", None)
+    reason = _LISTEN_ADVICE.get(code) if isinstance(code, int) else None
+    if reason is None:
+        reason = str(getattr(error, "socketError", None) or error)
+    where = description
+    if isinstance(error, CannotListenError) and isinstance(error.port, int):
+        host = error.interface or "0.0.0.0"
+        address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, error.port)
+        where = address_url(address, tls) or description
+    return ListenError(" ".join(("Cannot listen on %s: %s" % (where, reason)).split()))
+
+
 class ListenerService(Service):
     """
     Listens with ``factory`` on ``endpoint`` (an ``IStreamServerEndpoint``)
@@ -59,11 +117,26 @@ class ListenerService(Service):
     at once is raised from there; one it reports later is logged.
     ``stopService`` stops listening (or cancels a pending listen) and
     returns a Deferred that fires once the port is closed.
+
+    Once listening it logs ``Listening on URL`` (:func:`address_url`; the
+    endpoint's description when the address has no URL).  A port that
+    cannot be bound raises :class:`ListenError`, one line.
+
+    :param description: the endpoint's description, for messages.
+    :param tls: whether clients speak TLS to it (``https://`` URLs).
     """
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        description: str | None = None,
+        tls: bool = False,
+    ) -> None:
         self.endpoint = endpoint
         self.factory = factory
+        self.description = description if description is not None else str(endpoint)
+        self.tls = tls
         self._listening: Deferred[IListeningPort] | None = None
 
     def privilegedStartService(self) -> None:
@@ -85,12 +158,21 @@ class ListenerService(Service):
             elif not failure.check(CancelledError):
                 log.failure("Cannot listen on {endpoint}", failure, endpoint=self.endpoint)
 
+        def listening(port: IListeningPort) -> IListeningPort:
+            try:
+                url = address_url(port.getHost(), self.tls) or self.description
+            except Exception:  # a port of an endpoint plugin that cannot tell
+                url = self.description
+            log.info("Listening on {url}", url=url)
+            return port
+
         self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallback(listening)
         self._listening.addErrback(not_listening)
         starting = False
         if failed:
             self._listening = None
-            failed[0].raiseException()
+            raise _listen_error(failed[0], self.description, self.tls)
 
     def listening_port(self) -> Deferred[IListeningPort | None]:
         """

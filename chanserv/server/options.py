@@ -81,6 +81,9 @@ class ServerOptionsMixin:
       the other's default.  IPv6 is accepted with or without brackets;
     - ``-u/--unix-socket PATH``, ``--fd N``.
 
+    The access log is on (``--access-log=-``: into the process log) unless
+    ``--no-access-log``.
+
     ``--graceful-timeout`` is read if the Options class defines it.  Main
     thread.
     """
@@ -133,7 +136,13 @@ class ServerOptionsMixin:
             _seconds("ping-timeout"),
         ],
         ["root-path", None, "", "ASGI root_path (the URL prefix the site is mounted at)."],
-        ["access-log", None, None, "Write an access log to this file ('-' for stdout)."],
+        [
+            "access-log",
+            None,
+            "-",
+            "Where the access log goes: '-' (default) into the process log, one line "
+            "per request and WebSocket event; or a file path (NCSA common log format).",
+        ],
         [
             "max-body-size",
             None,
@@ -229,6 +238,7 @@ class ServerOptionsMixin:
             None,
             "Do not offer HTTP/2 (ALPN h2) on TLS endpoints: HTTP/1.1 only.",
         ],
+        ["no-access-log", None, "Write no access log."],
     ]
 
     def __init__(self) -> None:
@@ -364,7 +374,7 @@ def server_config_from_options(opts: Mapping[str, Any]) -> ServerConfig:
         "root_path": opts.get("root-path") or "",
         "proxy_headers": bool(opts.get("proxy-headers")),
         "http2": not opts.get("no-http2"),
-        "access_log": opts.get("access-log") or None,
+        "access_log": None if opts.get("no-access-log") else (opts.get("access-log") or None),
         "max_body_size": max_body_size,
         "http_send_queue_size": opts.get("http-send-queue-size", _DEFAULTS.http_send_queue_size),
         "max_ws_message_size": opts.get("max-ws-message-size", _DEFAULTS.max_ws_message_size),

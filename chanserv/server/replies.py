@@ -59,6 +59,8 @@ class ReplyRegistry(Service):
         self.overflow_closes = 0
         #: Times the layer reported its state lost.
         self.state_losses = 0
+        #: Replies handed to this process so far (:attr:`gone` included).
+        self.replies = 0
 
     def new_reply_channel(self) -> str:
         """A fresh reply channel name: :attr:`prefix` + 16 CSPRNG letters."""
@@ -152,6 +154,7 @@ class ReplyRegistry(Service):
     def _dispatch(self, batch: list[Received]) -> None:
         # Reactor thread, called by the layer with every reply that arrived
         # since the last call.
+        self.replies += len(batch)
         connections = self._connections
         missing: set[str] | None = None
         for channel, message in batch:

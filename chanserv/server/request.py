@@ -286,6 +286,7 @@ class WebRequest(http.Request):
             "client": client,
             "server": address_pair(self.host),
         }
+        factory.requests_sent += 1
         d: Deferred[None] = factory.layer.send_twisted("http.request", message)
         d.addCallbacks(self._request_sent, self._request_failed)
         d.addErrback(lambda f: log.failure("Handling the http.request send failed", f))
@@ -305,6 +306,7 @@ class WebRequest(http.Request):
         if self._streamer is not None:
             self._streamer.stop()
         if failure.check(ChannelFull):
+            self._factory.requests_full += 1
             log.warn("http.request is full: {path} answered 503", path=self.asgi_path)
             code, text = 503, "Request queue full."
         elif failure.check(ConnectionError):

@@ -14,10 +14,11 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.logger import LogLevel
 
 from chanserv.interfaces import IReactorChannelLayer
-from chanserv.log import Logger
-from chanserv.server.accesslog import AccessLogWriter
+from chanserv.log import Logger, is_enabled
+from chanserv.server.accesslog import ACCESS_NAMESPACE, AccessLogWriter
 from chanserv.server.config import ServerConfig
 from chanserv.server.http import HTTPFactory, HTTPProtocol
 from chanserv.server.listener import ListenerService, endpoint_from_string
@@ -87,7 +88,10 @@ class InterfaceServer(MultiService):
     Attributes: ``replies``, ``http_factory``, ``websocket_factory``,
     ``listeners`` (a :class:`~chanserv.server.listener.ListenerService` per
     endpoint; their ports: :meth:`listening_ports`).  A port that cannot be
-    bound fails ``startService`` (twistd exits).
+    bound fails ``privilegedStartService``/``startService`` with a one-line
+    :class:`~chanserv.server.listener.ListenError`.  The access log
+    (``config.access_log``): ``"-"`` for twisted.logger events (none at
+    verbosity 0), a path for an NCSA file, None for none.
     """
 
     name = "interface"
@@ -133,7 +137,9 @@ class InterfaceServer(MultiService):
         self.listeners: list[ListenerService] = []
         for description in config.endpoints:
             endpoint = endpoint_from_string(reactor, description)
-            listener = ListenerService(endpoint, self.http_factory)
+            listener = ListenerService(
+                endpoint, self.http_factory, description, tls=_is_tls(description)
+            )
             listener.setServiceParent(self)
             self.listeners.append(listener)
 
@@ -143,8 +149,11 @@ class InterfaceServer(MultiService):
         self.websocket_factory.check_timeouts(now)
 
     def startService(self) -> None:
-        if self.config.access_log is not None and self.access_log is None:
-            self.access_log = AccessLogWriter.open(self.config.access_log, self.reactor)
+        target = self.config.access_log
+        if target == "-" and not is_enabled(ACCESS_NAMESPACE, LogLevel.info):
+            target = None  # -v 0: no event to build per request only to drop it
+        if target is not None and self.access_log is None:
+            self.access_log = AccessLogWriter.open(target, self.reactor)
         self.http_factory.access_log = self.access_log
         self.websocket_factory.access_log = self.access_log
         super().startService()

@@ -217,6 +217,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def _connect_refusal(self, failure: Failure) -> tuple[int, str]:
         # The HTTP refusal for a websocket.connect the layer did not take.
         if failure.check(ChannelFull):
+            self.factory.connects_full += 1
             log.warn("websocket.connect is full: {path} answered 503", path=self.path)
             return 503, "Connection queue at capacity"
         if failure.check(ConnectionError):
@@ -257,6 +258,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self._handshake = None
         self._connect = None  # never parsed nor sent now (processHandshake)
         if self.state == self.STATE_CONNECTING:
+            self.factory.handshakes_rejected += 1
             self.factory.log_action("rejected", self)
             super().failHandshake(reason, code, headers)
 
@@ -275,6 +277,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
             state.pop(name, None)
         forget_handshake_key(self)
         self.__dict__ = dict(state)
+        self.factory.handshakes_accepted += 1
         self.factory.log_action("connected", self)
 
     def shutdown(self, code: int) -> None:
@@ -630,6 +633,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
                 "websocket.receive stayed full for {channel}: closing with 1013",
                 channel=self.reply_channel,
             )
+            self.factory.receive_full_closes += 1
             self._give_up(1013)
             return
         if state == self.STATE_CLOSING:
@@ -911,6 +915,16 @@ class WebSocketFactory(WebSocketServerFactory):
         self.connections: set[WebSocketProtocol] = set()
         #: websocket.disconnect messages that could not be sent in time.
         self.disconnects_lost = 0
+        #: Handshakes answered 101, and refused (an HTTP error), so far.
+        self.handshakes_accepted = 0
+        self.handshakes_rejected = 0
+        #: websocket.receive messages made by connections now gone (those of
+        #: open ones are their ``order``: see :meth:`messages_received`).
+        self.receives_of_gone = 0
+        #: Sockets closed with 1013 because websocket.receive stayed full.
+        self.receive_full_closes = 0
+        #: websocket.connect messages the layer refused as full (answered 503).
+        self.connects_full = 0
         self._closing = False
         self._drain_waiters: list[Deferred[None]] = []
         self.setProtocolOptions(
@@ -1003,9 +1017,15 @@ class WebSocketFactory(WebSocketServerFactory):
                 action, {"path": protocol.path, "client": protocol.client or None}
             )
 
+    def messages_received(self) -> int:
+        """websocket.receive messages made so far (counted per connection, summed here)."""
+        return self.receives_of_gone + sum(protocol.order for protocol in self.connections)
+
     def finished(self, protocol: WebSocketProtocol) -> None:
         """``protocol`` is gone and its messages are sent: forget it."""
-        self.connections.discard(protocol)
+        if protocol in self.connections:
+            self.connections.discard(protocol)
+            self.receives_of_gone += protocol.order
         if self._drain_waiters and not self.connections:
             waiters, self._drain_waiters = self._drain_waiters, []
             for d in waiters:

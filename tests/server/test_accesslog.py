@@ -1,14 +1,25 @@
-"""The access log: NCSA-style lines, WebSocket events, redaction, escaping."""
+"""
+The access log: NCSA-style lines in a file, twisted.logger events in the
+process log (text and JSON), WebSocket events, redaction, escaping.
+"""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
 from twisted.internet import task
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from chanserv.server.accesslog import AccessLogWriter, redact_query
+from chanserv.log import json_line, set_verbosity
+from chanserv.server.accesslog import (
+    ACCESS_NAMESPACE,
+    AccessLogEvents,
+    AccessLogWriter,
+    redact_query,
+)
 
 START = 1763733336.0  # 21/Nov/2025:13:55:36 UTC
 
@@ -108,12 +119,60 @@ def test_open_file_appends_and_closes(tmp_path: Path) -> None:
     assert lines[1].endswith('"GET / HTTP/1.1" 200 2')
 
 
-def test_dash_is_stdout(capsys: pytest.CaptureFixture[str]) -> None:
-    """The path "-" makes the access log write to standard output."""
+def test_dash_is_the_process_log(capsys: pytest.CaptureFixture[str]) -> None:
+    """The path "-" makes access lines twisted.logger events, never raw stdout writes."""
     writer = AccessLogWriter.open("-", task.Clock())
-    writer.websocket("connecting", {"path": "/", "client": None})
-    writer.close()
-    assert '"WSCONNECTING /" - -' in capsys.readouterr().out
+    assert isinstance(writer, AccessLogEvents)
+    with capturedLogs() as events:
+        writer.websocket("connecting", {"path": "/", "client": None})
+        writer.close()
+    assert [formatEvent(e) for e in events] == ['- "WSCONNECTING /" - -']
+    assert capsys.readouterr().out == ""
+
+
+def test_events_are_one_line_without_a_second_timestamp() -> None:
+    """An access event reads CLIENT "REQUEST" STATUS SIZE, info level, namespace chanserv.access."""
+    writer = AccessLogEvents()
+    with capturedLogs() as events:
+        writer.http(["10.0.0.7", 5000], b"GET", b"/a?session_key=x", b"HTTP/1.1", 200, 11)
+        writer.http(None, b"-", b"-", b"-", 400, None)
+        writer.websocket("connected", {"path": "/chat/", "client": "10.0.0.8:4000"})
+        writer.websocket("disconnected", {"path": "/chat/", "client": "10.0.0.8:4000"})
+    assert [formatEvent(e) for e in events] == [
+        '10.0.0.7 "GET /a?session_key=[redacted] HTTP/1.1" 200 11',
+        '- "- - -" 400 -',
+        '10.0.0.8 "WSCONNECT /chat/" - -',
+        '10.0.0.8 "WSDISCONNECT /chat/" - -',
+    ]
+    assert {(e["log_namespace"], e["log_level"]) for e in events} == {
+        (ACCESS_NAMESPACE, LogLevel.info)
+    }
+
+
+def test_events_as_json_carry_the_fields() -> None:
+    """In JSON mode an access line is one object with client, request, status and size."""
+    with capturedLogs() as events:
+        AccessLogEvents().http(["::1", 1], b"POST", b"/f", b"HTTP/2", 302, 0)
+    record = json.loads(json_line(events[0]))
+    assert record["namespace"] == "chanserv.access" and record["level"] == "info"
+    assert record["message"] == '::1 "POST /f HTTP/2" 302 0'
+    assert (record["client"], record["request"], record["status"], record["size"]) == (
+        "::1",
+        "POST /f HTTP/2",
+        302,
+        0,
+    )
+
+
+def test_events_follow_the_verbosity() -> None:
+    """At verbosity 0 access events (info) are dropped by chanserv's filter."""
+    set_verbosity(0)
+    try:
+        with capturedLogs() as events:
+            AccessLogEvents().http(None, b"GET", b"/", b"HTTP/1.1", 200, 0)
+    finally:
+        set_verbosity(1)
+    assert events == []
 
 
 def test_write_errors_do_not_propagate() -> None:

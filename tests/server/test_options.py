@@ -30,9 +30,9 @@ def parse(*argv: str) -> ServerConfig:
 
 
 def test_defaults() -> None:
-    """With no options the config is the default: 127.0.0.1:8000, 120 s HTTP, 20/30 s pings."""
+    """No options: 127.0.0.1:8000, 120 s HTTP, 20/30 s pings, the access log in the process log."""
     config = parse()
-    assert config == ServerConfig()
+    assert config == ServerConfig(access_log="-")
     assert config.endpoints == (DEFAULT_ENDPOINT,)
     assert config.endpoints == ("tcp:port=8000:interface=127.0.0.1",)
     assert (config.http_timeout, config.websocket_timeout) == (120, 86400)
@@ -40,7 +40,14 @@ def test_defaults() -> None:
     assert (config.ping_interval, config.ping_timeout) == (20, 30)
     assert config.ws_protocols == ()
     assert config.http_send_queue_size == config.ws_send_queue_size == 1024 * 1024
-    assert config.root_path == "" and not config.proxy_headers and config.access_log is None
+    assert config.root_path == "" and not config.proxy_headers
+    assert config.access_log == "-"  # on by default, into the process log
+
+
+def test_access_log_can_be_turned_off_or_sent_to_a_file() -> None:
+    """--no-access-log turns the access log off; --access-log=PATH sends it to a file."""
+    assert parse("--no-access-log").access_log is None
+    assert parse("--access-log", "/var/log/access.log").access_log == "/var/log/access.log"
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.logger import capturedLogs, formatEvent
 from websockets.sync.client import connect as ws_connect
 
 from chanserv.layers.inmemory import InMemoryChannelLayer
@@ -91,6 +92,26 @@ def test_unix_socket_listener(start: Start, layer: InMemoryChannelLayer, tmp_pat
         sock.connect(str(path))
         response = exchange(sock, layer, b"/unix")
     assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_each_endpoint_logs_its_url_and_dash_logs_access_events(
+    start: Start, layer: InMemoryChannelLayer, tmp_path: Path
+) -> None:
+    """One "Listening on URL" per endpoint once bound; access_log "-": one event per request."""
+    path = tmp_path / "chanserv.sock"
+    with capturedLogs() as events:
+        server, ports = start("tcp:port=0:interface=127.0.0.1", "unix:%s" % (path,), access_log="-")
+        tcp = ports[0].getHost().port
+        with socket.create_connection(("127.0.0.1", tcp)) as sock:
+            exchange(sock, layer, b"/logged")
+        in_reactor(server.stopService)
+    lines = [formatEvent(e) for e in events]
+    assert [line for line in lines if line.startswith("Listening on ")] == [
+        "Listening on http://127.0.0.1:%d/" % tcp,
+        "Listening on unix:%s" % (path,),
+    ]
+    access = [formatEvent(e) for e in events if e["log_namespace"] == "chanserv.access"]
+    assert access == ['127.0.0.1 "GET /logged HTTP/1.1" 200 6']
 
 
 def test_inherited_descriptor(start: Start, layer: InMemoryChannelLayer) -> None:

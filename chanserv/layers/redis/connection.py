@@ -133,6 +133,8 @@ class RedisShard(Service):
             )
         self._stopping = False
         self._rejected = 0
+        #: Connections made again after one was lost.
+        self.reconnects = 0
         self._refusal: str | None = None
         self._factory: Any = ConnectionFactory(
             reactor, reply_timeout, self.name, self._command_built, self._connection_lost
@@ -309,6 +311,7 @@ class RedisShard(Service):
             if previous == "connecting":
                 log.info("Connected to Redis at {address}", address=proto.label)
             else:
+                self.reconnects += 1
                 log.info("Reconnected to Redis at {address}", address=proto.label)
             self._fire_state_waiters()
 

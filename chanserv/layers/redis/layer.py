@@ -11,6 +11,7 @@ import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from time import perf_counter
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -39,6 +40,7 @@ from chanserv.layers.redis.receive import (
 from chanserv.layers.redis.scripts import ALL_SCRIPTS
 from chanserv.layers.redis.sync import call_in_reactor, check_not_reactor_thread, running_reactor
 from chanserv.log import Logger
+from chanserv.stats import Histogram
 from chanserv.types import Content, Received
 
 __all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts"]
@@ -153,6 +155,10 @@ class RedisChannelLayer(BaseChannelLayer):
         self._local: dict[str, tuple[LocalReceiverLoop, ProcessHeartbeat]] = {}
         self._unregistering: list[Deferred[None]] = []
         self._watches: dict[str, CapacityWatch] = {}
+        #: Group sends made through this process (reactor thread).
+        self.group_sends = 0
+        #: Seconds each send of this process took, to Redis and back (reactor thread).
+        self.send_seconds = Histogram()
         self._attach_lock = threading.Lock()
         # Messages of a group reference beyond a receive's limit, per
         # process prefix, for the next receive (any thread).
@@ -643,7 +649,18 @@ class RedisChannelLayer(BaseChannelLayer):
             self._require_attached()
         except Exception:
             return fail()
-        return self.operations.send(channel, payload)
+        return self._timed(self.operations.send(channel, payload))
+
+    def _timed(self, d: Deferred[None]) -> Deferred[None]:
+        # Reactor thread: the send's round trip, into send_seconds.
+        started = perf_counter()
+        observe = self.send_seconds.observe
+
+        def sent(result: Any) -> Any:
+            observe(perf_counter() - started)
+            return result
+
+        return d.addBoth(sent)
 
     def _send_wait(self, channel: str, payload: bytes, timeout: float) -> Deferred[None]:
         try:
@@ -659,6 +676,7 @@ class RedisChannelLayer(BaseChannelLayer):
             self._require_attached()
         except Exception:
             return fail()
+        self.group_sends += 1
         return self.operations.send_group(group, payload).addCallback(lambda _: None)
 
     def send_twisted(self, channel: str, message: Content) -> Deferred[None]:
@@ -672,7 +690,7 @@ class RedisChannelLayer(BaseChannelLayer):
             payload = self._codec.encode(self.serialise(message))
         except Exception:
             return fail()
-        return self.operations.send(channel, payload)
+        return self._timed(self.operations.send(channel, payload))
 
     def send_group_twisted(self, group: str, message: Content) -> Deferred[None]:
         """Send ``message`` to every member of ``group`` (never ChannelFull)."""
@@ -682,6 +700,7 @@ class RedisChannelLayer(BaseChannelLayer):
             payload = self._codec.encode(self.serialise(message))
         except Exception:
             return fail()
+        self.group_sends += 1
         return self.operations.send_group(group, payload).addCallback(lambda _: None)
 
     def new_channel_twisted(self, pattern: str) -> Deferred[str]:

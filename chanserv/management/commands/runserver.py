@@ -7,6 +7,7 @@ command's main thread parses options, then runs the reactor.
 
 from __future__ import annotations
 
+import os
 import threading
 from argparse import ArgumentParser
 from datetime import datetime
@@ -74,6 +75,30 @@ class Command(DjangoRunserver):
         raise CommandError("chanserv's runserver does not serve WSGI")
 
     def inner_run(self, *args: Any, **options: Any) -> None:
+        # Any: Django's command options, as argparse typed each (Django's BaseCommand API).
+        """
+        Serve until stopped.  A configuration mistake or a port that cannot
+        be bound ends the command with one line and exit code 1: a
+        ``CommandError`` in the main thread (``--noreload``); under the
+        autoreloader, which runs this in a secondary thread, written to
+        stderr before ``os._exit(1)``, as Django's runserver does.
+        """
+        from chanserv.server.listener import ListenError
+
+        try:
+            try:
+                self._serve(**options)
+            except ListenError as e:
+                raise CommandError(str(e)) from None
+        except CommandError as e:
+            if threading.current_thread() is threading.main_thread():
+                raise
+            self.stderr.write("CommandError: %s" % (e,))
+            self.stdout.flush()
+            self.stderr.flush()
+            os._exit(1)
+
+    def _serve(self, **options: Any) -> None:
         # Any: Django's command options, as argparse typed each (Django's BaseCommand API).
         from twisted.internet import reactor
 

@@ -47,6 +47,12 @@ class Command(BaseCommand):
             help="Worker threads (default %d)." % DEFAULT_THREADS,
         )
         parser.add_argument(
+            "--log-format",
+            choices=("text", "json"),
+            default="text",
+            help="text (default) or json: one JSON object per line, for log shippers.",
+        )
+        parser.add_argument(
             "--graceful-timeout",
             type=float,
             default=30.0,
@@ -71,7 +77,7 @@ class Command(BaseCommand):
         if options["threads"] < 1:
             raise CommandError("--threads must be at least 1")
         verbosity = int(options.get("verbosity", 1))
-        start_console_logging(verbosity, self.stdout)
+        start_console_logging(verbosity, self.stdout, options["log_format"])
         root = build_service(
             reactor,
             mode="worker",

@@ -38,6 +38,21 @@ elif _layer == "memory":
             "CONFIG": {"capacity": int(os.environ.get("E2E_CAPACITY", "100"))},
         }
     }
+elif _layer == "misspelt":
+    # tests/e2e/test_logs_cli.py: a typo in a Channels 1.x backend name.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "asgiref.inmemory.ChanelLayer",
+            "ROUTING": "e2eproj.routing.channel_routing",
+        }
+    }
+elif _layer == "badrouting":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "asgiref.inmemory.ChannelLayer",
+            "ROUTING": "e2eproj.routing.chanel_routing",
+        }
+    }
 elif _layer == "broken":
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "no.such.Layer", "ROUTING": "e2eproj.routing.channel_routing"}

@@ -38,8 +38,14 @@ def stream(request):
     return response
 
 
+def boom(request):
+    """A view that fails: Django logs "Internal Server Error" on django.request."""
+    raise ZeroDivisionError("boom")
+
+
 urlpatterns = [
     path("hello/", hello),
+    path("boom/", boom),
     path("marker/", marker),
     path("diag/", diag),
     path("stream/", stream),
