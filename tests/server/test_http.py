@@ -364,9 +364,11 @@ def test_application_transfer_encoding_is_dropped(server: Server) -> None:
 
 
 def test_reply_on_an_unknown_channel_is_dropped(server: Server) -> None:
-    """A reply on a reply channel no request owns is dropped without an error."""
+    """A reply on a reply channel no request owns is dropped, counted, and raises nothing."""
+    gone = server.replies.gone
     server.layer.send(server.replies.prefix + "nobodyhereatall", {"status": 200})
     server.run()  # no error
+    assert server.replies.gone == gone + 1
 
 
 # -- pipelining and keep-alive -------------------------------------------------------
