@@ -105,6 +105,8 @@ def run_tests(session: nox.Session) -> None:
         "-q",
         "tests",
         "--ignore=tests/e2e",
+        # The documentation site: the main suite builds it (no Sphinx here).
+        "--ignore=tests/test_docs.py",
         # The import contracts do not depend on the dependencies' versions;
         # the main suite checks them, with the linters installed.
         "--deselect=tests/test_import_layers.py::test_import_contracts_are_kept",

@@ -3,7 +3,7 @@ The Django app: ``"chanserv"`` in ``INSTALLED_APPS`` adds the ``runserver``
 and ``runworker`` commands.  Runs in the main thread, when Django sets up.
 """
 
-from django.apps import AppConfig, apps
+from django.apps import AppConfig
 
 
 class ChanservConfig(AppConfig):
@@ -14,17 +14,20 @@ class ChanservConfig(AppConfig):
 
     name = "chanserv"
     verbose_name = "chanserv"
+    #: Django picks this class for ``"chanserv"`` in ``INSTALLED_APPS``, not
+    #: the 1.x-named subclass below.
+    default = True
 
     def ready(self) -> None:
         # Django takes a command from the first app in INSTALLED_APPS that
         # has it, and django.contrib.staticfiles (usually listed first) ships
-        # its own WSGI runserver.  chanserv serves static files itself (see
-        # chanserv.staticfiles), so its runserver stands in for that one
-        # wherever the apps are listed -- as Channels 1.x did.  Both commands
-        # are imported only then: staticfiles is an optional app.
-        if apps.is_installed("django.contrib.staticfiles"):
-            from django.contrib.staticfiles.management.commands import runserver
+        # its own WSGI runserver: chanserv's stands in for it, as in 1.x.
+        from chanserv.hacks import monkeypatch_django
 
-            from chanserv.management.commands.runserver import Command
+        monkeypatch_django()
 
-            runserver.Command = Command
+
+class ChannelsConfig(ChanservConfig):
+    """Channels 1.x's name for the app's configuration: the same app."""
+
+    default = False

@@ -17,9 +17,11 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+from chanserv._foreign_layer import ForeignChannelLayer, missing_asgi_methods
 from chanserv.exceptions import InvalidChannelLayerError
 from chanserv.layers.base import BaseChannelLayer
 from chanserv.routing import Router, did_you_mean
+from chanserv.utils import name_that_thing
 
 __all__ = [
     "BACKEND_ALIASES",
@@ -90,8 +92,9 @@ class ChannelLayerWrapper:
         return bool(value() if callable(value) else value)
 
     def __str__(self) -> str:
-        cls = type(self.channel_layer)
-        return "%s (%s.%s)" % (self.alias, cls.__module__, cls.__qualname__)
+        # A third-party layer is named, not its chanserv adapter.
+        layer = getattr(self.channel_layer, "foreign_layer", self.channel_layer)
+        return "%s (%s)" % (self.alias, name_that_thing(layer))
 
     def __repr__(self) -> str:
         return "<ChannelLayerWrapper %s>" % (self,)
@@ -104,11 +107,15 @@ def _setting(alias: str, key: str | None = None) -> str:
 
 def load_backend(path: object, setting: str) -> type:
     """
-    The layer class named by ``path`` (aliases resolved).
+    The layer class named by ``path`` (aliases resolved): a
+    :class:`~chanserv.layers.base.BaseChannelLayer` subclass, or any ASGI 1
+    layer class (``send``, ``receive`` or ``receive_many``, ``new_channel``),
+    whose instances :class:`ChannelLayerManager` adapts with
+    :class:`~chanserv._foreign_layer.ForeignChannelLayer`.
 
     :param setting: the setting's name, for error messages.
-    :raises InvalidChannelLayerError: not a string, cannot be imported, or not
-        a :class:`~chanserv.layers.base.BaseChannelLayer` subclass.
+    :raises InvalidChannelLayerError: not a string, cannot be imported, or
+        not a class of either kind.
     """
     if not isinstance(path, str):
         raise InvalidChannelLayerError(
@@ -141,11 +148,21 @@ def load_backend(path: object, setting: str) -> type:
             "%s = %r%s cannot be imported: %s%s"
             % (setting, path, via, e, did_you_mean(path, [*BACKEND_ALIASES, *KNOWN_BACKENDS]))
         ) from e
-    if not (isinstance(backend, type) and issubclass(backend, BaseChannelLayer)):
+    if not isinstance(backend, type):
         raise InvalidChannelLayerError(
-            "%s = %r%s is not a channel layer class: %r is not a subclass of "
-            "chanserv.layers.base.BaseChannelLayer" % (setting, path, via, backend)
+            "%s = %r%s is not a channel layer class: %r is not a class"
+            % (setting, path, via, backend)
         )
+    if not issubclass(backend, BaseChannelLayer):
+        # A third-party ASGI 1 layer, as Channels 1.x accepted: adapted by
+        # _make_backend (chanserv._foreign_layer).
+        missing = missing_asgi_methods(backend)
+        if missing:
+            raise InvalidChannelLayerError(
+                "%s = %r%s is not a channel layer class: %r is neither a subclass of "
+                "chanserv.layers.base.BaseChannelLayer nor an ASGI 1 layer (it has no %s)"
+                % (setting, path, via, backend, ", ".join(missing))
+            )
     return backend
 
 
@@ -246,6 +263,8 @@ class ChannelLayerManager:
                 "%s = %r is not valid for %s: %s"
                 % (_setting(alias, config_key), dict(kwargs), backend.__name__, e)
             ) from e
+        if not isinstance(layer, BaseChannelLayer):
+            layer = ForeignChannelLayer(layer)
         return ChannelLayerWrapper(layer, alias, routing, router=router)
 
     def __getitem__(self, alias: str) -> ChannelLayerWrapper:

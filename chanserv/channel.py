@@ -156,7 +156,9 @@ class PendingMessageStore:
     layer, not polled) up to :attr:`full_timeout` seconds per message, then
     logs the message as lost and goes on with the rest; a channel its
     interface server blocked (a slow client) is waited on up to
-    :attr:`blocked_timeout` (see :func:`send_waiting`).
+    :attr:`blocked_timeout` (see :func:`send_waiting`).  Every held send
+    that could not be sent is counted in :attr:`dropped` (exported as
+    ``chanserv_messages_dropped_total{reason="send_failed"}``).
     """
 
     full_timeout = 2.0
@@ -164,6 +166,10 @@ class PendingMessageStore:
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self._dropped_lock = threading.Lock()
+        #: Held sends dropped since the process started: the channel stayed
+        #: full (or blocked), or the layer failed.  Read from any thread.
+        self.dropped = 0
 
     def activate(self, **kwargs: object) -> None:
         self._local.active = True
@@ -183,7 +189,8 @@ class PendingMessageStore:
         """
         Send this thread's held messages, in order, and stop holding.  A send
         that fails (the channel stayed full, the layer is unreachable) is
-        logged and the rest are still sent; nothing is raised.
+        logged and counted in :attr:`dropped`, and the rest are still sent;
+        nothing is raised.
         """
         pending = getattr(self._local, "pending", [])
         self._local.active = False
@@ -195,6 +202,7 @@ class PendingMessageStore:
                 else:
                     self._send(layer, name, data)
             except Exception:
+                self._count_dropped()
                 log.failure(
                     "A message the consumer sent to {kind} {name} could not be sent",
                     kind=kind,
@@ -205,12 +213,18 @@ class PendingMessageStore:
         try:
             send_waiting(layer, name, data, self.full_timeout, self.blocked_timeout)
         except ChannelFull:
+            self._count_dropped()
             log.error(
                 "Channel {channel} stayed full for {timeout}s; a message "
                 "sent by the consumer was dropped",
                 channel=name,
                 timeout=self.full_timeout,
             )
+
+    def _count_dropped(self) -> None:
+        # Several pool threads may drop at once; this is the drop path only.
+        with self._dropped_lock:
+            self.dropped += 1
 
 
 def send_waiting(

@@ -122,8 +122,9 @@ class WebsocketCloseException(ChannelSocketException):
     """
     Close the WebSocket of the message being consumed with ``code``.
 
-    ``code`` is ``None`` (a plain close, 1000) or a code an application may
-    send: 1000, 1001, 1008, 1011, 1013 or 3000–4999 (RFC 6455 §7.4).  Unlike
+    ``code`` is ``None`` (a plain close, 1000), 1000, or an application's
+    code in 3000–4999 (RFC 6455 §7.4.2); anything else raises ValueError
+    here, where the consumer made the mistake.  Unlike
     channels 1.1.8 this works with any reply channel and validates the code
     correctly.
     """

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.core import signals
 from django.core.exceptions import BadRequest, RequestDataTooBig
 from django.urls import set_script_prefix
+from django.utils.encoding import repercent_broken_unicode
 from django.utils.functional import cached_property
 
 from chanserv._compat.django import Handler, StreamedRequest, set_response_handler
@@ -38,6 +39,8 @@ __all__ = ["AsgiHandler", "AsgiRequest", "ViewConsumer"]
 
 log = Logger()
 request_logger = logging.getLogger("django.request")
+#: Channels 1.x's module logger (chanserv logs through :data:`log`).
+logger = logging.getLogger("django.channels")
 
 #: Attribute set on a request whose view raised ResponseLater.
 _RESPONSE_LATER_FLAG = "_chanserv_response_later"
@@ -49,6 +52,19 @@ def _latin1(value: Any) -> str:
     if isinstance(value, str):
         return value
     raise BadRequest("header names and values must be bytes, not %r" % (type(value).__name__,))
+
+
+def _text_path(value: object) -> object:
+    """
+    A ``path``/``root_path`` as ``str``: interface servers of Channels 1.x
+    days may send ``bytes`` -- the path already percent-decoded, as ASGI 1
+    says, only not yet decoded from UTF-8.  They are decoded as Django's
+    WSGI handler decodes ``PATH_INFO``: invalid UTF-8 sequences are
+    percent-encoded again rather than refused.  Other values pass unchanged.
+    """
+    if isinstance(value, (bytes, bytearray)):
+        return repercent_broken_unicode(bytes(value)).decode("utf-8")
+    return value
 
 
 class AsgiRequest(StreamedRequest):
@@ -63,7 +79,8 @@ class AsgiRequest(StreamedRequest):
     Repeated headers are joined with ``","`` (``"; "`` for ``Cookie``), in
     linear time; header names holding ``_`` are ignored, so ``X_Foo`` can
     never pose as ``X-Foo`` (CVE-2015-0219, CVE-2026-3902).  Legacy dict
-    headers ``{name: value}`` are accepted.
+    headers ``{name: value}`` are accepted, and a ``bytes`` ``path``,
+    ``root_path`` or ``method``, as 1.x interface servers may send them.
 
     The body is the message's ``body`` followed by every chunk read from its
     ``body_channel`` until one has ``more_content`` false.  It is spooled:
@@ -98,12 +115,17 @@ class AsgiRequest(StreamedRequest):
         self.reply_channel = getattr(message, "reply_channel", None)
         self.resolver_match = None
         content = message.content if hasattr(message, "content") else message
-        path = content.get("path")
+        path = _text_path(content.get("path"))
         method = content.get("method")
+        if isinstance(method, bytes):
+            method = method.decode("ascii")
         if not isinstance(path, str) or not isinstance(method, str):
             raise BadRequest("an http.request message needs str 'path' and 'method'")
+        root_path = _text_path(content.get("root_path"))
+        if root_path is not None and not isinstance(root_path, str):
+            raise BadRequest("an http.request message's 'root_path' must be str")
         self.path = path
-        self.script_name = settings.FORCE_SCRIPT_NAME or content.get("root_path") or ""
+        self.script_name = settings.FORCE_SCRIPT_NAME or root_path or ""
         self.path_info = self._strip_script_name(path, self.script_name)
         self.method = method.upper()
         query_string = content.get("query_string") or b""
@@ -303,7 +325,10 @@ class AsgiHandler(Handler):
         """The reply messages for ``message``; runs in a worker thread."""
         self._ensure_middleware()
         content = message.content if hasattr(message, "content") else message
-        set_script_prefix(settings.FORCE_SCRIPT_NAME or content.get("root_path") or "")
+        root_path = _text_path(content.get("root_path"))
+        set_script_prefix(
+            settings.FORCE_SCRIPT_NAME or (root_path if isinstance(root_path, str) else "")
+        )
         signals.request_started.send(sender=self.__class__, message=message)
         response, send = self._respond(message)
         if response is None:
@@ -385,22 +410,25 @@ class AsgiHandler(Handler):
         """
         The ASGI 1.0 response messages for a Django ``response``.
 
-        The first has ``status`` and ``headers`` (lowercase ``bytes`` names,
-        latin-1 ``bytes`` values, cookies as ``set-cookie``); ``content`` is
-        cut in :attr:`chunk_size` pieces, each message but the last with
+        The first has ``status`` and ``headers``: ``(name, value)`` tuples of
+        ``bytes`` as Channels 1.x made them -- names in the case the response
+        gave them (``Content-Type``: some clients are not RFC-compliant about
+        case), values latin-1, each cookie a ``Set-Cookie`` (without the
+        leading space 1.x left in its value).  ``content`` is cut in
+        :attr:`chunk_size` pieces, each message but the last with
         ``more_content`` true.  A streaming response gives a message per
         chunk and then an empty last one.  Does not close the response.
         """
-        headers: list[list[bytes]] = []
+        headers: list[tuple[bytes, bytes]] = []
         for name, value in response.items():
             headers.append(
-                [
-                    name.encode("ascii").lower() if isinstance(name, str) else bytes(name).lower(),
+                (
+                    name.encode("ascii") if isinstance(name, str) else bytes(name),
                     value.encode("latin1") if isinstance(value, str) else bytes(value),
-                ]
+                )
             )
         for cookie in response.cookies.values():
-            headers.append([b"set-cookie", cookie.output(header="").encode("ascii").strip()])
+            headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
         message: dict[str, Any] = {"status": response.status_code, "headers": headers}
         if response.streaming:
             if isinstance(response, http.FileResponse):

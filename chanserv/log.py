@@ -28,6 +28,7 @@ __all__ = [
     "json_line",
     "set_twistd_json_target",
     "set_verbosity",
+    "setup_logger",
     "twistd_json_observer",
 ]
 
@@ -137,6 +138,30 @@ def install_django_logging(debug: bool, logger_name: str = "django") -> DjangoLo
     bridge = DjangoLogHandler(logging.INFO if debug else logging.ERROR)
     target.addHandler(bridge)
     return bridge
+
+
+#: The stream handler :func:`setup_logger` attaches (Channels 1.x's ``handler``).
+handler = logging.StreamHandler()
+
+
+def setup_logger(name: str, verbosity: int = 1) -> logging.Logger:
+    """
+    Channels 1.x's console logger for a management command: the stdlib
+    logger ``name`` at INFO (DEBUG with ``verbosity`` above 1), printing
+    through :data:`handler` to stderr as ``time - LEVEL - module - message``
+    and not propagating (so a line is never printed twice).  chanserv's own
+    commands log through twisted.logger instead; this is for 1.x code that
+    calls it.  Idempotent.  Main thread.
+    """
+    handler.setFormatter(
+        logging.Formatter(fmt="%(asctime)s - %(levelname)s - %(module)s - %(message)s")
+    )
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+    if handler not in logger.handlers:
+        logger.addHandler(handler)
+    logger.propagate = False
+    return logger
 
 
 # -- JSON lines ---------------------------------------------------------------------------------

@@ -108,4 +108,4 @@ def find_message(args: tuple[object, ...], decorator: str) -> Message:
     for arg in args[:2]:
         if isinstance(arg, Message):
             return arg
-    raise ValueError("%s called without a Message instance" % (decorator,))
+    raise ValueError("%s called without Message instance" % (decorator,))

@@ -36,7 +36,7 @@ from chanserv.stats import Histogram
 if TYPE_CHECKING:
     from chanserv.server.site import InterfaceServer
     from chanserv.threads import WorkerPool
-    from chanserv.worker import Worker
+    from chanserv.worker import WorkerService
 
 __all__ = ["Health", "MetricsCollector", "MetricsService"]
 
@@ -90,14 +90,14 @@ class MetricsCollector:
         self.layer = layer
         self.health = health
         self.interface: InterfaceServer | None = None
-        self.worker: Worker | None = None
+        self.worker: WorkerService | None = None
         self.pool: WorkerPool | None = None
 
     def watch_interface(self, interface: InterfaceServer) -> None:
         """Export the counters of ``interface`` (its factories and reply dispatch)."""
         self.interface = interface
 
-    def watch_worker(self, worker: Worker, pool: WorkerPool) -> None:
+    def watch_worker(self, worker: WorkerService, pool: WorkerPool) -> None:
         """Export the counters of ``worker`` and ``pool``."""
         self.worker = worker
         self.pool = pool
@@ -107,6 +107,7 @@ class MetricsCollector:
         yield from self._interface()
         yield from self._worker()
         yield from self._layer()
+        yield self._dropped()
         if self.health is not None:
             ready = GaugeMetricFamily(
                 "chanserv_ready", "1 while /readyz answers 200 (layer, pool, not draining)."
@@ -152,15 +153,6 @@ class MetricsCollector:
         refused.add_metric(["http.request"], http.requests_full)
         refused.add_metric(["websocket.connect"], ws.connects_full)
         yield refused
-        dropped = CounterMetricFamily(
-            "chanserv_messages_dropped",
-            "Messages that could not be delivered, by reason.",
-            labels=["reason"],
-        )
-        dropped.add_metric(["overflow"], replies.dropped)
-        dropped.add_metric(["gone"], replies.gone)
-        dropped.add_metric(["disconnect_lost"], ws.disconnects_lost)
-        yield dropped
         closes = CounterMetricFamily(
             "chanserv_websocket_closes",
             "WebSockets this server closed for a bound, by reason.",
@@ -243,6 +235,65 @@ class MetricsCollector:
             [([], [worker.receive_seconds])],
             [],
         )
+
+    def _dropped(self) -> Metric:
+        """
+        One family of every message this process dropped, by reason: the
+        interface's (overflow, gone, disconnect_lost), the worker's (no_route,
+        route_failed, send_failed) and the layer's (expired; with Redis also
+        undecodable and handback_lost).
+        """
+        dropped = CounterMetricFamily(
+            "chanserv_messages_dropped",
+            "Messages that could not be delivered, by reason.",
+            labels=["reason"],
+        )
+        interface = self.interface
+        if interface is not None:
+            dropped.add_metric(["overflow"], interface.replies.dropped)
+            dropped.add_metric(["gone"], interface.replies.gone)
+            dropped.add_metric(
+                ["disconnect_lost"],
+                interface.websocket_factory.disconnects_lost
+                + interface.http_factory.disconnects_lost,
+            )
+        worker = self.worker
+        if worker is not None:
+            # Imported here: a process without a worker loads no Django.
+            from chanserv.channel import pending_message_store
+
+            no_route = route_failed = 0
+            for stats in worker.stats.all():
+                no_route += stats.no_route
+                route_failed += stats.route_failed
+            dropped.add_metric(["no_route"], no_route)
+            dropped.add_metric(["route_failed"], route_failed)
+            dropped.add_metric(["send_failed"], pending_message_store.dropped)
+        expired = self._expired()
+        if expired is not None:
+            dropped.add_metric(["expired"], expired)
+        operations = getattr(self.layer, "operations", None)
+        if operations is not None and hasattr(operations, "undecodable"):
+            # Redis layer: messages taken off Redis and then dropped.
+            dropped.add_metric(["undecodable"], operations.undecodable)
+            dropped.add_metric(["handback_lost"], operations.lost)
+        return dropped
+
+    def _expired(self) -> int | None:
+        """
+        Messages the layer dropped because they expired unread: the
+        in-memory layer's count (a lock and a sum), or the Redis layer's
+        local view -- those this process's script calls found, so that the
+        sum over processes is the cluster's -- with no round trip.
+        """
+        layer = self.layer
+        if layer is None:
+            return None
+        if getattr(layer, "local_only", False):
+            count: int = layer.global_statistics().get("expired_count", 0)
+            return count
+        operations = getattr(layer, "operations", None)
+        return getattr(operations, "expired", None)
 
     def _layer(self) -> Iterator[Metric]:
         layer = self.layer
@@ -439,7 +490,7 @@ class MetricsService(MultiService):
         self.collector.watch_interface(interface)
         self.health.interface = interface
 
-    def watch_worker(self, worker: Worker, pool: WorkerPool) -> None:
+    def watch_worker(self, worker: WorkerService, pool: WorkerPool) -> None:
         """Export ``worker`` and ``pool``; readiness needs ``pool`` running."""
         self.collector.watch_worker(worker, pool)
         self.health.pool = pool

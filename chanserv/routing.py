@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import regex
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from chanserv.exceptions import RouteTimeout
 from chanserv.types import Content
@@ -31,6 +32,7 @@ __all__ = [
     "Route",
     "RouteClass",
     "Router",
+    "RoutingImportError",
     "connect_consumer",
     "did_you_mean",
     "include",
@@ -116,29 +118,37 @@ def _missing_module_hint(path: str, missing: str | None) -> str:
     return "; did you mean %r?" % (close[0] + path[len(missing) :],) if close else ""
 
 
+class RoutingImportError(ImproperlyConfigured, ImportError):
+    """
+    A routing or consumer named by a dotted path cannot be imported: an
+    ``ImproperlyConfigured``, as Channels 1.x raised, and an ``ImportError``.
+    """
+
+
 def import_dotted(path: str, what: str) -> Any:
     # Any: the object a dotted path names is whatever the project's module holds; callers check
     # it (callable, routing list).
     """
     The object named by ``path`` (``"package.module.name"``).
 
-    :raises ImportError: the module or the name cannot be imported; the text
+    :raises RoutingImportError: the module or the name cannot be imported
+        (an ``ImproperlyConfigured`` and an ``ImportError``); the text
         names ``what`` and ``path``, and the closest existing name ("did you
         mean") when one is close.
     """
     module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
-        raise ImportError("%s %r is not a dotted path like 'module.name'" % (what, path))
+        raise RoutingImportError("%s %r is not a dotted path like 'module.name'" % (what, path))
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         hint = _missing_module_hint(path, getattr(e, "name", None))
-        raise ImportError("Cannot import %s %r: %s%s" % (what, path, e, hint)) from e
+        raise RoutingImportError("Cannot import %s %r: %s%s" % (what, path, e, hint)) from e
     try:
         return getattr(module, attr)
     except AttributeError:
         names = [module_name + "." + name for name in dir(module) if not name.startswith("__")]
-        raise ImportError(
+        raise RoutingImportError(
             "Cannot import %s %r: module %r has no attribute %r%s"
             % (what, path, module_name, attr, did_you_mean(path, names))
         ) from None
@@ -575,7 +585,7 @@ def resolve_routing(routing: Any) -> list[Routable]:
         not routable.
     """
     if isinstance(routing, str):
-        routing = import_dotted(routing, "routing")
+        routing = import_dotted(routing, "channel routing")
     if isinstance(routing, Mapping):
         return [Route(channel, consumer) for channel, consumer in routing.items()]
     if isinstance(routing, (list, tuple)):

@@ -72,7 +72,8 @@ def keyed_session(prefix: str, name: str) -> SessionBase:
 
 def session_for_reply_channel(reply_channel: str | Channel) -> SessionBase:
     """
-    The session of a reply channel (a name or a :class:`Channel`), loaded.
+    The session of a reply channel (a name or a
+    :class:`~chanserv.channel.Channel`), loaded.
 
     Its key is ``"chn"`` + the first 29 hex digits of the SHA-1 of the name
     (32 characters); the engine is ``CHANNEL_SESSION_ENGINE``, or

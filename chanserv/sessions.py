@@ -19,7 +19,7 @@ from django.contrib.sessions.backends.base import SessionBase
 
 from chanserv.handler import AsgiRequest
 from chanserv.message import Message, find_message
-from chanserv.ordering import enforce_ordering, requeue_messages, socket_locks
+from chanserv.ordering import enforce_ordering, requeue_messages, socket_locks, wait_channel_name
 from chanserv.session_store import (
     open_channel_session,
     reply_channel_name,
@@ -35,6 +35,7 @@ __all__ = [
     "http_session",
     "requeue_messages",
     "session_for_reply_channel",
+    "wait_channel_name",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])

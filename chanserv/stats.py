@@ -104,15 +104,19 @@ class PerThread(Generic[T]):
 class ConsumerStats:
     """
     What one pool thread counted of the consumers it ran: messages handled
-    by channel, run time and exceptions by consumer name.
+    by channel, run time and exceptions by consumer name, and the messages
+    it dropped because no route matched (``no_route``) or matching failed
+    (``route_failed``: an error or a route filter out of time).
     """
 
-    __slots__ = ("errors", "handled", "runs")
+    __slots__ = ("errors", "handled", "no_route", "route_failed", "runs")
 
     def __init__(self) -> None:
         self.handled: dict[str, int] = {}
         self.runs: dict[str, Histogram] = {}
         self.errors: dict[str, int] = {}
+        self.no_route = 0
+        self.route_failed = 0
 
 
 _names: dict[object, str] = {}

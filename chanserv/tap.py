@@ -354,7 +354,7 @@ def build_service(
     # uses only some, and Options (twistd chanserv --help) needs none.
     from chanserv.server.site import InterfaceServer
     from chanserv.staticfiles import default_http_consumer
-    from chanserv.worker import Worker
+    from chanserv.worker import WorkerService
 
     if mode not in MODES:
         raise ValueError("mode must be one of %s, not %r" % (", ".join(MODES), mode))
@@ -376,7 +376,7 @@ def build_service(
         channel_layer.router.check_default(default_http_consumer())
         pool = WorkerPool(reactor, threads)
         pool.setServiceParent(root)
-        worker = Worker(
+        worker = WorkerService(
             reactor,
             channel_layer.channel_layer,
             channel_layer.router,
@@ -391,6 +391,14 @@ def build_service(
         worker.setServiceParent(root)
         if metrics_service is not None:
             metrics_service.watch_worker(worker, pool)
+        from django.apps import apps
+
+        if apps.is_installed("chanserv.delay"):
+            # The delay server, after the worker so that it stops first (its
+            # jobs share the pool); asked of its app, which imports the rest.
+            delay_app: Any = apps.get_app_config("chanserv_delay")
+            delay = delay_app.make_service(reactor, channel_layer.channel_layer, pool)
+            delay.setServiceParent(root)
     if mode in ("all", "interface"):
         # The server takes the layer itself; what it needs of the routing
         # (is http.disconnect read?) it is told.

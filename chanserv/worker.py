@@ -1,16 +1,18 @@
 """
-The worker: :class:`Worker` takes messages off the channel layer on the
-reactor thread, only as many as pool threads are free, and runs each
-consumer in a pool thread (:meth:`Worker.handle`); a reply channel's
-messages run one at a time, in order, within the process.
+The workers.  :class:`WorkerService` takes messages off the channel layer
+on the reactor thread, only as many as pool threads are free, and runs each
+consumer in a pool thread (:meth:`WorkerService.handle`); a reply channel's
+messages run one at a time, in order, within the process.  :class:`Worker`
+and :class:`WorkerGroup` are the Channels 1.x synchronous workers (from
+:mod:`chanserv._sync_worker`), whose ``run()`` loops in the calling thread.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,47 +22,44 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from chanserv.asgi import ChannelLayerWrapper
-from chanserv.channel import send_waiting
-from chanserv.exceptions import (
-    ChannelFull,
-    ChannelSocketException,
-    ConsumeLater,
-    DenyConnection,
-    RouteTimeout,
+from chanserv._sync_worker import (
+    DEFAULT_MESSAGE_RETRIES,
+    Worker,
+    WorkerGroup,
+    filter_channels,
+    requeue_message,
+    run_consumer,
 )
+from chanserv.asgi import ChannelLayerWrapper
+from chanserv.exceptions import RouteTimeout
 from chanserv.interfaces import IChannelLayer
 from chanserv.log import Logger
 from chanserv.message import Message
 from chanserv.routing import Router
-from chanserv.signals import (
-    send_consumer_finished,
-    send_consumer_started,
-    worker_process_ready,
-    worker_ready,
-)
+from chanserv.signals import worker_process_ready, worker_ready
 from chanserv.stats import ConsumerStats, Histogram, PerThread, consumer_name
 from chanserv.threads import WorkerPool, batcher_for
 from chanserv.types import Content, Received
+from chanserv.utils import name_that_thing
 
 if TYPE_CHECKING:
     from chanserv.interfaces import IReactorChannelLayer
-    from chanserv.layers.base import BaseChannelLayer
 
 log = Logger()
+#: Channels 1.x's module logger (chanserv logs through :data:`log`).
+logger = logging.getLogger("django.channels")
 
 __all__ = [
     "DEFAULT_MESSAGE_RETRIES",
     "ORDERING_SETTING",
     "ReplyChannelLanes",
     "Worker",
+    "WorkerGroup",
+    "WorkerService",
     "filter_channels",
     "requeue_message",
     "run_consumer",
 ]
-
-#: How often ``ConsumeLater`` may requeue a message before it is dropped.
-DEFAULT_MESSAGE_RETRIES = 10
 
 #: The Django setting that turns per-reply-channel ordering off when False.
 ORDERING_SETTING = "CHANSERV_ORDERED_REPLY_CHANNELS"
@@ -80,7 +79,7 @@ class ReplyChannelLanes:
     """
     The messages of each reply channel of this process, one at a time and in
     ``order``.  Any thread: every method is a few dict operations under one
-    lock, which :class:`Worker` also holds while it takes messages off the
+    lock, which :class:`WorkerService` also holds while it takes messages off the
     layer, so that no message is admitted before one taken earlier.
 
     A reply channel with a message in flight has a *lane*.  A message that
@@ -186,26 +185,7 @@ class ReplyChannelLanes:
         return channel, content
 
 
-def filter_channels(
-    channels: Iterable[str],
-    only_channels: Sequence[str] | None = None,
-    exclude_channels: Sequence[str] | None = None,
-) -> list[str]:
-    """
-    The channels a worker listens on: ``channels`` kept if they match one of
-    the ``only_channels`` globs (when given) and none of ``exclude_channels``.
-    """
-    result = []
-    for name in sorted(channels):
-        if only_channels and not any(fnmatch.fnmatchcase(name, p) for p in only_channels):
-            continue
-        if exclude_channels and any(fnmatch.fnmatchcase(name, p) for p in exclude_channels):
-            continue
-        result.append(name)
-    return result
-
-
-class Worker(Service):
+class WorkerService(Service):
     """
     Dispatches messages from ``layer``, routed by ``router``, to ``pool``.
 
@@ -318,7 +298,7 @@ class Worker(Service):
         else:
             log.info("Worker listening on {channels}", channels=", ".join(self.channels))
         # As Channels 1.x's runworker: the process, then the worker (one
-        # Worker per process here, whatever the number of threads).
+        # WorkerService per process here, whatever the number of threads).
         worker_process_ready.send(sender=self)
         worker_ready.send(sender=self)
         self._pull()
@@ -549,12 +529,15 @@ class Worker(Service):
             match = self.router.match(message)
         except RouteTimeout as e:
             # An application's pattern, not a bug here: no traceback.
+            self.stats.get().route_failed += 1
             log.error("{error}; {outcome}", error=e, outcome=e.answer(message))
             return
         except Exception:
+            self.stats.get().route_failed += 1
             log.failure("Routing a message on {channel} failed", channel=channel)
             return
         if match is None:
+            self.stats.get().no_route += 1
             log.error(
                 "Could not find a route for a message on {channel} (path {path!r}); it was dropped",
                 channel=channel,
@@ -563,7 +546,9 @@ class Worker(Service):
             return
         consumer, kwargs = match
         if self.verbosity > 1:
-            log.debug("{channel} -> {consumer}", channel=channel, consumer=consumer)
+            log.debug(
+                "{channel} -> {consumer}", channel=channel, consumer=name_that_thing(consumer)
+            )
         # This thread's own counters (chanserv.metrics reads them at scrape
         # time): no lock, no prometheus_client call per message.
         stats = self.stats.get()
@@ -584,7 +569,9 @@ class Worker(Service):
             name = consumer_name(consumer)
             stats.errors[name] = stats.errors.get(name, 0) + 1
             log.failure(
-                "Error in consumer {consumer} for {channel}", consumer=consumer, channel=channel
+                "Error in consumer {consumer} for {channel}",
+                consumer=name_that_thing(consumer),
+                channel=channel,
             )
         else:
             name = consumer_name(consumer)
@@ -592,92 +579,3 @@ class Worker(Service):
         if runs is None:
             runs = stats.runs[name] = Histogram()
         runs.observe(perf_counter() - started)
-
-
-def run_consumer(
-    consumer: Callable[..., Any],
-    message: Message,
-    kwargs: Mapping[str, Any],
-    sender: object,
-    message_retries: int = DEFAULT_MESSAGE_RETRIES,
-) -> Any:
-    # Any: a consumer is the project's callable: its keyword arguments (the route's captured
-    # groups) and its result are its own (Channels 1.x API).
-    """
-    Run ``consumer(message, **kwargs)`` as the worker does, in the calling
-    thread (a pool thread; the test client's thread).
-
-    The run is bracketed by ``consumer_started`` (``environ={}``) and
-    ``consumer_finished`` -- sent even when the consumer raises; an error in
-    a ``consumer_finished`` receiver is logged.  ``message.__doomed__`` is set
-    when the message is on its last retry.  Handled here, as in Channels 1.x:
-
-    - :class:`DenyConnection`: ``{"close": True}`` on the reply channel of a
-      ``websocket.connect``; on any other channel it is logged as an error;
-    - :class:`ChannelSocketException`: ``e.run(message)`` (its errors logged);
-    - :class:`ConsumeLater`: :func:`requeue_message`.
-
-    :param sender: the ``sender`` of the signals.
-    :param message_retries: how often ``ConsumeLater`` may requeue a message.
-    :returns: what the consumer returned, or None when it raised one of the
-        exceptions above.
-    :raises: any other exception of the consumer, after ``consumer_finished``.
-    """
-    channel = message.channel.name
-    content = message.content
-    if content.get("__retries__", 0) == message_retries:
-        message.__doomed__ = True
-    send_consumer_started(sender, {})
-    try:
-        return consumer(message, **kwargs)
-    except DenyConnection:
-        if channel == "websocket.connect" and message.reply_channel is not None:
-            message.reply_channel.send({"close": True})
-        else:
-            log.error(
-                "DenyConnection raised by {consumer} on {channel}; it is only "
-                "meaningful on websocket.connect",
-                consumer=consumer,
-                channel=channel,
-            )
-    except ChannelSocketException as e:
-        try:
-            e.run(message)
-        except Exception:
-            log.failure("Handling {exc!r} failed", exc=e)
-    except ConsumeLater:
-        requeue_message(message.channel_layer, channel, content, message_retries)
-    finally:
-        try:
-            send_consumer_finished(sender)
-        except Exception:
-            log.failure("Error in a consumer_finished receiver")
-    return None
-
-
-def requeue_message(
-    layer: BaseChannelLayer | IChannelLayer | ChannelLayerWrapper,
-    channel: str,
-    content: Content,
-    message_retries: int,
-) -> None:
-    """
-    Put ``content`` back on ``channel`` with ``__retries__`` incremented, or
-    drop it (logged) once it was requeued ``message_retries`` times.  A full
-    channel is waited on briefly, then the message is dropped (logged).
-    Never raises ``ChannelFull``.  A worker thread: it may block.
-    """
-    retries = content.get("__retries__", 0) + 1
-    if retries > message_retries:
-        log.error(
-            "Message on {channel} was requeued {n} times (ConsumeLater); dropped",
-            channel=channel,
-            n=message_retries,
-        )
-        return
-    content = dict(content)
-    content["__retries__"] = retries
-    try:
-        send_waiting(layer, channel, layer.prepare(content), 0.5)
-    except ChannelFull:
-        log.error("Channel {channel} is full; a requeued message was dropped", channel=channel)

@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
+import collections
+import copy
+import queue
+import socket
 import sys
+import threading
+import time
 import types
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.conf import settings
+from django.http import HttpResponse
 from django.test import override_settings
+from twisted.python import threadable
 
 from chanserv import channel_layers
+from chanserv._foreign_layer import ForeignChannelLayer
 from chanserv.asgi import (
     DEFAULT_CHANNEL_LAYERS,
     ChannelLayerManager,
     ChannelLayerWrapper,
     get_channel_layer,
 )
-from chanserv.exceptions import InvalidChannelLayerError
+from chanserv.channel import Channel, Group
+from chanserv.exceptions import ChannelFull, InvalidChannelLayerError
+from chanserv.handler import AsgiHandler
 from chanserv.layers import InMemoryChannelLayer
 from chanserv.layers.base import BaseChannelLayer
 from chanserv.message import Message
 from chanserv.routing import Router, route
+from chanserv.server.config import ServerConfig
+from chanserv.tap import build_service
+from tests.support import in_reactor, reactor_thread
 
 
 class RecordingLayer(BaseChannelLayer):
@@ -460,3 +475,242 @@ def test_misspelt_alias_gets_a_suggestion(manager: ChannelLayerManager) -> None:
     with layers(default={"BACKEND": LAYER, "ROUTING": []}):
         with pytest.raises(InvalidChannelLayerError, match=r"did you mean 'default'\?$"):
             manager["defualt"]
+
+
+# -- third-party ASGI 1 layers -------------------------------------------------------
+
+
+class Asgi1Layer:
+    """
+    A minimal third-party ASGI 1 layer, as asgi_ipc or one's own would be:
+    send / receive (blocking up to ``block_timeout``) / new_channel, groups,
+    capacity, its own exception classes; nothing of chanserv.
+    """
+
+    extensions = ["groups", "flush"]
+
+    class ChannelFull(Exception):
+        pass
+
+    class MessageTooLarge(Exception):
+        pass
+
+    def __init__(self, capacity: int = 100, expiry: int = 60, block_timeout: float = 0.2) -> None:
+        self.capacity = capacity
+        self.expiry = expiry
+        self.block_timeout = block_timeout
+        self._cond = threading.Condition()
+        self._queues: dict[str, collections.deque[dict[str, Any]]] = collections.defaultdict(
+            collections.deque
+        )
+        self._groups: dict[str, set[str]] = collections.defaultdict(set)
+        self._count = 0
+
+    def new_channel(self, pattern: str) -> str:
+        self._count += 1
+        return "%s%d" % (pattern, self._count)
+
+    def send(self, channel: str, message: dict[str, Any]) -> None:
+        assert isinstance(message, dict)
+        with self._cond:
+            queue = self._queues[channel]
+            if len(queue) >= self.capacity:
+                raise self.ChannelFull(channel)
+            queue.append(copy.deepcopy(message))
+            self._cond.notify_all()
+
+    def _take(self, channels: list[str]) -> tuple[Any, Any]:
+        for name in channels:
+            keys = [k for k in self._queues if k.startswith(name)] if name.endswith("!") else [name]
+            for key in keys:
+                if self._queues.get(key):
+                    return key, self._queues[key].popleft()
+        return None, None
+
+    def receive(self, channels: list[str], block: bool = False) -> tuple[Any, Any]:
+        deadline = time.monotonic() + self.block_timeout
+        with self._cond:
+            while True:
+                found = self._take(channels)
+                remaining = deadline - time.monotonic()
+                if found[0] is not None or not block or remaining <= 0:
+                    return found
+                self._cond.wait(remaining)
+
+    def group_add(self, group: str, channel: str) -> None:
+        self._groups[group].add(channel)
+
+    def group_discard(self, group: str, channel: str) -> None:
+        self._groups[group].discard(channel)
+
+    def group_channels(self, group: str) -> list[str]:
+        return sorted(self._groups[group])
+
+    def send_group(self, group: str, message: dict[str, Any]) -> None:
+        for channel in self.group_channels(group):
+            try:
+                self.send(channel, message)
+            except self.ChannelFull:
+                pass
+
+    def flush(self) -> None:
+        with self._cond:
+            self._queues.clear()
+            self._groups.clear()
+
+
+class SendOnly:
+    """Has send and new_channel but no receive: not an ASGI 1 layer."""
+
+    def send(self, channel: str, message: Any) -> None:
+        pass
+
+    def new_channel(self, pattern: str) -> str:
+        return pattern
+
+
+FOREIGN = "tests.test_asgi.Asgi1Layer"
+
+
+def test_foreign_asgi1_layer_is_built_and_adapted(manager: ChannelLayerManager) -> None:
+    """Any ASGI 1 layer class is accepted as BACKEND, built with CONFIG and adapted."""
+    with layers(default={"BACKEND": FOREIGN, "CONFIG": {"capacity": 3}, "ROUTING": []}):
+        wrapper = manager["default"]
+    adapter = wrapper.channel_layer
+    assert isinstance(adapter, ForeignChannelLayer)
+    assert isinstance(adapter.foreign_layer, Asgi1Layer)
+    assert adapter.foreign_layer.capacity == 3
+    assert adapter.get_capacity("any") == 3
+    assert (adapter.extensions, adapter.local_only, adapter.expiry) == (
+        ["groups", "flush"],
+        False,
+        60,
+    )
+    assert wrapper.group_channels("g") == []  # unknown names reach the layer
+    assert str(wrapper) == "default (tests.test_asgi.Asgi1Layer)"
+
+
+def test_class_without_receive_is_refused(manager: ChannelLayerManager) -> None:
+    """A class that is neither a chanserv layer nor an ASGI 1 layer is refused, naming what it lacks."""
+    with layers(default={"BACKEND": "tests.test_asgi.SendOnly", "ROUTING": []}):
+        message = error_for(manager)
+    assert (
+        "neither a subclass of chanserv.layers.base.BaseChannelLayer nor an ASGI 1 layer" in message
+    )
+    assert "it has no receive" in message
+
+
+def test_foreign_layer_serves_channel_and_group(manager: ChannelLayerManager) -> None:
+    """Channel and Group send through a foreign layer; its ChannelFull is catchable as either class."""
+    with layers(default={"BACKEND": FOREIGN, "CONFIG": {"capacity": 1}, "ROUTING": []}):
+        wrapper = manager["default"]
+    foreign = wrapper.channel_layer.foreign_layer
+    Channel("a", channel_layer=wrapper).send({"n": 1})
+    assert foreign.receive(["a"]) == ("a", {"n": 1})
+    Channel("a", channel_layer=wrapper).send({"n": 2})
+    with pytest.raises(ChannelFull) as info:
+        Channel("a", channel_layer=wrapper).send({"n": 3})
+    assert isinstance(info.value, Asgi1Layer.ChannelFull)
+    assert isinstance(info.value, wrapper.ChannelFull)
+    Group("g", channel_layer=wrapper).add("b")
+    Group("g", channel_layer=wrapper).send({"to": "all"})
+    assert wrapper.receive(["b"]) == ("b", {"to": "all"})
+    assert wrapper.receive(["b"]) == (None, None)
+
+
+@pytest.fixture
+def attached() -> Iterator[ForeignChannelLayer]:
+    """A foreign layer adapted and attached to the test reactor (a background thread)."""
+    reactor = reactor_thread()
+    adapter = ForeignChannelLayer(Asgi1Layer(capacity=1))
+    in_reactor(adapter.attach_reactor, reactor)
+    yield adapter
+    in_reactor(adapter.detach_reactor)
+
+
+def test_foreign_reactor_face_receives_and_sends(attached: ForeignChannelLayer) -> None:
+    """The reactor face receives and sends through pool threads; a full channel fails the send."""
+    attached.send("a", {"n": 1})
+    assert in_reactor(attached.receive_many_twisted, ["a"], 5) == [("a", {"n": 1})]
+    in_reactor(attached.send_twisted, "b", {"n": 2})
+    with pytest.raises(ChannelFull):
+        in_reactor(attached.send_twisted, "b", {"n": 3})
+    in_reactor(attached.when_capacity_twisted, "b")
+    assert attached.receive(["b"]) == ("b", {"n": 2})
+
+
+def test_cancelled_foreign_receive_takes_nothing(attached: ForeignChannelLayer) -> None:
+    """A cancelled receive_many_twisted leaves the message that arrives next on its channel."""
+
+    def receive_and_cancel() -> None:
+        d = attached.receive_many_twisted(["c"], 1)
+        d.addErrback(lambda f: None)
+        d.cancel()
+
+    in_reactor(receive_and_cancel)
+    attached.send("c", {"n": 1})
+    deadline = time.monotonic() + 10
+    got: Any = (None, None)
+    while got == (None, None) and time.monotonic() < deadline:
+        got = attached.receive(["c"], block=True)
+    assert got == ("c", {"n": 1})
+
+
+def test_foreign_local_receiver_delivers_on_the_reactor_thread(
+    attached: ForeignChannelLayer,
+) -> None:
+    """add_local_receiver hands each message on prefix!* to the callback on the reactor thread."""
+    delivered: queue.Queue[tuple[bool, Any]] = queue.Queue()
+    in_reactor(
+        attached.add_local_receiver,
+        "srv!",
+        lambda batch: delivered.put((threadable.isInIOThread(), batch)),
+    )
+    with pytest.raises(ValueError):
+        in_reactor(attached.add_local_receiver, "srv!", lambda batch: None)
+    attached.send("srv!abc", {"reply": 1})
+    assert delivered.get(timeout=10) == (True, [("srv!abc", {"reply": 1})])
+    in_reactor(attached.remove_local_receiver, "srv!")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_hello(message: Any) -> None:
+    """An http.request consumer answering through AsgiHandler.encode_response."""
+    for chunk in AsgiHandler.encode_response(HttpResponse("hello " + message.content["path"])):
+        message.reply_channel.send(chunk)
+
+
+def test_server_and_worker_run_on_a_foreign_layer() -> None:
+    """twistd's service tree (mode all) answers HTTP over a real socket through a foreign layer."""
+    reactor = reactor_thread()
+    adapter = ForeignChannelLayer(Asgi1Layer())
+    wrapper = ChannelLayerWrapper(adapter, "default", [route("http.request", http_hello)])
+    port = _free_port()
+    root = build_service(
+        reactor,
+        mode="all",
+        channel_layer=wrapper,
+        threads=2,
+        server_config=ServerConfig(endpoints=("tcp:%d:interface=127.0.0.1" % (port,),)),
+    )
+    in_reactor(root.startService)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    "http://127.0.0.1:%d/there/" % (port,), timeout=10
+                ) as r:
+                    body, status = r.read(), r.status
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        in_reactor(root.stopService, timeout=30)
+    assert (status, body) == (200, b"hello /there/")

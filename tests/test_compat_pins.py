@@ -432,3 +432,33 @@ def test_django_signal_receivers_keep_their_dispatch_uid_and_connects_clear_the_
     )
     signal.connect(lambda **kw: None, sender=int, weak=False)
     assert not check.only_ours()  # a receiver for one sender counts too
+
+
+def test_django_marks_the_atomic_blocks_a_test_case_opens() -> None:
+    """Inside a TestCase only its own blocks are marked; a nested atomic block is not."""
+    from django.db import transaction
+    from django.test import TestCase
+
+    from chanserv._compat.django import only_test_case_atomics
+    from tests.consumer_support import _setup_databases
+
+    _setup_databases()  # the shared test database, before this thread connects
+    seen: list[tuple[bool, bool]] = []
+
+    class Probe(TestCase):
+        def test_it(self) -> None:
+            """The probe test: is it inside only the test case's blocks, then in a nested one?"""
+            outer = only_test_case_atomics("default")
+            with transaction.atomic():
+                seen.append((outer, only_test_case_atomics("default")))
+
+    result = unittest.TestResult()
+    unittest.TestSuite([Probe("test_it")]).run(result)  # setUpClass, then the test
+    assert result.wasSuccessful(), result.errors + result.failures
+    pinned(
+        seen == [(True, False)],
+        "django",
+        "TestCase no longer marks its atomic blocks _from_testcase (got %r)" % (seen,),
+        "chanserv._compat.django.only_test_case_atomics",
+    )
+    assert only_test_case_atomics("default") is False

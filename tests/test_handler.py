@@ -447,24 +447,26 @@ def test_view_response(layer):
     assert messages == [
         {
             "status": 200,
-            "headers": [[b"content-type", b"text/plain"]],
+            "headers": [(b"Content-Type", b"text/plain")],
             "content": b"Hello world",
             "more_content": False,
         }
     ]
 
 
-def test_lowercase_header_names_and_cookies(layer):
-    """Reply header names are lowercased and each cookie is its own set-cookie header."""
+def test_header_names_keep_their_case_and_cookies_as_1x(layer):
+    """Reply headers are (bytes, bytes) tuples named in the response's case, as in Channels 1.x,
+    and each cookie is its own Set-Cookie header."""
     messages = run(layer, "/cookie/")
     headers = messages[0]["headers"]
-    assert all(name == name.lower() for name, _ in headers)
-    cookies = [value for name, value in headers if name == b"set-cookie"]
+    assert all(type(h) is tuple and [type(x) for x in h] == [bytes, bytes] for h in headers)
+    assert headers[0] == (b"Content-Type", b"text/html; charset=utf-8")
+    cookies = [value for name, value in headers if name == b"Set-Cookie"]
     assert len(cookies) == 2
     assert cookies[0].startswith(b"flavour=oatmeal;")
     assert b"HttpOnly" in cookies[0]
     assert cookies[1].startswith(b"second=2;")
-    assert [b"x-custom-header", b"Value"] in run(layer, "/headers/")[0]["headers"]
+    assert (b"X-Custom-Header", b"Value") in run(layer, "/headers/")[0]["headers"]
 
 
 def test_content_chunked_at_512_kib(layer):
@@ -508,7 +510,7 @@ def test_file_response_in_512_kib_blocks(layer):
     messages = run(layer, "/file/")
     assert [len(m["content"]) for m in messages] == [CHUNK, CHUNK, 4, 0]
     assert messages[-1]["more_content"] is False
-    assert [b"content-length", b"%d" % (2 * CHUNK + 4)] in messages[0]["headers"]
+    assert (b"Content-Length", b"%d" % (2 * CHUNK + 4)) in messages[0]["headers"]
     assert body_of(messages).endswith(b"tail")
 
 
@@ -541,6 +543,34 @@ def test_root_path_and_script_prefix(layer):
     }
     # The prefix belongs to the request, not to the thread's next one.
     assert json.loads(body_of(run(layer, "/where/")))["reverse"] == "/where/"
+
+
+def test_bytes_path_is_decoded_as_1x_servers_sent_it(layer):
+    """A bytes path and root_path (1.x interface servers) are served, decoded from UTF-8."""
+    messages = run(layer, b"/where/", root_path=b"")
+    assert messages[0]["status"] == 200
+    assert json.loads(body_of(messages))["path_info"] == "/where/"
+    request = AsgiRequest(http_request(layer, "/app/caf\u00e9/".encode(), root_path=b"/app"))
+    assert (request.path, request.script_name, request.path_info) == (
+        "/app/caf\u00e9/",
+        "/app",
+        "/caf\u00e9/",
+    )
+
+
+def test_bytes_path_with_invalid_utf8_is_repercented(layer):
+    """Invalid UTF-8 in a bytes path is percent-encoded again, as Django's WSGI handler does."""
+    request = AsgiRequest(http_request(layer, b"/bad/\xff/"))
+    assert request.path == "/bad/%FF/"
+
+
+def test_bytes_method_is_decoded(layer):
+    """A bytes method (1.x interface servers) is decoded; a non-text path is still a 400."""
+    assert AsgiRequest(http_request(layer, method=b"post")).method == "POST"
+    with pytest.raises(BadRequest):
+        AsgiRequest(http_request(layer, path=5))
+    with pytest.raises(BadRequest):
+        AsgiRequest(http_request(layer, root_path=5))
 
 
 def test_undecodable_query_string_gives_400(layer):
@@ -591,7 +621,7 @@ def test_failing_error_handling_gives_plain_500(layer):
     with override_settings(ROOT_URLCONF=handler_urls.BrokenErrorHandlerUrls):
         messages = run(layer, "/boom/")
     assert messages[0]["status"] == 500
-    assert [b"content-type", b"text/plain"] in messages[0]["headers"]
+    assert (b"Content-Type", b"text/plain") in messages[0]["headers"]
     assert body_of(messages) == b"Internal Server Error"
 
 
@@ -640,7 +670,8 @@ def test_tutorial_http_consumer(layer):
     assert len(sent) == 1
     assert sent[0]["status"] == 200
     assert sent[0]["content"] == b"Hello world! You asked for /some/path"
-    assert [b"content-type", b"text/html; charset=utf-8"] in sent[0]["headers"]
+    # Through the layer (msgpack) the tuples arrive as lists.
+    assert [b"Content-Type", b"text/html; charset=utf-8"] in sent[0]["headers"]
 
 
 # -- ViewConsumer ------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -124,3 +125,20 @@ def test_twistd_json_observer_writes_to_stdout_with_nodaemon(
     observer = log.twistd_json_observer()
     log.Logger("chanserv.test", observer=observer).warn("hello")
     assert json.loads(capsys.readouterr().out)["message"] == "hello"
+
+
+def test_setup_logger_is_1x_console_logger(capfd: pytest.CaptureFixture[str]) -> None:
+    """``setup_logger`` prints the named logger's records once, INFO by default and DEBUG above verbosity 1."""
+    from chanserv.log import handler, setup_logger
+
+    name = "tests.setup_logger"
+    logger = setup_logger(name)
+    handler.setStream(sys.stderr)
+    assert setup_logger(name) is logger and logger.handlers.count(handler) == 1
+    assert logger.level == logging.INFO and logger.propagate is False
+    logger.debug("hidden")
+    logger.info("shown %d", 1)
+    err = capfd.readouterr().err
+    assert "INFO - test_log - shown 1" in err and "hidden" not in err
+    assert setup_logger(name, verbosity=2).level == logging.DEBUG
+    logger.removeHandler(handler)

@@ -1,6 +1,6 @@
 """
 Metrics and health (chanserv.metrics, chanserv.stats): the collector over
-the real interface server (chanserv.testing), a real Worker's handle() and
+the real interface server (chanserv.testing), a real WorkerService's handle() and
 the in-memory layer; health with a ClockReactor; the metrics site rendered
 over memory transports.
 """
@@ -29,7 +29,7 @@ from chanserv.server.config import ServerConfig
 from chanserv.stats import Histogram, PerThread, consumer_name
 from chanserv.testing import ClockReactor, InterfaceHarness
 from chanserv.threads import WorkerPool
-from chanserv.worker import Worker
+from chanserv.worker import WorkerService
 
 
 def registry_of(collector: MetricsCollector) -> CollectorRegistry:
@@ -51,7 +51,7 @@ class HistogramTests(SynchronousTestCase):
         self.assertEqual(histogram.counts, [2, 2, 1])
         self.assertEqual(histogram.count, 5)
         collector = MetricsCollector()
-        worker = Worker.__new__(Worker)  # only its histogram and stats are read here
+        worker = WorkerService.__new__(WorkerService)  # only its histogram and stats are read here
         worker.receive_seconds = histogram
         worker.stats = PerThread(lambda: None)  # type: ignore[arg-type,return-value]
         worker.lanes = None
@@ -241,7 +241,7 @@ class WorkerCollectorTests(SynchronousTestCase):
             layer, "default", [route("a.b", echo), route("c.d", broken), route("e.f", deny)]
         )
         pool = WorkerPool(reactor, 3)
-        worker = Worker(reactor, layer, wrapper.router, pool, consumer_layer=wrapper)
+        worker = WorkerService(reactor, layer, wrapper.router, pool, consumer_layer=wrapper)
         collector = MetricsCollector(layer)
         collector.watch_worker(worker, pool)
         registry = registry_of(collector)
@@ -279,6 +279,64 @@ class WorkerCollectorTests(SynchronousTestCase):
         self.assertEqual(value(registry, "chanserv_worker_busy"), 0)
         self.assertEqual(value(registry, "chanserv_worker_parked_messages"), 0)
         self.assertEqual(value(registry, "chanserv_layer_messages_total"), 2)
+
+
+class DroppedMessagesTests(SynchronousTestCase):
+    def test_worker_and_layer_drops_are_reasons_of_one_family(self) -> None:
+        """no_route, route_failed, send_failed and expired join the interface's reasons in one family."""
+        from chanserv.channel import pending_message_store
+
+        reactor = ClockReactor()
+        layer = InMemoryChannelLayer(expiry=5, clock=reactor)
+        wrapper = ChannelLayerWrapper(layer, "default", [route("a.b", echo, path=r"^/yes$")])
+        pool = WorkerPool(reactor, 1)
+        worker = WorkerService(reactor, layer, wrapper.router, pool, consumer_layer=wrapper)
+        collector = MetricsCollector(layer)
+        collector.watch_worker(worker, pool)
+        registry = registry_of(collector)
+        sent_failed = pending_message_store.dropped
+
+        def dropped(reason: str) -> float | None:
+            return value(registry, "chanserv_messages_dropped_total", reason=reason)
+
+        self.assertEqual(dropped("no_route"), 0)
+        self.assertEqual(dropped("expired"), 0)
+        worker.handle("a.b", {"path": "/no"})
+        worker.handle("x.y", {})
+        self.assertEqual(dropped("no_route"), 2)
+        self.assertEqual(dropped("route_failed"), 0)
+        self.assertEqual(dropped("send_failed"), sent_failed)
+        layer.send("a.b", {})
+        layer.send("p!a", {})
+        reactor.advance(5)
+        self.assertEqual(dropped("expired"), 2)
+        self.assertIsNone(dropped("overflow"), "no interface watched")
+
+        interface = InterfaceHarness(ServerConfig())
+        self.addCleanup(lambda: interface.stop())
+        collector.watch_interface(interface.server)
+        self.assertEqual(dropped("overflow"), 0)
+        self.assertEqual(dropped("no_route"), 2)
+        families = [m for m in collector.collect() if m.name == "chanserv_messages_dropped"]
+        self.assertEqual(len(families), 1)
+
+    def test_send_failed_follows_the_pending_store(self) -> None:
+        """send_failed is the pending store's count of held sends that could not be sent."""
+        from chanserv.channel import pending_message_store
+
+        reactor = ClockReactor()
+        layer = InMemoryChannelLayer(clock=reactor)
+        wrapper = ChannelLayerWrapper(layer, "default", [])
+        pool = WorkerPool(reactor, 1)
+        collector = MetricsCollector(layer)
+        collector.watch_worker(WorkerService(reactor, layer, wrapper.router, pool), pool)
+        registry = registry_of(collector)
+        before = value(registry, "chanserv_messages_dropped_total", reason="send_failed")
+        pending_message_store._count_dropped()
+        self.assertEqual(
+            value(registry, "chanserv_messages_dropped_total", reason="send_failed"),
+            (before or 0) + 1,
+        )
 
 
 class HealthTests(SynchronousTestCase):

@@ -24,7 +24,7 @@ from chanserv.service import ChanservService, LayerService
 from chanserv.sessions import channel_session, enforce_ordering, session_for_reply_channel
 from chanserv.signals import consumer_finished, consumer_started
 from chanserv.threads import WorkerPool
-from chanserv.worker import Worker
+from chanserv.worker import WorkerService
 from tests.consumer_support import (  # noqa: F401
     db_fixture,
     layer_fixture,
@@ -337,7 +337,7 @@ def worker_runtime() -> Iterator[Any]:
         LayerService(reactor, wrapper).setServiceParent(root)
         pool = WorkerPool(reactor, threads)
         pool.setServiceParent(root)
-        Worker(
+        WorkerService(
             reactor, wrapper.channel_layer, wrapper.router, pool, consumer_layer=wrapper
         ).setServiceParent(root)
         in_reactor(root.startService)

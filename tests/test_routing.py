@@ -39,7 +39,7 @@ from chanserv.routing import (
     split_literal,
 )
 from chanserv.threads import WorkerPool
-from chanserv.worker import Worker
+from chanserv.worker import WorkerService
 
 
 def msg(channel: str, layer: Any = None, **content: Any) -> Message:
@@ -236,6 +236,22 @@ def test_dotted_path_consumer_import_error_names_the_path() -> None:
         r.match(msg("websocket.receive"))
     with pytest.raises(ImportError, match="dotted path"):
         route("x", "nodots").match(msg("x"))
+
+
+def test_an_unimportable_routing_is_improperly_configured_as_in_1x() -> None:
+    """A dotted path that does not import raises ImproperlyConfigured (1.x's type), also an ImportError."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from chanserv.routing import RoutingImportError, resolve_routing
+
+    with pytest.raises(
+        ImproperlyConfigured, match=r"^Cannot import channel routing 'tests\.nothing\.here'"
+    ):
+        resolve_routing("tests.nothing.here")
+    with pytest.raises(ImportError, match=r"^Cannot import consumer 'tests\.routing\.no_such"):
+        route("x", "tests.routing.no_such_consumer").match(msg("x"))
+    assert issubclass(RoutingImportError, ImproperlyConfigured)
+    assert issubclass(RoutingImportError, ImportError)
 
 
 def test_misspelt_dotted_paths_get_a_suggestion() -> None:
@@ -964,14 +980,16 @@ def test_the_gil_probe_sees_re_hold_the_gil() -> None:
 # -- what the worker answers -----------------------------------------------------
 
 
-def timing_out_worker(channel: str) -> tuple[Worker, InMemoryChannelLayer]:
+def timing_out_worker(channel: str) -> tuple[WorkerService, InMemoryChannelLayer]:
     """A worker whose routing times out on ``SLOW_PATH``, driven by hand."""
     layer = InMemoryChannelLayer()
     routing = [route(channel, consumer_a, path=SLOW_PATTERN)]
     wrapper = ChannelLayerWrapper(layer, "default", routing, Router(routing, timeout=0.1))
     reactor = MemoryReactorClock()
     return (
-        Worker(reactor, layer, wrapper.router, WorkerPool(reactor, 1), consumer_layer=wrapper),
+        WorkerService(
+            reactor, layer, wrapper.router, WorkerPool(reactor, 1), consumer_layer=wrapper
+        ),
         layer,
     )
 

@@ -97,7 +97,7 @@ def test_serves_a_static_file(static_dir, layer):
     """A file under STATIC_URL is served with 200, its content type and its content."""
     messages = fetch(layer, "/static/css/site.css")
     assert messages[0]["status"] == 200
-    assert [b"content-type", b"text/css"] in messages[0]["headers"]
+    assert [b"Content-Type", b"text/css"] in messages[0]["headers"]
     assert body_of(messages) == b"body { color: teal; }\n"
     assert messages[-1]["more_content"] is False
 

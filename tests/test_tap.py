@@ -27,7 +27,7 @@ from chanserv.server.site import InterfaceServer
 from chanserv.service import ChanservService, LayerService
 from chanserv.testing import ClockReactor
 from chanserv.threads import WorkerPool
-from chanserv.worker import Worker
+from chanserv.worker import WorkerService
 
 
 class CrossingLayer(InMemoryChannelLayer):
@@ -242,7 +242,7 @@ class BuildServiceTests(SynchronousTestCase):
         verifyObject(IService, root)
         self.assertEqual(
             [type(child) for child in children],
-            [LayerService, WorkerPool, Worker, InterfaceServer],
+            [LayerService, WorkerPool, WorkerService, InterfaceServer],
         )
         self.assertEqual(children[1].size, 4)
         self.assertEqual(
@@ -259,7 +259,9 @@ class BuildServiceTests(SynchronousTestCase):
             only_channels=["websocket.*"],
             exclude_channels=["*.disconnect"],
         )
-        self.assertEqual([type(child) for child in children], [LayerService, WorkerPool, Worker])
+        self.assertEqual(
+            [type(child) for child in children], [LayerService, WorkerPool, WorkerService]
+        )
         self.assertEqual(children[2].channels, ["websocket.connect", "websocket.receive"])
         self.assertIn("http.request", layer.router.channels, "default routes were added")
 

@@ -1,5 +1,5 @@
 """
-Worker tests: real pool threads, the real in-memory layer, the global
+WorkerService tests: real pool threads, the real in-memory layer, the global
 reactor running in a background thread (tests.support.reactor_thread).
 """
 
@@ -28,7 +28,7 @@ from chanserv.signals import (
     worker_ready,
 )
 from chanserv.threads import WorkerPool
-from chanserv.worker import ReplyChannelLanes, Worker, filter_channels
+from chanserv.worker import ReplyChannelLanes, WorkerService, filter_channels
 from tests.support import in_reactor, reactor_thread
 
 TIMEOUT = 10
@@ -66,7 +66,7 @@ def runtime() -> Iterator[Any]:
     started: list[ChanservService] = []
     previous: list[Any] = []
 
-    workers: list[Worker] = []
+    workers: list[WorkerService] = []
 
     def start(
         routing: list[Any], threads: int = 2, capacity: int = 100, **worker_kw: Any
@@ -79,7 +79,7 @@ def runtime() -> Iterator[Any]:
         LayerService(reactor, wrapper).setServiceParent(root)
         pool = WorkerPool(reactor, threads)
         pool.setServiceParent(root)
-        worker = Worker(
+        worker = WorkerService(
             reactor,
             wrapper.channel_layer,
             wrapper.router,
@@ -93,7 +93,7 @@ def runtime() -> Iterator[Any]:
         started.append(root)
         return wrapper
 
-    # The Worker of the last start(), for the tests that look into it.
+    # The WorkerService of the last start(), for the tests that look into it.
     start.workers = workers  # type: ignore[attr-defined]
     yield start
     for root in started:
@@ -393,7 +393,7 @@ def test_stop_waits_for_consumers_in_flight() -> None:
     LayerService(reactor, wrapper).setServiceParent(root)
     pool = WorkerPool(reactor, 1)
     pool.setServiceParent(root)
-    Worker(
+    WorkerService(
         reactor, wrapper.channel_layer, wrapper.router, pool, consumer_layer=wrapper
     ).setServiceParent(root)
     in_reactor(root.startService)
@@ -422,7 +422,7 @@ def test_stop_gives_up_after_graceful_timeout() -> None:
 
     wrapper = ChannelLayerWrapper(layer, "default", [route("test.stuck", stuck_consumer)])
     pool = WorkerPool(reactor, 1, name="stuck-pool")
-    worker = Worker(
+    worker = WorkerService(
         reactor,
         wrapper.channel_layer,
         wrapper.router,
@@ -585,7 +585,7 @@ def receive(layer: Any, reply: str, order: int | None) -> None:
     layer.send("websocket.receive", content)
 
 
-def stop_and_check_lanes(worker: Worker) -> None:
+def stop_and_check_lanes(worker: WorkerService) -> None:
     """Stop the worker (it waits for every consumer): no lane is left."""
     in_reactor(worker.stopService)
     lanes = worker.lanes

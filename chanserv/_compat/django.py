@@ -23,6 +23,7 @@ __all__ = [
     "ReceiverCheck",
     "StreamedRequest",
     "TestCaseHooks",
+    "only_test_case_atomics",
     "set_response_handler",
     "set_session_key",
 ]
@@ -155,6 +156,21 @@ class TestCaseHooks:
     def _post_teardown(self) -> None:
         self.before_test_teardown()
         super()._post_teardown()  # type: ignore[misc]
+
+
+def only_test_case_atomics(using: str) -> bool:
+    """
+    Whether this thread's connection to database ``using`` is inside atomic
+    blocks that a Django ``TestCase`` opened around the running test, and
+    no others: what the test does there will never commit (the test case
+    rolls it back), so an ``on_commit`` callback would never run.  Django
+    marks those blocks ``_from_testcase`` (it allows a durable block inside
+    them for the same reason).  Any thread.
+    """
+    from django.db import transaction
+
+    blocks = transaction.get_connection(using).atomic_blocks
+    return bool(blocks) and all(getattr(block, "_from_testcase", False) for block in blocks)
 
 
 class ReceiverCheck:

@@ -98,8 +98,8 @@ class BaseChannelLayer:
     :param group_expiry: seconds a group membership lives after its last
         ``group_add`` (86400).
     :param capacity: default maximum of queued messages per channel (100).
-        For a process-local ``prefix!local`` channel the quota belongs to the
-        prefix and is shared by every local name under it.
+        Every process-local ``prefix!local`` channel (each connection) has
+        its own quota, wherever its messages wait.
     :param channel_capacity: per-channel overrides, a mapping (use an ordered
         one for precedence) or a sequence of pairs from a pattern -- an
         ``fnmatch`` glob if a ``str``, a regex (``re.match``) if compiled --

@@ -110,6 +110,11 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._blocked: dict[str, list[Deferred[None]]] = {}
         self._sent = Rate()
         self._full = Rate()
+        # Messages that expired unread: in all, and per channel name (a
+        # process-local channel on its own name), forgotten with the rest of
+        # a channel's statistics.
+        self._expired_total = 0
+        self._expired: dict[str, int] = {}
         #: Group sends, and the member deliveries they made (a member whose
         #: channel was full is counted in ``channel_full_count`` instead).
         self.group_sends = 0
@@ -302,14 +307,17 @@ class InMemoryChannelLayer(BaseChannelLayer):
             ch.expiry_scheduled = False
             queue = ch.queue
             if queue and queue[0][0] <= now:
-                expired = set()
+                expired: dict[str, int] = {}
                 while queue and queue[0][0] <= now:
                     name = queue.popleft()[1]
-                    expired.add(name)
+                    expired[name] = expired.get(name, 0) + 1
                     if ch.counts is not None:
                         self._uncount_locked(ch, name)
-                for name in expired:
+                counts = self._expired
+                for name, n in expired.items():
                     self._groups.evict(name)
+                    counts[name] = counts.get(name, 0) + n
+                    self._expired_total += n
                 self._removed_locked(ch)
             if queue:
                 ch.expiry_scheduled = True
@@ -325,6 +333,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         counters = self._counters
         for name in [n for n, c in counters.items() if c.last_used <= idle_before]:
             del counters[name]
+        expired = self._expired
+        for name in [n for n in expired if n not in channels and n not in counters]:
+            del expired[name]
 
     def _receive_keys(self, channels: Any) -> list[str]:
         # A worker receives from the same channels every time: remember the
@@ -600,11 +611,13 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 self._unblock_locked(channel)
             self._sent = Rate()
             self._full = Rate()
+            self._expired_total = 0
+            self._expired = {}
             post = self._take_post_locked()
         self._run_post(post)
 
     def _stats(
-        self, now: float, sent: Rate, full: Rate, heads: list[ChannelState]
+        self, now: float, sent: Rate, full: Rate, heads: list[ChannelState], expired: int
     ) -> dict[str, float]:
         oldest = min((ch.queue[0][0] for ch in heads if ch.queue), default=None)
         return {
@@ -614,21 +627,34 @@ class InMemoryChannelLayer(BaseChannelLayer):
             "messages_max_age": 0 if oldest is None else max(0, now - (oldest - self.expiry)),
             "channel_full_count": full.total,
             "channel_full_count_per_second": full.per_second(now),
+            "expired_count": expired,
         }
 
     def global_statistics(self) -> dict[str, float]:
-        """Counts since start (or the last flush) across every channel."""
+        """
+        Counts since start (or the last flush) across every channel: the
+        ASGI statistics, plus ``expired_count``, the messages dropped
+        because they waited past :attr:`expiry` unread.
+        """
         with self._lock:
             now = self._begin_locked()
-            stats = self._stats(now, self._sent, self._full, list(self._channels.values()))
+            stats = self._stats(
+                now,
+                self._sent,
+                self._full,
+                list(self._channels.values()),
+                self._expired_total,
+            )
             post = self._take_post_locked()
         self._run_post(post)
         return stats
 
     def channel_statistics(self, channel: str) -> dict[str, float]:
         """
-        Counts for ``channel``.  A process-local channel's are its own: its
-        messages sent and refused or dropped, and its messages waiting.
+        Counts for ``channel``: the ASGI statistics, plus ``expired_count``,
+        its messages dropped because they waited past :attr:`expiry` unread.
+        A process-local channel's are its own: its messages sent, refused or
+        dropped, and expired, and its messages waiting.
         """
         self.valid_channel_name(channel)
         key = queue_key(channel)
@@ -636,10 +662,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
             now = self._begin_locked()
             if key == channel:
                 ch = self._channels.get(channel) or ChannelState(0, now)
-                stats = self._stats(now, ch.sent, ch.full, [ch])
+                stats = self._stats(now, ch.sent, ch.full, [ch], self._expired.get(channel, 0))
             else:
                 counters = self._counters.get(channel) or Counters(now)
-                stats = self._stats(now, counters.sent, counters.full, [])
+                stats = self._stats(
+                    now, counters.sent, counters.full, [], self._expired.get(channel, 0)
+                )
                 head = self._channels.get(key)
                 entries = [e for e in head.queue if e[1] == channel] if head is not None else []
                 stats["messages_pending"] = len(entries)
@@ -683,6 +711,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             # Reply channel names are never reused: counters kept for their
             # idle retention would grow with the rate of connections.
             self._counters.pop(channel, None)
+            self._expired.pop(channel, None)
             if self._blocked:
                 self._unblock_locked(channel)
             post = self._take_post_locked()

@@ -20,9 +20,31 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from chanserv.asgi import ChannelLayerWrapper, channel_layers
+from chanserv.exceptions import InvalidChannelLayerError
 from chanserv.log import install_django_logging, json_file_observer, set_verbosity
 
 _LEVELS = {0: LogLevel.warn, 1: LogLevel.info, 2: LogLevel.debug}
+
+
+def cross_process_layer(alias: str, refusal: str) -> ChannelLayerWrapper:
+    """
+    The channel layer ``alias`` of ``CHANNEL_LAYERS``, for a command that runs
+    beside other processes (``runworker``, ``rundelay``).  Main thread.
+
+    :raises CommandError: the alias is not configured, or its layer lives
+        inside one process; ``refusal`` is then the message, formatted with
+        the alias and the layer's class name.
+    """
+    from django.core.management.base import CommandError
+
+    try:
+        wrapper = channel_layers[alias]
+    except InvalidChannelLayerError as e:
+        raise CommandError(str(e)) from None
+    if wrapper.local_only():
+        raise CommandError(refusal % (alias, type(wrapper.channel_layer).__name__))
+    return wrapper
 
 
 def start_console_logging(

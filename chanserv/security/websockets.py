@@ -181,6 +181,21 @@ class BaseOriginValidator:
                 return arg
         raise ValueError("An origin validator was called without a Message instance")
 
+    def get_header(self, message: Message, name: bytes) -> list[Any]:
+        # Any: header values are whatever the interface server sent (bytes from chanserv's).
+        """
+        Channels 1.x's header lookup: everything after the name in the first
+        ``[name, value]`` pair of the message's headers whose name equals
+        ``name`` exactly (a one-item list: ``[value]``).
+
+        :raises KeyError: no header is named ``name``.
+        """
+        for header in message.content.get("headers") or []:
+            if isinstance(header, (list, tuple)) and len(header) > 1 and header[0] == name:
+                return list(header[1:])
+        shown = repr(name) if isinstance(name, bytes) else name  # as 1.x's str.format showed it
+        raise KeyError('No header named "%s"' % (shown,))
+
     def get_origin(self, message: Message) -> str | None:
         """
         The handshake's origin as sent (``"null"`` included), or None when

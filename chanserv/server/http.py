@@ -518,6 +518,9 @@ class HTTPFactory(http.HTTPFactory):
         #: those the layer refused as full (answered 503).
         self.requests_sent = 0
         self.requests_full = 0
+        #: http.disconnect messages lost: the layer stayed full or unreachable
+        #: for its expiry, or the send failed.
+        self.disconnects_lost = 0
         self.stopping = False
         self._drain_waiters: list[Deferred[None]] = []
 

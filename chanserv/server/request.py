@@ -564,6 +564,7 @@ class WebRequest(http.Request):
         d.addErrback(self._disconnect_failed)
 
     def _disconnect_failed(self, failure: Failure) -> None:
+        self._factory.disconnects_lost += 1
         if failure.check(ChannelFull):
             log.error(
                 "http.disconnect stayed full for the layer's expiry: lost for {channel}",

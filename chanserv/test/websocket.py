@@ -1,8 +1,9 @@
 """
 :class:`WSClient`: a :class:`~chanserv.test.base.Client` that plays a
 browser's WebSocket -- headers, cookies, the Django session and login, JSON
-frames, ``order`` numbers.  Runs in the test's own thread (any thread),
-with no reactor.
+frames, ``order`` numbers -- with the signatures, defaults and messages
+of Channels 1.x's (``headers`` a dict, ``query_string`` a str).  Runs in
+the test's own thread (any thread), with no reactor.
 """
 
 from __future__ import annotations
@@ -44,14 +45,6 @@ def _encoded_cookies(cookies: Mapping[str, str]) -> bytes:
     return "; ".join(morsel.OutputString() for morsel in jar.values()).encode("latin-1")
 
 
-def _header_bytes(value: str | bytes, what: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("latin-1")
-    raise TypeError("%s must be str or bytes, not %r" % (what, value))
-
-
 class WSClient(Client):
     """
     A WebSocket client for tests.
@@ -78,13 +71,19 @@ class WSClient(Client):
 
     def set_header(self, key: str, value: str | bytes) -> None:
         """
-        Send header ``key`` (any case) with the messages.
+        Send header ``key`` with the messages, under the name as given (as
+        Channels 1.x did); it replaces a header of the same name in any case.
 
-        :raises ValueError: ``key`` is ``cookie``: use :meth:`set_cookie`.
+        :raises ValueError: ``key`` is ``cookie`` (any case): use :meth:`set_cookie`.
+        :raises TypeError: ``value`` is neither str nor bytes.
         """
         if key.lower() == "cookie":
             raise ValueError("Use set_cookie method for cookie header")
-        self._headers[key.lower()] = value
+        if not isinstance(value, (str, bytes)):
+            raise TypeError("header %r must be str or bytes, not %r" % (key, value))
+        for name in [name for name in self._headers if name.lower() == key.lower()]:
+            del self._headers[name]
+        self._headers[key] = value
 
     def get_cookies(self) -> dict[str, str]:
         """
@@ -103,11 +102,13 @@ class WSClient(Client):
 
     @property
     def headers(self) -> dict[str, str | bytes]:
-        """The headers the next message carries, ``{name: value}``."""
+        """
+        The headers the next message carries, ``{name: value}`` as Channels
+        1.x sent them: those set, and ``cookie`` (bytes, empty when there is
+        no cookie to send).
+        """
         headers = copy.deepcopy(self._headers)
-        cookies = self.get_cookies()
-        if cookies:
-            headers.setdefault("cookie", _encoded_cookies(cookies))
+        headers.setdefault("cookie", _encoded_cookies(self.get_cookies()))
         return headers
 
     # -- the session and logging in ----------------------------------------------
@@ -168,26 +169,24 @@ class WSClient(Client):
     # -- messages ----------------------------------------------------------------
 
     def _get_content(
-        self, content: ContentMapping | None, text: Any, path: str, to: str
+        self, content: ContentMapping | None = None, text: JSONValue = None, path: str = "/"
     ) -> Content:
+        """
+        The message :meth:`send` sends, as Channels 1.x built it: ``content``
+        (its keys win), then ``reply_channel``, ``path`` and, when ``path``
+        has a ``?query``, ``query_string`` (a str); ``headers`` as a dict
+        (:attr:`headers`); the next ``order`` when ``ordered``; ``text``
+        (anything but a str as JSON).
+        """
         message = copy.deepcopy(dict(content or {}))
         message.setdefault("reply_channel", self.reply_channel)
         if "?" in path:
             path, query = path.split("?", 1)
-            if to == "websocket.connect":
-                message.setdefault("query_string", query.encode("utf-8"))
-        message.setdefault("path", path)
-        if to == "websocket.connect":
-            message.setdefault("query_string", b"")
-        if to == "websocket.disconnect":
-            message.setdefault("code", 1000)
-        message.setdefault(
-            "headers",
-            [
-                [_header_bytes(name, "header name"), _header_bytes(value, "header %r" % (name,))]
-                for name, value in self.headers.items()
-            ],
-        )
+            message.setdefault("path", path)
+            message.setdefault("query_string", query)
+        else:
+            message.setdefault("path", path)
+        message.setdefault("headers", self.headers)
         if self._ordered:
             if "order" in message:
                 raise ValueError('Do not use "order" manually with "ordered=True"')
@@ -207,7 +206,7 @@ class WSClient(Client):
         path: str = "/",
     ) -> None:
         """
-        Send a message to channel ``to`` as the interface server would.
+        Send a message to channel ``to`` as Channels 1.x's test client did.
 
         :param content: keys to send (they win over the ones added here).
         :param text: the frame's text; anything but a str is sent as JSON.
@@ -215,8 +214,15 @@ class WSClient(Client):
             ``query_string`` of a ``websocket.connect`` (and is dropped from
             other messages, which carry none).
         :raises ValueError: ``order`` given while ``ordered``.
+
+        A ``websocket.disconnect`` also carries ``code`` (1000 unless given),
+        as the server's does.
         """
-        message = self._get_content(content, text, path, to)
+        if to != "websocket.connect" and "?" in path:
+            path = path.split("?", 1)[0]
+        message = self._get_content(content, text, path)
+        if to == "websocket.disconnect":
+            message.setdefault("code", 1000)
         self.channel_layer.send(to, message)
         self._session_cookie = False
 
@@ -254,10 +260,11 @@ class WSClient(Client):
         """
         The next reply: its ``text`` (JSON-decoded unless ``json`` is False),
         or the whole message when it has no text (``{"accept": True}``,
-        ``{"bytes": ...}``, ``{"close": ...}``), or None when there is none.
+        ``{"bytes": ...}``, ``{"close": ...}``), or None when there is none
+        (or it is empty).
         """
         content = super().receive()
-        if content is None:
+        if not content:
             return None
         if json and isinstance(content.get("text"), str):
             return json_module.loads(content["text"])

@@ -616,6 +616,7 @@ class LayerContractTests:
             "messages_max_age",
             "channel_full_count",
             "channel_full_count_per_second",
+            "expired_count",  # chanserv's: messages dropped for expiring unread
         }
         self.assertEqual(set(layer.global_statistics()), keys)
         self.assertEqual(set(layer.channel_statistics("st")), keys)

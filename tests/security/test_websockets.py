@@ -313,3 +313,13 @@ def test_same_site_handshake_is_accepted(layer: Any) -> None:
     run_consumer(ws_add, "websocket.connect", content, layer)
     assert replies(layer, reply) == [{"accept": True}]
     assert layer.group_channels("chat") == [reply]
+
+
+def test_get_header_is_the_1x_lookup() -> None:
+    """``get_header`` returns ``[value]`` of the exactly named header, else KeyError as in 1.x."""
+    validator = AllowedHostsOnlyOriginValidator(ws_add)
+    message = handshake(b"http://example.com")
+    assert validator.get_header(message, b"origin") == [b"http://example.com"]
+    with pytest.raises(KeyError) as info:
+        validator.get_header(message, b"x-missing")
+    assert info.value.args == ("No header named \"b'x-missing'\"",)

@@ -540,3 +540,19 @@ def test_access_log_refusal(server: Server) -> None:
     conn.send(b"GET /x HTTP/1.1\r\n\r\n")  # no Host
     assert conn.status() == 400
     assert server.access.getvalue().endswith('"GET /x HTTP/1.1" 400 -\n')
+
+
+def test_a_lost_disconnect_is_counted(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An http.disconnect the layer never took (full or unreachable for its expiry) is counted."""
+    from twisted.internet.defer import fail
+
+    from chanserv.exceptions import ChannelFull
+    from chanserv.server import request as request_module
+
+    failures = iter([ChannelFull("http.disconnect"), ConnectionError("layer down")])
+    monkeypatch.setattr(request_module, "send_until_delivered", lambda *a: fail(next(failures)))
+    for path in (b"/full", b"/down"):
+        conn = server.connect()
+        conn.send(simple_request(path))
+        server.reply(server.request(), status=200)
+    assert server.factory.disconnects_lost == 2

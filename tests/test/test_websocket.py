@@ -22,15 +22,16 @@ from chanserv.test import ChannelTestCase, HttpClient, WSClient, apply_routes
 FAST_HASHER = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-def headers_of(message: Any) -> dict[bytes, bytes]:
-    pairs = message["headers"]
-    assert all(isinstance(n, bytes) and isinstance(v, bytes) for n, v in pairs)
-    return dict(pairs)
+def headers_of(message: Any) -> dict[str, str | bytes]:
+    headers = message["headers"]
+    assert isinstance(headers, dict) and all(isinstance(n, str) for n in headers)
+    assert isinstance(headers["cookie"], bytes)
+    return headers
 
 
 class MessageFormatTests(ChannelTestCase):
     def test_connect_message(self) -> None:
-        """websocket.connect carries path, query, byte headers and cookies, session's too."""
+        """websocket.connect carries path, str query, a dict of headers as set and cookies, session's too."""
         client = WSClient()
         client.set_header("Origin", "http://testserver")
         client.set_header("x-bytes", b"\xff")
@@ -40,12 +41,14 @@ class MessageFormatTests(ChannelTestCase):
         assert message is not None
         self.assertEqual(message["reply_channel"], client.reply_channel)
         self.assertEqual(message["path"], "/chat/")
-        self.assertEqual(message["query_string"], b"room=1&x=%20")
+        self.assertEqual(message["query_string"], "room=1&x=%20")
         self.assertNotIn("order", message)
         headers = headers_of(message)
-        self.assertEqual(headers[b"origin"], b"http://testserver")
-        self.assertEqual(headers[b"x-bytes"], b"\xff")
-        cookies = dict(c.split("=", 1) for c in headers[b"cookie"].decode().split("; "))
+        self.assertEqual(headers["Origin"], "http://testserver")
+        self.assertEqual(headers["x-bytes"], b"\xff")
+        cookie = headers["cookie"]
+        assert isinstance(cookie, bytes)
+        cookies = dict(c.split("=", 1) for c in cookie.decode().split("; "))
         self.assertEqual(cookies["theme"], "dark")
         self.assertEqual(
             cookies[settings.SESSION_COOKIE_NAME],
@@ -69,7 +72,7 @@ class MessageFormatTests(ChannelTestCase):
             message = self.get_next_message("websocket.receive", require=True)
             assert message is not None
             self.assertNotIn("query_string", message)
-            self.assertEqual(headers_of(message)[b"cookie"], b"theme=dark")
+            self.assertEqual(headers_of(message)["cookie"], b"theme=dark")
             texts.append(message.get("text", message.get("bytes")))
         self.assertEqual(texts, ["hi", '{"a": [1, null]}', "from content", b"\x00\x01"])
         first = self.get_next_message("websocket.disconnect", require=True)
@@ -79,14 +82,14 @@ class MessageFormatTests(ChannelTestCase):
         self.assertEqual(first["path"], "/")
 
     def test_no_cookie_header_without_cookies(self) -> None:
-        """With no cookies set, messages after the first carry no headers at all."""
+        """With no cookies set, messages after the first carry an empty cookie header only."""
         client = WSClient()
         client.send("websocket.connect")
         client.send("websocket.receive", text="x")
         self.get_next_message("websocket.connect", require=True)
         message = self.get_next_message("websocket.receive", require=True)
         assert message is not None
-        self.assertEqual(message["headers"], [])
+        self.assertEqual(message["headers"], {"cookie": b""})
 
     def test_content_keys_win(self) -> None:
         """path, headers and query_string in the content win over the path argument."""
@@ -243,15 +246,15 @@ class SessionAndLoginTests(ChannelTestCase):
         client.send("websocket.connect")
         client.send("websocket.connect")
         first, second = (self.get_next_message("websocket.connect") for _ in range(2))
-        self.assertIn(b"cookie", headers_of(first))
-        self.assertNotIn(b"cookie", headers_of(second))
+        self.assertIn(settings.SESSION_COOKIE_NAME.encode(), headers_of(first)["cookie"])
+        self.assertEqual(headers_of(second)["cookie"], b"")
 
     @override_settings(INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"])
     def test_without_sessions_installed(self) -> None:
-        """Without django.contrib.sessions: no cookie header, no session, and login fails."""
+        """Without django.contrib.sessions: an empty cookie header, no session, and login fails."""
         client = WSClient()
         client.send("websocket.connect")
-        self.assertEqual(self.get_next_message("websocket.connect")["headers"], [])
+        self.assertEqual(self.get_next_message("websocket.connect")["headers"], {"cookie": b""})
         with self.assertRaises(OSError):
             client.session  # noqa: B018
         self.assertFalse(client.login(username="x", password="y"))

@@ -60,8 +60,9 @@ class RedisChannelLayer(BaseChannelLayer):
         "sentinel_kwargs": {...}}`` as channels_redis names it.  A bare
         string raises ValueError.
     :param prefix: prefix of every key (``"asgi:"``); no whitespace.
-    :param expiry, group_expiry, capacity, channel_capacity, max_message_size:
-        see :class:`~chanserv.layers.base.BaseChannelLayer`.
+    :param expiry: see :class:`~chanserv.layers.base.BaseChannelLayer`, as
+        for ``group_expiry``, ``capacity``, ``channel_capacity`` and
+        ``max_message_size``.
     :param symmetric_encryption_keys: a list of keys: messages are stored
         encrypted (Fernet, first key encrypts, all decrypt).  Needs
         ``cryptography``.
@@ -311,12 +312,20 @@ class RedisChannelLayer(BaseChannelLayer):
         self._sync(self.flush_twisted, timeout=max(60.0, self.sync_timeout))
 
     def global_statistics(self) -> dict[str, float]:
-        """Counters summed over the shards (a SCAN: for occasional monitoring)."""
+        """
+        Counters summed over the shards (a SCAN: for occasional monitoring):
+        the ASGI statistics, plus ``expired_count``, the messages dropped
+        because they waited past ``expiry`` unread (counted when a send,
+        receive or group call of any process finds them).
+        """
         result: dict[str, float] = self._sync(self.global_statistics_twisted)
         return result
 
     def channel_statistics(self, channel: str) -> dict[str, float]:
-        """The counters of ``channel`` (a local channel's own, not its process's)."""
+        """
+        The counters of ``channel`` (a local channel's own, not its
+        process's), ``expired_count`` included (see :meth:`global_statistics`).
+        """
         self.valid_channel_name(channel)
         result: dict[str, float] = self._sync(self.channel_statistics_twisted, channel)
         return result

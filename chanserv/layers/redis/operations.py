@@ -26,7 +26,10 @@ from chanserv.layers.redis.protocol import RedisArg
 from chanserv.layers.redis.scripts import (
     BLOCK,
     CHANNEL_STATS,
+    CHANNEL_STATS_TTL,
     COUNT_FULL,
+    GLOBAL_STATS_KEY,
+    GLOBAL_STATS_TTL,
     GROUP_ADD,
     GROUP_DISCARD,
     GROUP_MEMBERS,
@@ -39,6 +42,7 @@ from chanserv.layers.redis.scripts import (
     ROOM,
     SEND,
     SEND_MANY,
+    STAT_EXPIRED,
     UNREGISTER,
 )
 from chanserv.log import Logger
@@ -53,9 +57,6 @@ STAT_MESSAGES_PENDING = "messages_pending"
 STAT_MESSAGES_MAX_AGE = "messages_max_age"
 STAT_CHANNEL_FULL = "channel_full_count"
 PER_SECOND = "_per_second"
-GLOBAL_STATS_KEY = "#global#"  # not a valid channel name
-CHANNEL_STATS_TTL = 3600
-GLOBAL_STATS_TTL = 86400
 #: Most messages in one send_many script call.
 SEND_BATCH = 256
 
@@ -154,6 +155,15 @@ class RedisOperations:
         self._flush_scheduled = False
         #: Messages taken off Redis and being put back right now.
         self.handbacks = 0
+        #: Messages this process's script calls found expired unread and
+        #: dropped (each is found by one call only, so the sum over the
+        #: processes is the cluster's; Redis keeps the ``expired_count``
+        #: statistics too).
+        self.expired = 0
+        #: Messages taken off Redis and dropped: undecodable ones, and those
+        #: a cancelled receive could not put back.
+        self.undecodable = 0
+        self.lost = 0
         self._receive_counter = 0
 
     # -- keys -------------------------------------------------------------------
@@ -255,6 +265,9 @@ class RedisOperations:
             sent = shard.eval(SEND_MANY, [], args)
 
         def done(results: list[Any]) -> None:
+            if len(results) > len(entries):
+                # The script's last reply: the messages it found expired.
+                self.expired += int(results.pop())
             for (channel, _, _, capacity, _, d), outcome in zip(entries, results, strict=True):
                 outcome = int(outcome)
                 if outcome == 1:
@@ -298,6 +311,7 @@ class RedisOperations:
             self.list_ttl_ms,
             "0" if "?" in name else "1",  # no counters per single-use channel
             channel,
+            self.stats_prefix,
         ]
 
         def failed(failure: Failure) -> Any:
@@ -309,7 +323,11 @@ class RedisOperations:
             return failure
 
         d = self.shard_of(channel).eval(SEND, keys, args)
-        return d.addCallbacks(lambda _: None, failed)
+        return d.addCallbacks(self._sent_one, failed)
+
+    def _sent_one(self, reply: Any) -> None:
+        # {1, messages found expired}
+        self.expired += int(reply[1])
 
     def send_group(self, group: str, payload: bytes) -> Deferred[list[GroupSendResult]]:
         """
@@ -343,7 +361,8 @@ class RedisOperations:
         ]
 
         def result(reply: list[Any]) -> GroupSendResult:
-            return GroupSendResult(*(int(x) for x in reply))
+            self.expired += int(reply[4])
+            return GroupSendResult(*(int(x) for x in reply[:4]))
 
         if self.lua_capacities is not None:
             d = shard.eval(GROUP_SEND, keys, [*head, "auto", *self.lua_capacities])
@@ -359,8 +378,9 @@ class RedisOperations:
                     pairs += [name, self.get_capacity(name)]
             return shard.eval(GROUP_SEND, keys, [*head, "given", *pairs]).addCallback(result)
 
-        d = shard.eval(GROUP_MEMBERS, [], [group, float(self.group_expiry), self.prefix])
-        return d.addCallback(given)
+        args: list[RedisArg] = [group, float(self.group_expiry), self.prefix, self.stats_prefix]
+        d = shard.eval(GROUP_MEMBERS, [], args)
+        return d.addCallback(self._members).addCallback(given)
 
     # -- groups and names ---------------------------------------------------------------
 
@@ -402,14 +422,21 @@ class RedisOperations:
 
     def group_channels(self, group: str) -> Deferred[list[str]]:
         """The members of ``group`` on every shard, lapsed ones dropped first."""
-        args: list[RedisArg] = [group, float(self.group_expiry), self.prefix]
-        reads = [shard.eval(GROUP_MEMBERS, [], args) for shard in self.shards]
+        args: list[RedisArg] = [group, float(self.group_expiry), self.prefix, self.stats_prefix]
+        reads = [
+            shard.eval(GROUP_MEMBERS, [], args).addCallback(self._members) for shard in self.shards
+        ]
 
         def merge(results: list[list[bytes]]) -> list[str]:
             names = [m.decode("utf-8") for members in results for m in members or []]
             return list(dict.fromkeys(names))
 
         return gatherResults(reads, consumeErrors=True).addCallbacks(merge, unwrap)
+
+    def _members(self, reply: list[Any]) -> list[bytes]:
+        # GROUP_MEMBERS: {messages found expired, members...}
+        self.expired += int(reply[0])
+        return list(reply[1:])
 
     # -- process registration ---------------------------------------------------------
 
@@ -476,6 +503,7 @@ class RedisOperations:
             STAT_MESSAGES_MAX_AGE: max(0.0, self.expiry - min(ttls) / 1000.0) if ttls else 0,
             STAT_CHANNEL_FULL: sum(r[1] for r in results),
             STAT_CHANNEL_FULL + PER_SECOND: sum(r[5] for r in results),
+            STAT_EXPIRED: sum(r[6] for r in results),
         }
 
     @inlineCallbacks
@@ -486,12 +514,15 @@ class RedisOperations:
         The counters (and their last whole second) summed over the shards,
         and the messages pending in every list and the age of the oldest
         (a SCAN of the layer's keys: meant for occasional monitoring).
+        ``expired_count`` counts the messages dropped because they expired
+        unread, found by any process.
         """
         keys = [
             self.prefix + GLOBAL_STATS_KEY,
             self.stat_key(GLOBAL_STATS_KEY, STAT_MESSAGES_COUNT),
             self.stat_key(GLOBAL_STATS_KEY, STAT_CHANNEL_FULL),
             self.count_key(GLOBAL_STATS_KEY),
+            self.stat_key(GLOBAL_STATS_KEY, STAT_EXPIRED),
         ]
         results = []
         pending, pttl = 0, -2
@@ -514,7 +545,9 @@ class RedisOperations:
         """
         The counters of ``channel`` (none are kept for single-use ``?``
         channels, so they count 0), its pending messages and the age of the
-        oldest message of its list.
+        oldest message of its list.  Its ``expired_count`` counts its
+        messages dropped because they expired unread (seen when a send,
+        receive or group call next looked at its list).
         """
         name = _non_local(channel)
         keys = [
@@ -522,6 +555,7 @@ class RedisOperations:
             self.stat_key(channel, STAT_MESSAGES_COUNT),
             self.stat_key(channel, STAT_CHANNEL_FULL),
             self.count_key(name),
+            self.stat_key(channel, STAT_EXPIRED),
         ]
         d = self.shard_of(name).eval(CHANNEL_STATS, keys, [channel])
         return d.addCallback(lambda result: self._stats([result], 0, -2))
@@ -536,13 +570,16 @@ class RedisOperations:
         first: tuple[bytes, bytes] | None,
     ) -> Deferred[list[RawMessage]]:
         """Up to ``limit`` references from ``keys`` on ``shard`` (and ``first``)."""
-        args: list[Any] = [limit, self.prefix, float(self.group_expiry)]
+        args: list[Any] = [limit, self.prefix, float(self.group_expiry), self.stats_prefix]
         if first is not None:
             args += [first[0], first[1]]
         d = self.shards[shard].eval(POP_MANY, keys, args)
 
-        def split(flat: list[bytes]) -> list[RawMessage]:
+        def split(flat: list[Any]) -> list[RawMessage]:
             flat = flat or []
+            if len(flat) % 4:
+                # The messages found expired follow the quadruples.
+                self.expired += int(flat[-1])
             return [
                 RawMessage(
                     shard,
@@ -582,14 +619,14 @@ class RedisOperations:
             args += [new_key, new_ref, item.body]
         d = self.shards[shard].eval(REQUEUE, [item.list_key for item in items], args)
         self.handbacks += 1
-        d.addErrback(self._hand_back_failed, items[0].list_key)
+        d.addErrback(self._hand_back_failed, items[0].list_key, len(items))
         d.addBoth(self._hand_back_done)
 
     def _hand_back_done(self, _: Any) -> None:
         self.handbacks -= 1
 
-    @staticmethod
-    def _hand_back_failed(failure: Failure, key: bytes) -> None:
+    def _hand_back_failed(self, failure: Failure, key: bytes, count: int = 1) -> None:
+        self.lost += count
         log.error(
             "A message taken off {key} for a receive nobody waits for any more could "
             "not be put back, and is lost: {error}",
@@ -601,12 +638,16 @@ class RedisOperations:
         """How many more messages ``channel`` can take now (0: full or blocked)."""
         name = _non_local(channel)
         d = self.shard_of(name).eval(
-            ROOM, [self.prefix + name, self.count_key(name)], [self.prefix, channel]
+            ROOM,
+            [self.prefix + name, self.count_key(name)],
+            [self.prefix, channel, self.stats_prefix],
         )
         return d.addCallback(self._room_left, channel)
 
-    def _room_left(self, length: Any, channel: str) -> int:
-        queued = int(length)
+    def _room_left(self, reply: Any, channel: str) -> int:
+        # {queued, or -1 when blocked; messages found expired}
+        queued = int(reply[0])
+        self.expired += int(reply[1])
         return 0 if queued < 0 else max(0, self.get_capacity(channel) - queued)
 
     # -- decoding ------------------------------------------------------------------
@@ -627,6 +668,7 @@ class RedisOperations:
             try:
                 message = self.unpack(self.codec.decode(item.body))
             except Exception as e:
+                self.undecodable += 1
                 log.error(
                     "Dropped a message on {channel} that could not be decoded: {error}",
                     channel=channel,

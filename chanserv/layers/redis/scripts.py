@@ -12,7 +12,10 @@ __all__ = [
     "ALL_SCRIPTS",
     "BLOCK",
     "CHANNEL_STATS",
+    "CHANNEL_STATS_TTL",
     "COUNT_FULL",
+    "GLOBAL_STATS_KEY",
+    "GLOBAL_STATS_TTL",
     "GROUP_ADD",
     "GROUP_DISCARD",
     "GROUP_MEMBERS",
@@ -25,9 +28,18 @@ __all__ = [
     "ROOM",
     "SEND",
     "SEND_MANY",
+    "STAT_EXPIRED",
     "UNREGISTER",
 ]
 
+#: Seconds a channel's statistics counters outlive their last update.
+CHANNEL_STATS_TTL = 3600
+#: Seconds the global statistics counters outlive their last update.
+GLOBAL_STATS_TTL = 86400
+#: The name the global counters are kept under (not a valid channel name).
+GLOBAL_STATS_KEY = "#global#"
+#: The counter of messages dropped because their body expired unread.
+STAT_EXPIRED = "expired_count"
 
 # Shared Lua helpers, prepended to the scripts that need them.
 _NOW = """
@@ -49,8 +61,32 @@ local function bump(key, by, ttl, rate)
 end
 """
 
-# References, names and memberships.
+# References, names and memberships.  ``expired`` notes messages found
+# expired (a group reference once per local member it missed);
+# ``record_expired`` adds them to the channels' and the global
+# expired_count once per script call and returns how many there were.
 _GROUPS = """
+local EXPIRED, EXPIRED_N = {}, 0
+local function expired(channel, n)
+  EXPIRED[channel] = (EXPIRED[channel] or 0) + n
+  EXPIRED_N = EXPIRED_N + n
+end
+local function record_expired(sprefix)
+  if EXPIRED_N == 0 then return 0 end
+  for channel, n in pairs(EXPIRED) do
+    if not string.find(channel, '?', 1, true) then
+      local key = sprefix .. channel .. ':%(stat)s'
+      redis.call('INCRBY', key, n)
+      redis.call('EXPIRE', key, %(channel_ttl)d)
+    end
+  end
+  local key = sprefix .. '%(global)s:%(stat)s'
+  redis.call('INCRBY', key, EXPIRED_N)
+  redis.call('EXPIRE', key, %(global_ttl)d)
+  local n = EXPIRED_N
+  EXPIRED, EXPIRED_N = {}, 0
+  return n
+end
 local function is_inbox(list) return string.sub(list, -1) == '!' end
 local function body_key(list, ref)
   if is_inbox(list) then
@@ -128,6 +164,7 @@ local function purge(prefix, list)
       -- A group message the process never read: its members missed it.
       local key = prefix .. ':group:' .. string.sub(target, 2) .. ':' .. string.sub(list, #prefix + 1)
       for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+        expired(member, 1)
         if not evicted[member] then
           evicted[member] = true
           evict(prefix, member)
@@ -135,6 +172,7 @@ local function purge(prefix, list)
       end
     else
       if is_inbox(list) then uncount(prefix, string.sub(list, #prefix + 1), target) end
+      expired(target, 1)
       if not evicted[target] then
         evicted[target] = true
         evict(prefix, target)
@@ -172,14 +210,20 @@ local function expire_nonlocal(prefix, group, cutoff)
   end
   return key
 end
-"""
+""" % {
+    "stat": STAT_EXPIRED,
+    "global": GLOBAL_STATS_KEY,
+    "channel_ttl": CHANNEL_STATS_TTL,
+    "global_ttl": GLOBAL_STATS_TTL,
+}
 
 #: KEYS: body, list, channel count stat, channel full stat, global count
 #: stat, global full stat, the inbox's count hash (any key for a normal
 #: channel).  ARGV: body, expiry (ms), capacity, reference, channel stat
 #: ttl, global stat ttl, key prefix, list ttl (ms), "1" to keep the
-#: channel's own counters (not for single-use ``?`` channels), channel.
-#: Returns 1, or the error "full" or (a blocked local channel, not
+#: channel's own counters (not for single-use ``?`` channels), channel,
+#: stats prefix.  Returns {1, messages found expired (counted in
+#: expired_count)}, or the error "full" or (a blocked local channel, not
 #: counted) "blocked".
 SEND = Script(
     "send",
@@ -190,6 +234,7 @@ SEND = Script(
 local own = ARGV[9] == '1'
 local inbox = is_inbox(KEYS[2])
 purge(ARGV[7], KEYS[2])
+local dropped = record_expired(ARGV[11])
 local queued
 if inbox then
   local fields = redis.call('HMGET', KEYS[7], ARGV[10], blocked_field(ARGV[10]))
@@ -212,7 +257,7 @@ if inbox then
 end
 if own then bump(KEYS[3], 1, ARGV[5], true) end
 bump(KEYS[5], 1, ARGV[6], true)
-return 1
+return {1, dropped}
 """,
 )
 
@@ -221,7 +266,8 @@ return 1
 #: ttl, global stat ttl, then per message: channel, body key, body,
 #: capacity, "1" to keep the channel's own counters.  Each message gets the
 #: capacity check and push of SEND, in order.  Returns one 1 (sent), 0
-#: (full) or 2 (a blocked local channel, not counted) per message.
+#: (full) or 2 (a blocked local channel, not counted) per message, then
+#: the messages found expired (counted in expired_count).
 SEND_MANY = Script(
     "send_many",
     _NOW
@@ -272,6 +318,7 @@ for i = 7, #ARGV, 5 do
 end
 if sent > 0 then bump(sprefix .. '#global#:messages_count', sent, ARGV[6], true) end
 if full > 0 then bump(sprefix .. '#global#:channel_full_count', full, ARGV[6], true) end
+out[#out + 1] = record_expired(sprefix)
 return out
 """,
 )
@@ -285,7 +332,7 @@ return out
 #: (member, capacity).  Non-local members with room get a reference, full
 #: ones are skipped and counted; each live process with members gets one
 #: group reference in its inbox.  Returns {sent, full, processes, local
-#: members}.
+#: members, messages found expired (counted in expired_count)}.
 GROUP_SEND = Script(
     "group_send",
     _NOW
@@ -354,19 +401,21 @@ if pushes > 0 then
 end
 if sent + deliveries > 0 then bump(KEYS[3], sent + deliveries, ARGV[9], true) end
 if full > 0 then bump(KEYS[4], full, ARGV[9], true) end
-return {sent, full, processes, deliveries}
+return {sent, full, processes, deliveries, record_expired(ARGV[6])}
 """,
 )
 
 #: KEYS: the lists to pop from, in the order to try them.  ARGV: limit, key
-#: prefix, group expiry (s), then optionally the list and reference a BLPOP
-#: already took.  Pops round-robin across the lists until ``limit``
-#: references are taken or all are empty; each body is read and deleted (or
-#: its read count decremented) in the same step; a reference whose body
-#: expired is skipped and its channel evicted from its groups.  Returns a
-#: flat {list, reference, body, members, ...}: ``members`` is "" for a
-#: direct message, else the space-separated local members a group
-#: reference went to (a group reference with none left is skipped).
+#: prefix, group expiry (s), stats prefix, then optionally the list and
+#: reference a BLPOP already took.  Pops round-robin across the lists until
+#: ``limit`` references are taken or all are empty; each body is read and
+#: deleted (or its read count decremented) in the same step; a reference
+#: whose body expired is skipped, counted in expired_count (a group
+#: reference once per local member) and its channel evicted from its
+#: groups.  Returns a flat {list, reference, body, members, ...}:
+#: ``members`` is "" for a direct message, else the space-separated local
+#: members a group reference went to (a group reference with none left is
+#: skipped); when messages were found expired, their number follows last.
 POP_MANY = Script(
     "pop_many",
     _NOW
@@ -387,7 +436,13 @@ local function take(list, ref)
   local body = redis.call('GET', key)
   if not body then
     redis.call('DEL', counter)
-    if not group then evict(prefix, target) end
+    if group then
+      local zset = prefix .. ':group:' .. string.sub(target, 2) .. ':' .. process
+      for _, member in ipairs(redis.call('ZRANGE', zset, 0, -1)) do expired(member, 1) end
+    else
+      expired(target, 1)
+      evict(prefix, target)
+    end
     return
   end
   local members = ''
@@ -410,7 +465,7 @@ local function take(list, ref)
   if redis.call('EXISTS', counter) == 1 and redis.call('DECR', counter) > 0 then return end
   redis.call('DEL', key, counter)
 end
-if ARGV[4] then take(ARGV[4], ARGV[5]) end
+if ARGV[5] then take(ARGV[5], ARGV[6]) end
 local active = KEYS
 while n < limit and #active > 0 do
   local still = {}
@@ -424,6 +479,8 @@ while n < limit and #active > 0 do
   end
   active = still
 end
+local dropped = record_expired(ARGV[4])
+if dropped > 0 then out[#out + 1] = dropped end
 return out
 """,
 )
@@ -535,9 +592,10 @@ return 1
 """,
 )
 
-#: ARGV: group, group expiry (s), key prefix.  Drops lapsed members, dead
-#: processes and members whose list shows an expired message; returns the
-#: others (non-local ones first).
+#: ARGV: group, group expiry (s), key prefix, stats prefix.  Drops lapsed
+#: members, dead processes and members whose list shows an expired message
+#: (counting the expired messages); returns {messages found expired, the
+#: other members...} (non-local ones first).
 GROUP_MEMBERS = Script(
     "group_members",
     _NOW
@@ -549,7 +607,8 @@ local key = expire_nonlocal(prefix, group, cutoff)
 for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
   purge(prefix, prefix .. member)
 end
-local result = redis.call('ZRANGE', key, 0, -1)
+local result = {0}
+for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do result[#result + 1] = member end
 for _, process in ipairs(redis.call('ZRANGE', prefix .. ':procs:' .. group, 0, -1)) do
   local zset, n = local_members(prefix, group, process, cutoff)
   if n > 0 then
@@ -558,6 +617,7 @@ for _, process in ipairs(redis.call('ZRANGE', prefix .. ':procs:' .. group, 0, -
     end
   end
 end
+result[1] = record_expired(ARGV[4])
 return result
 """,
 )
@@ -621,9 +681,9 @@ return 1
 )
 
 #: KEYS: list, channel count stat, channel full stat, the inbox's count
-#: hash.  ARGV: channel.  Returns {messages count, channel full count,
-#: pending, PTTL of the oldest body or -2, messages in the last whole
-#: second, full in the last whole second}.  Pending, for a local channel,
+#: hash, channel expired stat.  ARGV: channel.  Returns {messages count,
+#: channel full count, pending, PTTL of the oldest body or -2, messages in
+#: the last whole second, full in the last whole second, expired count}.  Pending, for a local channel,
 #: counts its direct sends waiting in the inbox.
 CHANNEL_STATS = Script(
     "channel_stats",
@@ -647,24 +707,27 @@ return {
   pttl,
   tonumber(redis.call('GET', KEYS[2] .. last) or '0'),
   tonumber(redis.call('GET', KEYS[3] .. last) or '0'),
+  tonumber(redis.call('GET', KEYS[5]) or '0'),
 }
 """,
 )
 
-#: KEYS: list, the inbox's count hash.  ARGV: key prefix, channel.  Drops
-#: expired references at the head of the list (evicting their channels);
-#: returns the messages queued for the channel, or -1 if it is blocked.
+#: KEYS: list, the inbox's count hash.  ARGV: key prefix, channel, stats
+#: prefix.  Drops expired references at the head of the list (evicting
+#: their channels, counting them in expired_count); returns {the messages
+#: queued for the channel, or -1 if it is blocked; messages found expired}.
 ROOM = Script(
     "room",
     _GROUPS
     + """
 purge(ARGV[1], KEYS[1])
+local dropped = record_expired(ARGV[3])
 if is_inbox(KEYS[1]) then
   local fields = redis.call('HMGET', KEYS[2], ARGV[2], blocked_field(ARGV[2]))
-  if fields[2] then return -1 end
-  return tonumber(fields[1] or '0')
+  if fields[2] then return {-1, dropped} end
+  return {tonumber(fields[1] or '0'), dropped}
 end
-return redis.call('LLEN', KEYS[1])
+return {redis.call('LLEN', KEYS[1]), dropped}
 """,
 )
 

@@ -11,9 +11,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from chanserv.asgi import channel_layers
-from chanserv.exceptions import InvalidChannelLayerError
-from chanserv.management.runner import run_in_foreground, start_console_logging
+from chanserv.management.runner import (
+    cross_process_layer,
+    run_in_foreground,
+    start_console_logging,
+)
 from chanserv.tap import DEFAULT_THREADS, build_service
 
 
@@ -63,17 +65,12 @@ class Command(BaseCommand):
         # Any: Django's command options, as argparse typed each (Django's BaseCommand API).
         from twisted.internet import reactor
 
-        try:
-            wrapper = channel_layers[options["layer"]]
-        except InvalidChannelLayerError as e:
-            raise CommandError(str(e))
-        if wrapper.local_only():
-            raise CommandError(
-                "runworker needs a channel layer that crosses processes; %r is %s, which "
-                "lives inside one process. Use the Redis layer, or runserver / twistd "
-                "chanserv (which run workers in-process)."
-                % (options["layer"], type(wrapper.channel_layer).__name__)
-            )
+        wrapper = cross_process_layer(
+            options["layer"],
+            "runworker needs a channel layer that crosses processes; %r is %s, which "
+            "lives inside one process. Use the Redis layer, or runserver / twistd "
+            "chanserv (which run workers in-process).",
+        )
         if options["threads"] < 1:
             raise CommandError("--threads must be at least 1")
         verbosity = int(options.get("verbosity", 1))

@@ -39,7 +39,7 @@ from twisted.internet.threads import blockingCallFromThread
 from chanserv.asgi import get_channel_layer
 from chanserv.layers import base
 from chanserv.server.site import InterfaceServer
-from chanserv.worker import Worker
+from chanserv.worker import WorkerService
 
 #: Classes whose live instances are counted (by name, subclasses included).
 COUNTED = (
@@ -79,7 +79,7 @@ def rss_kb() -> int:
 def _sizes() -> dict[str, Any]:
     # Reactor thread.
     server = _find(InterfaceServer)
-    worker = _find(Worker)
+    worker = _find(WorkerService)
     layer = get_channel_layer()
     with layer._lock:
         groups = layer._groups

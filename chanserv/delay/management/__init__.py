@@ -1,0 +1,1 @@
+"""The delay server's management commands (main thread)."""

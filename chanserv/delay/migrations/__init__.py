@@ -1,0 +1,1 @@
+"""The delay server's migrations; Django runs them in the main thread."""
