@@ -6,12 +6,14 @@
 #               suite again on the lowest supported ones and Django 4.2
 #               (noxfile.py's "lowest" session, in .nox/; plain `nox` runs
 #               the whole matrix)
+# And `make docs`: the documentation site, warnings as errors, into
+# docs/_build/html (tests/test_docs.py builds it too and runs its samples).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: chat test lint venv
+.PHONY: chat test lint venv docs
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +27,9 @@ chat: venv
 	$(BIN)/python -m pip install -q --no-deps --force-reinstall .
 	cd examples/chat && ../../$(BIN)/python manage.py migrate -v 0 && \
 	  ../../$(BIN)/twistd -n chanserv --settings=chat.settings -p $(PORT)
+
+docs: venv
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
 lint: venv
 	$(BIN)/ruff check .
