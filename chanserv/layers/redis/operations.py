@@ -326,8 +326,10 @@ class RedisOperations:
         return d.addCallbacks(self._sent_one, failed)
 
     def _sent_one(self, reply: Any) -> None:
-        # {1, messages found expired}
-        self.expired += int(reply[1])
+        # 1, or {1, messages found expired} when there were any (the common
+        # reply stays a plain integer: this is every message's path).
+        if reply != 1:
+            self.expired += int(reply[1])
 
     def send_group(self, group: str, payload: bytes) -> Deferred[list[GroupSendResult]]:
         """

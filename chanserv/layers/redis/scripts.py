@@ -222,9 +222,9 @@ end
 #: channel).  ARGV: body, expiry (ms), capacity, reference, channel stat
 #: ttl, global stat ttl, key prefix, list ttl (ms), "1" to keep the
 #: channel's own counters (not for single-use ``?`` channels), channel,
-#: stats prefix.  Returns {1, messages found expired (counted in
-#: expired_count)}, or the error "full" or (a blocked local channel, not
-#: counted) "blocked".
+#: stats prefix.  Returns 1, or {1, messages found expired (counted in
+#: expired_count)} when there were any, or the error "full" or (a blocked
+#: local channel, not counted) "blocked".
 SEND = Script(
     "send",
     _NOW
@@ -257,7 +257,8 @@ if inbox then
 end
 if own then bump(KEYS[3], 1, ARGV[5], true) end
 bump(KEYS[5], 1, ARGV[6], true)
-return {1, dropped}
+if dropped > 0 then return {1, dropped} end
+return 1
 """,
 )
 
@@ -266,8 +267,9 @@ return {1, dropped}
 #: ttl, global stat ttl, then per message: channel, body key, body,
 #: capacity, "1" to keep the channel's own counters.  Each message gets the
 #: capacity check and push of SEND, in order.  Returns one 1 (sent), 0
-#: (full) or 2 (a blocked local channel, not counted) per message, then
-#: the messages found expired (counted in expired_count).
+#: (full) or 2 (a blocked local channel, not counted) per message, then,
+#: when there were any, the messages found expired (counted in
+#: expired_count).
 SEND_MANY = Script(
     "send_many",
     _NOW
@@ -318,7 +320,8 @@ for i = 7, #ARGV, 5 do
 end
 if sent > 0 then bump(sprefix .. '#global#:messages_count', sent, ARGV[6], true) end
 if full > 0 then bump(sprefix .. '#global#:channel_full_count', full, ARGV[6], true) end
-out[#out + 1] = record_expired(sprefix)
+local dropped = record_expired(sprefix)
+if dropped > 0 then out[#out + 1] = dropped end
 return out
 """,
 )
