@@ -9,7 +9,6 @@ the worker does it, around a consumer run in the test's thread.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,10 +20,13 @@ from chanserv.layers.base import BaseChannelLayer
 from chanserv.layers.inmemory import InMemoryChannelLayer
 from chanserv.message import Message
 from chanserv.routing import route
-from chanserv.signals import consumer_finished, consumer_started
 from chanserv.testing import ClockReactor
 from chanserv.threads import WorkerPool
 from chanserv.worker import Worker, WorkerService
+from tests.test_channel import (  # its autouse fixture, and the consumer bracket
+    no_consumer_left_running,  # noqa: F401
+    run_consumer,
+)
 
 
 class BrokenRouter:
@@ -106,22 +108,6 @@ def test_sync_worker_counts_no_route_and_routing_failures() -> None:
 
 
 # -- held sends ---------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def no_consumer_left_running() -> Iterator[None]:
-    yield
-    if pending_message_store.is_active():
-        consumer_finished.send(sender=None)
-
-
-def run_consumer(consumer: Callable[[], None]) -> None:
-    """What the worker does around a consumer."""
-    consumer_started.send(sender=None, environ={})
-    try:
-        consumer()
-    finally:
-        consumer_finished.send(sender=None)
 
 
 class FailingLayer(BaseChannelLayer):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.harness import REPO, TWISTD, TwistdProcess, free_port
-from tests.e2e.test_examples import TIMEOUT, stop_cleanly
+from tests.e2e.test_chatroom import copy_database, query
+from tests.e2e.test_examples import stop_cleanly
 from tests.redisserver import RedisServer
 
 EXAMPLE = REPO / "examples" / "multichat"
@@ -117,21 +117,6 @@ def make_database(project: Project, db: Path) -> None:
         "    Room.objects.create(title=title, staff_only=staff_only)\n" % (USERS, ROOMS)
     )
     manage(project, db, "shell", "-v", "0", "-c", code)
-
-
-def copy_database(source: Path, target: Path) -> None:
-    """A consistent copy of a SQLite database (WAL included)."""
-    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
-        src.backup(dst)
-    src.close()
-    dst.close()
-
-
-def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db, timeout=TIMEOUT) as conn:
-        rows = conn.execute(sql, params).fetchall()
-    conn.close()
-    return rows
 
 
 def room_ids(db: Path) -> dict[str, int]:

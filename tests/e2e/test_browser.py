@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,17 @@ def launch_chromium(playwright: Playwright) -> Browser:
             pytrace=False,
         )
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+@contextmanager
+def chromium_browser() -> Iterator[Browser]:
+    """:func:`launch_chromium` for the duration of a ``with`` block."""
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 def open_chat(page: Page, url: str, errors: list[str]) -> None:

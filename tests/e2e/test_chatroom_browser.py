@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.e2e.harness import TwistdProcess
-from tests.e2e.test_browser import TIMEOUT_MS, launch_chromium
+from tests.e2e.test_browser import TIMEOUT_MS, chromium_browser
 from tests.e2e.test_chatroom import (
     USERS,
     Site,
@@ -41,12 +41,8 @@ RECONNECT_TIMEOUT_MS = 45_000
 
 @pytest.fixture
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 class Person:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 from tests.e2e.multichat_support import (
     USERS,
@@ -37,7 +37,7 @@ from tests.e2e.multichat_support import (
     saved_messages,
 )
 from tests.e2e.test_alias import channels_env  # noqa: F401 -- fixture: python with the alias
-from tests.e2e.test_browser import TIMEOUT_MS, launch_chromium
+from tests.e2e.test_browser import TIMEOUT_MS, chromium_browser
 
 #: Seconds the reminder waits.
 DELAY = 2
@@ -56,12 +56,8 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 class Person:
