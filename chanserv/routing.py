@@ -24,6 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from chanserv.exceptions import RouteTimeout
 from chanserv.types import Content
+from chanserv.utils import name_that_thing
 
 __all__ = [
     "DEFAULT_ROUTE_TIMEOUT",
@@ -446,12 +447,7 @@ class Route:
 
     def _consumer_name(self) -> str:
         c = self._consumer
-        if isinstance(c, str):
-            return c
-        return "%s.%s" % (
-            getattr(c, "__module__", "?"),
-            getattr(c, "__qualname__", type(c).__name__),
-        )
+        return c if isinstance(c, str) else name_that_thing(c)
 
     def __repr__(self) -> str:
         return "route(%r, %s%s)" % (

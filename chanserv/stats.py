@@ -14,6 +14,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from chanserv.utils import name_that_thing
+
 __all__ = ["LATENCY_BOUNDS", "ConsumerStats", "Histogram", "PerThread", "consumer_name"]
 
 #: Bucket upper bounds, in seconds, of the latency and run-time histograms:
@@ -123,16 +125,16 @@ _names: dict[object, str] = {}
 
 
 def consumer_name(consumer: object) -> str:
-    """``module.qualname`` of a consumer (remembered for a few thousand). Any thread."""
+    """
+    :func:`~chanserv.utils.name_that_thing` of a consumer, remembered for a
+    few thousand consumers: the label of its metrics and the name its log
+    lines give.  Any thread.
+    """
     try:
         return _names[consumer]
     except (KeyError, TypeError):
         pass
-    target = getattr(consumer, "__func__", consumer)
-    name = "%s.%s" % (
-        getattr(target, "__module__", None) or "?",
-        getattr(target, "__qualname__", None) or type(target).__qualname__,
-    )
+    name = name_that_thing(consumer)
     try:
         if len(_names) >= 4096:
             _names.clear()

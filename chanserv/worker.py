@@ -40,7 +40,6 @@ from chanserv.signals import worker_process_ready, worker_ready
 from chanserv.stats import ConsumerStats, Histogram, PerThread, consumer_name
 from chanserv.threads import WorkerPool, batcher_for
 from chanserv.types import Content, Received
-from chanserv.utils import name_that_thing
 
 if TYPE_CHECKING:
     from chanserv.interfaces import IReactorChannelLayer
@@ -546,9 +545,7 @@ class WorkerService(Service):
             return
         consumer, kwargs = match
         if self.verbosity > 1:
-            log.debug(
-                "{channel} -> {consumer}", channel=channel, consumer=name_that_thing(consumer)
-            )
+            log.debug("{channel} -> {consumer}", channel=channel, consumer=consumer_name(consumer))
         # This thread's own counters (chanserv.metrics reads them at scrape
         # time): no lock, no prometheus_client call per message.
         stats = self.stats.get()
@@ -569,9 +566,7 @@ class WorkerService(Service):
             name = consumer_name(consumer)
             stats.errors[name] = stats.errors.get(name, 0) + 1
             log.failure(
-                "Error in consumer {consumer} for {channel}",
-                consumer=name_that_thing(consumer),
-                channel=channel,
+                "Error in consumer {consumer} for {channel}", consumer=name, channel=channel
             )
         else:
             name = consumer_name(consumer)
