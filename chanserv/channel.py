@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from chanserv.asgi import ChannelLayerWrapper, channel_layers
@@ -159,6 +161,12 @@ class PendingMessageStore:
     :attr:`blocked_timeout` (see :func:`send_waiting`).  Every held send
     that could not be sent is counted in :attr:`dropped` (exported as
     ``chanserv_messages_dropped_total{reason="send_failed"}``).
+
+    A worker that calls :meth:`expect_hand_off` before running a consumer
+    lets the flush hand the sends to a layer providing
+    :class:`~chanserv.interfaces.ISendHandOff`: the layer makes them, in
+    the same order and with the same waits, from the reactor thread, and
+    the worker thread goes on at once.
     """
 
     full_timeout = 2.0
@@ -185,16 +193,49 @@ class PendingMessageStore:
         self._local.pending.append((layer, kind, name, data))
         return True
 
-    def send_and_flush(self, **kwargs: object) -> None:
+    def expect_hand_off(self, on_sent: Callable[[], None]) -> None:
+        """
+        Let this thread's next :meth:`send_and_flush` hand its sends to the
+        layer (when it provides ``ISendHandOff`` and takes them);
+        ``on_sent()`` then runs on the reactor thread once they are all
+        through -- sent, or dropped (counted and logged).  The worker thread
+        about to run a consumer; :meth:`handed_off` tells afterwards.
+        """
+        self._local.on_sent = on_sent
+        self._local.handed_off = False
+
+    def handed_off(self) -> bool:
+        """
+        Whether the flush since :meth:`expect_hand_off` handed its sends off
+        (then ``on_sent`` runs, once); forgets the expectation.  The same
+        worker thread.
+        """
+        local = self._local
+        handed = getattr(local, "handed_off", False)
+        local.handed_off = False
+        local.on_sent = None
+        return handed
+
+    def send_and_flush(self, hand_off: bool = True, **kwargs: object) -> None:
         """
         Send this thread's held messages, in order, and stop holding.  A send
         that fails (the channel stayed full, the layer is unreachable) is
         logged and counted in :attr:`dropped`, and the rest are still sent;
         nothing is raised.
+
+        :param hand_off: False: send them from this thread even when a hand-off
+            is expected (a flush in the middle of a consumer).
         """
-        pending = getattr(self._local, "pending", [])
-        self._local.active = False
-        self._local.pending = []
+        local = self._local
+        pending = getattr(local, "pending", [])
+        local.active = False
+        local.pending = []
+        on_sent = getattr(local, "on_sent", None) if hand_off else None
+        if on_sent is not None:
+            local.on_sent = None
+            if pending and self._hand_off(pending, on_sent):
+                local.handed_off = True
+                return
         for layer, kind, name, data in pending:
             try:
                 if kind == "group":
@@ -208,6 +249,51 @@ class PendingMessageStore:
                     kind=kind,
                     name=name,
                 )
+
+    def _hand_off(
+        self, pending: list[tuple[Any, str, str, Prepared]], on_sent: Callable[[], None]
+    ) -> bool:
+        layer = pending[0][0]
+        hand_off = getattr(layer, "hand_off_sends", None)
+        if hand_off is None or any(item[0] is not layer for item in pending):
+            return False
+        try:
+            return bool(
+                hand_off(
+                    [(kind, name, data) for _, kind, name, data in pending],
+                    self.full_timeout,
+                    self.blocked_timeout,
+                    partial(self._handed_off_sent, on_sent),
+                )
+            )
+        except Exception:
+            # Not taken (it raised before taking anything): sent from here.
+            log.failure("Handing held messages to {layer} failed; sending them here", layer=layer)
+            return False
+
+    def _handed_off_sent(self, on_sent: Callable[[], None], failures: list[Any]) -> None:
+        # Reactor thread: a hand-off is through.
+        for failed in failures:
+            self._count_dropped()
+            send, failure = failed.send, failed.failure
+            if send.kind == "channel" and failure.check(ChannelFull):
+                log.error(
+                    "Channel {channel} stayed full for {timeout}s; a message "
+                    "sent by the consumer was dropped",
+                    channel=send.name,
+                    timeout=self.full_timeout,
+                )
+            else:
+                log.failure(
+                    "A message the consumer sent to {kind} {name} could not be sent",
+                    failure,
+                    kind=send.kind,
+                    name=send.name,
+                )
+        try:
+            on_sent()
+        except Exception:
+            log.failure("Error after sending handed-off messages")
 
     def _send(self, layer: BaseChannelLayer, name: str, data: Prepared) -> None:
         try:

@@ -20,6 +20,7 @@ __all__ = [
     "IChannelLayer",
     "IReactorChannelLayer",
     "IReplyDispatch",
+    "ISendHandOff",
     "LocalReceiver",
     "ReplyConnection",
 ]
@@ -300,6 +301,40 @@ class IReactorChannelLayer(Interface):
         not blocked.
 
         :raises TypeError: ``channel`` is not a valid ``prefix!local`` name.
+        """
+
+
+class ISendHandOff(Interface):
+    """
+    A layer that sends a consumer's held messages for the worker thread
+    that ran it, so that the thread does not wait for each send to reach a
+    remote store (the Redis layer; the in-process layer's sends cost a
+    lock, and it has no need of this).
+    """
+
+    def hand_off_sends(
+        sends: Sequence[tuple[str, str, Prepared]],
+        full_timeout: float,
+        blocked_timeout: float,
+        done: Callable[[list[Any]], None],
+    ) -> bool:
+        """
+        Take ``sends`` -- ``(kind, name, data)`` with kind ``"channel"`` or
+        ``"group"``, names checked, data from :meth:`IChannelLayer.prepare`
+        -- and return at once; the layer then sends them from the reactor
+        thread in their order, as the thread would have: a full channel is
+        waited on up to ``full_timeout`` seconds (a blocked one up to
+        ``blocked_timeout``) before the sends after it go.
+        ``done(failures)`` runs on the reactor thread once every send is
+        through, ``failures`` holding each one that could not be made
+        (objects with ``send`` -- its kind and name -- and ``failure``).  A
+        worker thread.
+
+        :returns: False, having taken nothing, when the layer cannot take
+            them now (not attached to a reactor; as much as it may hold in
+            flight is in flight): the caller then sends them itself,
+            waiting, which paces a consumer that sends faster than the
+            messages leave.
         """
 
 

@@ -237,7 +237,7 @@ def _attempt(
 def _flush_pending_sends() -> None:
     # Send the consumer's held messages before the next message may run.
     if pending_message_store.is_active():
-        pending_message_store.send_and_flush()
+        pending_message_store.send_and_flush(hand_off=False)
         pending_message_store.activate()
 
 

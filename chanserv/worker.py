@@ -13,6 +13,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,8 +32,9 @@ from chanserv._sync_worker import (
     run_consumer,
 )
 from chanserv.asgi import ChannelLayerWrapper
+from chanserv.channel import pending_message_store
 from chanserv.exceptions import RouteTimeout
-from chanserv.interfaces import IChannelLayer
+from chanserv.interfaces import IChannelLayer, ISendHandOff
 from chanserv.log import Logger
 from chanserv.message import Message
 from chanserv.routing import Router
@@ -84,8 +86,10 @@ class ReplyChannelLanes:
     A reply channel with a message in flight has a *lane*.  A message that
     finds its lane busy is parked there -- sorted by ``order``; one without an
     ``order`` stays where it arrived and is not overtaken -- and runs right
-    after, on the thread that finishes the one in flight.  Nothing waits for a
-    gap: a message whose predecessor is not here runs when the lane is free.
+    after the one in flight, on the thread that ran it (or, when that one's
+    sends were handed off to the layer, once they are through: see
+    :meth:`WorkerService._consume`).  Nothing waits for a gap: a message
+    whose predecessor is not here runs when the lane is free.
     A *late* message, whose ``order`` is below one already started (put back
     by ``ConsumeLater``; or a last ``websocket.receive`` taken after the
     ``websocket.disconnect``, which comes on another channel), runs at once
@@ -265,6 +269,11 @@ class WorkerService(Service):
         #: messages when the channels are empty.
         self.receive_seconds = Histogram()
         self._receive_started = 0.0
+        # Consumer runs whose sends the layer is still making for them
+        # (ISendHandOff): raised by the pool thread that handed them off,
+        # lowered on the reactor thread when they are through.
+        self._hand_offs_lock = threading.Lock()
+        self.hand_offs_in_flight = 0
         if ordered:
             self.lanes = ReplyChannelLanes(
                 max_parked or self._default_max_parked(), self._room_for_more
@@ -408,9 +417,29 @@ class WorkerService(Service):
             if not self._pull_scheduled:
                 self._pull_scheduled = True
                 self._batcher.call(self._scheduled_pull)
-        elif self._drained is not None and self.pool.busy == 0:
+        else:
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and self.pool.busy == 0 and self.hand_offs_in_flight <= 0:
             d, self._drained = self._drained, None
             d.callback(None)
+
+    def _hand_off_sent(self, lane: str | None) -> None:
+        # Reactor thread: the sends a consumer run handed off are through.
+        # Its lane is released only now, so the next message of that reply
+        # channel runs after them, as when the thread sent them itself.
+        with self._hand_offs_lock:
+            self.hand_offs_in_flight -= 1
+        if lane is not None:
+            following = self.lanes.release(lane)  # type: ignore[union-attr]
+            if following is not None:
+                # Parked messages run even while stopping: they were taken
+                # off the layer already.
+                channel, content = following
+                self.pool.submit(self._consume, channel, content, lane, on_done=self._done)
+        if not self.running:
+            self._check_drained()
 
     def _scheduled_pull(self) -> None:
         self._pull_scheduled = False
@@ -429,10 +458,14 @@ class WorkerService(Service):
             d, self._receiving = self._receiving, None
             d.cancel()
         drained: Deferred[None] = Deferred()
-        if self.pool.busy == 0:
+        if self.pool.busy == 0 and self.hand_offs_in_flight <= 0:
             drained.callback(None)
             return drained
-        log.info("Waiting for {n} consumer(s) in flight to finish", n=self.pool.busy)
+        log.info(
+            "Waiting for {n} consumer(s) in flight to finish (and {s} to have their messages sent)",
+            n=self.pool.busy,
+            s=self.hand_offs_in_flight,
+        )
         self._drained = drained
 
         def gave_up(result: Any, timeout: float) -> None:
@@ -458,14 +491,29 @@ class WorkerService(Service):
         one.  Under load a message then goes from the layer to a free thread
         without a round trip through the reactor; when the channels are
         empty the thread returns to the pool.  Runs in a pool thread.
+
+        With a layer that takes a consumer's held sends
+        (:class:`~chanserv.interfaces.ISendHandOff`), the thread does not
+        wait for them; the message's lane is then released on the reactor
+        thread once they are through (:meth:`_hand_off_sent`), which starts
+        the next parked message in a pool thread.
         """
         lanes = self.lanes
         layer = self.layer
+        # The consumer's held sends may be handed to a layer that provides
+        # ISendHandOff: then this thread need not wait for them.
+        store = pending_message_store if ISendHandOff.providedBy(layer) else None
         # Its synchronous face, for pool threads (both layers provide both).
         receive = IChannelLayer(layer).receive if getattr(layer, "cheap_receive", False) else None
         while True:
+            if store is not None:
+                store.expect_hand_off(partial(self._hand_off_sent, lane))
             if lane is None:
-                self.handle(channel, content)
+                try:
+                    self.handle(channel, content)
+                finally:
+                    if store is not None and store.handed_off():
+                        self._count_hand_off()
             else:
                 try:
                     self.handle(channel, content)
@@ -473,6 +521,10 @@ class WorkerService(Service):
                     # handle() logs and swallows consumer errors; this only
                     # keeps the lane moving should it ever fail itself.
                     log.failure("Handling a message on {channel} failed", channel=channel)
+                if store is not None and store.handed_off():
+                    # The lane is released once the sends are through.
+                    self._count_hand_off()
+                    return
                 following = lanes.release(lane)  # type: ignore[union-attr]
                 if following is not None:
                     # Parked messages run even while stopping: they were
@@ -485,6 +537,10 @@ class WorkerService(Service):
             if taken is None:
                 return
             channel, content, lane = taken
+
+    def _count_hand_off(self) -> None:
+        with self._hand_offs_lock:
+            self.hand_offs_in_flight += 1
 
     def _take_next(
         self, receive: Callable[[Sequence[str]], Any]

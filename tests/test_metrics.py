@@ -467,23 +467,34 @@ class RedisLayerCountersTests(SynchronousTestCase):
     def test_sends_are_timed_and_exported_with_the_shards(self) -> None:
         """A Redis send's round trip lands in send_seconds; shards export up and reconnects."""
         from twisted.internet.defer import Deferred
+        from twisted.internet.task import Clock
 
         from chanserv.layers.redis import RedisChannelLayer
 
         layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1/0"])
-        d: Deferred[None] = Deferred()
-        timed = layer._timed(d)
-        self.assertEqual(layer.send_seconds.count, 0)
-        d.callback(None)
-        self.assertIsNone(self.successResultOf(timed))
-        self.assertEqual(layer.send_seconds.count, 1)
+        replies: list[Deferred[list[int]]] = []
 
         class Shard:
             state, address, reconnects = "up", "127.0.0.1:1", 3
 
+            def eval(self, script: object, keys: object, args: object) -> Deferred[list[int]]:
+                replies.append(Deferred())
+                return replies[-1]
+
+        # Two sends in one reactor turn: one script call, two round trips timed.
+        layer.operations.shards = [Shard()]  # type: ignore[list-item]
+        layer.operations.reactor = clock = Clock()
+        sent = [layer.operations.send("a", b"1"), layer.operations.send("b", b"2")]
+        clock.advance(0)
+        self.assertEqual(len(replies), 1)
+        self.assertEqual(layer.send_seconds.count, 0)
+        replies[0].callback([1, 1])
+        self.assertEqual([self.successResultOf(d) for d in sent], [None, None])
+        self.assertEqual(layer.send_seconds.count, 2)
+
         layer.shards = [Shard()]  # type: ignore[list-item]
         registry = registry_of(MetricsCollector(layer))
-        self.assertEqual(value(registry, "chanserv_layer_send_seconds_count"), 1)
+        self.assertEqual(value(registry, "chanserv_layer_send_seconds_count"), 2)
         self.assertEqual(value(registry, "chanserv_redis_up", shard="127.0.0.1:1"), 1)
         self.assertEqual(value(registry, "chanserv_redis_reconnects_total", shard="127.0.0.1:1"), 3)
         self.assertIsNone(value(registry, "chanserv_layer_messages_total"), "not scraped for Redis")

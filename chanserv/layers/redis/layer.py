@@ -11,14 +11,13 @@ import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from time import perf_counter
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from zope.interface import implementer
 
-from chanserv.interfaces import IChannelLayer, IReactorChannelLayer
+from chanserv.interfaces import IChannelLayer, IReactorChannelLayer, ISendHandOff
 from chanserv.layers.base import BaseChannelLayer, CapacityPattern, LocalReceiver, Prepared
 from chanserv.layers.redis.codec import MessageCodec
 from chanserv.layers.redis.config import (
@@ -30,6 +29,7 @@ from chanserv.layers.redis.config import (
 )
 from chanserv.layers.redis.connection import RedisShard
 from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
+from chanserv.layers.redis.handoff import HandedOffSends, HandOffBudget, HeldSend, SendFailure
 from chanserv.layers.redis.operations import RawMessage, RedisOperations, unwrap
 from chanserv.layers.redis.receive import (
     CapacityWatch,
@@ -40,7 +40,7 @@ from chanserv.layers.redis.receive import (
 from chanserv.layers.redis.scripts import ALL_SCRIPTS
 from chanserv.layers.redis.sync import call_in_reactor, check_not_reactor_thread, running_reactor
 from chanserv.log import Logger
-from chanserv.stats import Histogram
+from chanserv.threads import batcher_for
 from chanserv.types import Content, Received
 
 __all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts"]
@@ -48,7 +48,7 @@ __all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts
 log = Logger()
 
 
-@implementer(IChannelLayer, IReactorChannelLayer)
+@implementer(IChannelLayer, IReactorChannelLayer, ISendHandOff)
 class RedisChannelLayer(BaseChannelLayer):
     """
     A channel layer in one or more Redis servers.
@@ -159,7 +159,9 @@ class RedisChannelLayer(BaseChannelLayer):
         #: Group sends made through this process (reactor thread).
         self.group_sends = 0
         #: Seconds each send of this process took, to Redis and back (reactor thread).
-        self.send_seconds = Histogram()
+        self.send_seconds = self.operations.send_seconds
+        #: What consumers' hand-offs (:meth:`hand_off_sends`) hold in flight.
+        self.hand_off_budget = HandOffBudget(self.hand_off_max_messages, self.hand_off_max_bytes)
         self._attach_lock = threading.Lock()
         # Messages of a group reference beyond a receive's limit, per
         # process prefix, for the next receive (any thread).
@@ -304,6 +306,67 @@ class RedisChannelLayer(BaseChannelLayer):
         """Send to every member; one script per shard, never ChannelFull."""
         self.valid_group_name(group)
         self._sync(self._send_group_payload, group, self._codec.encode(self._bytes(data)))
+
+    #: Bounds of what hand-offs may hold in flight (see HandOffBudget).
+    hand_off_max_messages = 10_000
+    hand_off_max_bytes = 64 * 1024 * 1024
+
+    def hand_off_sends(
+        self,
+        sends: Sequence[tuple[str, str, Prepared]],
+        full_timeout: float,
+        blocked_timeout: float,
+        done: Callable[[list[SendFailure]], None],
+    ) -> bool:
+        """
+        :class:`~chanserv.interfaces.ISendHandOff`: send ``sends`` --
+        ``(kind, name, data)``, kind ``"channel"`` or ``"group"``, names
+        already checked -- from the reactor thread, in their order
+        (:class:`~chanserv.layers.redis.handoff.HandedOffSends`), and return
+        at once; ``done(failures)`` runs on the reactor thread once all are
+        through.  Encryption happens in the calling thread.  Any thread but
+        the reactor's.
+
+        :returns: False, having taken nothing, when the layer is not
+            attached to a reactor or its :attr:`hand_off_budget` is used up:
+            the caller then sends them itself.
+        """
+        reactor = self.reactor
+        if reactor is None:
+            return False
+        encode = self._codec.encode
+        held = [HeldSend(kind, name, encode(self._bytes(data))) for kind, name, data in sends]
+        size = sum(len(send.payload) for send in held)
+        if not self.hand_off_budget.take(len(held), size):
+            return False
+        batcher_for(reactor).call(
+            self._start_hand_off, held, size, full_timeout, blocked_timeout, done
+        )
+        return True
+
+    def _start_hand_off(
+        self,
+        held: list[HeldSend],
+        size: int,
+        full_timeout: float,
+        blocked_timeout: float,
+        done: Callable[[list[SendFailure]], None],
+    ) -> None:
+        # Reactor thread.
+        def through(failures: list[SendFailure]) -> None:
+            self.hand_off_budget.give_back(len(held), size)
+            done(failures)
+
+        HandedOffSends(
+            held,
+            self._send_payload,
+            self._send_wait,
+            self._send_group_payload,
+            self.reactor,
+            full_timeout,
+            blocked_timeout,
+            through,
+        ).start()
 
     def flush(self) -> None:
         """Delete every key under ``prefix`` and ``stats_prefix`` on every shard."""
@@ -658,18 +721,7 @@ class RedisChannelLayer(BaseChannelLayer):
             self._require_attached()
         except Exception:
             return fail()
-        return self._timed(self.operations.send(channel, payload))
-
-    def _timed(self, d: Deferred[None]) -> Deferred[None]:
-        # Reactor thread: the send's round trip, into send_seconds.
-        started = perf_counter()
-        observe = self.send_seconds.observe
-
-        def sent(result: Any) -> Any:
-            observe(perf_counter() - started)
-            return result
-
-        return d.addBoth(sent)
+        return self.operations.send(channel, payload)
 
     def _send_wait(self, channel: str, payload: bytes, timeout: float) -> Deferred[None]:
         try:
@@ -699,7 +751,7 @@ class RedisChannelLayer(BaseChannelLayer):
             payload = self._codec.encode(self.serialise(message))
         except Exception:
             return fail()
-        return self._timed(self.operations.send(channel, payload))
+        return self.operations.send(channel, payload)
 
     def send_group_twisted(self, group: str, message: Content) -> Deferred[None]:
         """Send ``message`` to every member of ``group`` (never ChannelFull)."""

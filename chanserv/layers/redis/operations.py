@@ -7,8 +7,10 @@ Deferred or logs its own failures, and none raises.
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
 from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import Any, NamedTuple
 
 import txredisapi
@@ -46,6 +48,7 @@ from chanserv.layers.redis.scripts import (
     UNREGISTER,
 )
 from chanserv.log import Logger
+from chanserv.stats import Histogram
 from chanserv.types import Content, Received
 
 __all__ = ["GroupSendResult", "RawMessage", "RedisOperations"]
@@ -165,6 +168,14 @@ class RedisOperations:
         self.undecodable = 0
         self.lost = 0
         self._receive_counter = 0
+        # Body keys: 64 random bits for this process, then a counter, so no
+        # two processes (nor two messages) share one; cheaper than a UUID
+        # per message.
+        self._body_key_base = "%s%s." % (prefix, secrets.token_hex(8))
+        self._body_keys = itertools.count()
+        #: Seconds each send of this process took, to Redis and back
+        #: (reactor thread).
+        self.send_seconds = Histogram()
 
     # -- keys -------------------------------------------------------------------
 
@@ -186,6 +197,10 @@ class RedisOperations:
 
     def count_key(self, process: str) -> str:
         return "%s:count:%s" % (self.prefix, process)
+
+    def new_body_key(self) -> str:
+        """A key no other message's body has (no space, no ``!``)."""
+        return "%s%x" % (self._body_key_base, next(self._body_keys))
 
     def shard_index(self, channel: str) -> int:
         """The shard of a channel's list (its process's inbox for a local name)."""
@@ -223,16 +238,7 @@ class RedisOperations:
             return self.send_one(channel, payload)
         d: Deferred[None] = Deferred()
         index = self.shard_index(channel)
-        self._outbox.setdefault(index, []).append(
-            (
-                channel,
-                self.prefix + uuid.uuid4().hex,
-                payload,
-                self.get_capacity(channel),
-                "0" if "?" in channel else "1",
-                d,
-            )
-        )
+        self._outbox.setdefault(index, []).append((channel, payload, d))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.reactor.callLater(0, self._flush_outbox)
@@ -245,7 +251,9 @@ class RedisOperations:
             for start in range(0, len(entries), SEND_BATCH):
                 self._send_batch(index, entries[start : start + SEND_BATCH])
 
-    def _send_batch(self, index: int, entries: list[tuple[Any, ...]]) -> None:
+    def _send_batch(self, index: int, entries: list[tuple[str, bytes, Deferred[None]]]) -> None:
+        # Two arguments per message, three when some channel may have a
+        # capacity of its own: this is every message's path.
         args: list[Any] = [
             self.prefix,
             self.stats_prefix,
@@ -253,9 +261,17 @@ class RedisOperations:
             self.list_ttl_ms,
             CHANNEL_STATS_TTL,
             GLOBAL_STATS_TTL,
+            self.new_body_key() + ".",
         ]
-        for channel, body_key, payload, capacity, own, _ in entries:
-            args += [channel, body_key, payload, capacity, own]
+        if self.lua_capacities == []:
+            args.append(self.default_capacity)
+            for channel, payload, _ in entries:
+                args += (channel, payload)
+        else:
+            args.append("")
+            get_capacity = self.get_capacity
+            for channel, payload, _ in entries:
+                args += (channel, payload, get_capacity(channel))
         try:
             shard = self.shards[index]
         except IndexError:
@@ -263,22 +279,29 @@ class RedisOperations:
             sent.errback(RedisUnavailable("The Redis layer is not attached to a reactor"))
         else:
             sent = shard.eval(SEND_MANY, [], args)
+        started = perf_counter()
 
         def done(results: list[Any]) -> None:
+            self.send_seconds.observe_many(perf_counter() - started, len(entries))
             if len(results) > len(entries):
                 # The script's last reply: the messages it found expired.
                 self.expired += int(results.pop())
-            for (channel, _, _, capacity, _, d), outcome in zip(entries, results, strict=True):
+            for (channel, _, d), outcome in zip(entries, results, strict=True):
                 outcome = int(outcome)
                 if outcome == 1:
                     d.callback(None)
                 elif outcome == 2:
                     d.errback(_blocked(channel))
                 else:
-                    d.errback(ChannelFull("Channel %r is full (capacity %d)" % (channel, capacity)))
+                    d.errback(
+                        ChannelFull(
+                            "Channel %r is full (capacity %d)"
+                            % (channel, self.get_capacity(channel))
+                        )
+                    )
 
         def failed(failure: Failure) -> None:
-            for *_, d in entries:
+            for _, _, d in entries:
                 d.errback(failure)
 
         sent.addCallbacks(done, failed)
@@ -288,7 +311,7 @@ class RedisOperations:
         """:meth:`send` as a script call of its own, right now."""
         name = _non_local(channel)
         local = name != channel
-        body_key = self.prefix + uuid.uuid4().hex
+        body_key = self.new_body_key()
         capacity = self.get_capacity(channel)
         stat_name = channel if local else name
         keys = [
@@ -323,9 +346,10 @@ class RedisOperations:
             return failure
 
         d = self.shard_of(channel).eval(SEND, keys, args)
-        return d.addCallbacks(self._sent_one, failed)
+        return d.addCallbacks(self._sent_one, failed, callbackArgs=(perf_counter(),))
 
-    def _sent_one(self, reply: Any) -> None:
+    def _sent_one(self, reply: Any, started: float) -> None:
+        self.send_seconds.observe(perf_counter() - started)
         # 1, or {1, messages found expired} when there were any (the common
         # reply stays a plain integer: this is every message's path).
         if reply != 1:
@@ -352,7 +376,7 @@ class RedisOperations:
             payload,
             self.expiry_ms,
             float(self.group_expiry),
-            self.prefix + uuid.uuid4().hex,
+            self.new_body_key(),
             self.prefix,
             self.stats_prefix,
             self.default_capacity,
@@ -615,7 +639,7 @@ class RedisOperations:
             return
         args: list[Any] = [self.expiry_ms, self.list_ttl_ms, self.prefix]
         for item in items:
-            new_key = (self.prefix + uuid.uuid4().hex).encode("utf-8")
+            new_key = (self.new_body_key()).encode("utf-8")
             _, space, target = item.ref.partition(b" ")
             new_ref = new_key + b" " + target if item.list_key.endswith(b"!") and space else new_key
             args += [new_key, new_ref, item.body]

@@ -264,12 +264,14 @@ return 1
 
 #: Many sends in one call (the sends a process made in one reactor turn).
 #: ARGV: key prefix, stats prefix, expiry (ms), list ttl (ms), channel stat
-#: ttl, global stat ttl, then per message: channel, body key, body,
-#: capacity, "1" to keep the channel's own counters.  Each message gets the
-#: capacity check and push of SEND, in order.  Returns one 1 (sent), 0
-#: (full) or 2 (a blocked local channel, not counted) per message, then,
-#: when there were any, the messages found expired (counted in
-#: expired_count).
+#: ttl, global stat ttl, body key base, default capacity, then per message
+#: its channel and body -- and its capacity when the default capacity is
+#: empty.  The n-th message's body key is the base followed by n; a
+#: channel's own counters are kept unless its name holds a ``?`` (a
+#: single-use channel).  Each message gets the capacity check and push of
+#: SEND, in order.  Returns one 1 (sent), 0 (full) or 2 (a blocked local
+#: channel, not counted) per message, then, when there were any, the
+#: messages found expired (counted in expired_count).
 SEND_MANY = Script(
     "send_many",
     _NOW
@@ -278,15 +280,26 @@ SEND_MANY = Script(
     + """
 local prefix, sprefix = ARGV[1], ARGV[2]
 local expiry, ttl = ARGV[3], ARGV[4]
+local base = ARGV[7]
+local default = tonumber(ARGV[8])
+local stride = default and 2 or 3
 local out = {}
 local sent, full = 0, 0
-for i = 7, #ARGV, 5 do
-  local channel, body_key, capacity = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 3])
-  local own = ARGV[i + 4] == '1'
+-- Purged once per list (no body expires while a script runs); lists and
+-- count hashes pushed to get their expiry once, at the end.
+local purged, pushed, counted = {}, {}, {}
+for i = 9, #ARGV, stride do
+  local channel = ARGV[i]
+  local capacity = default or tonumber(ARGV[i + 2])
+  local body_key = base .. #out
+  local own = not string.find(channel, '?', 1, true)
   local process = process_of(channel)
   local local_name = process and process ~= channel
   local list = prefix .. (process or channel)
-  purge(prefix, list)
+  if not purged[list] then
+    purge(prefix, list)
+    purged[list] = true
+  end
   local queued
   local blocked = false
   local counts = prefix .. ':count:' .. (process or '')
@@ -304,20 +317,22 @@ for i = 7, #ARGV, 5 do
     full = full + 1
     if own then bump(sprefix .. channel .. ':channel_full_count', 1, ARGV[5], true) end
   else
-    redis.call('SET', body_key, ARGV[i + 2], 'PX', expiry)
+    redis.call('SET', body_key, ARGV[i + 1], 'PX', expiry)
     if local_name then
       redis.call('RPUSH', list, body_key .. ' ' .. channel)
       redis.call('HINCRBY', counts, channel, 1)
-      redis.call('PEXPIRE', counts, ttl)
+      counted[counts] = true
     else
       redis.call('RPUSH', list, body_key)
     end
-    redis.call('PEXPIRE', list, ttl)
+    pushed[list] = true
     if own then bump(sprefix .. channel .. ':messages_count', 1, ARGV[5], true) end
     out[#out + 1] = 1
     sent = sent + 1
   end
 end
+for key in pairs(pushed) do redis.call('PEXPIRE', key, ttl) end
+for key in pairs(counted) do redis.call('PEXPIRE', key, ttl) end
 if sent > 0 then bump(sprefix .. '#global#:messages_count', sent, ARGV[6], true) end
 if full > 0 then bump(sprefix .. '#global#:channel_full_count', full, ARGV[6], true) end
 local dropped = record_expired(sprefix)
