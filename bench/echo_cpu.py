@@ -13,7 +13,19 @@ What it measures, for each server in turn (a fresh server process per run):
   the main thread (the reactor for chanserv, the event loop for the peer) and
   every other thread (chanserv's worker threads), read per thread from
   ``/proc/PID/task/TID/stat`` with the names from ``.../comm``;
-- with ``--layer redis``, Redis's CPU per round trip as well;
+- with ``--layer redis``, Redis's CPU per round trip as well, ``total`` (the
+  server's and Redis's), and from Redis's ``INFO commandstats`` (after a
+  ``CONFIG RESETSTAT`` just before the window: the statistics of a Redis
+  that was already running are reset) the commands per round trip
+  (``cmd/rt``), the EVALSHA calls per round trip (``esha/rt``) and the
+  Redis us spent in them per round trip (``esha_us``; a script's time
+  includes the commands it calls, which commandstats also counts on their
+  own); ``--json`` gives every command's figures (``redis_commands``);
+- with ``--workers N`` (``--layer redis`` only), chanserv as one interface
+  process and N worker processes: ``us/rt`` is then all of them, ``main``
+  and ``other`` the interface's threads, ``iface`` the interface process and
+  ``w1`` .. ``wN`` each worker process (``processes`` in ``--json``, with
+  their threads), and ``win`` the sum over all of them;
 - the client's RTT p50/p99 and its own CPU per round trip, and how many
   cores other processes on the machine used during the window. A window in
   which they used more than ``--max-others`` cores (0.15) is disturbed and
@@ -24,14 +36,17 @@ The servers:
 
 - chanserv: ``twistd -n --pidfile= -l - chanserv --settings=proj.settings -v 0
   -b 127.0.0.1 -p PORT`` in ``bench/proj`` with ``PYTHONPATH`` = this
-  repository and ``CHANNEL_LAYER`` = memory (default) or redis;
+  repository and ``CHANNEL_LAYER`` = memory (default) or redis; with
+  ``--workers N``, that command plus ``--mode=interface``, and N times the
+  same command without ``-b``/``-p`` plus ``--mode=worker`` (same folder and
+  environment);
 - the peer: uvicorn + Channels 4 from the harness's ``modern/`` folder,
   started as ``run_anchors.py``'s ``modern-uvicorn-memory`` (or
   ``-redis``) configuration starts it.
 
-Each run: start the server on a free port, wait until the port accepts, run
-wsload for a warm-up (``--warmup`` s), then run wsload again for the
-measured window (``--duration`` s). The per-thread CPU is read just before
+Each run: start the server on a free port, wait until the port accepts (with
+``--workers``, 2 s more for the workers to subscribe), run wsload for a
+warm-up (``--warmup`` s), then run wsload again for the measured window (``--duration`` s). The per-thread CPU is read just before
 and just after the measured wsload run; the round trips and the window are
 that run's own count and seconds. The CPU therefore includes the measured
 run's 50 WebSocket handshakes and closes (well under 1 % of the total);
@@ -46,6 +61,7 @@ and ``bench/README.md`` describe; it holds ``modern/``, ``benchenv/`` and
     python3 bench/echo_cpu.py --harness /path/to/harness --reps 3
     python3 bench/echo_cpu.py --harness /path/to/harness --servers chanserv --json
     python3 bench/echo_cpu.py --harness /path/to/harness --layer redis
+    python3 bench/echo_cpu.py --harness /path/to/harness --layer redis --workers 2
 
 ``--reps N`` alternates the servers (chanserv, peer, chanserv, peer, ...),
 and the summary gives the medians and the ratio chanserv / peer, so compare
@@ -71,6 +87,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+WORKER_SETTLE_S = 2.0  # with --workers: wait after the interface's port accepts
 
 
 # ------------------------------------------------------------------ /proc
@@ -86,7 +103,7 @@ def proc_cpu(pid):
 
 def thread_cpu(pid):
     """{tid: (name, seconds)} for every live thread of pid."""
-    out = {}
+    out: dict = {}
     try:
         tids = os.listdir("/proc/%d/task" % pid)
     except OSError:
@@ -183,21 +200,65 @@ def redis_pid(port):
     return None
 
 
+def redis_call(port, command):
+    """Send one inline command to the Redis on port; its status or bulk reply as text."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(command.encode("ascii") + b"\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise OSError("redis closed the connection during %s" % command)
+            data += chunk
+        head, rest = data.split(b"\r\n", 1)
+        if head[:1] == b"-":
+            raise RuntimeError("redis %s: %s" % (command, head[1:].decode("latin-1")))
+        if head[:1] != b"$":
+            return head[1:].decode("latin-1")
+        size = int(head[1:])
+        while len(rest) < size + 2:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise OSError("redis closed the connection during %s" % command)
+            rest += chunk
+        return rest[:size].decode("latin-1")
+
+
+# this script's own commands, left out of the counts
+OWN_COMMANDS = ("info", "config|resetstat", "config")
+
+
+def redis_commandstats(port):
+    """{command: (calls, usec)} from INFO commandstats, this script's own commands left out."""
+    out = {}
+    for line in redis_call(port, "INFO commandstats").splitlines():
+        if not line.startswith("cmdstat_"):
+            continue
+        name, _, fields = line[len("cmdstat_") :].partition(":")
+        if name in OWN_COMMANDS:
+            continue
+        kv = dict(f.split("=", 1) for f in fields.split(",") if "=" in f)
+        out[name] = (int(kv.get("calls", 0)), int(kv.get("usec", 0)))
+    return out
+
+
 class Server:
-    def __init__(self, name, argv, cwd, env, log_dir):
+    """A server: one process, or (chanserv with --workers) an interface and N workers."""
+
+    def __init__(self, name, argv, cwd, env, log_dir, worker_argv=None, workers=0):
         self.name, self.argv, self.cwd, self.env = name, argv, cwd, env
         self.log_dir = log_dir
+        self.worker_argv, self.workers = worker_argv, workers
         self.proc = None
         self.log_path = None
+        self.worker_procs = []  # [(log path, Popen)]
 
-    def start(self, port, timeout=60.0):
+    def spawn(self, argv, port, log_path):
         env = dict(os.environ)
         env.update(self.env)
-        argv = [a.format(port=port) for a in self.argv]
-        self.log_path = os.path.join(self.log_dir, "%s-%d.log" % (self.name, port))
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                argv,
+        with open(log_path, "w") as log:
+            return subprocess.Popen(
+                [a.format(port=port) for a in argv],
                 cwd=self.cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -205,36 +266,89 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if port_accepts(port):
-                return self.proc.pid
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
+
+    def start(self, port, timeout=60.0):
+        """Start every process; return the pid of the one on the port once it accepts."""
+        self.log_path = os.path.join(self.log_dir, "%s-%d.log" % (self.name, port))
+        self.worker_procs = []
+        try:
+            self.proc = self.spawn(self.argv, port, self.log_path)
+            for i in range(1, self.workers + 1):
+                path = os.path.join(self.log_dir, "%s-w%d-%d.log" % (self.name, i, port))
+                self.worker_procs.append((path, self.spawn(self.worker_argv, port, path)))
+            problem = self.wait_ready(port, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        if problem is None:
+            return self.proc.pid
         self.stop()
-        raise RuntimeError(
-            "%s did not accept on port %d; log %s:\n%s"
-            % (self.name, port, self.log_path, self.log_tail())
-        )
+        raise RuntimeError(problem)
 
-    def log_tail(self, n=30):
-        try:
-            with open(self.log_path) as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return ""
+    def wait_ready(self, port, timeout):
+        """None once the port accepts (and the workers had WORKER_SETTLE_S), else why not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dead = self.dead()
+            if dead:
+                return dead
+            if port_accepts(port):
+                break
+            if time.monotonic() >= deadline:
+                return "%s did not accept on port %d; log %s:\n%s" % (
+                    self.name,
+                    port,
+                    self.log_path,
+                    log_tail(self.log_path),
+                )
+            time.sleep(0.1)
+        if self.workers:
+            # the workers subscribe to their channels after they start; give them that moment
+            time.sleep(WORKER_SETTLE_S)
+            return self.dead()
+        return None
 
-    def stop(self):
-        p = self.proc
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
+    def dead(self):
+        """Why a process of this server has exited, or None while all run."""
+        for label, path, p in [("", self.log_path, self.proc)] + [
+            (" worker %d" % i, path, p) for i, (path, p) in enumerate(self.worker_procs, 1)
+        ]:
+            if p is not None and p.poll() is not None:
+                return "%s%s exited (rc %s); log %s:\n%s" % (
+                    self.name,
+                    label,
+                    p.returncode,
+                    path,
+                    log_tail(path),
+                )
+        return None
+
+    def pids(self):
+        """The pids of every process, the one on the port first."""
+        assert self.proc is not None, "not started"
+        return [self.proc.pid] + [p.pid for _, p in self.worker_procs]
+
+    def stop(self, timeout=15.0):
+        """SIGTERM every process still running, then kill those left after timeout s."""
+        procs = [p for p in [self.proc] + [p for _, p in self.worker_procs] if p is not None]
+        running = [p for p in procs if p.poll() is None]
+        for p in running:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in running:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+
+def log_tail(path, n=30):
+    try:
+        with open(path) as f:
+            return "".join(f.readlines()[-n:])
+    except (OSError, TypeError):
+        return ""
 
 
 def make_servers(a, log_dir):
@@ -249,12 +363,16 @@ def make_servers(a, log_dir):
         "--settings=proj.settings",
         "-v",
         "0",
-        "-b",
-        "127.0.0.1",
-        "-p",
-        "{port}",
-        *shlex.split(a.chanserv_args),
     ]
+    extra = shlex.split(a.chanserv_args)
+    listen = ["-b", "127.0.0.1", "-p", "{port}"]
+    if a.workers:
+        # one interface process on the port, the consumers in a.workers worker processes
+        worker = [*chanserv, "--mode=worker", *extra]
+        chanserv = [*chanserv, *listen, "--mode=interface", *extra]
+    else:
+        worker = None
+        chanserv = [*chanserv, *listen, *extra]
     # as run_anchors.py's modern-uvicorn-memory / modern-uvicorn-redis configurations
     uvicorn = [
         "../bin/uvicorn",
@@ -274,6 +392,8 @@ def make_servers(a, log_dir):
             os.path.join(REPO, "bench", "proj"),
             dict(common, PYTHONPATH=REPO),
             log_dir,
+            worker_argv=worker,
+            workers=a.workers,
         ),
         "peer": Server("peer", uvicorn, os.path.join(a.harness, "modern", "proj"), common, log_dir),
     }
@@ -364,36 +484,43 @@ def one_run(a, server, redis_pid_, rep):
     port = free_port()
     pid = server.start(port)
     try:
+        pids = server.pids()
         label = "%s-r%d" % (server.name, rep)
         if a.warmup > 0:
-            w = wsload(a, port, a.warmup, [pid], label + "-warmup")
+            w = wsload(a, port, a.warmup, pids, label + "-warmup")
             if w.get("errors_total"):
                 print("warning: warm-up errors %s" % w.get("errors"), file=sys.stderr)
-        bg = wait_quiet([pid] + ([redis_pid_] if redis_pid_ else []), 0.2, a.quiet_wait)
-        s0 = snapshot(pid)
+        bg = wait_quiet(pids + ([redis_pid_] if redis_pid_ else []), 0.2, a.quiet_wait)
+        if a.layer == "redis":
+            redis_call(a.redis_port, "CONFIG RESETSTAT")
+        s0 = {p: snapshot(p) for p in pids}
         r0 = proc_cpu(redis_pid_) if redis_pid_ else None
         m0, ch0, self0 = machine_busy(), children_cpu(), self_cpu()
         t0 = time.monotonic()
-        res = wsload(a, port, a.duration, [pid], label)
+        res = wsload(a, port, a.duration, pids, label)
         wall = time.monotonic() - t0
-        s1 = snapshot(pid)
+        s1 = {p: snapshot(p) for p in pids}
         r1 = proc_cpu(redis_pid_) if redis_pid_ else None
         m1, ch1, self1 = machine_busy(), children_cpu(), self_cpu()
+        cmdstats = redis_commandstats(a.redis_port) if a.layer == "redis" else None
     finally:
         server.stop()
     echo = res["echo"]
     n = echo["round_trips"]
     if not n:
         raise RuntimeError("%s: no round trips (%s)" % (server.name, res.get("errors")))
-    d = thread_delta(pid, s0, s1)
+    deltas = [thread_delta(p, s0[p], s1[p]) for p in pids]
+    d = deltas[0]  # the process on the port: main / other threads
+    server_s = sum(x["total_s"] for x in deltas)
     client = ch1 - ch0
     cores = os.cpu_count() or 1
     machine = (m1[0] - m0[0]) / (m1[1] - m0[1]) * cores * wall if m1[1] > m0[1] else 0.0
     redis_s = (r1 - r0) if (r0 is not None and r1 is not None) else None
-    others = machine - d["total_s"] - client - (self1 - self0) - (redis_s or 0.0)
-    win = (res.get("server") or {}).get(str(pid), {}).get("cpu_s")
+    others = machine - server_s - client - (self1 - self0) - (redis_s or 0.0)
+    wins = [(res.get("server") or {}).get(str(p), {}).get("cpu_s") for p in pids]
+    win = sum(wins) if None not in wins else None
     us = 1e6 / n
-    return {
+    out = {
         "server": server.name,
         "rep": rep,
         "layer": a.layer,
@@ -401,13 +528,14 @@ def one_run(a, server, redis_pid_, rep):
         "seconds": echo["seconds"],
         "round_trips": n,
         "rt_per_s": round(n / echo["seconds"], 1),
-        "cpu_us_per_rt": round(d["total_s"] * us, 1),
+        "cpu_us_per_rt": round(server_s * us, 1),
         "main_us_per_rt": round(d["main_s"] * us, 1),
         "other_us_per_rt": round(d["other_s"] * us, 1),
         "window_us_per_rt": round(win * us, 1) if win is not None else None,
         "redis_us_per_rt": round(redis_s * us, 1) if redis_s is not None else None,
+        "total_us_per_rt": round((server_s + redis_s) * us, 1) if redis_s is not None else None,
         "client_us_per_rt": round(client * us, 1),
-        "server_cores": round(d["total_s"] / wall, 3),
+        "server_cores": round(server_s / wall, 3),
         "other_procs_cores": round(max(0.0, others) / wall, 3),
         "quiet_before_cores": bg,
         "rtt_p50_ms": echo["rtt_ms"].get("p50"),
@@ -416,6 +544,32 @@ def one_run(a, server, redis_pid_, rep):
         "threads": d["threads"],
         "pid": pid,
     }
+    if len(pids) > 1:
+        # chanserv with --workers: the interface, then each worker, as a whole
+        out["iface_us_per_rt"] = round(d["total_s"] * us, 1)
+        for i, x in enumerate(deltas[1:], 1):
+            out["w%d_us_per_rt" % i] = round(x["total_s"] * us, 1)
+        out["processes"] = [
+            {
+                "role": "iface" if i == 0 else "w%d" % i,
+                "pid": p,
+                "cpu_us_per_rt": round(x["total_s"] * us, 1),
+                "main_us_per_rt": round(x["main_s"] * us, 1),
+                "other_us_per_rt": round(x["other_s"] * us, 1),
+                "threads": x["threads"],
+            }
+            for i, (p, x) in enumerate(zip(pids, deltas, strict=True))
+        ]
+    if cmdstats is not None:
+        calls, usec = cmdstats.get("evalsha", (0, 0))
+        out["redis_cmds_per_rt"] = round(sum(c for c, _ in cmdstats.values()) / n, 2)
+        out["evalsha_per_rt"] = round(calls / n, 3)
+        out["evalsha_us_per_rt"] = round(usec / n, 2)
+        out["redis_commands"] = {
+            name: {"calls_per_rt": round(c / n, 3), "us_per_rt": round(u / n, 2)}
+            for name, (c, u) in sorted(cmdstats.items(), key=lambda kv: -kv[1][1])
+        }
+    return out
 
 
 # ------------------------------------------------------------------ output
@@ -435,26 +589,47 @@ COLS = [
 ]
 
 
-def fmt_row(r, redis):
-    cells = []
-    for _head, f, key in COLS:
-        if key == "redis_us_per_rt" and not redis:
+# with --layer redis, after the "redis" column
+REDIS_COLS = [
+    ("total", "%6.1f", "total_us_per_rt"),
+    ("cmd/rt", "%6.2f", "redis_cmds_per_rt"),
+    ("esha/rt", "%7.3f", "evalsha_per_rt"),
+    ("esha_us", "%7.2f", "evalsha_us_per_rt"),
+]
+
+
+def columns(redis, workers):
+    """The table's columns: COLS, with the Redis ones and one per worker as they apply."""
+    cols = []
+    for col in COLS:
+        if col[2] == "redis_us_per_rt":
+            if redis:
+                cols += [col, *REDIS_COLS]
             continue
+        cols.append(col)
+        if col[2] == "other_us_per_rt" and workers:
+            cols.append(("iface", "%6.1f", "iface_us_per_rt"))
+            cols += [("w%d" % i, "%6.1f", "w%d_us_per_rt" % i) for i in range(1, workers + 1)]
+    return cols
+
+
+def width_of(f):
+    return int("".join(c for c in f.split(".")[0] if c.isdigit()) or 0)
+
+
+def fmt_row(r, cols):
+    cells = []
+    for _head, f, key in cols:
         v = r.get(key)
-        width = int("".join(c for c in f.split(".")[0] if c.isdigit()) or 0)
-        cells.append(("%" + str(width) + "s") % "-" if v is None else f % v)
+        cells.append(("%" + str(width_of(f)) + "s") % "-" if v is None else f % v)
     return "  ".join(cells)
 
 
-def header(redis):
-    cells = []
-    for head, f, key in COLS:
-        if key == "redis_us_per_rt" and not redis:
-            continue
-        width = int("".join(c for c in f.split(".")[0] if c.isdigit()) or 0)
-        cells.append(("%-" if key == "server" else "%") + str(width) + "s")
-        cells[-1] = cells[-1] % head
-    return "  ".join(cells)
+def header(cols):
+    return "  ".join(
+        (("%-" if key == "server" else "%") + str(width_of(f)) + "s") % head
+        for head, f, key in cols
+    )
 
 
 def median_of(runs, key):
@@ -462,9 +637,10 @@ def median_of(runs, key):
     return round(statistics.median(vals), 2) if vals else None
 
 
-def summarise(runs_by_server):
+def summarise(runs_by_server, cols):
     out = {}
-    keys = [k for _, _, k in COLS if k not in ("server", "rep")]
+    keys = [k for _, _, k in COLS + cols if k not in ("server", "rep")]
+    keys = list(dict.fromkeys(keys))
     for name, runs in runs_by_server.items():
         if runs:
             m = {k: median_of(runs, k) for k in keys}
@@ -494,6 +670,13 @@ def main(argv=None):
     ap.add_argument("--twistd", default=os.path.join(REPO, ".venv", "bin", "twistd"))
     ap.add_argument("--chanserv-args", default="", help="extra chanserv options, one string")
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="with --layer redis: run chanserv as one --mode=interface process on the port "
+        "and this many --mode=worker processes (0 = one process, --mode=all)",
+    )
+    ap.add_argument(
         "--quiet-wait",
         type=float,
         default=20.0,
@@ -510,11 +693,15 @@ def main(argv=None):
     ap.add_argument("--max-tries", type=int, default=3, help="attempts per run (disturbed)")
     ap.add_argument("--json", action="store_true", help="one JSON object per server")
     a = ap.parse_args(argv)
+    # a SIGTERM to this script still stops the servers (the finally clauses below)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     a.harness = os.path.abspath(a.harness)
     servers = [s.strip() for s in a.servers.split(",") if s.strip()]
     bad = [s for s in servers if s not in ("chanserv", "peer")]
     if bad or not servers or a.reps < 1 or a.max_tries < 1:
         ap.error("--servers takes chanserv and/or peer; --reps and --max-tries >= 1")
+    if a.workers < 0 or (a.workers and a.layer != "redis"):
+        ap.error("--workers takes N >= 0, and N > 0 needs --layer redis")
     for path in ("benchenv/bin/python", "bench/wsload.py") + (
         ("modern/bin/uvicorn",) if "peer" in servers else ()
     ):
@@ -525,8 +712,9 @@ def main(argv=None):
         all_servers = make_servers(a, log_dir)
         redis_proc = start_redis(a.redis_port, log_dir) if a.layer == "redis" else None
         rpid = redis_pid(a.redis_port) if a.layer == "redis" else None
-        runs = {s: [] for s in servers}
+        runs: dict = {s: [] for s in servers}
         redis = a.layer == "redis"
+        cols = columns(redis, a.workers)
         try:
             if not a.json:
                 print(
@@ -536,7 +724,20 @@ def main(argv=None):
                     "by other processes)" % (a.clients, a.warmup, a.duration, a.layer),
                     flush=True,
                 )
-                print(header(redis), flush=True)
+                if a.workers:
+                    print(
+                        "chanserv: 1 interface + %d worker processes; us/rt = all of them, "
+                        "main / other = the interface's threads, iface = the interface, "
+                        "w1.. = each worker" % a.workers,
+                        flush=True,
+                    )
+                if redis:
+                    print(
+                        "total = server + redis; cmd/rt = Redis commands, esha/rt = EVALSHA "
+                        "calls and esha_us = Redis us in EVALSHA, per round trip",
+                        flush=True,
+                    )
+                print(header(cols), flush=True)
             for rep in range(1, a.reps + 1):
                 for name in servers:
                     for attempt in range(1, a.max_tries + 1):
@@ -544,7 +745,7 @@ def main(argv=None):
                         r["attempt"] = attempt
                         r["disturbed"] = r["other_procs_cores"] > a.max_others
                         if not a.json:
-                            print(fmt_row(r, redis) + ("  disturbed" if r["disturbed"] else ""))
+                            print(fmt_row(r, cols) + ("  disturbed" if r["disturbed"] else ""))
                             sys.stdout.flush()
                         if not r["disturbed"]:
                             break
@@ -556,7 +757,7 @@ def main(argv=None):
                 redis_proc.terminate()
                 redis_proc.wait(timeout=10)
 
-    med = summarise(runs)
+    med = summarise(runs, cols)
     ratio = None
     if "chanserv" in med and "peer" in med:
         c, p = med["chanserv"], med["peer"]
@@ -573,6 +774,7 @@ def main(argv=None):
             obj = {
                 "server": name,
                 "layer": a.layer,
+                "workers": a.workers if name == "chanserv" else 0,
                 "clients": a.clients,
                 "warmup_s": a.warmup,
                 "duration_s": a.duration,
@@ -586,18 +788,32 @@ def main(argv=None):
     if a.reps > 1:
         print("medians over %d runs:" % a.reps)
         for name in servers:
-            print(fmt_row(med[name], redis))
+            print(fmt_row(med[name], cols))
     for name in servers:
-        top = runs[name][-1]["threads"][:4]
-        print(
-            "%s threads (last run, busiest first): %s"
-            % (
-                name,
-                ", ".join(
-                    "%s%s %.2fs" % (t["name"], "*" if t["main"] else "", t["cpu_s"]) for t in top
-                ),
+        last = runs[name][-1]
+        for proc in last.get("processes") or [{"role": "", "threads": last["threads"]}]:
+            print(
+                "%s%s threads (last run, busiest first): %s"
+                % (
+                    name,
+                    " " + proc["role"] if proc["role"] else "",
+                    ", ".join(
+                        "%s%s %.2fs" % (t["name"], "*" if t["main"] else "", t["cpu_s"])
+                        for t in proc["threads"][:4]
+                    ),
+                )
             )
-        )
+        if last.get("redis_commands"):
+            print(
+                "%s redis commands (last run, per round trip: calls, us): %s"
+                % (
+                    name,
+                    ", ".join(
+                        "%s %.2f %.1f" % (cmd, v["calls_per_rt"], v["us_per_rt"])
+                        for cmd, v in list(last["redis_commands"].items())[:6]
+                    ),
+                )
+            )
     dist = ["%s r%d" % (r["server"], r["rep"]) for v in runs.values() for r in v if r["disturbed"]]
     if dist:
         print("still disturbed after %d tries (kept): %s" % (a.max_tries, ", ".join(dist)))
