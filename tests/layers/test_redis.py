@@ -319,6 +319,23 @@ class TestRedisSpecifics(RedisTestCase):
             cost.pop("expire", None)
         self.assertEqual(costs[10], costs[1000])
 
+    def test_statistics_counters_expire_an_hour_after_their_last_second_of_use(self) -> None:
+        """
+        A channel's counters get their hour-long expiry when created and again
+        in each later second they are bumped in (not on every message).
+        """
+        redis = server("a")
+        layer = self.layer([redis.url], capacity=100)
+        key = "%sttlc:messages_count" % (layer.stats_prefix,)
+        layer.send("ttlc", {})
+        self.assertTrue(3590 <= int(redis.cli("TTL", key)) <= 3600)
+        redis.cli("EXPIRE", key, "100")
+        time.sleep(1.1)  # a bump in a new second refreshes the expiry
+        layer.send("ttlc", {})
+        self.assertTrue(3590 <= int(redis.cli("TTL", key)) <= 3600)
+        self.assertEqual(redis.cli("GET", key), "2")
+        self.assertEqual(layer.channel_statistics("ttlc")["messages_count"], 2)
+
     def test_sends_of_one_reactor_turn_travel_in_one_script_call(self) -> None:
         """20 sends of one reactor turn are one EVALSHA, keeping their order and capacity."""
         redis = server("a")

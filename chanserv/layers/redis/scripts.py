@@ -49,14 +49,20 @@ local NOW = tonumber(T[1]) + tonumber(T[2]) / 1000000
 local SEC = T[1]
 """
 
-# bump: a counter (INCRBY + EXPIRE); with ``rate``, also its bucket for the
-# current second, kept 3 s, for the *_per_second statistics.
+# bump: a counter (INCRBY), kept ``ttl`` seconds after its last update;
+# with ``rate``, also its bucket for the current second, kept 3 s, for the
+# *_per_second statistics -- and then the counter's expiry is refreshed
+# once per second it is bumped in, not on every bump.
 _BUMP = """
 local function bump(key, by, ttl, rate)
-  redis.call('INCRBY', key, by)
-  redis.call('EXPIRE', key, ttl)
-  if rate and redis.call('INCRBY', key .. ':' .. SEC, by) == by then
+  if redis.call('INCRBY', key, by) == by then
+    redis.call('EXPIRE', key, ttl)
+  end
+  if not rate then
+    redis.call('EXPIRE', key, ttl)
+  elseif redis.call('INCRBY', key .. ':' .. SEC, by) == by then
     redis.call('EXPIRE', key .. ':' .. SEC, 3)
+    redis.call('EXPIRE', key, ttl)
   end
 end
 """
