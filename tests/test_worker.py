@@ -69,9 +69,15 @@ def runtime() -> Iterator[Any]:
     workers: list[WorkerService] = []
 
     def start(
-        routing: list[Any], threads: int = 2, capacity: int = 100, **worker_kw: Any
+        routing: list[Any],
+        threads: int = 2,
+        capacity: int = 100,
+        layer: Any = None,
+        **worker_kw: Any,
     ) -> ChannelLayerWrapper:
-        layer = InMemoryChannelLayer(capacity=capacity)
+        """The tree on ``layer`` (a new in-memory layer of ``capacity`` if None)."""
+        if layer is None:
+            layer = InMemoryChannelLayer(capacity=capacity)
         wrapper = ChannelLayerWrapper(layer, "default", routing)
         # Channel("...") and Group("...") resolve the "default" alias.
         previous.append(channel_layers.set("default", wrapper))

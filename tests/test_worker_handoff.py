@@ -20,18 +20,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from zope.interface import alsoProvides
 
-from chanserv.asgi import ChannelLayerWrapper, channel_layers
+from chanserv.asgi import ChannelLayerWrapper
 from chanserv.channel import Channel, pending_message_store
 from chanserv.interfaces import ISendHandOff
 from chanserv.layers import InMemoryChannelLayer
 from chanserv.layers.redis import RedisChannelLayer
 from chanserv.routing import route
-from chanserv.service import ChanservService, LayerService
-from chanserv.threads import WorkerPool
 from chanserv.worker import WorkerService
 from tests.layers.test_redis import wait_up
 from tests.redisserver import RedisServer
-from tests.support import in_reactor, reactor_thread
+from tests.support import in_reactor
 from tests.test_worker import (  # noqa: F401  (runtime: a fixture)
     TIMEOUT,
     GatedConsumer,
@@ -296,16 +294,17 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_runtime(redis_url: str) -> Iterator[Callable[..., Any]]:
-    """Layer service + pool + worker on a RedisChannelLayer, on the test reactor."""
-    reactor = reactor_thread()
-    started: list[tuple[ChanservService, RedisChannelLayer]] = []
-    previous: list[Any] = []
+def redis_runtime(
+    runtime: Any,  # noqa: F811
+    redis_url: str,
+) -> Iterator[Callable[..., Any]]:
+    """runtime() on a RedisChannelLayer of its own (emptied afterwards)."""
+    layers: list[RedisChannelLayer] = []
 
     def start(
         routing: list[Any], threads: int = 2, **layer_kw: Any
     ) -> tuple[ChannelLayerWrapper, WorkerService]:
-        n = len(started)
+        n = len(layers)
         layer = RedisChannelLayer(
             hosts=[redis_url],
             prefix="ho%d:" % n,
@@ -314,25 +313,14 @@ def redis_runtime(redis_url: str) -> Iterator[Callable[..., Any]]:
             connection_kwargs={"socket_timeout": 2},
             **layer_kw,
         )
-        wrapper = ChannelLayerWrapper(layer, "default", routing)
-        previous.append(channel_layers.set("default", wrapper))
-        root = ChanservService()
-        LayerService(reactor, wrapper).setServiceParent(root)
-        pool = WorkerPool(reactor, threads)
-        pool.setServiceParent(root)
-        worker = WorkerService(reactor, layer, wrapper.router, pool, consumer_layer=wrapper)
-        worker.setServiceParent(root)
-        in_reactor(root.startService)
-        started.append((root, layer))
+        layers.append(layer)
+        wrapper = runtime(routing, threads=threads, layer=layer)
         wait_up(layer)
-        return wrapper, worker
+        return wrapper, runtime.workers[-1]
 
     yield start
-    for root, layer in started:
+    for layer in layers:
         in_reactor(layer.flush_twisted)
-        in_reactor(root.stopService, timeout=30)
-    if previous:
-        channel_layers.set("default", previous[0])
 
 
 def count_hand_offs(layer: RedisChannelLayer, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
