@@ -117,6 +117,9 @@ class HandedOffSends:
         self._blocked_timeout = blocked_timeout
         self._done = done
         self._failures: list[SendFailure] = []
+        # Indexes of the sends made, and of those given up.
+        self._made: set[int] = set()
+        self._failed: set[int] = set()
         # The channel sends going out together: where they end, how many
         # are still out, and which of them were refused as full.
         self._end = 0
@@ -125,7 +128,10 @@ class HandedOffSends:
         self._finished = False
 
     def start(self) -> None:
-        self._next(0)
+        try:
+            self._next(0)
+        except Exception:
+            self._crashed(Failure())
 
     def _next(self, i: int) -> None:
         sends = self._sends
@@ -147,17 +153,23 @@ class HandedOffSends:
         self._refused = []
         for k in range(i, end):
             d = self._send(sends[k].name, sends[k].payload)
-            d.addCallbacks(self._sent, self._refused_or_failed, errbackArgs=(k,))
+            d.addCallbacks(self._sent, self._refused_or_failed, callbackArgs=(k,), errbackArgs=(k,))
             d.addErrback(self._crashed)
 
+    def _fail(self, i: int, failure: Failure) -> None:
+        self._failed.add(i)
+        self._failures.append(SendFailure(self._sends[i], failure))
+
     def _group_sent(self, _: Any, i: int) -> None:
+        self._made.add(i)
         self._next(i + 1)
 
     def _group_failed(self, failure: Failure, i: int) -> None:
-        self._failures.append(SendFailure(self._sends[i], failure))
+        self._fail(i, failure)
         self._next(i + 1)
 
-    def _sent(self, _: Any) -> None:
+    def _sent(self, _: Any, k: int) -> None:
+        self._made.add(k)
         self._out -= 1
         if not self._out:
             self._retry_refused()
@@ -166,7 +178,7 @@ class HandedOffSends:
         if failure.check(ChannelFull):
             self._refused.append(k)
         else:
-            self._failures.append(SendFailure(self._sends[k], failure))
+            self._fail(k, failure)
         self._out -= 1
         if not self._out:
             self._retry_refused()
@@ -194,6 +206,7 @@ class HandedOffSends:
         d.addErrback(self._crashed)
 
     def _retried(self, _: Any, position: int) -> None:
+        self._made.add(self._refused[position])
         self._retry(position + 1, self._clock.seconds())
 
     def _retry_failed(self, failure: Failure, position: int, started: float) -> None:
@@ -203,7 +216,7 @@ class HandedOffSends:
         ):
             self._retry(position, started)  # its client is slow, not gone: wait on
             return
-        self._failures.append(SendFailure(self._sends[self._refused[position]], failure))
+        self._fail(self._refused[position], failure)
         self._retry(position + 1, self._clock.seconds())
 
     def _finish(self) -> None:
@@ -213,6 +226,14 @@ class HandedOffSends:
         self._done(self._failures)
 
     def _crashed(self, failure: Failure) -> None:
-        # A bug in the callbacks above: logged, and the hand-off still ends.
+        # A bug here or in a send function: logged, and the hand-off still
+        # ends, reporting every send not known to be made or given up (one
+        # in flight may yet arrive: counted as lost all the same, never
+        # silently missing).
         log.failure("Sending handed-off messages failed", failure)
+        if self._finished:
+            return
+        for i in range(len(self._sends)):
+            if i not in self._made and i not in self._failed:
+                self._fail(i, failure)
         self._finish()

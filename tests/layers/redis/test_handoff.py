@@ -254,6 +254,37 @@ def test_done_is_called_once_even_if_it_raises() -> None:
     assert [e["log_format"] for e in events] == ["Sending handed-off messages failed"]
 
 
+def test_a_send_function_that_raises_reports_every_send_not_made() -> None:
+    """
+    A send that raises instead of failing its Deferred (a bug) ends the
+    hand-off, logged, with every send not known to be made reported lost,
+    never silently missing.
+    """
+    fake = FakeSends()
+    issued = fake.send
+
+    def send(name: str, payload: bytes) -> Deferred[None]:
+        if name == "c":
+            raise RuntimeError("send broke (expected by the test)")
+        return issued(name, payload)
+
+    fake.send = send  # type: ignore[method-assign]
+    with capturedLogs() as events:
+        fake.start([channel("a"), channel("b"), group("g")])
+        fake.answer(0)
+        fake.start([channel("b2"), channel("c"), channel("d")])
+    assert failed(fake.done[0]) == [
+        ("b2", RuntimeError),
+        ("c", RuntimeError),
+        ("d", RuntimeError),
+    ]
+    assert [e["log_format"] for e in events] == ["Sending handed-off messages failed"]
+    # The first hand-off is untouched: it goes on once b answers.
+    fake.answer(1)
+    fake.answer(3)
+    assert len(fake.done) == 2 and fake.done[1] == []
+
+
 # -- budget -----------------------------------------------------------------------
 
 
