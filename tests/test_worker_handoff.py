@@ -162,10 +162,12 @@ def replies(layer: Any, channel: str) -> list[Any]:
         got.append((name, content["n"]))
 
 
-def test_a_reply_channel_waits_for_the_hand_off_of_its_previous_message(held: Any) -> None:
+def first_held_second_sent(
+    held: Any,
+) -> tuple[Recorder, Any, HeldHandOffs, WorkerService]:
     """
-    A reply channel's next message runs only once the sends its previous
-    message handed off are through, and then at once.
+    A replier worker with two threads: r!a's first message ran and its
+    sends are held; r!a's second message is sent.
     """
     rec = Recorder()
     layer, hand_offs = held([route("test.in", replier(rec))], threads=2)
@@ -173,6 +175,15 @@ def test_a_reply_channel_waits_for_the_hand_off_of_its_previous_message(held: An
     layer.send("test.in", {"reply_channel": "r!a", "n": 1})
     assert hand_offs.wait_for(1) == [[("channel", "r!a", {"n": 1})]]
     layer.send("test.in", {"reply_channel": "r!a", "n": 2})
+    return rec, layer, hand_offs, worker
+
+
+def test_a_reply_channel_waits_for_the_hand_off_of_its_previous_message(held: Any) -> None:
+    """
+    A reply channel's next message runs only once the sends its previous
+    message handed off are through, and then at once.
+    """
+    rec, layer, hand_offs, worker = first_held_second_sent(held)
     # Every thread free, yet 2 waits, parked, for 1's sends.
     wait_until(lambda: worker.lanes.parked == 1 and worker.pool.busy == 0)
     assert worker.hand_offs_in_flight == 1
@@ -191,12 +202,7 @@ def test_other_messages_do_not_wait_for_a_hand_off(held: Any) -> None:
     """While one reply channel's sends are held, other reply channels and messages without
     one run, and the held reply channel's next message waits.
     """
-    rec = Recorder()
-    layer, hand_offs = held([route("test.in", replier(rec))], threads=2)
-    worker = held.workers[-1]
-    layer.send("test.in", {"reply_channel": "r!a", "n": 1})
-    hand_offs.wait_for(1)
-    layer.send("test.in", {"reply_channel": "r!a", "n": 2})
+    rec, layer, hand_offs, worker = first_held_second_sent(held)
     layer.send("test.in", {"reply_channel": "r!b", "n": 3})
     layer.send("test.in", {"n": 4})
     layer.send("test.in", {"reply_channel": "r!b", "n": 5})
@@ -264,12 +270,7 @@ def test_stop_waits_for_a_parked_message_and_its_hand_off(held: Any) -> None:
     """A message parked behind a held hand-off still runs while stopping, and stop waits for its
     sends too.
     """
-    rec = Recorder()
-    layer, hand_offs = held([route("test.in", replier(rec))], threads=2)
-    worker = held.workers[-1]
-    layer.send("test.in", {"reply_channel": "r!a", "n": 1})
-    hand_offs.wait_for(1)
-    layer.send("test.in", {"reply_channel": "r!a", "n": 2})
+    rec, layer, hand_offs, worker = first_held_second_sent(held)
     wait_until(lambda: worker.lanes.parked == 1)
     stopped: Deferred[None] = in_reactor(lambda: [worker.stopService()])[0]
     hand_offs.let_through(0)
