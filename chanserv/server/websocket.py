@@ -83,6 +83,51 @@ _HANDSHAKE_ONLY = (
     "openHandshakeTimeoutCall",
 )
 
+#: Attributes autobahn sets on every connection, with their values while
+#: the socket is open and nothing is happening.  They are class attributes
+#: of :class:`WebSocketProtocol` too, and a socket drops from its instance
+#: dict each one that still holds that value when it opens: an idle socket
+#: reads the class's copy, and whatever sets one again (a ping, a close)
+#: gets an instance attribute as before.  Autobahn only reads and assigns
+#: these (no ``del``, no ``hasattr``); all are public names.
+_AT_REST: dict[str, object] = {
+    "autoPingPending": None,
+    "autoPingPendingCall": None,
+    "autoPingPendingSent": None,
+    "autoPingPendingSeq": 0,
+    "autoPingTimeoutCall": None,
+    "closeHandshakeTimeoutCall": None,
+    "closedByMe": False,
+    "current_frame": None,
+    # The buffer of bytes not yet parsed, and the sender's state.
+    "data": b"",
+    "send_state": WebSocketServerProtocol.SEND_STATE_GROUND,
+    "droppedByMe": False,
+    "failedByMe": False,
+    "inside_message": False,
+    "localCloseCode": None,
+    "localCloseReason": None,
+    "remoteCloseCode": None,
+    "remoteCloseReason": None,
+    "trackedTimings": None,
+    "triggered": False,
+    "wasClean": False,
+    "wasCloseHandshakeTimeout": False,
+    "wasMaxFramePayloadSizeExceeded": False,
+    "wasMaxMessagePayloadSizeExceeded": False,
+    "wasNotCleanReason": None,
+    "wasOpenHandshakeTimeout": False,
+    "wasServerConnectionDropTimeout": False,
+    "wasServingFlashSocketPolicyFile": False,
+    "websocket_protocol_in_use": None,
+    # The only version the factory accepts (RFC 6455).
+    "websocket_version": 13,
+}
+
+
+def _at_rest(value: object, default: object) -> bool:
+    return value is default or (type(value) is type(default) and value == default)
+
 
 class WebSocketProtocol(WebSocketServerProtocol):
     """
@@ -275,6 +320,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
         state.pop("_machine", None)
         for name in _HANDSHAKE_ONLY:
             state.pop(name, None)
+        for name, default in _AT_REST.items():
+            if name in state and _at_rest(state[name], default):
+                del state[name]
         forget_handshake_key(self)
         self.__dict__ = dict(state)
         self.factory.handshakes_accepted += 1
@@ -668,6 +716,12 @@ class WebSocketProtocol(WebSocketServerProtocol):
         # The machine's output for tick() while closing, since ``since``.
         if now - since >= CLOSE_HANDSHAKE_TIMEOUT:
             self.onCloseHandshakeTimeout()  # our close frame was never answered
+
+
+# What an open socket reads once _enter_open dropped its own copy.
+for _name, _default in _AT_REST.items():
+    setattr(WebSocketProtocol, _name, _default)
+del _name, _default
 
 
 def _close_code(close: Any, channel: str) -> int:
