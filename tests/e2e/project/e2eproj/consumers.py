@@ -1,4 +1,5 @@
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -39,3 +40,28 @@ def gated_http(message):
         gate.read()
     for chunk in AsgiHandler.encode_response(HttpResponse("released")):
         message.reply_channel.send(chunk)
+
+
+def stream_http(message):
+    """
+    A Channels 1.x streamed response made by the consumer itself: ?chunks
+    chunks of ?size bytes, chunk i being its 8-byte big-endian number
+    repeated, all held until the consumer returns and then sent in order.
+    """
+    query = dict(part.split("=", 1) for part in message["query_string"].decode().split("&"))
+    chunks, size = int(query["chunks"]), int(query["size"])
+    message.reply_channel.send(
+        {
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/octet-stream"),
+                (b"content-length", str(chunks * size).encode()),
+            ],
+            "content": b"",
+            "more_content": True,
+        }
+    )
+    for i in range(chunks):
+        message.reply_channel.send(
+            {"content": struct.pack(">Q", i) * (size // 8), "more_content": i < chunks - 1}
+        )

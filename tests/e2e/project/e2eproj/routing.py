@@ -7,6 +7,7 @@ channel_routing = [
     route("e2e.marker", consumers.write_marker),
     route("http.request", consumers.slow_http, path=r"^/slow/$"),
     route("http.request", consumers.gated_http, path=r"^/gated/$"),
+    route("http.request", consumers.stream_http, path=r"^/cstream/$"),
     route("websocket.connect", ordered.ordered_connect, path=r"^/ordered/$"),
     route("websocket.receive", ordered.ordered_receive, path=r"^/ordered/$"),
     route("http.request", nodes.whoami_http, path=r"^/whoami/$"),
