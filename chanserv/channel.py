@@ -14,6 +14,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from twisted.python.failure import Failure
+
 from chanserv.asgi import ChannelLayerWrapper, channel_layers
 from chanserv.exceptions import ChannelBlocked, ChannelFull
 from chanserv.log import Logger
@@ -241,14 +243,9 @@ class PendingMessageStore:
                 if kind == "group":
                     layer.send_group_prepared(name, data)
                 else:
-                    self._send(layer, name, data)
+                    send_waiting(layer, name, data, self.full_timeout, self.blocked_timeout)
             except Exception:
-                self._count_dropped()
-                log.failure(
-                    "A message the consumer sent to {kind} {name} could not be sent",
-                    kind=kind,
-                    name=name,
-                )
+                self._dropped(kind, name, Failure())
 
     def _hand_off(
         self, pending: list[tuple[Any, str, str, Prepared]], on_sent: Callable[[], None]
@@ -274,37 +271,28 @@ class PendingMessageStore:
     def _handed_off_sent(self, on_sent: Callable[[], None], failures: list[Any]) -> None:
         # Reactor thread: a hand-off is through.
         for failed in failures:
-            self._count_dropped()
-            send, failure = failed.send, failed.failure
-            if send.kind == "channel" and failure.check(ChannelFull):
-                log.error(
-                    "Channel {channel} stayed full for {timeout}s; a message "
-                    "sent by the consumer was dropped",
-                    channel=send.name,
-                    timeout=self.full_timeout,
-                )
-            else:
-                log.failure(
-                    "A message the consumer sent to {kind} {name} could not be sent",
-                    failure,
-                    kind=send.kind,
-                    name=send.name,
-                )
+            self._dropped(failed.send.kind, failed.send.name, failed.failure)
         try:
             on_sent()
         except Exception:
             log.failure("Error after sending handed-off messages")
 
-    def _send(self, layer: BaseChannelLayer, name: str, data: Prepared) -> None:
-        try:
-            send_waiting(layer, name, data, self.full_timeout, self.blocked_timeout)
-        except ChannelFull:
-            self._count_dropped()
+    def _dropped(self, kind: str, name: str, failure: Failure) -> None:
+        # A held send given up, from this thread or from a hand-off.
+        self._count_dropped()
+        if kind == "channel" and failure.check(ChannelFull):
             log.error(
                 "Channel {channel} stayed full for {timeout}s; a message "
                 "sent by the consumer was dropped",
                 channel=name,
                 timeout=self.full_timeout,
+            )
+        else:
+            log.failure(
+                "A message the consumer sent to {kind} {name} could not be sent",
+                failure,
+                kind=kind,
+                name=name,
             )
 
     def _count_dropped(self) -> None:

@@ -269,6 +269,9 @@ class WorkerService(Service):
         #: messages when the channels are empty.
         self.receive_seconds = Histogram()
         self._receive_started = 0.0
+        # The consumers' held sends are handed to the layer when it takes
+        # them (ISendHandOff): then pool threads need not wait for them.
+        self._store = pending_message_store if ISendHandOff.providedBy(layer) else None
         # Consumer runs whose sends the layer is still making for them
         # (ISendHandOff): raised by the pool thread that handed them off,
         # lowered on the reactor thread when they are through.
@@ -500,9 +503,7 @@ class WorkerService(Service):
         """
         lanes = self.lanes
         layer = self.layer
-        # The consumer's held sends may be handed to a layer that provides
-        # ISendHandOff: then this thread need not wait for them.
-        store = pending_message_store if ISendHandOff.providedBy(layer) else None
+        store = self._store
         # Its synchronous face, for pool threads (both layers provide both).
         receive = IChannelLayer(layer).receive if getattr(layer, "cheap_receive", False) else None
         while True:

@@ -116,21 +116,20 @@ class HeldHandOffs:
 @pytest.fixture
 def held(
     runtime: Any,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Callable[..., Any]]:
     """runtime(), its layer holding every hand-off until the test lets it through."""
     made: list[HeldHandOffs] = []
 
-    def start(routing: list[Any], **kw: Any) -> tuple[ChannelLayerWrapper, HeldHandOffs]:
-        wrapper = runtime(routing, **kw)
-        hand_offs = HeldHandOffs(wrapper.channel_layer)
-        monkeypatch.setattr(
-            wrapper.channel_layer, "hand_off_sends", hand_offs.hand_off_sends, raising=False
-        )
+    def start(
+        routing: list[Any], capacity: int = 100, **kw: Any
+    ) -> tuple[ChannelLayerWrapper, HeldHandOffs]:
+        layer = InMemoryChannelLayer(capacity=capacity)
+        hand_offs = HeldHandOffs(layer)
+        layer.hand_off_sends = hand_offs.hand_off_sends  # type: ignore[attr-defined]
         # The worker hands off only to a layer that declares it can.
-        alsoProvides(wrapper.channel_layer, ISendHandOff)
+        alsoProvides(layer, ISendHandOff)
         made.append(hand_offs)
-        return wrapper, hand_offs
+        return runtime(routing, layer=layer, **kw), hand_offs
 
     start.workers = runtime.workers  # type: ignore[attr-defined]
     yield start
