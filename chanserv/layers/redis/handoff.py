@@ -82,7 +82,8 @@ class HandedOffSends:
 
     The order is the one a thread sending them one by one gives:
     consecutive channel sends go out together (the layer batches the sends
-    of one reactor turn into one script call per shard, run in order); a
+    of one reactor turn into script calls per shard, run in order, and once
+    it refused a channel in one it refuses that channel in the rest); a
     group send goes once everything before it is through, and what follows
     it once it is through.  A channel send refused as full is tried again,
     waiting for room, for up to ``full_timeout`` seconds -- while the

@@ -14,7 +14,7 @@ from time import perf_counter
 from typing import Any, NamedTuple
 
 import txredisapi
-from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -231,8 +231,10 @@ class RedisOperations:
         Fails with ChannelFull.
 
         Sends made in one reactor turn travel together: one ``send_many``
-        script per shard, in the order they were made, when the turn ends
-        (one ``callLater(0)`` per batch, not per message).
+        script per shard (per SEND_BATCH messages, each call after the one
+        before; a channel refused in one is refused in the rest untried), in
+        the order they were made, when the turn ends (one ``callLater(0)``
+        per batch, not per message).
         """
         if self.reactor is None:
             return self.send_one(channel, payload)
@@ -248,10 +250,55 @@ class RedisOperations:
         self._flush_scheduled = False
         outbox, self._outbox = self._outbox, {}
         for index, entries in outbox.items():
-            for start in range(0, len(entries), SEND_BATCH):
-                self._send_batch(index, entries[start : start + SEND_BATCH])
+            self._send_batches(index, entries, 0, {})
 
-    def _send_batch(self, index: int, entries: list[tuple[str, bytes, Deferred[None]]]) -> None:
+    def _send_batches(
+        self,
+        index: int,
+        entries: list[tuple[str, bytes, Deferred[None]]],
+        start: int,
+        refused: dict[str, int],
+    ) -> None:
+        # One script call per SEND_BATCH messages, each once the one before
+        # has answered: a channel refused (full or blocked) in one is refused
+        # in the next without being tried, so a later message to it never
+        # gets in ahead of an earlier one that has to wait for room.
+        batch = entries[start : start + SEND_BATCH]
+        if refused:
+            tried = []
+            for entry in batch:
+                outcome = refused.get(entry[0])
+                if outcome is None:
+                    tried.append(entry)
+                else:
+                    entry[2].errback(self._refusal(entry[0], outcome))
+            batch = tried
+        following = start + SEND_BATCH
+        if following >= len(entries):
+            if batch:
+                self._send_batch(index, batch, refused)
+            return
+        answered = self._send_batch(index, batch, refused) if batch else succeed(None)
+        answered.addCallback(lambda _: self._send_batches(index, entries, following, refused))
+        answered.addErrback(lambda f: log.failure("Sending a batch to Redis", f))
+
+    def _refusal(self, channel: str, outcome: int) -> ChannelFull:
+        if outcome == 2:
+            return _blocked(channel)
+        return ChannelFull(
+            "Channel %r is full (capacity %d)" % (channel, self.get_capacity(channel))
+        )
+
+    def _send_batch(
+        self,
+        index: int,
+        entries: list[tuple[str, bytes, Deferred[None]]],
+        refused: dict[str, int],
+    ) -> Deferred[None]:
+        """
+        One ``send_many`` call; fires (with None) once every entry's
+        Deferred has fired, the channels it refused noted in ``refused``.
+        """
         # Two arguments per message, three when some channel may have a
         # capacity of its own: this is every message's path.
         args: list[Any] = [
@@ -290,15 +337,9 @@ class RedisOperations:
                 outcome = int(outcome)
                 if outcome == 1:
                     d.callback(None)
-                elif outcome == 2:
-                    d.errback(_blocked(channel))
                 else:
-                    d.errback(
-                        ChannelFull(
-                            "Channel %r is full (capacity %d)"
-                            % (channel, self.get_capacity(channel))
-                        )
-                    )
+                    refused.setdefault(channel, outcome)
+                    d.errback(self._refusal(channel, outcome))
 
         def failed(failure: Failure) -> None:
             for _, _, d in entries:
@@ -306,6 +347,7 @@ class RedisOperations:
 
         sent.addCallbacks(done, failed)
         sent.addErrback(lambda f: log.failure("Sending a batch to Redis", f))
+        return sent
 
     def send_one(self, channel: str, payload: bytes) -> Deferred[None]:
         """:meth:`send` as a script call of its own, right now."""

@@ -1,0 +1,52 @@
+"""
+The sends of one reactor turn, over SEND_BATCH messages: one script call
+after the other, and a channel refused in one is refused in the next
+without being tried, so no later message to it gets in ahead of an earlier
+one (a fake shard whose replies the test gives).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from chanserv.exceptions import ChannelBlocked, ChannelFull
+from chanserv.layers.redis import RedisChannelLayer
+from chanserv.layers.redis.operations import SEND_BATCH
+
+
+class Shard:
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], Deferred[list[int]]]] = []
+
+    def eval(self, script: Any, keys: Any, args: list[Any]) -> Deferred[list[int]]:
+        d: Deferred[list[int]] = Deferred()
+        self.calls.append((args[8::2], d))  # the channels, two arguments each
+        return d
+
+
+def test_a_channel_refused_in_one_batch_is_not_tried_in_the_next() -> None:
+    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1/0"])
+    ops = layer.operations
+    shard = Shard()
+    ops.shards = [shard]  # type: ignore[list-item]
+    ops.reactor = clock = Clock()
+    first = ["y"] * (SEND_BATCH - 2) + ["full", "blocked"]
+    second = ["full", "z", "blocked"]
+    results: list[Any] = []
+    for channel in first + second:
+        ops.send(channel, b"m").addBoth(results.append)
+    clock.advance(0)
+    # The second batch waits for the first one's answer.
+    assert [channels for channels, _ in shard.calls] == [first]
+    shard.calls[0][1].callback([1] * (SEND_BATCH - 2) + [0, 2])
+    # Then only "z" is tried: "full" and "blocked" were refused before.
+    assert [channels for channels, _ in shard.calls] == [first, ["z"]]
+    assert results[: SEND_BATCH - 2] == [None] * (SEND_BATCH - 2)
+    refused = results[SEND_BATCH - 2 :]
+    assert [f.type for f in refused] == [ChannelFull, ChannelBlocked, ChannelFull, ChannelBlocked]
+    shard.calls[1][1].callback([1])
+    assert results[-1] is None
+    assert len(results) == SEND_BATCH + 3
