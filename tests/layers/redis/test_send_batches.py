@@ -28,6 +28,7 @@ class Shard:
 
 
 def test_a_channel_refused_in_one_batch_is_not_tried_in_the_next() -> None:
+    """The second batch waits for the first; full and blocked channels fail in it untried."""
     layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1/0"])
     ops = layer.operations
     shard = Shard()
