@@ -34,7 +34,7 @@ __all__ = [
 
 log = Logger()
 
-#: An argument of a Redis command (txredisapi encodes each).
+#: An argument of a Redis command.
 RedisArg: TypeAlias = str | bytes | int | float
 
 # Any: a Redis reply is whatever RESP value txredisapi decodes (bytes, int,
@@ -42,6 +42,15 @@ RedisArg: TypeAlias = str | bytes | int | float
 # shape its command returns.
 #: A decoded Redis reply.
 RedisReply: TypeAlias = Any
+
+#: hiredis's C encoder of a Redis command (its arguments -> the bytes to
+#: write), or None without hiredis (a dependency, so only on a bare install).
+pack_command: Callable[[tuple[RedisArg, ...]], bytes] | None
+try:
+    # hiredis's stub types the argument as a 1-tuple; it takes any length.
+    from hiredis import pack_command  # type: ignore[assignment]
+except ImportError:  # pragma: no cover
+    pack_command = None
 
 #: Error replies meaning the server is (now) a replica: the master was
 #: demoted by a failover.  A script's error carries the code after a "-".
@@ -70,6 +79,13 @@ def is_demotion(message: str) -> bool:
 #   costs a reactor turn per string and ignores the injected reactor, so the
 #   rest is parsed here in a loop in the same turn instead (same order, no
 #   recursion, no timer).  With hiredis, setLineMode is never called.
+# - ``replyQueue`` (a DeferredQueue that ``replyReceived`` puts each reply
+#   in, in order) and ``handle_reply`` (raises a reply that is an error):
+#   RedisConnectionProtocol.execute_command encodes a command with hiredis's
+#   ``pack_command`` (C; about 7x faster than txredisapi's per-argument
+#   Python) and takes its reply from the queue itself, as txredisapi's own
+#   ``execute_command`` does when not pipelining and not in MULTI, which
+#   this layer never is.
 
 
 _Protocol: Any = object  # typing: the mixin's super() is a txredisapi protocol
@@ -126,7 +142,7 @@ class RedisConnectionProtocol(TxredisapiHooks, txredisapi.RedisProtocol):
         self.clock = clock
         self.reply_timeout = reply_timeout
         self.label = label
-        #: (deadline, argument bytes) of each command awaiting its reply.
+        #: (deadline, size in bytes) of each command awaiting its reply.
         self.pending: deque[tuple[float, int]] = deque()
         self.pending_bytes = 0
         #: Set by the owner's sweep before it aborts the connection.
@@ -153,8 +169,20 @@ class RedisConnectionProtocol(TxredisapiHooks, txredisapi.RedisProtocol):
         """
         if not self.connected:
             return fail(RedisUnavailable("Not connected to Redis at %s" % (self.label,)))
-        d: Deferred[Any] = super().execute_command(*args)
-        size = sum(len(a) for a in args if isinstance(a, (bytes, str)))
+        command = None
+        if pack_command is not None:
+            try:
+                command = pack_command(args)
+            except TypeError:
+                pass  # an argument hiredis does not encode (a bool...): txredisapi's way
+        d: Deferred[Any]
+        if command is None:
+            d = super().execute_command(*args)
+            size = sum(len(a) for a in args if isinstance(a, (bytes, str)))
+        else:
+            self.transport.write(command)
+            d = self.replyQueue.get().addCallback(self.handle_reply)
+            size = len(command)
         if timeout is None:
             timeout = self.reply_timeout
         self.pending.append((self.clock.seconds() + timeout, size))

@@ -19,6 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from chanserv.layers.redis import protocol
 from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
 from chanserv.layers.redis.protocol import (
     BlockingPop,
@@ -60,6 +61,57 @@ class DemotionTests(SynchronousTestCase):
             self.assertFalse(is_demotion(message), message)
 
 
+class EncodingTests(SynchronousTestCase):
+    """Commands go out encoded by hiredis, as txredisapi would encode them."""
+
+    def written(self, *args: Any) -> bytes:
+        proto, transport = connected(Clock())
+        proto.execute_command(*args)
+        return bytes(transport.value())
+
+    def test_hiredis_encodes_what_txredisapi_would(self) -> None:
+        """str (UTF-8), binary bytes and ints: the same bytes either way."""
+        self.assertIsNotNone(protocol.pack_command)
+        args = ("EVALSHA", "ab" * 20, 0, "caf\u00e9", b"\x00\r\n\xff", -5, 2**70, "")
+        with_hiredis = self.written(*args)
+        self.patch(protocol, "pack_command", None)
+        self.assertEqual(with_hiredis, self.written(*args))
+        self.assertEqual(
+            parse_commands(with_hiredis),
+            [[str(a).encode("utf-8") if isinstance(a, (str, int)) else a for a in args]],
+        )
+
+    def test_a_float_keeps_its_value(self) -> None:
+        """A float argument (a BLPOP timeout, the group expiry) reads back as the same number."""
+        [[_, written]] = parse_commands(self.written("X", 1.25))
+        self.assertEqual(float(written), 1.25)
+
+    def test_an_argument_hiredis_refuses_takes_txredisapis_way(self) -> None:
+        """hiredis takes no bool: the command is still sent, as txredisapi encodes it."""
+        proto, transport = connected(Clock())
+        d = proto.execute_command("SET", "k", True)
+        self.assertEqual(sent(transport), [[b"SET", b"k", b"True"]])
+        # On that path, a command's size is its arguments' bytes.
+        self.assertEqual([size for _, size in proto.pending], [4])
+        proto.dataReceived(encode(b"OK"))
+        self.assertEqual(self.successResultOf(d), b"OK")
+
+    def test_without_hiredis_replies_errors_and_losses_still_arrive(self) -> None:
+        """With no pack_command, txredisapi encodes; replies, error replies and a lost connection as before."""
+        self.patch(protocol, "pack_command", None)
+        proto, transport = connected(Clock())
+        ok = proto.execute_command("GET", "k")
+        bad = proto.execute_command("NOPE")
+        lost = proto.execute_command("GET", "j")
+        self.assertEqual(sent(transport), [[b"GET", b"k"], [b"NOPE"], [b"GET", b"j"]])
+        proto.dataReceived(encode(b"v") + encode(Error("ERR unknown command 'NOPE'")))
+        self.assertEqual(self.successResultOf(ok), b"v")
+        self.failureResultOf(bad, txredisapi.ResponseError)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(lost, RedisUnavailable)
+        self.assertEqual((list(proto.pending), proto.pending_bytes), ([], 0))
+
+
 class ProtocolTests(SynchronousTestCase):
     def test_not_connected_fails_fast(self) -> None:
         """A command before the connection is made fails at once with RedisUnavailable."""
@@ -73,12 +125,18 @@ class ProtocolTests(SynchronousTestCase):
         proto, transport = connected(clock)
         first = proto.execute_command("GET", "key")
         second = proto.execute_command("BLPOP", "q", 5, timeout=7.0)
-        self.assertEqual(sent(transport), [[b"GET", b"key"], [b"BLPOP", b"q", b"5"]])
-        self.assertEqual(list(proto.pending), [(12.0, 6), (17.0, 6)])
-        self.assertEqual(proto.pending_bytes, 12)
+        get, blpop = (
+            b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n",
+            b"*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n5\r\n",
+        )
+        self.assertEqual(transport.value(), get + blpop)
+        # Each command's size is the bytes written for it.
+        self.assertEqual(list(proto.pending), [(12.0, len(get)), (17.0, len(blpop))])
+        self.assertEqual(proto.pending_bytes, len(get) + len(blpop))
         proto.dataReceived(encode(b"value"))
         self.assertEqual(self.successResultOf(first), b"value")
-        self.assertEqual((list(proto.pending), proto.replies), ([(17.0, 6)], 1))
+        self.assertEqual((list(proto.pending), proto.replies), ([(17.0, len(blpop))], 1))
+        self.assertEqual(proto.pending_bytes, len(blpop))
         self.assertNoResult(second)
 
     def test_demotion_drops_the_connection(self) -> None:

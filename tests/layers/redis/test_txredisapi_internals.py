@@ -131,3 +131,29 @@ class InternalsTests(SynchronousTestCase):
         self.assertEqual(len(proto.pending), 3)
         proto.dataReceived(b"$1\r\n1\r\n$1\r\n2\r\n")
         self.assertEqual((results, proto.replies, len(proto.pending)), ([b"1", b"2"], 2, 1))
+
+    def test_replyQueue_hands_out_replies_in_order_and_handle_reply_raises_errors(self) -> None:
+        """replyQueue.get() fires with each reply in order; handle_reply() raises an error reply."""
+        for cls in (PurePython, Installed):
+            proto = cls()
+            proto.makeConnection(StringTransport())
+            first = proto.replyQueue.get().addCallback(proto.handle_reply)
+            second = proto.replyQueue.get().addCallback(proto.handle_reply)
+            proto.dataReceived(b"$2\r\nok\r\n-ERR nope\r\n")
+            self.assertEqual(
+                self.successResultOf(first),
+                b"ok",
+                "%s's replyQueue no longer hands out replies%s" % (cls.__mro__[2], REVIEW),
+            )
+            failure = self.failureResultOf(second)
+            self.assertTrue(
+                failure.check(txredisapi.ResponseError),
+                "%s.handle_reply() no longer raises an error reply%s" % (cls.__mro__[2], REVIEW),
+            )
+
+    def test_the_layer_never_pipelines_or_uses_multi(self) -> None:
+        """RedisConnectionProtocol starts outside pipelining and MULTI, the state its direct path needs."""
+        proto = RedisConnectionProtocol(type("C", (), {"seconds": lambda self: 0.0})(), 1.0, "t")
+        proto.makeConnection(StringTransport())
+        self.assertFalse(proto.pipelining, "txredisapi's protocol starts pipelining" + REVIEW)
+        self.assertFalse(proto.inMulti, "txredisapi's protocol starts in MULTI" + REVIEW)
