@@ -352,6 +352,17 @@ class BaseChannelLayer:
     @staticmethod
     def _check_keys(value: Any) -> None:
         # msgpack accepts int and bytes keys; ASGI messages have str keys only.
+        # Every message's path: a flat dict of str keys (most messages) is
+        # checked in one pass without the stack.
+        nested = False
+        for k, item in value.items():
+            if type(k) is not str:
+                break
+            if isinstance(item, (dict, list, tuple)):
+                nested = True
+        else:
+            if not nested:
+                return
         stack = [value]
         while stack:
             v = stack.pop()

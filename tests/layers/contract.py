@@ -86,6 +86,8 @@ UNSERIALISABLE = [
     {1: "int key"},
     {"nested": {b"bytes key": 1}},
     {"in_list": [{2: "int key"}]},
+    {"flat": 1, b"late": "a bytes key after a str one"},
+    {"first": {"x": 1}, 3: "an int key after a nested value"},
     {"__asgi_channel__": "x!y"},
     [("a", 1)],
     "text",

@@ -2,7 +2,8 @@
 The sends of one reactor turn, over SEND_BATCH messages: one script call
 after the other, and a channel refused in one is refused in the next
 without being tried, so no later message to it gets in ahead of an earlier
-one (a fake shard whose replies the test gives).
+one (a fake shard whose replies the test gives); and the shard each send
+goes to.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from twisted.internet.task import Clock
 
 from chanserv.exceptions import ChannelBlocked, ChannelFull
 from chanserv.layers.redis import RedisChannelLayer
+from chanserv.layers.redis.config import consistent_hash
 from chanserv.layers.redis.operations import SEND_BATCH
 
 
@@ -51,3 +53,23 @@ def test_a_channel_refused_in_one_batch_is_not_tried_in_the_next() -> None:
     shard.calls[1][1].callback([1])
     assert results[-1] is None
     assert len(results) == SEND_BATCH + 3
+
+
+def test_sends_go_to_the_shard_of_their_non_local_name() -> None:
+    """One shard takes every channel; with two, each goes where its non-local name hashes."""
+    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1/0", "redis://127.0.0.1:2/0"])
+    ops = layer.operations
+    shards = [Shard(), Shard()]
+    ops.shards = shards  # type: ignore[assignment]
+    ops.reactor = clock = Clock()
+    names = ["a", "b", "c", "d", "proc.x!1", "proc.x!2", "proc.y!1"]
+    for name in names:
+        ops.send(name, b"m")
+    clock.advance(0)
+    expected: list[list[str]] = [[], []]
+    for name in names:
+        expected[consistent_hash(name.split("!")[0] + "!" if "!" in name else name, 2)].append(name)
+    assert [shard.calls[0][0] if shard.calls else [] for shard in shards] == expected
+    assert all(expected), "the names should land on both shards"
+    ops.shards = [Shard()]  # type: ignore[list-item]
+    assert {ops.shard_index(name) for name in names} == {0}
