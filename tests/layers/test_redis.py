@@ -683,6 +683,71 @@ print("sent")
         layer.send("bo!c", {"n": 5})
 
 
+class TestInlineMessages(RedisTestCase):
+    """A message sent to one channel travels inside its list: no body key."""
+
+    def elements(self, layer: RedisChannelLayer, key: str) -> list[bytes]:
+        result: list[bytes] = in_reactor(layer.shards[0].execute, "LRANGE", key, 0, -1)
+        return result
+
+    def test_a_direct_send_is_one_list_element(self) -> None:
+        """Sends to a channel and to a local name: a NUL-led element each, no other key but the inbox count."""
+        layer = self.layer()
+        layer.send("inl", {"n": 1})
+        layer.send("inlp!a", {"n": 2})
+        prefix = layer.prefix
+        self.assertEqual(
+            sorted(self.keys(layer)),
+            sorted([prefix + "inl", prefix + "inlp!", prefix + ":count:inlp!"]),
+        )
+        [plain] = self.elements(layer, prefix + "inl")
+        [local] = self.elements(layer, prefix + "inlp!")
+        deadline, channel, _ = plain[1:].split(b" ", 2)
+        self.assertEqual((plain[:1], channel), (b"\0", b""))
+        self.assertEqual(local[1:].split(b" ", 2)[1], b"inlp!a")
+        now_ms = time.time() * 1000
+        self.assertTrue(now_ms < int(deadline) <= now_ms + layer.expiry * 1000 + 50, deadline)
+        self.assertEqual(layer.receive(["inl"]), ("inl", {"n": 1}))
+        self.assertEqual(layer.receive(["inlp!"]), ("inlp!a", {"n": 2}))
+        self.assertEqual(self.elements(layer, prefix + "inl"), [])
+
+    def test_a_message_handed_back_keeps_its_place_and_deadline(self) -> None:
+        """What a receive took and gives back is the same element at the head, counted again."""
+        layer = self.layer()
+        for n in range(3):
+            layer.send("hb", {"n": n})
+            layer.send("hbp!a", {"n": n})
+        before = {key: self.elements(layer, layer.prefix + key) for key in ("hb", "hbp!")}
+        taken = in_reactor(layer._start_receive, ["hb", "hbp!"], 4, False, False, list)
+        self.assertEqual(len(taken), 4)
+        self.assertEqual(layer.channel_statistics("hbp!a")["messages_pending"], 1)
+        # As a receive cancelled while its pop was in flight gives them back.
+        in_reactor(layer.operations.requeue, 0, taken)
+        settle(layer)
+        self.assertEqual({key: self.elements(layer, layer.prefix + key) for key in before}, before)
+        self.assertEqual(layer.channel_statistics("hbp!a")["messages_pending"], 3)
+        self.assertEqual([m["n"] for _, m in self.drain(layer, ["hb"])], [0, 1, 2])
+        self.assertEqual([m["n"] for _, m in self.drain(layer, ["hbp!"])], [0, 1, 2])
+
+    def test_references_of_an_older_release_are_still_read(self) -> None:
+        """A body key and its reference, as an older release sent them, are received once."""
+        layer = self.layer()
+        shard = layer.shards[0]
+        body = layer._codec.encode(layer.serialise({"old": True}))
+        for key, ref, target in (("k1", "k1", "old"), ("k2", "k2 oldp!a", "oldp!")):
+            in_reactor(shard.execute, "SET", layer.prefix + key, body, "PX", 10000)
+            in_reactor(shard.execute, "RPUSH", layer.prefix + target, layer.prefix + ref)
+        self.assertEqual(layer.receive(["old"]), ("old", {"old": True}))
+        self.assertEqual(layer.receive(["oldp!"]), ("oldp!a", {"old": True}))
+        self.assertEqual(self.keys(layer), [])
+
+    def test_a_prefix_with_a_nul_is_refused(self) -> None:
+        """A NUL would make a body key look like an inline message: prefixes may not hold one."""
+        for name in ("prefix", "stats_prefix"):
+            with self.subTest(name=name), self.assertRaises(ValueError):
+                RedisChannelLayer(hosts=[server("a").url], **{name: "a\x00b:"})
+
+
 class TestRedisFaults(RedisTestCase):
     def test_redis_down_at_start_up(self) -> None:
         """With Redis down at start-up every call fails fast; once it is up, traffic flows."""

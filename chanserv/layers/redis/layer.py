@@ -59,7 +59,7 @@ class RedisChannelLayer(BaseChannelLayer):
         ``{"sentinels": [(host, port), ...], "master_name": ...,
         "sentinel_kwargs": {...}}`` as channels_redis names it.  A bare
         string raises ValueError.
-    :param prefix: prefix of every key (``"asgi:"``); no whitespace.
+    :param prefix: prefix of every key (``"asgi:"``); no whitespace or NUL.
     :param expiry: see :class:`~chanserv.layers.base.BaseChannelLayer`, as
         for ``group_expiry``, ``capacity``, ``channel_capacity`` and
         ``max_message_size``.
@@ -114,9 +114,12 @@ class RedisChannelLayer(BaseChannelLayer):
             max_message_size=max_message_size,
         )
         for name, value in (("prefix", prefix), ("stats_prefix", stats_prefix)):
-            if not isinstance(value, str) or not value or re.search(r"\s", value):
+            # No whitespace nor NUL: a message in a list is told from a
+            # reference to a body key by its leading NUL, and its parts are
+            # separated by spaces.
+            if not isinstance(value, str) or not value or re.search(r"[\s\x00]", value):
                 raise ValueError(
-                    "%s must be a non-empty str without spaces, not %r" % (name, value)
+                    "%s must be a non-empty str without spaces or NULs, not %r" % (name, value)
                 )
         if prefix.startswith(stats_prefix) or stats_prefix.startswith(prefix):
             raise ValueError("prefix and stats_prefix must not be prefixes of each other")

@@ -311,7 +311,6 @@ class RedisOperations:
             self.list_ttl_ms,
             CHANNEL_STATS_TTL,
             GLOBAL_STATS_TTL,
-            self.new_body_key() + ".",
         ]
         if self.lua_capacities == []:
             args.append(self.default_capacity)
@@ -356,11 +355,9 @@ class RedisOperations:
         """:meth:`send` as a script call of its own, right now."""
         name = _non_local(channel)
         local = name != channel
-        body_key = self.new_body_key()
         capacity = self.get_capacity(channel)
         stat_name = channel if local else name
         keys = [
-            body_key,
             self.prefix + name,
             self.stat_key(stat_name, STAT_MESSAGES_COUNT),
             self.stat_key(stat_name, STAT_CHANNEL_FULL),
@@ -372,7 +369,6 @@ class RedisOperations:
             payload,
             self.expiry_ms,
             capacity,
-            body_key + " " + channel if local else body_key,
             CHANNEL_STATS_TTL,
             GLOBAL_STATS_TTL,
             self.prefix,
@@ -684,6 +680,10 @@ class RedisOperations:
             return
         args: list[Any] = [self.expiry_ms, self.list_ttl_ms, self.prefix]
         for item in items:
+            if item.ref[:1] == b"\0":
+                # Inline: whole again, with its deadline.
+                args += [b"", item.ref + b" " + item.body, b""]
+                continue
             new_key = (self.new_body_key()).encode("utf-8")
             _, space, target = item.ref.partition(b" ")
             new_ref = new_key + b" " + target if item.list_key.endswith(b"!") and space else new_key

@@ -46,6 +46,7 @@ _NOW = """
 if redis.replicate_commands then redis.replicate_commands() end
 local T = redis.call('TIME')
 local NOW = tonumber(T[1]) + tonumber(T[2]) / 1000000
+local NOW_MS = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
 local SEC = T[1]
 """
 
@@ -94,6 +95,20 @@ local function record_expired(sprefix)
   return n
 end
 local function is_inbox(list) return string.sub(list, -1) == '!' end
+-- A message sent to one channel is inline: "\\0<deadline ms> <local channel
+-- or nothing> <body>".  Anything else in a list is a reference to a body
+-- key ("<key>", or "<key> <local channel>" / "<key> #<group>" in an inbox).
+local function is_inline(ref) return string.byte(ref, 1) == 0 end
+-- An inline message's deadline, its channel ('' in a channel's own list),
+-- and where its body starts.
+local function inline_parts(ref)
+  local space = string.find(ref, ' ', 2, true)
+  local after = string.find(ref, ' ', space + 1, true)
+  return tonumber(string.sub(ref, 2, space - 1)), string.sub(ref, space + 1, after - 1), after + 1
+end
+local function inline_message(deadline, channel, body)
+  return '\\0' .. deadline .. ' ' .. channel .. ' ' .. body
+end
 local function body_key(list, ref)
   if is_inbox(list) then
     local space = string.find(ref, ' ', 1, true)
@@ -101,9 +116,26 @@ local function body_key(list, ref)
   end
   return ref
 end
+-- Whether the message is still to be delivered (its body not expired).
+local function alive(list, ref)
+  if is_inline(ref) then return (inline_parts(ref)) > NOW_MS end
+  return redis.call('EXISTS', body_key(list, ref)) == 1
+end
+-- Milliseconds the message has left (PTTL's answer: -2 when expired).
+local function ttl_of(list, ref)
+  if is_inline(ref) then
+    local left = (inline_parts(ref)) - NOW_MS
+    if left > 0 then return left end
+    return -2
+  end
+  return redis.call('PTTL', body_key(list, ref))
+end
 -- The channel a reference is for, or '#<group>' for a group reference.
 local function target_of(prefix, list, ref)
-  if is_inbox(list) then
+  if is_inline(ref) then
+    local _, channel = inline_parts(ref)
+    if channel ~= '' then return channel end
+  elseif is_inbox(list) then
     local space = string.find(ref, ' ', 1, true)
     if space then return string.sub(ref, space + 1) end
   end
@@ -163,7 +195,7 @@ local function purge(prefix, list)
   local evicted = {}
   while true do
     local ref = redis.call('LINDEX', list, 0)
-    if not ref or redis.call('EXISTS', body_key(list, ref)) == 1 then break end
+    if not ref or alive(list, ref) then break end
     redis.call('LPOP', list)
     local target = target_of(prefix, list, ref)
     if string.sub(target, 1, 1) == '#' then
@@ -223,12 +255,12 @@ end
     "global_ttl": GLOBAL_STATS_TTL,
 }
 
-#: KEYS: body, list, channel count stat, channel full stat, global count
-#: stat, global full stat, the inbox's count hash (any key for a normal
-#: channel).  ARGV: body, expiry (ms), capacity, reference, channel stat
-#: ttl, global stat ttl, key prefix, list ttl (ms), "1" to keep the
-#: channel's own counters (not for single-use ``?`` channels), channel,
-#: stats prefix.  Returns 1, or {1, messages found expired (counted in
+#: KEYS: list, channel count stat, channel full stat, global count stat,
+#: global full stat, the inbox's count hash (any key for a normal channel).
+#: ARGV: body, expiry (ms), capacity, channel stat ttl, global stat ttl, key
+#: prefix, list ttl (ms), "1" to keep the channel's own counters (not for
+#: single-use ``?`` channels), channel, stats prefix.  The message goes in
+#: the list inline.  Returns 1, or {1, messages found expired (counted in
 #: expired_count)} when there were any, or the error "full" or (a blocked
 #: local channel, not counted) "blocked".
 SEND = Script(
@@ -237,32 +269,32 @@ SEND = Script(
     + _BUMP
     + _GROUPS
     + """
-local own = ARGV[9] == '1'
-local inbox = is_inbox(KEYS[2])
-purge(ARGV[7], KEYS[2])
-local dropped = record_expired(ARGV[11])
+local own = ARGV[8] == '1'
+local inbox = is_inbox(KEYS[1])
+purge(ARGV[6], KEYS[1])
+local dropped = record_expired(ARGV[10])
 local queued
 if inbox then
-  local fields = redis.call('HMGET', KEYS[7], ARGV[10], blocked_field(ARGV[10]))
+  local fields = redis.call('HMGET', KEYS[6], ARGV[9], blocked_field(ARGV[9]))
   if fields[2] then return redis.error_reply('blocked') end
   queued = tonumber(fields[1] or '0')
 else
-  queued = redis.call('LLEN', KEYS[2])
+  queued = redis.call('LLEN', KEYS[1])
 end
 if queued >= tonumber(ARGV[3]) then
-  if own then bump(KEYS[4], 1, ARGV[5], true) end
-  bump(KEYS[6], 1, ARGV[6], true)
+  if own then bump(KEYS[3], 1, ARGV[4], true) end
+  bump(KEYS[5], 1, ARGV[5], true)
   return redis.error_reply('full')
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('RPUSH', KEYS[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[8])
+local deadline = string.format('%d', NOW_MS + tonumber(ARGV[2]))
+redis.call('RPUSH', KEYS[1], inline_message(deadline, inbox and ARGV[9] or '', ARGV[1]))
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
 if inbox then
-  redis.call('HINCRBY', KEYS[7], ARGV[10], 1)
-  redis.call('PEXPIRE', KEYS[7], ARGV[8])
+  redis.call('HINCRBY', KEYS[6], ARGV[9], 1)
+  redis.call('PEXPIRE', KEYS[6], ARGV[7])
 end
-if own then bump(KEYS[3], 1, ARGV[5], true) end
-bump(KEYS[5], 1, ARGV[6], true)
+if own then bump(KEYS[2], 1, ARGV[4], true) end
+bump(KEYS[4], 1, ARGV[5], true)
 if dropped > 0 then return {1, dropped} end
 return 1
 """,
@@ -270,12 +302,11 @@ return 1
 
 #: Many sends in one call (the sends a process made in one reactor turn).
 #: ARGV: key prefix, stats prefix, expiry (ms), list ttl (ms), channel stat
-#: ttl, global stat ttl, body key base, default capacity, then per message
-#: its channel and body -- and its capacity when the default capacity is
-#: empty.  The n-th message's body key is the base followed by n; a
+#: ttl, global stat ttl, default capacity, then per message its channel and
+#: body -- and its capacity when the default capacity is empty.  A
 #: channel's own counters are kept unless its name holds a ``?`` (a
-#: single-use channel).  Each message gets the capacity check and push of
-#: SEND, in order.  Returns one 1 (sent), 0 (full) or 2 (a blocked local
+#: single-use channel).  Each message gets the capacity check and inline
+#: push of SEND, in order.  Returns one 1 (sent), 0 (full) or 2 (a blocked local
 #: channel, not counted) per message, then, when there were any, the
 #: messages found expired (counted in expired_count).
 SEND_MANY = Script(
@@ -286,18 +317,17 @@ SEND_MANY = Script(
     + """
 local prefix, sprefix = ARGV[1], ARGV[2]
 local expiry, ttl = ARGV[3], ARGV[4]
-local base = ARGV[7]
-local default = tonumber(ARGV[8])
+local default = tonumber(ARGV[7])
 local stride = default and 2 or 3
+local deadline = string.format('%d', NOW_MS + tonumber(expiry))
 local out = {}
 local sent, full = 0, 0
 -- Purged once per list (no body expires while a script runs); lists and
 -- count hashes pushed to get their expiry once, at the end.
 local purged, pushed, counted = {}, {}, {}
-for i = 9, #ARGV, stride do
+for i = 8, #ARGV, stride do
   local channel = ARGV[i]
   local capacity = default or tonumber(ARGV[i + 2])
-  local body_key = base .. #out
   local own = not string.find(channel, '?', 1, true)
   local process = process_of(channel)
   local local_name = process and process ~= channel
@@ -323,13 +353,12 @@ for i = 9, #ARGV, stride do
     full = full + 1
     if own then bump(sprefix .. channel .. ':channel_full_count', 1, ARGV[5], true) end
   else
-    redis.call('SET', body_key, ARGV[i + 1], 'PX', expiry)
     if local_name then
-      redis.call('RPUSH', list, body_key .. ' ' .. channel)
+      redis.call('RPUSH', list, inline_message(deadline, channel, ARGV[i + 1]))
       redis.call('HINCRBY', counts, channel, 1)
       counted[counts] = true
     else
-      redis.call('RPUSH', list, body_key)
+      redis.call('RPUSH', list, inline_message(deadline, '', ARGV[i + 1]))
     end
     pushed[list] = true
     if own then bump(sprefix .. channel .. ':messages_count', 1, ARGV[5], true) end
@@ -431,15 +460,17 @@ return {sent, full, processes, deliveries, record_expired(ARGV[6])}
 
 #: KEYS: the lists to pop from, in the order to try them.  ARGV: limit, key
 #: prefix, group expiry (s), stats prefix, then optionally the list and
-#: reference a BLPOP already took.  Pops round-robin across the lists until
-#: ``limit`` references are taken or all are empty; each body is read and
-#: deleted (or its read count decremented) in the same step; a reference
-#: whose body expired is skipped, counted in expired_count (a group
-#: reference once per local member) and its channel evicted from its
-#: groups.  Returns a flat {list, reference, body, members, ...}:
-#: ``members`` is "" for a direct message, else the space-separated local
-#: members a group reference went to (a group reference with none left is
-#: skipped); when messages were found expired, their number follows last.
+#: element a BLPOP already took.  Pops round-robin across the lists until
+#: ``limit`` messages are taken or all are empty; a reference's body is read
+#: and deleted (or its read count decremented) in the same step; a message
+#: that expired is skipped, counted in expired_count (a group reference once
+#: per local member) and its channel evicted from its groups.  Returns a
+#: flat {list, reference, body, members, ...}: for an inline message the
+#: "reference" is the element without its body (" " and the body make it
+#: whole again); ``members`` is "" for a direct message, else the
+#: space-separated local members a group reference went to (a group
+#: reference with none left is skipped); when messages were found expired,
+#: their number follows last.
 POP_MANY = Script(
     "pop_many",
     _NOW
@@ -451,6 +482,22 @@ local limit = tonumber(ARGV[1])
 local prefix = ARGV[2]
 local cutoff = NOW - tonumber(ARGV[3])
 local function take(list, ref)
+  if is_inline(ref) then
+    local deadline, channel, start = inline_parts(ref)
+    local target = channel ~= '' and channel or string.sub(list, #prefix + 1)
+    if channel ~= '' then uncount(prefix, string.sub(list, #prefix + 1), channel) end
+    if deadline <= NOW_MS then
+      expired(target, 1)
+      evict(prefix, target)
+      return
+    end
+    out[#out + 1] = list
+    out[#out + 1] = string.sub(ref, 1, start - 2)
+    out[#out + 1] = string.sub(ref, start)
+    out[#out + 1] = ''
+    n = n + 1
+    return
+  end
   local key = body_key(list, ref)
   local counter = key .. ':n'
   local target = target_of(prefix, list, ref)
@@ -512,17 +559,20 @@ return out
 #: Puts messages taken by POP_MANY back at the head of their lists (a
 #: receive cancelled while its pop was in flight).  KEYS: the lists, one per
 #: message.  ARGV: expiry (ms), list ttl (ms), key prefix, then (body key,
-#: reference, body) triples, in the order they were taken.
+#: reference, body) triples, in the order they were taken; an inline
+#: message goes back whole, with its deadline, as (empty, the element,
+#: empty).
 REQUEUE = Script(
     "requeue",
-    _GROUPS
+    _NOW
+    + _GROUPS
     + """
 local expiry = tonumber(ARGV[1])
 local prefix = ARGV[3]
 for i = #KEYS, 1, -1 do
   local base = 4 + (i - 1) * 3
   local list, ref = KEYS[i], ARGV[base + 1]
-  redis.call('SET', ARGV[base], ARGV[base + 2], 'PX', expiry)
+  if ARGV[base] ~= '' then redis.call('SET', ARGV[base], ARGV[base + 2], 'PX', expiry) end
   redis.call('LPUSH', list, ref)
   redis.call('PEXPIRE', list, ARGV[2])
   local target = target_of(prefix, list, ref)
@@ -577,7 +627,8 @@ return 1
 #: ARGV: member, group, key prefix.
 GROUP_DISCARD = Script(
     "group_discard",
-    _GROUPS
+    _NOW
+    + _GROUPS
     + """
 leave(ARGV[3], ARGV[2], ARGV[1])
 return 1
@@ -588,7 +639,8 @@ return 1
 #: and a local channel is no longer blocked.
 LEAVE_ALL = Script(
     "leave_all",
-    _GROUPS
+    _NOW
+    + _GROUPS
     + """
 evict(ARGV[2], ARGV[1])
 local process = process_of(ARGV[1])
@@ -604,7 +656,8 @@ return 1
 #: hash, whose expiry it refreshes.
 BLOCK = Script(
     "block",
-    _GROUPS
+    _NOW
+    + _GROUPS
     + """
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], blocked_field(ARGV[1]), '1')
@@ -651,7 +704,8 @@ return result
 #: registered but its heartbeat is gone: Redis lost its state.
 HEARTBEAT = Script(
     "heartbeat",
-    _GROUPS
+    _NOW
+    + _GROUPS
     + """
 local prefix, process, ttl = ARGV[1], ARGV[2], ARGV[3]
 local alive = prefix .. ':alive:' .. process
@@ -682,7 +736,8 @@ return result
 #: ARGV: key prefix, process prefix.  A clean stop: forget the process.
 UNREGISTER = Script(
     "unregister",
-    _GROUPS
+    _NOW
+    + _GROUPS
     + """
 redis.call('DEL', ARGV[1] .. ':alive:' .. ARGV[2])
 bury(ARGV[1], ARGV[2])
@@ -717,7 +772,7 @@ CHANNEL_STATS = Script(
 local last = ':' .. (tonumber(SEC) - 1)
 local pttl = -2
 local ref = redis.call('LINDEX', KEYS[1], 0)
-if ref then pttl = redis.call('PTTL', body_key(KEYS[1], ref)) end
+if ref then pttl = ttl_of(KEYS[1], ref) end
 local pending
 if is_inbox(KEYS[1]) and string.sub(ARGV[1], -1) ~= '!' then
   pending = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
@@ -742,7 +797,8 @@ return {
 #: queued for the channel, or -1 if it is blocked; messages found expired}.
 ROOM = Script(
     "room",
-    _GROUPS
+    _NOW
+    + _GROUPS
     + """
 purge(ARGV[1], KEYS[1])
 local dropped = record_expired(ARGV[3])
@@ -759,7 +815,8 @@ return {redis.call('LLEN', KEYS[1]), dropped}
 #: Returns {pending, smallest PTTL of an oldest body or -2}.
 LISTS_STATS = Script(
     "lists_stats",
-    _GROUPS
+    _NOW
+    + _GROUPS
     + """
 local pending, pttl = 0, -2
 for _, key in ipairs(KEYS) do
@@ -767,7 +824,7 @@ for _, key in ipairs(KEYS) do
     pending = pending + redis.call('LLEN', key)
     local ref = redis.call('LINDEX', key, 0)
     if ref then
-      local left = redis.call('PTTL', body_key(key, ref))
+      local left = ttl_of(key, ref)
       if left >= 0 and (pttl < 0 or left < pttl) then pttl = left end
     end
   end

@@ -25,7 +25,7 @@ class Shard:
 
     def eval(self, script: Any, keys: Any, args: list[Any]) -> Deferred[list[int]]:
         d: Deferred[list[int]] = Deferred()
-        self.calls.append((args[8::2], d))  # the channels, two arguments each
+        self.calls.append((args[7::2], d))  # the channels, two arguments each
         return d
 
 
