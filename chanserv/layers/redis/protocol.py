@@ -86,6 +86,11 @@ def is_demotion(message: str) -> bool:
 #   Python) and takes its reply from the queue itself, as txredisapi's own
 #   ``execute_command`` does when not pipelining and not in MULTI, which
 #   this layer never is.
+# - ``tryConvertData(data)``: both parsers pass each reply (and, in lists,
+#   each element) through it; with ``charset=None`` and
+#   ``convertNumbers=False``, as here, it returns what it is given, at the
+#   cost of a Python call per element, so RedisConnectionProtocol returns
+#   the reply as is.
 
 
 _Protocol: Any = object  # typing: the mixin's super() is a txredisapi protocol
@@ -188,6 +193,11 @@ class RedisConnectionProtocol(TxredisapiHooks, txredisapi.RedisProtocol):
         self.pending.append((self.clock.seconds() + timeout, size))
         self.pending_bytes += size
         return d.addErrback(self._translate)
+
+    def tryConvertData(self, data: RedisReply) -> RedisReply:
+        # Raw replies: txredisapi's conversion would return them unchanged
+        # (see "txredisapi internals"), one call per element of a pop's reply.
+        return data
 
     def _translate(self, failure: Failure) -> Failure:
         if failure.check(txredisapi.ResponseError):

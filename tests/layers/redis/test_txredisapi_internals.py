@@ -157,3 +157,19 @@ class InternalsTests(SynchronousTestCase):
         proto.makeConnection(StringTransport())
         self.assertFalse(proto.pipelining, "txredisapi's protocol starts pipelining" + REVIEW)
         self.assertFalse(proto.inMulti, "txredisapi's protocol starts in MULTI" + REVIEW)
+
+    def test_tryConvertData_leaves_raw_replies_as_they_are(self) -> None:
+        """With charset None and convertNumbers False, txredisapi's tryConvertData is the identity."""
+        reply = [b"abc", [b"1", b"2.5", b"", None, 7], b"\x00\xff raw", -3]
+        for cls in (PurePython, Installed):
+            proto = cls()
+            self.assertEqual(
+                proto.tryConvertData(reply),
+                reply,
+                "%s.tryConvertData() changes raw replies: RedisConnectionProtocol's identity "
+                "override no longer matches it%s" % (cls.__mro__[2], REVIEW),
+            )
+            self.assertEqual((proto.charset, proto.convertNumbers), (None, False))
+        proto = RedisConnectionProtocol(type("C", (), {"seconds": lambda self: 0.0})(), 1.0, "t")
+        self.assertEqual((proto.charset, proto.convertNumbers), (None, False))
+        self.assertIs(proto.tryConvertData(reply), reply)
