@@ -741,6 +741,28 @@ class TestInlineMessages(RedisTestCase):
         self.assertEqual(layer.receive(["oldp!"]), ("oldp!a", {"old": True}))
         self.assertEqual(self.keys(layer), [])
 
+    def test_one_turns_sends_to_one_channel_check_capacity_and_count_each(self) -> None:
+        """Sends of one turn past capacity: the first fit, the rest are full; each counted once."""
+        layer = self.layer(capacity=3)
+        layer.send("cap1", {"n": 0})
+
+        def burst() -> Deferred[list[Any]]:
+            sends = [
+                layer.send_twisted(name, {"n": n}) for n in range(1, 6) for name in ("cap1", "cap2")
+            ]
+            return DeferredList(sends, consumeErrors=True)
+
+        outcomes = in_reactor(burst)
+        fits = [ok for ok, _ in outcomes]
+        self.assertEqual(fits[0::2], [True, True, False, False, False])  # cap1 had one
+        self.assertEqual(fits[1::2], [True, True, True, False, False])
+        self.assertTrue(all(r.check(ChannelFull) for ok, r in outcomes if not ok))
+        for name, sent, full in (("cap1", 3, 3), ("cap2", 3, 2)):
+            stats = layer.channel_statistics(name)
+            self.assertEqual((stats["messages_count"], stats["channel_full_count"]), (sent, full))
+        self.assertEqual([m["n"] for _, m in self.drain(layer, ["cap1"])], [0, 1, 2])
+        self.assertEqual([m["n"] for _, m in self.drain(layer, ["cap2"])], [1, 2, 3])
+
     def test_a_prefix_with_a_nul_is_refused(self) -> None:
         """A NUL would make a body key look like an inline message: prefixes may not hold one."""
         for name in ("prefix", "stats_prefix"):

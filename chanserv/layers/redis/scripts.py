@@ -323,8 +323,10 @@ local deadline = string.format('%d', NOW_MS + tonumber(expiry))
 local out = {}
 local sent, full = 0, 0
 -- Purged once per list (no body expires while a script runs); lists and
--- count hashes pushed to get their expiry once, at the end.
-local purged, pushed, counted = {}, {}, {}
+-- count hashes pushed to get their expiry once, and each channel's
+-- counters one bump by all its messages (a batch to one channel: one
+-- bump, not one per message), at the end.
+local purged, pushed, counted, bumps, lengths = {}, {}, {}, {}, {}
 for i = 8, #ARGV, stride do
   local channel = ARGV[i]
   local capacity = default or tonumber(ARGV[i + 2])
@@ -344,14 +346,23 @@ for i = 8, #ARGV, stride do
     blocked = fields[2] ~= false
     queued = tonumber(fields[1] or '0')
   else
-    queued = redis.call('LLEN', list)
+    -- Read once per list, then counted here: nothing else changes it
+    -- while the script runs.
+    queued = lengths[list]
+    if not queued then
+      queued = redis.call('LLEN', list)
+      lengths[list] = queued
+    end
   end
   if blocked then
     out[#out + 1] = 2
   elseif queued >= capacity then
     out[#out + 1] = 0
     full = full + 1
-    if own then bump(sprefix .. channel .. ':channel_full_count', 1, ARGV[5], true) end
+    if own then
+      local key = sprefix .. channel .. ':channel_full_count'
+      bumps[key] = (bumps[key] or 0) + 1
+    end
   else
     if local_name then
       redis.call('RPUSH', list, inline_message(deadline, channel, ARGV[i + 1]))
@@ -359,15 +370,20 @@ for i = 8, #ARGV, stride do
       counted[counts] = true
     else
       redis.call('RPUSH', list, inline_message(deadline, '', ARGV[i + 1]))
+      lengths[list] = queued + 1
     end
     pushed[list] = true
-    if own then bump(sprefix .. channel .. ':messages_count', 1, ARGV[5], true) end
+    if own then
+      local key = sprefix .. channel .. ':messages_count'
+      bumps[key] = (bumps[key] or 0) + 1
+    end
     out[#out + 1] = 1
     sent = sent + 1
   end
 end
 for key in pairs(pushed) do redis.call('PEXPIRE', key, ttl) end
 for key in pairs(counted) do redis.call('PEXPIRE', key, ttl) end
+for key, n in pairs(bumps) do bump(key, n, ARGV[5], true) end
 if sent > 0 then bump(sprefix .. '#global#:messages_count', sent, ARGV[6], true) end
 if full > 0 then bump(sprefix .. '#global#:channel_full_count', full, ARGV[6], true) end
 local dropped = record_expired(sprefix)
