@@ -352,18 +352,20 @@ class BaseChannelLayer:
     @staticmethod
     def _check_keys(value: Any) -> None:
         # msgpack accepts int and bytes keys; ASGI messages have str keys only.
-        # Every message's path: a flat dict of str keys (most messages) is
-        # checked in one pass without the stack.
-        nested = False
+        # Every message's path: the top level in one pass, then only the
+        # nested values, if any (a flat dict of str keys: no stack at all).
+        stack: list[Any] | None = None
         for k, item in value.items():
             if type(k) is not str:
+                stack = [value]  # the walk below decides (a str subclass is fine)
                 break
             if isinstance(item, (dict, list, tuple)):
-                nested = True
-        else:
-            if not nested:
-                return
-        stack = [value]
+                if stack is None:
+                    stack = [item]
+                else:
+                    stack.append(item)
+        if stack is None:
+            return
         while stack:
             v = stack.pop()
             if isinstance(v, dict):
