@@ -272,9 +272,10 @@ class WorkerService(Service):
         # The consumers' held sends are handed to the layer when it takes
         # them (ISendHandOff): then pool threads need not wait for them.
         self._store = pending_message_store if ISendHandOff.providedBy(layer) else None
-        # Consumer runs whose sends the layer is still making for them
-        # (ISendHandOff): raised by the pool thread that handed them off,
-        # lowered on the reactor thread when they are through.
+        # Consumer runs whose sends the layer may still be making for them
+        # (ISendHandOff): raised by the pool thread before the consumer
+        # runs, lowered by it when nothing was handed off, else on the
+        # reactor thread once the sends are through.  Never negative.
         self._hand_offs_lock = threading.Lock()
         self.hand_offs_in_flight = 0
         if ordered:
@@ -424,7 +425,7 @@ class WorkerService(Service):
             self._check_drained()
 
     def _check_drained(self) -> None:
-        if self._drained is not None and self.pool.busy == 0 and self.hand_offs_in_flight <= 0:
+        if self._drained is not None and self.pool.busy == 0 and self.hand_offs_in_flight == 0:
             d, self._drained = self._drained, None
             d.callback(None)
 
@@ -432,8 +433,7 @@ class WorkerService(Service):
         # Reactor thread: the sends a consumer run handed off are through.
         # Its lane is released only now, so the next message of that reply
         # channel runs after them, as when the thread sent them itself.
-        with self._hand_offs_lock:
-            self.hand_offs_in_flight -= 1
+        self._add_hand_offs(-1)
         if lane is not None:
             following = self.lanes.release(lane)  # type: ignore[union-attr]
             if following is not None:
@@ -461,11 +461,12 @@ class WorkerService(Service):
             d, self._receiving = self._receiving, None
             d.cancel()
         drained: Deferred[None] = Deferred()
-        if self.pool.busy == 0 and self.hand_offs_in_flight <= 0:
+        if self.pool.busy == 0 and self.hand_offs_in_flight == 0:
             drained.callback(None)
             return drained
         log.info(
-            "Waiting for {n} consumer(s) in flight to finish (and {s} to have their messages sent)",
+            "Waiting for {n} consumer(s) in flight to finish "
+            "({s} consumer run(s) whose messages are not sent yet)",
             n=self.pool.busy,
             s=self.hand_offs_in_flight,
         )
@@ -508,13 +509,16 @@ class WorkerService(Service):
         receive = IChannelLayer(layer).receive if getattr(layer, "cheap_receive", False) else None
         while True:
             if store is not None:
+                # Counted before the consumer runs: its hand-off may be
+                # through, on the reactor thread, before this thread is back.
+                self._add_hand_offs(1)
                 store.expect_hand_off(partial(self._hand_off_sent, lane))
             if lane is None:
                 try:
                     self.handle(channel, content)
                 finally:
-                    if store is not None and store.handed_off():
-                        self._count_hand_off()
+                    if store is not None and not store.handed_off():
+                        self._add_hand_offs(-1)
             else:
                 try:
                     self.handle(channel, content)
@@ -522,10 +526,10 @@ class WorkerService(Service):
                     # handle() logs and swallows consumer errors; this only
                     # keeps the lane moving should it ever fail itself.
                     log.failure("Handling a message on {channel} failed", channel=channel)
-                if store is not None and store.handed_off():
-                    # The lane is released once the sends are through.
-                    self._count_hand_off()
-                    return
+                if store is not None:
+                    if store.handed_off():
+                        return  # the lane is released once the sends are through
+                    self._add_hand_offs(-1)
                 following = lanes.release(lane)  # type: ignore[union-attr]
                 if following is not None:
                     # Parked messages run even while stopping: they were
@@ -539,9 +543,9 @@ class WorkerService(Service):
                 return
             channel, content, lane = taken
 
-    def _count_hand_off(self) -> None:
+    def _add_hand_offs(self, n: int) -> None:
         with self._hand_offs_lock:
-            self.hand_offs_in_flight += 1
+            self.hand_offs_in_flight += n
 
     def _take_next(
         self, receive: Callable[[Sequence[str]], Any]

@@ -204,10 +204,7 @@ class RedisOperations:
 
     def shard_index(self, channel: str) -> int:
         """The shard of a channel's list (its process's inbox for a local name)."""
-        ring = len(self.shards)
-        if ring == 1:
-            return 0  # every message's path: no hash when there is one shard
-        return consistent_hash(_non_local(channel), ring)
+        return consistent_hash(_non_local(channel), len(self.shards))
 
     def shard_of(self, channel: str) -> RedisShard:
         return self.shards[self.shard_index(channel)]
