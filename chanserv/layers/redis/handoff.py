@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelBlocked, ChannelFull
+from chanserv.layers.redis.operations import SendSink
 from chanserv.log import Logger
 
 __all__ = ["HandOffBudget", "HandedOffSends", "HeldSend", "SendFailure"]
@@ -76,6 +77,33 @@ class HandOffBudget:
             self.bytes -= size
 
 
+class _Slot:
+    """
+    The :class:`~chanserv.layers.redis.operations.SendSink` of one channel
+    send of a :class:`HandedOffSends`: its outcome, without a Deferred per
+    send.  An error in handling it ends the hand-off as a crash does.
+    """
+
+    __slots__ = ("_k", "_owner")
+
+    def __init__(self, owner: HandedOffSends, k: int) -> None:
+        self._owner = owner
+        self._k = k
+
+    def callback(self, result: None) -> None:
+        try:
+            self._owner._sent(None, self._k)
+        except Exception:
+            self._owner._crashed(Failure())
+
+    def errback(self, reason: BaseException | Failure) -> None:
+        failure = reason if isinstance(reason, Failure) else Failure(reason)
+        try:
+            self._owner._refused_or_failed(failure, self._k)
+        except Exception:
+            self._owner._crashed(Failure())
+
+
 class HandedOffSends:
     """
     Sends ``sends`` in their order, then calls ``done(failures)`` once.
@@ -92,7 +120,10 @@ class HandedOffSends:
     is given up (a :class:`SendFailure`).  Any other failure is a
     :class:`SendFailure` at once, and the rest still go.
 
-    :param send: ``send(channel, payload)``: one send, batched per turn.
+    :param send: ``send(channel, payload, sink)``: one send, batched per
+        turn; its outcome goes to ``sink.callback(None)`` or
+        ``sink.errback(reason)`` (an exception or a Failure), as to a
+        Deferred's, without a Deferred per send.
     :param send_wait: ``send_wait(channel, payload, timeout)``: a send that
         waits up to ``timeout`` seconds for room.
     :param send_group: ``send_group(group, payload)``.
@@ -101,7 +132,7 @@ class HandedOffSends:
     def __init__(
         self,
         sends: Sequence[HeldSend],
-        send: Callable[[str, bytes], Deferred[None]],
+        send: Callable[[str, bytes, SendSink], None],
         send_wait: Callable[[str, bytes, float], Deferred[None]],
         send_group: Callable[[str, bytes], Deferred[None]],
         clock: IReactorTime,
@@ -152,10 +183,9 @@ class HandedOffSends:
         self._end = end
         self._out = end - i
         self._refused = []
+        send = self._send
         for k in range(i, end):
-            d = self._send(sends[k].name, sends[k].payload)
-            d.addCallbacks(self._sent, self._refused_or_failed, callbackArgs=(k,), errbackArgs=(k,))
-            d.addErrback(self._crashed)
+            send(sends[k].name, sends[k].payload, _Slot(self, k))
 
     def _fail(self, i: int, failure: Failure) -> None:
         self._failed.add(i)

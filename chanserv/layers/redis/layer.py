@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chanserv.interfaces import IChannelLayer, IReactorChannelLayer, ISendHandOff
@@ -30,7 +31,7 @@ from chanserv.layers.redis.config import (
 from chanserv.layers.redis.connection import RedisShard
 from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
 from chanserv.layers.redis.handoff import HandedOffSends, HandOffBudget, HeldSend, SendFailure
-from chanserv.layers.redis.operations import RawMessage, RedisOperations, unwrap
+from chanserv.layers.redis.operations import RawMessage, RedisOperations, SendSink, unwrap
 from chanserv.layers.redis.receive import (
     CapacityWatch,
     LocalReceiverLoop,
@@ -362,7 +363,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
         HandedOffSends(
             held,
-            self._send_payload,
+            self._send_payload_to,
             self._send_wait,
             self._send_group_payload,
             self.reactor,
@@ -725,6 +726,14 @@ class RedisChannelLayer(BaseChannelLayer):
         except Exception:
             return fail()
         return self.operations.send(channel, payload)
+
+    def _send_payload_to(self, channel: str, payload: bytes, sink: SendSink) -> None:
+        try:
+            self._require_attached()
+        except Exception:
+            sink.errback(Failure())
+            return
+        self.operations.send_to(channel, payload, sink)
 
     def _send_wait(self, channel: str, payload: bytes, timeout: float) -> Deferred[None]:
         try:

@@ -11,7 +11,7 @@ import itertools
 import secrets
 from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import txredisapi
 from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks, succeed
@@ -54,6 +54,20 @@ from chanserv.types import Content, Received
 __all__ = ["GroupSendResult", "RawMessage", "RedisOperations"]
 
 log = Logger()
+
+
+class SendSink(Protocol):
+    """
+    Where :meth:`RedisOperations.send_to` gives a send's outcome, as to a
+    Deferred: ``callback(None)`` once it is in, ``errback(reason)`` (the
+    exception, or a Failure) when refused or failed.  Neither may raise.
+    Reactor thread.
+    """
+
+    def callback(self, result: None) -> object: ...
+
+    def errback(self, reason: BaseException | Failure) -> object: ...
+
 
 STAT_MESSAGES_COUNT = "messages_count"
 STAT_MESSAGES_PENDING = "messages_pending"
@@ -239,12 +253,25 @@ class RedisOperations:
         if self.reactor is None:
             return self.send_one(channel, payload)
         d: Deferred[None] = Deferred()
+        self._enqueue(channel, payload, d)
+        return d
+
+    def send_to(self, channel: str, payload: bytes, sink: SendSink) -> None:
+        """
+        :meth:`send`, its outcome given to ``sink`` instead of a new
+        Deferred: the hand-off's many sends need no Deferred each.
+        """
+        if self.reactor is None:
+            self.send_one(channel, payload).addCallbacks(sink.callback, sink.errback)
+            return
+        self._enqueue(channel, payload, sink)
+
+    def _enqueue(self, channel: str, payload: bytes, outcome: SendSink) -> None:
         index = self.shard_index(channel)
-        self._outbox.setdefault(index, []).append((channel, payload, d))
+        self._outbox.setdefault(index, []).append((channel, payload, outcome))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.reactor.callLater(0, self._flush_outbox)
-        return d
 
     def _flush_outbox(self) -> None:
         self._flush_scheduled = False

@@ -46,9 +46,9 @@ class FakeSends:
         self.deferreds.append(d)
         return d
 
-    def send(self, name: str, payload: bytes) -> Deferred[None]:
+    def send(self, name: str, payload: bytes, sink: Any) -> None:
         assert payload == b"to " + name.encode()
-        return self._issue("send", name)
+        self._issue("send", name).addCallbacks(sink.callback, sink.errback)
 
     def send_wait(self, name: str, payload: bytes, timeout: float) -> Deferred[None]:
         assert payload == b"to " + name.encode()
@@ -263,10 +263,10 @@ def test_a_send_function_that_raises_reports_every_send_not_made() -> None:
     fake = FakeSends()
     issued = fake.send
 
-    def send(name: str, payload: bytes) -> Deferred[None]:
+    def send(name: str, payload: bytes, sink: Any) -> None:
         if name == "c":
             raise RuntimeError("send broke (expected by the test)")
-        return issued(name, payload)
+        issued(name, payload, sink)
 
     fake.send = send  # type: ignore[method-assign]
     with capturedLogs() as events:

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelBlocked, ChannelFull
 from chanserv.layers.redis import RedisChannelLayer
@@ -73,3 +74,44 @@ def test_sends_go_to_the_shard_of_their_non_local_name() -> None:
     assert all(expected), "the names should land on both shards"
     ops.shards = [Shard()]  # type: ignore[list-item]
     assert {ops.shard_index(name) for name in names} == {0}
+
+
+class Sink:
+    """Records what send_to gave it."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Any] = []
+
+    def callback(self, result: None) -> None:
+        self.outcomes.append(("sent", result))
+
+    def errback(self, reason: BaseException | Failure) -> None:
+        self.outcomes.append(("refused", reason))
+
+
+def test_send_to_gives_each_outcome_to_its_sink_in_the_same_batch_as_send() -> None:
+    """send_to batches with send; each sink gets callback(None), or errback with the refusal or the failure."""
+    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1/0"])
+    ops = layer.operations
+    shard = Shard()
+    ops.shards = [shard]  # type: ignore[list-item]
+    ops.reactor = clock = Clock()
+    sinks = [Sink(), Sink()]
+    results: list[Any] = []
+    ops.send_to("a", b"m", sinks[0])
+    ops.send("b", b"m").addBoth(results.append)
+    ops.send_to("full", b"m", sinks[1])
+    clock.advance(0)
+    assert [channels for channels, _ in shard.calls] == [["a", "b", "full"]]
+    shard.calls[0][1].callback([1, 1, 0])
+    assert sinks[0].outcomes == [("sent", None)]
+    assert results == [None]
+    [(kind, reason)] = sinks[1].outcomes
+    assert kind == "refused" and isinstance(reason, ChannelFull)
+    # A batch that fails gives every sink the failure.
+    failing = Sink()
+    ops.send_to("c", b"m", failing)
+    clock.advance(0)
+    shard.calls[1][1].errback(ConnectionError("lost (expected by the test)"))
+    [(kind, reason)] = failing.outcomes
+    assert kind == "refused" and isinstance(reason, Failure) and reason.check(ConnectionError)
