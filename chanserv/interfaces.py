@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 from chanserv.types import Content, Prepared, Received
@@ -21,8 +22,10 @@ __all__ = [
     "IReactorChannelLayer",
     "IReplyDispatch",
     "ISendHandOff",
+    "ISendToSink",
     "LocalReceiver",
     "ReplyConnection",
+    "SendSink",
 ]
 
 # Interface methods take no ``self``: zope.interface (and mypy-zope) add it.
@@ -335,6 +338,36 @@ class ISendHandOff(Interface):
             flight is in flight): the caller then sends them itself,
             waiting, which paces a consumer that sends faster than the
             messages leave.
+        """
+
+
+class SendSink(Protocol):
+    """
+    Where a send's outcome goes instead of a Deferred of its own
+    (:class:`ISendToSink`): ``callback(None)`` once the layer accepted the
+    message, ``errback(reason)`` (the exception, or a Failure) when it was
+    refused or failed.  Neither may raise.  Reactor thread.
+    """
+
+    def callback(self, result: None) -> object: ...
+
+    def errback(self, reason: BaseException | Failure) -> object: ...
+
+
+class ISendToSink(Interface):
+    """
+    A layer whose reactor-face sends can report to a :class:`SendSink`
+    instead of returning a new Deferred (the Redis layer, whose sends
+    answer later, batched): a caller that sends a message at a time and
+    keeps its own state -- the interface server's per-connection senders --
+    then needs no Deferred per message.
+    """
+
+    def send_twisted_to(channel: str, message: Content, sink: SendSink) -> None:
+        """
+        :meth:`IReactorChannelLayer.send_twisted`, its outcome given to
+        ``sink`` (possibly before this returns, as a failed Deferred would
+        fire).  Reactor thread.
         """
 
 

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelFull
-from chanserv.interfaces import IChannelLayer, IReactorChannelLayer
+from chanserv.interfaces import IChannelLayer, IReactorChannelLayer, ISendToSink
 from chanserv.log import Logger
 from chanserv.server.delivery import send_until_delivered
 from chanserv.types import Content
@@ -118,6 +118,7 @@ class OrderedSender:
         "_retry",
         "_room",
         "_send_now",
+        "_send_to",
         "_source",
         "_stopped",
         "blocked_since",
@@ -145,6 +146,9 @@ class OrderedSender:
         self._send_now = (
             IChannelLayer(layer).send if getattr(layer, "sends_at_once", False) else None
         )
+        # A layer that answers later, to this sender itself (no Deferred per message).
+        sink_layer = ISendToSink(layer, None)
+        self._send_to = None if sink_layer is None else sink_layer.send_twisted_to
         self.channel = channel
         self.producer = producer
         self._pause_at = pause_at
@@ -370,6 +374,10 @@ class OrderedSender:
         channel = self.channel if not self._final_sent else self._final_channel()
         send_now = self._send_now
         if send_now is None:
+            send_to = self._send_to
+            if send_to is not None:
+                send_to(channel, message, self)  # callback / errback below
+                return
             d = self._layer.send_twisted(channel, message)
             d.addCallbacks(self._sent, self._failed)
             d.addErrback(_crashed)
@@ -386,6 +394,24 @@ class OrderedSender:
             return
         try:
             self._sent(None)
+        except Exception:
+            _crashed(Failure())
+
+    def callback(self, result: None) -> None:
+        """
+        :class:`~chanserv.interfaces.SendSink`: the layer accepted the
+        message in flight (an :class:`~chanserv.interfaces.ISendToSink`
+        layer answers here instead of through a Deferred).
+        """
+        try:
+            self._sent(None)
+        except Exception:
+            _crashed(Failure())
+
+    def errback(self, reason: BaseException | Failure) -> None:
+        """:class:`~chanserv.interfaces.SendSink`: the message in flight was refused or failed."""
+        try:
+            self._failed(reason if isinstance(reason, Failure) else Failure(reason))
         except Exception:
             _crashed(Failure())
 

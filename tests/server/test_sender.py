@@ -2,17 +2,24 @@
 OrderedSender, against a layer whose sends complete when the test says so
 (as Redis's do) and one whose sends complete at once (the in-memory
 layer's): order, waiting for room on a full channel, pausing and resuming
-the producer, outages, and the final message after everything else.
+the producer, outages, and the final message after everything else.  The
+layer that answers later answers through Deferreds and, every test again,
+through the sender as its sink (ISendToSink, as the Redis layer does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from zope.interface import implementer
 
 from chanserv.exceptions import ChannelFull, MessageTooLarge
+from chanserv.interfaces import ISendToSink, SendSink
 from chanserv.server.delivery import RETRY_DELAY
 from chanserv.server.sender import OrderedSender
 
@@ -55,6 +62,27 @@ class Layer:
         return [message.get("n") for _, message in self.delivered]
 
 
+@implementer(ISendToSink)
+class SinkLayer(Layer):
+    """The same, its stream sends answered through the sender as their sink."""
+
+    def send_twisted_to(self, channel: str, message: dict[str, Any], sink: SendSink) -> None:
+        # A sink has a Deferred's callback and errback: settled as one.
+        self.pending.append((channel, message, sink))  # type: ignore[arg-type]
+
+
+_layer_class: type[Layer] = Layer
+
+
+@pytest.fixture(autouse=True, params=["deferred", "sink"])
+def answered_through(request: Any) -> Iterator[str]:
+    """Every test with each way of answering the stream's sends."""
+    global _layer_class
+    _layer_class = Layer if request.param == "deferred" else SinkLayer
+    yield request.param
+    _layer_class = Layer
+
+
 class Producer:
     def __init__(self) -> None:
         self.paused = False
@@ -70,7 +98,7 @@ class Producer:
 
 
 def make(**kwargs: Any) -> tuple[OrderedSender, Layer, Producer, Clock, list[Any]]:
-    layer, producer, clock, errors = Layer(), Producer(), Clock(), []
+    layer, producer, clock, errors = _layer_class(), Producer(), Clock(), []
     options: dict[str, Any] = {"pause_at": 3, "resume_at": 0, "clock": clock}
     options.update(kwargs)
     sender = OrderedSender(layer, "c", producer, on_error=errors.append, **options)
@@ -218,6 +246,21 @@ def test_outage_drops_the_rest_and_tells_the_owner_the_final_message_still_goes(
     assert layer.in_flight() == [{"last": 1}]
     layer.ok()
     assert d.called and sender.done
+
+
+def test_an_error_handling_an_answer_is_logged_not_raised_into_the_layer() -> None:
+    """An owner whose on_error raises: the layer's answer returns, the error is logged."""
+
+    def broken(failure: Any) -> None:
+        raise RuntimeError("on_error broke (expected by the test)")
+
+    layer = _layer_class()
+    sender = OrderedSender(layer, "c", on_error=broken)
+    sender.send(msg(1))
+    with capturedLogs() as events:
+        layer.refuse(ConnectionError("down"))
+    assert [e["log_format"] for e in events] == ["An ordered send's callback failed"]
+    assert [e["log_failure"].type for e in events] == [RuntimeError]
 
 
 def test_message_too_large_is_reported_too() -> None:

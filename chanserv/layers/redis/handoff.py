@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelBlocked, ChannelFull
-from chanserv.layers.redis.operations import SendSink
+from chanserv.interfaces import SendSink
 from chanserv.log import Logger
 
 __all__ = ["HandOffBudget", "HandedOffSends", "HeldSend", "SendFailure"]
@@ -79,7 +79,7 @@ class HandOffBudget:
 
 class _Slot:
     """
-    The :class:`~chanserv.layers.redis.operations.SendSink` of one channel
+    The :class:`~chanserv.interfaces.SendSink` of one channel
     send of a :class:`HandedOffSends`: its outcome, without a Deferred per
     send.  An error in handling it ends the hand-off as a crash does.
     """

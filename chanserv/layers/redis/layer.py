@@ -18,7 +18,13 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chanserv.interfaces import IChannelLayer, IReactorChannelLayer, ISendHandOff
+from chanserv.interfaces import (
+    IChannelLayer,
+    IReactorChannelLayer,
+    ISendHandOff,
+    ISendToSink,
+    SendSink,
+)
 from chanserv.layers.base import BaseChannelLayer, CapacityPattern, LocalReceiver, Prepared
 from chanserv.layers.redis.codec import MessageCodec
 from chanserv.layers.redis.config import (
@@ -31,7 +37,7 @@ from chanserv.layers.redis.config import (
 from chanserv.layers.redis.connection import RedisShard
 from chanserv.layers.redis.errors import RedisTimeout, RedisUnavailable
 from chanserv.layers.redis.handoff import HandedOffSends, HandOffBudget, HeldSend, SendFailure
-from chanserv.layers.redis.operations import RawMessage, RedisOperations, SendSink, unwrap
+from chanserv.layers.redis.operations import RawMessage, RedisOperations, unwrap
 from chanserv.layers.redis.receive import (
     CapacityWatch,
     LocalReceiverLoop,
@@ -49,7 +55,7 @@ __all__ = ["RedisChannelLayer", "RedisTimeout", "RedisUnavailable", "parse_hosts
 log = Logger()
 
 
-@implementer(IChannelLayer, IReactorChannelLayer, ISendHandOff)
+@implementer(IChannelLayer, IReactorChannelLayer, ISendHandOff, ISendToSink)
 class RedisChannelLayer(BaseChannelLayer):
     """
     A channel layer in one or more Redis servers.
@@ -764,6 +770,17 @@ class RedisChannelLayer(BaseChannelLayer):
         except Exception:
             return fail()
         return self.operations.send(channel, payload)
+
+    def send_twisted_to(self, channel: str, message: Content, sink: SendSink) -> None:
+        """:class:`~chanserv.interfaces.ISendToSink`: :meth:`send_twisted`, told to ``sink``."""
+        try:
+            self._require_attached()
+            self.valid_channel_name(channel)
+            payload = self._codec.encode(self.serialise(message))
+        except Exception:
+            sink.errback(Failure())
+            return
+        self.operations.send_to(channel, payload, sink)
 
     def send_group_twisted(self, group: str, message: Content) -> Deferred[None]:
         """Send ``message`` to every member of ``group`` (never ChannelFull)."""

@@ -11,7 +11,7 @@ import itertools
 import secrets
 from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import txredisapi
 from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks, succeed
@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chanserv.exceptions import ChannelBlocked, ChannelFull
+from chanserv.interfaces import SendSink
 from chanserv.layers.base import random_string
 from chanserv.layers.redis.codec import MessageCodec
 from chanserv.layers.redis.config import consistent_hash
@@ -54,19 +55,6 @@ from chanserv.types import Content, Received
 __all__ = ["GroupSendResult", "RawMessage", "RedisOperations"]
 
 log = Logger()
-
-
-class SendSink(Protocol):
-    """
-    Where :meth:`RedisOperations.send_to` gives a send's outcome, as to a
-    Deferred: ``callback(None)`` once it is in, ``errback(reason)`` (the
-    exception, or a Failure) when refused or failed.  Neither may raise.
-    Reactor thread.
-    """
-
-    def callback(self, result: None) -> object: ...
-
-    def errback(self, reason: BaseException | Failure) -> object: ...
 
 
 STAT_MESSAGES_COUNT = "messages_count"

@@ -115,3 +115,28 @@ def test_send_to_gives_each_outcome_to_its_sink_in_the_same_batch_as_send() -> N
     shard.calls[1][1].errback(ConnectionError("lost (expected by the test)"))
     [(kind, reason)] = failing.outcomes
     assert kind == "refused" and isinstance(reason, Failure) and reason.check(ConnectionError)
+
+
+def test_send_twisted_to_batches_and_refuses_bad_input_through_the_sink() -> None:
+    """send_twisted_to joins the turn's batch; an unattached layer, a bad name or content fails the sink at once."""
+    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1/0"])
+    unattached = Sink()
+    layer.send_twisted_to("a", {"text": "x"}, unattached)
+    [(kind, reason)] = unattached.outcomes
+    assert kind == "refused" and reason.check(RuntimeError)
+    ops = layer.operations
+    shard = Shard()
+    ops.shards = [shard]  # type: ignore[list-item]
+    ops.reactor = layer.reactor = clock = Clock()
+    bad_name, bad_content, good = Sink(), Sink(), Sink()
+    layer.send_twisted_to("bad name", {"text": "x"}, bad_name)
+    layer.send_twisted_to("a", {"text": object()}, bad_content)
+    layer.send_twisted_to("a", {"text": "x"}, good)
+    assert [reason.type for _, reason in bad_name.outcomes + bad_content.outcomes] == [
+        TypeError,
+        TypeError,
+    ]
+    clock.advance(0)
+    assert [channels for channels, _ in shard.calls] == [["a"]]
+    shard.calls[0][1].callback([1])
+    assert good.outcomes == [("sent", None)]
