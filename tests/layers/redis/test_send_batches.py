@@ -30,13 +30,19 @@ class Shard:
         return d
 
 
+def one_fake_shard(layer: RedisChannelLayer) -> tuple[Shard, Clock]:
+    """Give ``layer``'s operations one fake shard and a Clock as their reactor."""
+    shard = Shard()
+    layer.operations.shards = [shard]  # type: ignore[list-item]
+    layer.operations.reactor = clock = Clock()
+    return shard, clock
+
+
 def test_a_channel_refused_in_one_batch_is_not_tried_in_the_next() -> None:
     """The second batch waits for the first; full and blocked channels fail in it untried."""
     layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1/0"])
     ops = layer.operations
-    shard = Shard()
-    ops.shards = [shard]  # type: ignore[list-item]
-    ops.reactor = clock = Clock()
+    shard, clock = one_fake_shard(layer)
     first = ["y"] * (SEND_BATCH - 2) + ["full", "blocked"]
     second = ["full", "z", "blocked"]
     results: list[Any] = []
@@ -93,9 +99,7 @@ def test_send_to_gives_each_outcome_to_its_sink_in_the_same_batch_as_send() -> N
     """send_to batches with send; each sink gets callback(None), or errback with the refusal or the failure."""
     layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1/0"])
     ops = layer.operations
-    shard = Shard()
-    ops.shards = [shard]  # type: ignore[list-item]
-    ops.reactor = clock = Clock()
+    shard, clock = one_fake_shard(layer)
     sinks = [Sink(), Sink()]
     results: list[Any] = []
     ops.send_to("a", b"m", sinks[0])
@@ -124,10 +128,8 @@ def test_send_twisted_to_batches_and_refuses_bad_input_through_the_sink() -> Non
     layer.send_twisted_to("a", {"text": "x"}, unattached)
     [(kind, reason)] = unattached.outcomes
     assert kind == "refused" and reason.check(RuntimeError)
-    ops = layer.operations
-    shard = Shard()
-    ops.shards = [shard]  # type: ignore[list-item]
-    ops.reactor = layer.reactor = clock = Clock()
+    shard, clock = one_fake_shard(layer)
+    layer.reactor = clock
     bad_name, bad_content, good = Sink(), Sink(), Sink()
     layer.send_twisted_to("bad name", {"text": "x"}, bad_name)
     layer.send_twisted_to("a", {"text": object()}, bad_content)
