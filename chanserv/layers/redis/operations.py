@@ -56,7 +56,6 @@ __all__ = ["GroupSendResult", "RawMessage", "RedisOperations"]
 
 log = Logger()
 
-
 STAT_MESSAGES_COUNT = "messages_count"
 STAT_MESSAGES_PENDING = "messages_pending"
 STAT_MESSAGES_MAX_AGE = "messages_max_age"
