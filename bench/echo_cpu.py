@@ -26,6 +26,12 @@ What it measures, for each server in turn (a fresh server process per run):
   and ``other`` the interface's threads, ``iface`` the interface process and
   ``w1`` .. ``wN`` each worker process (``processes`` in ``--json``, with
   their threads), and ``win`` the sum over all of them;
+- the time the server's threads spent runnable but waiting for a core, per
+  round trip (``runq``, from ``/proc/PID/task/TID/schedstat``; with
+  ``--layer redis`` Redis's own as ``r.runq``), and the share of the
+  machine's CPU time that was idle in the window (``idle%``): with a
+  closed loop of clients, time spent waiting for a core is part of every
+  round trip;
 - the client's RTT p50/p99 and its own CPU per round trip, and how many
   cores other processes on the machine used during the window. A window in
   which they used more than ``--max-others`` cores (0.15) is disturbed and
@@ -121,8 +127,25 @@ def thread_cpu(pid):
     return out
 
 
+def run_delay(pid):
+    """Seconds the live threads of pid have spent runnable but waiting for a
+    core (the second field of ``/proc/PID/task/TID/schedstat``), or None."""
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    total = 0
+    for t in tids:
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):  # ended meanwhile, or no schedstats
+            continue
+    return total / 1e9
+
+
 def snapshot(pid):
-    return {"total": proc_cpu(pid), "threads": thread_cpu(pid)}
+    return {"total": proc_cpu(pid), "threads": thread_cpu(pid), "run_delay": run_delay(pid)}
 
 
 def machine_busy():
@@ -495,12 +518,14 @@ def one_run(a, server, redis_pid_, rep):
             redis_call(a.redis_port, "CONFIG RESETSTAT")
         s0 = {p: snapshot(p) for p in pids}
         r0 = proc_cpu(redis_pid_) if redis_pid_ else None
+        rq0 = run_delay(redis_pid_) if redis_pid_ else None
         m0, ch0, self0 = machine_busy(), children_cpu(), self_cpu()
         t0 = time.monotonic()
         res = wsload(a, port, a.duration, pids, label)
         wall = time.monotonic() - t0
         s1 = {p: snapshot(p) for p in pids}
         r1 = proc_cpu(redis_pid_) if redis_pid_ else None
+        rq1 = run_delay(redis_pid_) if redis_pid_ else None
         m1, ch1, self1 = machine_busy(), children_cpu(), self_cpu()
         cmdstats = redis_commandstats(a.redis_port) if a.layer == "redis" else None
     finally:
@@ -517,6 +542,15 @@ def one_run(a, server, redis_pid_, rep):
     machine = (m1[0] - m0[0]) / (m1[1] - m0[1]) * cores * wall if m1[1] > m0[1] else 0.0
     redis_s = (r1 - r0) if (r0 is not None and r1 is not None) else None
     others = machine - server_s - client - (self1 - self0) - (redis_s or 0.0)
+    waits = [
+        s1[p]["run_delay"] - s0[p]["run_delay"]
+        if s0[p]["run_delay"] is not None and s1[p]["run_delay"] is not None
+        else None
+        for p in pids
+    ]
+    runq = sum(waits) if None not in waits else None
+    redis_runq = (rq1 - rq0) if (rq0 is not None and rq1 is not None) else None
+    idle = 100.0 * (1 - (m1[0] - m0[0]) / (m1[1] - m0[1])) if m1[1] > m0[1] else None
     wins = [(res.get("server") or {}).get(str(p), {}).get("cpu_s") for p in pids]
     win = sum(wins) if None not in wins else None
     us = 1e6 / n
@@ -538,6 +572,9 @@ def one_run(a, server, redis_pid_, rep):
         "server_cores": round(server_s / wall, 3),
         "other_procs_cores": round(max(0.0, others) / wall, 3),
         "quiet_before_cores": bg,
+        "runq_us_per_rt": round(runq * us, 1) if runq is not None else None,
+        "redis_runq_us_per_rt": round(redis_runq * us, 1) if redis_runq is not None else None,
+        "idle_pct": round(idle, 1) if idle is not None else None,
         "rtt_p50_ms": echo["rtt_ms"].get("p50"),
         "rtt_p99_ms": echo["rtt_ms"].get("p99"),
         "errors": res.get("errors_total"),
@@ -556,9 +593,10 @@ def one_run(a, server, redis_pid_, rep):
                 "cpu_us_per_rt": round(x["total_s"] * us, 1),
                 "main_us_per_rt": round(x["main_s"] * us, 1),
                 "other_us_per_rt": round(x["other_s"] * us, 1),
+                "runq_us_per_rt": round(w * us, 1) if w is not None else None,
                 "threads": x["threads"],
             }
-            for i, (p, x) in enumerate(zip(pids, deltas, strict=True))
+            for i, (p, x, w) in enumerate(zip(pids, deltas, waits, strict=True))
         ]
     if cmdstats is not None:
         calls, usec = cmdstats.get("evalsha", (0, 0))
@@ -586,6 +624,8 @@ COLS = [
     ("p99ms", "%6.2f", "rtt_p99_ms"),
     ("client", "%6.1f", "client_us_per_rt"),
     ("others", "%6.2f", "other_procs_cores"),
+    ("runq", "%6.1f", "runq_us_per_rt"),
+    ("idle%", "%5.1f", "idle_pct"),
 ]
 
 
@@ -595,6 +635,7 @@ REDIS_COLS = [
     ("cmd/rt", "%6.2f", "redis_cmds_per_rt"),
     ("esha/rt", "%7.3f", "evalsha_per_rt"),
     ("esha_us", "%7.2f", "evalsha_us_per_rt"),
+    ("r.runq", "%6.1f", "redis_runq_us_per_rt"),
 ]
 
 
