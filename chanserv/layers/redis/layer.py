@@ -727,11 +727,9 @@ class RedisChannelLayer(BaseChannelLayer):
     # -- reactor face: sends, groups, statistics ----------------------------------
 
     def _send_payload(self, channel: str, payload: bytes) -> Deferred[None]:
-        try:
-            self._require_attached()
-        except Exception:
-            return fail()
-        return self.operations.send(channel, payload)
+        d: Deferred[None] = Deferred()
+        self._send_payload_to(channel, payload, d)
+        return d
 
     def _send_payload_to(self, channel: str, payload: bytes, sink: SendSink) -> None:
         try:
@@ -763,13 +761,9 @@ class RedisChannelLayer(BaseChannelLayer):
         Send ``message`` to ``channel``.  Fails with ChannelFull,
         MessageTooLarge, TypeError, RedisUnavailable or RedisTimeout.
         """
-        try:
-            self._require_attached()
-            self.valid_channel_name(channel)
-            payload = self._codec.encode(self.serialise(message))
-        except Exception:
-            return fail()
-        return self.operations.send(channel, payload)
+        d: Deferred[None] = Deferred()
+        self.send_twisted_to(channel, message, d)
+        return d
 
     def send_twisted_to(self, channel: str, message: Content, sink: SendSink) -> None:
         """:class:`~chanserv.interfaces.ISendToSink`: :meth:`send_twisted`, told to ``sink``."""
