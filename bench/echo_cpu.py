@@ -32,11 +32,15 @@ What it measures, for each server in turn (a fresh server process per run):
   machine's CPU time that was idle in the window (``idle%``): with a
   closed loop of clients, time spent waiting for a core is part of every
   round trip;
-- the client's RTT p50/p99 and its own CPU per round trip, and how many
-  cores other processes on the machine used during the window. A window in
-  which they used more than ``--max-others`` cores (0.15) is disturbed and
-  is run again, up to ``--max-tries`` (3) times; the table shows every
-  attempt, the summary the last one.
+- the client's RTT p50/p99 and its own CPU per round trip; ``xcl``, the
+  servers' CPU per round trip (Redis's included) divided by the client's:
+  the client does the same work per round trip whatever the server, so
+  this figure moves far less than the others when the machine's speed
+  drifts between runs; and how many cores other processes on the machine
+  used during the window. A window in which they used more than
+  ``--max-others`` cores (0.15) is disturbed and is run again, up to
+  ``--max-tries`` (3) times; the table shows every attempt, the summary
+  the last one.
 
 The servers:
 
@@ -569,6 +573,12 @@ def one_run(a, server, redis_pid_, rep):
         "redis_us_per_rt": round(redis_s * us, 1) if redis_s is not None else None,
         "total_us_per_rt": round((server_s + redis_s) * us, 1) if redis_s is not None else None,
         "client_us_per_rt": round(client * us, 1),
+        # The servers' CPU (and Redis's) in units of the load generator's CPU per
+        # round trip: the client does the same work per round trip whatever the
+        # server, so this ratio moves far less with the machine's speed.
+        "cpu_per_client_cpu": round((server_s + (redis_s or 0.0)) / client, 3)
+        if client > 0
+        else None,
         "server_cores": round(server_s / wall, 3),
         "other_procs_cores": round(max(0.0, others) / wall, 3),
         "quiet_before_cores": bg,
@@ -623,6 +633,7 @@ COLS = [
     ("p50ms", "%6.2f", "rtt_p50_ms"),
     ("p99ms", "%6.2f", "rtt_p99_ms"),
     ("client", "%6.1f", "client_us_per_rt"),
+    ("xcl", "%5.2f", "cpu_per_client_cpu"),
     ("others", "%6.2f", "other_procs_cores"),
     ("runq", "%6.1f", "runq_us_per_rt"),
     ("idle%", "%5.1f", "idle_pct"),
@@ -805,6 +816,9 @@ def main(argv=None):
         ratio = {
             "rt_per_s": round(c["rt_per_s"] / p["rt_per_s"], 3),
             "cpu_us_per_rt": round(c["cpu_us_per_rt"] / p["cpu_us_per_rt"], 3),
+            "cpu_per_client_cpu": round(c["cpu_per_client_cpu"] / p["cpu_per_client_cpu"], 3)
+            if c.get("cpu_per_client_cpu") and p.get("cpu_per_client_cpu")
+            else None,
             "per_rep_rt_per_s": [
                 round(x["rt_per_s"] / y["rt_per_s"], 3)
                 for x, y in zip(runs["chanserv"], runs["peer"], strict=False)
@@ -860,11 +874,15 @@ def main(argv=None):
         print("still disturbed after %d tries (kept): %s" % (a.max_tries, ", ".join(dist)))
     if ratio:
         print(
-            "chanserv / peer: round trips/s %.2fx (per rep: %s), CPU per round trip %.2fx"
+            "chanserv / peer: round trips/s %.2fx (per rep: %s), CPU per round trip %.2fx, "
+            "in load-generator units (xcl) %s"
             % (
                 ratio["rt_per_s"],
                 ", ".join("%.2f" % x for x in ratio["per_rep_rt_per_s"]),
                 ratio["cpu_us_per_rt"],
+                "-"
+                if ratio["cpu_per_client_cpu"] is None
+                else "%.2fx" % ratio["cpu_per_client_cpu"],
             )
         )
     return 0
