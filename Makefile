@@ -2,10 +2,12 @@
 #   make chat   install chanserv into .venv and run the tutorial's chat example
 #   make test   install, then lint, type-check, check the direction of imports
 #               (lint-imports, contracts in setup.cfg) and run the whole test suite
-#               (on the newest dependencies and Django 5.2), then the fast
-#               suite again on the lowest supported ones and Django 4.2
-#               (noxfile.py's "lowest" session, in .nox/; plain `nox` runs
-#               the whole matrix)
+#               (on the newest dependencies and Django 5.2; in two pytest
+#               processes, -n 2: most end-to-end tests wait on real
+#               processes, so two at a time use the two cores of a small
+#               machine), then the fast suite again on the lowest supported
+#               ones and Django 4.2 (noxfile.py's "lowest" session, in
+#               .nox/; plain `nox` runs the whole matrix)
 # And `make docs`: the documentation site, warnings as errors, into
 # docs/_build/html (tests/test_docs.py builds it too and runs its samples).
 PYTHON ?= python3
@@ -40,5 +42,5 @@ lint: venv
 test: lint
 	scripts/ensure-system-deps
 	$(BIN)/python -m pip install -q --no-deps --force-reinstall .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 	$(BIN)/nox -s lowest

@@ -54,7 +54,14 @@ LATEST = (("3.11", "4.2"), ("3.11", "5.2"))
 
 #: What the fast suite needs besides chanserv (the ``test`` extra without
 #: the browser, the linters and nox itself).
-TEST_REQUIREMENTS = ("pytest>=8", "hypothesis>=6", "websockets>=13", "cryptography", "build>=1.2")
+TEST_REQUIREMENTS = (
+    "pytest>=8",
+    "pytest-xdist>=3.5",
+    "hypothesis>=6",
+    "websockets>=13",
+    "cryptography",
+    "build>=1.2",
+)
 
 #: The end-to-end smoke test: start, serve the default routes, stop on SIGTERM.
 SMOKE_TESTS = (
@@ -103,6 +110,9 @@ def run_tests(session: nox.Session) -> None:
         "-m",
         "pytest",
         "-q",
+        # In two processes, as the main suite (the Makefile says why).
+        "-n",
+        "2",
         "tests",
         "--ignore=tests/e2e",
         # The documentation site: the main suite builds it (no Sphinx here).
