@@ -170,6 +170,11 @@ def self_cpu():
     return ru.ru_utime + ru.ru_stime
 
 
+def delta(before, after):
+    """after - before, or None when either reading is missing."""
+    return None if before is None or after is None else after - before
+
+
 def thread_delta(pid, s0, s1):
     """Main-thread and other-thread CPU seconds of pid between two snapshots."""
     t0, t1 = s0["threads"], s1["threads"]
@@ -543,18 +548,15 @@ def one_run(a, server, redis_pid_, rep):
     server_s = sum(x["total_s"] for x in deltas)
     client = ch1 - ch0
     cores = os.cpu_count() or 1
-    machine = (m1[0] - m0[0]) / (m1[1] - m0[1]) * cores * wall if m1[1] > m0[1] else 0.0
-    redis_s = (r1 - r0) if (r0 is not None and r1 is not None) else None
+    # the share of the machine's CPU time that was busy in the window
+    busy = (m1[0] - m0[0]) / (m1[1] - m0[1]) if m1[1] > m0[1] else None
+    machine = busy * cores * wall if busy is not None else 0.0
+    redis_s = delta(r0, r1)
     others = machine - server_s - client - (self1 - self0) - (redis_s or 0.0)
-    waits = [
-        s1[p]["run_delay"] - s0[p]["run_delay"]
-        if s0[p]["run_delay"] is not None and s1[p]["run_delay"] is not None
-        else None
-        for p in pids
-    ]
+    waits = [delta(s0[p]["run_delay"], s1[p]["run_delay"]) for p in pids]
     runq = sum(waits) if None not in waits else None
-    redis_runq = (rq1 - rq0) if (rq0 is not None and rq1 is not None) else None
-    idle = 100.0 * (1 - (m1[0] - m0[0]) / (m1[1] - m0[1])) if m1[1] > m0[1] else None
+    redis_runq = delta(rq0, rq1)
+    idle = 100.0 * (1 - busy) if busy is not None else None
     wins = [(res.get("server") or {}).get(str(p), {}).get("cpu_s") for p in pids]
     win = sum(wins) if None not in wins else None
     us = 1e6 / n
